@@ -1,0 +1,1 @@
+//! Shared baselines for the benches.

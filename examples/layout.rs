@@ -1,0 +1,3 @@
+fn main() {
+    println!("{}", hub_layout::HUB_PROTOCOL_VERSION);
+}
