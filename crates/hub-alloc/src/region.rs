@@ -1,0 +1,142 @@
+//! The memory an allocator runs over: a fixed base, a fixed virtual reservation, and a length
+//! that only grows.
+
+use std::alloc::Layout;
+use std::ptr::NonNull;
+
+use crate::sync::{AtomicU64, Ordering};
+
+/// Why a region could not grow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GrowError {
+    /// The requested length is beyond the region's fixed reservation.
+    #[error("cannot grow to {requested} bytes: the reservation is {reservation} bytes")]
+    BeyondReservation {
+        /// Length asked for.
+        requested: usize,
+        /// The fixed reservation.
+        reservation: usize,
+    },
+    /// The operating system refused to extend the backing (disk full, sealed file, ...).
+    #[error("the backing could not grow to {requested} bytes: {message}")]
+    Backing {
+        /// Length asked for.
+        requested: usize,
+        /// What the system said.
+        message: String,
+    },
+}
+
+/// Memory shared by the participants of a hub, as the allocator sees it.
+///
+/// `base()` never changes, and neither does `reservation()`. The first `len()` bytes are
+/// readable and writable; `len()` never decreases. [`grow_to`](Region::grow_to) makes at least
+/// `new_len` bytes usable in every process that maps the region, without moving `base()` (R8):
+/// pointers into the region stay valid for its whole life.
+///
+/// # Safety
+///
+/// An implementation guarantees, for as long as the value lives:
+/// - `base()` is non-null, aligned to at least 64 bytes, and returns the same pointer every time;
+/// - every byte of `[base(), base() + len())` may be read and written through raw pointers,
+///   including by atomic operations, and `len()` never decreases;
+/// - `len() <= reservation()`, and a successful `grow_to(n)` leaves `len() >= n`;
+/// - concurrent calls of `grow_to` from any thread or process never shrink the backing.
+pub unsafe trait Region: Send + Sync {
+    /// First byte of the region.
+    fn base(&self) -> NonNull<u8>;
+
+    /// Bytes of address space reserved; the region can never grow past this.
+    fn reservation(&self) -> usize;
+
+    /// Bytes currently usable.
+    fn len(&self) -> usize;
+
+    /// Whether no byte is usable yet.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Make at least `new_len` bytes usable; never shrinks. Returns the new length.
+    ///
+    /// # Errors
+    /// [`GrowError::BeyondReservation`] when `new_len > reservation()`, [`GrowError::Backing`]
+    /// when the system refuses.
+    fn grow_to(&self, new_len: usize) -> Result<usize, GrowError>;
+}
+
+/// A region on the heap, zeroed, whose whole reservation is allocated up front and whose length
+/// grows as a counter: the region of unit tests, loom models and in-process benches.
+///
+/// ```
+/// use hub_alloc::{HeapRegion, Region};
+/// let region = HeapRegion::new(4096, 1 << 20);
+/// assert_eq!(region.len(), 4096);
+/// assert_eq!(region.grow_to(8192).unwrap(), 8192);
+/// assert!(region.grow_to(2 << 20).is_err());
+/// ```
+pub struct HeapRegion {
+    base: NonNull<u8>,
+    layout: Layout,
+    len: AtomicU64,
+}
+
+// SAFETY: the memory is owned by the HeapRegion and only reached through raw pointers and
+// atomics by its users, who follow the allocator's protocol; the length is an atomic.
+unsafe impl Send for HeapRegion {}
+// SAFETY: as for Send; `&HeapRegion` exposes nothing but the pointer and atomic operations.
+unsafe impl Sync for HeapRegion {}
+
+impl HeapRegion {
+    /// A zeroed region of `reservation` bytes of which the first `len` are usable.
+    ///
+    /// # Panics
+    /// When `len > reservation`, `reservation` is zero, or the allocation fails.
+    pub fn new(len: usize, reservation: usize) -> Self {
+        assert!(len <= reservation && reservation > 0, "bad heap region {len}/{reservation}");
+        let layout = Layout::from_size_align(reservation, 4096).expect("region too large");
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        let base = NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        Self {
+            base,
+            layout,
+            len: AtomicU64::new(len as u64),
+        }
+    }
+}
+
+impl Drop for HeapRegion {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout, freed once.
+        unsafe { std::alloc::dealloc(self.base.as_ptr(), self.layout) }
+    }
+}
+
+// SAFETY: the whole reservation is allocated, zeroed and 4096-aligned for the region's life, so
+// every byte below `len() <= reservation()` is usable; `len` only grows (fetch_max).
+unsafe impl Region for HeapRegion {
+    fn base(&self) -> NonNull<u8> {
+        self.base
+    }
+
+    fn reservation(&self) -> usize {
+        self.layout.size()
+    }
+
+    fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire) as usize
+    }
+
+    fn grow_to(&self, new_len: usize) -> Result<usize, GrowError> {
+        if new_len > self.reservation() {
+            return Err(GrowError::BeyondReservation {
+                requested: new_len,
+                reservation: self.reservation(),
+            });
+        }
+        let old = self.len.fetch_max(new_len as u64, Ordering::AcqRel) as usize;
+        Ok(old.max(new_len))
+    }
+}
