@@ -84,7 +84,10 @@ pub fn calculate_extent_size(slot_size: u32, slot_count: u32) -> Result<usize, &
         .and_then(|v| v.checked_add(data_size))
         .ok_or("extent total size overflow")?;
 
-    Ok(align_up(total, 64))
+    // Rounding up can overflow too (the seed's `align_up` would wrap to 0 in release builds).
+    total
+        .checked_next_multiple_of(64)
+        .ok_or("extent total size overflow")
 }
 
 /// Size of a new hub: every region and one extent per size class.

@@ -142,7 +142,7 @@ pub struct ExtentGeometry {
 
 impl ExtentGeometry {
     /// The geometry of an extent of `slot_count` slots of `slot_size` bytes, or `None` when it
-    /// does not fit the `u32` offsets of [`ExtentHeader`].
+    /// does not fit the `u32` offsets of [`ExtentHeader`] or its size overflows.
     ///
     /// Slot data starts 64-aligned, so `data_offset` equals
     /// `64 + slot_count * 16` rounded up to 64, and `size` equals
@@ -152,14 +152,16 @@ impl ExtentGeometry {
     /// ```
     /// use hub_layout::ExtentGeometry;
     /// let g = ExtentGeometry::new(1024, 1024).unwrap();
-    /// assert_eq!((g.meta_offset, g.data_offset, g.size), (64, 64 + 16 * 1024, 64 + 17 * 1024 * 1024));
+    /// assert_eq!((g.meta_offset, g.data_offset, g.size), (64, 64 + 16 * 1024, 64 + 1024 * (16 + 1024)));
     /// ```
     pub fn new(slot_size: u32, slot_count: u32) -> Option<Self> {
         let header = core::mem::size_of::<ExtentHeader>() as u64;
         let meta = u64::from(slot_count) * core::mem::size_of::<HubSlotMeta>() as u64;
         let data_offset = (header + meta).next_multiple_of(64);
-        let size =
-            (data_offset + u64::from(slot_count) * u64::from(slot_size)).next_multiple_of(64);
+        // `slot_count * slot_size` fits u64, but adding `data_offset` and rounding up may not.
+        let size = (u64::from(slot_count) * u64::from(slot_size))
+            .checked_add(data_offset)?
+            .checked_next_multiple_of(64)?;
         Some(Self {
             meta_offset: u32::try_from(header).ok()?,
             data_offset: u32::try_from(data_offset).ok()?,
