@@ -1,1 +1,505 @@
-fn main() {}
+//! `cargo xtask`: the hub's task runner, and the one entry point for every check.
+//!
+//! ```text
+//! cargo xtask test [--skip-loom] [--skip STEP]... [--only STEP]... [--no-nextest]
+//! cargo xtask lint          # the fmt and clippy steps of `test`
+//! cargo xtask loom          # the loom step of `test`
+//! cargo xtask help
+//! ```
+//!
+//! `test` runs these steps in order, from the workspace root, whatever the current directory:
+//!
+//! | step      | command |
+//! |-----------|---------|
+//! | `fmt`     | `cargo fmt --all -- --check` |
+//! | `clippy`  | `cargo clippy --workspace --all-targets -- -D warnings` |
+//! | `test`    | `cargo nextest run --workspace --no-fail-fast --no-tests=warn` when `cargo nextest --version` works, else `cargo test --workspace --all-targets --no-fail-fast` |
+//! | `doc`     | `cargo test --workspace --doc --no-fail-fast` (nextest does not run doc tests) |
+//! | `loom`    | `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=target/loom cargo test --release -p hub-alloc -p hub-transport --lib --no-fail-fast` |
+//! | scenarios | one step per entry of [`SCENARIOS`], group name `scenarios` |
+//!
+//! Every step runs even when an earlier one failed. Each prints a header, streams the command's
+//! output (standard error merged into standard output, in order) and ends with a result line.
+//! Counts come from libtest's `test result:` lines and nextest's `Summary` line; `fmt`, `clippy`
+//! and scenarios that print no libtest summary count as one check each. A step that exits with
+//! failure counts at least one failure. The last line printed is always `N passed, M failed`,
+//! totalled over all steps, and the exit code is 0 exactly when nothing failed.
+//!
+//! The loom build goes to its own target directory (`target/loom`, or `loom` under
+//! `CARGO_TARGET_DIR` when that is set) because `--cfg loom` in `RUSTFLAGS` would otherwise
+//! invalidate the normal build cache. An inherited `RUSTFLAGS` is kept, with `--cfg loom` added;
+//! an inherited `LOOM_MAX_PREEMPTIONS` wins over the default of 2.
+
+mod counts;
+mod run;
+
+use std::env;
+use std::ffi::OsString;
+use std::io::{self, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+use counts::{Counts, Parse};
+use run::{Outcome, Step};
+
+/// Multi-process scenarios, run after the loom models: `(name, command)`, one line each.
+///
+/// A command whose first word is `cargo` runs the cargo that runs the xtask. A scenario counts as
+/// one check (its exit status) unless it prints libtest summary lines, which are then summed. For
+/// example:
+///
+/// ```text
+/// ("crash_recovery", &["cargo", "run", "--release", "--example", "crash_recovery", "--", "--check"]),
+/// ```
+const SCENARIOS: &[(&str, &[&str])] = &[];
+
+/// Loom's preemption bound when `LOOM_MAX_PREEMPTIONS` is not set.
+const DEFAULT_LOOM_MAX_PREEMPTIONS: &str = "2";
+
+/// The crates whose loom models run.
+const LOOM_PACKAGES: &[&str] = &["hub-alloc", "hub-transport"];
+
+const USAGE: &str = "\
+usage: cargo xtask <task> [options]
+
+tasks:
+  test    every check: fmt, clippy, test, doc, loom, then the scenarios
+  lint    fmt and clippy only
+  loom    the loom models only
+  help    this text
+
+options (all tasks):
+  --only STEP     run only STEP (a step name, or `scenarios`); may be repeated
+  --skip STEP     do not run STEP; may be repeated
+  --skip-loom     same as --skip loom
+  --no-nextest    use `cargo test` even when cargo-nextest is installed
+
+The last line printed is `N passed, M failed`; the exit code is non-zero when anything failed.";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let options = match Options::parse(&args) {
+        Ok(Some(options)) => options,
+        Ok(None) => {
+            let _ = writeln!(io::stdout(), "{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(message) => {
+            eprintln!("xtask: {message}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let root = workspace_root();
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+
+    let steps = all_steps(&cargo, &root, &options);
+    let selected = match select(&steps, &options) {
+        Ok(selected) => selected,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            return ExitCode::from(2);
+        }
+    };
+
+    let total = selected.iter().filter(|s| s.1).count();
+    let mut results: Vec<(&Step, Option<Outcome>)> = Vec::new();
+    let mut index = 0;
+    for (step, chosen) in selected {
+        let outcome = chosen.then(|| {
+            index += 1;
+            run::run(step, index, total, &root, &mut io::stdout())
+        });
+        results.push((step, outcome));
+    }
+
+    let totals = summarise(&results, &mut io::stdout());
+    if totals.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// What the command line asked for.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Options {
+    /// Steps to run; all of them when empty.
+    only: Vec<String>,
+    /// Steps not to run.
+    skip: Vec<String>,
+    /// Use `cargo test` even when cargo-nextest is there.
+    no_nextest: bool,
+}
+
+impl Options {
+    /// The options of `args` (without the program name), `None` for help.
+    fn parse(args: &[String]) -> Result<Option<Self>, String> {
+        let mut options = Self::default();
+        let mut args = args.iter();
+        match args.next().map(String::as_str) {
+            Some("test") => {}
+            Some("lint") => options.only = vec!["fmt".into(), "clippy".into()],
+            Some("loom") => options.only = vec!["loom".into()],
+            Some("help" | "-h" | "--help") => return Ok(None),
+            Some(other) => return Err(format!("unknown task `{other}`")),
+            None => return Err("no task given".into()),
+        }
+        while let Some(arg) = args.next() {
+            let mut value = |flag: &str| {
+                args.next()
+                    .cloned()
+                    .ok_or_else(|| format!("{flag} needs a step name"))
+            };
+            match arg.as_str() {
+                "--only" => options.only.push(value("--only")?),
+                "--skip" => options.skip.push(value("--skip")?),
+                "--skip-loom" => options.skip.push("loom".into()),
+                "--no-nextest" => options.no_nextest = true,
+                "-h" | "--help" => return Ok(None),
+                other => return Err(format!("unknown option `{other}`")),
+            }
+        }
+        Ok(Some(options))
+    }
+}
+
+/// The workspace root: the parent of this crate's directory.
+fn workspace_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
+}
+
+/// Every step of `cargo xtask test`, in order.
+fn all_steps(cargo: &OsString, root: &Path, options: &Options) -> Vec<Step> {
+    let cargo_cmd = |args: &[&str]| {
+        std::iter::once(cargo.clone())
+            .chain(args.iter().map(OsString::from))
+            .collect::<Vec<_>>()
+    };
+    let mut steps = vec![
+        Step::new(
+            "fmt",
+            cargo_cmd(&["fmt", "--all", "--", "--check"]),
+            Parse::Exit,
+        ),
+        Step::new(
+            "clippy",
+            cargo_cmd(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+            Parse::Exit,
+        ),
+    ];
+
+    // Asking cargo-nextest for its version costs a process start, so only when it matters.
+    let wants = |name: &str| options.only.is_empty() || options.only.iter().any(|o| o == name);
+    let nextest = wants("test") && !options.no_nextest && has_nextest(cargo, root);
+    steps.push(if nextest {
+        Step::new(
+            "test",
+            cargo_cmd(&[
+                "nextest",
+                "run",
+                "--workspace",
+                "--no-fail-fast",
+                "--no-tests=warn",
+            ]),
+            Parse::Nextest,
+        )
+    } else {
+        Step::new(
+            "test",
+            cargo_cmd(&["test", "--workspace", "--all-targets", "--no-fail-fast"]),
+            Parse::Libtest,
+        )
+    });
+    steps.push(Step::new(
+        "doc",
+        cargo_cmd(&["test", "--workspace", "--doc", "--no-fail-fast"]),
+        Parse::Libtest,
+    ));
+
+    let mut loom_args = vec!["test", "--release"];
+    for package in LOOM_PACKAGES {
+        loom_args.extend(["-p", package]);
+    }
+    loom_args.extend(["--lib", "--no-fail-fast"]);
+    let mut loom = Step::new("loom", cargo_cmd(&loom_args), Parse::Libtest)
+        .env("LOOM_MAX_PREEMPTIONS", loom_max_preemptions())
+        .env("CARGO_TARGET_DIR", loom_target_dir(root));
+    // Cargo prefers CARGO_ENCODED_RUSTFLAGS to RUSTFLAGS: add `--cfg loom` to the one it reads.
+    loom = match env::var("CARGO_ENCODED_RUSTFLAGS") {
+        Ok(flags) if !flags.is_empty() => loom.env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            format!("{flags}\x1f--cfg\x1floom"),
+        ),
+        _ => loom.env("RUSTFLAGS", with_loom_cfg(env::var("RUSTFLAGS").ok())),
+    };
+    steps.push(loom);
+
+    for (name, command) in SCENARIOS {
+        let command = command.iter().enumerate().map(|(i, word)| {
+            if i == 0 && *word == "cargo" {
+                cargo.clone()
+            } else {
+                OsString::from(word)
+            }
+        });
+        steps.push(Step::new(name, command, Parse::LibtestOrExit).group("scenarios"));
+    }
+
+    // Colour helps a person reading a terminal; children see a pipe, so ask for it.
+    if env::var_os("CARGO_TERM_COLOR").is_none() && io::stdout().is_terminal() {
+        steps = steps
+            .into_iter()
+            .map(|s| s.env("CARGO_TERM_COLOR", "always"))
+            .collect();
+    }
+    steps
+}
+
+/// Whether `cargo nextest --version` succeeds.
+fn has_nextest(cargo: &OsString, root: &Path) -> bool {
+    Command::new(cargo)
+        .args(["nextest", "--version"])
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// `LOOM_MAX_PREEMPTIONS` as inherited, or the default.
+fn loom_max_preemptions() -> String {
+    env::var("LOOM_MAX_PREEMPTIONS")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| DEFAULT_LOOM_MAX_PREEMPTIONS.to_owned())
+}
+
+/// `RUSTFLAGS` for loom: the inherited flags, if any, and `--cfg loom`.
+fn with_loom_cfg(inherited: Option<String>) -> String {
+    match inherited {
+        Some(flags) if !flags.trim().is_empty() => format!("{} --cfg loom", flags.trim()),
+        _ => "--cfg loom".to_owned(),
+    }
+}
+
+/// The loom target directory: `loom` inside the normal target directory.
+fn loom_target_dir(root: &Path) -> PathBuf {
+    let target = env::var_os("CARGO_TARGET_DIR")
+        .filter(|dir| !dir.is_empty())
+        .map_or_else(|| root.join("target"), |dir| root.join(dir));
+    target.join("loom")
+}
+
+/// Each step with whether it runs, after `--only` and `--skip`; an error names an unknown step.
+fn select<'a>(steps: &'a [Step], options: &Options) -> Result<Vec<(&'a Step, bool)>, String> {
+    for name in options.only.iter().chain(&options.skip) {
+        if !steps.iter().any(|s| s.is(name)) {
+            let mut known: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
+            if !SCENARIOS.is_empty() {
+                known.push("scenarios");
+            }
+            return Err(format!(
+                "unknown step `{name}`; the steps are: {}",
+                known.join(", ")
+            ));
+        }
+    }
+    Ok(steps
+        .iter()
+        .map(|step| {
+            let only = options.only.is_empty() || options.only.iter().any(|o| step.is(o));
+            let skipped = options.skip.iter().any(|s| step.is(s));
+            (step, only && !skipped)
+        })
+        .collect())
+}
+
+/// Write a line per step and, last, the totals `N passed, M failed`; return the totals.
+///
+/// Write errors are ignored: the totals and the exit code stand even if nobody reads them.
+fn summarise(results: &[(&Step, Option<Outcome>)], out: &mut dyn Write) -> Counts {
+    let mut totals = Counts::default();
+    let width = results.iter().map(|(s, _)| s.name.len()).max().unwrap_or(0);
+    let _ = writeln!(out);
+    let _ = writeln!(out, "==> summary");
+    for (step, outcome) in results {
+        let _ = match outcome {
+            None => writeln!(out, "    {:width$}  skipped", step.name),
+            Some(outcome) => {
+                totals += outcome.counts;
+                writeln!(
+                    out,
+                    "    {:width$}  {:6}  {} passed, {} failed  {:.1}s{}",
+                    step.name,
+                    if outcome.success { "ok" } else { "FAILED" },
+                    outcome.counts.passed,
+                    outcome.counts.failed,
+                    outcome.elapsed.as_secs_f64(),
+                    if outcome.success {
+                        String::new()
+                    } else {
+                        format!("  ({})", outcome.status)
+                    },
+                )
+            }
+        };
+    }
+    let _ = writeln!(out, "{} passed, {} failed", totals.passed, totals.failed);
+    let _ = out.flush();
+    totals
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    fn names(selected: &[(&Step, bool)]) -> Vec<String> {
+        selected
+            .iter()
+            .filter(|s| s.1)
+            .map(|s| s.0.name.clone())
+            .collect()
+    }
+
+    #[test]
+    fn tasks_and_options() {
+        assert_eq!(Options::parse(&args("test")), Ok(Some(Options::default())));
+        assert_eq!(
+            Options::parse(&args("test --skip-loom --only test --no-nextest")),
+            Ok(Some(Options {
+                only: vec!["test".into()],
+                skip: vec!["loom".into()],
+                no_nextest: true,
+            }))
+        );
+        assert_eq!(
+            Options::parse(&args("lint")).unwrap().unwrap().only,
+            ["fmt", "clippy"]
+        );
+        assert_eq!(
+            Options::parse(&args("loom")).unwrap().unwrap().only,
+            ["loom"]
+        );
+        assert_eq!(Options::parse(&args("help")), Ok(None));
+        assert!(Options::parse(&args("")).is_err());
+        assert!(Options::parse(&args("bench")).is_err());
+        assert!(Options::parse(&args("test --only")).is_err());
+        assert!(Options::parse(&args("test --frobnicate")).is_err());
+    }
+
+    #[test]
+    fn steps_in_order_and_selection() {
+        let root = workspace_root();
+        let options = Options {
+            no_nextest: true,
+            ..Options::default()
+        };
+        let steps = all_steps(&"cargo".into(), &root, &options);
+        let all = select(&steps, &options).unwrap();
+        let mut want = vec!["fmt", "clippy", "test", "doc", "loom"];
+        want.extend(SCENARIOS.iter().map(|s| s.0));
+        assert_eq!(names(&all), want);
+
+        let skip_loom = Options {
+            skip: vec!["loom".into()],
+            ..Options::default()
+        };
+        assert_eq!(
+            names(&select(&steps, &skip_loom).unwrap()),
+            want.iter()
+                .filter(|n| **n != "loom")
+                .copied()
+                .collect::<Vec<_>>()
+        );
+
+        let lint = Options::parse(&args("lint")).unwrap().unwrap();
+        assert_eq!(names(&select(&steps, &lint).unwrap()), ["fmt", "clippy"]);
+
+        let unknown = Options {
+            only: vec!["nope".into()],
+            ..Options::default()
+        };
+        assert!(select(&steps, &unknown).is_err());
+    }
+
+    #[test]
+    fn loom_step_builds_apart() {
+        let root = Path::new("/w");
+        let options = Options {
+            no_nextest: true,
+            ..Options::default()
+        };
+        let steps = all_steps(&"cargo".into(), root, &options);
+        let loom = steps.iter().find(|s| s.name == "loom").unwrap();
+        let display = loom.display();
+        assert!(display.contains("LOOM_MAX_PREEMPTIONS="), "{display}");
+        assert!(
+            display.contains("cargo test --release -p hub-alloc -p hub-transport --lib"),
+            "{display}"
+        );
+        assert!(
+            loom.env.iter().any(|(k, _)| k == "CARGO_TARGET_DIR"),
+            "{display}"
+        );
+        assert_eq!(with_loom_cfg(None), "--cfg loom");
+        assert_eq!(
+            with_loom_cfg(Some(" -C debuginfo=0 ".into())),
+            "-C debuginfo=0 --cfg loom"
+        );
+    }
+
+    #[test]
+    fn the_last_line_is_the_totals() {
+        let ok = Step::new("fmt", ["true"], Parse::Exit);
+        let failed = Step::new("test", ["false"], Parse::Libtest);
+        let skipped = Step::new("loom", ["true"], Parse::Libtest);
+        let outcome = |passed, failed, success| Outcome {
+            counts: Counts::new(passed, failed),
+            success,
+            status: if success {
+                "exit status: 0"
+            } else {
+                "exit status: 101"
+            }
+            .into(),
+            elapsed: std::time::Duration::from_millis(1500),
+        };
+        let results = [
+            (&ok, Some(outcome(1, 0, true))),
+            (&failed, Some(outcome(40, 2, false))),
+            (&skipped, None),
+        ];
+        let mut out = Vec::new();
+        assert_eq!(summarise(&results, &mut out), Counts::new(41, 2));
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(
+            out,
+            "\n==> summary\n\
+             \x20   fmt   ok      1 passed, 0 failed  1.5s\n\
+             \x20   test  FAILED  40 passed, 2 failed  1.5s  (exit status: 101)\n\
+             \x20   loom  skipped\n\
+             41 passed, 2 failed\n"
+        );
+    }
+
+    #[test]
+    fn root_is_the_workspace() {
+        let root = workspace_root();
+        assert!(root.join("xtask").join("Cargo.toml").is_file());
+        let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+        assert!(manifest.contains("[workspace]"));
+    }
+}
