@@ -1,0 +1,1095 @@
+//! The single-producer single-consumer descriptor ring over shared memory (DESIGN §2).
+//!
+//! A ring is a [`DescRingHeader`] (`visible_head` at 0, `tail` at 64, `capacity` at 128)
+//! followed by `capacity` [`MsgDescHot`] of 64 bytes each. `visible_head` counts the descriptors
+//! the producer published, `tail` the ones the consumer took; both are free-running `u64` counts
+//! and descriptor `i` lives in slot `i % capacity`.
+//!
+//! - [`RawRing`] is the view of one ring: a pointer and the capacity from the *private*
+//!   validated configuration. The capacity stored in shared memory is never read (R3).
+//! - [`Producer::try_push`] and [`Consumer::try_pop`] take `&mut self`, so one handle cannot be
+//!   used by two threads at once; creating the handles is `unsafe` with the contract that there
+//!   is one of each per ring, in all processes together.
+//! - Each side keeps its own index privately and caches the other side's; it reloads the other
+//!   side's index only when the ring looks full (producer) or empty (consumer). A push or pop
+//!   that need not reload touches the descriptor's line and its own index's line only.
+//! - Descriptors are copied in and out with volatile writes and reads; no Rust reference to the
+//!   descriptor area is ever made (R4). The consumer copies a descriptor out before it publishes
+//!   the new tail, so the producer never overwrites a descriptor being read.
+//! - Every index read from shared memory is checked before use (R3): a head that went backwards
+//!   or ran more than `capacity` ahead of the tail, a tail that went backwards or passed the head,
+//!   are typed [`RingError`]s that say which side is at fault. Slots are indexed with
+//!   `index & (capacity - 1)` of the private capacity, so no value a peer writes can make us
+//!   touch memory outside the ring, nor panic.
+//!
+//! ```
+//! use hub_transport::ring::HeapRing;
+//! use hub_layout::MsgDescHot;
+//!
+//! let (mut producer, mut consumer) = HeapRing::new(4)?.split();
+//! let desc = MsgDescHot { msg_id: 7, ..MsgDescHot::empty() };
+//! producer.try_push(&desc)?;
+//! assert_eq!(consumer.try_pop()?, Some(desc));
+//! assert_eq!(consumer.try_pop()?, None);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use crate::sync::{AtomicU64, Ordering};
+use hub_layout::{DescRingHeader, MsgDescHot};
+use std::alloc::Layout;
+use std::ptr::{self, NonNull};
+use std::sync::Arc;
+
+/// Which side of a ring wrote a faulty index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RingSide {
+    /// The producer, which writes `visible_head`.
+    Producer,
+    /// The consumer, which writes `tail`.
+    Consumer,
+}
+
+/// A ring that cannot be used: a bad configuration, or an index in shared memory that breaks the
+/// protocol (R3). The faulty side is given by [`RingError::culprit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RingError {
+    /// The capacity given to [`RawRing::new`] or [`HeapRing::new`] is zero or not a power of two.
+    #[error("ring capacity {capacity} is not a non-zero power of two")]
+    InvalidCapacity {
+        /// The capacity given.
+        capacity: u32,
+    },
+    /// The header pointer given to [`RawRing::new`] is not 64-byte aligned.
+    #[error("ring header at {address:#x} is not 64-byte aligned")]
+    Misaligned {
+        /// The address given.
+        address: usize,
+    },
+    /// The producer's `visible_head` is smaller than a value read from it before (or than the
+    /// consumer's own tail): heads only grow.
+    #[error("ring head went backwards: read {head}, earlier {previous}")]
+    HeadWentBackwards {
+        /// The head just read.
+        head: u64,
+        /// The head (or tail) known before.
+        previous: u64,
+    },
+    /// The producer's `visible_head` is more than `capacity` descriptors ahead of the tail: it
+    /// claims descriptors it cannot have written.
+    #[error("ring head {head} is more than {capacity} ahead of tail {tail}")]
+    HeadPastCapacity {
+        /// The head read.
+        head: u64,
+        /// The tail it was compared with.
+        tail: u64,
+        /// The ring's private capacity.
+        capacity: u32,
+    },
+    /// The producer's head is `u64::MAX`: it cannot publish another descriptor. Only a corrupt
+    /// head read when the producer handle was created can get there.
+    #[error("ring head {head} cannot grow")]
+    HeadOverflow {
+        /// The producer's head.
+        head: u64,
+    },
+    /// The consumer's `tail` is smaller than a value read from it before: tails only grow.
+    #[error("ring tail went backwards: read {tail}, earlier {previous}")]
+    TailWentBackwards {
+        /// The tail just read.
+        tail: u64,
+        /// The tail known before.
+        previous: u64,
+    },
+    /// The consumer's `tail` is ahead of the head: it claims descriptors that were never
+    /// published.
+    #[error("ring tail {tail} is past head {head}")]
+    TailPastHead {
+        /// The tail read.
+        tail: u64,
+        /// The head it was compared with.
+        head: u64,
+    },
+}
+
+impl RingError {
+    /// The side whose index broke the protocol, or `None` for a configuration error.
+    ///
+    /// The caller maps it to the participant at fault: for a peer's send ring the producer is the
+    /// peer, for its recv ring the consumer is.
+    pub fn culprit(&self) -> Option<RingSide> {
+        match self {
+            Self::InvalidCapacity { .. } | Self::Misaligned { .. } => None,
+            Self::HeadWentBackwards { .. }
+            | Self::HeadPastCapacity { .. }
+            | Self::HeadOverflow { .. } => Some(RingSide::Producer),
+            Self::TailWentBackwards { .. } | Self::TailPastHead { .. } => Some(RingSide::Consumer),
+        }
+    }
+}
+
+/// Why [`Producer::try_push`] did not push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PushError {
+    /// The ring holds `capacity` descriptors; try again after the consumer took some.
+    #[error("ring is full")]
+    Full,
+    /// The consumer's tail broke the protocol (or the producer's own head is exhausted).
+    #[error(transparent)]
+    Fault(#[from] RingError),
+}
+
+/// The view of one ring in memory: the header pointer and the private capacity.
+///
+/// A `RawRing` reads shared memory only through the header's atomics; it offers the ring-wide
+/// operations ([`len`](Self::len), [`pending`](Self::pending), [`reset`](Self::reset)) and makes
+/// the two handles ([`producer`](Self::producer), [`consumer`](Self::consumer)). Cloning it is
+/// cheap and clones the view, not the ring.
+#[derive(Clone)]
+pub struct RawRing {
+    header: NonNull<DescRingHeader>,
+    slots: NonNull<MsgDescHot>,
+    capacity: u32,
+    /// `capacity - 1`: slot of index `i` is `i & mask`.
+    mask: u64,
+    /// Keeps a [`HeapRing`]'s allocation alive while a view of it exists.
+    _owner: Option<Arc<HeapBuffer>>,
+    /// Under loom, one tracked cell per slot, so that loom checks the descriptor copies for data
+    /// races just as it checks the atomics. Only views cloned from one `RawRing` share them.
+    #[cfg(loom)]
+    cells: Arc<[loom::cell::UnsafeCell<()>]>,
+}
+
+impl std::fmt::Debug for RawRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawRing")
+            .field("header", &self.header)
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+// SAFETY: a `RawRing` only touches the ring through atomics and volatile copies, whose
+// concurrent use from several threads (and processes) is the protocol of this module; the
+// contract of `RawRing::new` keeps the memory valid wherever the view goes.
+unsafe impl Send for RawRing {}
+// SAFETY: as for `Send`: every `&self` method uses atomics only, or volatile reads whose races
+// are excluded by the contracts of `pending` and of the handle constructors.
+unsafe impl Sync for RawRing {}
+
+impl RawRing {
+    /// A view of the ring whose header is at `header`, with `capacity` descriptors.
+    ///
+    /// `capacity` must come from the private, validated configuration of the hub (R2, R3), never
+    /// from the `capacity` field of the header: all indexing uses it.
+    ///
+    /// # Errors
+    ///
+    /// [`RingError::InvalidCapacity`] if `capacity` is zero or not a power of two,
+    /// [`RingError::Misaligned`] if `header` is not 64-byte aligned.
+    ///
+    /// # Safety
+    ///
+    /// - `header` points to an initialised [`DescRingHeader`], followed at
+    ///   `header.add(1)` by `capacity` descriptors; the whole range is readable and writable and
+    ///   stays mapped as long as this view, a clone of it, or a handle made from it exists.
+    /// - No Rust reference to the descriptors exists while the view is in use (R4); other
+    ///   processes may write them (and the header) at any time, which the view tolerates.
+    pub unsafe fn new(header: NonNull<DescRingHeader>, capacity: u32) -> Result<Self, RingError> {
+        if capacity == 0 || !capacity.is_power_of_two() {
+            return Err(RingError::InvalidCapacity { capacity });
+        }
+        if !header.as_ptr().cast::<u8>().addr().is_multiple_of(64) {
+            return Err(RingError::Misaligned {
+                address: header.as_ptr().addr(),
+            });
+        }
+        // SAFETY: by the contract, the descriptors start right after the header, inside the same
+        // mapping, so the offset stays in bounds.
+        let slots = unsafe { header.add(1) }.cast::<MsgDescHot>();
+        Ok(Self {
+            header,
+            slots,
+            capacity,
+            mask: u64::from(capacity) - 1,
+            _owner: None,
+            #[cfg(loom)]
+            cells: (0..capacity)
+                .map(|_| loom::cell::UnsafeCell::new(()))
+                .collect(),
+        })
+    }
+
+    /// The capacity the view was built with (the private one).
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// The producer's published count, `visible_head`. For inspection and fault injection:
+    /// storing into it breaks the protocol, which the consumer reports as a [`RingError`].
+    pub fn visible_head(&self) -> &AtomicU64 {
+        // SAFETY: the header is valid (contract of `new`); this projects to the atomic field
+        // only, and a reference to an atomic in shared memory is allowed (R4).
+        unsafe { &(*self.header.as_ptr()).visible_head }
+    }
+
+    /// The consumer's count, `tail`. For inspection and fault injection, like
+    /// [`visible_head`](Self::visible_head).
+    pub fn tail(&self) -> &AtomicU64 {
+        // SAFETY: as in `visible_head`.
+        unsafe { &(*self.header.as_ptr()).tail }
+    }
+
+    /// Number of descriptors in the ring now: published and not yet consumed.
+    ///
+    /// A snapshot for the inspector and for statistics; both sides may move while it is taken.
+    /// If the consumer keeps moving so fast that no consistent snapshot is found in a few
+    /// tries, the answer is the capacity.
+    ///
+    /// # Errors
+    ///
+    /// [`RingError::TailWentBackwards`], [`RingError::TailPastHead`] or
+    /// [`RingError::HeadPastCapacity`] if the indices break the protocol.
+    pub fn len(&self) -> Result<u32, RingError> {
+        let capacity = u64::from(self.capacity);
+        for _ in 0..4 {
+            // §2: Acquire pairs with the consumer's Release store of tail, so the head read next
+            // is at least the head the consumer had seen (a smaller one is a fault).
+            let tail = self.tail().load(Ordering::Acquire);
+            // §2: Acquire, pairs with the producer's Release store of visible_head.
+            let head = self.visible_head().load(Ordering::Acquire);
+            // §2: re-read to tell a moving consumer from a corrupt head.
+            let tail_again = self.tail().load(Ordering::Acquire);
+            if tail_again < tail {
+                return Err(RingError::TailWentBackwards {
+                    tail: tail_again,
+                    previous: tail,
+                });
+            }
+            if head < tail {
+                return Err(RingError::TailPastHead { tail, head });
+            }
+            if head - tail <= capacity {
+                // Fits in a u32: at most the capacity.
+                return Ok((head - tail) as u32);
+            }
+            if tail_again == tail {
+                // The tail did not move while the head was read: the head itself is too far.
+                return Err(RingError::HeadPastCapacity {
+                    head,
+                    tail,
+                    capacity: self.capacity,
+                });
+            }
+        }
+        Ok(self.capacity)
+    }
+
+    /// Whether the ring is empty now; a snapshot, like [`len`](Self::len).
+    ///
+    /// # Errors
+    ///
+    /// As [`len`](Self::len).
+    pub fn is_empty(&self) -> Result<bool, RingError> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Copies out the descriptors published and not yet consumed, oldest first: the scan of a
+    /// dead peer's rings that comes before their [`reset`](Self::reset) (R10).
+    ///
+    /// Only meaningful when the producer is not pushing (it is dead or stopped); a consumer may
+    /// still be running only if it is in this process and not popping concurrently. The
+    /// descriptors are copies: check every field before use (R3).
+    ///
+    /// # Errors
+    ///
+    /// As [`len`](Self::len), when the indices break the protocol.
+    pub fn pending(&self) -> Result<Vec<MsgDescHot>, RingError> {
+        // §2: Acquire, as in `len`.
+        let tail = self.tail().load(Ordering::Acquire);
+        // §2: Acquire: the descriptors up to head are visible.
+        let head = self.visible_head().load(Ordering::Acquire);
+        if head < tail {
+            return Err(RingError::TailPastHead { tail, head });
+        }
+        if head - tail > u64::from(self.capacity) {
+            return Err(RingError::HeadPastCapacity {
+                head,
+                tail,
+                capacity: self.capacity,
+            });
+        }
+        Ok((tail..head)
+            // SAFETY: the producer is not writing (contract of this method), so reading the
+            // published slots does not race with a write in this process.
+            .map(|index| unsafe { self.read_slot(index) })
+            .collect())
+    }
+
+    /// Sets both indices to 0: an empty ring, as at creation. For the host's recovery of a dead
+    /// peer (R10), after the scan with [`pending`](Self::pending).
+    ///
+    /// Only valid when neither side is in use: no [`Producer`] or [`Consumer`] of this ring
+    /// exists in any process, or the ones that exist are never used again. A handle that is used
+    /// after a reset sees indices that went backwards and reports a [`RingError`]; memory safety
+    /// does not depend on it.
+    pub fn reset(&self) {
+        // §2: Release, so new handles that read the zeros with Acquire start after the reset.
+        self.tail().store(0, Ordering::Release);
+        // §2: Release, as above.
+        self.visible_head().store(0, Ordering::Release);
+    }
+
+    /// The producer handle of this ring, starting from the indices in shared memory.
+    ///
+    /// # Errors
+    ///
+    /// [`RingError::TailPastHead`] or [`RingError::HeadPastCapacity`] if the indices break the
+    /// protocol.
+    ///
+    /// # Safety
+    ///
+    /// No other [`Producer`] of this ring exists, in this or any other process, while the
+    /// returned one exists (single producer, DESIGN §2): two producers would write the same slot
+    /// at once.
+    pub unsafe fn producer(&self) -> Result<Producer, RingError> {
+        // §2: Acquire: the consumer's reads of the slots it freed happen before our writes.
+        let tail = self.tail().load(Ordering::Acquire);
+        // §2: our own published count, from a previous handle of ours or the reset.
+        let head = self.visible_head().load(Ordering::Acquire);
+        self.check_indices(head, tail)?;
+        Ok(Producer {
+            ring: self.clone(),
+            head,
+            cached_tail: tail,
+        })
+    }
+
+    /// The consumer handle of this ring, starting from the indices in shared memory.
+    ///
+    /// # Errors
+    ///
+    /// [`RingError::TailPastHead`] or [`RingError::HeadPastCapacity`] if the indices break the
+    /// protocol.
+    ///
+    /// # Safety
+    ///
+    /// No other [`Consumer`] of this ring exists, in this or any other process, while the
+    /// returned one exists (single consumer, DESIGN §2).
+    pub unsafe fn consumer(&self) -> Result<Consumer, RingError> {
+        // §2: Acquire, pairs with the previous consumer's Release (or the reset).
+        let tail = self.tail().load(Ordering::Acquire);
+        // §2: Acquire, pairs with the producer's Release store of visible_head.
+        let head = self.visible_head().load(Ordering::Acquire);
+        self.check_indices(head, tail)?;
+        Ok(Consumer {
+            ring: self.clone(),
+            tail,
+            cached_head: head,
+        })
+    }
+
+    fn check_indices(&self, head: u64, tail: u64) -> Result<(), RingError> {
+        if tail > head {
+            return Err(RingError::TailPastHead { tail, head });
+        }
+        if head - tail > u64::from(self.capacity) {
+            return Err(RingError::HeadPastCapacity {
+                head,
+                tail,
+                capacity: self.capacity,
+            });
+        }
+        Ok(())
+    }
+
+    /// Pointer to the slot of `index`, always inside the ring.
+    fn slot_ptr(&self, index: u64) -> *mut MsgDescHot {
+        // `index & mask` < capacity, which fits a usize on the 64-bit targets the hub supports.
+        let slot = (index & self.mask) as usize;
+        // SAFETY: slot < capacity, and the contract of `new` says `capacity` descriptors follow
+        // the header, so the offset stays inside them.
+        unsafe { self.slots.as_ptr().add(slot) }
+    }
+
+    /// Copies `desc` into the slot of `index`.
+    ///
+    /// # Safety
+    ///
+    /// The caller is the ring's only producer and the consumer does not read this slot now (it
+    /// is not published, and the consumer is done with its previous content).
+    unsafe fn write_slot(&self, index: u64, desc: &MsgDescHot) {
+        let slot = self.slot_ptr(index);
+        let write = || {
+            // SAFETY: `slot` is in the ring and aligned (the header is 64-aligned and 192 bytes
+            // long, descriptors are 64 bytes); no reference to it exists (R4); the caller's
+            // contract excludes a concurrent access in this process.
+            unsafe { ptr::write_volatile(slot, *desc) }
+        };
+        #[cfg(loom)]
+        self.cells[(index & self.mask) as usize].with_mut(|_| write());
+        #[cfg(not(loom))]
+        write();
+    }
+
+    /// Copies the descriptor out of the slot of `index`.
+    ///
+    /// # Safety
+    ///
+    /// The slot is published (below the head read with Acquire) and the producer does not write
+    /// it now (it is not consumed yet, or the producer is stopped).
+    unsafe fn read_slot(&self, index: u64) -> MsgDescHot {
+        let slot = self.slot_ptr(index);
+        let read = || {
+            // SAFETY: as in `write_slot`; every bit pattern is a valid `MsgDescHot` (integers
+            // and bytes only), so whatever a peer wrote, the copy is a valid value.
+            unsafe { ptr::read_volatile(slot) }
+        };
+        #[cfg(loom)]
+        return self.cells[(index & self.mask) as usize].with(|_| read());
+        #[cfg(not(loom))]
+        read()
+    }
+}
+
+/// The producing side of a ring: pushes descriptors.
+///
+/// Made by [`RawRing::producer`] or [`HeapRing::split`]. It keeps its own head privately (the only
+/// writer of `visible_head`) and a cached copy of the consumer's tail, reloaded only when the ring
+/// looks full.
+#[derive(Debug)]
+pub struct Producer {
+    ring: RawRing,
+    /// Descriptors published so far: the value of `visible_head` we last stored.
+    head: u64,
+    /// The consumer's tail when last read; never more than the real one.
+    cached_tail: u64,
+}
+
+impl Producer {
+    /// Copies `desc` into the ring and publishes it.
+    ///
+    /// # Errors
+    ///
+    /// [`PushError::Full`] if the ring holds `capacity` descriptors. [`PushError::Fault`] if
+    /// the consumer's tail, read when the ring looked full, went backwards
+    /// ([`RingError::TailWentBackwards`]) or passed our head ([`RingError::TailPastHead`]), or if
+    /// our head cannot grow ([`RingError::HeadOverflow`]). Nothing is written then.
+    pub fn try_push(&mut self, desc: &MsgDescHot) -> Result<(), PushError> {
+        let capacity = u64::from(self.ring.capacity);
+        // Invariant: cached_tail <= head and head - cached_tail <= capacity.
+        if self.head - self.cached_tail >= capacity {
+            // §2: Acquire pairs with the consumer's Release store of tail: its copies out of the
+            // slots it freed happen before we overwrite them.
+            let tail = self.ring.tail().load(Ordering::Acquire);
+            if tail < self.cached_tail {
+                return Err(RingError::TailWentBackwards {
+                    tail,
+                    previous: self.cached_tail,
+                }
+                .into());
+            }
+            if tail > self.head {
+                return Err(RingError::TailPastHead {
+                    tail,
+                    head: self.head,
+                }
+                .into());
+            }
+            self.cached_tail = tail;
+            if self.head - tail >= capacity {
+                return Err(PushError::Full);
+            }
+        }
+        let next = self
+            .head
+            .checked_add(1)
+            .ok_or(RingError::HeadOverflow { head: self.head })?;
+        // SAFETY: we are the only producer (contract of the constructor); the slot of `head` is
+        // not published, and the consumer is done with it since head - tail < capacity.
+        unsafe { self.ring.write_slot(self.head, desc) };
+        // §2: Release publishes the descriptor written above to the consumer's Acquire load.
+        self.ring.visible_head().store(next, Ordering::Release);
+        self.head = next;
+        Ok(())
+    }
+
+    /// Descriptors published by this side so far (its private head).
+    pub fn head(&self) -> u64 {
+        self.head
+    }
+
+    /// The ring this handle pushes into.
+    pub fn ring(&self) -> &RawRing {
+        &self.ring
+    }
+}
+
+/// The consuming side of a ring: pops descriptors.
+///
+/// Made by [`RawRing::consumer`] or [`HeapRing::split`]. It keeps its own tail privately (the only
+/// writer of `tail`) and a cached copy of the producer's head, reloaded only when the ring looks
+/// empty.
+#[derive(Debug)]
+pub struct Consumer {
+    ring: RawRing,
+    /// Descriptors consumed so far: the value of `tail` we last stored.
+    tail: u64,
+    /// The producer's head when last read and checked; tail <= cached_head <= tail + capacity.
+    cached_head: u64,
+}
+
+impl Consumer {
+    /// Copies the oldest descriptor out of the ring, or returns `None` if it is empty.
+    ///
+    /// The copy is made before the slot is handed back to the producer, so the result is never
+    /// torn by a later push. Its fields are unchecked data from the producer (R3).
+    ///
+    /// # Errors
+    ///
+    /// If the producer's head, read once when the ring looked empty, went backwards
+    /// ([`RingError::HeadWentBackwards`]) or is more than `capacity` ahead of our tail
+    /// ([`RingError::HeadPastCapacity`]). Nothing is consumed then, and every later call fails
+    /// the same way until the head is sane again.
+    pub fn try_pop(&mut self) -> Result<Option<MsgDescHot>, RingError> {
+        if self.tail == self.cached_head {
+            // §2: Acquire pairs with the producer's Release store: the descriptors below this
+            // head are fully written before we copy them.
+            let head = self.ring.visible_head().load(Ordering::Acquire);
+            if head < self.cached_head {
+                return Err(RingError::HeadWentBackwards {
+                    head,
+                    previous: self.cached_head,
+                });
+            }
+            if head - self.tail > u64::from(self.ring.capacity) {
+                return Err(RingError::HeadPastCapacity {
+                    head,
+                    tail: self.tail,
+                    capacity: self.ring.capacity,
+                });
+            }
+            self.cached_head = head;
+            if head == self.tail {
+                return Ok(None);
+            }
+        }
+        // SAFETY: tail < cached_head, a head read with Acquire, so the slot is published; the
+        // producer does not overwrite it until we store a tail past it below.
+        let desc = unsafe { self.ring.read_slot(self.tail) };
+        // tail < cached_head <= u64::MAX, so this cannot overflow.
+        self.tail += 1;
+        // §2: Release: our copy of the slot happens before the producer's Acquire load of this
+        // tail, and so before it overwrites the slot.
+        self.ring.tail().store(self.tail, Ordering::Release);
+        Ok(Some(desc))
+    }
+
+    /// Descriptors consumed by this side so far (its private tail).
+    pub fn tail(&self) -> u64 {
+        self.tail
+    }
+
+    /// The ring this handle pops from.
+    pub fn ring(&self) -> &RawRing {
+        &self.ring
+    }
+}
+
+/// The heap allocation behind a [`HeapRing`].
+struct HeapBuffer {
+    ptr: NonNull<u8>,
+    layout: Layout,
+}
+
+// SAFETY: the buffer is plain memory owned by this value; access goes through `RawRing`, which
+// is Send and Sync under its own contract.
+unsafe impl Send for HeapBuffer {}
+// SAFETY: as above; `HeapBuffer` itself offers no access.
+unsafe impl Sync for HeapBuffer {}
+
+impl Drop for HeapBuffer {
+    fn drop(&mut self) {
+        // SAFETY: the header was written with `ptr::write` in `HeapRing::new` and is dropped once
+        // here (under loom its atomics need their destructor); the descriptors need none.
+        unsafe { ptr::drop_in_place(self.ptr.as_ptr().cast::<DescRingHeader>()) };
+        // SAFETY: allocated in `HeapRing::new` with this layout, freed once.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
+    }
+}
+
+/// A ring in private heap memory, laid out exactly like one in a segment: for tests, benchmarks
+/// and loom models.
+///
+/// The allocation lives as long as any view or handle made from it.
+pub struct HeapRing {
+    ring: RawRing,
+}
+
+impl std::fmt::Debug for HeapRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeapRing")
+            .field("ring", &self.ring)
+            .finish()
+    }
+}
+
+impl HeapRing {
+    /// An empty ring of `capacity` descriptors, built with constructors and `ptr::write` (so it
+    /// also works with loom's atomics, DESIGN §6).
+    ///
+    /// # Errors
+    ///
+    /// [`RingError::InvalidCapacity`] if `capacity` is zero or not a power of two.
+    pub fn new(capacity: u32) -> Result<Self, RingError> {
+        if capacity == 0 || !capacity.is_power_of_two() {
+            return Err(RingError::InvalidCapacity { capacity });
+        }
+        let size = size_of::<DescRingHeader>() + capacity as usize * size_of::<MsgDescHot>();
+        let layout = Layout::from_size_align(size, 64)
+            .map_err(|_| RingError::InvalidCapacity { capacity })?;
+        // SAFETY: the layout has a non-zero size (the header alone is non-empty).
+        let raw = unsafe { std::alloc::alloc(layout) };
+        let Some(ptr) = NonNull::new(raw) else {
+            std::alloc::handle_alloc_error(layout);
+        };
+        let header = ptr.cast::<DescRingHeader>();
+        // SAFETY: the allocation is 64-aligned and large enough for the header and `capacity`
+        // descriptors; each is written once, as a whole value, before any read.
+        unsafe {
+            header.write(DescRingHeader::new(capacity));
+            let slots = header.add(1).cast::<MsgDescHot>();
+            for i in 0..capacity as usize {
+                slots.add(i).write(MsgDescHot::empty());
+            }
+        }
+        let owner = Arc::new(HeapBuffer { ptr, layout });
+        // SAFETY: the header and descriptors were initialised above, the memory lives as long
+        // as `owner`, which every view and handle keeps alive, and no reference to it exists.
+        let mut ring = unsafe { RawRing::new(header, capacity) }?;
+        ring._owner = Some(owner);
+        Ok(Self { ring })
+    }
+
+    /// A view of the ring, for `len`, `pending`, `reset` and fault injection. The view keeps the
+    /// allocation alive.
+    pub fn ring(&self) -> &RawRing {
+        &self.ring
+    }
+
+    /// The ring's only producer and consumer. Consuming the `HeapRing` makes a second pair
+    /// impossible without `unsafe`.
+    pub fn split(self) -> (Producer, Consumer) {
+        (
+            Producer {
+                ring: self.ring.clone(),
+                head: 0,
+                cached_tail: 0,
+            },
+            Consumer {
+                ring: self.ring,
+                tail: 0,
+                cached_head: 0,
+            },
+        )
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn desc(seq: u64) -> MsgDescHot {
+        MsgDescHot {
+            msg_id: seq,
+            channel_id: seq as u32,
+            inline_payload: [seq as u8; 16],
+            ..MsgDescHot::empty()
+        }
+    }
+
+    #[test]
+    fn invalid_capacity_is_refused() {
+        for capacity in [0, 3, 6, 100] {
+            assert_eq!(
+                HeapRing::new(capacity).unwrap_err(),
+                RingError::InvalidCapacity { capacity }
+            );
+        }
+    }
+
+    #[test]
+    fn misaligned_header_is_refused() {
+        let heap = HeapRing::new(4).unwrap();
+        let ptr = heap.ring().header.as_ptr().cast::<u8>();
+        // SAFETY: 8 bytes into the allocation; the constructor refuses it before any access.
+        let bad = unsafe { NonNull::new_unchecked(ptr.add(8).cast::<DescRingHeader>()) };
+        // SAFETY: the memory is valid for the header and 4 descriptors beyond `ptr`; the call
+        // fails before using it.
+        let result = unsafe { RawRing::new(bad, 2) };
+        assert_eq!(
+            result.unwrap_err(),
+            RingError::Misaligned {
+                address: ptr as usize + 8
+            }
+        );
+    }
+
+    #[test]
+    fn empty_then_full_then_empty() {
+        let heap = HeapRing::new(4).unwrap();
+        let ring = heap.ring().clone();
+        let (mut producer, mut consumer) = heap.split();
+        assert_eq!(consumer.try_pop(), Ok(None));
+        assert_eq!(ring.len(), Ok(0));
+        for i in 0..4 {
+            producer.try_push(&desc(i)).unwrap();
+            assert_eq!(ring.len(), Ok(i as u32 + 1));
+        }
+        assert_eq!(producer.try_push(&desc(99)), Err(PushError::Full));
+        for i in 0..4 {
+            assert_eq!(consumer.try_pop(), Ok(Some(desc(i))));
+        }
+        assert_eq!(consumer.try_pop(), Ok(None));
+        assert_eq!(ring.is_empty(), Ok(true));
+        assert_eq!((producer.head(), consumer.tail()), (4, 4));
+    }
+
+    #[test]
+    fn wraps_around_many_times_in_order() {
+        let heap = HeapRing::new(2).unwrap();
+        let (mut producer, mut consumer) = heap.split();
+        let mut next_pop = 0;
+        for i in 0..100u64 {
+            producer.try_push(&desc(i)).unwrap();
+            if i % 2 == 1 {
+                // Keep the ring full half the time.
+                assert_eq!(producer.try_push(&desc(999)), Err(PushError::Full));
+                while let Some(d) = consumer.try_pop().unwrap() {
+                    assert_eq!(d, desc(next_pop));
+                    next_pop += 1;
+                }
+            }
+        }
+        assert_eq!(next_pop, 100);
+        assert_eq!(producer.ring().visible_head().load(Ordering::Relaxed), 100);
+        assert_eq!(consumer.ring().tail().load(Ordering::Relaxed), 100);
+    }
+
+    #[test]
+    fn producer_reloads_tail_only_when_full() {
+        let heap = HeapRing::new(4).unwrap();
+        let ring = heap.ring().clone();
+        let (mut producer, _consumer) = heap.split();
+        // Garbage in the tail is not looked at while the ring has room...
+        ring.tail().store(u64::MAX, Ordering::Relaxed);
+        for i in 0..4 {
+            producer.try_push(&desc(i)).unwrap();
+        }
+        // ...and is caught when the producer needs it.
+        assert_eq!(
+            producer.try_push(&desc(4)),
+            Err(PushError::Fault(RingError::TailPastHead {
+                tail: u64::MAX,
+                head: 4
+            }))
+        );
+    }
+
+    #[test]
+    fn consumer_reports_head_past_capacity() {
+        let heap = HeapRing::new(4).unwrap();
+        let ring = heap.ring().clone();
+        let (_producer, mut consumer) = heap.split();
+        ring.visible_head().store(5, Ordering::Release);
+        let err = consumer.try_pop().unwrap_err();
+        assert_eq!(
+            err,
+            RingError::HeadPastCapacity {
+                head: 5,
+                tail: 0,
+                capacity: 4
+            }
+        );
+        assert_eq!(err.culprit(), Some(RingSide::Producer));
+        // The error sticks; nothing was consumed.
+        assert_eq!(consumer.try_pop(), Err(err));
+        assert_eq!(consumer.tail(), 0);
+        ring.visible_head().store(u64::MAX, Ordering::Release);
+        assert!(matches!(
+            consumer.try_pop(),
+            Err(RingError::HeadPastCapacity { head: u64::MAX, .. })
+        ));
+    }
+
+    #[test]
+    fn consumer_reports_head_went_backwards() {
+        let heap = HeapRing::new(4).unwrap();
+        let ring = heap.ring().clone();
+        let (mut producer, mut consumer) = heap.split();
+        for i in 0..3 {
+            producer.try_push(&desc(i)).unwrap();
+        }
+        assert_eq!(consumer.try_pop(), Ok(Some(desc(0))));
+        // The consumer saw head 3; it drains 1 and 2 from its cache without reloading.
+        ring.visible_head().store(1, Ordering::Release);
+        assert_eq!(consumer.try_pop(), Ok(Some(desc(1))));
+        assert_eq!(consumer.try_pop(), Ok(Some(desc(2))));
+        assert_eq!(
+            consumer.try_pop(),
+            Err(RingError::HeadWentBackwards {
+                head: 1,
+                previous: 3
+            })
+        );
+    }
+
+    #[test]
+    fn producer_reports_tail_went_backwards_and_past_head() {
+        let heap = HeapRing::new(2).unwrap();
+        let ring = heap.ring().clone();
+        let (mut producer, mut consumer) = heap.split();
+        for i in 0..2 {
+            producer.try_push(&desc(i)).unwrap();
+        }
+        assert_eq!(consumer.try_pop(), Ok(Some(desc(0))));
+        producer.try_push(&desc(2)).unwrap(); // reloads tail = 1
+        assert_eq!(consumer.try_pop(), Ok(Some(desc(1))));
+        ring.tail().store(0, Ordering::Release);
+        let err = producer.try_push(&desc(3)).unwrap_err();
+        assert_eq!(
+            err,
+            PushError::Fault(RingError::TailWentBackwards {
+                tail: 0,
+                previous: 1
+            })
+        );
+        let PushError::Fault(fault) = err else {
+            unreachable!()
+        };
+        assert_eq!(fault.culprit(), Some(RingSide::Consumer));
+        ring.tail().store(7, Ordering::Release);
+        assert_eq!(
+            producer.try_push(&desc(3)),
+            Err(PushError::Fault(RingError::TailPastHead {
+                tail: 7,
+                head: 3
+            }))
+        );
+        // Nothing was published by the failed pushes.
+        assert_eq!(ring.visible_head().load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn handles_check_the_indices_they_start_from() {
+        let heap = HeapRing::new(4).unwrap();
+        let ring = heap.ring().clone();
+        ring.visible_head().store(10, Ordering::Relaxed);
+        ring.tail().store(2, Ordering::Relaxed);
+        // SAFETY: no other producer or consumer of this ring exists (`heap` is not split).
+        let (p, c) = unsafe { (ring.producer(), ring.consumer()) };
+        let expected = RingError::HeadPastCapacity {
+            head: 10,
+            tail: 2,
+            capacity: 4,
+        };
+        assert_eq!(p.unwrap_err(), expected);
+        assert_eq!(c.unwrap_err(), expected);
+        ring.tail().store(11, Ordering::Relaxed);
+        // SAFETY: as above.
+        let p = unsafe { ring.producer() };
+        assert_eq!(
+            p.unwrap_err(),
+            RingError::TailPastHead { tail: 11, head: 10 }
+        );
+        // A sane state: the handles resume from it.
+        ring.tail().store(8, Ordering::Relaxed);
+        // SAFETY: as above; each handle is dropped at the end of the block.
+        let (mut p, mut c) = unsafe { (ring.producer().unwrap(), ring.consumer().unwrap()) };
+        assert_eq!(ring.len(), Ok(2));
+        p.try_push(&desc(10)).unwrap();
+        p.try_push(&desc(11)).unwrap();
+        assert_eq!(p.try_push(&desc(12)), Err(PushError::Full));
+        for _ in 0..2 {
+            // Slots 8 and 9 hold the empty descriptors of creation.
+            assert_eq!(c.try_pop(), Ok(Some(MsgDescHot::empty())));
+        }
+        assert_eq!(c.try_pop(), Ok(Some(desc(10))));
+        assert_eq!(c.try_pop(), Ok(Some(desc(11))));
+        assert_eq!(c.try_pop(), Ok(None));
+        drop(heap);
+    }
+
+    #[test]
+    fn len_reports_faults() {
+        let heap = HeapRing::new(4).unwrap();
+        let ring = heap.ring();
+        ring.visible_head().store(3, Ordering::Relaxed);
+        ring.tail().store(5, Ordering::Relaxed);
+        assert_eq!(
+            ring.len(),
+            Err(RingError::TailPastHead { tail: 5, head: 3 })
+        );
+        ring.visible_head().store(100, Ordering::Relaxed);
+        assert_eq!(
+            ring.len(),
+            Err(RingError::HeadPastCapacity {
+                head: 100,
+                tail: 5,
+                capacity: 4
+            })
+        );
+        assert!(ring.pending().is_err());
+    }
+
+    #[test]
+    fn pending_then_reset() {
+        let heap = HeapRing::new(4).unwrap();
+        let ring = heap.ring().clone();
+        let (mut producer, mut consumer) = heap.split();
+        for i in 0..6 {
+            if i >= 4 {
+                consumer.try_pop().unwrap();
+            }
+            producer.try_push(&desc(i)).unwrap();
+        }
+        assert_eq!(ring.pending(), Ok((2..6).map(desc).collect()));
+        drop((producer, consumer));
+        ring.reset();
+        assert_eq!(ring.len(), Ok(0));
+        assert_eq!(ring.pending(), Ok(vec![]));
+        // SAFETY: the previous handles were dropped; these are the only ones.
+        let (mut p, mut c) = unsafe { (ring.producer().unwrap(), ring.consumer().unwrap()) };
+        assert_eq!(c.try_pop(), Ok(None));
+        p.try_push(&desc(42)).unwrap();
+        assert_eq!(c.try_pop(), Ok(Some(desc(42))));
+    }
+
+    #[test]
+    fn a_stale_handle_after_reset_reports_instead_of_misbehaving() {
+        let heap = HeapRing::new(4).unwrap();
+        let ring = heap.ring().clone();
+        let (mut producer, mut consumer) = heap.split();
+        for i in 0..3 {
+            producer.try_push(&desc(i)).unwrap();
+        }
+        for _ in 0..3 {
+            consumer.try_pop().unwrap();
+        }
+        ring.reset();
+        assert_eq!(
+            consumer.try_pop(),
+            Err(RingError::HeadWentBackwards {
+                head: 0,
+                previous: 3
+            })
+        );
+    }
+
+    #[test]
+    fn head_overflow_is_an_error_not_a_panic() {
+        let heap = HeapRing::new(2).unwrap();
+        let ring = heap.ring().clone();
+        ring.visible_head().store(u64::MAX, Ordering::Relaxed);
+        ring.tail().store(u64::MAX - 1, Ordering::Relaxed);
+        // SAFETY: `heap` is not split; this is the only producer.
+        let mut producer = unsafe { ring.producer() }.unwrap();
+        assert_eq!(
+            producer.try_push(&desc(0)),
+            Err(PushError::Fault(RingError::HeadOverflow { head: u64::MAX }))
+        );
+    }
+
+    #[test]
+    fn views_keep_the_allocation_alive() {
+        let heap = HeapRing::new(2).unwrap();
+        let ring = heap.ring().clone();
+        let (mut producer, consumer) = heap.split();
+        drop(consumer);
+        producer.try_push(&desc(1)).unwrap();
+        drop(producer);
+        assert_eq!(ring.pending(), Ok(vec![desc(1)]));
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use loom::thread;
+
+    fn desc(seq: u64) -> MsgDescHot {
+        MsgDescHot {
+            msg_id: seq,
+            payload_len: seq as u32,
+            ..MsgDescHot::empty()
+        }
+    }
+
+    /// Producer and consumer exchange 3 descriptors through a ring of capacity 2 (so the third
+    /// wraps around into a slot the consumer freed): every one arrives once, in order, intact,
+    /// and loom finds no race on a slot.
+    #[test]
+    fn exchange_across_wraparound() {
+        loom::model(|| {
+            const COUNT: u64 = 3;
+            let (mut producer, mut consumer) = HeapRing::new(2).unwrap().split();
+            let sender = thread::spawn(move || {
+                for i in 0..COUNT {
+                    loop {
+                        match producer.try_push(&desc(i)) {
+                            Ok(()) => break,
+                            Err(PushError::Full) => thread::yield_now(),
+                            Err(fault) => panic!("{fault}"),
+                        }
+                    }
+                }
+            });
+            for i in 0..COUNT {
+                loop {
+                    match consumer.try_pop().unwrap() {
+                        Some(d) => {
+                            assert_eq!(d, desc(i));
+                            break;
+                        }
+                        None => thread::yield_now(),
+                    }
+                }
+            }
+            sender.join().unwrap();
+            assert_eq!(consumer.try_pop().unwrap(), None);
+            assert_eq!(consumer.ring().len().unwrap(), 0);
+        });
+    }
+
+    /// The inspector's `len` runs beside a producer and a consumer and never reports a fault
+    /// for a healthy ring.
+    #[test]
+    fn len_beside_a_healthy_ring() {
+        loom::model(|| {
+            let heap = HeapRing::new(2).unwrap();
+            let ring = heap.ring().clone();
+            let (mut producer, mut consumer) = heap.split();
+            let sender = thread::spawn(move || {
+                producer.try_push(&desc(0)).unwrap();
+                producer.try_push(&desc(1)).unwrap();
+            });
+            let receiver = thread::spawn(move || {
+                let mut got = 0;
+                while got < 2 {
+                    match consumer.try_pop().unwrap() {
+                        Some(d) => {
+                            assert_eq!(d, desc(got));
+                            got += 1;
+                        }
+                        None => thread::yield_now(),
+                    }
+                }
+            });
+            let len = ring.len().unwrap();
+            assert!(len <= 2);
+            sender.join().unwrap();
+            receiver.join().unwrap();
+        });
+    }
+}

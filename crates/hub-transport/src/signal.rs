@@ -1,0 +1,769 @@
+//! Waiting and waking on a futex word without losing a wakeup (rule R11).
+//!
+//! A [`Doorbell`] wraps one futex word of the segment (`PeerEntry::send_data_futex`,
+//! `recv_data_futex`, `SizeClassHeader::slot_available_futex`, ...). A publisher makes its data
+//! visible (a Release store, e.g. a ring's `visible_head`) and then calls [`Doorbell::ring`]. A
+//! waiter calls [`Doorbell::wait_until`] (or [`Doorbell::wait_for`]) with a condition that looks
+//! at the data. The host waits on many doorbells with one system call through [`wait_any_for`].
+//!
+//! # The word
+//!
+//! ```text
+//! bit 31 ........................ bit 1   bit 0
+//! [        sequence (31 bits)          ] [ W ]
+//! ```
+//!
+//! - The sequence goes up by one (the word by [`SEQUENCE_STEP`]) on every [`Doorbell::ring`],
+//!   wrapping around.
+//! - `W` ([`WAITER_BIT`]) says "a waiter may be asleep or about to sleep". A waiter sets it before
+//!   its last check of the condition; a publisher that finds it set clears it and makes the
+//!   `FUTEX_WAKE` system call. A publisher that finds it clear makes no system call at all: a
+//!   ring costs one atomic read-modify-write when nobody sleeps.
+//!
+//! # The protocol
+//!
+//! Publisher ([`Doorbell::ring`]):
+//!
+//! 1. publish the data (Release store, done by the caller);
+//! 2. `prev = word.fetch_add(2)` (Release);
+//! 3. if `prev` has `W`: `word.fetch_and(!W)`, then `futex_wake(word, all)`.
+//!
+//! Waiter ([`Doorbell::wait_for`], park step):
+//!
+//! 1. `seen = word.fetch_or(W)` (Acquire) — the announcement;
+//! 2. check the condition; if it holds, return;
+//! 3. `futex_wait(word, seen | W)`; whatever its outcome, go back to checking the condition.
+//!
+//! # Why no wakeup is lost
+//!
+//! Both sides write the *same* word with read-modify-writes, so the word's single modification
+//! order puts the waiter's `fetch_or` (F) and the publisher's `fetch_add` (A) one before the
+//! other, and a read-modify-write always reads the value just before it in that order. This is
+//! what makes SeqCst unnecessary: a Dekker-style handshake needs sequential consistency only when
+//! each side writes one location and reads *another*. Release on A and Acquire on F are all the
+//! proof below uses, and the loom models fail (with a deadlock) if either is weakened to Relaxed.
+//! The publisher needs no Acquire: nothing flows from the waiter to it but the bit `W` itself.
+//!
+//! - **A before F.** F reads A's value or a later one, and every later value comes from a
+//!   read-modify-write, which continues A's release sequence. So A (Release) synchronises with F
+//!   (Acquire), the data store that precedes A happens before the condition check of step 2, and
+//!   the waiter sees the data and returns without sleeping.
+//! - **F before A.** A reads F's value or a later one. Either `W` is still set in what A reads,
+//!   and this publisher clears it and wakes; or another ring (or [`Doorbell::clear`]) cleared it
+//!   between F and A, and *that* caller wakes after clearing. Either way some wake W' comes after
+//!   a write R that changed the word after F. The waiter sleeps on `seen | W`, the value F wrote.
+//!   The kernel compares the word and sleeps atomically with respect to `FUTEX_WAKE`: if it
+//!   compares after R, the word differs (the sequence moved on) and the waiter does not sleep; if
+//!   it compares before R, the waiter is queued before W' and W' wakes it. Then the waiter loops,
+//!   checks the condition and, if needed, announces again — which falls in the first case.
+//!
+//! The only way a wait could miss a change is the word coming back to exactly `seen | W` before
+//! the kernel compares it: 2^31 rings plus a new announcement within one system call's window.
+//!
+//! The cost of this scheme: a waiter that finds its condition true at step 2 leaves `W` set, so
+//! the next ring makes one `FUTEX_WAKE` that wakes nobody. It never makes a wakeup lost, and `W`
+//! is clear again after that ring.
+//!
+//! # Spinning
+//!
+//! [`WaitMode::Adaptive`] checks the condition with [`crossbeam_utils::Backoff`] until the
+//! backoff is completed (a few microseconds), then parks: "receivers spin briefly before they
+//! park" (R11). [`WaitMode::Spin`] never parks, [`WaitMode::Block`] parks at once.
+//!
+//! ```
+//! use hub_transport::signal::{Doorbell, WaitMode};
+//! use hub_transport::sync::{AtomicU32, AtomicU64, Ordering};
+//! use std::sync::Arc;
+//!
+//! let word = Arc::new(AtomicU32::new(0));
+//! let data = Arc::new(AtomicU64::new(0));
+//! let publisher = {
+//!     let (word, data) = (Arc::clone(&word), Arc::clone(&data));
+//!     std::thread::spawn(move || {
+//!         data.store(42, Ordering::Release);
+//!         Doorbell::new(&word).ring();
+//!     })
+//! };
+//! let bell = Doorbell::new(&word);
+//! bell.wait_until(|| data.load(Ordering::Acquire) == 42, None, WaitMode::Adaptive)?;
+//! publisher.join().unwrap();
+//! # Ok::<(), hub_transport::signal::WaitError>(())
+//! ```
+
+use crate::futex::{self, FutexError, MAX_WAIT_ANY, WAKE_ALL};
+use crate::sync::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The bit of a doorbell word that says a waiter announced itself.
+pub const WAITER_BIT: u32 = 1;
+
+/// What one [`Doorbell::ring`] adds to the word: one step of the sequence in bits 1 to 31.
+pub const SEQUENCE_STEP: u32 = 2;
+
+/// How a waiter waits for its condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WaitMode {
+    /// Check the condition in a busy loop and never sleep in the kernel. Lowest latency, burns a
+    /// core; for benchmarks and dedicated polling threads.
+    Spin,
+    /// Announce and sleep in the kernel as soon as the condition is false.
+    Block,
+    /// Spin with [`crossbeam_utils::Backoff`] until it is completed, then sleep (R11).
+    #[default]
+    Adaptive,
+}
+
+/// Why a wait ended without its condition holding.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WaitError {
+    /// The deadline passed and the condition was still false.
+    #[error("the deadline passed before the condition held")]
+    TimedOut,
+    /// The futex system call failed (see [`FutexError`]); for [`wait_any_for`] also an empty or
+    /// too long list of doorbells.
+    #[error(transparent)]
+    Futex(#[from] FutexError),
+}
+
+/// The wait/wake protocol of R11 over one futex word in shared memory.
+///
+/// A doorbell is a borrowed view: any number of them, in any number of processes, may wrap the
+/// same word; every publisher calls [`ring`](Self::ring) and every waiter
+/// [`wait_until`](Self::wait_until). See the [module documentation](self) for the protocol.
+#[derive(Debug, Clone, Copy)]
+pub struct Doorbell<'a> {
+    word: &'a AtomicU32,
+}
+
+impl<'a> Doorbell<'a> {
+    /// A doorbell over `word`. The word's initial value does not matter (0 is usual).
+    pub const fn new(word: &'a AtomicU32) -> Self {
+        Self { word }
+    }
+
+    /// The futex word.
+    pub const fn word(&self) -> &'a AtomicU32 {
+        self.word
+    }
+
+    /// The current sequence number: how many times the doorbell rang since it was last cleared,
+    /// modulo 2^31. For inspection; the protocol never needs it.
+    pub fn sequence(&self) -> u32 {
+        // R11: inspection only, orders nothing.
+        self.word.load(Ordering::Relaxed) >> 1
+    }
+
+    /// Whether a waiter has announced itself and no ring has cleared the announcement since.
+    /// For inspection; the answer may be stale by the time it is read.
+    pub fn has_waiter(&self) -> bool {
+        // R11: inspection only, orders nothing.
+        self.word.load(Ordering::Relaxed) & WAITER_BIT != 0
+    }
+
+    /// Tells the waiters that data was published: bumps the sequence and, only if a waiter has
+    /// announced itself, makes the `FUTEX_WAKE` system call for all sleepers of the word.
+    ///
+    /// Call it *after* the Release store that publishes the data. Returns how many sleepers the
+    /// system call woke (0 without a system call).
+    ///
+    /// ```
+    /// use hub_transport::signal::Doorbell;
+    /// use hub_transport::sync::AtomicU32;
+    ///
+    /// let word = AtomicU32::new(0);
+    /// let bell = Doorbell::new(&word);
+    /// assert_eq!(bell.ring(), 0); // nobody announced: no system call
+    /// assert_eq!(bell.sequence(), 1);
+    /// ```
+    pub fn ring(&self) -> usize {
+        // R11: Release publishes the caller's data to a waiter whose announcement (Acquire)
+        // reads this value or a later one; as an RMW it reads the latest WAITER_BIT.
+        let prev = self.word.fetch_add(SEQUENCE_STEP, Ordering::Release);
+        if prev & WAITER_BIT == 0 {
+            return 0;
+        }
+        self.clear_waiter_and_wake()
+    }
+
+    /// Clears [`WAITER_BIT`], then wakes every sleeper; the clear comes first so that a waiter
+    /// that announces itself after it is either woken here or sees a changed word.
+    fn clear_waiter_and_wake(&self) -> usize {
+        // R11: Relaxed: an RMW continues the release sequence of the ring before it, and it
+        // publishes nothing itself; only its place in the word's order matters.
+        self.word.fetch_and(!WAITER_BIT, Ordering::Relaxed);
+        futex::wake(self.word, WAKE_ALL)
+    }
+
+    /// Resets the word to 0 and wakes every sleeper, for the host's recovery of a dead peer (R10:
+    /// "clear its futex words"). Returns how many sleepers were woken.
+    ///
+    /// A sleeper (which always sleeps on a value with [`WAITER_BIT`] set) is woken or sees the
+    /// changed word, re-checks its condition and carries on, so clearing loses no wakeup either.
+    pub fn clear(&self) -> usize {
+        // R11: Release, like a ring: publishes what the caller did before (e.g. a ring reset).
+        let prev = self.word.swap(0, Ordering::Release);
+        if prev & WAITER_BIT == 0 {
+            return 0;
+        }
+        futex::wake(self.word, WAKE_ALL)
+    }
+
+    /// Waits until `condition` returns true, until `deadline` at the latest, in the given mode.
+    ///
+    /// The condition is checked first, so a wait for something already there makes no system
+    /// call. It is called again after every wakeup; it must be cheap and must look at data that
+    /// the publishers publish *before* they [`ring`](Self::ring).
+    ///
+    /// # Errors
+    ///
+    /// [`WaitError::TimedOut`] if the deadline passed with the condition false;
+    /// [`WaitError::Futex`] if the kernel refused the wait.
+    pub fn wait_until(
+        &self,
+        mut condition: impl FnMut() -> bool,
+        deadline: Option<Instant>,
+        mode: WaitMode,
+    ) -> Result<(), WaitError> {
+        self.wait_for(|| condition().then_some(()), deadline, mode)
+    }
+
+    /// Waits until `poll` returns `Some`, and returns that value: [`wait_until`](Self::wait_until)
+    /// for a condition that produces something, like a ring's `try_pop`.
+    ///
+    /// # Errors
+    ///
+    /// As [`wait_until`](Self::wait_until).
+    ///
+    /// ```
+    /// use hub_transport::signal::{Doorbell, WaitError, WaitMode};
+    /// use hub_transport::sync::AtomicU32;
+    /// use std::time::{Duration, Instant};
+    ///
+    /// let word = AtomicU32::new(0);
+    /// let bell = Doorbell::new(&word);
+    /// let soon = Instant::now() + Duration::from_millis(5);
+    /// let result = bell.wait_for(|| None::<u32>, Some(soon), WaitMode::Block);
+    /// assert!(matches!(result, Err(WaitError::TimedOut)));
+    /// ```
+    pub fn wait_for<T>(
+        &self,
+        poll: impl FnMut() -> Option<T>,
+        deadline: Option<Instant>,
+        mode: WaitMode,
+    ) -> Result<T, WaitError> {
+        wait_any_for(std::slice::from_ref(self), poll, deadline, mode)
+    }
+}
+
+/// Time left before `deadline`: `None` for no deadline, an error once it passed.
+fn remaining(deadline: Option<Instant>) -> Result<Option<Duration>, WaitError> {
+    match deadline {
+        None => Ok(None),
+        Some(deadline) => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                Err(WaitError::TimedOut)
+            } else {
+                Ok(Some(left))
+            }
+        }
+    }
+}
+
+/// Checks `poll` in a busy loop until it yields, the deadline passes or (for `bounded`) the
+/// backoff is completed. Returns `Ok(None)` when the backoff is completed.
+#[cfg(not(loom))]
+fn spin<T>(
+    poll: &mut impl FnMut() -> Option<T>,
+    deadline: Option<Instant>,
+    bounded: bool,
+) -> Result<Option<T>, WaitError> {
+    let backoff = crossbeam_utils::Backoff::new();
+    loop {
+        if let Some(value) = poll() {
+            return Ok(Some(value));
+        }
+        remaining(deadline)?;
+        if backoff.is_completed() {
+            if bounded {
+                return Ok(None);
+            }
+            // Unbounded spin: keep yielding at the backoff's slowest pace.
+            std::thread::yield_now();
+        } else {
+            backoff.snooze();
+        }
+    }
+}
+
+/// Under loom: the spin phase of `Adaptive` is one yield and one check, and `Spin` yields to the
+/// model's scheduler between checks, so that models stay small and terminate.
+#[cfg(loom)]
+fn spin<T>(
+    poll: &mut impl FnMut() -> Option<T>,
+    deadline: Option<Instant>,
+    bounded: bool,
+) -> Result<Option<T>, WaitError> {
+    loop {
+        crate::sync::spin_loop();
+        if let Some(value) = poll() {
+            return Ok(Some(value));
+        }
+        remaining(deadline)?;
+        if bounded {
+            return Ok(None);
+        }
+    }
+}
+
+/// Waits until `poll` returns `Some`, sleeping (in [`WaitMode::Block`] and
+/// [`WaitMode::Adaptive`]) until any of `bells` rings: one `futex_waitv` system call over all the
+/// words, so the host waits on all of its peers at once (R11).
+///
+/// Each doorbell follows the protocol of the [module documentation](self): the waiter announces
+/// itself on every word, checks `poll`, then sleeps on the values it announced. `poll` typically
+/// tries every peer's ring and returns the first thing it finds.
+///
+/// # Errors
+///
+/// [`WaitError::TimedOut`] if the deadline passed with `poll` still `None`;
+/// [`WaitError::Futex`] with [`FutexError::NoWords`] or [`FutexError::TooManyWords`] for an
+/// empty list or more than [`MAX_WAIT_ANY`] doorbells (checked before anything else), or if the
+/// kernel refused the wait.
+///
+/// ```
+/// use hub_transport::signal::{Doorbell, WaitMode, wait_any_for};
+/// use hub_transport::sync::{AtomicU32, AtomicU64, Ordering};
+///
+/// let words = [AtomicU32::new(0), AtomicU32::new(0)];
+/// let data = [AtomicU64::new(0), AtomicU64::new(0)];
+/// let bells = [Doorbell::new(&words[0]), Doorbell::new(&words[1])];
+/// std::thread::scope(|s| {
+///     s.spawn(|| {
+///         data[1].store(7, Ordering::Release);
+///         bells[1].ring();
+///     });
+///     let poll = || (0..2).find(|&i| data[i].load(Ordering::Acquire) != 0);
+///     let ready = wait_any_for(&bells, poll, None, WaitMode::Block)?;
+///     assert_eq!(ready, 1);
+///     Ok::<(), hub_transport::signal::WaitError>(())
+/// })?;
+/// # Ok::<(), hub_transport::signal::WaitError>(())
+/// ```
+pub fn wait_any_for<T>(
+    bells: &[Doorbell<'_>],
+    mut poll: impl FnMut() -> Option<T>,
+    deadline: Option<Instant>,
+    mode: WaitMode,
+) -> Result<T, WaitError> {
+    let Some(first) = bells.first() else {
+        return Err(FutexError::NoWords.into());
+    };
+    if bells.len() > MAX_WAIT_ANY {
+        return Err(FutexError::TooManyWords {
+            count: bells.len(),
+            max: MAX_WAIT_ANY,
+        }
+        .into());
+    }
+    if let Some(value) = poll() {
+        return Ok(value);
+    }
+    match mode {
+        WaitMode::Spin => loop {
+            // An unbounded spin returns only with a value or an error.
+            if let Some(value) = spin(&mut poll, deadline, false)? {
+                return Ok(value);
+            }
+        },
+        WaitMode::Adaptive => {
+            if let Some(value) = spin(&mut poll, deadline, true)? {
+                return Ok(value);
+            }
+        }
+        WaitMode::Block => {}
+    }
+    // The (word, announced value) pairs for futex_waitv; the unused tail is never passed.
+    let mut expected: [(&AtomicU32, u32); MAX_WAIT_ANY] = [(first.word, 0); MAX_WAIT_ANY];
+    loop {
+        let timeout = remaining(deadline)?;
+        for (slot, bell) in expected.iter_mut().zip(bells) {
+            // R11: the announcement. Acquire: if a ring came before it in the word's order, the
+            // data published before that ring is visible to the check below.
+            let seen = bell.word.fetch_or(WAITER_BIT, Ordering::Acquire);
+            *slot = (bell.word, seen | WAITER_BIT);
+        }
+        if let Some(value) = poll() {
+            return Ok(value);
+        }
+        // Every outcome (woken, value changed, timed out, interrupted) leads back to the check:
+        // wakeups may be spurious, and the deadline is checked at the top of the loop.
+        if bells.len() == 1 {
+            let (word, value) = expected[0];
+            futex::wait(word, value, timeout)?;
+        } else {
+            futex::wait_any(&expected[..bells.len()], timeout)?;
+        }
+        if let Some(value) = poll() {
+            return Ok(value);
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::sync::AtomicU64;
+    use std::sync::Arc;
+    use std::thread;
+
+    #[test]
+    fn ring_without_waiter_makes_no_wake_and_bumps_the_sequence() {
+        let word = AtomicU32::new(0);
+        let bell = Doorbell::new(&word);
+        for i in 1..=5 {
+            assert_eq!(bell.ring(), 0);
+            assert_eq!(bell.sequence(), i);
+            assert!(!bell.has_waiter());
+        }
+        assert_eq!(word.load(Ordering::Relaxed), 5 * SEQUENCE_STEP);
+    }
+
+    #[test]
+    fn ring_clears_the_waiter_bit() {
+        let word = AtomicU32::new(WAITER_BIT);
+        let bell = Doorbell::new(&word);
+        assert!(bell.has_waiter());
+        bell.ring();
+        assert!(!bell.has_waiter());
+        assert_eq!(bell.sequence(), 1);
+    }
+
+    #[test]
+    fn sequence_wraps_without_touching_the_waiter_bit() {
+        let word = AtomicU32::new(u32::MAX - 1); // sequence at its maximum, no waiter
+        let bell = Doorbell::new(&word);
+        bell.ring();
+        assert_eq!(word.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn condition_already_true_returns_without_announcing() {
+        let word = AtomicU32::new(0);
+        let bell = Doorbell::new(&word);
+        for mode in [WaitMode::Spin, WaitMode::Block, WaitMode::Adaptive] {
+            bell.wait_until(|| true, None, mode).unwrap();
+        }
+        assert_eq!(word.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn every_mode_times_out() {
+        let word = AtomicU32::new(0);
+        let bell = Doorbell::new(&word);
+        for mode in [WaitMode::Spin, WaitMode::Block, WaitMode::Adaptive] {
+            let deadline = Instant::now() + Duration::from_millis(5);
+            let result = bell.wait_until(|| false, Some(deadline), mode);
+            assert!(matches!(result, Err(WaitError::TimedOut)), "{mode:?}");
+            assert!(Instant::now() >= deadline);
+        }
+    }
+
+    #[test]
+    fn a_past_deadline_still_checks_the_condition_once() {
+        let word = AtomicU32::new(0);
+        let bell = Doorbell::new(&word);
+        let past = Instant::now() - Duration::from_millis(1);
+        assert_eq!(
+            bell.wait_for(|| Some(3), Some(past), WaitMode::Block)
+                .unwrap(),
+            3
+        );
+    }
+
+    #[test]
+    fn wait_any_rejects_bad_lists() {
+        let result = wait_any_for(&[], || Some(()), None, WaitMode::Block);
+        assert!(matches!(result, Err(WaitError::Futex(FutexError::NoWords))));
+        let word = AtomicU32::new(0);
+        let bells = vec![Doorbell::new(&word); MAX_WAIT_ANY + 1];
+        let result = wait_any_for(&bells, || Some(()), None, WaitMode::Block);
+        assert!(matches!(
+            result,
+            Err(WaitError::Futex(FutexError::TooManyWords { .. }))
+        ));
+    }
+
+    #[test]
+    fn clear_resets_the_word_and_wakes_a_sleeper() {
+        let word = Arc::new(AtomicU32::new(0));
+        let done = Arc::new(AtomicU64::new(0));
+        let waiter = {
+            let (word, done) = (Arc::clone(&word), Arc::clone(&done));
+            thread::spawn(move || {
+                Doorbell::new(&word)
+                    .wait_until(|| done.load(Ordering::Acquire) == 1, None, WaitMode::Block)
+                    .unwrap();
+            })
+        };
+        let bell = Doorbell::new(&word);
+        while !bell.has_waiter() {
+            thread::yield_now();
+        }
+        done.store(1, Ordering::Release);
+        bell.clear();
+        waiter.join().unwrap();
+        // The waiter left without announcing again, since its condition held.
+        assert_eq!(word.load(Ordering::Relaxed), 0);
+    }
+
+    /// Ping-pong between two threads over two words, every mode: each side waits for the other's
+    /// counter to reach its value. A lost wakeup would hang the test.
+    #[test]
+    fn ping_pong_loses_no_wakeup() {
+        for mode in [WaitMode::Block, WaitMode::Adaptive, WaitMode::Spin] {
+            const ROUNDS: u64 = 20_000;
+            let words = Arc::new([AtomicU32::new(0), AtomicU32::new(0)]);
+            let counters = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+            let pong = {
+                let (words, counters) = (Arc::clone(&words), Arc::clone(&counters));
+                thread::spawn(move || {
+                    for i in 1..=ROUNDS {
+                        Doorbell::new(&words[0])
+                            .wait_until(|| counters[0].load(Ordering::Acquire) >= i, None, mode)
+                            .unwrap();
+                        counters[1].store(i, Ordering::Release);
+                        Doorbell::new(&words[1]).ring();
+                    }
+                })
+            };
+            for i in 1..=ROUNDS {
+                counters[0].store(i, Ordering::Release);
+                Doorbell::new(&words[0]).ring();
+                Doorbell::new(&words[1])
+                    .wait_until(|| counters[1].load(Ordering::Acquire) >= i, None, mode)
+                    .unwrap();
+            }
+            pong.join().unwrap();
+            assert_eq!(counters[1].load(Ordering::Relaxed), ROUNDS);
+        }
+    }
+
+    /// The host waits on 4 doorbells with one call while 4 publishers each publish a stream of
+    /// values; it must see every value of every stream.
+    #[test]
+    fn wait_any_sees_every_publisher() {
+        const PUBLISHERS: usize = 4;
+        const VALUES: u64 = 5_000;
+        let words: Arc<Vec<AtomicU32>> =
+            Arc::new((0..PUBLISHERS).map(|_| AtomicU32::new(0)).collect());
+        let published: Arc<Vec<AtomicU64>> =
+            Arc::new((0..PUBLISHERS).map(|_| AtomicU64::new(0)).collect());
+        let consumed: Arc<Vec<AtomicU64>> =
+            Arc::new((0..PUBLISHERS).map(|_| AtomicU64::new(0)).collect());
+        let publishers: Vec<_> = (0..PUBLISHERS)
+            .map(|p| {
+                let (words, published, consumed) = (
+                    Arc::clone(&words),
+                    Arc::clone(&published),
+                    Arc::clone(&consumed),
+                );
+                thread::spawn(move || {
+                    for v in 1..=VALUES {
+                        // At most one unconsumed value per publisher: wait for the host.
+                        while consumed[p].load(Ordering::Acquire) < v - 1 {
+                            thread::yield_now();
+                        }
+                        published[p].store(v, Ordering::Release);
+                        Doorbell::new(&words[p]).ring();
+                    }
+                })
+            })
+            .collect();
+        let bells: Vec<Doorbell<'_>> = words.iter().map(Doorbell::new).collect();
+        let mut seen = [0u64; PUBLISHERS];
+        while seen.iter().any(|&s| s < VALUES) {
+            let poll = || (0..PUBLISHERS).find(|&p| published[p].load(Ordering::Acquire) > seen[p]);
+            let p = wait_any_for(&bells, poll, None, WaitMode::Block).unwrap();
+            seen[p] += 1;
+            assert_eq!(published[p].load(Ordering::Acquire), seen[p]);
+            consumed[p].store(seen[p], Ordering::Release);
+        }
+        for publisher in publishers {
+            publisher.join().unwrap();
+        }
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use crate::futex::emulation;
+    use crate::sync::AtomicU64;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    /// One publisher, one blocking waiter: the waiter always returns and sees the data, in every
+    /// interleaving (a lost wakeup is a deadlock, which loom reports). The publisher makes at most
+    /// one wake call.
+    #[test]
+    fn block_waiter_is_never_lost() {
+        loom::model(|| {
+            emulation::init();
+            let word = Arc::new(AtomicU32::new(0));
+            let data = Arc::new(AtomicU64::new(0));
+            let publisher = {
+                let (word, data) = (Arc::clone(&word), Arc::clone(&data));
+                thread::spawn(move || {
+                    data.store(1, Ordering::Release);
+                    Doorbell::new(&word).ring()
+                })
+            };
+            Doorbell::new(&word)
+                .wait_until(|| data.load(Ordering::Acquire) == 1, None, WaitMode::Block)
+                .unwrap();
+            let woken = publisher.join().unwrap();
+            assert!(woken <= 1);
+            assert!(emulation::wake_calls() <= 1);
+        });
+    }
+
+    /// Two rounds through one word with the adaptive mode: the second publish must not be lost
+    /// behind the waiter bit left by the first wait.
+    #[test]
+    fn adaptive_waiter_two_rounds() {
+        loom::model(|| {
+            emulation::init();
+            let word = Arc::new(AtomicU32::new(0));
+            let data = Arc::new(AtomicU64::new(0));
+            let publisher = {
+                let (word, data) = (Arc::clone(&word), Arc::clone(&data));
+                thread::spawn(move || {
+                    for v in 1..=2 {
+                        data.store(v, Ordering::Release);
+                        Doorbell::new(&word).ring();
+                    }
+                })
+            };
+            let bell = Doorbell::new(&word);
+            for v in 1..=2 {
+                bell.wait_until(
+                    || data.load(Ordering::Acquire) >= v,
+                    None,
+                    WaitMode::Adaptive,
+                )
+                .unwrap();
+            }
+            publisher.join().unwrap();
+        });
+    }
+
+    /// Two publishers ring one word; the waiter needs both publishes. One publisher may clear the
+    /// waiter bit that the other's ring then does not see: the clearing one must wake.
+    #[test]
+    fn two_publishers_one_word() {
+        loom::model(|| {
+            emulation::init();
+            let word = Arc::new(AtomicU32::new(0));
+            let data = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+            let publishers: Vec<_> = (0..2)
+                .map(|i| {
+                    let (word, data) = (Arc::clone(&word), Arc::clone(&data));
+                    thread::spawn(move || {
+                        data[i].store(1, Ordering::Release);
+                        Doorbell::new(&word).ring();
+                    })
+                })
+                .collect();
+            let both = || data.iter().all(|d| d.load(Ordering::Acquire) == 1);
+            Doorbell::new(&word)
+                .wait_until(both, None, WaitMode::Block)
+                .unwrap();
+            for publisher in publishers {
+                publisher.join().unwrap();
+            }
+        });
+    }
+
+    /// Two waiters sleep on one word; one ring must wake both (the waiter bit is shared, so a
+    /// ring wakes every sleeper).
+    #[test]
+    fn one_ring_wakes_two_waiters() {
+        loom::model(|| {
+            emulation::init();
+            let word = Arc::new(AtomicU32::new(0));
+            let data = Arc::new(AtomicU64::new(0));
+            let waiters: Vec<_> = (0..2)
+                .map(|_| {
+                    let (word, data) = (Arc::clone(&word), Arc::clone(&data));
+                    thread::spawn(move || {
+                        Doorbell::new(&word)
+                            .wait_until(|| data.load(Ordering::Acquire) == 1, None, WaitMode::Block)
+                            .unwrap();
+                    })
+                })
+                .collect();
+            data.store(1, Ordering::Release);
+            Doorbell::new(&word).ring();
+            for waiter in waiters {
+                waiter.join().unwrap();
+            }
+            assert!(emulation::wake_calls() <= 1);
+        });
+    }
+
+    /// Nobody sleeps (the waiter only spins): the publisher never makes a wake call.
+    #[test]
+    fn no_wake_call_when_nobody_sleeps() {
+        loom::model(|| {
+            emulation::init();
+            let word = Arc::new(AtomicU32::new(0));
+            let data = Arc::new(AtomicU64::new(0));
+            let publisher = {
+                let (word, data) = (Arc::clone(&word), Arc::clone(&data));
+                thread::spawn(move || {
+                    data.store(1, Ordering::Release);
+                    Doorbell::new(&word).ring();
+                    Doorbell::new(&word).ring();
+                })
+            };
+            Doorbell::new(&word)
+                .wait_until(|| data.load(Ordering::Acquire) == 1, None, WaitMode::Spin)
+                .unwrap();
+            publisher.join().unwrap();
+            assert_eq!(emulation::wake_calls(), 0);
+            assert_eq!(Doorbell::new(&word).sequence(), 2);
+        });
+    }
+
+    /// The host waits on two doorbells with one call; two publishers ring one each. The host
+    /// must see both.
+    #[test]
+    fn wait_any_sees_both_publishers() {
+        loom::model(|| {
+            emulation::init();
+            let words = Arc::new([AtomicU32::new(0), AtomicU32::new(0)]);
+            let data = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+            let publishers: Vec<_> = (0..2)
+                .map(|i| {
+                    let (words, data) = (Arc::clone(&words), Arc::clone(&data));
+                    thread::spawn(move || {
+                        data[i].store(1, Ordering::Release);
+                        Doorbell::new(&words[i]).ring();
+                    })
+                })
+                .collect();
+            let bells = [Doorbell::new(&words[0]), Doorbell::new(&words[1])];
+            let mut seen = [false; 2];
+            while !(seen[0] && seen[1]) {
+                let poll = || (0..2).find(|&i| !seen[i] && data[i].load(Ordering::Acquire) == 1);
+                let i = wait_any_for(&bells, poll, None, WaitMode::Block).unwrap();
+                seen[i] = true;
+            }
+            for publisher in publishers {
+                publisher.join().unwrap();
+            }
+        });
+    }
+}
