@@ -94,7 +94,10 @@ impl HeapRegion {
     /// # Panics
     /// When `len > reservation`, `reservation` is zero, or the allocation fails.
     pub fn new(len: usize, reservation: usize) -> Self {
-        assert!(len <= reservation && reservation > 0, "bad heap region {len}/{reservation}");
+        assert!(
+            len <= reservation && reservation > 0,
+            "bad heap region {len}/{reservation}"
+        );
         let layout = Layout::from_size_align(reservation, 4096).expect("region too large");
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
