@@ -64,6 +64,51 @@ pub unsafe trait Region: Send + Sync {
     /// [`GrowError::BeyondReservation`] when `new_len > reservation()`, [`GrowError::Backing`]
     /// when the system refuses.
     fn grow_to(&self, new_len: usize) -> Result<usize, GrowError>;
+
+    /// Look again at how many bytes are usable, when another process may have grown the
+    /// backing since `len()` was last updated, and return the (never smaller) length. The
+    /// default returns `len()`: right for a region only this process grows.
+    fn refresh_len(&self) -> usize {
+        self.len()
+    }
+}
+
+// SAFETY: forwards to `T`, whose guarantees hold for as long as the Arc keeps it alive.
+unsafe impl<T: Region + ?Sized> Region for std::sync::Arc<T> {
+    fn base(&self) -> NonNull<u8> {
+        (**self).base()
+    }
+    fn reservation(&self) -> usize {
+        (**self).reservation()
+    }
+    fn len(&self) -> usize {
+        (**self).len()
+    }
+    fn grow_to(&self, new_len: usize) -> Result<usize, GrowError> {
+        (**self).grow_to(new_len)
+    }
+    fn refresh_len(&self) -> usize {
+        (**self).refresh_len()
+    }
+}
+
+// SAFETY: forwards to `T`, which outlives the reference.
+unsafe impl<T: Region + ?Sized> Region for &T {
+    fn base(&self) -> NonNull<u8> {
+        (**self).base()
+    }
+    fn reservation(&self) -> usize {
+        (**self).reservation()
+    }
+    fn len(&self) -> usize {
+        (**self).len()
+    }
+    fn grow_to(&self, new_len: usize) -> Result<usize, GrowError> {
+        (**self).grow_to(new_len)
+    }
+    fn refresh_len(&self) -> usize {
+        (**self).refresh_len()
+    }
 }
 
 /// A region on the heap, zeroed, whose whole reservation is allocated up front and whose length

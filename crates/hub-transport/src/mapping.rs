@@ -816,6 +816,11 @@ unsafe impl Region for SegmentMapping {
             },
         })
     }
+
+    fn refresh_len(&self) -> usize {
+        // An fstat that fails leaves the known length, which is never wrong, only stale.
+        SegmentMapping::refresh_len(self).unwrap_or_else(|_| self.mapped.len())
+    }
 }
 
 impl SegmentBytes for SegmentMapping {

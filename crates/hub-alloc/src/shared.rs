@@ -1,0 +1,201 @@
+//! The only door from the allocator to shared memory: atomics at checked offsets of a region.
+//!
+//! Everything here returns references to atomics only (R4): another process may write any byte
+//! of the region at any time, and an atomic is the one Rust type for which that is defined. Each
+//! accessor checks that the object lies inside the usable part of the region and is aligned, so
+//! an offset computed from a corrupted value can produce an error, never an access outside the
+//! mapping (R3). The two writers of whole structs (`init_*`) are `unsafe`: they may only touch
+//! memory nobody else can reach yet.
+
+use core::mem::{align_of, size_of};
+use core::ptr::NonNull;
+
+use hub_layout::{ExtentHeader, SizeClassHeader};
+
+use crate::region::Region;
+use crate::sync::{AtomicU32, AtomicU64};
+
+/// The slot meta as the allocator accesses it: the seed's `HubSlotMeta` with its generation and
+/// state read and written together, as one 64-bit word, so that a single compare-and-swap
+/// checks both (R5). Generation is the low half and state the high half, which on a
+/// little-endian machine puts each at the seed's offset (0 and 4).
+#[repr(C)]
+pub(crate) struct SlotMeta {
+    /// `generation | state << 32`.
+    pub gen_state: AtomicU64,
+    /// Next slot on the free list (a global index), or `FREE_LIST_END`.
+    pub next_free: AtomicU32,
+    /// Who must free the slot next (R6), or `NO_OWNER`.
+    pub owner: AtomicU32,
+}
+
+#[cfg(target_endian = "big")]
+compile_error!("SlotMeta overlays HubSlotMeta's generation and state as one little-endian word");
+
+#[cfg(not(loom))]
+const _: () = {
+    use core::mem::offset_of;
+    use hub_layout::HubSlotMeta;
+    assert!(size_of::<SlotMeta>() == size_of::<HubSlotMeta>());
+    assert!(align_of::<SlotMeta>() == 8);
+    assert!(offset_of!(SlotMeta, gen_state) == offset_of!(HubSlotMeta, generation));
+    assert!(offset_of!(SlotMeta, gen_state) + 4 == offset_of!(HubSlotMeta, state));
+    assert!(offset_of!(SlotMeta, next_free) == offset_of!(HubSlotMeta, next_free));
+    assert!(offset_of!(SlotMeta, owner) == offset_of!(HubSlotMeta, owner_peer));
+};
+
+impl SlotMeta {
+    /// A meta of generation `generation` and state `state`.
+    pub fn new(generation: u32, state: u32, next_free: u32, owner: u32) -> Self {
+        Self {
+            gen_state: AtomicU64::new(join(generation, state)),
+            next_free: AtomicU32::new(next_free),
+            owner: AtomicU32::new(owner),
+        }
+    }
+}
+
+/// `(generation, state)` packed as [`SlotMeta::gen_state`] holds them.
+#[inline]
+pub(crate) const fn join(generation: u32, state: u32) -> u64 {
+    generation as u64 | (state as u64) << 32
+}
+
+/// The `(generation, state)` of a [`SlotMeta::gen_state`] value.
+#[inline]
+pub(crate) const fn split(word: u64) -> (u32, u32) {
+    (word as u32, (word >> 32) as u32)
+}
+
+/// A view of a region's bytes.
+pub(crate) struct Shared<'r, R: Region + ?Sized> {
+    region: &'r R,
+    base: NonNull<u8>,
+}
+
+impl<'r, R: Region + ?Sized> Shared<'r, R> {
+    pub fn new(region: &'r R) -> Self {
+        Self {
+            region,
+            base: region.base(),
+        }
+    }
+
+    /// Whether `[offset, offset + len)` is usable now; when it is past `len()`, the region is
+    /// asked again (another process may have grown the file), once.
+    pub fn covers(&self, offset: usize, len: usize) -> bool {
+        let Some(end) = offset.checked_add(len) else {
+            return false;
+        };
+        end <= self.region.len() || end <= self.region.refresh_len()
+    }
+
+    /// A reference to the `T` at `offset`, or `None` when it is not inside the usable region or
+    /// not aligned.
+    #[inline]
+    fn object<T: SharedAtomic>(&self, offset: usize) -> Option<&'r T> {
+        if !offset.is_multiple_of(align_of::<T>()) || !self.covers(offset, size_of::<T>()) {
+            return None;
+        }
+        // SAFETY: the object lies inside the usable part of the region (checked just above),
+        // whose bytes stay valid and never move for the region's life `'r` (Region's contract),
+        // and it is aligned. `T` is an atomic or a struct of atomics (SharedAtomic): every bit
+        // pattern is a valid value and concurrent access from other threads and processes is
+        // defined. Under loom the memory must have been initialised with `T`'s constructor;
+        // the allocator writes every object with `init_*` before it publishes it.
+        Some(unsafe { &*self.base.as_ptr().add(offset).cast::<T>() })
+    }
+
+    pub fn u64_at(&self, offset: usize) -> Option<&'r AtomicU64> {
+        self.object(offset)
+    }
+
+    pub fn u32_at(&self, offset: usize) -> Option<&'r AtomicU32> {
+        self.object(offset)
+    }
+
+    pub fn meta_at(&self, offset: usize) -> Option<&'r SlotMeta> {
+        self.object(offset)
+    }
+
+    pub fn class_header_at(&self, offset: usize) -> Option<&'r SizeClassHeader> {
+        self.object(offset)
+    }
+
+    /// The address of byte `offset` when `[offset, offset + len)` is usable.
+    pub fn bytes_at(&self, offset: usize, len: usize) -> Option<NonNull<u8>> {
+        if !self.covers(offset, len) {
+            return None;
+        }
+        // SAFETY: `offset` is inside the region (checked), so the pointer stays in bounds.
+        Some(unsafe { self.base.add(offset) })
+    }
+
+    /// Write `value` at `offset`, replacing what was there without reading or dropping it.
+    /// Returns `false`, writing nothing, when the object is outside the usable region or
+    /// misaligned.
+    ///
+    /// # Safety
+    /// No other thread or process may access `[offset, offset + size_of::<T>())` during the
+    /// call: the memory is not yet reachable through any published offset, or the caller holds
+    /// the only handle to the region.
+    pub unsafe fn init<T: SharedInit>(&self, offset: usize, value: T) -> bool {
+        if !offset.is_multiple_of(align_of::<T>()) || !self.covers(offset, size_of::<T>()) {
+            return false;
+        }
+        // SAFETY: in bounds and aligned (checked above); exclusive (the caller's contract).
+        // `T` has no drop glue to skip (SharedInit) and the old bytes need none.
+        unsafe { self.base.as_ptr().add(offset).cast::<T>().write(value) };
+        true
+    }
+}
+
+/// Types the allocator may hand out references to in shared memory: atomics, and structs made
+/// only of atomics and plain integers that it never reads through the reference.
+///
+/// # Safety
+/// Every bit pattern must be a valid value (outside loom) and the type must be fine to access
+/// concurrently through shared references.
+pub(crate) unsafe trait SharedAtomic {}
+// SAFETY: atomics of plain integers.
+unsafe impl SharedAtomic for AtomicU32 {}
+// SAFETY: atomics of plain integers.
+unsafe impl SharedAtomic for AtomicU64 {}
+// SAFETY: three atomics of plain integers.
+unsafe impl SharedAtomic for SlotMeta {}
+// SAFETY: atomics and plain integers; the allocator reads the plain fields only through
+// `read_plain_u32`, never through the reference, so a concurrent write to them is never read
+// non-atomically.
+unsafe impl SharedAtomic for SizeClassHeader {}
+
+/// Types the allocator writes whole into unpublished memory.
+pub(crate) trait SharedInit {}
+impl SharedInit for AtomicU32 {}
+impl SharedInit for AtomicU64 {}
+impl SharedInit for SlotMeta {}
+impl SharedInit for SizeClassHeader {}
+impl SharedInit for ExtentHeader {}
+
+impl<R: Region + ?Sized> Shared<'_, R> {
+    /// A copy of the `u32` at `offset`, a plain (non-atomic) field another process may write,
+    /// such as a class header's `slot_size` (R3: copy it once, then check it).
+    pub fn read_plain_u32(&self, offset: usize) -> Option<u32> {
+        #[cfg(not(loom))]
+        {
+            // Any aligned u32 of the mapping can be read as an atomic: same size and alignment,
+            // and an atomic read is what makes a concurrent write by another process defined.
+            self.u32_at(offset)
+                .map(|word| word.load(crate::sync::Ordering::Relaxed))
+        }
+        #[cfg(loom)]
+        {
+            // Under loom the plain fields are plain `u32`s inside loom-sized structs, written
+            // before any model thread starts.
+            if !offset.is_multiple_of(4) || !self.covers(offset, 4) {
+                return None;
+            }
+            // SAFETY: in bounds and aligned (checked); no model thread writes plain fields.
+            Some(unsafe { self.base.as_ptr().add(offset).cast::<u32>().read() })
+        }
+    }
+}

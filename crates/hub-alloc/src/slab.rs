@@ -1,0 +1,1392 @@
+//! The allocator: size classes of slots, each class a tagged Treiber stack of free slots over
+//! extents that grow without remapping.
+//!
+//! # Shared state and who writes it
+//!
+//! Per class, a [`SizeClassHeader`]: `free_head` (the stack, R7), `extent_offsets` (published
+//! once each, R8), `total_slots`, `slot_available_futex`. Per slot, a meta: `(generation, state)`
+//! as one 64-bit word (R5), `next_free`, `owner_peer` (R6). Per segment, `current_size` (the end
+//! of the last reserved extent) and `extent_count`. Per participant, a journal word.
+//!
+//! # The journal: no window in which a crash leaks a slot (R5)
+//!
+//! Popping a slot and recording its owner are two writes to two words; so are freeing a slot
+//! and pushing it. A process can die between them, leaving a slot that is free, off the list,
+//! and owned by nobody. Before either operation a participant writes the slot's reference into
+//! its own journal word, and clears it when the slot is accounted for again (recorded as its
+//! own, or back on the list). [`Slab::reclaim`] of a dead participant reads its journal: if the
+//! slot named there is free, not on the free list, and no other participant's journal names it,
+//! the dead one lost it, and reclaim puts it back. To look at the list without racing anyone it
+//! *holds* it: it swaps the head for a marker that makes every other pop and push wait (a few
+//! microseconds, only in the recovery of a process that died in that window).
+//!
+//! Growth has no such window: a new extent's slots are created allocated and owned by the
+//! grower, and the grower frees them one by one after publishing the extent, so a grower that
+//! dies halfway leaves slots its reclaim finds.
+
+use core::mem::size_of;
+use core::ptr::NonNull;
+
+use crossbeam_utils::Backoff;
+use hub_layout::{
+    ExtentHeader, FREE_LIST_END, NO_OWNER, SizeClassHeader, SlotState, encode_slot_ref,
+    pack_free_head, try_decode_slot_ref, unpack_free_head,
+};
+
+use crate::error::{Corruption, SlabError};
+use crate::layout::{OwnerId, SlabLayout};
+use crate::region::Region;
+use crate::shared::{Shared, SlotMeta, join, split};
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
+
+const FREE: u32 = SlotState::Free as u32;
+const ALLOCATED: u32 = SlotState::Allocated as u32;
+const IN_FLIGHT: u32 = SlotState::InFlight as u32;
+
+/// The `free_head` index that says "held by a reclaim or rebuild of the host; wait". Above
+/// every global index, distinct from `FREE_LIST_END`.
+const LIST_HELD: u32 = FREE_LIST_END - 1;
+
+/// A journal word that names no slot. A journal holds `slot_ref + 1`, so zeroed memory is an
+/// empty journal.
+const JOURNAL_EMPTY: u32 = 0;
+
+/// The bit of `slot_available_futex` that says an allocator may be asleep on it, and the step
+/// of its sequence: the same encoding as hub-transport's doorbells (R11).
+pub const WAITER_BIT: u32 = 1;
+/// See [`WAITER_BIT`].
+pub const SEQUENCE_STEP: u32 = 2;
+
+/// How often reclaim looks again at a journaled slot another participant is in the middle of
+/// taking or freeing, before it leaves the journal for a later reclaim.
+const RESOLVE_ATTEMPTS: u32 = 64;
+
+/// A slot held by its allocator: class, global index and generation (R5, R7).
+///
+/// A handle says which slot and which life of it: every transition checks the generation, so a
+/// handle kept after its slot was freed fails with [`SlabError::StaleHandle`] instead of touching
+/// the slot's next life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SlotHandle {
+    class: u16,
+    index: u32,
+    generation: u32,
+}
+
+impl SlotHandle {
+    /// A handle from its parts; the allocator checks them when the handle is used.
+    pub const fn from_parts(class: u16, index: u32, generation: u32) -> Self {
+        Self {
+            class,
+            index,
+            generation,
+        }
+    }
+
+    /// The handle a descriptor's `slot_ref` and `slot_generation` name.
+    ///
+    /// # Errors
+    /// [`SlabError::BadHandle`] when the reference names a class beyond the seed's.
+    pub fn from_slot_ref(slot_ref: u32, generation: u32) -> Result<Self, SlabError> {
+        let (class, index) = try_decode_slot_ref(slot_ref).map_err(|_| SlabError::BadHandle {
+            class: (slot_ref >> 29) as u16,
+            index: slot_ref & ((1 << 29) - 1),
+        })?;
+        Ok(Self::from_parts(class, index, generation))
+    }
+
+    /// Size class.
+    pub const fn class(&self) -> u16 {
+        self.class
+    }
+
+    /// Global index within the class: `extent << extent_slot_shift | slot`.
+    pub const fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// Generation of the slot when the handle was made.
+    pub const fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// The slot reference a descriptor carries (class in the top three bits).
+    pub fn slot_ref(&self) -> u32 {
+        encode_slot_ref(self.class, self.index)
+    }
+}
+
+/// The outcome of a successful [`Slab::free`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "when `wake_waiters` is set, an allocator may be asleep on the class's futex word"]
+pub struct Freed {
+    /// Class of the freed slot.
+    pub class: u16,
+    /// An allocator announced that it sleeps on the class's `slot_available_futex`; the free
+    /// bumped the word's sequence, and the caller should make the `FUTEX_WAKE` system call on
+    /// [`Slab::slot_available_word`] (hub-transport does).
+    pub wake_waiters: bool,
+}
+
+/// What a slot's meta says, copied once (R3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotStatus {
+    /// Current generation.
+    pub generation: u32,
+    /// The state, or `None` when the state word holds garbage.
+    pub state: Option<SlotState>,
+    /// The raw owner word: an [`OwnerId`] value or `NO_OWNER`.
+    pub owner: u32,
+}
+
+/// Per-class counts of [`Slab::stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClassStats {
+    /// Bytes per slot.
+    pub slot_size: u32,
+    /// Published extents.
+    pub extents: u32,
+    /// Slots in the published extents.
+    pub total: u32,
+    /// Slots whose state is Free.
+    pub free: u32,
+    /// Slots whose state is Allocated.
+    pub allocated: u32,
+    /// Slots whose state is InFlight.
+    pub in_flight: u32,
+    /// Slots whose state word is no state (corruption).
+    pub corrupt: u32,
+    /// `total_slots` as the class header says.
+    pub header_total: u32,
+}
+
+/// What [`Slab::reclaim`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReclaimReport {
+    /// Slots freed per class: the owner's allocated and in-flight slots.
+    pub freed: Vec<u32>,
+    /// A slot the owner had popped or freed but not yet recorded, put back on its list.
+    pub recovered_from_journal: bool,
+    /// The journal named a slot another participant is still busy with; it was left for a
+    /// later reclaim, which the caller should run again.
+    pub journal_pending: bool,
+    /// Some free woke an allocator asleep on a class's futex word: see [`Freed`].
+    pub wake_waiters: bool,
+}
+
+impl ReclaimReport {
+    /// Slots freed in all classes, the journal's included.
+    pub fn total(&self) -> u32 {
+        self.freed.iter().sum::<u32>() + u32::from(self.recovered_from_journal)
+    }
+}
+
+/// What [`Slab::rebuild_free_list`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RebuildReport {
+    /// Free slots now on the list.
+    pub free: u32,
+    /// Slots left off the list because their state word is garbage.
+    pub quarantined: u32,
+}
+
+/// An extent list's private copies (R3): validated extent offsets, 0 until first seen.
+struct ClassCache {
+    extents: Vec<AtomicU64>,
+}
+
+/// A participant's handle on the allocator of a region.
+///
+/// Every participant (the host and each peer, in its own process or as a thread in a test)
+/// holds its own `Slab` over the same region, naming itself as the owner of what it allocates.
+/// The type is `Send + Sync`; all operations take `&self` and are lock-free, except that a pop or
+/// push waits while the host holds a class's list during [`reclaim`](Self::reclaim) or
+/// [`rebuild_free_list`](Self::rebuild_free_list).
+///
+/// ```
+/// use hub_alloc::{ClassConfig, HeapRegion, OwnerId, Slab, SlabLayout};
+/// use std::sync::Arc;
+///
+/// let layout = SlabLayout::standalone(
+///     &[ClassConfig { slot_size: 256, slots_per_extent: 4 }],
+///     2, // extents per class at most
+///     1, // peers
+/// )?;
+/// let region = Arc::new(HeapRegion::new(layout.initial_size(), layout.max_size()));
+/// // SAFETY: the region is fresh and nobody else uses it yet.
+/// let host = unsafe { Slab::init(region.clone(), layout, OwnerId::HOST)? };
+/// let peer = host.with_owner(OwnerId::peer(0))?;
+///
+/// let slot = peer.alloc(100)?;                // Free -> Allocated, owned by peer 0
+/// peer.mark_in_flight(slot, OwnerId::HOST)?;  // -> InFlight, owned by the host (R6)
+/// let _ = host.free(slot)?;                   // -> Free, generation + 1
+/// assert!(host.free(slot).is_err());          // a double free is an error
+/// assert_eq!(host.stats()[0].free, 4);
+/// # Ok::<(), hub_alloc::SlabError>(())
+/// ```
+pub struct Slab<R: Region> {
+    region: R,
+    layout: std::sync::Arc<SlabLayout>,
+    me: OwnerId,
+    journal_offset: usize,
+    cache: std::sync::Arc<[ClassCache]>,
+}
+
+impl<R: Region> Slab<R> {
+    /// Build the allocator's shared state in `region` as `layout` places it (R1: the creator
+    /// builds everything before anyone attaches): control words, empty journals, class headers,
+    /// and one extent per class whose slots are all on the free list. Returns the creator's
+    /// handle, owning as `me`.
+    ///
+    /// # Safety
+    /// Nobody else may access the region's allocator state during the call: the region is new,
+    /// and no other participant can have attached.
+    ///
+    /// # Errors
+    /// [`SlabError::RegionTooSmall`] when the region is shorter than `layout.initial_size()` or
+    /// reserves less than `layout.max_size()`; [`SlabError::UnknownOwner`] for `me` beyond
+    /// `layout.max_peers()`.
+    pub unsafe fn init(region: R, layout: SlabLayout, me: OwnerId) -> Result<Self, SlabError> {
+        let slab = Self::new(region, layout, me)?;
+        let layout = &slab.layout;
+        let shared = slab.shared();
+        let too_small = || slab.too_small();
+        // SAFETY: every `init` call below writes the allocator's own state, to which the
+        // caller guarantees exclusive access.
+        unsafe {
+            if !shared.init(
+                layout.current_size_offset,
+                AtomicU64::new(layout.initial_size as u64),
+            ) || !shared.init(
+                layout.extent_count_offset,
+                AtomicU32::new(layout.classes.len() as u32),
+            ) {
+                return Err(too_small());
+            }
+            for &offset in &layout.journal_offsets {
+                if !shared.init(offset, AtomicU32::new(JOURNAL_EMPTY)) {
+                    return Err(too_small());
+                }
+            }
+            for (class, config) in layout.classes.iter().enumerate() {
+                let header = SizeClassHeader::new(config.slot_size, config.slots_per_extent);
+                if !shared.init(slab.class_header_offset(class), header) {
+                    return Err(too_small());
+                }
+                let start = layout.initial_extent_offsets[class];
+                let slots = config.slots_per_extent;
+                slab.write_extent_header(class, 0, start)?;
+                let meta_base = start + layout.geometry[class].meta_offset;
+                for slot in 0..slots {
+                    let next = if slot + 1 < slots {
+                        slot + 1
+                    } else {
+                        FREE_LIST_END
+                    };
+                    let meta = SlotMeta::new(0, FREE, next, NO_OWNER);
+                    if !shared.init(meta_base + slot as usize * size_of::<SlotMeta>(), meta) {
+                        return Err(too_small());
+                    }
+                }
+            }
+        }
+        for class in 0..layout.classes.len() {
+            let header = slab.header(class)?;
+            header.extent_offsets[0].store(
+                layout.initial_extent_offsets[class] as u64,
+                Ordering::Release,
+            );
+            header
+                .total_slots
+                .store(layout.classes[class].slots_per_extent, Ordering::Relaxed);
+            header
+                .free_head
+                .store(pack_free_head(0, 0), Ordering::Release);
+        }
+        Ok(slab)
+    }
+
+    /// Attach to an allocator another participant built with [`init`](Self::init), owning as
+    /// `me`. Checks the class headers' fixed fields and each class's first extent against the
+    /// private `layout` (R2, R3).
+    ///
+    /// # Errors
+    /// As [`init`](Self::init), and [`SlabError::Corrupt`] when a class header or first extent
+    /// offset differs from the layout.
+    pub fn attach(region: R, layout: SlabLayout, me: OwnerId) -> Result<Self, SlabError> {
+        let slab = Self::new(region, layout, me)?;
+        let shared = slab.shared();
+        for (class, config) in slab.layout.classes.iter().enumerate() {
+            let base = slab.class_header_offset(class);
+            let fields = [
+                ("slot_size", 0, config.slot_size),
+                ("slots_per_extent", 4, config.slots_per_extent),
+                (
+                    "extent_slot_shift",
+                    8,
+                    config.slots_per_extent.trailing_zeros(),
+                ),
+            ];
+            for (field, offset, expected) in fields {
+                let found = shared
+                    .read_plain_u32(base + offset)
+                    .ok_or_else(|| slab.too_small())?;
+                if found != expected {
+                    return Err(corrupt(
+                        class,
+                        Corruption::ClassHeader {
+                            field,
+                            found,
+                            expected,
+                        },
+                    ));
+                }
+            }
+            slab.extent_base(class, 0).map_err(|e| corrupt(class, e))?;
+        }
+        Ok(slab)
+    }
+
+    /// Another handle on the same allocator, owning as `me`: what a second participant in the
+    /// same process (a test thread, say) uses. Shares this handle's private caches.
+    ///
+    /// # Errors
+    /// [`SlabError::UnknownOwner`] for `me` beyond the layout's `max_peers`.
+    pub fn with_owner(&self, me: OwnerId) -> Result<Self, SlabError>
+    where
+        R: Clone,
+    {
+        let journal = self
+            .layout
+            .journal_index(me)
+            .ok_or(SlabError::UnknownOwner(me))?;
+        Ok(Self {
+            region: self.region.clone(),
+            layout: self.layout.clone(),
+            me,
+            journal_offset: self.layout.journal_offsets[journal],
+            cache: self.cache.clone(),
+        })
+    }
+
+    fn new(region: R, layout: SlabLayout, me: OwnerId) -> Result<Self, SlabError> {
+        let journal = layout
+            .journal_index(me)
+            .ok_or(SlabError::UnknownOwner(me))?;
+        let cache: Vec<ClassCache> = layout
+            .classes
+            .iter()
+            .map(|_| ClassCache {
+                extents: (0..layout.max_extents).map(|_| AtomicU64::new(0)).collect(),
+            })
+            .collect();
+        let slab = Self {
+            journal_offset: layout.journal_offsets[journal],
+            layout: std::sync::Arc::new(layout),
+            region,
+            me,
+            cache: cache.into(),
+        };
+        if slab.region.reservation() < slab.layout.max_size
+            || !slab.shared().covers(0, slab.layout.initial_size)
+        {
+            return Err(slab.too_small());
+        }
+        Ok(slab)
+    }
+
+    /// The owner this handle allocates as.
+    pub fn owner(&self) -> OwnerId {
+        self.me
+    }
+
+    /// The private layout this handle uses.
+    pub fn layout(&self) -> &SlabLayout {
+        &self.layout
+    }
+
+    /// The region.
+    pub fn region(&self) -> &R {
+        &self.region
+    }
+
+    /// Bytes per slot of `class`, or `None` when there is no such class.
+    pub fn slot_size(&self, class: u16) -> Option<u32> {
+        self.layout
+            .classes
+            .get(usize::from(class))
+            .map(|c| c.slot_size)
+    }
+
+    /// Take a slot of at least `len` bytes, owned by this handle's owner (Free -> Allocated,
+    /// R5): from the smallest class that fits, else from a larger class, else from a new extent
+    /// of the smallest class that fits (R8).
+    ///
+    /// # Errors
+    /// [`SlabError::PayloadTooLarge`] when `len` exceeds the largest slot;
+    /// [`SlabError::NoFreeSlots`] when every fitting class is empty and the smallest cannot grow;
+    /// [`SlabError::Grow`] when the region refuses to grow; [`SlabError::Corrupt`] when a free
+    /// list or extent offset is found corrupted; [`SlabError::ListHeld`].
+    pub fn alloc(&self, len: usize) -> Result<SlotHandle, SlabError> {
+        let fits = self
+            .layout
+            .classes
+            .iter()
+            .position(|c| c.slot_size as usize >= len)
+            .ok_or_else(|| SlabError::PayloadTooLarge {
+                len,
+                max: self
+                    .layout
+                    .classes
+                    .iter()
+                    .map(|c| c.slot_size as usize)
+                    .max()
+                    .unwrap_or(0),
+            })?;
+        for class in fits..self.layout.classes.len() {
+            if let Some(handle) = self.pop(class)? {
+                return Ok(handle);
+            }
+        }
+        if let Some(handle) = self.grow(fits)? {
+            return Ok(handle);
+        }
+        Err(SlabError::NoFreeSlots { class: fits as u16 })
+    }
+
+    /// Take a slot of class `class` only, growing the class when it is empty.
+    ///
+    /// # Errors
+    /// As [`alloc`](Self::alloc); [`SlabError::BadHandle`] when there is no such class.
+    pub fn alloc_in(&self, class: u16) -> Result<SlotHandle, SlabError> {
+        let c = self.class_index(class, 0)?;
+        if let Some(handle) = self.pop(c)? {
+            return Ok(handle);
+        }
+        self.grow(c)?.ok_or(SlabError::NoFreeSlots { class })
+    }
+
+    /// Take a slot of class `class` from its free list, without growing.
+    ///
+    /// # Errors
+    /// As [`alloc_in`](Self::alloc_in), but `Ok(None)` where it would grow.
+    pub fn try_alloc_in(&self, class: u16) -> Result<Option<SlotHandle>, SlabError> {
+        let c = self.class_index(class, 0)?;
+        self.pop(c)
+    }
+
+    /// Hand an allocated slot to `receiver` (Allocated -> InFlight, R5), who must free it next
+    /// (R6). The sender calls this before it publishes the descriptor.
+    ///
+    /// # Errors
+    /// [`SlabError::UnknownOwner`] for a receiver the layout does not admit;
+    /// [`SlabError::BadHandle`]; [`SlabError::StaleHandle`] when the slot has been freed since;
+    /// [`SlabError::WrongState`] when it is not Allocated.
+    pub fn mark_in_flight(&self, handle: SlotHandle, receiver: OwnerId) -> Result<(), SlabError> {
+        if !self.layout.admits(receiver) {
+            return Err(SlabError::UnknownOwner(receiver));
+        }
+        let class = self.class_index(handle.class, handle.index)?;
+        let meta = self.handle_meta(class, handle)?;
+        let from = join(handle.generation, ALLOCATED);
+        let to = join(handle.generation, IN_FLIGHT);
+        // R5: one CAS on (generation, state); Release so the receiver, which checks the state
+        // with Acquire, sees what the sender wrote in the slot.
+        if let Err(found) =
+            meta.gen_state
+                .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+        {
+            return Err(transition_error(handle, found, "allocated"));
+        }
+        // R6: the receiver must free it next. A crash before this store leaves the slot in
+        // flight but owned by the sender, whose reclaim frees it: the descriptor was not
+        // published yet.
+        meta.owner.store(receiver.raw(), Ordering::Release);
+        Ok(())
+    }
+
+    /// Give a slot back (Allocated or InFlight -> Free, generation + 1, R5, R7) and push it on
+    /// its class's free list. Of two racing frees of one handle exactly one succeeds.
+    ///
+    /// # Errors
+    /// [`SlabError::BadHandle`]; [`SlabError::DoubleFree`] when this handle already freed the
+    /// slot; [`SlabError::StaleHandle`] for an older generation; [`SlabError::WrongState`] when
+    /// the slot is free; [`SlabError::Corrupt`] when its state word is garbage;
+    /// [`SlabError::ListHeld`].
+    pub fn free(&self, handle: SlotHandle) -> Result<Freed, SlabError> {
+        let class = self.class_index(handle.class, handle.index)?;
+        let meta = self.handle_meta(class, handle)?;
+        let journal = self.journal()?;
+        // R5: say which slot before touching it, so a crash between the state change and the
+        // push leaves a trace reclaim follows.
+        journal.store(handle.slot_ref() + 1, Ordering::Relaxed);
+        let mut current = meta.gen_state.load(Ordering::Relaxed);
+        loop {
+            let (generation, state) = split(current);
+            if generation != handle.generation || !(state == ALLOCATED || state == IN_FLIGHT) {
+                journal.store(JOURNAL_EMPTY, Ordering::Relaxed);
+                return Err(free_error(handle, current));
+            }
+            // R5: the CAS on (generation, state) is what makes one of two racing frees win.
+            match meta.gen_state.compare_exchange_weak(
+                current,
+                join(generation.wrapping_add(1), FREE),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(found) => current = found,
+            }
+        }
+        meta.owner.store(NO_OWNER, Ordering::Relaxed);
+        self.push(class, handle.index, meta)?;
+        journal.store(JOURNAL_EMPTY, Ordering::Release);
+        Ok(Freed {
+            class: handle.class,
+            wake_waiters: self.notify_slot_available(class)?,
+        })
+    }
+
+    /// The start of a slot's bytes ([`slot_size`](Self::slot_size) of them), for the holder of
+    /// `handle` to read or write through raw pointers. Checks that the handle names a slot of a
+    /// published extent, not its state: the caller must know it holds the slot (R4).
+    ///
+    /// # Errors
+    /// [`SlabError::BadHandle`].
+    pub fn slot_data(&self, handle: SlotHandle) -> Result<NonNull<u8>, SlabError> {
+        let class = self.class_index(handle.class, handle.index)?;
+        let (extent, slot) = self.split_index(class, handle.index);
+        let base = self
+            .extent_base(class, extent)
+            .map_err(|_| bad_handle(handle))?;
+        let size = self.layout.classes[class].slot_size as usize;
+        let offset = base + self.layout.geometry[class].data_offset + slot as usize * size;
+        self.shared()
+            .bytes_at(offset, size)
+            .ok_or_else(|| bad_handle(handle))
+    }
+
+    /// A copy of a slot's meta (R3).
+    ///
+    /// # Errors
+    /// [`SlabError::BadHandle`] when no published slot has this class and index.
+    pub fn slot_status(&self, class: u16, index: u32) -> Result<SlotStatus, SlabError> {
+        let handle = SlotHandle::from_parts(class, index, 0);
+        let c = self.class_index(class, index)?;
+        let meta = self.handle_meta(c, handle)?;
+        let (generation, state) = split(meta.gen_state.load(Ordering::Acquire));
+        Ok(SlotStatus {
+            generation,
+            state: SlotState::from_u32(state),
+            owner: meta.owner.load(Ordering::Acquire),
+        })
+    }
+
+    /// The futex word allocators of `class` sleep on, for the wake system call after a
+    /// [`Freed`] with `wake_waiters`, and for waiting. `None` when there is no such class.
+    ///
+    /// To sleep until a slot may be free, without losing a wakeup (R11): `seen =`
+    /// [`announce_waiter`](Self::announce_waiter)`(class)`, then if
+    /// [`has_free_slot`](Self::has_free_slot)`(class)` try again, else `FUTEX_WAIT(word, seen)`.
+    pub fn slot_available_word(&self, class: u16) -> Option<&AtomicU32> {
+        let class = usize::from(class);
+        if class >= self.layout.classes.len() {
+            return None;
+        }
+        self.header(class)
+            .ok()
+            .map(|header| &header.slot_available_futex)
+    }
+
+    /// Say that an allocator of `class` is about to sleep on its futex word, and return the
+    /// value to sleep on. `None` when there is no such class.
+    pub fn announce_waiter(&self, class: u16) -> Option<u32> {
+        let word = self.slot_available_word(class)?;
+        // R11: SeqCst, against the SeqCst push and load of `free`: either this sees the push
+        // in `has_free_slot`, or the freer sees this bit.
+        Some(word.fetch_or(WAITER_BIT, Ordering::SeqCst) | WAITER_BIT)
+    }
+
+    /// Whether `class`'s free list looks non-empty (or is held, which means it soon may be).
+    pub fn has_free_slot(&self, class: u16) -> bool {
+        let Ok(header) = self.header(usize::from(class)) else {
+            return false;
+        };
+        // R11: SeqCst, see `announce_waiter`.
+        let (index, _) = unpack_free_head(header.free_head.load(Ordering::SeqCst));
+        index != FREE_LIST_END
+    }
+
+    /// Counts per class, from one pass over every published slot meta. Each meta is read once;
+    /// under concurrent use the counts are a blur of the moments read, exact when quiet.
+    pub fn stats(&self) -> Vec<ClassStats> {
+        (0..self.layout.classes.len())
+            .map(|class| {
+                let mut stats = ClassStats {
+                    slot_size: self.layout.classes[class].slot_size,
+                    ..ClassStats::default()
+                };
+                if let Ok(header) = self.header(class) {
+                    stats.header_total = header.total_slots.load(Ordering::Relaxed);
+                }
+                self.for_each_meta(class, |_, meta| {
+                    stats.total += 1;
+                    match split(meta.gen_state.load(Ordering::Relaxed)).1 {
+                        FREE => stats.free += 1,
+                        ALLOCATED => stats.allocated += 1,
+                        IN_FLIGHT => stats.in_flight += 1,
+                        _ => stats.corrupt += 1,
+                    }
+                });
+                stats.extents = self.published_extents(class).count() as u32;
+                stats
+            })
+            .collect()
+    }
+
+    /// Length of `class`'s free list, walked once (bounded by the class's slots). Exact only
+    /// when nobody allocates or frees in the class meanwhile: for tests and the inspector.
+    ///
+    /// # Errors
+    /// [`SlabError::Corrupt`] with [`Corruption::Cycle`] or a bad link.
+    pub fn free_list_len(&self, class: u16) -> Result<u32, SlabError> {
+        let c = self.class_index(class, 0)?;
+        let header = self.header(c)?;
+        let (first, _) = unpack_free_head(header.free_head.load(Ordering::Acquire));
+        if first == LIST_HELD {
+            return Err(SlabError::ListHeld { class });
+        }
+        self.walk(c, first, None).map(|(len, _)| len)
+    }
+
+    /// Free every slot `owner` holds (Allocated by it, or InFlight to it), after it died or left
+    /// (R10's reclaim), and put back a slot its journal shows it was taking or freeing when it
+    /// died. Safe while other participants allocate and free; idempotent. This handle's owner
+    /// (the host) does the freeing.
+    ///
+    /// # Errors
+    /// [`SlabError::UnknownOwner`]; [`SlabError::Corrupt`] when the owner's journal or a free
+    /// list is garbage; [`SlabError::ListHeld`].
+    pub fn reclaim(&self, owner: OwnerId) -> Result<ReclaimReport, SlabError> {
+        let journal_index = self
+            .layout
+            .journal_index(owner)
+            .ok_or(SlabError::UnknownOwner(owner))?;
+        let journal = self
+            .shared()
+            .u32_at(self.layout.journal_offsets[journal_index])
+            .ok_or_else(|| self.too_small())?;
+        let mut report = ReclaimReport {
+            freed: vec![0; self.layout.classes.len()],
+            ..ReclaimReport::default()
+        };
+        let entry = journal.load(Ordering::Acquire);
+        if entry != JOURNAL_EMPTY {
+            match self.resolve_journal(owner, entry - 1) {
+                Ok(Resolution::Recovered(wake)) => {
+                    report.recovered_from_journal = true;
+                    report.wake_waiters |= wake;
+                    journal.store(JOURNAL_EMPTY, Ordering::Release);
+                }
+                Ok(Resolution::NothingLost) => journal.store(JOURNAL_EMPTY, Ordering::Release),
+                Ok(Resolution::Pending) => report.journal_pending = true,
+                Err(error) => {
+                    // A garbage journal is cleared so it cannot fail every later reclaim.
+                    journal.store(JOURNAL_EMPTY, Ordering::Release);
+                    return Err(error);
+                }
+            }
+        }
+        let mut mine = Vec::new();
+        for class in 0..self.layout.classes.len() {
+            mine.clear();
+            self.for_each_meta(class, |index, meta| {
+                let (generation, state) = split(meta.gen_state.load(Ordering::Acquire));
+                if (state == ALLOCATED || state == IN_FLIGHT)
+                    && meta.owner.load(Ordering::Acquire) == owner.raw()
+                {
+                    mine.push(SlotHandle::from_parts(class as u16, index, generation));
+                }
+            });
+            for &handle in &mine {
+                match self.free(handle) {
+                    Ok(freed) => {
+                        report.freed[class] += 1;
+                        report.wake_waiters |= freed.wake_waiters;
+                    }
+                    // Freed, or freed and taken again, by someone else since the scan read it.
+                    Err(
+                        SlabError::StaleHandle { .. }
+                        | SlabError::DoubleFree { .. }
+                        | SlabError::WrongState { .. },
+                    ) => {}
+                    Err(error) => return Err(error),
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Rebuild `class`'s free list from the slot metas, after corruption of the list was
+    /// detected: hold the list, chain every Free slot no journal names (those are between two
+    /// steps of a live participant's pop or free), leave out slots whose state is garbage, and
+    /// publish the new list. Other participants' pops and pushes in the class wait meanwhile.
+    ///
+    /// # Errors
+    /// [`SlabError::BadHandle`] when there is no such class; [`SlabError::ListHeld`].
+    pub fn rebuild_free_list(&self, class: u16) -> Result<RebuildReport, SlabError> {
+        let c = self.class_index(class, 0)?;
+        let held = self.hold(c)?;
+        // After the hold: every pop that won before it published its journal entry first.
+        let journals = self.journal_entries();
+        let mut report = RebuildReport::default();
+        let mut chain = FREE_LIST_END;
+        let mut metas = Vec::new();
+        self.for_each_meta(c, |index, meta| metas.push((index, meta)));
+        for &(index, meta) in metas.iter().rev() {
+            match split(meta.gen_state.load(Ordering::Acquire)).1 {
+                FREE => {
+                    let entry = encode_slot_ref(class, index) + 1;
+                    if !journals.contains(&entry) {
+                        meta.next_free.store(chain, Ordering::Relaxed);
+                        chain = index;
+                        report.free += 1;
+                    }
+                }
+                ALLOCATED | IN_FLIGHT => {}
+                _ => report.quarantined += 1,
+            }
+        }
+        self.release(c, held, chain);
+        Ok(report)
+    }
+
+    // ----- the free list (R7) -----
+
+    /// Pop a slot of class `class`, or `None` when the list is empty.
+    fn pop(&self, class: usize) -> Result<Option<SlotHandle>, SlabError> {
+        let header = self.header(class)?;
+        let journal = self.journal()?;
+        let backoff = Backoff::new();
+        let mut held = HeldWait::default();
+        loop {
+            // R7: Acquire pairs with the Release of the push that linked this head, so the
+            // slot's `next_free` (and its data) are those the pusher wrote.
+            let head = header.free_head.load(Ordering::Acquire);
+            let (index, tag) = unpack_free_head(head);
+            if index == FREE_LIST_END {
+                return Ok(None);
+            }
+            if index == LIST_HELD {
+                held.wait(class)?;
+                continue;
+            }
+            let Ok(meta) = self.meta(class, index) else {
+                return Err(corrupt(class, Corruption::FreeHead { index }));
+            };
+            // Stale if another pop wins this head first; the tagged CAS below then fails.
+            let next = meta.next_free.load(Ordering::Relaxed);
+            if next != FREE_LIST_END && self.meta(class, next).is_err() {
+                if header.free_head.load(Ordering::Acquire) == head {
+                    return Err(corrupt(class, Corruption::NextFree { index, next }));
+                }
+                continue;
+            }
+            // R5: name the slot before the pop; the CAS's Release publishes the name.
+            journal.store(encode_slot_ref(class as u16, index) + 1, Ordering::Relaxed);
+            let popped = pack_free_head(next, tag.wrapping_add(1));
+            // R7: the tag makes a head that was popped and pushed back meanwhile (ABA) fail.
+            if header
+                .free_head
+                .compare_exchange_weak(head, popped, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+            {
+                backoff.spin();
+                continue;
+            }
+            // R6: the owner first, so that from here on the slot is found by reclaim(me)
+            // (Allocated and owned) or by the journal (Free, off the list).
+            meta.owner.store(self.me.raw(), Ordering::Relaxed);
+            let (generation, state) = split(meta.gen_state.load(Ordering::Acquire));
+            if state != FREE {
+                // Off the list now, and left off: its state says someone else has it.
+                journal.store(JOURNAL_EMPTY, Ordering::Release);
+                return Err(corrupt(class, Corruption::PoppedNotFree { index, state }));
+            }
+            // R5: Free -> Allocated. A plain store: only the pop's winner writes this word now
+            // (frees need Allocated or InFlight, reclaim needs the owner or the journal).
+            meta.gen_state
+                .store(join(generation, ALLOCATED), Ordering::Release);
+            journal.store(JOURNAL_EMPTY, Ordering::Release);
+            return Ok(Some(SlotHandle::from_parts(
+                class as u16,
+                index,
+                generation,
+            )));
+        }
+    }
+
+    /// Push slot `index` (already Free) on its list.
+    fn push(&self, class: usize, index: u32, meta: &SlotMeta) -> Result<(), SlabError> {
+        let header = self.header(class)?;
+        let backoff = Backoff::new();
+        let mut held = HeldWait::default();
+        loop {
+            let head = header.free_head.load(Ordering::Relaxed);
+            let (first, tag) = unpack_free_head(head);
+            if first == LIST_HELD {
+                held.wait(class)?;
+                continue;
+            }
+            meta.next_free.store(first, Ordering::Relaxed);
+            // R7: Release publishes `next_free`, the state and the slot's bytes to the next
+            // popper; SeqCst for R11 (see `announce_waiter`).
+            if header
+                .free_head
+                .compare_exchange_weak(
+                    head,
+                    pack_free_head(index, tag.wrapping_add(1)),
+                    Ordering::SeqCst,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                return Ok(());
+            }
+            backoff.spin();
+        }
+    }
+
+    /// After a push: bump the class's futex word when an allocator announced it sleeps (R11).
+    fn notify_slot_available(&self, class: usize) -> Result<bool, SlabError> {
+        let word = &self.header(class)?.slot_available_futex;
+        // R11: SeqCst, after the SeqCst push: see `announce_waiter`.
+        if word.load(Ordering::SeqCst) & WAITER_BIT == 0 {
+            return Ok(false);
+        }
+        // Clear the bit and move the sequence on in one step, so a sleeper's FUTEX_WAIT on the
+        // old value fails or is woken.
+        let _ = word.fetch_update(Ordering::Release, Ordering::Relaxed, |w| {
+            Some((w | WAITER_BIT).wrapping_add(SEQUENCE_STEP) & !WAITER_BIT)
+        });
+        Ok(true)
+    }
+
+    /// Swap `class`'s head for the held marker, so nobody else pops or pushes until
+    /// [`release`](Self::release). Returns the list as it was.
+    fn hold(&self, class: usize) -> Result<Held, SlabError> {
+        let header = self.header(class)?;
+        let mut held = HeldWait::default();
+        loop {
+            // Acquire: the CAS reads the latest head, whose release sequence carries every
+            // earlier pop and push, and with them the journals written before them.
+            let head = header.free_head.load(Ordering::Acquire);
+            let (first, tag) = unpack_free_head(head);
+            if first == LIST_HELD {
+                held.wait(class)?;
+                continue;
+            }
+            let tag = tag.wrapping_add(1);
+            if header
+                .free_head
+                .compare_exchange(
+                    head,
+                    pack_free_head(LIST_HELD, tag),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+            {
+                return Ok(Held { first, tag });
+            }
+        }
+    }
+
+    /// Publish `first` as the head of a held list.
+    fn release(&self, class: usize, held: Held, first: u32) {
+        if let Ok(header) = self.header(class) {
+            // R7: Release publishes the links written while held; SeqCst for R11.
+            header.free_head.store(
+                pack_free_head(first, held.tag.wrapping_add(1)),
+                Ordering::SeqCst,
+            );
+        }
+    }
+
+    /// Walk a list from `first`: its length, and whether it holds `target`. At most as many
+    /// steps as the class has slots (R3: a cycle ends the walk with an error).
+    fn walk(
+        &self,
+        class: usize,
+        first: u32,
+        target: Option<u32>,
+    ) -> Result<(u32, bool), SlabError> {
+        let limit = self.published_extents(class).count() as u32
+            * self.layout.classes[class].slots_per_extent;
+        let mut index = first;
+        let mut len = 0u32;
+        let mut found = false;
+        while index != FREE_LIST_END {
+            if len >= limit {
+                return Err(corrupt(class, Corruption::Cycle { limit }));
+            }
+            let Ok(meta) = self.meta(class, index) else {
+                return Err(corrupt(class, Corruption::FreeHead { index }));
+            };
+            found |= Some(index) == target;
+            len += 1;
+            index = meta.next_free.load(Ordering::Relaxed);
+        }
+        Ok((len, found))
+    }
+
+    /// What became of the slot `slot_ref` that dead `owner`'s journal names.
+    fn resolve_journal(&self, owner: OwnerId, slot_ref: u32) -> Result<Resolution, SlabError> {
+        let bad_journal = || {
+            corrupt(
+                (slot_ref >> 29) as usize,
+                Corruption::Journal { owner, slot_ref },
+            )
+        };
+        let (class, index) = try_decode_slot_ref(slot_ref).map_err(|_| bad_journal())?;
+        let c = usize::from(class);
+        if c >= self.layout.classes.len() {
+            return Err(bad_journal());
+        }
+        let meta = self.meta(c, index).map_err(|_| bad_journal())?;
+        for _ in 0..RESOLVE_ATTEMPTS {
+            if split(meta.gen_state.load(Ordering::Acquire)).1 != FREE {
+                // Allocated or in flight: the owner scan frees it if it is the dead one's.
+                return Ok(Resolution::NothingLost);
+            }
+            let held = self.hold(c)?;
+            let (_, state) = split(meta.gen_state.load(Ordering::Acquire));
+            if state != FREE {
+                self.release(c, held, held.first);
+                return Ok(Resolution::NothingLost);
+            }
+            let on_list = match self.walk(c, held.first, Some(index)) {
+                Ok((_, found)) => found,
+                Err(error) => {
+                    self.release(c, held, held.first);
+                    return Err(error);
+                }
+            };
+            if on_list {
+                self.release(c, held, held.first);
+                return Ok(Resolution::NothingLost);
+            }
+            let entry = slot_ref + 1;
+            let busy = self
+                .layout
+                .journal_offsets
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| Some(i) != self.layout.journal_index(owner))
+                .filter_map(|(_, &offset)| self.shared().u32_at(offset))
+                .any(|journal| journal.load(Ordering::Acquire) == entry);
+            if busy {
+                // A live participant popped it and is about to record itself, or freed it and
+                // is about to push it: let it finish.
+                self.release(c, held, held.first);
+                yield_now();
+                continue;
+            }
+            // Free, off the list, and nobody is busy with it: the dead owner lost it.
+            meta.owner.store(NO_OWNER, Ordering::Relaxed);
+            meta.next_free.store(held.first, Ordering::Relaxed);
+            self.release(c, held, index);
+            return Ok(Resolution::Recovered(self.notify_slot_available(c)?));
+        }
+        Ok(Resolution::Pending)
+    }
+
+    // ----- growth (R8) -----
+
+    /// Add an extent to `class` and return one of its slots, allocated; `None` when the class
+    /// has all its extents or the reservation is used up.
+    fn grow(&self, class: usize) -> Result<Option<SlotHandle>, SlabError> {
+        let header = self.header(class)?;
+        let max_extents = self.layout.max_extents as usize;
+        let next_unpublished = |from: usize| {
+            (from..max_extents).find(|&e| header.extent_offsets[e].load(Ordering::Acquire) == 0)
+        };
+        let Some(mut extent) = next_unpublished(0) else {
+            return Ok(None);
+        };
+        // Someone may have freed or grown while we looked.
+        if let Some(handle) = self.pop(class)? {
+            return Ok(Some(handle));
+        }
+        let size = self.layout.geometry[class].size as u64;
+        let current_size = self.current_size()?;
+        let mut start = current_size.load(Ordering::Acquire);
+        loop {
+            if start < self.layout.extent_region_offset as u64
+                || !start.is_multiple_of(64)
+                || start > self.layout.max_size as u64
+            {
+                return Err(corrupt(class, Corruption::CurrentSize { value: start }));
+            }
+            let end = start + size;
+            if end > self.layout.max_size as u64 {
+                return Ok(None);
+            }
+            // R8: reserve [start, end) atomically; two growers never get overlapping ranges.
+            match current_size.compare_exchange_weak(
+                start,
+                end,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(found) => start = found,
+            }
+        }
+        let (start, end) = (start as usize, (start + size) as usize);
+        if let Err(error) = self.region.grow_to(end) {
+            give_back(current_size, start, end);
+            return Err(error.into());
+        }
+        // Every slot starts allocated and owned by this grower: a crash from here on leaves
+        // nothing that reclaim(me) cannot find.
+        let config = self.layout.classes[class];
+        let meta_base = start + self.layout.geometry[class].meta_offset;
+        for slot in 0..config.slots_per_extent as usize {
+            let meta = SlotMeta::new(0, ALLOCATED, FREE_LIST_END, self.me.raw());
+            // SAFETY: [start, end) was reserved by the CAS above for this call alone, and no
+            // extent offset names it yet, so nobody else reaches it.
+            if !unsafe {
+                self.shared()
+                    .init(meta_base + slot * size_of::<SlotMeta>(), meta)
+            } {
+                return Err(self.too_small());
+            }
+        }
+        loop {
+            self.write_extent_header(class, extent as u16, start)?;
+            // R8: publish with Release: whoever reads the offset sees the initialised extent.
+            match header.extent_offsets[extent].compare_exchange(
+                0,
+                start as u64,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(_) => match next_unpublished(extent + 1) {
+                    Some(next) => extent = next,
+                    None => {
+                        give_back(current_size, start, end);
+                        return Ok(None);
+                    }
+                },
+            }
+        }
+        header
+            .total_slots
+            .fetch_add(config.slots_per_extent, Ordering::Relaxed);
+        if let Some(count) = self.shared().u32_at(self.layout.extent_count_offset) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+        let first = (extent as u32) << config.slots_per_extent.trailing_zeros();
+        for slot in 1..config.slots_per_extent {
+            let _ = self.free(SlotHandle::from_parts(class as u16, first + slot, 0))?;
+        }
+        Ok(Some(SlotHandle::from_parts(class as u16, first, 0)))
+    }
+
+    /// Write extent `extent`'s header at `start`: for inspectors; the allocator never reads it.
+    fn write_extent_header(
+        &self,
+        class: usize,
+        extent: u16,
+        start: usize,
+    ) -> Result<(), SlabError> {
+        let config = self.layout.classes[class];
+        let geometry = self.layout.geometry[class];
+        let header = ExtentHeader {
+            class: class as u16,
+            extent_index: extent,
+            base_global_index: u32::from(extent) << config.slots_per_extent.trailing_zeros(),
+            slot_count: config.slots_per_extent,
+            slot_size: config.slot_size,
+            meta_offset: geometry.meta_offset as u32,
+            data_offset: geometry.data_offset as u32,
+            _pad: [0; 32],
+        };
+        // SAFETY: the extent at `start` is not published yet (growth) or the whole allocator
+        // is being built (init): nobody else reaches these bytes.
+        if unsafe { self.shared().init(start, header) } {
+            Ok(())
+        } else {
+            Err(self.too_small())
+        }
+    }
+
+    // ----- addressing (R3) -----
+
+    fn shared(&self) -> Shared<'_, R> {
+        Shared::new(&self.region)
+    }
+
+    fn too_small(&self) -> SlabError {
+        SlabError::RegionTooSmall {
+            needed: self.layout.initial_size,
+            len: self.region.len(),
+            reservation: self.region.reservation(),
+        }
+    }
+
+    fn class_header_offset(&self, class: usize) -> usize {
+        self.layout.class_headers_offset + class * size_of::<SizeClassHeader>()
+    }
+
+    fn header(&self, class: usize) -> Result<&SizeClassHeader, SlabError> {
+        self.shared()
+            .class_header_at(self.class_header_offset(class))
+            .ok_or_else(|| self.too_small())
+    }
+
+    fn journal(&self) -> Result<&AtomicU32, SlabError> {
+        self.shared()
+            .u32_at(self.journal_offset)
+            .ok_or_else(|| self.too_small())
+    }
+
+    fn current_size(&self) -> Result<&AtomicU64, SlabError> {
+        self.shared()
+            .u64_at(self.layout.current_size_offset)
+            .ok_or_else(|| self.too_small())
+    }
+
+    fn journal_entries(&self) -> Vec<u32> {
+        self.layout
+            .journal_offsets
+            .iter()
+            .filter_map(|&offset| self.shared().u32_at(offset))
+            .map(|journal| journal.load(Ordering::Acquire))
+            .collect()
+    }
+
+    /// The class of a handle, checked against the layout.
+    fn class_index(&self, class: u16, index: u32) -> Result<usize, SlabError> {
+        let c = usize::from(class);
+        if c < self.layout.classes.len() {
+            Ok(c)
+        } else {
+            Err(SlabError::BadHandle { class, index })
+        }
+    }
+
+    fn split_index(&self, class: usize, index: u32) -> (usize, u32) {
+        let shift = self.layout.classes[class].slots_per_extent.trailing_zeros();
+        ((index >> shift) as usize, index & ((1 << shift) - 1))
+    }
+
+    fn handle_meta(&self, class: usize, handle: SlotHandle) -> Result<&SlotMeta, SlabError> {
+        self.meta(class, handle.index)
+            .map_err(|_| bad_handle(handle))
+    }
+
+    /// The meta of slot `index` of `class`, when its extent is published and valid.
+    fn meta(&self, class: usize, index: u32) -> Result<&SlotMeta, Corruption> {
+        let (extent, slot) = self.split_index(class, index);
+        let base = self.extent_base(class, extent)?;
+        let offset =
+            base + self.layout.geometry[class].meta_offset + slot as usize * size_of::<SlotMeta>();
+        self.shared()
+            .meta_at(offset)
+            .ok_or(Corruption::ExtentOffset {
+                extent: extent as u32,
+                offset: base as u64,
+            })
+    }
+
+    /// The offset of extent `extent` of `class`: from the private cache, or read once from the
+    /// header, checked, and cached (R3). An unpublished extent is an error too.
+    fn extent_base(&self, class: usize, extent: usize) -> Result<usize, Corruption> {
+        let Some(cached) = self.cache[class].extents.get(extent) else {
+            return Err(Corruption::ExtentOffset {
+                extent: extent as u32,
+                offset: 0,
+            });
+        };
+        // Acquire pairs with the Release below: the extent was checked and its publication
+        // acquired by whoever cached it.
+        let known = cached.load(Ordering::Acquire);
+        if known != 0 {
+            return Ok(known as usize);
+        }
+        let header = self.header(class).map_err(|_| Corruption::ExtentOffset {
+            extent: extent as u32,
+            offset: 0,
+        })?;
+        // R8: Acquire pairs with the grower's Release publication.
+        let offset = header.extent_offsets[extent].load(Ordering::Acquire);
+        let size = self.layout.geometry[class].size as u64;
+        let bad = Corruption::ExtentOffset {
+            extent: extent as u32,
+            offset,
+        };
+        let valid = if extent == 0 {
+            offset == self.layout.initial_extent_offsets[class] as u64
+        } else {
+            offset >= self.layout.initial_size as u64
+                && offset.is_multiple_of(64)
+                && offset
+                    .checked_add(size)
+                    .is_some_and(|end| end <= self.layout.max_size as u64)
+        };
+        if !valid || !self.shared().covers(offset as usize, size as usize) {
+            return Err(bad);
+        }
+        cached.store(offset, Ordering::Release);
+        Ok(offset as usize)
+    }
+
+    /// Extents of `class` that are published and valid, in order, up to the first that is not.
+    fn published_extents(&self, class: usize) -> impl Iterator<Item = usize> + '_ {
+        (0..self.layout.max_extents as usize)
+            .map_while(move |extent| self.extent_base(class, extent).ok().map(|_| extent))
+    }
+
+    /// Call `f(global_index, meta)` for every slot of every published extent of `class`.
+    fn for_each_meta<'s>(&'s self, class: usize, mut f: impl FnMut(u32, &'s SlotMeta)) {
+        let slots = self.layout.classes[class].slots_per_extent;
+        let shift = slots.trailing_zeros();
+        for extent in self.published_extents(class) {
+            for slot in 0..slots {
+                let index = (extent as u32) << shift | slot;
+                if let Ok(meta) = self.meta(class, index) {
+                    f(index, meta);
+                }
+            }
+        }
+    }
+}
+
+/// A held list: its first slot and the tag of the held head.
+#[derive(Clone, Copy)]
+struct Held {
+    first: u32,
+    tag: u32,
+}
+
+enum Resolution {
+    NothingLost,
+    Recovered(bool),
+    Pending,
+}
+
+/// Waiting for a held list: spin, then yield, and give up after a second.
+#[derive(Default)]
+struct HeldWait {
+    #[cfg(not(loom))]
+    since: Option<std::time::Instant>,
+    spins: u32,
+}
+
+impl HeldWait {
+    const SPINS: u32 = 64;
+    #[cfg(not(loom))]
+    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+
+    fn wait(&mut self, class: usize) -> Result<(), SlabError> {
+        self.spins += 1;
+        if self.spins < Self::SPINS {
+            crate::sync::spin_loop();
+            return Ok(());
+        }
+        #[cfg(not(loom))]
+        {
+            let since = *self.since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() > Self::PATIENCE {
+                return Err(SlabError::ListHeld {
+                    class: class as u16,
+                });
+            }
+        }
+        #[cfg(loom)]
+        let _ = class;
+        yield_now();
+        Ok(())
+    }
+}
+
+fn yield_now() {
+    #[cfg(not(loom))]
+    std::thread::yield_now();
+    #[cfg(loom)]
+    loom::thread::yield_now();
+}
+
+/// Undo a reservation of `[start, end)` when it is still the last one.
+fn give_back(current_size: &AtomicU64, start: usize, end: usize) {
+    let _ = current_size.compare_exchange(
+        end as u64,
+        start as u64,
+        Ordering::AcqRel,
+        Ordering::Relaxed,
+    );
+}
+
+fn corrupt(class: usize, corruption: Corruption) -> SlabError {
+    SlabError::Corrupt {
+        class: class as u16,
+        corruption,
+    }
+}
+
+fn bad_handle(handle: SlotHandle) -> SlabError {
+    SlabError::BadHandle {
+        class: handle.class,
+        index: handle.index,
+    }
+}
+
+fn state_name(state: u32) -> &'static str {
+    match state {
+        FREE => "free",
+        ALLOCATED => "allocated",
+        IN_FLIGHT => "in flight",
+        _ => "garbage",
+    }
+}
+
+/// The error of a failed transition CAS that expected `(handle.generation, expected)`.
+fn transition_error(handle: SlotHandle, found: u64, expected: &'static str) -> SlabError {
+    let (generation, state) = split(found);
+    if generation != handle.generation {
+        return SlabError::StaleHandle {
+            handle: handle.generation,
+            slot: generation,
+        };
+    }
+    if SlotState::from_u32(state).is_none() {
+        return corrupt(
+            usize::from(handle.class),
+            Corruption::BadState {
+                index: handle.index,
+                state,
+            },
+        );
+    }
+    SlabError::WrongState {
+        class: handle.class,
+        index: handle.index,
+        expected,
+        found: state_name(state),
+    }
+}
+
+/// The error of a free that found `found` in the slot's `(generation, state)`.
+fn free_error(handle: SlotHandle, found: u64) -> SlabError {
+    let (generation, state) = split(found);
+    if state == FREE && generation == handle.generation.wrapping_add(1) {
+        return SlabError::DoubleFree {
+            class: handle.class,
+            index: handle.index,
+        };
+    }
+    transition_error(handle, found, "allocated or in flight")
+}
