@@ -8,8 +8,8 @@
 use core::mem::size_of;
 
 use hub_layout::{
-    ExtentHeader, HOST_OWNER, HUB_SIZE_CLASSES, MAX_EXTENTS_PER_CLASS, MAX_PEERS, NUM_SIZE_CLASSES,
-    SLOT_INDEX_BITS, SizeClassHeader,
+    ExtentHeader, HOST_OWNER, MAX_EXTENTS_PER_CLASS, MAX_PEERS, NUM_SIZE_CLASSES, SLOT_INDEX_BITS,
+    SizeClassHeader,
 };
 
 use crate::error::SlabError;
@@ -152,7 +152,7 @@ impl SlabLayout {
     #[cfg(not(loom))]
     pub fn for_hub(segment: &hub_layout::SegmentLayout) -> Self {
         use core::mem::offset_of;
-        use hub_layout::{HubHeader, PeerEntry};
+        use hub_layout::{HUB_SIZE_CLASSES, HubHeader, PeerEntry};
 
         let classes: Vec<ClassConfig> = (0..HUB_SIZE_CLASSES.len())
             .map(|class| ClassConfig {
@@ -318,6 +318,31 @@ impl SlabLayout {
             initial_size,
             max_size,
         })
+    }
+
+    /// The same layout with growth capped at `max_size` bytes of region instead of the room
+    /// for every extent: a hub that must stay smaller than its largest possible size.
+    ///
+    /// # Errors
+    /// [`SlabError::BadConfig`] when `max_size` is below the initial size or above the current
+    /// largest size.
+    ///
+    /// ```
+    /// let segment = hub_layout::SegmentLayout::new(4, 64).unwrap();
+    /// let layout = hub_alloc::SlabLayout::for_hub(&segment);
+    /// let small = layout.clone().limit_max_size(layout.initial_size() + (64 << 20)).unwrap();
+    /// assert_eq!(small.max_size(), layout.initial_size() + (64 << 20));
+    /// assert!(layout.clone().limit_max_size(layout.initial_size() - 1).is_err());
+    /// ```
+    pub fn limit_max_size(mut self, max_size: usize) -> Result<Self, SlabError> {
+        if max_size < self.initial_size || max_size > self.max_size {
+            return Err(SlabError::BadConfig(format!(
+                "max_size {max_size} is outside [{}, {}]",
+                self.initial_size, self.max_size
+            )));
+        }
+        self.max_size = max_size;
+        Ok(self)
     }
 
     /// Number of size classes.

@@ -50,7 +50,7 @@
 mod error;
 mod layout;
 mod region;
-mod shared;
+pub mod shared;
 mod slab;
 
 pub use error::{Corruption, SlabError};

@@ -4,8 +4,11 @@
 //! of the region at any time, and an atomic is the one Rust type for which that is defined. Each
 //! accessor checks that the object lies inside the usable part of the region and is aligned, so
 //! an offset computed from a corrupted value can produce an error, never an access outside the
-//! mapping (R3). The two writers of whole structs (`init_*`) are `unsafe`: they may only touch
+//! mapping (R3). The writer of whole structs ([`Shared::init`]) is `unsafe`: it may only touch
 //! memory nobody else can reach yet.
+//!
+//! hub-transport reaches the segment through this module too, so the crate's unsafe code about
+//! shared memory lives here and in hub-transport's mapping and ring modules only.
 
 use core::mem::{align_of, size_of};
 use core::ptr::NonNull;
@@ -20,7 +23,7 @@ use crate::sync::{AtomicU32, AtomicU64};
 /// checks both (R5). Generation is the low half and state the high half, which on a
 /// little-endian machine puts each at the seed's offset (0 and 4).
 #[repr(C)]
-pub(crate) struct SlotMeta {
+pub struct SlotMeta {
     /// `generation | state << 32`.
     pub gen_state: AtomicU64,
     /// Next slot on the free list (a global index), or `FREE_LIST_END`.
@@ -45,7 +48,8 @@ const _: () = {
 };
 
 impl SlotMeta {
-    /// A meta of generation `generation` and state `state`.
+    /// A meta of generation `generation`, state `state` (a `SlotState` encoding), successor
+    /// `next_free` and owner `owner`.
     pub fn new(generation: u32, state: u32, next_free: u32, owner: u32) -> Self {
         Self {
             gen_state: AtomicU64::new(join(generation, state)),
@@ -57,23 +61,33 @@ impl SlotMeta {
 
 /// `(generation, state)` packed as [`SlotMeta::gen_state`] holds them.
 #[inline]
-pub(crate) const fn join(generation: u32, state: u32) -> u64 {
+pub const fn join(generation: u32, state: u32) -> u64 {
     generation as u64 | (state as u64) << 32
 }
 
 /// The `(generation, state)` of a [`SlotMeta::gen_state`] value.
 #[inline]
-pub(crate) const fn split(word: u64) -> (u32, u32) {
+pub const fn split(word: u64) -> (u32, u32) {
     (word as u32, (word >> 32) as u32)
 }
 
-/// A view of a region's bytes.
-pub(crate) struct Shared<'r, R: Region + ?Sized> {
+/// A view of a region's bytes that hands out only atomics, at checked offsets.
+///
+/// ```
+/// use hub_alloc::{HeapRegion, shared::Shared};
+/// let region = HeapRegion::new(4096, 8192);
+/// let shared = Shared::new(&region);
+/// assert!(shared.u64_at(4088).is_some());
+/// assert!(shared.u64_at(4092).is_none()); // misaligned
+/// assert!(shared.u64_at(4096).is_none()); // past the usable length
+/// ```
+pub struct Shared<'r, R: Region + ?Sized> {
     region: &'r R,
     base: NonNull<u8>,
 }
 
 impl<'r, R: Region + ?Sized> Shared<'r, R> {
+    /// A view of `region`.
     pub fn new(region: &'r R) -> Self {
         Self {
             region,
@@ -93,7 +107,7 @@ impl<'r, R: Region + ?Sized> Shared<'r, R> {
     /// A reference to the `T` at `offset`, or `None` when it is not inside the usable region or
     /// not aligned.
     #[inline]
-    fn object<T: SharedAtomic>(&self, offset: usize) -> Option<&'r T> {
+    pub fn object<T: SharedAtomic>(&self, offset: usize) -> Option<&'r T> {
         if !offset.is_multiple_of(align_of::<T>()) || !self.covers(offset, size_of::<T>()) {
             return None;
         }
@@ -106,18 +120,22 @@ impl<'r, R: Region + ?Sized> Shared<'r, R> {
         Some(unsafe { &*self.base.as_ptr().add(offset).cast::<T>() })
     }
 
+    /// The `AtomicU64` at `offset`, or `None` when it is outside the usable region or misaligned.
     pub fn u64_at(&self, offset: usize) -> Option<&'r AtomicU64> {
         self.object(offset)
     }
 
+    /// The `AtomicU32` at `offset`, as [`u64_at`](Self::u64_at).
     pub fn u32_at(&self, offset: usize) -> Option<&'r AtomicU32> {
         self.object(offset)
     }
 
+    /// The slot meta at `offset`, as [`u64_at`](Self::u64_at).
     pub fn meta_at(&self, offset: usize) -> Option<&'r SlotMeta> {
         self.object(offset)
     }
 
+    /// The class header at `offset`, as [`u64_at`](Self::u64_at).
     pub fn class_header_at(&self, offset: usize) -> Option<&'r SizeClassHeader> {
         self.object(offset)
     }
@@ -156,7 +174,7 @@ impl<'r, R: Region + ?Sized> Shared<'r, R> {
 /// # Safety
 /// Every bit pattern must be a valid value (outside loom) and the type must be fine to access
 /// concurrently through shared references.
-pub(crate) unsafe trait SharedAtomic {}
+pub unsafe trait SharedAtomic {}
 // SAFETY: atomics of plain integers.
 unsafe impl SharedAtomic for AtomicU32 {}
 // SAFETY: atomics of plain integers.
@@ -169,12 +187,15 @@ unsafe impl SharedAtomic for SlotMeta {}
 unsafe impl SharedAtomic for SizeClassHeader {}
 
 /// Types the allocator writes whole into unpublished memory.
-pub(crate) trait SharedInit {}
+pub trait SharedInit {}
 impl SharedInit for AtomicU32 {}
 impl SharedInit for AtomicU64 {}
 impl SharedInit for SlotMeta {}
 impl SharedInit for SizeClassHeader {}
 impl SharedInit for ExtentHeader {}
+impl SharedInit for hub_layout::HubHeader {}
+impl SharedInit for hub_layout::PeerEntry {}
+impl SharedInit for hub_layout::DescRingHeader {}
 
 impl<R: Region + ?Sized> Shared<'_, R> {
     /// A copy of the `u32` at `offset`, a plain (non-atomic) field another process may write,

@@ -477,30 +477,8 @@ impl Producer {
     /// ([`RingError::TailWentBackwards`]) or passed our head ([`RingError::TailPastHead`]), or if
     /// our head cannot grow ([`RingError::HeadOverflow`]). Nothing is written then.
     pub fn try_push(&mut self, desc: &MsgDescHot) -> Result<(), PushError> {
-        let capacity = u64::from(self.ring.capacity);
-        // Invariant: cached_tail <= head and head - cached_tail <= capacity.
-        if self.head - self.cached_tail >= capacity {
-            // §2: Acquire pairs with the consumer's Release store of tail: its copies out of the
-            // slots it freed happen before we overwrite them.
-            let tail = self.ring.tail().load(Ordering::Acquire);
-            if tail < self.cached_tail {
-                return Err(RingError::TailWentBackwards {
-                    tail,
-                    previous: self.cached_tail,
-                }
-                .into());
-            }
-            if tail > self.head {
-                return Err(RingError::TailPastHead {
-                    tail,
-                    head: self.head,
-                }
-                .into());
-            }
-            self.cached_tail = tail;
-            if self.head - tail >= capacity {
-                return Err(PushError::Full);
-            }
+        if !self.has_room()? {
+            return Err(PushError::Full);
         }
         let next = self
             .head
@@ -513,6 +491,40 @@ impl Producer {
         self.ring.visible_head().store(next, Ordering::Release);
         self.head = next;
         Ok(())
+    }
+
+    /// Whether a push would find room now. Reloads the consumer's tail only when the cached
+    /// one says the ring is full, like [`try_push`](Self::try_push), whose checks it shares: a
+    /// sender that must do something before it publishes (mark a slot in flight) asks this
+    /// first, and then its push cannot fail with [`PushError::Full`].
+    ///
+    /// # Errors
+    /// As [`try_push`](Self::try_push), except `Full`.
+    pub fn has_room(&mut self) -> Result<bool, RingError> {
+        let capacity = u64::from(self.ring.capacity);
+        // Invariant: cached_tail <= head and head - cached_tail <= capacity.
+        if self.head - self.cached_tail >= capacity {
+            // §2: Acquire pairs with the consumer's Release store of tail: its copies out of the
+            // slots it freed happen before we overwrite them.
+            let tail = self.ring.tail().load(Ordering::Acquire);
+            if tail < self.cached_tail {
+                return Err(RingError::TailWentBackwards {
+                    tail,
+                    previous: self.cached_tail,
+                });
+            }
+            if tail > self.head {
+                return Err(RingError::TailPastHead {
+                    tail,
+                    head: self.head,
+                });
+            }
+            self.cached_tail = tail;
+            if self.head - tail >= capacity {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Descriptors published by this side so far (its private head).

@@ -1,0 +1,582 @@
+//! The host: creates the hub, admits peers, sends to one, receives from any.
+
+use std::path::Path;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use hub_alloc::{ClassStats, OwnerId, ReclaimReport, SlabError, SlotHandle};
+use hub_layout::{INLINE_PAYLOAD_SLOT, MsgDescHot, SlotState};
+
+use crate::link::{
+    Deadline, Endpoint, Frame, FrameMeta, Link, Loan, RECV_BELL, RecvError, SEND_BELL, SendError,
+};
+use crate::mapping::MappingError;
+use crate::ring::RingError;
+use crate::segment::{CreateError, HOST_GONE, HubConfig, PeerState, Segment};
+use crate::signal::{Doorbell, WaitError, WaitMode, wait_any_for};
+use crate::sync::Ordering;
+use crate::ticket::{Source, Ticket};
+
+/// Errors of the host's peer management.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HostError {
+    /// Every peer entry is in use (`max_peers` peers attached or reserved).
+    #[error("all {0} peer entries are in use")]
+    NoFreePeer(u16),
+    /// No peer with this id.
+    #[error("no peer {0}")]
+    UnknownPeer(u16),
+    /// The segment's descriptor could not be duplicated for a ticket.
+    #[error(transparent)]
+    Mapping(#[from] MappingError),
+    /// A ring of the peer could not be reopened after its reset.
+    #[error("ring of peer {peer}: {source}")]
+    Ring {
+        /// The peer.
+        peer: u16,
+        /// What is wrong.
+        source: RingError,
+    },
+    /// The allocator failed while reclaiming the peer's slots.
+    #[error(transparent)]
+    Alloc(#[from] SlabError),
+}
+
+/// What [`Host::peers`] says of one peer entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The peer id.
+    pub id: u16,
+    /// Its lifecycle state (R9).
+    pub state: PeerState,
+    /// How many times the id was handed out.
+    pub epoch: u64,
+    /// The process id the peer recorded on attach (0 before).
+    pub pid: u32,
+    /// Descriptors waiting in the peer's send ring (to the host).
+    pub to_host: u32,
+    /// Descriptors waiting in the peer's receive ring (from the host).
+    pub to_peer: u32,
+}
+
+/// What [`Host::recover_peer`] did (R10).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Recovery {
+    /// Slots that descriptors left in the peer's two rings referenced, freed.
+    pub ring_slots_freed: u32,
+    /// The allocator's reclaim of what the peer owned.
+    pub reclaimed: ReclaimReport,
+}
+
+/// The host of a hub: the process that creates it, admits up to `max_peers` peers, sends to any
+/// one of them and receives from all of them.
+///
+/// Every method takes `&self`; the host is `Send + Sync`, and each ring's producer and consumer
+/// sides are serialised inside, so the single-producer single-consumer rule holds whatever the
+/// caller's threads do.
+///
+/// ```
+/// use hub_transport::{FrameMeta, Host, HubConfig, Peer};
+///
+/// let host = Host::create(&HubConfig { max_peers: 2, ..HubConfig::default() })?;
+/// let ticket = host.add_peer()?;
+/// let peer = Peer::attach(&ticket)?; // a thread stands in for a plugin process
+/// std::thread::scope(|s| {
+///     s.spawn(|| {
+///         let frame = peer.recv().unwrap();
+///         peer.send(FrameMeta { msg_id: frame.meta().msg_id, ..FrameMeta::default() }, frame.payload())
+///             .unwrap();
+///     });
+///     let payload = vec![7u8; 100_000];
+///     host.send(ticket.peer_id(), FrameMeta { msg_id: 1, ..FrameMeta::default() }, &payload)?;
+///     let echo = host.recv()?;
+///     assert_eq!((echo.peer(), echo.meta().msg_id), (ticket.peer_id(), 1));
+///     assert_eq!(echo.payload(), &payload[..]);
+///     Ok::<(), Box<dyn std::error::Error>>(())
+/// })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Host {
+    endpoint: Endpoint,
+    /// One per peer id: pushes to ring 2i + 1, pops from ring 2i.
+    links: Vec<Link>,
+    cursor: AtomicUsize,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("segment", &self.endpoint.segment)
+            .finish()
+    }
+}
+
+impl Host {
+    /// Create a hub: an anonymous memfd (or the file at `config.path`), mode 0600, sealed
+    /// against shrinking, mapped over a reservation for its largest size (R8, R14), built
+    /// before its magic is written (R1).
+    ///
+    /// # Errors
+    /// [`CreateError::Config`] for a configuration without a valid layout;
+    /// [`CreateError::Mapping`] when the file cannot be created or mapped (a named path that
+    /// exists already, say); [`CreateError::Alloc`].
+    pub fn create(config: &HubConfig) -> Result<Self, CreateError> {
+        let (segment, slab) = Segment::create(config)?;
+        let mut links = Vec::with_capacity(usize::from(config.max_peers));
+        for peer in 0..config.max_peers {
+            let (send, recv) = (2 * usize::from(peer), 2 * usize::from(peer) + 1);
+            // SAFETY: this host, the only one of the segment it just built, is the only
+            // producer of every receive ring and the only consumer of every send ring.
+            let link = unsafe {
+                Link::new(
+                    &segment,
+                    peer,
+                    OwnerId::HOST,
+                    OwnerId::peer(peer),
+                    recv,
+                    send,
+                    RECV_BELL,
+                    SEND_BELL,
+                )
+            }
+            .map_err(|e| CreateError::Config(e.to_string()))?;
+            links.push(link);
+        }
+        Ok(Self {
+            endpoint: Endpoint {
+                segment,
+                slab,
+                mode: WaitMode::Adaptive,
+            },
+            links,
+            cursor: AtomicUsize::new(0),
+        })
+    }
+
+    /// How this host waits: spin, block or adaptive (the default).
+    pub fn set_wait_mode(&mut self, mode: WaitMode) {
+        self.endpoint.mode = mode;
+    }
+
+    /// The segment's path, for a named hub.
+    pub fn path(&self) -> Option<&Path> {
+        self.endpoint.segment.mapping().file().path()
+    }
+
+    /// Peers the hub admits at once.
+    pub fn max_peers(&self) -> u16 {
+        self.endpoint.segment.layout().max_peers
+    }
+
+    /// Reserve a peer entry (Empty -> Reserved, R9) and return the ticket a peer attaches with.
+    /// Entries of peers that left or died are recovered first when no entry is empty.
+    ///
+    /// # Errors
+    /// [`HostError::NoFreePeer`] when every entry is reserved or attached;
+    /// [`HostError::Mapping`] when the segment's descriptor cannot be duplicated.
+    pub fn add_peer(&self) -> Result<Ticket, HostError> {
+        let segment = &self.endpoint.segment;
+        for round in 0..2 {
+            for peer in 0..self.max_peers() {
+                let words = segment.peer(peer);
+                if words
+                    .transition(PeerState::Empty, PeerState::Reserved)
+                    .is_err()
+                {
+                    continue;
+                }
+                let epoch = words.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+                let source = match self.path() {
+                    Some(path) => Source::Path(path.to_path_buf()),
+                    None => match segment.mapping().file().inheritable_fd() {
+                        Ok(fd) => Source::Fd(fd),
+                        Err(error) => {
+                            words.flags.store(0, Ordering::Release);
+                            return Err(error.into());
+                        }
+                    },
+                };
+                return Ok(Ticket {
+                    peer,
+                    epoch,
+                    source,
+                });
+            }
+            if round == 0 {
+                let gone: Vec<u16> = (0..self.max_peers())
+                    .filter(|&p| {
+                        matches!(segment.peer(p).state(), PeerState::Dying | PeerState::Dead)
+                    })
+                    .collect();
+                if gone.is_empty() {
+                    break;
+                }
+                for peer in gone {
+                    self.recover_peer(peer)?;
+                }
+            }
+        }
+        Err(HostError::NoFreePeer(self.max_peers()))
+    }
+
+    /// Every peer entry: id, state, epoch, pid and ring depths.
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        let segment = &self.endpoint.segment;
+        (0..self.max_peers())
+            .map(|id| {
+                let words = segment.peer(id);
+                let depth =
+                    |ring: usize| segment.ring(ring).and_then(|r| r.len()).unwrap_or(u32::MAX);
+                PeerInfo {
+                    id,
+                    state: words.state(),
+                    epoch: words.epoch.load(Ordering::Relaxed),
+                    pid: words.pid.load(Ordering::Relaxed),
+                    to_host: depth(2 * usize::from(id)),
+                    to_peer: depth(2 * usize::from(id) + 1),
+                }
+            })
+            .collect()
+    }
+
+    /// Per-class slot counts of the hub's allocator.
+    pub fn stats(&self) -> Vec<ClassStats> {
+        self.endpoint.slab.stats()
+    }
+
+    /// Recover peer `peer` (R10), once its process left or died: mark it Dead, stop consuming
+    /// its send ring, free every slot its two rings still reference, reclaim every slot it
+    /// owns, reset both rings and its futex words, then mark the entry Empty for reuse (R9).
+    /// Frames the host is still holding are the host's and are not touched. Idempotent.
+    ///
+    /// # Errors
+    /// [`HostError::UnknownPeer`]; [`HostError::Alloc`] when the allocator finds corruption;
+    /// [`HostError::Ring`].
+    pub fn recover_peer(&self, peer: u16) -> Result<Recovery, HostError> {
+        let link = self
+            .links
+            .get(usize::from(peer))
+            .ok_or(HostError::UnknownPeer(peer))?;
+        let segment = &self.endpoint.segment;
+        let slab = &self.endpoint.slab;
+        let words = segment.peer(peer);
+        if words.state() == PeerState::Empty {
+            return Ok(Recovery::default());
+        }
+        words
+            .flags
+            .store(PeerState::Dead.flags(), Ordering::Release);
+        let mut recovery = Recovery::default();
+        let (send, recv) = (2 * usize::from(peer), 2 * usize::from(peer) + 1);
+        {
+            // Stop both ends here: nobody pushes to or pops from these rings until the reset.
+            let _held = link.lock_both();
+            for (ring, receiver) in [(send, OwnerId::HOST), (recv, OwnerId::peer(peer))] {
+                let view = segment
+                    .ring(ring)
+                    .map_err(|source| HostError::Ring { peer, source })?;
+                // A ring whose indices the peer corrupted yields nothing to scan: the reclaim
+                // below still finds every slot in flight to the peer, but a slot the peer had
+                // sent to the host through a corrupted send ring stays the host's (it cannot be
+                // told from one the host is reading).
+                for desc in view.pending().unwrap_or_default() {
+                    if free_if_in_flight(slab, &desc, receiver) {
+                        recovery.ring_slots_freed += 1;
+                    }
+                }
+                view.reset();
+            }
+        }
+        recovery.reclaimed = slab.reclaim(OwnerId::peer(peer))?;
+        if recovery.reclaimed.wake_waiters {
+            self.wake_all_allocators();
+        }
+        // SAFETY: this host is still the only producer of `recv` and consumer of `send`.
+        unsafe { link.reopen(segment, recv, send) }
+            .map_err(|source| HostError::Ring { peer, source })?;
+        Doorbell::new(words.send_bell).clear();
+        Doorbell::new(words.recv_bell).clear();
+        words.pid.store(0, Ordering::Relaxed);
+        words
+            .flags
+            .store(PeerState::Empty.flags(), Ordering::Release);
+        Ok(recovery)
+    }
+
+    fn wake_all_allocators(&self) {
+        for class in 0..self.endpoint.slab.layout().class_count() as u16 {
+            if let Some(word) = self.endpoint.slab.slot_available_word(class) {
+                crate::futex::wake(word, crate::futex::WAKE_ALL);
+            }
+        }
+    }
+
+    fn link(&self, peer: u16) -> Result<&Link, SendError> {
+        let link = self
+            .links
+            .get(usize::from(peer))
+            .ok_or(SendError::UnknownPeer(peer))?;
+        match self.endpoint.segment.peer(peer).state() {
+            PeerState::Active => Ok(link),
+            state => Err(SendError::PeerNotActive { peer, state }),
+        }
+    }
+
+    fn peer_gone(&self, peer: u16) -> Option<SendError> {
+        match self.endpoint.segment.peer(peer).state() {
+            PeerState::Active => None,
+            state => Some(SendError::PeerNotActive { peer, state }),
+        }
+    }
+
+    /// A buffer of `len` bytes to fill in place and send with [`send_loan`](Self::send_loan):
+    /// zero copy. Waits for a free slot as long as it takes.
+    ///
+    /// # Errors
+    /// [`SendError::PayloadTooLarge`]; [`SendError::Alloc`].
+    pub fn loan(&self, len: usize) -> Result<Loan<'_>, SendError> {
+        self.endpoint.loan(len, Deadline::Never, &|| None)
+    }
+
+    /// [`loan`](Self::loan) without waiting: [`SendError::NoFreeSlots`] when none is free.
+    ///
+    /// # Errors
+    /// As [`loan`](Self::loan), and `NoFreeSlots`.
+    pub fn try_loan(&self, len: usize) -> Result<Loan<'_>, SendError> {
+        self.endpoint.loan(len, Deadline::Now, &|| None)
+    }
+
+    /// [`loan`](Self::loan), waiting at most `timeout`: [`SendError::Timeout`] after it.
+    ///
+    /// # Errors
+    /// As [`loan`](Self::loan), and `Timeout`.
+    pub fn loan_timeout(&self, len: usize, timeout: Duration) -> Result<Loan<'_>, SendError> {
+        self.endpoint.loan(len, Deadline::after(timeout), &|| None)
+    }
+
+    /// Send a filled loan to `peer`, waiting for room in its ring as long as it takes.
+    ///
+    /// # Errors
+    /// [`SendError::UnknownPeer`]; [`SendError::PeerNotActive`] (also when the peer leaves while
+    /// the call waits); [`SendError::Ring`] when the peer corrupted its ring.
+    pub fn send_loan(&self, peer: u16, meta: FrameMeta, loan: Loan<'_>) -> Result<(), SendError> {
+        self.send_loan_until(peer, meta, loan, Deadline::Never)
+    }
+
+    /// [`send_loan`](Self::send_loan) without waiting: [`SendError::Full`] when the ring is full.
+    ///
+    /// # Errors
+    /// As [`send_loan`](Self::send_loan), and `Full`.
+    pub fn try_send_loan(
+        &self,
+        peer: u16,
+        meta: FrameMeta,
+        loan: Loan<'_>,
+    ) -> Result<(), SendError> {
+        self.send_loan_until(peer, meta, loan, Deadline::Now)
+    }
+
+    /// [`send_loan`](Self::send_loan), waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// As [`send_loan`](Self::send_loan), and [`SendError::Timeout`].
+    pub fn send_loan_timeout(
+        &self,
+        peer: u16,
+        meta: FrameMeta,
+        loan: Loan<'_>,
+        timeout: Duration,
+    ) -> Result<(), SendError> {
+        self.send_loan_until(peer, meta, loan, Deadline::after(timeout))
+    }
+
+    fn send_loan_until(
+        &self,
+        peer: u16,
+        meta: FrameMeta,
+        loan: Loan<'_>,
+        deadline: Deadline,
+    ) -> Result<(), SendError> {
+        let link = self.link(peer)?;
+        link.send(&self.endpoint, meta, loan, deadline, &|| {
+            self.peer_gone(peer)
+        })
+    }
+
+    /// Copy `payload` into a frame and send it to `peer`, waiting for a slot and for room as
+    /// long as it takes. Payloads of at most 16 bytes travel inline.
+    ///
+    /// # Errors
+    /// As [`send_loan`](Self::send_loan) and [`loan`](Self::loan).
+    pub fn send(&self, peer: u16, meta: FrameMeta, payload: &[u8]) -> Result<(), SendError> {
+        self.send_until(peer, meta, payload, Deadline::Never)
+    }
+
+    /// [`send`](Self::send) without waiting: [`SendError::Full`] or [`SendError::NoFreeSlots`].
+    ///
+    /// # Errors
+    /// As [`send`](Self::send), and those two.
+    pub fn try_send(&self, peer: u16, meta: FrameMeta, payload: &[u8]) -> Result<(), SendError> {
+        self.send_until(peer, meta, payload, Deadline::Now)
+    }
+
+    /// [`send`](Self::send), waiting at most `timeout` (for a slot and for room together).
+    ///
+    /// # Errors
+    /// As [`send`](Self::send), and [`SendError::Timeout`].
+    pub fn send_timeout(
+        &self,
+        peer: u16,
+        meta: FrameMeta,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<(), SendError> {
+        self.send_until(peer, meta, payload, Deadline::after(timeout))
+    }
+
+    fn send_until(
+        &self,
+        peer: u16,
+        meta: FrameMeta,
+        payload: &[u8],
+        deadline: Deadline,
+    ) -> Result<(), SendError> {
+        let link = self.link(peer)?;
+        let gone = || self.peer_gone(peer);
+        let mut loan = self.endpoint.loan(payload.len(), deadline, &gone)?;
+        loan.as_mut_slice().copy_from_slice(payload);
+        link.send(&self.endpoint, meta, loan, deadline, &gone)
+    }
+
+    /// Receive the next frame from any peer, waiting as long as it takes; [`Frame::peer`] says
+    /// whose. Peers are served in turn, so a busy one does not starve the others.
+    ///
+    /// # Errors
+    /// [`RecvError::BadDescriptor`] or [`RecvError::Ring`] naming a peer that broke the protocol
+    /// (R3); [`RecvError::Futex`].
+    pub fn recv(&self) -> Result<Frame<'_>, RecvError> {
+        self.recv_until(Deadline::Never)
+    }
+
+    /// [`recv`](Self::recv) without waiting: [`RecvError::Empty`] when nothing is there.
+    ///
+    /// # Errors
+    /// As [`recv`](Self::recv), and `Empty`.
+    pub fn try_recv(&self) -> Result<Frame<'_>, RecvError> {
+        self.poll_any().unwrap_or(Err(RecvError::Empty))
+    }
+
+    /// [`recv`](Self::recv), waiting at most `timeout`: [`RecvError::Timeout`] after it.
+    ///
+    /// # Errors
+    /// As [`recv`](Self::recv), and `Timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Frame<'_>, RecvError> {
+        self.recv_until(Deadline::after(timeout))
+    }
+
+    /// Receive the next frame from `peer` only, waiting at most `timeout` (`None`: forever).
+    ///
+    /// # Errors
+    /// As [`recv_timeout`](Self::recv_timeout); [`RecvError::PeerNotActive`] when the peer
+    /// leaves while the call waits, or does not exist.
+    pub fn recv_from(&self, peer: u16, timeout: Option<Duration>) -> Result<Frame<'_>, RecvError> {
+        let Some(link) = self.links.get(usize::from(peer)) else {
+            return Err(RecvError::PeerNotActive {
+                peer,
+                state: PeerState::Empty,
+            });
+        };
+        let deadline = timeout.map_or(Deadline::Never, Deadline::after);
+        link.recv(
+            &self.endpoint,
+            deadline,
+            &|| match self.endpoint.segment.peer(peer).state() {
+                PeerState::Active => None,
+                state => Some(RecvError::PeerNotActive { peer, state }),
+            },
+        )
+    }
+
+    /// One pass over every peer's send ring, starting after the last one served.
+    fn poll_any(&self) -> Option<Result<Frame<'_>, RecvError>> {
+        let n = self.links.len();
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
+        for k in 0..n {
+            let link = &self.links[(start + k) % n];
+            match link.try_recv(&self.endpoint) {
+                Ok(Some(frame)) => return Some(Ok(frame)),
+                Ok(None) => {}
+                Err(error) => return Some(Err(error)),
+            }
+        }
+        None
+    }
+
+    fn recv_until(&self, deadline: Deadline) -> Result<Frame<'_>, RecvError> {
+        if let Some(result) = self.poll_any() {
+            return result;
+        }
+        let until = match deadline {
+            Deadline::Now => return Err(RecvError::Empty),
+            Deadline::Never => None,
+            Deadline::At(at) => Some(at),
+        };
+        let segment = &self.endpoint.segment;
+        // R11: one futex_waitv over every peer's send bell and the host's bell (a peer that
+        // attaches rings it), not a thread per peer.
+        let mut bells: Vec<Doorbell<'_>> = (0..self.max_peers())
+            .map(|p| Doorbell::new(segment.peer(p).send_bell))
+            .collect();
+        bells.push(Doorbell::new(segment.host_bell()));
+        match wait_any_for(&bells, || self.poll_any(), until, self.endpoint.mode) {
+            Ok(result) => result,
+            Err(WaitError::TimedOut) => Err(RecvError::Timeout),
+            Err(WaitError::Futex(error)) => Err(error.into()),
+        }
+    }
+
+    /// Leave the hub: tell every peer (goodbye, R12), so their blocked calls return
+    /// [`RecvError::HostGone`] / [`SendError::HostGone`] at once. Dropping the host does the same.
+    pub fn close(self) {}
+
+    fn say_goodbye(&self) {
+        let segment = &self.endpoint.segment;
+        segment.host_state().store(HOST_GONE, Ordering::Release);
+        for peer in 0..self.max_peers() {
+            Doorbell::new(segment.peer(peer).recv_bell).ring();
+        }
+        self.wake_all_allocators();
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.say_goodbye();
+    }
+}
+
+/// Free the slot `desc` references if it is in flight to `receiver` (R10's ring scan).
+fn free_if_in_flight(slab: &crate::link::HubSlab, desc: &MsgDescHot, receiver: OwnerId) -> bool {
+    if desc.payload_slot == INLINE_PAYLOAD_SLOT {
+        return false;
+    }
+    let Ok(handle) = SlotHandle::from_slot_ref(desc.payload_slot, desc.payload_generation) else {
+        return false;
+    };
+    let Ok(status) = slab.slot_status(handle.class(), handle.index()) else {
+        return false;
+    };
+    if status.generation != handle.generation()
+        || status.state != Some(SlotState::InFlight)
+        || status.owner != receiver.raw()
+    {
+        return false;
+    }
+    slab.free(handle).is_ok()
+}
+
+const _: () = {
+    const fn is_send_sync<T: Send + Sync>() {}
+    is_send_sync::<Host>();
+};

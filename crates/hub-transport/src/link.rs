@@ -1,0 +1,861 @@
+//! One end of a ring pair, the same code for the host and for a peer: frames out through one
+//! ring, frames in through the other, payloads inline or in slots, waits on futex words.
+//!
+//! The host's end of peer `i` pushes into ring `2i + 1` and pops from ring `2i`; the peer's end
+//! does the opposite. Nothing else differs: [`Link`] is built with the two rings and the two
+//! doorbell words, and [`Endpoint`] holds what both ends share (the segment and an allocator
+//! handle owning as this participant).
+
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crossbeam_utils::Backoff;
+use hub_alloc::{OwnerId, Slab, SlabError, SlotHandle};
+use hub_layout::{INLINE_PAYLOAD_SIZE, INLINE_PAYLOAD_SLOT, MsgDescHot, NO_DEADLINE, SlotState};
+
+use crate::futex::{self, FutexError, WAKE_ALL};
+use crate::mapping::SegmentMapping;
+use crate::ring::{Consumer, Producer, PushError, RingError};
+use crate::segment::Segment;
+use crate::signal::{Doorbell, WaitError, WaitMode};
+use crate::sync::AtomicU32;
+
+/// The allocator handle of a participant.
+pub(crate) type HubSlab = Slab<Arc<SegmentMapping>>;
+
+/// The fields of a descriptor that belong to the RPC runtime: they travel untouched.
+///
+/// ```
+/// use hub_transport::FrameMeta;
+/// let meta = FrameMeta { msg_id: 42, method_id: 7, ..FrameMeta::default() };
+/// assert_eq!(meta.deadline_ns, hub_layout::NO_DEADLINE);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FrameMeta {
+    /// Message id.
+    pub msg_id: u64,
+    /// Channel id.
+    pub channel_id: u32,
+    /// Method id.
+    pub method_id: u32,
+    /// Flags.
+    pub flags: u32,
+    /// Flow-control credit.
+    pub credit_grant: u32,
+    /// Deadline in nanoseconds, or [`NO_DEADLINE`].
+    pub deadline_ns: u64,
+}
+
+impl Default for FrameMeta {
+    fn default() -> Self {
+        Self {
+            msg_id: 0,
+            channel_id: 0,
+            method_id: 0,
+            flags: 0,
+            credit_grant: 0,
+            deadline_ns: NO_DEADLINE,
+        }
+    }
+}
+
+impl FrameMeta {
+    fn from_desc(desc: &MsgDescHot) -> Self {
+        Self {
+            msg_id: desc.msg_id,
+            channel_id: desc.channel_id,
+            method_id: desc.method_id,
+            flags: desc.flags,
+            credit_grant: desc.credit_grant,
+            deadline_ns: desc.deadline_ns,
+        }
+    }
+
+    fn to_desc(self) -> MsgDescHot {
+        MsgDescHot {
+            msg_id: self.msg_id,
+            channel_id: self.channel_id,
+            method_id: self.method_id,
+            flags: self.flags,
+            credit_grant: self.credit_grant,
+            deadline_ns: self.deadline_ns,
+            ..MsgDescHot::empty()
+        }
+    }
+}
+
+/// What is wrong with a descriptor a receiver took from its ring (R3). The frame is dropped;
+/// a slot it named that is in flight to the receiver is freed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DescriptorFault {
+    /// An inline payload longer than the 16 bytes a descriptor holds.
+    #[error("inline payload of {len} bytes (at most 16 fit)")]
+    InlineTooLong {
+        /// The length claimed.
+        len: u32,
+    },
+    /// The slot reference names no slot of the hub.
+    #[error("slot reference {slot_ref:#x} names no slot")]
+    BadSlotRef {
+        /// The reference.
+        slot_ref: u32,
+    },
+    /// The slot's generation is not the descriptor's: the slot was freed since (R5).
+    #[error("stale generation {descriptor} (the slot is at {slot})")]
+    StaleGeneration {
+        /// Generation in the descriptor.
+        descriptor: u32,
+        /// Generation of the slot.
+        slot: u32,
+    },
+    /// The slot is not in flight to this receiver.
+    #[error("the slot is not in flight to the receiver (state {state:?}, owner {owner:#x})")]
+    NotInFlightToReceiver {
+        /// The slot's state (`None`: garbage).
+        state: Option<SlotState>,
+        /// The slot's owner word.
+        owner: u32,
+    },
+    /// `payload_offset + payload_len` runs past the end of the slot.
+    #[error("payload at {offset} + {len} runs past the slot's {slot_size} bytes")]
+    OutOfSlot {
+        /// Offset claimed.
+        offset: u32,
+        /// Length claimed.
+        len: u32,
+        /// The slot's size.
+        slot_size: u32,
+    },
+}
+
+/// Why a send failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// `try_send`: the ring to the receiver is full.
+    #[error("the ring is full")]
+    Full,
+    /// `try_send`: the payload needs a slot and its class (and every larger one) is empty.
+    #[error("no free slot of class {class} or larger")]
+    NoFreeSlots {
+        /// The smallest class that fits.
+        class: u16,
+    },
+    /// `send_timeout`: the deadline passed while the ring was full or the class empty.
+    #[error("the deadline passed before the frame could be sent")]
+    Timeout,
+    /// The payload is larger than the largest slot (16 MiB).
+    #[error("payload of {len} bytes is larger than the largest slot ({max} bytes)")]
+    PayloadTooLarge {
+        /// Bytes to send.
+        len: usize,
+        /// The largest slot size.
+        max: usize,
+    },
+    /// The host has no peer entry with this id.
+    #[error("no peer {0}")]
+    UnknownPeer(u16),
+    /// The receiving peer is not attached (its entry is in another state).
+    #[error("peer {peer} is {state}")]
+    PeerNotActive {
+        /// The peer.
+        peer: u16,
+        /// Its state.
+        state: crate::PeerState,
+    },
+    /// The host has left the hub.
+    #[error("the host has left the hub")]
+    HostGone,
+    /// The ring's indices break the protocol (R3); the culprit is the receiving side.
+    #[error("the ring to peer {peer} is corrupted: {source}")]
+    Ring {
+        /// The peer whose ring it is.
+        peer: u16,
+        /// What is wrong.
+        source: RingError,
+    },
+    /// The allocator failed (corruption, growth refused, ...).
+    #[error(transparent)]
+    Alloc(SlabError),
+    /// The futex system call failed.
+    #[error(transparent)]
+    Futex(#[from] FutexError),
+}
+
+/// Why a receive failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecvError {
+    /// `try_recv`: nothing to receive.
+    #[error("nothing to receive")]
+    Empty,
+    /// `recv_timeout`: the deadline passed with nothing to receive.
+    #[error("the deadline passed with nothing to receive")]
+    Timeout,
+    /// A descriptor broke the protocol (R3); `peer` is the sender at fault (on a peer's end,
+    /// the peer's own id: the fault is the host's).
+    #[error("bad descriptor on the ring of peer {peer}: {fault}")]
+    BadDescriptor {
+        /// The peer whose ring it came through.
+        peer: u16,
+        /// What is wrong.
+        fault: DescriptorFault,
+    },
+    /// The ring's indices break the protocol (R3).
+    #[error("the ring of peer {peer} is corrupted: {source}")]
+    Ring {
+        /// The peer whose ring it is.
+        peer: u16,
+        /// What is wrong.
+        source: RingError,
+    },
+    /// The peer this call waits on is not attached.
+    #[error("peer {peer} is {state}")]
+    PeerNotActive {
+        /// The peer.
+        peer: u16,
+        /// Its state.
+        state: crate::PeerState,
+    },
+    /// The host has left the hub.
+    #[error("the host has left the hub")]
+    HostGone,
+    /// The futex system call failed.
+    #[error(transparent)]
+    Futex(#[from] FutexError),
+}
+
+impl From<SlabError> for SendError {
+    fn from(error: SlabError) -> Self {
+        match error {
+            SlabError::NoFreeSlots { class } => SendError::NoFreeSlots { class },
+            SlabError::PayloadTooLarge { len, max } => SendError::PayloadTooLarge { len, max },
+            other => SendError::Alloc(other),
+        }
+    }
+}
+
+/// When a blocking call gives up.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Deadline {
+    /// Do not wait (`try_*`).
+    Now,
+    /// Wait as long as it takes.
+    Never,
+    /// Wait until then (`*_timeout`).
+    At(Instant),
+}
+
+impl Deadline {
+    pub fn after(timeout: Duration) -> Self {
+        Instant::now()
+            .checked_add(timeout)
+            .map_or(Deadline::Never, Deadline::At)
+    }
+
+    fn instant(self) -> Option<Instant> {
+        match self {
+            Deadline::Now => Some(Instant::now()),
+            Deadline::Never => None,
+            Deadline::At(at) => Some(at),
+        }
+    }
+
+    fn passed(self) -> bool {
+        match self {
+            Deadline::Now => true,
+            Deadline::Never => false,
+            Deadline::At(at) => Instant::now() >= at,
+        }
+    }
+
+    /// How long one sleep may last: at most `cap`, at most until the deadline.
+    fn slice(self, cap: Duration) -> Duration {
+        match self {
+            Deadline::At(at) => at.saturating_duration_since(Instant::now()).min(cap),
+            _ => cap,
+        }
+    }
+}
+
+/// What the host and a peer share: the segment, and an allocator handle owning as this side.
+pub(crate) struct Endpoint {
+    pub segment: Arc<Segment>,
+    pub slab: HubSlab,
+    pub mode: WaitMode,
+}
+
+impl Endpoint {
+    /// A slot of at least `len` bytes, waiting for one as `deadline` allows (R11: an empty
+    /// class blocks and wakes when a slot is freed).
+    fn alloc(
+        &self,
+        len: usize,
+        deadline: Deadline,
+        gone: &dyn Fn() -> Option<SendError>,
+    ) -> Result<SlotHandle, SendError> {
+        let backoff = Backoff::new();
+        loop {
+            let class = match self.slab.alloc(len) {
+                Ok(handle) => return Ok(handle),
+                Err(SlabError::NoFreeSlots { class }) => class,
+                Err(error) => return Err(error.into()),
+            };
+            match deadline {
+                Deadline::Now => return Err(SendError::NoFreeSlots { class }),
+                _ if deadline.passed() => return Err(SendError::Timeout),
+                _ => {}
+            }
+            if let Some(error) = gone() {
+                return Err(error);
+            }
+            if self.mode == WaitMode::Spin
+                || (self.mode == WaitMode::Adaptive && !backoff.is_completed())
+            {
+                backoff.snooze();
+                continue;
+            }
+            // R11: announce, re-check, then sleep on the value announced. A free in a larger
+            // class does not ring this class's word, so sleeps are capped and the loop polls.
+            let (Some(word), Some(seen)) = (
+                self.slab.slot_available_word(class),
+                self.slab.announce_waiter(class),
+            ) else {
+                return Err(SendError::NoFreeSlots { class });
+            };
+            if self.slab.has_free_slot(class) {
+                continue;
+            }
+            futex::wait(word, seen, Some(deadline.slice(Duration::from_millis(20))))?;
+        }
+    }
+
+    /// Free a slot and wake allocators asleep on its class.
+    pub fn free(&self, handle: SlotHandle) {
+        if let Ok(freed) = self.slab.free(handle)
+            && freed.wake_waiters
+            && let Some(word) = self.slab.slot_available_word(freed.class)
+        {
+            futex::wake(word, WAKE_ALL);
+        }
+    }
+
+    /// A buffer of `len` bytes to fill and send: inline when it fits a descriptor, else a slot.
+    pub fn loan(
+        &self,
+        len: usize,
+        deadline: Deadline,
+        gone: &dyn Fn() -> Option<SendError>,
+    ) -> Result<Loan<'_>, SendError> {
+        if len <= INLINE_PAYLOAD_SIZE {
+            return Ok(Loan {
+                endpoint: self,
+                len,
+                storage: LoanStorage::Inline([0; INLINE_PAYLOAD_SIZE]),
+            });
+        }
+        let handle = self.alloc(len, deadline, gone)?;
+        let ptr = self.slab.slot_data(handle).map_err(SendError::Alloc)?;
+        Ok(Loan {
+            endpoint: self,
+            len,
+            storage: LoanStorage::Slot { handle, ptr },
+        })
+    }
+}
+
+/// One end of a peer's ring pair.
+pub(crate) struct Link {
+    /// The peer whose rings these are.
+    pub peer: u16,
+    /// Who frees what this end sends (R6).
+    pub receiver: OwnerId,
+    /// This end as an owner: what it receives is in flight to it.
+    pub me: OwnerId,
+    producer: Mutex<Producer>,
+    consumer: Mutex<Consumer>,
+    /// Rung after a push; the other end waits on it.
+    out_bell: usize,
+    /// Rung by the other end; this end waits on it.
+    in_bell: usize,
+}
+
+/// Which of a peer entry's two futex words.
+pub(crate) const SEND_BELL: usize = 0;
+/// See [`SEND_BELL`].
+pub(crate) const RECV_BELL: usize = 1;
+
+impl Link {
+    /// The end that pushes into ring `out` and pops from ring `into`, ringing bell `out_bell`
+    /// and waiting on `in_bell` ([`SEND_BELL`] or [`RECV_BELL`] of `peer`'s entry).
+    ///
+    /// # Safety
+    /// This end is the only producer of ring `out` and the only consumer of ring `into`, in
+    /// every process, while the link exists.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn new(
+        segment: &Segment,
+        peer: u16,
+        me: OwnerId,
+        receiver: OwnerId,
+        out: usize,
+        into: usize,
+        out_bell: usize,
+        in_bell: usize,
+    ) -> Result<Self, RingError> {
+        let out_ring = segment.ring(out)?;
+        let in_ring = segment.ring(into)?;
+        // SAFETY: the caller's contract: single producer of `out`, single consumer of `into`.
+        let (producer, consumer) = unsafe { (out_ring.producer()?, in_ring.consumer()?) };
+        Ok(Self {
+            peer,
+            receiver,
+            me,
+            producer: Mutex::new(producer),
+            consumer: Mutex::new(consumer),
+            out_bell,
+            in_bell,
+        })
+    }
+
+    fn bell<'s>(&self, segment: &'s Segment, which: usize) -> &'s AtomicU32 {
+        let words = segment.peer(self.peer);
+        if which == SEND_BELL {
+            words.send_bell
+        } else {
+            words.recv_bell
+        }
+    }
+
+    /// The word this end waits on.
+    pub fn in_bell<'s>(&self, segment: &'s Segment) -> &'s AtomicU32 {
+        self.bell(segment, self.in_bell)
+    }
+
+    /// Rebuild both handles from the rings as they are now (after a reset, R10).
+    ///
+    /// # Safety
+    /// As [`new`](Self::new).
+    pub unsafe fn reopen(
+        &self,
+        segment: &Segment,
+        out: usize,
+        into: usize,
+    ) -> Result<(), RingError> {
+        let out_ring = segment.ring(out)?;
+        let in_ring = segment.ring(into)?;
+        let mut producer = lock(&self.producer);
+        let mut consumer = lock(&self.consumer);
+        // SAFETY: the caller's contract; the old handles are replaced under their locks.
+        unsafe {
+            *producer = out_ring.producer()?;
+            *consumer = in_ring.consumer()?;
+        }
+        Ok(())
+    }
+
+    /// Hold both sides (to stop using the rings while they are scanned and reset, R10).
+    pub fn lock_both(&self) -> (MutexGuard<'_, Producer>, MutexGuard<'_, Consumer>) {
+        (lock(&self.producer), lock(&self.consumer))
+    }
+
+    /// Send `payload` (a filled loan) with `meta`, waiting for room as `deadline` allows.
+    ///
+    /// The slot, if any, is marked in flight to the receiver only once room is certain, so a
+    /// frame that is not sent is never left in flight (R5); on failure the loan is dropped,
+    /// which frees its slot.
+    pub fn send(
+        &self,
+        endpoint: &Endpoint,
+        meta: FrameMeta,
+        loan: Loan<'_>,
+        deadline: Deadline,
+        gone: &dyn Fn() -> Option<SendError>,
+    ) -> Result<(), SendError> {
+        let mut desc = meta.to_desc();
+        desc.payload_len = loan.len as u32;
+        let slot = match &loan.storage {
+            LoanStorage::Inline(bytes) => {
+                desc.inline_payload = *bytes;
+                None
+            }
+            LoanStorage::Slot { handle, .. } => {
+                desc.payload_slot = handle.slot_ref();
+                desc.payload_generation = handle.generation();
+                Some(*handle)
+            }
+        };
+        let ring_error = |source| SendError::Ring {
+            peer: self.peer,
+            source,
+        };
+        let backoff = Backoff::new();
+        let mut nap = Duration::from_micros(50);
+        loop {
+            {
+                let mut producer = lock(&self.producer);
+                if producer.has_room().map_err(ring_error)? {
+                    if let Some(handle) = slot {
+                        // R5: Allocated -> InFlight before the descriptor is published.
+                        endpoint
+                            .slab
+                            .mark_in_flight(handle, self.receiver)
+                            .map_err(SendError::Alloc)?;
+                    }
+                    loan.forget();
+                    return match producer.try_push(&desc) {
+                        Ok(()) => {
+                            drop(producer);
+                            // R11: after the Release publication of the head.
+                            Doorbell::new(self.bell(&endpoint.segment, self.out_bell)).ring();
+                            Ok(())
+                        }
+                        Err(error) => {
+                            if let Some(handle) = slot {
+                                endpoint.free(handle);
+                            }
+                            Err(match error {
+                                PushError::Full => SendError::Full,
+                                PushError::Fault(source) => ring_error(source),
+                            })
+                        }
+                    };
+                }
+            }
+            match deadline {
+                Deadline::Now => return Err(SendError::Full),
+                _ if deadline.passed() => return Err(SendError::Timeout),
+                _ => {}
+            }
+            if let Some(error) = gone() {
+                return Err(error);
+            }
+            // A full ring: the consumer does not ring a bell when it makes room (that would
+            // cost every pop a fence), so the producer backs off, then naps, at most 1 ms.
+            if endpoint.mode == WaitMode::Spin || !backoff.is_completed() {
+                backoff.snooze();
+            } else {
+                std::thread::sleep(deadline.slice(nap));
+                nap = (nap * 2).min(Duration::from_millis(1));
+            }
+        }
+    }
+
+    /// Take one frame if there is one (R3: the descriptor is copied out and checked before any
+    /// payload is read).
+    pub fn try_recv<'e>(&self, endpoint: &'e Endpoint) -> Result<Option<Frame<'e>>, RecvError> {
+        let desc = {
+            let mut consumer = lock(&self.consumer);
+            consumer.try_pop().map_err(|source| RecvError::Ring {
+                peer: self.peer,
+                source,
+            })?
+        };
+        match desc {
+            None => Ok(None),
+            Some(desc) => self.check(endpoint, &desc).map(Some),
+        }
+    }
+
+    /// Wait for one frame, as `deadline` allows, in the endpoint's wait mode (R11).
+    pub fn recv<'e>(
+        &self,
+        endpoint: &'e Endpoint,
+        deadline: Deadline,
+        gone: &dyn Fn() -> Option<RecvError>,
+    ) -> Result<Frame<'e>, RecvError> {
+        if let Some(frame) = self.try_recv(endpoint)? {
+            return Ok(frame);
+        }
+        if let Deadline::Now = deadline {
+            return Err(RecvError::Empty);
+        }
+        let bell = Doorbell::new(self.in_bell(&endpoint.segment));
+        loop {
+            // Sleep in slices, so that a gone host or peer is noticed even if nobody rings.
+            let slice_end = Instant::now() + Duration::from_millis(100);
+            let until = match deadline.instant() {
+                Some(at) if at < slice_end => Some(at),
+                _ => Some(slice_end),
+            };
+            let poll = || match self.try_recv(endpoint) {
+                Ok(None) => gone().map(Err),
+                other => other.transpose(),
+            };
+            match bell.wait_for(poll, until, endpoint.mode) {
+                Ok(result) => return result,
+                Err(WaitError::TimedOut) => {
+                    if deadline.passed() {
+                        return Err(RecvError::Timeout);
+                    }
+                    if let Some(error) = gone() {
+                        return Err(error);
+                    }
+                }
+                Err(WaitError::Futex(error)) => return Err(error.into()),
+            }
+        }
+    }
+
+    /// Check a descriptor copied out of the ring, and make it a frame (R3, R4).
+    pub fn check<'e>(
+        &self,
+        endpoint: &'e Endpoint,
+        desc: &MsgDescHot,
+    ) -> Result<Frame<'e>, RecvError> {
+        let fault = |fault| RecvError::BadDescriptor {
+            peer: self.peer,
+            fault,
+        };
+        let meta = FrameMeta::from_desc(desc);
+        if desc.payload_slot == INLINE_PAYLOAD_SLOT {
+            if desc.payload_len as usize > INLINE_PAYLOAD_SIZE {
+                return Err(fault(DescriptorFault::InlineTooLong {
+                    len: desc.payload_len,
+                }));
+            }
+            return Ok(Frame {
+                endpoint,
+                peer: self.peer,
+                meta,
+                len: desc.payload_len as usize,
+                payload: FramePayload::Inline(desc.inline_payload),
+            });
+        }
+        let bad_ref = || {
+            fault(DescriptorFault::BadSlotRef {
+                slot_ref: desc.payload_slot,
+            })
+        };
+        let handle = SlotHandle::from_slot_ref(desc.payload_slot, desc.payload_generation)
+            .map_err(|_| bad_ref())?;
+        let slot_size = endpoint
+            .slab
+            .slot_size(handle.class())
+            .ok_or_else(bad_ref)?;
+        let status = endpoint
+            .slab
+            .slot_status(handle.class(), handle.index())
+            .map_err(|_| bad_ref())?;
+        if status.generation != handle.generation() {
+            return Err(fault(DescriptorFault::StaleGeneration {
+                descriptor: handle.generation(),
+                slot: status.generation,
+            }));
+        }
+        if status.state != Some(SlotState::InFlight) || status.owner != self.me.raw() {
+            return Err(fault(DescriptorFault::NotInFlightToReceiver {
+                state: status.state,
+                owner: status.owner,
+            }));
+        }
+        // The slot is ours now (in flight to us, this generation): free it on any later error.
+        let end = u64::from(desc.payload_offset) + u64::from(desc.payload_len);
+        if end > u64::from(slot_size) {
+            endpoint.free(handle);
+            return Err(fault(DescriptorFault::OutOfSlot {
+                offset: desc.payload_offset,
+                len: desc.payload_len,
+                slot_size,
+            }));
+        }
+        let base = match endpoint.slab.slot_data(handle) {
+            Ok(base) => base,
+            Err(_) => {
+                endpoint.free(handle);
+                return Err(bad_ref());
+            }
+        };
+        // SAFETY: offset + len <= slot_size (checked above), so the pointer stays in the slot.
+        let ptr = unsafe { base.add(desc.payload_offset as usize) };
+        Ok(Frame {
+            endpoint,
+            peer: self.peer,
+            meta,
+            len: desc.payload_len as usize,
+            payload: FramePayload::Slot { handle, ptr },
+        })
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while a ring handle was held leaves its private indices as they were at the
+    // last completed push or pop, which is consistent: carry on.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+enum LoanStorage {
+    Inline([u8; INLINE_PAYLOAD_SIZE]),
+    Slot {
+        handle: SlotHandle,
+        ptr: NonNull<u8>,
+    },
+}
+
+/// A writable buffer for one outgoing frame: inline in the descriptor when the payload fits
+/// 16 bytes, else in a slot of the shared allocator (zero copy: fill it in place, then send
+/// it). Dropping a loan that was not sent gives its slot back.
+pub struct Loan<'e> {
+    endpoint: &'e Endpoint,
+    len: usize,
+    storage: LoanStorage,
+}
+
+// SAFETY: the slot is Allocated and owned by this participant until the loan is sent or dropped;
+// nothing else in this process reaches it, so moving the loan to another thread is fine.
+unsafe impl Send for Loan<'_> {}
+
+impl std::fmt::Debug for Loan<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loan")
+            .field("len", &self.len)
+            .field("inline", &matches!(self.storage, LoanStorage::Inline(_)))
+            .finish()
+    }
+}
+
+impl Loan<'_> {
+    /// Bytes of the payload.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether the payload travels inline in the descriptor.
+    pub fn is_inline(&self) -> bool {
+        matches!(self.storage, LoanStorage::Inline(_))
+    }
+
+    /// The payload, to fill in place.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        match &mut self.storage {
+            LoanStorage::Inline(bytes) => &mut bytes[..self.len],
+            // SAFETY: the slot is Allocated and owned by us (R4: a slice only while the state
+            // says we hold it), `len` bytes fit it (alloc chose a class of at least `len`), and
+            // the `&mut self` borrow makes this the only reference.
+            LoanStorage::Slot { ptr, .. } => unsafe {
+                std::slice::from_raw_parts_mut(ptr.as_ptr(), self.len)
+            },
+        }
+    }
+
+    /// The payload.
+    pub fn as_slice(&self) -> &[u8] {
+        match &self.storage {
+            LoanStorage::Inline(bytes) => &bytes[..self.len],
+            // SAFETY: as in `as_mut_slice`, shared.
+            LoanStorage::Slot { ptr, .. } => unsafe {
+                std::slice::from_raw_parts(ptr.as_ptr(), self.len)
+            },
+        }
+    }
+
+    /// Make the payload shorter (to send fewer bytes than were loaned).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// The loan is being sent: its slot is no longer ours to free.
+    fn forget(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Loan<'_> {
+    fn drop(&mut self) {
+        if let LoanStorage::Slot { handle, .. } = self.storage {
+            self.endpoint.free(handle);
+        }
+    }
+}
+
+enum FramePayload {
+    Inline([u8; INLINE_PAYLOAD_SIZE]),
+    Slot {
+        handle: SlotHandle,
+        ptr: NonNull<u8>,
+    },
+}
+
+/// A received frame. Its payload is borrowed in place (zero copy) from the slot it came in,
+/// which is freed when the frame is dropped; a payload of at most 16 bytes was copied out of the
+/// descriptor.
+pub struct Frame<'e> {
+    endpoint: &'e Endpoint,
+    peer: u16,
+    meta: FrameMeta,
+    len: usize,
+    payload: FramePayload,
+}
+
+// SAFETY: the slot is in flight to this participant until the frame is dropped; nothing else in
+// this process reaches it.
+unsafe impl Send for Frame<'_> {}
+
+impl std::fmt::Debug for Frame<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frame")
+            .field("meta", &self.meta)
+            .field("len", &self.len)
+            .field("inline", &self.is_inline())
+            .finish()
+    }
+}
+
+impl Frame<'_> {
+    /// The peer whose ring the frame came through: the sender on the host's side, the peer
+    /// itself on a peer's side.
+    pub fn peer(&self) -> u16 {
+        self.peer
+    }
+
+    /// The runtime's fields, as sent.
+    pub fn meta(&self) -> &FrameMeta {
+        &self.meta
+    }
+
+    /// The payload.
+    pub fn payload(&self) -> &[u8] {
+        match &self.payload {
+            FramePayload::Inline(bytes) => &bytes[..self.len],
+            // SAFETY: the slot is in flight to us with the generation checked on receipt (R4:
+            // a slice only while the state says we hold it); `ptr + len` lies inside the slot
+            // (checked in `Link::check`); we free it only when the frame drops.
+            FramePayload::Slot { ptr, .. } => unsafe {
+                std::slice::from_raw_parts(ptr.as_ptr(), self.len)
+            },
+        }
+    }
+
+    /// Bytes of the payload.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether the payload came inline in the descriptor.
+    pub fn is_inline(&self) -> bool {
+        matches!(self.payload, FramePayload::Inline(_))
+    }
+}
+
+impl Drop for Frame<'_> {
+    fn drop(&mut self) {
+        if let FramePayload::Slot { handle, .. } = self.payload {
+            // R5: InFlight -> Free by the receiver, done with it.
+            self.endpoint.free(handle);
+        }
+    }
+}

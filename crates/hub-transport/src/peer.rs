@@ -1,0 +1,362 @@
+//! A peer: attaches with a ticket, sends to the host, receives from it.
+
+use std::time::Duration;
+
+use hub_alloc::{OwnerId, SlabError};
+
+use crate::link::{
+    Deadline, Endpoint, Frame, FrameMeta, Link, Loan, RECV_BELL, RecvError, SEND_BELL, SendError,
+};
+use crate::mapping::{Access, SegmentFile};
+use crate::segment::{AttachError, HOST_GONE, PeerState, Segment};
+use crate::signal::{Doorbell, WaitMode};
+use crate::sync::Ordering;
+use crate::ticket::{Source, SpecSource, Ticket, TicketSpec};
+
+/// A peer of a hub: attached with a [`Ticket`] (R9), it sends frames to the host and receives
+/// frames from it.
+///
+/// Every method takes `&self`; a `Peer` is `Send + Sync` and serialises each ring side inside.
+/// Dropping it (or [`close`](Self::close)) says goodbye: the entry goes Dying and the host
+/// recovers it. See [`Host`](crate::Host) for an example.
+pub struct Peer {
+    endpoint: Endpoint,
+    link: Link,
+    id: u16,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer").field("id", &self.id).finish()
+    }
+}
+
+impl Peer {
+    /// Attach in this process with a ticket from [`Host::add_peer`](crate::Host::add_peer)
+    /// (a thread standing in for a plugin, or a ticket passed by other means).
+    ///
+    /// # Errors
+    /// [`AttachError::Mapping`] when the segment cannot be opened or mapped;
+    /// [`AttachError::Layout`] when it is not a valid hub (R2); [`AttachError::NotReserved`]
+    /// when the entry is not Reserved (the ticket was used); [`AttachError::StaleTicket`];
+    /// [`AttachError::HostGone`].
+    pub fn attach(ticket: &Ticket) -> Result<Self, AttachError> {
+        let file = match &ticket.source {
+            Source::Fd(fd) => SegmentFile::from_fd(
+                fd.try_clone()
+                    .map_err(|e| AttachError::BadTicket(format!("descriptor: {e}")))?,
+            )?,
+            Source::Path(path) => SegmentFile::open_path(path, Access::ReadWrite)?,
+        };
+        Self::attach_file(file, ticket.peer, ticket.epoch)
+    }
+
+    /// Attach in a child process with the ticket its parent put in [`TICKET_ENV`](crate::TICKET_ENV)
+    /// ([`Ticket::apply`]). Takes ownership of the inherited descriptor the ticket names.
+    ///
+    /// # Errors
+    /// [`AttachError::BadTicket`] when the variable is missing or malformed, and those of
+    /// [`attach`](Self::attach).
+    pub fn from_env() -> Result<Self, AttachError> {
+        Self::attach_spec(&TicketSpec::from_env()?)
+    }
+
+    /// Attach with a parsed ticket: what [`from_env`](Self::from_env) does after reading the
+    /// environment. An `Fd` source must be a descriptor this process inherited for the hub and
+    /// uses for nothing else: the peer takes ownership of it.
+    ///
+    /// # Errors
+    /// As [`from_env`](Self::from_env).
+    pub fn attach_spec(spec: &TicketSpec) -> Result<Self, AttachError> {
+        let file = match &spec.source {
+            // SAFETY: the ticket protocol hands this descriptor number to this process for the
+            // hub alone (documented above); `from_raw_inherited` checks that it is open and a
+            // segment-like file before taking it, and leaves it alone on error.
+            SpecSource::Fd(fd) => unsafe { SegmentFile::from_raw_inherited(*fd)? },
+            SpecSource::Path(path) => SegmentFile::open_path(path, Access::ReadWrite)?,
+        };
+        Self::attach_file(file, spec.peer, spec.epoch)
+    }
+
+    fn attach_file(file: SegmentFile, peer: u16, epoch: u64) -> Result<Self, AttachError> {
+        let (segment, slab) = Segment::attach(file, OwnerId::peer(peer)).map_err(|e| match e {
+            AttachError::Alloc(SlabError::UnknownOwner(_)) => {
+                AttachError::BadTicket(format!("peer {peer} is beyond the hub's peers"))
+            }
+            other => other,
+        })?;
+        if segment.host_state().load(Ordering::Acquire) == HOST_GONE {
+            return Err(AttachError::HostGone);
+        }
+        let words = segment.peer(peer);
+        let check_epoch = || {
+            let entry = words.epoch.load(Ordering::Acquire);
+            if entry == epoch {
+                Ok(())
+            } else {
+                Err(AttachError::StaleTicket {
+                    peer,
+                    ticket: epoch,
+                    entry,
+                })
+            }
+        };
+        check_epoch()?;
+        // R9: Reserved -> Active by compare-and-swap: of two processes with one ticket, one wins.
+        words
+            .transition(PeerState::Reserved, PeerState::Active)
+            .map_err(|state| AttachError::NotReserved { peer, state })?;
+        if let Err(error) = check_epoch() {
+            // The host recovered and re-reserved the entry between our two looks: give it back.
+            let _ = words.transition(PeerState::Active, PeerState::Reserved);
+            return Err(error);
+        }
+        words.pid.store(std::process::id(), Ordering::Relaxed);
+        words
+            .last_seen
+            .store(crate::segment::monotonic_ns(), Ordering::Relaxed);
+        let (send, recv) = (2 * usize::from(peer), 2 * usize::from(peer) + 1);
+        // SAFETY: the CAS above made this process the entry's only peer, hence the only
+        // producer of its send ring and the only consumer of its receive ring.
+        let link = unsafe {
+            Link::new(
+                &segment,
+                peer,
+                OwnerId::peer(peer),
+                OwnerId::HOST,
+                send,
+                recv,
+                SEND_BELL,
+                RECV_BELL,
+            )
+        }
+        .map_err(|e| AttachError::BadTicket(format!("ring: {e}")))?;
+        Doorbell::new(segment.host_bell()).ring();
+        Ok(Self {
+            endpoint: Endpoint {
+                segment,
+                slab,
+                mode: WaitMode::Adaptive,
+            },
+            link,
+            id: peer,
+        })
+    }
+
+    /// This peer's id.
+    pub fn id(&self) -> u16 {
+        self.id
+    }
+
+    /// The host's process id, as it recorded it when it created the hub.
+    pub fn host_pid(&self) -> u32 {
+        self.endpoint.segment.host_pid()
+    }
+
+    /// How this peer waits: spin, block or adaptive (the default).
+    pub fn set_wait_mode(&mut self, mode: WaitMode) {
+        self.endpoint.mode = mode;
+    }
+
+    /// Per-class slot counts of the hub's allocator.
+    pub fn stats(&self) -> Vec<hub_alloc::ClassStats> {
+        self.endpoint.slab.stats()
+    }
+
+    fn send_gone(&self) -> Option<SendError> {
+        let segment = &self.endpoint.segment;
+        if segment.host_state().load(Ordering::Acquire) == HOST_GONE {
+            return Some(SendError::HostGone);
+        }
+        match segment.peer(self.id).state() {
+            PeerState::Active => None,
+            state => Some(SendError::PeerNotActive {
+                peer: self.id,
+                state,
+            }),
+        }
+    }
+
+    fn recv_gone(&self) -> Option<RecvError> {
+        self.send_gone().map(|error| match error {
+            SendError::PeerNotActive { peer, state } => RecvError::PeerNotActive { peer, state },
+            _ => RecvError::HostGone,
+        })
+    }
+
+    /// A buffer of `len` bytes to fill in place and send with [`send_loan`](Self::send_loan):
+    /// zero copy. Waits for a free slot as long as it takes.
+    ///
+    /// # Errors
+    /// [`SendError::PayloadTooLarge`]; [`SendError::HostGone`]; [`SendError::Alloc`].
+    pub fn loan(&self, len: usize) -> Result<Loan<'_>, SendError> {
+        self.endpoint
+            .loan(len, Deadline::Never, &|| self.send_gone())
+    }
+
+    /// [`loan`](Self::loan) without waiting: [`SendError::NoFreeSlots`] when none is free.
+    ///
+    /// # Errors
+    /// As [`loan`](Self::loan), and `NoFreeSlots`.
+    pub fn try_loan(&self, len: usize) -> Result<Loan<'_>, SendError> {
+        self.endpoint.loan(len, Deadline::Now, &|| self.send_gone())
+    }
+
+    /// [`loan`](Self::loan), waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// As [`loan`](Self::loan), and [`SendError::Timeout`].
+    pub fn loan_timeout(&self, len: usize, timeout: Duration) -> Result<Loan<'_>, SendError> {
+        self.endpoint
+            .loan(len, Deadline::after(timeout), &|| self.send_gone())
+    }
+
+    /// Send a filled loan to the host, waiting for room as long as it takes.
+    ///
+    /// # Errors
+    /// [`SendError::HostGone`]; [`SendError::PeerNotActive`] when the host evicted this peer;
+    /// [`SendError::Ring`].
+    pub fn send_loan(&self, meta: FrameMeta, loan: Loan<'_>) -> Result<(), SendError> {
+        self.send_loan_until(meta, loan, Deadline::Never)
+    }
+
+    /// [`send_loan`](Self::send_loan) without waiting: [`SendError::Full`].
+    ///
+    /// # Errors
+    /// As [`send_loan`](Self::send_loan), and `Full`.
+    pub fn try_send_loan(&self, meta: FrameMeta, loan: Loan<'_>) -> Result<(), SendError> {
+        self.send_loan_until(meta, loan, Deadline::Now)
+    }
+
+    /// [`send_loan`](Self::send_loan), waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// As [`send_loan`](Self::send_loan), and [`SendError::Timeout`].
+    pub fn send_loan_timeout(
+        &self,
+        meta: FrameMeta,
+        loan: Loan<'_>,
+        timeout: Duration,
+    ) -> Result<(), SendError> {
+        self.send_loan_until(meta, loan, Deadline::after(timeout))
+    }
+
+    fn send_loan_until(
+        &self,
+        meta: FrameMeta,
+        loan: Loan<'_>,
+        deadline: Deadline,
+    ) -> Result<(), SendError> {
+        if let Some(error) = self.send_gone() {
+            return Err(error);
+        }
+        self.link
+            .send(&self.endpoint, meta, loan, deadline, &|| self.send_gone())
+    }
+
+    /// Copy `payload` into a frame and send it to the host, waiting for a slot and for room as
+    /// long as it takes. Payloads of at most 16 bytes travel inline.
+    ///
+    /// # Errors
+    /// As [`send_loan`](Self::send_loan) and [`loan`](Self::loan).
+    pub fn send(&self, meta: FrameMeta, payload: &[u8]) -> Result<(), SendError> {
+        self.send_until(meta, payload, Deadline::Never)
+    }
+
+    /// [`send`](Self::send) without waiting: [`SendError::Full`] or [`SendError::NoFreeSlots`].
+    ///
+    /// # Errors
+    /// As [`send`](Self::send), and those two.
+    pub fn try_send(&self, meta: FrameMeta, payload: &[u8]) -> Result<(), SendError> {
+        self.send_until(meta, payload, Deadline::Now)
+    }
+
+    /// [`send`](Self::send), waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send), and [`SendError::Timeout`].
+    pub fn send_timeout(
+        &self,
+        meta: FrameMeta,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<(), SendError> {
+        self.send_until(meta, payload, Deadline::after(timeout))
+    }
+
+    fn send_until(
+        &self,
+        meta: FrameMeta,
+        payload: &[u8],
+        deadline: Deadline,
+    ) -> Result<(), SendError> {
+        if let Some(error) = self.send_gone() {
+            return Err(error);
+        }
+        let gone = || self.send_gone();
+        let mut loan = self.endpoint.loan(payload.len(), deadline, &gone)?;
+        loan.as_mut_slice().copy_from_slice(payload);
+        self.link.send(&self.endpoint, meta, loan, deadline, &gone)
+    }
+
+    /// Receive the next frame from the host, waiting as long as it takes.
+    ///
+    /// # Errors
+    /// [`RecvError::HostGone`] when the host left; [`RecvError::PeerNotActive`] when it evicted
+    /// this peer; [`RecvError::BadDescriptor`] / [`RecvError::Ring`] when the host broke the
+    /// protocol; [`RecvError::Futex`].
+    pub fn recv(&self) -> Result<Frame<'_>, RecvError> {
+        self.recv_until(Deadline::Never)
+    }
+
+    /// [`recv`](Self::recv) without waiting: [`RecvError::Empty`].
+    ///
+    /// # Errors
+    /// As [`recv`](Self::recv), and `Empty`.
+    pub fn try_recv(&self) -> Result<Frame<'_>, RecvError> {
+        self.recv_until(Deadline::Now)
+    }
+
+    /// [`recv`](Self::recv), waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// As [`recv`](Self::recv), and [`RecvError::Timeout`].
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Frame<'_>, RecvError> {
+        self.recv_until(Deadline::after(timeout))
+    }
+
+    fn recv_until(&self, deadline: Deadline) -> Result<Frame<'_>, RecvError> {
+        // Frames the host sent before it left are still delivered; then HostGone.
+        match self.link.recv(&self.endpoint, Deadline::Now, &|| None) {
+            Err(RecvError::Empty) => {}
+            other => return other,
+        }
+        if let Some(error) = self.recv_gone() {
+            return Err(error);
+        }
+        self.link
+            .recv(&self.endpoint, deadline, &|| self.recv_gone())
+    }
+
+    /// Leave the hub (goodbye): the entry goes Active -> Dying and the host is told, so it
+    /// recovers the entry (R10) for a new peer. Dropping the peer does the same.
+    pub fn close(self) {}
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let segment = &self.endpoint.segment;
+        if segment
+            .peer(self.id)
+            .transition(PeerState::Active, PeerState::Dying)
+            .is_ok()
+        {
+            Doorbell::new(segment.host_bell()).ring();
+        }
+    }
+}
+
+const _: () = {
+    const fn is_send_sync<T: Send + Sync>() {}
+    is_send_sync::<Peer>();
+};

@@ -1,0 +1,446 @@
+//! The hub segment: built by the host (R1), validated by every attacher (R2), and the typed
+//! words of it the transport uses.
+//!
+//! # What hub-transport keeps in the layout's padding (R13)
+//!
+//! | where | bytes | what |
+//! |---|---|---|
+//! | `HubHeader` | 72..76 | the host's allocator journal (hub-alloc) |
+//! | `HubHeader` | 76..80 | the host's process id |
+//! | `HubHeader` | 80..84 | the host's state: 0 running, 1 gone (said goodbye) |
+//! | `HubHeader` | 84..88 | the host's doorbell: rung when a peer attaches or leaves |
+//! | `HubHeader` | 88..96 | the size growth may reach, in bytes (0: the layout's largest) |
+//! | `PeerEntry` | 48..52 | the peer's allocator journal (hub-alloc) |
+//! | `PeerEntry` | 52..56 | the peer's process id |
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use hub_alloc::shared::Shared;
+use hub_alloc::{OwnerId, Slab, SlabError, SlabLayout};
+use hub_layout::{
+    DescRingHeader, HUB_MAGIC, HubHeader, HubLayoutError, PEER_FLAG_ACTIVE, PEER_FLAG_DEAD,
+    PEER_FLAG_DYING, PEER_FLAG_RESERVED, PeerEntry, SegmentBytes, SegmentLayout, validate_segment,
+};
+
+use crate::mapping::{MappingError, SegmentFile, SegmentMapping};
+use crate::ring::{RawRing, RingError};
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
+
+/// Offsets of the words hub-transport keeps in the header's padding (see the module docs).
+pub(crate) mod pad {
+    pub const HOST_PID: usize = 76;
+    pub const HOST_STATE: usize = 80;
+    pub const HOST_BELL: usize = 84;
+    pub const SIZE_LIMIT: usize = 88;
+    /// Within a peer entry.
+    pub const PEER_PID: usize = 52;
+}
+
+/// The host's state word: the host left (goodbye).
+pub(crate) const HOST_GONE: u32 = 1;
+
+/// How to build a hub.
+///
+/// ```
+/// use hub_transport::HubConfig;
+/// let config = HubConfig { max_peers: 4, ..HubConfig::default() };
+/// assert_eq!(config.ring_capacity, 256);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubConfig {
+    /// Peers the hub admits at once, 1 to 32.
+    pub max_peers: u16,
+    /// Descriptors per ring, a power of two.
+    pub ring_capacity: u32,
+    /// The largest size, in bytes, growth may bring the segment to; `None` for room for every
+    /// extent of every class (about 1.7 GiB of address space for the default layout, which
+    /// costs nothing until used).
+    pub max_size: Option<usize>,
+    /// A path to create the segment at, for attach by path; `None` (the default) for an
+    /// anonymous memfd handed to peers by inheritance (R14).
+    pub path: Option<PathBuf>,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            max_peers: hub_layout::MAX_PEERS,
+            ring_capacity: hub_layout::DEFAULT_HUB_RING_CAPACITY,
+            max_size: None,
+            path: None,
+        }
+    }
+}
+
+/// Why a hub could not be created.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CreateError {
+    /// The configuration has no valid layout (peers, ring capacity, or `max_size` out of range).
+    #[error("invalid hub configuration: {0}")]
+    Config(String),
+    /// The segment file could not be created, mapped or grown.
+    #[error(transparent)]
+    Mapping(#[from] MappingError),
+    /// The allocator could not be built in the segment.
+    #[error(transparent)]
+    Alloc(#[from] SlabError),
+}
+
+/// Why attaching to a segment failed. Every kind of bad file has its own variant (R2).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AttachError {
+    /// The file could not be opened, inspected or mapped.
+    #[error(transparent)]
+    Mapping(#[from] MappingError),
+    /// The file is not a valid hub: not a hub at all (`InvalidMagic`), another major version
+    /// (`IncompatibleVersion`), truncated (`HubTooSmall`), inconsistent offsets, or half-built
+    /// (`NotReady`, R1).
+    #[error("not a valid hub segment: {0}")]
+    Layout(#[from] HubLayoutError),
+    /// The allocator's state does not match the layout (R3).
+    #[error(transparent)]
+    Alloc(#[from] SlabError),
+    /// The size limit in the header is outside the layout's range.
+    #[error("the segment's size limit {limit} is outside [{initial}, {max}]")]
+    SizeLimit {
+        /// The value found.
+        limit: u64,
+        /// The layout's initial size.
+        initial: usize,
+        /// The layout's largest size.
+        max: usize,
+    },
+    /// The ticket cannot be used: malformed, or naming a peer id beyond the hub's.
+    #[error("bad ticket: {0}")]
+    BadTicket(String),
+    /// The peer entry the ticket names is not Reserved: another process attached with it
+    /// already, or the host took it back (R9).
+    #[error("peer {peer} is {state}, not reserved: the ticket was used or withdrawn")]
+    NotReserved {
+        /// The peer id.
+        peer: u16,
+        /// The state found.
+        state: PeerState,
+    },
+    /// The ticket's epoch is not the entry's: the ticket is from an earlier life of the id.
+    #[error("the ticket is for epoch {ticket} of peer {peer}, which is at epoch {entry}")]
+    StaleTicket {
+        /// The peer id.
+        peer: u16,
+        /// Epoch in the ticket.
+        ticket: u64,
+        /// Epoch in the entry.
+        entry: u64,
+    },
+    /// The host has left the hub.
+    #[error("the host has left the hub")]
+    HostGone,
+}
+
+/// Lifecycle state of a peer entry (R9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PeerState {
+    /// Free for `add_peer`.
+    Empty,
+    /// Reserved by the host for a peer that has not attached yet.
+    Reserved,
+    /// A peer is attached.
+    Active,
+    /// The peer said goodbye; the host recovers it.
+    Dying,
+    /// The peer died or was evicted; the host recovers it.
+    Dead,
+    /// The flags word holds no state (corruption, R3).
+    Invalid(u32),
+}
+
+impl PeerState {
+    /// The state a flags word encodes.
+    pub fn from_flags(flags: u32) -> Self {
+        match flags {
+            0 => PeerState::Empty,
+            PEER_FLAG_RESERVED => PeerState::Reserved,
+            PEER_FLAG_ACTIVE => PeerState::Active,
+            PEER_FLAG_DYING => PeerState::Dying,
+            PEER_FLAG_DEAD => PeerState::Dead,
+            other => PeerState::Invalid(other),
+        }
+    }
+
+    /// The flags word of this state (`Invalid` keeps its raw value).
+    pub fn flags(self) -> u32 {
+        match self {
+            PeerState::Empty => 0,
+            PeerState::Reserved => PEER_FLAG_RESERVED,
+            PeerState::Active => PEER_FLAG_ACTIVE,
+            PeerState::Dying => PEER_FLAG_DYING,
+            PeerState::Dead => PEER_FLAG_DEAD,
+            PeerState::Invalid(raw) => raw,
+        }
+    }
+}
+
+impl std::fmt::Display for PeerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerState::Empty => f.write_str("empty"),
+            PeerState::Reserved => f.write_str("reserved"),
+            PeerState::Active => f.write_str("active"),
+            PeerState::Dying => f.write_str("dying"),
+            PeerState::Dead => f.write_str("dead"),
+            PeerState::Invalid(raw) => write!(f, "invalid ({raw:#x})"),
+        }
+    }
+}
+
+/// A mapped, validated hub segment and the private copy of its layout (R3).
+pub(crate) struct Segment {
+    mapping: Arc<SegmentMapping>,
+    layout: SegmentLayout,
+}
+
+impl std::fmt::Debug for Segment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segment")
+            .field("max_peers", &self.layout.max_peers)
+            .field("ring_capacity", &self.layout.ring_capacity)
+            .field("len", &self.mapping.len())
+            .finish()
+    }
+}
+
+impl Segment {
+    /// Build a new hub (R1): header without magic, peer table, rings, allocator, then the magic
+    /// with Release. Returns the segment and the host's allocator handle.
+    pub fn create(
+        config: &HubConfig,
+    ) -> Result<(Arc<Segment>, Slab<Arc<SegmentMapping>>), CreateError> {
+        let layout = SegmentLayout::new(config.max_peers, config.ring_capacity)
+            .map_err(|e| CreateError::Config(e.to_string()))?;
+        let mut slab_layout = SlabLayout::for_hub(&layout);
+        if let Some(max) = config.max_size {
+            slab_layout = slab_layout
+                .limit_max_size(max)
+                .map_err(|e| CreateError::Config(e.to_string()))?;
+        }
+        let initial = layout.initial_size() as u64;
+        let file = match &config.path {
+            Some(path) => SegmentFile::create_named(path, initial)?,
+            None => SegmentFile::create_anonymous("hub", initial)?,
+        };
+        let mapping = Arc::new(SegmentMapping::new(file, slab_layout.max_size())?);
+        let segment = Segment {
+            mapping: mapping.clone(),
+            layout,
+        };
+        segment.build(slab_layout.max_size())?;
+        // SAFETY: the file was created just now by this call and nobody else has it: the
+        // allocator's state is ours alone until the magic is written.
+        let slab = unsafe { Slab::init(mapping, slab_layout, OwnerId::HOST)? };
+        let shared = segment.shared();
+        shared
+            .u32_at(pad::HOST_PID)
+            .ok_or_else(|| CreateError::Config("segment too small".into()))?
+            .store(std::process::id(), Ordering::Relaxed);
+        // R1: the magic last, with Release: whoever reads it with Acquire sees a finished hub.
+        shared
+            .u64_at(0)
+            .ok_or_else(|| CreateError::Config("segment too small".into()))?
+            .store(u64::from_le_bytes(HUB_MAGIC), Ordering::Release);
+        Ok((Arc::new(segment), slab))
+    }
+
+    /// Header (without magic), peer entries and rings.
+    fn build(&self, size_limit: usize) -> Result<(), CreateError> {
+        let layout = &self.layout;
+        let too_small = || CreateError::Config("segment shorter than its layout".into());
+        let mut header = HubHeader::new(layout.max_peers, layout.ring_capacity);
+        header.magic = [0; 8];
+        header.peer_table_offset = layout.offsets.peer_table as u64;
+        header.ring_region_offset = layout.offsets.ring_region as u64;
+        header.size_class_offset = layout.offsets.size_class_headers as u64;
+        header.extent_region_offset = layout.offsets.extent_region as u64;
+        header._pad2[(pad::SIZE_LIMIT - 72)..(pad::SIZE_LIMIT - 72 + 8)]
+            .copy_from_slice(&(size_limit as u64).to_le_bytes());
+        let shared = self.shared();
+        // SAFETY: the segment was created by our caller a moment ago and is not shared yet.
+        unsafe {
+            if !shared.init(0, header) {
+                return Err(too_small());
+            }
+            for peer in 0..layout.max_peers {
+                let mut entry = PeerEntry::new(
+                    layout.send_ring_offset(peer) as u64,
+                    layout.recv_ring_offset(peer) as u64,
+                );
+                entry.peer_id = peer;
+                if !shared.init(layout.peer_entry_offset(peer), entry) {
+                    return Err(too_small());
+                }
+            }
+            for ring in 0..2 * usize::from(layout.max_peers) {
+                let header = DescRingHeader::new(layout.ring_capacity);
+                if !shared.init(layout.ring_offset(ring), header) {
+                    return Err(too_small());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Attach to the hub in `file` (R2), as `me`.
+    pub fn attach(
+        file: SegmentFile,
+        me: OwnerId,
+    ) -> Result<(Arc<Segment>, Slab<Arc<SegmentMapping>>), AttachError> {
+        // A first look at what the file holds now, to learn the layout and so the reservation.
+        let len = usize::try_from(file.len()?).unwrap_or(usize::MAX);
+        let probe = SegmentMapping::new(file.try_clone()?, len.max(1))?;
+        let validated = validate_segment(&probe)?;
+        let layout = validated.layout;
+        let limit = probe.read_u64(pad::SIZE_LIMIT).unwrap_or(0);
+        drop(probe);
+        let mut slab_layout = SlabLayout::for_hub(&layout);
+        let (initial, max) = (slab_layout.initial_size(), slab_layout.max_size());
+        if limit != 0 {
+            let bad = AttachError::SizeLimit {
+                limit,
+                initial,
+                max,
+            };
+            let limit = usize::try_from(limit).map_err(|_| bad)?;
+            slab_layout =
+                slab_layout
+                    .limit_max_size(limit)
+                    .map_err(|_| AttachError::SizeLimit {
+                        limit: limit as u64,
+                        initial,
+                        max,
+                    })?;
+        }
+        let mapping = Arc::new(SegmentMapping::new(file, slab_layout.max_size())?);
+        let segment = Segment {
+            mapping: mapping.clone(),
+            layout,
+        };
+        let slab = Slab::attach(mapping, slab_layout, me)?;
+        Ok((Arc::new(segment), slab))
+    }
+
+    fn shared(&self) -> Shared<'_, SegmentMapping> {
+        Shared::new(&self.mapping)
+    }
+
+    /// The private layout.
+    pub fn layout(&self) -> &SegmentLayout {
+        &self.layout
+    }
+
+    /// The mapping.
+    pub fn mapping(&self) -> &Arc<SegmentMapping> {
+        &self.mapping
+    }
+
+    /// The `AtomicU32` at `offset`, which lies inside the validated initial layout.
+    fn word32(&self, offset: usize) -> &AtomicU32 {
+        self.shared()
+            .u32_at(offset)
+            .expect("every fixed word lies inside the validated layout")
+    }
+
+    fn word64(&self, offset: usize) -> &AtomicU64 {
+        self.shared()
+            .u64_at(offset)
+            .expect("every fixed word lies inside the validated layout")
+    }
+
+    /// The host's state word.
+    pub fn host_state(&self) -> &AtomicU32 {
+        self.word32(pad::HOST_STATE)
+    }
+
+    /// The host's doorbell: rung when a peer attaches or leaves.
+    pub fn host_bell(&self) -> &AtomicU32 {
+        self.word32(pad::HOST_BELL)
+    }
+
+    /// The host's process id.
+    pub fn host_pid(&self) -> u32 {
+        self.word32(pad::HOST_PID).load(Ordering::Relaxed)
+    }
+
+    /// The words of peer `peer`'s entry (`peer < max_peers`).
+    pub fn peer(&self, peer: u16) -> PeerWords<'_> {
+        let base = self.layout.peer_entry_offset(peer);
+        use core::mem::offset_of;
+        PeerWords {
+            flags: self.word32(base + offset_of!(PeerEntry, flags)),
+            epoch: self.word64(base + offset_of!(PeerEntry, epoch)),
+            last_seen: self.word64(base + offset_of!(PeerEntry, last_seen)),
+            send_bell: self.word32(base + offset_of!(PeerEntry, send_data_futex)),
+            recv_bell: self.word32(base + offset_of!(PeerEntry, recv_data_futex)),
+            pid: self.word32(base + pad::PEER_PID),
+        }
+    }
+
+    /// A view of ring `index` of the ring region: peer `i`'s send ring is `2i`, its receive
+    /// ring `2i + 1`. The view is valid while this segment lives.
+    pub fn ring(&self, index: usize) -> Result<RawRing, RingError> {
+        let offset = self.layout.ring_offset(index);
+        let header = self
+            .shared()
+            .bytes_at(offset, self.layout.ring_size())
+            .expect("every ring lies inside the validated layout")
+            .cast::<DescRingHeader>();
+        // SAFETY: the ring's header and its `ring_capacity` descriptors lie inside the mapping
+        // (checked just above), which stays mapped while the Segment lives; callers keep the
+        // Segment (an Arc) beside every view. The header was initialised by the creator (R1)
+        // and validated (R2); only atomics and volatile copies touch it (R4).
+        unsafe { RawRing::new(header, self.layout.ring_capacity) }
+    }
+}
+
+/// The atomic words of one peer entry.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PeerWords<'a> {
+    pub flags: &'a AtomicU32,
+    pub epoch: &'a AtomicU64,
+    pub last_seen: &'a AtomicU64,
+    /// Rung by the peer after it pushes to its send ring; the host waits on it.
+    pub send_bell: &'a AtomicU32,
+    /// Rung by the host after it pushes to the peer's receive ring; the peer waits on it.
+    pub recv_bell: &'a AtomicU32,
+    pub pid: &'a AtomicU32,
+}
+
+/// Nanoseconds of `CLOCK_MONOTONIC`: the clock of `PeerEntry::last_seen`, the same in every
+/// process of the machine.
+pub(crate) fn monotonic_ns() -> u64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (now.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(now.tv_nsec as u64)
+}
+
+impl PeerWords<'_> {
+    /// The entry's state, read once.
+    pub fn state(&self) -> PeerState {
+        PeerState::from_flags(self.flags.load(Ordering::Acquire))
+    }
+
+    /// Move the entry from `from` to `to` if it is in `from` (R9); the state found otherwise.
+    pub fn transition(&self, from: PeerState, to: PeerState) -> Result<(), PeerState> {
+        self.flags
+            .compare_exchange(
+                from.flags(),
+                to.flags(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .map(|_| ())
+            .map_err(PeerState::from_flags)
+    }
+}

@@ -1,0 +1,145 @@
+//! Tickets: everything a peer process needs to attach to a hub.
+//!
+//! The host's [`add_peer`](crate::Host::add_peer) reserves a peer entry and returns a
+//! [`Ticket`]: the peer id, the entry's epoch, and the segment (an inheritable descriptor of the
+//! anonymous memfd, or the path of a named segment). [`Ticket::apply`] puts it in a
+//! [`Command`]'s environment as [`TICKET_ENV`]; the child calls
+//! [`Peer::from_env`](crate::Peer::from_env). In the same process, a thread attaches with
+//! [`Peer::attach`](crate::Peer::attach).
+//!
+//! The environment value reads `peer=3,epoch=7,fd=5` or `peer=3,epoch=7,path=/dev/shm/x`.
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::segment::AttachError;
+
+/// The environment variable a ticket travels in.
+pub const TICKET_ENV: &str = "HUB_TICKET";
+
+/// Where the segment is.
+#[derive(Debug)]
+pub(crate) enum Source {
+    /// A descriptor without close-on-exec, for a child to inherit.
+    Fd(OwnedFd),
+    /// The path of a named segment.
+    Path(PathBuf),
+}
+
+/// A reserved peer entry and the way to the segment: what a peer needs to attach (R9).
+///
+/// Keep the ticket alive until the child is spawned, then drop it: it holds a descriptor that
+/// the child inherits.
+///
+/// ```no_run
+/// use hub_transport::{Host, HubConfig};
+/// use std::process::Command;
+///
+/// let host = Host::create(&HubConfig::default())?;
+/// let ticket = host.add_peer()?;
+/// let mut child = Command::new("my-plugin");
+/// ticket.apply(&mut child);
+/// let child = child.spawn()?;
+/// drop(ticket);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Ticket {
+    pub(crate) peer: u16,
+    pub(crate) epoch: u64,
+    pub(crate) source: Source,
+}
+
+impl Ticket {
+    /// The peer id the ticket reserves.
+    pub fn peer_id(&self) -> u16 {
+        self.peer
+    }
+
+    /// The epoch of the entry when it was reserved: a ticket of an earlier life of the same id
+    /// is refused.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The value of [`TICKET_ENV`] for a child.
+    pub fn env_value(&self) -> String {
+        let (peer, epoch) = (self.peer, self.epoch);
+        match &self.source {
+            Source::Fd(fd) => format!("peer={peer},epoch={epoch},fd={}", fd.as_raw_fd()),
+            Source::Path(path) => format!("peer={peer},epoch={epoch},path={}", path.display()),
+        }
+    }
+
+    /// Put the ticket in `command`'s environment. The child inherits the segment's descriptor
+    /// as long as the ticket is alive when it is spawned.
+    pub fn apply<'c>(&self, command: &'c mut Command) -> &'c mut Command {
+        command.env(TICKET_ENV, self.env_value())
+    }
+}
+
+/// A ticket as a child reads it from its environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TicketSpec {
+    /// The peer id.
+    pub peer: u16,
+    /// The epoch.
+    pub epoch: u64,
+    /// Where the segment is.
+    pub source: SpecSource,
+}
+
+/// Where a [`TicketSpec`] says the segment is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpecSource {
+    /// An inherited descriptor number.
+    Fd(RawFd),
+    /// A path.
+    Path(PathBuf),
+}
+
+impl TicketSpec {
+    /// Parse a ticket's environment value.
+    ///
+    /// # Errors
+    /// [`AttachError::BadTicket`] when it is not of the form [`Ticket::env_value`] writes.
+    ///
+    /// ```
+    /// use hub_transport::{SpecSource, TicketSpec};
+    /// let spec = TicketSpec::parse("peer=3,epoch=7,fd=5")?;
+    /// assert_eq!((spec.peer, spec.epoch, spec.source), (3, 7, SpecSource::Fd(5)));
+    /// assert!(TicketSpec::parse("peer=3").is_err());
+    /// # Ok::<(), hub_transport::AttachError>(())
+    /// ```
+    pub fn parse(text: &str) -> Result<Self, AttachError> {
+        let bad = || AttachError::BadTicket(format!("{text:?}"));
+        let rest = text.strip_prefix("peer=").ok_or_else(bad)?;
+        let (peer, rest) = rest.split_once(",epoch=").ok_or_else(bad)?;
+        let peer = peer.parse().map_err(|_| bad())?;
+        let (epoch, source) = rest.split_once(',').ok_or_else(bad)?;
+        let epoch = epoch.parse().map_err(|_| bad())?;
+        let source = if let Some(fd) = source.strip_prefix("fd=") {
+            SpecSource::Fd(crate::mapping::parse_fd(fd).ok_or_else(bad)?)
+        } else if let Some(path) = source.strip_prefix("path=") {
+            SpecSource::Path(PathBuf::from(path))
+        } else {
+            return Err(bad());
+        };
+        Ok(Self {
+            peer,
+            epoch,
+            source,
+        })
+    }
+
+    /// The ticket in [`TICKET_ENV`].
+    ///
+    /// # Errors
+    /// [`AttachError::BadTicket`] when the variable is missing or malformed.
+    pub fn from_env() -> Result<Self, AttachError> {
+        let value = std::env::var(TICKET_ENV)
+            .map_err(|_| AttachError::BadTicket(format!("{TICKET_ENV} is not set")))?;
+        Self::parse(&value)
+    }
+}
