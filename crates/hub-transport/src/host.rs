@@ -317,15 +317,17 @@ impl Host {
             .links
             .get(usize::from(peer))
             .ok_or(SendError::UnknownPeer(peer))?;
-        match self.endpoint.segment.peer(peer).state() {
-            PeerState::Active => Ok(link),
-            state => Err(SendError::PeerNotActive { peer, state }),
+        match self.peer_gone(peer) {
+            None => Ok(link),
+            Some(error) => Err(error),
         }
     }
 
+    /// Frames may go to an attached peer, and to a reserved one: its ring exists, and it reads
+    /// them once it attaches (or recovery frees them if it never does).
     fn peer_gone(&self, peer: u16) -> Option<SendError> {
         match self.endpoint.segment.peer(peer).state() {
-            PeerState::Active => None,
+            PeerState::Active | PeerState::Reserved => None,
             state => Some(SendError::PeerNotActive { peer, state }),
         }
     }
@@ -358,8 +360,9 @@ impl Host {
     /// Send a filled loan to `peer`, waiting for room in its ring as long as it takes.
     ///
     /// # Errors
-    /// [`SendError::UnknownPeer`]; [`SendError::PeerNotActive`] (also when the peer leaves while
-    /// the call waits); [`SendError::Ring`] when the peer corrupted its ring.
+    /// [`SendError::UnknownPeer`]; [`SendError::PeerNotActive`] when the peer is neither attached
+    /// nor reserved (also when it leaves while the call waits); [`SendError::Ring`] when the
+    /// peer corrupted its ring.
     pub fn send_loan(&self, peer: u16, meta: FrameMeta, loan: Loan<'_>) -> Result<(), SendError> {
         self.send_loan_until(peer, meta, loan, Deadline::Never)
     }
@@ -492,7 +495,7 @@ impl Host {
             &self.endpoint,
             deadline,
             &|| match self.endpoint.segment.peer(peer).state() {
-                PeerState::Active => None,
+                PeerState::Active | PeerState::Reserved => None,
                 state => Some(RecvError::PeerNotActive { peer, state }),
             },
         )
