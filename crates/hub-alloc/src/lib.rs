@@ -52,6 +52,11 @@ mod layout;
 mod region;
 pub mod shared;
 mod slab;
+#[cfg(all(test, not(loom)))]
+mod tests;
+
+#[cfg(all(test, loom))]
+mod loom_tests;
 
 pub use error::{Corruption, SlabError};
 pub use hub_layout::sync;

@@ -75,18 +75,22 @@ pub unsafe trait Region: Send + Sync {
 
 // SAFETY: forwards to `T`, whose guarantees hold for as long as the Arc keeps it alive.
 unsafe impl<T: Region + ?Sized> Region for std::sync::Arc<T> {
+    #[inline]
     fn base(&self) -> NonNull<u8> {
         (**self).base()
     }
+    #[inline]
     fn reservation(&self) -> usize {
         (**self).reservation()
     }
+    #[inline]
     fn len(&self) -> usize {
         (**self).len()
     }
     fn grow_to(&self, new_len: usize) -> Result<usize, GrowError> {
         (**self).grow_to(new_len)
     }
+    #[inline]
     fn refresh_len(&self) -> usize {
         (**self).refresh_len()
     }
@@ -94,18 +98,22 @@ unsafe impl<T: Region + ?Sized> Region for std::sync::Arc<T> {
 
 // SAFETY: forwards to `T`, which outlives the reference.
 unsafe impl<T: Region + ?Sized> Region for &T {
+    #[inline]
     fn base(&self) -> NonNull<u8> {
         (**self).base()
     }
+    #[inline]
     fn reservation(&self) -> usize {
         (**self).reservation()
     }
+    #[inline]
     fn len(&self) -> usize {
         (**self).len()
     }
     fn grow_to(&self, new_len: usize) -> Result<usize, GrowError> {
         (**self).grow_to(new_len)
     }
+    #[inline]
     fn refresh_len(&self) -> usize {
         (**self).refresh_len()
     }
@@ -165,14 +173,17 @@ impl Drop for HeapRegion {
 // SAFETY: the whole reservation is allocated, zeroed and 4096-aligned for the region's life, so
 // every byte below `len() <= reservation()` is usable; `len` only grows (fetch_max).
 unsafe impl Region for HeapRegion {
+    #[inline]
     fn base(&self) -> NonNull<u8> {
         self.base
     }
 
+    #[inline]
     fn reservation(&self) -> usize {
         self.layout.size()
     }
 
+    #[inline]
     fn len(&self) -> usize {
         self.len.load(Ordering::Acquire) as usize
     }

@@ -51,6 +51,10 @@ const LIST_HELD: u32 = FREE_LIST_END - 1;
 /// empty journal.
 const JOURNAL_EMPTY: u32 = 0;
 
+/// A journal taken by one thread of its owner that has not named a slot yet. Never
+/// `slot_ref + 1` (slot references of the five classes stay below `0xa000_0000`).
+const JOURNAL_BUSY: u32 = u32::MAX;
+
 /// The bit of `slot_available_futex` that says an allocator may be asleep on it, and the step
 /// of its sequence: the same encoding as hub-transport's doorbells (R11).
 pub const WAITER_BIT: u32 = 1;
@@ -59,7 +63,12 @@ pub const SEQUENCE_STEP: u32 = 2;
 
 /// How often reclaim looks again at a journaled slot another participant is in the middle of
 /// taking or freeing, before it leaves the journal for a later reclaim.
+#[cfg(not(loom))]
 const RESOLVE_ATTEMPTS: u32 = 64;
+/// Under loom, few: a model explores a schedule in which the other participant never gets
+/// through, and every attempt multiplies the branches of that execution.
+#[cfg(loom)]
+const RESOLVE_ATTEMPTS: u32 = 3;
 
 /// A slot held by its allocator: class, global index and generation (R5, R7).
 ///
@@ -184,15 +193,39 @@ impl ReclaimReport {
 /// What [`Slab::rebuild_free_list`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RebuildReport {
-    /// Free slots now on the list.
+    /// Free slots the rebuild put on the list.
     pub free: u32,
     /// Slots left off the list because their state word is garbage.
     pub quarantined: u32,
+    /// Free slots left off the list because a journal kept naming them: a participant that
+    /// died in the middle of taking or freeing one (its reclaim puts it back), or one that is
+    /// still busy with it. A later rebuild looks at them again.
+    pub pending: u32,
+    /// The rebuild put slots on the list and an allocator may be asleep: see [`Freed`].
+    pub wake_waiters: bool,
 }
 
 /// An extent list's private copies (R3): validated extent offsets, 0 until first seen.
 struct ClassCache {
     extents: Vec<AtomicU64>,
+    /// Under loom, one tracked cell per 64 bytes of the region: growth writes the cell of an
+    /// extent's start once it has initialised the extent, and every use of an extent reads it,
+    /// so loom reports a use that R8's publication does not order after the initialisation.
+    #[cfg(loom)]
+    initialised: Vec<loom::cell::UnsafeCell<()>>,
+}
+
+impl ClassCache {
+    /// Under loom, a use of the extent at `offset`: see `initialised`.
+    #[inline(always)]
+    fn touch(&self, offset: usize) {
+        #[cfg(loom)]
+        if let Some(cell) = self.initialised.get(offset / 64) {
+            cell.with(|_| ());
+        }
+        #[cfg(not(loom))]
+        let _ = offset;
+    }
 }
 
 /// A participant's handle on the allocator of a region.
@@ -378,6 +411,10 @@ impl<R: Region> Slab<R> {
             .iter()
             .map(|_| ClassCache {
                 extents: (0..layout.max_extents).map(|_| AtomicU64::new(0)).collect(),
+                #[cfg(loom)]
+                initialised: (0..=layout.max_size / 64)
+                    .map(|_| loom::cell::UnsafeCell::new(()))
+                    .collect(),
             })
             .collect();
         let slab = Self {
@@ -516,15 +553,17 @@ impl<R: Region> Slab<R> {
     pub fn free(&self, handle: SlotHandle) -> Result<Freed, SlabError> {
         let class = self.class_index(handle.class, handle.index)?;
         let meta = self.handle_meta(class, handle)?;
-        let journal = self.journal()?;
+        let header = self.header(class)?;
+        let journal = JournalGuard::enter(self.journal()?);
         // R5: say which slot before touching it, so a crash between the state change and the
-        // push leaves a trace reclaim follows.
-        journal.store(handle.slot_ref() + 1, Ordering::Relaxed);
+        // push leaves a trace reclaim follows. Release, as every journal store: whoever reads
+        // the journal (Acquire) sees what this participant did before, such as recording a
+        // slot it popped as Allocated (see `resolve_journal`).
+        journal.name(handle.slot_ref());
         let mut current = meta.gen_state.load(Ordering::Relaxed);
         loop {
             let (generation, state) = split(current);
             if generation != handle.generation || !(state == ALLOCATED || state == IN_FLIGHT) {
-                journal.store(JOURNAL_EMPTY, Ordering::Relaxed);
                 return Err(free_error(handle, current));
             }
             // R5: the CAS on (generation, state) is what makes one of two racing frees win.
@@ -539,11 +578,11 @@ impl<R: Region> Slab<R> {
             }
         }
         meta.owner.store(NO_OWNER, Ordering::Relaxed);
-        self.push(class, handle.index, meta)?;
-        journal.store(JOURNAL_EMPTY, Ordering::Release);
+        self.push(header, class, handle.index, meta)?;
+        drop(journal);
         Ok(Freed {
             class: handle.class,
-            wake_waiters: self.notify_slot_available(class)?,
+            wake_waiters: notify_waiters(header),
         })
     }
 
@@ -604,11 +643,16 @@ impl<R: Region> Slab<R> {
         let word = self.slot_available_word(class)?;
         // R11: SeqCst, against the SeqCst push and load of `free`: either this sees the push
         // in `has_free_slot`, or the freer sees this bit.
-        Some(word.fetch_or(WAITER_BIT, Ordering::SeqCst) | WAITER_BIT)
+        let seen = word.fetch_or(WAITER_BIT, Ordering::SeqCst) | WAITER_BIT;
+        loom_seqcst();
+        Some(seen)
     }
 
     /// Whether `class`'s free list looks non-empty (or is held, which means it soon may be).
     pub fn has_free_slot(&self, class: u16) -> bool {
+        if usize::from(class) >= self.layout.classes.len() {
+            return false;
+        }
         let Ok(header) = self.header(usize::from(class)) else {
             return false;
         };
@@ -681,7 +725,10 @@ impl<R: Region> Slab<R> {
             ..ReclaimReport::default()
         };
         let entry = journal.load(Ordering::Acquire);
-        if entry != JOURNAL_EMPTY {
+        if entry == JOURNAL_BUSY {
+            // Taken, no slot named yet: nothing was in a window.
+            journal.store(JOURNAL_EMPTY, Ordering::Release);
+        } else if entry != JOURNAL_EMPTY {
             match self.resolve_journal(owner, entry - 1) {
                 Ok(Resolution::Recovered(wake)) => {
                     report.recovered_from_journal = true;
@@ -727,27 +774,62 @@ impl<R: Region> Slab<R> {
         Ok(report)
     }
 
-    /// Rebuild `class`'s free list from the slot metas, after corruption of the list was
-    /// detected: hold the list, chain every Free slot no journal names (those are between two
-    /// steps of a live participant's pop or free), leave out slots whose state is garbage, and
-    /// publish the new list. Other participants' pops and pushes in the class wait meanwhile.
+    /// Empty `owner`'s journal without resolving it: for the host about to hand a dead peer's
+    /// id to a new peer when [`reclaim`](Self::reclaim) kept reporting `journal_pending` (the
+    /// slot it names, if it was lost, stays lost). A journal left non-empty would make the new
+    /// owner's first allocation wait for ever.
     ///
     /// # Errors
-    /// [`SlabError::BadHandle`] when there is no such class; [`SlabError::ListHeld`].
+    /// [`SlabError::UnknownOwner`].
+    pub fn clear_journal(&self, owner: OwnerId) -> Result<(), SlabError> {
+        let index = self
+            .layout
+            .journal_index(owner)
+            .ok_or(SlabError::UnknownOwner(owner))?;
+        if let Some(journal) = self.shared().u32_at(self.layout.journal_offsets[index]) {
+            journal.store(JOURNAL_EMPTY, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Rebuild `class`'s free list from the slot metas, after corruption of the list was
+    /// detected: hold the list, chain every Free slot no journal names, leave out slots whose
+    /// state is garbage, and publish the new list. Other participants' pops and pushes in the
+    /// class wait meanwhile. A Free slot a journal names is between two steps of a
+    /// participant's pop or free, or was pushed on the old list just before the hold: after the
+    /// release it is looked at again as [`reclaim`](Self::reclaim) looks at a dead
+    /// participant's journal, and put back if it is neither taken nor on the list.
+    ///
+    /// # Errors
+    /// [`SlabError::BadHandle`] when there is no such class; [`SlabError::ListHeld`];
+    /// [`SlabError::Corrupt`] when the new list is found corrupted while a slot is looked at
+    /// again.
     pub fn rebuild_free_list(&self, class: u16) -> Result<RebuildReport, SlabError> {
         let c = self.class_index(class, 0)?;
         let held = self.hold(c)?;
-        // After the hold: every pop that won before it published its journal entry first.
+        // The states first, then the journals: a free whose new state is read here named its
+        // slot in its journal before (Release, then its AcqRel state CAS), so the journal read
+        // below sees the name while the free's push waits for the hold.
+        let mut metas = Vec::new();
+        self.for_each_meta(c, |index, meta| {
+            metas.push((index, meta, meta.gen_state.load(Ordering::Acquire)));
+        });
         let journals = self.journal_entries();
         let mut report = RebuildReport::default();
         let mut chain = FREE_LIST_END;
-        let mut metas = Vec::new();
-        self.for_each_meta(c, |index, meta| metas.push((index, meta)));
-        for &(index, meta) in metas.iter().rev() {
-            match split(meta.gen_state.load(Ordering::Acquire)).1 {
+        let mut unsure = Vec::new();
+        for &(index, meta, seen) in metas.iter().rev() {
+            match split(seen).1 {
                 FREE => {
                     let entry = encode_slot_ref(class, index) + 1;
-                    if !journals.contains(&entry) {
+                    // And the state again after the journals: a pop that won before the hold
+                    // and has recorded itself since (its journal cleared, with Release) shows
+                    // here as Allocated.
+                    if journals.contains(&entry) || meta.gen_state.load(Ordering::Acquire) != seen {
+                        // Being popped or freed, or already pushed on the old list by a free
+                        // that has not cleared its journal yet: settled after the release.
+                        unsure.push((index, meta));
+                    } else {
                         meta.next_free.store(chain, Ordering::Relaxed);
                         chain = index;
                         report.free += 1;
@@ -758,15 +840,31 @@ impl<R: Region> Slab<R> {
             }
         }
         self.release(c, held, chain);
+        if chain != FREE_LIST_END {
+            report.wake_waiters |= self.notify_slot_available(c)?;
+        }
+        // A slot a journal named may have been on the old list, which is gone: once its
+        // participant has moved on, put it back unless it is taken or on the new list.
+        for (index, meta) in unsure {
+            match self.resolve_slot(c, index, meta, None)? {
+                Resolution::Recovered(wake) => {
+                    report.free += 1;
+                    report.wake_waiters |= wake;
+                }
+                Resolution::NothingLost => {}
+                Resolution::Pending => report.pending += 1,
+            }
+        }
         Ok(report)
     }
 
     // ----- the free list (R7) -----
 
     /// Pop a slot of class `class`, or `None` when the list is empty.
+    #[inline(always)]
     fn pop(&self, class: usize) -> Result<Option<SlotHandle>, SlabError> {
         let header = self.header(class)?;
-        let journal = self.journal()?;
+        let journal = JournalGuard::enter(self.journal()?);
         let backoff = Backoff::new();
         let mut held = HeldWait::default();
         loop {
@@ -792,8 +890,9 @@ impl<R: Region> Slab<R> {
                 }
                 continue;
             }
-            // R5: name the slot before the pop; the CAS's Release publishes the name.
-            journal.store(encode_slot_ref(class as u16, index) + 1, Ordering::Relaxed);
+            // R5: name the slot before the pop; the CAS's Release publishes the name. Release
+            // here too, for whoever reads this entry before the CAS: see `free`.
+            journal.name(encode_slot_ref(class as u16, index));
             let popped = pack_free_head(next, tag.wrapping_add(1));
             // R7: the tag makes a head that was popped and pushed back meanwhile (ABA) fail.
             if header
@@ -804,20 +903,20 @@ impl<R: Region> Slab<R> {
                 backoff.spin();
                 continue;
             }
-            // R6: the owner first, so that from here on the slot is found by reclaim(me)
-            // (Allocated and owned) or by the journal (Free, off the list).
-            meta.owner.store(self.me.raw(), Ordering::Relaxed);
             let (generation, state) = split(meta.gen_state.load(Ordering::Acquire));
             if state != FREE {
-                // Off the list now, and left off: its state says someone else has it.
-                journal.store(JOURNAL_EMPTY, Ordering::Release);
+                // Off the list now, and left off: its state says someone else has it. Its
+                // owner is left alone too, so that reclaim of that one still finds it (R6).
                 return Err(corrupt(class, Corruption::PoppedNotFree { index, state }));
             }
+            // R6: the owner before the state, so that from here on the slot is found by
+            // reclaim(me) (Allocated and owned) or by the journal (Free, off the list).
+            meta.owner.store(self.me.raw(), Ordering::Relaxed);
             // R5: Free -> Allocated. A plain store: only the pop's winner writes this word now
             // (frees need Allocated or InFlight, reclaim needs the owner or the journal).
             meta.gen_state
                 .store(join(generation, ALLOCATED), Ordering::Release);
-            journal.store(JOURNAL_EMPTY, Ordering::Release);
+            drop(journal);
             return Ok(Some(SlotHandle::from_parts(
                 class as u16,
                 index,
@@ -826,9 +925,15 @@ impl<R: Region> Slab<R> {
         }
     }
 
-    /// Push slot `index` (already Free) on its list.
-    fn push(&self, class: usize, index: u32, meta: &SlotMeta) -> Result<(), SlabError> {
-        let header = self.header(class)?;
+    /// Push slot `index` (already Free) on its list, whose header is `header`.
+    #[inline(always)]
+    fn push(
+        &self,
+        header: &SizeClassHeader,
+        class: usize,
+        index: u32,
+        meta: &SlotMeta,
+    ) -> Result<(), SlabError> {
         let backoff = Backoff::new();
         let mut held = HeldWait::default();
         loop {
@@ -859,17 +964,7 @@ impl<R: Region> Slab<R> {
 
     /// After a push: bump the class's futex word when an allocator announced it sleeps (R11).
     fn notify_slot_available(&self, class: usize) -> Result<bool, SlabError> {
-        let word = &self.header(class)?.slot_available_futex;
-        // R11: SeqCst, after the SeqCst push: see `announce_waiter`.
-        if word.load(Ordering::SeqCst) & WAITER_BIT == 0 {
-            return Ok(false);
-        }
-        // Clear the bit and move the sequence on in one step, so a sleeper's FUTEX_WAIT on the
-        // old value fails or is woken.
-        let _ = word.fetch_update(Ordering::Release, Ordering::Relaxed, |w| {
-            Some((w | WAITER_BIT).wrapping_add(SEQUENCE_STEP) & !WAITER_BIT)
-        });
-        Ok(true)
+        Ok(notify_waiters(self.header(class)?))
     }
 
     /// Swap `class`'s head for the held marker, so nobody else pops or pushes until
@@ -926,15 +1021,26 @@ impl<R: Region> Slab<R> {
         let mut index = first;
         let mut len = 0u32;
         let mut found = false;
+        let mut previous = None;
         while index != FREE_LIST_END {
             if len >= limit {
                 return Err(corrupt(class, Corruption::Cycle { limit }));
             }
             let Ok(meta) = self.meta(class, index) else {
-                return Err(corrupt(class, Corruption::FreeHead { index }));
+                return Err(corrupt(
+                    class,
+                    match previous {
+                        None => Corruption::FreeHead { index },
+                        Some(previous) => Corruption::NextFree {
+                            index: previous,
+                            next: index,
+                        },
+                    },
+                ));
             };
             found |= Some(index) == target;
             len += 1;
+            previous = Some(index);
             index = meta.next_free.load(Ordering::Relaxed);
         }
         Ok((len, found))
@@ -954,14 +1060,28 @@ impl<R: Region> Slab<R> {
             return Err(bad_journal());
         }
         let meta = self.meta(c, index).map_err(|_| bad_journal())?;
+        self.resolve_slot(c, index, meta, self.layout.journal_index(owner))
+    }
+
+    /// Whether slot `index` of class `c`, which some journal named while it was Free, is lost
+    /// (Free, off the list, and named by no journal but the `skip`ped one's), and if so put it
+    /// back on the list.
+    fn resolve_slot(
+        &self,
+        c: usize,
+        index: u32,
+        meta: &SlotMeta,
+        skip: Option<usize>,
+    ) -> Result<Resolution, SlabError> {
+        let entry = encode_slot_ref(c as u16, index) + 1;
         for _ in 0..RESOLVE_ATTEMPTS {
             if split(meta.gen_state.load(Ordering::Acquire)).1 != FREE {
                 // Allocated or in flight: the owner scan frees it if it is the dead one's.
                 return Ok(Resolution::NothingLost);
             }
             let held = self.hold(c)?;
-            let (_, state) = split(meta.gen_state.load(Ordering::Acquire));
-            if state != FREE {
+            let seen = meta.gen_state.load(Ordering::Acquire);
+            if split(seen).1 != FREE {
                 self.release(c, held, held.first);
                 return Ok(Resolution::NothingLost);
             }
@@ -976,23 +1096,26 @@ impl<R: Region> Slab<R> {
                 self.release(c, held, held.first);
                 return Ok(Resolution::NothingLost);
             }
-            let entry = slot_ref + 1;
             let busy = self
                 .layout
                 .journal_offsets
                 .iter()
                 .enumerate()
-                .filter(|&(i, _)| Some(i) != self.layout.journal_index(owner))
+                .filter(|&(i, _)| Some(i) != skip)
                 .filter_map(|(_, &offset)| self.shared().u32_at(offset))
                 .any(|journal| journal.load(Ordering::Acquire) == entry);
-            if busy {
+            // The state once more, after the journals: a participant that popped the slot
+            // before the hold may have recorded itself and cleared its journal since the state
+            // was read. Then the journal read above acquired its Release store, so this load
+            // sees the slot Allocated (or a later life of it: another generation).
+            if busy || meta.gen_state.load(Ordering::Acquire) != seen {
                 // A live participant popped it and is about to record itself, or freed it and
                 // is about to push it: let it finish.
                 self.release(c, held, held.first);
                 yield_now();
                 continue;
             }
-            // Free, off the list, and nobody is busy with it: the dead owner lost it.
+            // Free, off the list, and nobody is busy with it: lost (by the dead owner).
             meta.owner.store(NO_OWNER, Ordering::Relaxed);
             meta.next_free.store(held.first, Ordering::Relaxed);
             self.release(c, held, index);
@@ -1063,6 +1186,10 @@ impl<R: Region> Slab<R> {
                 return Err(self.too_small());
             }
         }
+        #[cfg(loom)]
+        if let Some(cell) = self.cache[class].initialised.get(start / 64) {
+            cell.with_mut(|_| ());
+        }
         loop {
             self.write_extent_header(class, extent as u16, start)?;
             // R8: publish with Release: whoever reads the offset sees the initialised extent.
@@ -1125,6 +1252,7 @@ impl<R: Region> Slab<R> {
 
     // ----- addressing (R3) -----
 
+    #[inline(always)]
     fn shared(&self) -> Shared<'_, R> {
         Shared::new(&self.region)
     }
@@ -1141,12 +1269,14 @@ impl<R: Region> Slab<R> {
         self.layout.class_headers_offset + class * size_of::<SizeClassHeader>()
     }
 
+    #[inline(always)]
     fn header(&self, class: usize) -> Result<&SizeClassHeader, SlabError> {
         self.shared()
             .class_header_at(self.class_header_offset(class))
             .ok_or_else(|| self.too_small())
     }
 
+    #[inline(always)]
     fn journal(&self) -> Result<&AtomicU32, SlabError> {
         self.shared()
             .u32_at(self.journal_offset)
@@ -1169,6 +1299,7 @@ impl<R: Region> Slab<R> {
     }
 
     /// The class of a handle, checked against the layout.
+    #[inline(always)]
     fn class_index(&self, class: u16, index: u32) -> Result<usize, SlabError> {
         let c = usize::from(class);
         if c < self.layout.classes.len() {
@@ -1178,17 +1309,20 @@ impl<R: Region> Slab<R> {
         }
     }
 
+    #[inline(always)]
     fn split_index(&self, class: usize, index: u32) -> (usize, u32) {
         let shift = self.layout.classes[class].slots_per_extent.trailing_zeros();
         ((index >> shift) as usize, index & ((1 << shift) - 1))
     }
 
+    #[inline(always)]
     fn handle_meta(&self, class: usize, handle: SlotHandle) -> Result<&SlotMeta, SlabError> {
         self.meta(class, handle.index)
             .map_err(|_| bad_handle(handle))
     }
 
     /// The meta of slot `index` of `class`, when its extent is published and valid.
+    #[inline(always)]
     fn meta(&self, class: usize, index: u32) -> Result<&SlotMeta, Corruption> {
         let (extent, slot) = self.split_index(class, index);
         let base = self.extent_base(class, extent)?;
@@ -1204,6 +1338,7 @@ impl<R: Region> Slab<R> {
 
     /// The offset of extent `extent` of `class`: from the private cache, or read once from the
     /// header, checked, and cached (R3). An unpublished extent is an error too.
+    #[inline(always)]
     fn extent_base(&self, class: usize, extent: usize) -> Result<usize, Corruption> {
         let Some(cached) = self.cache[class].extents.get(extent) else {
             return Err(Corruption::ExtentOffset {
@@ -1215,6 +1350,7 @@ impl<R: Region> Slab<R> {
         // acquired by whoever cached it.
         let known = cached.load(Ordering::Acquire);
         if known != 0 {
+            self.cache[class].touch(known as usize);
             return Ok(known as usize);
         }
         let header = self.header(class).map_err(|_| Corruption::ExtentOffset {
@@ -1241,6 +1377,7 @@ impl<R: Region> Slab<R> {
             return Err(bad);
         }
         cached.store(offset, Ordering::Release);
+        self.cache[class].touch(offset as usize);
         Ok(offset as usize)
     }
 
@@ -1276,6 +1413,67 @@ enum Resolution {
     NothingLost,
     Recovered(bool),
     Pending,
+}
+
+/// An owner's journal, taken for one two-step operation (a pop or a free).
+///
+/// The journal is also the owner's lock over its windows: threads of one owner (one process)
+/// take turns for the few instructions between naming a slot and accounting for it, so every
+/// window has the journal to itself and a crash of the process leaves at most one slot named,
+/// the one that is really in a window. Dropping the guard empties the journal, on every path.
+struct JournalGuard<'j> {
+    word: &'j AtomicU32,
+}
+
+impl<'j> JournalGuard<'j> {
+    /// How long a journal may stay taken before the taker concludes it holds garbage a faulty
+    /// process wrote (R3) and takes it over: a thread of this process holds it for a few
+    /// instructions, or for as long as it is preempted between them.
+    #[cfg(not(loom))]
+    const PATIENCE: std::time::Duration = std::time::Duration::from_millis(100);
+
+    fn enter(word: &'j AtomicU32) -> Self {
+        let backoff = Backoff::new();
+        #[cfg(not(loom))]
+        let mut since: Option<std::time::Instant> = None;
+        // Acquire: the previous holder's writes (its slot recorded) happen before ours.
+        while word
+            .compare_exchange_weak(
+                JOURNAL_EMPTY,
+                JOURNAL_BUSY,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            )
+            .is_err()
+        {
+            if !backoff.is_completed() {
+                backoff.snooze();
+                #[cfg(loom)]
+                loom::thread::yield_now();
+                continue;
+            }
+            #[cfg(not(loom))]
+            if since.get_or_insert_with(std::time::Instant::now).elapsed() > Self::PATIENCE {
+                word.swap(JOURNAL_BUSY, Ordering::Acquire);
+                break;
+            }
+            yield_now();
+        }
+        Self { word }
+    }
+
+    /// Name `slot_ref` as the slot of the window (R5). Release, as every journal store: whoever
+    /// reads the journal with Acquire sees what this owner did before.
+    #[inline]
+    fn name(&self, slot_ref: u32) {
+        self.word.store(slot_ref + 1, Ordering::Release);
+    }
+}
+
+impl Drop for JournalGuard<'_> {
+    fn drop(&mut self) {
+        self.word.store(JOURNAL_EMPTY, Ordering::Release);
+    }
 }
 
 /// Waiting for a held list: spin, then yield, and give up after a second.
@@ -1318,6 +1516,35 @@ fn yield_now() {
     std::thread::yield_now();
     #[cfg(loom)]
     loom::thread::yield_now();
+}
+
+/// After a push on `header`'s list: bump the class's futex word when an allocator announced it
+/// sleeps (R11), and say whether one did.
+#[inline(always)]
+fn notify_waiters(header: &SizeClassHeader) -> bool {
+    let word = &header.slot_available_futex;
+    loom_seqcst();
+    // R11: SeqCst, after the SeqCst push: see `announce_waiter`.
+    if word.load(Ordering::SeqCst) & WAITER_BIT == 0 {
+        return false;
+    }
+    // Clear the bit and move the sequence on in one step, so a sleeper's FUTEX_WAIT on the
+    // old value fails or is woken.
+    let _ = word.fetch_update(Ordering::Release, Ordering::Relaxed, |w| {
+        Some((w | WAITER_BIT).wrapping_add(SEQUENCE_STEP) & !WAITER_BIT)
+    });
+    true
+}
+
+/// Nothing, except under loom: a SeqCst fence. Loom treats SeqCst loads, stores and
+/// read-modify-writes as AcqRel (see its README), so it would not give R11's handshake (a SeqCst
+/// write of one word, then a SeqCst load of the other, on each side) the single total order the
+/// real accesses have, and would report lost wakeups that cannot happen. A fence between the two
+/// accesses of each side gives the model that order.
+#[inline(always)]
+fn loom_seqcst() {
+    #[cfg(loom)]
+    crate::sync::fence(Ordering::SeqCst);
 }
 
 /// Undo a reservation of `[start, end)` when it is still the last one.

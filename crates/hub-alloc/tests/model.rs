@@ -1,0 +1,450 @@
+//! The allocator against a model: random sequences of alloc, mark in flight, free (of live
+//! handles, and of stale ones, which must fail), and reclaim, by random owners, over a small
+//! layout that grows. After every step the model's state of every slot equals the allocator's
+//! (generation, state, owner), its counts equal `stats()`, the free list holds exactly the free
+//! slots, and no slot is handed out while it is out (R5-R8, R10).
+
+#![cfg(not(loom))]
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use hub_alloc::{ClassConfig, HeapRegion, OwnerId, Slab, SlabError, SlabLayout, SlotHandle};
+use hub_layout::{NO_OWNER, SlotState};
+use proptest::prelude::*;
+
+const CLASSES: [ClassConfig; 3] = [
+    ClassConfig {
+        slot_size: 32,
+        slots_per_extent: 2,
+    },
+    ClassConfig {
+        slot_size: 128,
+        slots_per_extent: 2,
+    },
+    ClassConfig {
+        slot_size: 512,
+        slots_per_extent: 1,
+    },
+];
+const MAX_EXTENTS: u32 = 3;
+const MAX_PEERS: u16 = 3;
+/// Owners by number: peers `0..MAX_PEERS`, then the host.
+const OWNERS: usize = MAX_PEERS as usize + 1;
+
+fn owner(n: usize) -> OwnerId {
+    if n < usize::from(MAX_PEERS) {
+        OwnerId::peer(n as u16)
+    } else {
+        OwnerId::HOST
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// `alloc(len)` by owner `by`.
+    Alloc { by: usize, len: usize },
+    /// `alloc_in(class)` by owner `by`.
+    AllocIn { by: usize, class: u16 },
+    /// `try_alloc_in(class)` by owner `by`.
+    TryAllocIn { by: usize, class: u16 },
+    /// `mark_in_flight` of a live handle to a receiver (`OWNERS` is one beyond `max_peers`).
+    Mark { pick: usize, receiver: usize },
+    /// `free` of a live handle, by any owner.
+    Free { pick: usize, by: usize },
+    /// `free` of a handle that was freed already: must fail.
+    FreeStale { pick: usize, by: usize },
+    /// `mark_in_flight` of a handle that was freed already: must fail.
+    MarkStale { pick: usize },
+    /// `reclaim(owner)` by the host.
+    Reclaim { owner: usize },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0..OWNERS, 0usize..600).prop_map(|(by, len)| Op::Alloc { by, len }),
+        1 => (0..OWNERS, 0u16..4).prop_map(|(by, class)| Op::AllocIn { by, class }),
+        1 => (0..OWNERS, 0u16..3).prop_map(|(by, class)| Op::TryAllocIn { by, class }),
+        2 => (any::<usize>(), 0..=OWNERS).prop_map(|(pick, receiver)| Op::Mark { pick, receiver }),
+        3 => (any::<usize>(), 0..OWNERS).prop_map(|(pick, by)| Op::Free { pick, by }),
+        1 => (any::<usize>(), 0..OWNERS).prop_map(|(pick, by)| Op::FreeStale { pick, by }),
+        1 => any::<usize>().prop_map(|pick| Op::MarkStale { pick }),
+        1 => (0..OWNERS).prop_map(|owner| Op::Reclaim { owner }),
+    ]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SlotModel {
+    generation: u32,
+    state: SlotState,
+    owner: u32,
+}
+
+/// What the allocator must look like.
+struct Model {
+    /// Per class, per global index.
+    slots: Vec<Vec<SlotModel>>,
+    /// Handles that own a slot now (allocated or in flight).
+    live: Vec<SlotHandle>,
+    /// Handles whose slot was freed since.
+    stale: Vec<SlotHandle>,
+}
+
+impl Model {
+    fn new() -> Self {
+        Self {
+            slots: CLASSES
+                .iter()
+                .map(|c| {
+                    (0..c.slots_per_extent)
+                        .map(|_| SlotModel {
+                            generation: 0,
+                            state: SlotState::Free,
+                            owner: NO_OWNER,
+                        })
+                        .collect()
+                })
+                .collect(),
+            live: Vec::new(),
+            stale: Vec::new(),
+        }
+    }
+
+    fn extents(&self, class: usize) -> u32 {
+        self.slots[class].len() as u32 / CLASSES[class].slots_per_extent
+    }
+
+    fn count(&self, class: usize, state: SlotState) -> u32 {
+        self.slots[class]
+            .iter()
+            .filter(|s| s.state == state)
+            .count() as u32
+    }
+
+    fn slot(&mut self, h: SlotHandle) -> &mut SlotModel {
+        &mut self.slots[usize::from(h.class())][h.index() as usize]
+    }
+
+    /// The outcome `alloc_in(class)` (or `alloc` that settled on `class` after the larger
+    /// classes) must have: a free slot of the class, a new extent, or nothing.
+    fn expect_from(&self, class: usize, grow: bool) -> Expect {
+        if self.count(class, SlotState::Free) > 0 {
+            Expect::Pop(class)
+        } else if grow && self.extents(class) < MAX_EXTENTS {
+            Expect::Grow(class)
+        } else {
+            Expect::Nothing
+        }
+    }
+
+    /// Check and apply an allocation the allocator made.
+    fn allocated(
+        &mut self,
+        h: SlotHandle,
+        expect: Expect,
+        by: OwnerId,
+    ) -> Result<(), TestCaseError> {
+        let class = usize::from(h.class());
+        match expect {
+            Expect::Pop(c) => prop_assert_eq!(class, c),
+            Expect::Grow(c) => {
+                prop_assert_eq!(class, c);
+                // A new extent: its first slot is the grower's (generation 0), the others were
+                // created allocated and freed (generation 1).
+                let spe = CLASSES[c].slots_per_extent;
+                let first = self.extents(c) * spe;
+                prop_assert_eq!(h.index(), first, "the grower keeps the first slot");
+                for i in 0..spe {
+                    self.slots[c].push(SlotModel {
+                        generation: u32::from(i != 0),
+                        state: SlotState::Free,
+                        owner: NO_OWNER,
+                    });
+                }
+            }
+            Expect::Nothing => prop_assert!(false, "alloc gave {h:?}, the model has nothing"),
+        }
+        let slot = self.slot(h);
+        prop_assert_eq!(
+            slot.state,
+            SlotState::Free,
+            "{:?} handed out but it is out",
+            h
+        );
+        prop_assert_eq!(h.generation(), slot.generation);
+        *slot = SlotModel {
+            generation: slot.generation,
+            state: SlotState::Allocated,
+            owner: by.raw(),
+        };
+        prop_assert!(
+            !self
+                .live
+                .iter()
+                .any(|l| (l.class(), l.index()) == (h.class(), h.index()))
+        );
+        self.live.push(h);
+        Ok(())
+    }
+
+    fn freed(&mut self, h: SlotHandle) {
+        let slot = self.slot(h);
+        *slot = SlotModel {
+            generation: slot.generation.wrapping_add(1),
+            state: SlotState::Free,
+            owner: NO_OWNER,
+        };
+        self.live
+            .retain(|l| (l.class(), l.index()) != (h.class(), h.index()));
+        self.stale.push(h);
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Expect {
+    Pop(usize),
+    Grow(usize),
+    Nothing,
+}
+
+/// The allocator's view equals the model's, slot by slot and in its counts.
+fn check(host: &Slab<Arc<HeapRegion>>, model: &Model) -> Result<(), TestCaseError> {
+    let stats = host.stats();
+    for (class, s) in stats.iter().enumerate() {
+        let total = model.slots[class].len() as u32;
+        prop_assert_eq!(s.extents, model.extents(class), "class {}", class);
+        prop_assert_eq!(s.total, total);
+        prop_assert_eq!(s.header_total, total);
+        prop_assert_eq!(
+            s.free,
+            model.count(class, SlotState::Free),
+            "class {}",
+            class
+        );
+        prop_assert_eq!(s.allocated, model.count(class, SlotState::Allocated));
+        prop_assert_eq!(s.in_flight, model.count(class, SlotState::InFlight));
+        prop_assert_eq!(s.corrupt, 0);
+        prop_assert_eq!(
+            host.free_list_len(class as u16),
+            Ok(s.free),
+            "class {}",
+            class
+        );
+        for (index, want) in model.slots[class].iter().enumerate() {
+            let got = host.slot_status(class as u16, index as u32).unwrap();
+            prop_assert_eq!(
+                (got.generation, got.state, got.owner),
+                (want.generation, Some(want.state), want.owner),
+                "class {} slot {}",
+                class,
+                index
+            );
+        }
+    }
+    let distinct: HashSet<_> = model.live.iter().map(|h| (h.class(), h.index())).collect();
+    prop_assert_eq!(distinct.len(), model.live.len());
+    Ok(())
+}
+
+fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let layout = SlabLayout::standalone(&CLASSES, MAX_EXTENTS, MAX_PEERS).unwrap();
+    let region = Arc::new(HeapRegion::new(layout.initial_size(), layout.max_size()));
+    // SAFETY: a fresh region nobody else uses.
+    let host = unsafe { Slab::init(region, layout, OwnerId::HOST) }.unwrap();
+    let slabs: Vec<_> = (0..OWNERS)
+        .map(|n| host.with_owner(owner(n)).unwrap())
+        .collect();
+    let mut model = Model::new();
+    check(&host, &model)?;
+    for op in ops {
+        match op {
+            Op::Alloc { by, len } => {
+                let got = slabs[by].alloc(len);
+                let Some(fits) = CLASSES.iter().position(|c| c.slot_size as usize >= len) else {
+                    prop_assert_eq!(got, Err(SlabError::PayloadTooLarge { len, max: 512 }));
+                    continue;
+                };
+                let expect = (fits..CLASSES.len())
+                    .find(|&c| model.count(c, SlotState::Free) > 0)
+                    .map(Expect::Pop)
+                    .unwrap_or_else(|| model.expect_from(fits, true));
+                match (got, expect) {
+                    (Ok(h), expect) => model.allocated(h, expect, owner(by))?,
+                    (Err(e), Expect::Nothing) => {
+                        prop_assert_eq!(e, SlabError::NoFreeSlots { class: fits as u16 })
+                    }
+                    (Err(e), expect) => prop_assert!(false, "alloc({len}): {e}, want {expect:?}"),
+                }
+            }
+            Op::AllocIn { by, class } | Op::TryAllocIn { by, class } => {
+                let grow = matches!(op, Op::AllocIn { .. });
+                let c = usize::from(class);
+                let got = if grow {
+                    slabs[by].alloc_in(class).map(Some)
+                } else {
+                    slabs[by].try_alloc_in(class)
+                };
+                if c >= CLASSES.len() {
+                    prop_assert_eq!(got, Err(SlabError::BadHandle { class, index: 0 }));
+                    continue;
+                }
+                match (got, model.expect_from(c, grow)) {
+                    (Ok(Some(h)), expect) => model.allocated(h, expect, owner(by))?,
+                    (Ok(None), Expect::Nothing) if !grow => {}
+                    (Err(e), Expect::Nothing) if grow => {
+                        prop_assert_eq!(e, SlabError::NoFreeSlots { class })
+                    }
+                    (got, expect) => {
+                        prop_assert!(false, "alloc_in({class}): {got:?}, want {expect:?}")
+                    }
+                }
+            }
+            Op::Mark { pick, receiver } => {
+                if model.live.is_empty() {
+                    continue;
+                }
+                let h = model.live[pick % model.live.len()];
+                let to = if receiver == OWNERS {
+                    OwnerId::peer(MAX_PEERS)
+                } else {
+                    owner(receiver)
+                };
+                let got = slabs[pick % OWNERS].mark_in_flight(h, to);
+                if receiver == OWNERS {
+                    prop_assert_eq!(got, Err(SlabError::UnknownOwner(to)));
+                    continue;
+                }
+                let slot = model.slot(h);
+                if slot.state == SlotState::Allocated {
+                    prop_assert_eq!(got, Ok(()));
+                    slot.state = SlotState::InFlight;
+                    slot.owner = to.raw();
+                } else {
+                    prop_assert_eq!(
+                        got,
+                        Err(SlabError::WrongState {
+                            class: h.class(),
+                            index: h.index(),
+                            expected: "allocated",
+                            found: "in flight"
+                        })
+                    );
+                }
+            }
+            Op::Free { pick, by } => {
+                if model.live.is_empty() {
+                    continue;
+                }
+                let h = model.live[pick % model.live.len()];
+                let freed = slabs[by].free(h);
+                prop_assert!(freed.is_ok(), "free({:?}): {:?}", h, freed);
+                prop_assert_eq!(freed.unwrap().class, h.class());
+                model.freed(h);
+            }
+            Op::FreeStale { pick, by } => {
+                if model.stale.is_empty() {
+                    continue;
+                }
+                let h = model.stale[pick % model.stale.len()];
+                let slot = *model.slot(h);
+                let want = if slot.state == SlotState::Free
+                    && slot.generation == h.generation().wrapping_add(1)
+                {
+                    SlabError::DoubleFree {
+                        class: h.class(),
+                        index: h.index(),
+                    }
+                } else {
+                    SlabError::StaleHandle {
+                        handle: h.generation(),
+                        slot: slot.generation,
+                    }
+                };
+                prop_assert_eq!(slabs[by].free(h), Err(want));
+            }
+            Op::MarkStale { pick } => {
+                if model.stale.is_empty() {
+                    continue;
+                }
+                let h = model.stale[pick % model.stale.len()];
+                let slot = *model.slot(h);
+                prop_assert_eq!(
+                    slabs[pick % OWNERS].mark_in_flight(h, OwnerId::HOST),
+                    Err(SlabError::StaleHandle {
+                        handle: h.generation(),
+                        slot: slot.generation
+                    })
+                );
+            }
+            Op::Reclaim { owner: n } => {
+                let who = owner(n).raw();
+                let mine: Vec<SlotHandle> = model
+                    .live
+                    .iter()
+                    .copied()
+                    .filter(|&h| {
+                        model.slots[usize::from(h.class())][h.index() as usize].owner == who
+                    })
+                    .collect();
+                let mut want = vec![0u32; CLASSES.len()];
+                for h in &mine {
+                    want[usize::from(h.class())] += 1;
+                }
+                let report = host.reclaim(owner(n)).unwrap();
+                prop_assert_eq!(&report.freed, &want);
+                prop_assert!(!report.recovered_from_journal && !report.journal_pending);
+                for h in mine {
+                    model.freed(h);
+                }
+            }
+        }
+        check(&host, &model)?;
+    }
+    // Everything back: reclaim every owner, then every slot is free and on its list.
+    for n in 0..OWNERS {
+        let _ = host.reclaim(owner(n)).unwrap();
+    }
+    for s in host.stats() {
+        prop_assert_eq!(s.free, s.total);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_allocator_follows_the_model(ops in proptest::collection::vec(op(), 1..150)) {
+        run(ops)?;
+    }
+}
+
+/// A sequence that goes through every growth and back, in case the random ones miss it.
+#[test]
+fn a_full_cycle_follows_the_model() {
+    let mut ops = Vec::new();
+    for i in 0..24 {
+        ops.push(Op::Alloc {
+            by: i % OWNERS,
+            len: 1,
+        });
+    }
+    for i in 0..8 {
+        ops.push(Op::Mark {
+            pick: i * 3,
+            receiver: i % OWNERS,
+        });
+    }
+    for i in 0..4 {
+        ops.push(Op::Reclaim { owner: i });
+        ops.push(Op::FreeStale { pick: i * 5, by: i });
+    }
+    for i in 0..24 {
+        ops.push(Op::Alloc {
+            by: i % OWNERS,
+            len: 200,
+        });
+        ops.push(Op::Free { pick: i * 7, by: 3 });
+    }
+    run(ops).unwrap();
+}
