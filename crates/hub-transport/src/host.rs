@@ -1,7 +1,8 @@
 //! The host: creates the hub, admits peers, sends to one, receives from any.
 
 use std::path::Path;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use hub_alloc::{ClassStats, OwnerId, ReclaimReport, SlabError, SlotHandle};
@@ -14,6 +15,7 @@ use crate::mapping::MappingError;
 use crate::ring::RingError;
 use crate::segment::{CreateError, HOST_GONE, HubConfig, PeerState, Segment};
 use crate::signal::{Doorbell, WaitError, WaitMode, wait_any_for};
+use crate::supervisor::{EVENT_BACKLOG, EvictReason, PeerEvent};
 use crate::sync::Ordering;
 use crate::ticket::{Source, Ticket};
 
@@ -98,16 +100,30 @@ pub struct Recovery {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Host {
-    endpoint: Endpoint,
+    core: Arc<Core>,
+    events: Mutex<mpsc::Receiver<PeerEvent>>,
+    supervisor: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What the host's API and its supervisor thread share.
+pub(crate) struct Core {
+    pub endpoint: Endpoint,
     /// One per peer id: pushes to ring 2i + 1, pops from ring 2i.
-    links: Vec<Link>,
+    pub links: Vec<Link>,
     cursor: AtomicUsize,
+    /// One recovery at a time (R10: once, idempotently).
+    recover_lock: Mutex<()>,
+    /// Why each peer was evicted, until the supervisor reports it.
+    pub reasons: Mutex<Vec<Option<EvictReason>>>,
+    pub events: mpsc::SyncSender<PeerEvent>,
+    pub stopping: AtomicBool,
+    pub heartbeat_timeout: Duration,
 }
 
 impl std::fmt::Debug for Host {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Host")
-            .field("segment", &self.endpoint.segment)
+            .field("segment", &self.core.endpoint.segment)
             .finish()
     }
 }
@@ -143,30 +159,44 @@ impl Host {
             .map_err(|e| CreateError::Config(e.to_string()))?;
             links.push(link);
         }
-        Ok(Self {
-            endpoint: Endpoint {
-                segment,
-                slab,
-                mode: WaitMode::Adaptive,
-            },
+        let (events, receiver) = mpsc::sync_channel(EVENT_BACKLOG);
+        let core = Arc::new(Core {
+            endpoint: Endpoint::new(segment, slab),
+            reasons: Mutex::new(vec![None; links.len()]),
             links,
             cursor: AtomicUsize::new(0),
+            recover_lock: Mutex::new(()),
+            events,
+            stopping: AtomicBool::new(false),
+            heartbeat_timeout: config.heartbeat_timeout,
+        });
+        let supervisor = {
+            let core = core.clone();
+            std::thread::Builder::new()
+                .name("hub-supervisor".into())
+                .spawn(move || crate::supervisor::run(&core))
+                .map_err(|e| CreateError::Config(format!("cannot start the supervisor: {e}")))?
+        };
+        Ok(Self {
+            core,
+            events: Mutex::new(receiver),
+            supervisor: Some(supervisor),
         })
     }
 
     /// How this host waits: spin, block or adaptive (the default).
     pub fn set_wait_mode(&mut self, mode: WaitMode) {
-        self.endpoint.mode = mode;
+        self.core.endpoint.set_mode(mode);
     }
 
     /// The segment's path, for a named hub.
     pub fn path(&self) -> Option<&Path> {
-        self.endpoint.segment.mapping().file().path()
+        self.core.endpoint.segment.mapping().file().path()
     }
 
     /// Peers the hub admits at once.
     pub fn max_peers(&self) -> u16 {
-        self.endpoint.segment.layout().max_peers
+        self.core.endpoint.segment.layout().max_peers
     }
 
     /// Reserve a peer entry (Empty -> Reserved, R9) and return the ticket a peer attaches with.
@@ -176,7 +206,7 @@ impl Host {
     /// [`HostError::NoFreePeer`] when every entry is reserved or attached;
     /// [`HostError::Mapping`] when the segment's descriptor cannot be duplicated.
     pub fn add_peer(&self) -> Result<Ticket, HostError> {
-        let segment = &self.endpoint.segment;
+        let segment = &self.core.endpoint.segment;
         for round in 0..2 {
             for peer in 0..self.max_peers() {
                 let words = segment.peer(peer);
@@ -213,7 +243,7 @@ impl Host {
                     break;
                 }
                 for peer in gone {
-                    self.recover_peer(peer)?;
+                    self.core.recover_peer(peer, false)?;
                 }
             }
         }
@@ -222,7 +252,7 @@ impl Host {
 
     /// Every peer entry: id, state, epoch, pid and ring depths.
     pub fn peers(&self) -> Vec<PeerInfo> {
-        let segment = &self.endpoint.segment;
+        let segment = &self.core.endpoint.segment;
         (0..self.max_peers())
             .map(|id| {
                 let words = segment.peer(id);
@@ -242,7 +272,7 @@ impl Host {
 
     /// Per-class slot counts of the hub's allocator.
     pub fn stats(&self) -> Vec<ClassStats> {
-        self.endpoint.slab.stats()
+        self.core.endpoint.slab.stats()
     }
 
     /// Recover peer `peer` (R10), once its process left or died: mark it Dead, stop consuming
@@ -254,66 +284,44 @@ impl Host {
     /// [`HostError::UnknownPeer`]; [`HostError::Alloc`] when the allocator finds corruption;
     /// [`HostError::Ring`].
     pub fn recover_peer(&self, peer: u16) -> Result<Recovery, HostError> {
-        let link = self
-            .links
-            .get(usize::from(peer))
-            .ok_or(HostError::UnknownPeer(peer))?;
-        let segment = &self.endpoint.segment;
-        let slab = &self.endpoint.slab;
-        let words = segment.peer(peer);
-        if words.state() == PeerState::Empty {
-            return Ok(Recovery::default());
-        }
-        words
-            .flags
-            .store(PeerState::Dead.flags(), Ordering::Release);
-        let mut recovery = Recovery::default();
-        let (send, recv) = (2 * usize::from(peer), 2 * usize::from(peer) + 1);
-        {
-            // Stop both ends here: nobody pushes to or pops from these rings until the reset.
-            let _held = link.lock_both();
-            for (ring, receiver) in [(send, OwnerId::HOST), (recv, OwnerId::peer(peer))] {
-                let view = segment
-                    .ring(ring)
-                    .map_err(|source| HostError::Ring { peer, source })?;
-                // A ring whose indices the peer corrupted yields nothing to scan: the reclaim
-                // below still finds every slot in flight to the peer, but a slot the peer had
-                // sent to the host through a corrupted send ring stays the host's (it cannot be
-                // told from one the host is reading).
-                for desc in view.pending().unwrap_or_default() {
-                    if free_if_in_flight(slab, &desc, receiver) {
-                        recovery.ring_slots_freed += 1;
-                    }
-                }
-                view.reset();
-            }
-        }
-        recovery.reclaimed = slab.reclaim(OwnerId::peer(peer))?;
-        if recovery.reclaimed.wake_waiters {
-            self.wake_all_allocators();
-        }
-        // SAFETY: this host is still the only producer of `recv` and consumer of `send`.
-        unsafe { link.reopen(segment, recv, send) }
-            .map_err(|source| HostError::Ring { peer, source })?;
-        Doorbell::new(words.send_bell).clear();
-        Doorbell::new(words.recv_bell).clear();
-        words.pid.store(0, Ordering::Relaxed);
-        words
-            .flags
-            .store(PeerState::Empty.flags(), Ordering::Release);
-        Ok(recovery)
+        self.core.recover_peer(peer, false)
     }
 
-    fn wake_all_allocators(&self) {
-        for class in 0..self.endpoint.slab.layout().class_count() as u16 {
-            if let Some(word) = self.endpoint.slab.slot_available_word(class) {
-                crate::futex::wake(word, crate::futex::WAKE_ALL);
-            }
+    /// The next peer lifecycle event (attached, goodbye, died, evicted, recovered), waiting at
+    /// most `timeout` (`None`: as long as it takes). `None` when none came in time.
+    ///
+    /// The host's supervisor thread produces them; up to 1024 wait to be read, and later ones
+    /// are dropped until the application catches up.
+    pub fn next_event(&self, timeout: Option<Duration>) -> Option<PeerEvent> {
+        let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        match timeout {
+            None => events.recv().ok(),
+            Some(timeout) => events.recv_timeout(timeout).ok(),
         }
+    }
+
+    /// The next peer lifecycle event if one is waiting.
+    pub fn try_event(&self) -> Option<PeerEvent> {
+        let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        events.try_recv().ok()
+    }
+
+    /// Evict `peer` now (R4): mark it Dead with `reason`; the supervisor recovers it and reports
+    /// [`PeerEvent::Evicted`]. For an application that finds a peer misbehaving at its level.
+    ///
+    /// # Errors
+    /// [`HostError::UnknownPeer`].
+    pub fn evict(&self, peer: u16, reason: EvictReason) -> Result<(), HostError> {
+        if peer >= self.max_peers() {
+            return Err(HostError::UnknownPeer(peer));
+        }
+        self.core.evict(peer, reason);
+        Ok(())
     }
 
     fn link(&self, peer: u16) -> Result<&Link, SendError> {
         let link = self
+            .core
             .links
             .get(usize::from(peer))
             .ok_or(SendError::UnknownPeer(peer))?;
@@ -326,7 +334,7 @@ impl Host {
     /// Frames may go to an attached peer, and to a reserved one: its ring exists, and it reads
     /// them once it attaches (or recovery frees them if it never does).
     fn peer_gone(&self, peer: u16) -> Option<SendError> {
-        match self.endpoint.segment.peer(peer).state() {
+        match self.core.endpoint.segment.peer(peer).state() {
             PeerState::Active | PeerState::Reserved => None,
             state => Some(SendError::PeerNotActive { peer, state }),
         }
@@ -338,7 +346,7 @@ impl Host {
     /// # Errors
     /// [`SendError::PayloadTooLarge`]; [`SendError::Alloc`].
     pub fn loan(&self, len: usize) -> Result<Loan<'_>, SendError> {
-        self.endpoint.loan(len, Deadline::Never, &|| None)
+        self.core.endpoint.loan(len, Deadline::Never, &|| None)
     }
 
     /// [`loan`](Self::loan) without waiting: [`SendError::NoFreeSlots`] when none is free.
@@ -346,7 +354,7 @@ impl Host {
     /// # Errors
     /// As [`loan`](Self::loan), and `NoFreeSlots`.
     pub fn try_loan(&self, len: usize) -> Result<Loan<'_>, SendError> {
-        self.endpoint.loan(len, Deadline::Now, &|| None)
+        self.core.endpoint.loan(len, Deadline::Now, &|| None)
     }
 
     /// [`loan`](Self::loan), waiting at most `timeout`: [`SendError::Timeout`] after it.
@@ -354,7 +362,9 @@ impl Host {
     /// # Errors
     /// As [`loan`](Self::loan), and `Timeout`.
     pub fn loan_timeout(&self, len: usize, timeout: Duration) -> Result<Loan<'_>, SendError> {
-        self.endpoint.loan(len, Deadline::after(timeout), &|| None)
+        self.core
+            .endpoint
+            .loan(len, Deadline::after(timeout), &|| None)
     }
 
     /// Send a filled loan to `peer`, waiting for room in its ring as long as it takes.
@@ -402,7 +412,7 @@ impl Host {
         deadline: Deadline,
     ) -> Result<(), SendError> {
         let link = self.link(peer)?;
-        link.send(&self.endpoint, meta, loan, deadline, &|| {
+        link.send(&self.core.endpoint, meta, loan, deadline, &|| {
             self.peer_gone(peer)
         })
     }
@@ -447,9 +457,9 @@ impl Host {
     ) -> Result<(), SendError> {
         let link = self.link(peer)?;
         let gone = || self.peer_gone(peer);
-        let mut loan = self.endpoint.loan(payload.len(), deadline, &gone)?;
+        let mut loan = self.core.endpoint.loan(payload.len(), deadline, &gone)?;
         loan.as_mut_slice().copy_from_slice(payload);
-        link.send(&self.endpoint, meta, loan, deadline, &gone)
+        link.send(&self.core.endpoint, meta, loan, deadline, &gone)
     }
 
     /// Receive the next frame from any peer, waiting as long as it takes; [`Frame::peer`] says
@@ -484,33 +494,48 @@ impl Host {
     /// As [`recv_timeout`](Self::recv_timeout); [`RecvError::PeerNotActive`] when the peer
     /// leaves while the call waits, or does not exist.
     pub fn recv_from(&self, peer: u16, timeout: Option<Duration>) -> Result<Frame<'_>, RecvError> {
-        let Some(link) = self.links.get(usize::from(peer)) else {
+        let Some(link) = self.core.links.get(usize::from(peer)) else {
             return Err(RecvError::PeerNotActive {
                 peer,
                 state: PeerState::Empty,
             });
         };
         let deadline = timeout.map_or(Deadline::Never, Deadline::after);
-        link.recv(
-            &self.endpoint,
-            deadline,
-            &|| match self.endpoint.segment.peer(peer).state() {
-                PeerState::Active | PeerState::Reserved => None,
-                state => Some(RecvError::PeerNotActive { peer, state }),
-            },
-        )
+        link.recv(&self.core.endpoint, deadline, &|| match self
+            .core
+            .endpoint
+            .segment
+            .peer(peer)
+            .state()
+        {
+            PeerState::Active | PeerState::Reserved => None,
+            state => Some(RecvError::PeerNotActive { peer, state }),
+        })
     }
 
     /// One pass over every peer's send ring, starting after the last one served.
     fn poll_any(&self) -> Option<Result<Frame<'_>, RecvError>> {
-        let n = self.links.len();
-        let start = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
+        let n = self.core.links.len();
+        let start = self.core.cursor.fetch_add(1, Ordering::Relaxed) % n;
         for k in 0..n {
-            let link = &self.links[(start + k) % n];
-            match link.try_recv(&self.endpoint) {
+            let link = &self.core.links[(start + k) % n];
+            match link.try_recv(&self.core.endpoint) {
                 Ok(Some(frame)) => return Some(Ok(frame)),
                 Ok(None) => {}
-                Err(error) => return Some(Err(error)),
+                Err(error) => {
+                    // R3, R4: a peer that breaks the protocol is evicted; the call that found
+                    // it reports the fault, and the other peers' frames go on.
+                    match &error {
+                        RecvError::BadDescriptor { peer, fault } => {
+                            self.core.evict(*peer, EvictReason::BadDescriptor(*fault));
+                        }
+                        RecvError::Ring { peer, source } => {
+                            self.core.evict(*peer, EvictReason::Ring(*source));
+                        }
+                        _ => {}
+                    }
+                    return Some(Err(error));
+                }
             }
         }
         None
@@ -525,14 +550,14 @@ impl Host {
             Deadline::Never => None,
             Deadline::At(at) => Some(at),
         };
-        let segment = &self.endpoint.segment;
+        let segment = &self.core.endpoint.segment;
         // R11: one futex_waitv over every peer's send bell and the host's bell (a peer that
         // attaches rings it), not a thread per peer.
         let mut bells: Vec<Doorbell<'_>> = (0..self.max_peers())
             .map(|p| Doorbell::new(segment.peer(p).send_bell))
             .collect();
         bells.push(Doorbell::new(segment.host_bell()));
-        match wait_any_for(&bells, || self.poll_any(), until, self.endpoint.mode) {
+        match wait_any_for(&bells, || self.poll_any(), until, self.core.endpoint.mode()) {
             Ok(result) => result,
             Err(WaitError::TimedOut) => Err(RecvError::Timeout),
             Err(WaitError::Futex(error)) => Err(error.into()),
@@ -544,17 +569,129 @@ impl Host {
     pub fn close(self) {}
 
     fn say_goodbye(&self) {
-        let segment = &self.endpoint.segment;
+        let segment = &self.core.endpoint.segment;
         segment.host_state().store(HOST_GONE, Ordering::Release);
         for peer in 0..self.max_peers() {
             Doorbell::new(segment.peer(peer).recv_bell).ring();
         }
-        self.wake_all_allocators();
+        self.core.wake_all_allocators();
+    }
+}
+
+impl Core {
+    /// R10 for `peer`; with `only_gone`, only when it is Dying, Dead or invalid (the
+    /// supervisor's case), else whatever its state but Empty (the application's).
+    pub fn recover_peer(&self, peer: u16, only_gone: bool) -> Result<Recovery, HostError> {
+        let link = self
+            .links
+            .get(usize::from(peer))
+            .ok_or(HostError::UnknownPeer(peer))?;
+        let segment = &self.endpoint.segment;
+        let slab = &self.endpoint.slab;
+        let words = segment.peer(peer);
+        let _one_at_a_time = self.recover_lock.lock().unwrap_or_else(|p| p.into_inner());
+        match words.state() {
+            PeerState::Empty => return Ok(Recovery::default()),
+            PeerState::Active | PeerState::Reserved if only_gone => {
+                return Ok(Recovery::default());
+            }
+            _ => {}
+        }
+        words
+            .flags
+            .store(PeerState::Dead.flags(), Ordering::Release);
+        let mut recovery = Recovery::default();
+        let (send, recv) = (2 * usize::from(peer), 2 * usize::from(peer) + 1);
+        {
+            // Stop both ends here: nobody pushes to or pops from these rings until the reset.
+            let _held = link.lock_both();
+            for (ring, receiver) in [(send, OwnerId::HOST), (recv, OwnerId::peer(peer))] {
+                let view = segment
+                    .ring(ring)
+                    .map_err(|source| HostError::Ring { peer, source })?;
+                // A ring whose indices the peer corrupted yields nothing to scan: the reclaim
+                // below still finds every slot in flight to the peer, but a slot the peer had
+                // sent to the host through a corrupted send ring stays the host's (it cannot be
+                // told from one the host is reading).
+                for desc in view.pending().unwrap_or_default() {
+                    if free_if_in_flight(slab, &desc, receiver) {
+                        recovery.ring_slots_freed += 1;
+                    }
+                }
+                view.reset();
+            }
+        }
+        recovery.reclaimed = slab.reclaim(OwnerId::peer(peer))?;
+        // A slot the dead peer was taking or freeing that a live participant is busy with
+        // too: look again while that one finishes, then give up on it rather than on the id.
+        for _ in 0..100 {
+            if !recovery.reclaimed.journal_pending {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+            let again = slab.reclaim(OwnerId::peer(peer))?;
+            for (total, more) in recovery.reclaimed.freed.iter_mut().zip(&again.freed) {
+                *total += more;
+            }
+            recovery.reclaimed.recovered_from_journal |= again.recovered_from_journal;
+            recovery.reclaimed.wake_waiters |= again.wake_waiters;
+            recovery.reclaimed.journal_pending = again.journal_pending;
+        }
+        if recovery.reclaimed.journal_pending {
+            slab.clear_journal(OwnerId::peer(peer))?;
+        }
+
+        if recovery.reclaimed.wake_waiters {
+            self.wake_all_allocators();
+        }
+        // SAFETY: this host is still the only producer of `recv` and consumer of `send`.
+        unsafe { link.reopen(segment, recv, send) }
+            .map_err(|source| HostError::Ring { peer, source })?;
+        Doorbell::new(words.send_bell).clear();
+        Doorbell::new(words.recv_bell).clear();
+        words.pid.store(0, Ordering::Relaxed);
+        words
+            .flags
+            .store(PeerState::Empty.flags(), Ordering::Release);
+        Ok(recovery)
+    }
+
+    pub fn wake_all_allocators(&self) {
+        for class in 0..self.endpoint.slab.layout().class_count() as u16 {
+            if let Some(word) = self.endpoint.slab.slot_available_word(class) {
+                crate::futex::wake(word, crate::futex::WAKE_ALL);
+            }
+        }
+    }
+
+    /// Mark `peer` Dead for `reason` (R3, R4) and let the supervisor recover it.
+    pub fn evict(&self, peer: u16, reason: EvictReason) {
+        let words = self.endpoint.segment.peer(peer);
+        if matches!(words.state(), PeerState::Empty | PeerState::Dead) {
+            return;
+        }
+        if let Some(slot) = self
+            .reasons
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(usize::from(peer))
+        {
+            slot.get_or_insert(reason);
+        }
+        words
+            .flags
+            .store(PeerState::Dead.flags(), Ordering::Release);
+        // Wake the peer's own sleeping calls, so they see the eviction.
+        Doorbell::new(words.recv_bell).ring();
     }
 }
 
 impl Drop for Host {
     fn drop(&mut self) {
+        self.core.stopping.store(true, Ordering::Release);
+        if let Some(supervisor) = self.supervisor.take() {
+            let _ = supervisor.join();
+        }
         self.say_goodbye();
     }
 }

@@ -48,9 +48,13 @@ mod host;
 #[cfg(not(loom))]
 mod link;
 #[cfg(not(loom))]
+mod liveness;
+#[cfg(not(loom))]
 mod peer;
 #[cfg(not(loom))]
 mod segment;
+#[cfg(not(loom))]
+mod supervisor;
 #[cfg(not(loom))]
 mod ticket;
 
@@ -65,5 +69,7 @@ pub use peer::Peer;
 #[cfg(not(loom))]
 pub use segment::{AttachError, CreateError, HubConfig, PeerState};
 pub use signal::WaitMode;
+#[cfg(not(loom))]
+pub use supervisor::{EvictReason, PeerEvent};
 #[cfg(not(loom))]
 pub use ticket::{SpecSource, TICKET_ENV, Ticket, TicketSpec};

@@ -284,10 +284,37 @@ impl Deadline {
 pub(crate) struct Endpoint {
     pub segment: Arc<Segment>,
     pub slab: HubSlab,
-    pub mode: WaitMode,
+    mode: std::sync::atomic::AtomicU8,
 }
 
 impl Endpoint {
+    pub fn new(segment: Arc<Segment>, slab: HubSlab) -> Self {
+        Self {
+            segment,
+            slab,
+            mode: std::sync::atomic::AtomicU8::new(0),
+        }
+    }
+
+    /// How this side waits.
+    pub fn mode(&self) -> WaitMode {
+        match self.mode.load(std::sync::atomic::Ordering::Relaxed) {
+            1 => WaitMode::Spin,
+            2 => WaitMode::Block,
+            _ => WaitMode::Adaptive,
+        }
+    }
+
+    /// Change how this side waits; calls already waiting keep their mode.
+    pub fn set_mode(&self, mode: WaitMode) {
+        let code = match mode {
+            WaitMode::Spin => 1,
+            WaitMode::Block => 2,
+            WaitMode::Adaptive => 0,
+        };
+        self.mode.store(code, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// A slot of at least `len` bytes, waiting for one as `deadline` allows (R11: an empty
     /// class blocks and wakes when a slot is freed).
     fn alloc(
@@ -311,8 +338,8 @@ impl Endpoint {
             if let Some(error) = gone() {
                 return Err(error);
             }
-            if self.mode == WaitMode::Spin
-                || (self.mode == WaitMode::Adaptive && !backoff.is_completed())
+            if self.mode() == WaitMode::Spin
+                || (self.mode() == WaitMode::Adaptive && !backoff.is_completed())
             {
                 backoff.snooze();
                 continue;
@@ -534,7 +561,7 @@ impl Link {
             }
             // A full ring: the consumer does not ring a bell when it makes room (that would
             // cost every pop a fence), so the producer backs off, then naps, at most 1 ms.
-            if endpoint.mode == WaitMode::Spin || !backoff.is_completed() {
+            if endpoint.mode() == WaitMode::Spin || !backoff.is_completed() {
                 backoff.snooze();
             } else {
                 std::thread::sleep(deadline.slice(nap));
@@ -584,7 +611,7 @@ impl Link {
                 Ok(None) => gone().map(Err),
                 other => other.transpose(),
             };
-            match bell.wait_for(poll, until, endpoint.mode) {
+            match bell.wait_for(poll, until, endpoint.mode()) {
                 Ok(result) => return result,
                 Err(WaitError::TimedOut) => {
                     if deadline.passed() {

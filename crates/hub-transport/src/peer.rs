@@ -7,6 +7,7 @@ use hub_alloc::{OwnerId, SlabError};
 use crate::link::{
     Deadline, Endpoint, Frame, FrameMeta, Link, Loan, RECV_BELL, RecvError, SEND_BELL, SendError,
 };
+use crate::liveness::{Heartbeat, ProcessWatch, WatchError};
 use crate::mapping::{Access, SegmentFile};
 use crate::segment::{AttachError, HOST_GONE, PeerState, Segment};
 use crate::signal::{Doorbell, WaitMode};
@@ -23,6 +24,11 @@ pub struct Peer {
     endpoint: Endpoint,
     link: Link,
     id: u16,
+    /// The entry's epoch when this peer attached: once the host recovers the entry (and perhaps
+    /// hands the id to a new peer, at a higher epoch), the entry is no longer this peer's.
+    epoch: u64,
+    /// Beats `last_seen` and watches the host (R12); stopped when the peer drops.
+    _heartbeat: Heartbeat,
 }
 
 impl std::fmt::Debug for Peer {
@@ -131,15 +137,24 @@ impl Peer {
             )
         }
         .map_err(|e| AttachError::BadTicket(format!("ring: {e}")))?;
+        // R12: a peer learns of the host's death from the host's pidfd, opened now.
+        let host = match ProcessWatch::open(segment.host_pid()) {
+            Ok(watch) => Some(watch),
+            Err(WatchError::NoSuchProcess) => {
+                let _ = words.transition(PeerState::Active, PeerState::Dying);
+                return Err(AttachError::HostGone);
+            }
+            Err(WatchError::Unavailable(_)) => None,
+        };
+        let heartbeat = Heartbeat::start(segment.clone(), peer, epoch, host)
+            .map_err(|e| AttachError::BadTicket(format!("cannot start the heartbeat: {e}")))?;
         Doorbell::new(segment.host_bell()).ring();
         Ok(Self {
-            endpoint: Endpoint {
-                segment,
-                slab,
-                mode: WaitMode::Adaptive,
-            },
+            _heartbeat: heartbeat,
+            endpoint: Endpoint::new(segment, slab),
             link,
             id: peer,
+            epoch,
         })
     }
 
@@ -155,7 +170,7 @@ impl Peer {
 
     /// How this peer waits: spin, block or adaptive (the default).
     pub fn set_wait_mode(&mut self, mode: WaitMode) {
-        self.endpoint.mode = mode;
+        self.endpoint.set_mode(mode);
     }
 
     /// Per-class slot counts of the hub's allocator.
@@ -163,18 +178,29 @@ impl Peer {
         self.endpoint.slab.stats()
     }
 
+    /// `None` while the entry is this peer's and Active; else the state to report. An entry the
+    /// host recovered and gave to a new peer (its epoch moved on) is reported Dead, whatever the
+    /// new peer's state: this peer must not touch rings that are someone else's now (R9).
+    fn evicted(&self) -> Option<PeerState> {
+        let words = self.endpoint.segment.peer(self.id);
+        if words.epoch.load(Ordering::Acquire) != self.epoch {
+            return Some(PeerState::Dead);
+        }
+        match words.state() {
+            PeerState::Active => None,
+            state => Some(state),
+        }
+    }
+
     fn send_gone(&self) -> Option<SendError> {
         let segment = &self.endpoint.segment;
         if segment.host_state().load(Ordering::Acquire) == HOST_GONE {
             return Some(SendError::HostGone);
         }
-        match segment.peer(self.id).state() {
-            PeerState::Active => None,
-            state => Some(SendError::PeerNotActive {
-                peer: self.id,
-                state,
-            }),
-        }
+        self.evicted().map(|state| SendError::PeerNotActive {
+            peer: self.id,
+            state,
+        })
     }
 
     fn recv_gone(&self) -> Option<RecvError> {
@@ -188,10 +214,10 @@ impl Peer {
     /// zero copy. Waits for a free slot as long as it takes.
     ///
     /// # Errors
-    /// [`SendError::PayloadTooLarge`]; [`SendError::HostGone`]; [`SendError::Alloc`].
+    /// [`SendError::PayloadTooLarge`]; [`SendError::HostGone`]; [`SendError::PeerNotActive`] when
+    /// the host evicted this peer; [`SendError::Alloc`].
     pub fn loan(&self, len: usize) -> Result<Loan<'_>, SendError> {
-        self.endpoint
-            .loan(len, Deadline::Never, &|| self.send_gone())
+        self.loan_until(len, Deadline::Never)
     }
 
     /// [`loan`](Self::loan) without waiting: [`SendError::NoFreeSlots`] when none is free.
@@ -199,7 +225,7 @@ impl Peer {
     /// # Errors
     /// As [`loan`](Self::loan), and `NoFreeSlots`.
     pub fn try_loan(&self, len: usize) -> Result<Loan<'_>, SendError> {
-        self.endpoint.loan(len, Deadline::Now, &|| self.send_gone())
+        self.loan_until(len, Deadline::Now)
     }
 
     /// [`loan`](Self::loan), waiting at most `timeout`.
@@ -207,8 +233,15 @@ impl Peer {
     /// # Errors
     /// As [`loan`](Self::loan), and [`SendError::Timeout`].
     pub fn loan_timeout(&self, len: usize, timeout: Duration) -> Result<Loan<'_>, SendError> {
-        self.endpoint
-            .loan(len, Deadline::after(timeout), &|| self.send_gone())
+        self.loan_until(len, Deadline::after(timeout))
+    }
+
+    /// An evicted peer allocates nothing: its owner id may be another peer's by now (R6, R9).
+    fn loan_until(&self, len: usize, deadline: Deadline) -> Result<Loan<'_>, SendError> {
+        if let Some(error) = self.send_gone() {
+            return Err(error);
+        }
+        self.endpoint.loan(len, deadline, &|| self.send_gone())
     }
 
     /// Send a filled loan to the host, waiting for room as long as it takes.
@@ -326,6 +359,13 @@ impl Peer {
     }
 
     fn recv_until(&self, deadline: Deadline) -> Result<Frame<'_>, RecvError> {
+        // An evicted peer pops nothing: its receive ring may be another peer's by now.
+        if let Some(state) = self.evicted() {
+            return Err(RecvError::PeerNotActive {
+                peer: self.id,
+                state,
+            });
+        }
         // Frames the host sent before it left are still delivered; then HostGone.
         match self.link.recv(&self.endpoint, Deadline::Now, &|| None) {
             Err(RecvError::Empty) => {}
@@ -346,10 +386,12 @@ impl Peer {
 impl Drop for Peer {
     fn drop(&mut self) {
         let segment = &self.endpoint.segment;
-        if segment
-            .peer(self.id)
-            .transition(PeerState::Active, PeerState::Dying)
-            .is_ok()
+        let words = segment.peer(self.id);
+        // Only this peer's own entry: after an eviction the id may be another peer's (R9).
+        if words.epoch.load(Ordering::Acquire) == self.epoch
+            && words
+                .transition(PeerState::Active, PeerState::Dying)
+                .is_ok()
         {
             Doorbell::new(segment.host_bell()).ring();
         }

@@ -10,6 +10,7 @@
 //! | `HubHeader` | 80..84 | the host's state: 0 running, 1 gone (said goodbye) |
 //! | `HubHeader` | 84..88 | the host's doorbell: rung when a peer attaches or leaves |
 //! | `HubHeader` | 88..96 | the size growth may reach, in bytes (0: the layout's largest) |
+//! | `HubHeader` | 96..100 | the heartbeat timeout, in milliseconds (peers beat four times in it) |
 //! | `PeerEntry` | 48..52 | the peer's allocator journal (hub-alloc) |
 //! | `PeerEntry` | 52..56 | the peer's process id |
 
@@ -19,8 +20,9 @@ use std::sync::Arc;
 use hub_alloc::shared::Shared;
 use hub_alloc::{OwnerId, Slab, SlabError, SlabLayout};
 use hub_layout::{
-    DescRingHeader, HUB_MAGIC, HubHeader, HubLayoutError, PEER_FLAG_ACTIVE, PEER_FLAG_DEAD,
-    PEER_FLAG_DYING, PEER_FLAG_RESERVED, PeerEntry, SegmentBytes, SegmentLayout, validate_segment,
+    DescRingHeader, HUB_MAGIC, HubHeader, HubLayoutError, MAX_EXTENTS_PER_CLASS, NUM_SIZE_CLASSES,
+    PEER_FLAG_ACTIVE, PEER_FLAG_DEAD, PEER_FLAG_DYING, PEER_FLAG_RESERVED, PeerEntry, SegmentBytes,
+    SegmentLayout, validate_segment,
 };
 
 use crate::mapping::{MappingError, SegmentFile, SegmentMapping};
@@ -33,6 +35,7 @@ pub(crate) mod pad {
     pub const HOST_STATE: usize = 80;
     pub const HOST_BELL: usize = 84;
     pub const SIZE_LIMIT: usize = 88;
+    pub const HEARTBEAT_MS: usize = 96;
     /// Within a peer entry.
     pub const PEER_PID: usize = 52;
 }
@@ -60,6 +63,10 @@ pub struct HubConfig {
     /// A path to create the segment at, for attach by path; `None` (the default) for an
     /// anonymous memfd handed to peers by inheritance (R14).
     pub path: Option<PathBuf>,
+    /// How long a peer may go without a heartbeat before the host declares it hung and evicts
+    /// it (R12). Peers beat four times per timeout. A stopped peer (SIGSTOP, a debugger) is
+    /// evicted after it too; a peer whose process exits is found at once, by its pidfd.
+    pub heartbeat_timeout: std::time::Duration,
 }
 
 impl Default for HubConfig {
@@ -69,6 +76,7 @@ impl Default for HubConfig {
             ring_capacity: hub_layout::DEFAULT_HUB_RING_CAPACITY,
             max_size: None,
             path: None,
+            heartbeat_timeout: std::time::Duration::from_secs(2),
         }
     }
 }
@@ -236,7 +244,7 @@ impl Segment {
             mapping: mapping.clone(),
             layout,
         };
-        segment.build(slab_layout.max_size())?;
+        segment.build(slab_layout.max_size(), config.heartbeat_timeout)?;
         // SAFETY: the file was created just now by this call and nobody else has it: the
         // allocator's state is ours alone until the magic is written.
         let slab = unsafe { Slab::init(mapping, slab_layout, OwnerId::HOST)? };
@@ -254,7 +262,11 @@ impl Segment {
     }
 
     /// Header (without magic), peer entries and rings.
-    fn build(&self, size_limit: usize) -> Result<(), CreateError> {
+    fn build(
+        &self,
+        size_limit: usize,
+        heartbeat_timeout: std::time::Duration,
+    ) -> Result<(), CreateError> {
         let layout = &self.layout;
         let too_small = || CreateError::Config("segment shorter than its layout".into());
         let mut header = HubHeader::new(layout.max_peers, layout.ring_capacity);
@@ -265,6 +277,11 @@ impl Segment {
         header.extent_region_offset = layout.offsets.extent_region as u64;
         header._pad2[(pad::SIZE_LIMIT - 72)..(pad::SIZE_LIMIT - 72 + 8)]
             .copy_from_slice(&(size_limit as u64).to_le_bytes());
+        let heartbeat_ms = u32::try_from(heartbeat_timeout.as_millis())
+            .unwrap_or(u32::MAX)
+            .max(1);
+        header._pad2[(pad::HEARTBEAT_MS - 72)..(pad::HEARTBEAT_MS - 72 + 4)]
+            .copy_from_slice(&heartbeat_ms.to_le_bytes());
         let shared = self.shared();
         // SAFETY: the segment was created by our caller a moment ago and is not shared yet.
         unsafe {
@@ -297,9 +314,22 @@ impl Segment {
         me: OwnerId,
     ) -> Result<(Arc<Segment>, Slab<Arc<SegmentMapping>>), AttachError> {
         // A first look at what the file holds now, to learn the layout and so the reservation.
-        let len = usize::try_from(file.len()?).unwrap_or(usize::MAX);
-        let probe = SegmentMapping::new(file.try_clone()?, len.max(1))?;
-        let validated = validate_segment(&probe)?;
+        // Another participant may grow a class meanwhile (R8): it extends the file before it
+        // publishes the extent's offset, so an offset past the length we mapped, with a file
+        // longer now than then, is growth seen half-way: look again. A retry needs the file to
+        // have grown since the last look, and growth is bounded; so is the count.
+        let mut retries = NUM_SIZE_CLASSES * MAX_EXTENTS_PER_CLASS;
+        let (probe, validated) = loop {
+            let len = file.len()?;
+            let mapped = usize::try_from(len).unwrap_or(usize::MAX).max(1);
+            let probe = SegmentMapping::new(file.try_clone()?, mapped)?;
+            match validate_segment(&probe) {
+                Err(HubLayoutError::BadExtentOffset { .. }) if retries > 0 && file.len()? > len => {
+                    retries -= 1;
+                }
+                result => break (probe, result?),
+            }
+        };
         let layout = validated.layout;
         let limit = probe.read_u64(pad::SIZE_LIMIT).unwrap_or(0);
         drop(probe);
@@ -365,6 +395,12 @@ impl Segment {
     /// The host's doorbell: rung when a peer attaches or leaves.
     pub fn host_bell(&self) -> &AtomicU32 {
         self.word32(pad::HOST_BELL)
+    }
+
+    /// How often a peer beats: a quarter of the hub's heartbeat timeout (R12), at least 1 ms.
+    pub fn heartbeat_interval(&self) -> std::time::Duration {
+        let ms = self.word32(pad::HEARTBEAT_MS).load(Ordering::Relaxed);
+        std::time::Duration::from_millis(u64::from(ms.max(4)) / 4)
     }
 
     /// The host's process id.

@@ -1,0 +1,160 @@
+//! Facts about other processes' lives (R12): a process's exit, learnt from a pidfd.
+//!
+//! A pidfd polls readable once its process has exited, whoever its parent is: the host learns of
+//! a peer's death from the kernel, not from a guess, and a peer learns of the host's the same
+//! way. A stopped process (SIGSTOP, a debugger) is alive to a pidfd; a heartbeat timeout is what
+//! finds it hung.
+
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
+use rustix::process::{Pid, PidfdFlags, pidfd_open};
+
+/// A watch on one process.
+#[derive(Debug)]
+pub(crate) struct ProcessWatch {
+    pidfd: OwnedFd,
+}
+
+/// What opening a watch found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WatchError {
+    /// No process has this id (it exited and was reaped already), or the id is 0.
+    NoSuchProcess,
+    /// The kernel refused the pidfd for another reason (too many open files, no pidfd support).
+    Unavailable(Errno),
+}
+
+impl ProcessWatch {
+    /// Watch process `pid`.
+    pub fn open(pid: u32) -> Result<Self, WatchError> {
+        let raw = i32::try_from(pid).map_err(|_| WatchError::NoSuchProcess)?;
+        let id = Pid::from_raw(raw).ok_or(WatchError::NoSuchProcess)?;
+        match pidfd_open(id, PidfdFlags::empty()) {
+            Ok(pidfd) => Ok(Self { pidfd }),
+            Err(Errno::SRCH) => Err(WatchError::NoSuchProcess),
+            Err(errno) => Err(WatchError::Unavailable(errno)),
+        }
+    }
+
+    /// Whether the process has exited (a zombie counts: it runs no more).
+    pub fn has_exited(&self) -> bool {
+        !wait_for_exits(&[self], Duration::ZERO).is_empty()
+    }
+}
+
+/// Wait up to `timeout` for any of `watches` to exit; the indices of those that have.
+pub(crate) fn wait_for_exits(watches: &[&ProcessWatch], timeout: Duration) -> Vec<usize> {
+    let mut fds: Vec<PollFd<'_>> = watches
+        .iter()
+        .map(|w| PollFd::new(&w.pidfd, PollFlags::IN))
+        .collect();
+    let timeout = Timespec {
+        tv_sec: timeout.as_secs().try_into().unwrap_or(i64::MAX),
+        tv_nsec: timeout.subsec_nanos().into(),
+    };
+    if fds.is_empty() {
+        std::thread::sleep(Duration::new(timeout.tv_sec as u64, timeout.tv_nsec as u32));
+        return Vec::new();
+    }
+    match rustix::event::poll(&mut fds, Some(&timeout)) {
+        Ok(0) | Err(_) => Vec::new(),
+        Ok(_) => fds
+            .iter()
+            .enumerate()
+            .filter(|(_, fd)| !fd.revents().is_empty())
+            .map(|(i, _)| i)
+            .collect(),
+    }
+}
+
+/// A peer's heartbeat thread (R12): it writes the peer's `last_seen` a few times per heartbeat
+/// timeout, and watches the host's process. When the host exits without its goodbye, it marks
+/// the host gone in the segment and rings the peer's own bell, so every blocked call of the
+/// peer returns `HostGone` at once.
+pub(crate) struct Heartbeat {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Heartbeat {
+    /// Start beating for peer `peer` at `epoch`; `host` is a watch on the host's process.
+    pub fn start(
+        segment: std::sync::Arc<crate::segment::Segment>,
+        peer: u16,
+        epoch: u64,
+        host: Option<ProcessWatch>,
+    ) -> std::io::Result<Self> {
+        use crate::sync::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let interval = segment.heartbeat_interval().min(Duration::from_millis(250));
+        let thread = std::thread::Builder::new()
+            .name(format!("hub-heartbeat-{peer}"))
+            .spawn(move || {
+                while !stopped.load(std::sync::atomic::Ordering::Acquire) {
+                    let words = segment.peer(peer);
+                    if words.epoch.load(Ordering::Acquire) != epoch {
+                        return; // the entry is someone else's now
+                    }
+                    words
+                        .last_seen
+                        .store(crate::segment::monotonic_ns(), Ordering::Relaxed);
+                    if host.as_ref().is_some_and(ProcessWatch::has_exited) {
+                        segment
+                            .host_state()
+                            .store(crate::segment::HOST_GONE, Ordering::Release);
+                        crate::signal::Doorbell::new(words.recv_bell).ring();
+                        return;
+                    }
+                    std::thread::park_timeout(interval);
+                }
+            })?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_that_exits_is_seen_exited_and_a_live_one_is_not() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let watch = ProcessWatch::open(child.id()).expect("watch");
+        assert!(!watch.has_exited());
+        child.kill().expect("kill");
+        // Not reaped yet: a zombie has exited all the same.
+        assert_eq!(wait_for_exits(&[&watch], Duration::from_secs(5)), vec![0]);
+        child.wait().expect("reap");
+        assert!(watch.has_exited());
+    }
+
+    #[test]
+    fn our_own_process_is_alive_and_pid_zero_is_no_process() {
+        let me = ProcessWatch::open(std::process::id()).expect("watch self");
+        assert!(!me.has_exited());
+        assert_eq!(
+            ProcessWatch::open(0).unwrap_err(),
+            WatchError::NoSuchProcess
+        );
+    }
+}
