@@ -4,6 +4,7 @@
 //! cargo xtask test [--skip-loom] [--skip STEP]... [--only STEP]... [--no-nextest]
 //! cargo xtask lint          # the fmt and clippy steps of `test`
 //! cargo xtask loom          # the loom step of `test`
+//! cargo xtask bench-report NAME   # Markdown table of a bench's ratios, from criterion's results
 //! cargo xtask help
 //! ```
 //!
@@ -29,7 +30,11 @@
 //! `CARGO_TARGET_DIR` when that is set) because `--cfg loom` in `RUSTFLAGS` would otherwise
 //! invalidate the normal build cache. An inherited `RUSTFLAGS` is kept, with `--cfg loom` added;
 //! an inherited `LOOM_MAX_PREEMPTIONS` wins over the default of 2.
+//!
+//! `bench-report NAME` runs nothing: it reads what the last `cargo bench --bench NAME` left in
+//! criterion's directory and prints ours against the baseline (see [`bench_report`]).
 
+mod bench_report;
 mod counts;
 mod run;
 
@@ -66,9 +71,11 @@ tasks:
   test    every check: fmt, clippy, test, doc, loom, then the scenarios
   lint    fmt and clippy only
   loom    the loom models only
+  bench-report NAME
+          a Markdown table, ours / baseline, of the last `cargo bench --bench NAME`
   help    this text
 
-options (all tasks):
+options (test, lint, loom):
   --only STEP     run only STEP (a step name, or `scenarios`); may be repeated
   --skip STEP     do not run STEP; may be repeated
   --skip-loom     same as --skip loom
@@ -78,6 +85,15 @@ The last line printed is `N passed, M failed`; the exit code is non-zero when an
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "bench-report") {
+        return match bench_report::run(&args[1..], &workspace_root(), &mut io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("xtask: {message}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let options = match Options::parse(&args) {
         Ok(Some(options)) => options,
         Ok(None) => {

@@ -1,7 +1,6 @@
 //! The memory an allocator runs over: a fixed base, a fixed virtual reservation, and a length
 //! that only grows.
 
-use std::alloc::Layout;
 use std::ptr::NonNull;
 
 use crate::sync::{AtomicU64, Ordering};
@@ -119,8 +118,9 @@ unsafe impl<T: Region + ?Sized> Region for &T {
     }
 }
 
-/// A region on the heap, zeroed, whose whole reservation is allocated up front and whose length
-/// grows as a counter: the region of unit tests, loom models and in-process benches.
+/// A private anonymous mapping whose whole reservation is mapped up front (zero pages, committed
+/// only when touched) and whose length grows as a counter: the region of unit tests, loom
+/// models and in-process benches.
 ///
 /// ```
 /// use hub_alloc::{HeapRegion, Region};
@@ -131,7 +131,7 @@ unsafe impl<T: Region + ?Sized> Region for &T {
 /// ```
 pub struct HeapRegion {
     base: NonNull<u8>,
-    layout: Layout,
+    map: memmap2::MmapRaw,
     len: AtomicU64,
 }
 
@@ -145,33 +145,29 @@ impl HeapRegion {
     /// A zeroed region of `reservation` bytes of which the first `len` are usable.
     ///
     /// # Panics
-    /// When `len > reservation`, `reservation` is zero, or the allocation fails.
+    /// When `len > reservation`, `reservation` is zero, or the mapping fails.
     pub fn new(len: usize, reservation: usize) -> Self {
         assert!(
             len <= reservation && reservation > 0,
             "bad heap region {len}/{reservation}"
         );
-        let layout = Layout::from_size_align(reservation, 4096).expect("region too large");
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        let base = NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        let map = memmap2::MmapOptions::new()
+            .len(reservation)
+            .map_anon()
+            .map(memmap2::MmapRaw::from)
+            .unwrap_or_else(|e| panic!("cannot map {reservation} bytes: {e}"));
+        let base = NonNull::new(map.as_mut_ptr()).expect("mmap never returns null");
         Self {
             base,
-            layout,
+            map,
             len: AtomicU64::new(len as u64),
         }
     }
 }
 
-impl Drop for HeapRegion {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout, freed once.
-        unsafe { std::alloc::dealloc(self.base.as_ptr(), self.layout) }
-    }
-}
-
-// SAFETY: the whole reservation is allocated, zeroed and 4096-aligned for the region's life, so
-// every byte below `len() <= reservation()` is usable; `len` only grows (fetch_max).
+// SAFETY: the whole reservation is mapped read-write, zeroed and page-aligned for the region's
+// life (the MmapRaw is dropped with it), so every byte below `len() <= reservation()` is
+// usable; `len` only grows (fetch_max).
 unsafe impl Region for HeapRegion {
     #[inline]
     fn base(&self) -> NonNull<u8> {
@@ -180,7 +176,7 @@ unsafe impl Region for HeapRegion {
 
     #[inline]
     fn reservation(&self) -> usize {
-        self.layout.size()
+        self.map.len()
     }
 
     #[inline]
