@@ -32,7 +32,7 @@ pub enum HostError {
     /// The segment's descriptor could not be duplicated for a ticket.
     #[error(transparent)]
     Mapping(#[from] MappingError),
-    /// A ring of the peer could not be reopened after its reset.
+    /// A ring of the peer could not be reached to reset it.
     #[error("ring of peer {peer}: {source}")]
     Ring {
         /// The peer.
@@ -217,6 +217,10 @@ impl Host {
                     continue;
                 }
                 let epoch = words.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+                if let Err(error) = self.core.reset_rings(peer) {
+                    words.flags.store(0, Ordering::Release);
+                    return Err(error);
+                }
                 let source = match self.path() {
                     Some(path) => Source::Path(path.to_path_buf()),
                     None => match segment.mapping().file().inheritable_fd() {
@@ -519,6 +523,15 @@ impl Host {
         let start = self.core.cursor.fetch_add(1, Ordering::Relaxed) % n;
         for k in 0..n {
             let link = &self.core.links[(start + k) % n];
+            // R10: only an attached peer's ring, or a leaving one's (frames sent before its
+            // goodbye), is read. An evicted, recovered or reserved entry has no producer the
+            // host listens to: what a process writes there after its eviction is not a frame.
+            if !matches!(
+                self.core.endpoint.segment.peer(link.peer).state(),
+                PeerState::Active | PeerState::Dying
+            ) {
+                continue;
+            }
             match link.try_recv(&self.core.endpoint) {
                 Ok(Some(frame)) => return Some(Ok(frame)),
                 Ok(None) => {}
@@ -602,9 +615,11 @@ impl Core {
             .store(PeerState::Dead.flags(), Ordering::Release);
         let mut recovery = Recovery::default();
         let (send, recv) = (2 * usize::from(peer), 2 * usize::from(peer) + 1);
+        // Stop both ends here: nobody pushes to or pops from these rings until they are reset
+        // and the host's handles rebuilt over them (a pop in between would find the indices
+        // gone backwards and report the peer's ring as corrupted).
+        let mut held = link.lock_both();
         {
-            // Stop both ends here: nobody pushes to or pops from these rings until the reset.
-            let _held = link.lock_both();
             for (ring, receiver) in [(send, OwnerId::HOST), (recv, OwnerId::peer(peer))] {
                 let view = segment
                     .ring(ring)
@@ -618,8 +633,11 @@ impl Core {
                         recovery.ring_slots_freed += 1;
                     }
                 }
-                view.reset();
             }
+            // R10: the scans come before the reset. SAFETY: this host is still the only
+            // producer of `recv` and consumer of `send`.
+            unsafe { Link::reset(segment, recv, send, &mut held) }
+                .map_err(|source| HostError::Ring { peer, source })?;
         }
         recovery.reclaimed = slab.reclaim(OwnerId::peer(peer))?;
         // A slot the dead peer was taking or freeing that a live participant is busy with
@@ -644,9 +662,7 @@ impl Core {
         if recovery.reclaimed.wake_waiters {
             self.wake_all_allocators();
         }
-        // SAFETY: this host is still the only producer of `recv` and consumer of `send`.
-        unsafe { link.reopen(segment, recv, send) }
-            .map_err(|source| HostError::Ring { peer, source })?;
+        drop(held);
         Doorbell::new(words.send_bell).clear();
         Doorbell::new(words.recv_bell).clear();
         words.pid.store(0, Ordering::Relaxed);
@@ -654,6 +670,25 @@ impl Core {
             .flags
             .store(PeerState::Empty.flags(), Ordering::Release);
         Ok(recovery)
+    }
+
+    /// Empty both rings of `peer`, a freshly reserved entry, and rebuild the host's handles
+    /// over them. Whatever a process evicted from this entry wrote into them after its
+    /// recovery (R10) is not the new peer's: neither frames the host would take from it, nor
+    /// indices its attach would refuse. Nothing in them is freed: no slot is in flight through
+    /// an empty entry's rings, and a descriptor written there may name anyone's slot.
+    fn reset_rings(&self, peer: u16) -> Result<(), HostError> {
+        let link = self
+            .links
+            .get(usize::from(peer))
+            .ok_or(HostError::UnknownPeer(peer))?;
+        let segment = &self.endpoint.segment;
+        let (send, recv) = (2 * usize::from(peer), 2 * usize::from(peer) + 1);
+        let mut held = link.lock_both();
+        // SAFETY: this host is the only producer of `recv` and consumer of `send`; the entry
+        // is Reserved, so no peer uses the other ends yet.
+        unsafe { Link::reset(segment, recv, send, &mut held) }
+            .map_err(|source| HostError::Ring { peer, source })
     }
 
     pub fn wake_all_allocators(&self) {

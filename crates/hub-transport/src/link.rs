@@ -461,24 +461,28 @@ impl Link {
         self.bell(segment, self.in_bell)
     }
 
-    /// Rebuild both handles from the rings as they are now (after a reset, R10).
+    /// Reset both rings and rebuild both handles over them, starting at 0 (R10), under `held`,
+    /// the locks [`lock_both`](Self::lock_both) took before the rings were scanned: a push or
+    /// pop between the reset and the new handles would find the indices gone backwards and
+    /// blame the peer. The new handles do not read the indices back: a process that still
+    /// writes them after the reset (evicted, but alive) cannot make this fail, only a later
+    /// push or pop report its ring as corrupted.
     ///
     /// # Safety
     /// As [`new`](Self::new).
-    pub unsafe fn reopen(
-        &self,
+    pub unsafe fn reset(
         segment: &Segment,
         out: usize,
         into: usize,
+        held: &mut (MutexGuard<'_, Producer>, MutexGuard<'_, Consumer>),
     ) -> Result<(), RingError> {
         let out_ring = segment.ring(out)?;
         let in_ring = segment.ring(into)?;
-        let mut producer = lock(&self.producer);
-        let mut consumer = lock(&self.consumer);
-        // SAFETY: the caller's contract; the old handles are replaced under their locks.
+        // SAFETY: the caller's contract; the old handles are replaced under their locks, and
+        // are never used again.
         unsafe {
-            *producer = out_ring.producer()?;
-            *consumer = in_ring.consumer()?;
+            *held.0 = out_ring.reset_producer();
+            *held.1 = in_ring.reset_consumer();
         }
         Ok(())
     }
@@ -523,6 +527,11 @@ impl Link {
         loop {
             {
                 let mut producer = lock(&self.producer);
+                // Under the lock: a recovery of the receiver (R10) that this call waited for
+                // has made it gone; do not publish into its fresh ring.
+                if let Some(error) = gone() {
+                    return Err(error);
+                }
                 if producer.has_room().map_err(ring_error)? {
                     if let Some(handle) = slot {
                         // R5: Allocated -> InFlight before the descriptor is published.

@@ -341,6 +341,39 @@ impl RawRing {
         self.visible_head().store(0, Ordering::Release);
     }
 
+    /// [`reset`](Self::reset)s the ring and returns its producer handle, starting at 0 whatever
+    /// the indices in shared memory say by then: another process that still writes them after
+    /// the reset (a peer evicted but alive, R10) makes a later push report a [`RingError`],
+    /// never the making of the handle fail.
+    ///
+    /// # Safety
+    ///
+    /// As [`producer`](Self::producer), and as [`reset`](Self::reset): no other handle of this
+    /// ring is used after the reset.
+    pub unsafe fn reset_producer(&self) -> Producer {
+        self.reset();
+        Producer {
+            ring: self.clone(),
+            head: 0,
+            cached_tail: 0,
+        }
+    }
+
+    /// [`reset`](Self::reset)s the ring and returns its consumer handle, starting at 0: the
+    /// consuming side of [`reset_producer`](Self::reset_producer).
+    ///
+    /// # Safety
+    ///
+    /// As [`consumer`](Self::consumer), and as [`reset`](Self::reset).
+    pub unsafe fn reset_consumer(&self) -> Consumer {
+        self.reset();
+        Consumer {
+            ring: self.clone(),
+            tail: 0,
+            cached_head: 0,
+        }
+    }
+
     /// The producer handle of this ring, starting from the indices in shared memory.
     ///
     /// # Errors
@@ -976,6 +1009,30 @@ mod tests {
         assert_eq!(c.try_pop(), Ok(None));
         p.try_push(&desc(42)).unwrap();
         assert_eq!(c.try_pop(), Ok(Some(desc(42))));
+    }
+
+    #[test]
+    fn reset_handles_start_at_zero_whatever_the_indices_say() {
+        let heap = HeapRing::new(4).unwrap();
+        let ring = heap.ring().clone();
+        drop(heap.split());
+        ring.visible_head().store(u64::MAX - 3, Ordering::Relaxed);
+        ring.tail().store(7, Ordering::Relaxed);
+        // SAFETY: the split handles were dropped; these are the only ones.
+        let (mut p, mut c) = unsafe { (ring.reset_producer(), ring.reset_consumer()) };
+        assert_eq!((p.head(), c.tail(), ring.len()), (0, 0, Ok(0)));
+        p.try_push(&desc(1)).unwrap();
+        assert_eq!(c.try_pop(), Ok(Some(desc(1))));
+        // A writer that still scribbles after the reset: the next use reports it.
+        ring.visible_head().store(1000, Ordering::Relaxed);
+        assert_eq!(
+            c.try_pop(),
+            Err(RingError::HeadPastCapacity {
+                head: 1000,
+                tail: 1,
+                capacity: 4
+            })
+        );
     }
 
     #[test]

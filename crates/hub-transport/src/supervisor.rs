@@ -9,7 +9,8 @@
 //!   (`last_seen`, written by the peer's own heartbeat thread) is older than the hub's
 //!   `heartbeat_timeout` is hung or stopped, and evicted. A peer entry whose pid changes under
 //!   an attached peer was rewritten, and its peer is evicted.
-//! - **Dying** (goodbye), **Dead** (evicted), or a flags word that is no state: recover it.
+//! - **Dying** (goodbye): recover it once the host has read the frames the peer sent before it
+//!   left. **Dead** (evicted), or a flags word that is no state: recover it.
 //!
 //! Each step is reported as a [`PeerEvent`] to [`Host::next_event`](crate::Host::next_event).
 
@@ -121,6 +122,8 @@ struct Watched {
 pub(crate) fn run(core: &Core) {
     let peers = core.links.len();
     let mut watched: Vec<Option<Watched>> = (0..peers).map(|_| None).collect();
+    // The epoch of each entry whose goodbye was reported, while it stays Dying.
+    let mut goodbye: Vec<Option<u64>> = vec![None; peers];
     let timeout_ns = u64::try_from(core.heartbeat_timeout.as_nanos()).unwrap_or(u64::MAX);
     while !core.stopping.load(Ordering::Acquire) {
         // Sleep until a watched process exits, or a tick passes.
@@ -137,6 +140,9 @@ pub(crate) fn run(core: &Core) {
         for (index, slot) in watched.iter_mut().enumerate() {
             let peer = index as u16;
             let words = core.endpoint.segment.peer(peer);
+            // The epoch before the state: a Dying state read after it is that life's or a later
+            // one's, and a second look at the epoch tells which.
+            let life = words.epoch.load(Ordering::Acquire);
             let state = words.state();
             match state {
                 PeerState::Active => {
@@ -199,9 +205,27 @@ pub(crate) fn run(core: &Core) {
                     }
                 }
                 PeerState::Dying => {
-                    emit(core, PeerEvent::Goodbye { peer });
+                    if words.epoch.load(Ordering::Acquire) != life {
+                        // Recovered and handed out again meanwhile: look at it next tick.
+                        continue;
+                    }
+                    if goodbye[index] != Some(life) {
+                        emit(core, PeerEvent::Goodbye { peer });
+                        goodbye[index] = Some(life);
+                    }
                     *slot = None;
-                    recover(core, peer);
+                    // Frames the peer sent before its goodbye are the host's: recover the entry
+                    // once the host has read them (a ring whose indices are garbage has none to
+                    // read). `add_peer` recovers it sooner when it needs the entry.
+                    let unread = core
+                        .endpoint
+                        .segment
+                        .ring(2 * index)
+                        .and_then(|ring| ring.len())
+                        .unwrap_or(0);
+                    if unread == 0 {
+                        recover(core, peer);
+                    }
                 }
                 PeerState::Dead => {
                     let reason = core

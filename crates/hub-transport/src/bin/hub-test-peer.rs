@@ -1,0 +1,114 @@
+//! `hub-test-peer`: a plugin process for hub-transport's integration tests (not installed, not
+//! documented beyond this). It attaches with [`Peer::from_env`], greets the host with an inline
+//! frame (`msg_id` [`HELLO`], payload its process id, little endian), then runs the mode its
+//! command line names:
+//!
+//! - `echo N`: receive N frames; each must carry the checksum of its payload in `msg_id`; send
+//!   each back with the same metadata and payload (inline, or copied into a loaned slot).
+//! - `send SIZE N`: send N frames of SIZE bytes, frame `i` filled from seed `i`, with
+//!   `msg_id` = the payload's checksum and `channel_id` = `i`, zero copy (loan, fill, send).
+//! - `wait-gone`: block in `recv` until the host leaves; succeed on `RecvError::HostGone`.
+//!
+//! Exit status 0 on success, 2 with a message on standard error otherwise. Every wait has a
+//! watchdog, so the process never outlives a test that forgot it.
+
+#[path = "../../tests/common/pattern.rs"]
+#[allow(dead_code)]
+mod pattern;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use hub_transport::{FrameMeta, Peer, RecvError, SendError};
+
+/// `msg_id` of the greeting.
+const HELLO: u64 = u64::MAX - 1;
+/// The longest any single wait may take.
+const WATCHDOG: Duration = Duration::from_secs(30);
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("hub-test-peer {args:?}: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn number(text: &str) -> Result<u64, String> {
+    text.parse().map_err(|e| format!("{text:?}: {e}"))
+}
+
+fn run(args: &[String]) -> Result<(), String> {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let peer = Peer::from_env().map_err(|e| format!("attach: {e}"))?;
+    let hello = FrameMeta {
+        msg_id: HELLO,
+        ..FrameMeta::default()
+    };
+    peer.send(hello, &std::process::id().to_le_bytes())
+        .map_err(|e| format!("hello: {e}"))?;
+    match args.as_slice() {
+        ["echo", n] => echo(&peer, number(n)?),
+        ["send", size, n] => send(&peer, number(size)? as usize, number(n)?),
+        ["wait-gone"] => wait_gone(&peer),
+        _ => Err("usage: echo N | send SIZE N | wait-gone".into()),
+    }
+}
+
+fn echo(peer: &Peer, n: u64) -> Result<(), String> {
+    for k in 0..n {
+        let frame = peer
+            .recv_timeout(WATCHDOG)
+            .map_err(|e| format!("recv {k}: {e}"))?;
+        let meta = *frame.meta();
+        let sum = pattern::checksum(frame.payload());
+        if sum != meta.msg_id {
+            return Err(format!(
+                "frame {k} of {} bytes: checksum {sum:#x}, expected {:#x}",
+                frame.len(),
+                meta.msg_id
+            ));
+        }
+        if frame.is_inline() {
+            peer.send(meta, frame.payload())
+        } else {
+            let mut loan = peer.loan(frame.len()).map_err(|e| format!("loan: {e}"))?;
+            loan.as_mut_slice().copy_from_slice(frame.payload());
+            drop(frame);
+            peer.send_loan(meta, loan)
+        }
+        .map_err(|e| format!("echo {k}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn send(peer: &Peer, size: usize, n: u64) -> Result<(), String> {
+    for i in 0..n {
+        let mut loan = peer.loan(size).map_err(|e| format!("loan {i}: {e}"))?;
+        pattern::fill(loan.as_mut_slice(), i);
+        let meta = FrameMeta {
+            msg_id: pattern::checksum(loan.as_slice()),
+            channel_id: i as u32,
+            ..FrameMeta::default()
+        };
+        peer.send_loan(meta, loan)
+            .map_err(|e| format!("send {i}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn wait_gone(peer: &Peer) -> Result<(), String> {
+    match peer.recv_timeout(WATCHDOG) {
+        Err(RecvError::HostGone) => {}
+        other => return Err(format!("expected HostGone, got {other:?}")),
+    }
+    match peer.send(FrameMeta::default(), b"anyone?") {
+        Err(SendError::HostGone) => Ok(()),
+        other => Err(format!(
+            "send after goodbye: expected HostGone, got {other:?}"
+        )),
+    }
+}
