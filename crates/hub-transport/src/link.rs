@@ -118,6 +118,13 @@ pub enum DescriptorFault {
         /// The slot's owner word.
         owner: u32,
     },
+    /// The slot is already held by a frame this receiver took from an earlier descriptor: the
+    /// same descriptor was sent twice.
+    #[error("slot {slot_ref:#x} is already held by an earlier frame (a duplicated descriptor)")]
+    AlreadyReceived {
+        /// The slot reference.
+        slot_ref: u32,
+    },
     /// `payload_offset + payload_len` runs past the end of the slot.
     #[error("payload at {offset} + {len} runs past the slot's {slot_size} bytes")]
     OutOfSlot {
@@ -285,14 +292,56 @@ pub(crate) struct Endpoint {
     pub segment: Arc<Segment>,
     pub slab: HubSlab,
     mode: std::sync::atomic::AtomicU8,
+    /// Per class, per global index: `generation + 1` of the slot while a [`Frame`] of this
+    /// endpoint holds it, else 0. A descriptor that names a slot already held (the same
+    /// descriptor sent twice) is refused instead of lending the slot out twice (R4).
+    held: Vec<Box<[std::sync::atomic::AtomicU32]>>,
 }
 
 impl Endpoint {
     pub fn new(segment: Arc<Segment>, slab: HubSlab) -> Self {
+        let layout = slab.layout();
+        let held = (0..layout.class_count())
+            .map(|class| {
+                let slots =
+                    layout.class(class).map_or(0, |c| c.slots_per_extent) * layout.max_extents();
+                (0..slots)
+                    .map(|_| std::sync::atomic::AtomicU32::new(0))
+                    .collect()
+            })
+            .collect();
         Self {
             segment,
             slab,
             mode: std::sync::atomic::AtomicU8::new(0),
+            held,
+        }
+    }
+
+    fn held_cell(&self, handle: SlotHandle) -> Option<&std::sync::atomic::AtomicU32> {
+        self.held
+            .get(usize::from(handle.class()))?
+            .get(handle.index() as usize)
+    }
+
+    /// Record that a frame of this endpoint holds `handle`'s slot; `false` when one already
+    /// does (or the handle is out of range).
+    fn claim(&self, handle: SlotHandle) -> bool {
+        let mark = handle.generation().wrapping_add(1).max(1);
+        self.held_cell(handle)
+            .is_some_and(|cell| cell.swap(mark, std::sync::atomic::Ordering::AcqRel) != mark)
+    }
+
+    /// The frame holding `handle`'s slot is gone (after the slot was freed).
+    fn unclaim(&self, handle: SlotHandle) {
+        let mark = handle.generation().wrapping_add(1).max(1);
+        if let Some(cell) = self.held_cell(handle) {
+            let _ = cell.compare_exchange(
+                mark,
+                0,
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Relaxed,
+            );
         }
     }
 
@@ -687,10 +736,18 @@ impl Link {
                 owner: status.owner,
             }));
         }
+        // R4: one frame per slot. A second descriptor for a slot a frame of ours holds is
+        // refused and the slot left to that frame.
+        if !endpoint.claim(handle) {
+            return Err(fault(DescriptorFault::AlreadyReceived {
+                slot_ref: desc.payload_slot,
+            }));
+        }
         // The slot is ours now (in flight to us, this generation): free it on any later error.
         let end = u64::from(desc.payload_offset) + u64::from(desc.payload_len);
         if end > u64::from(slot_size) {
             endpoint.free(handle);
+            endpoint.unclaim(handle);
             return Err(fault(DescriptorFault::OutOfSlot {
                 offset: desc.payload_offset,
                 len: desc.payload_len,
@@ -701,6 +758,7 @@ impl Link {
             Ok(base) => base,
             Err(_) => {
                 endpoint.free(handle);
+                endpoint.unclaim(handle);
                 return Err(bad_ref());
             }
         };
@@ -890,8 +948,11 @@ impl Frame<'_> {
 impl Drop for Frame<'_> {
     fn drop(&mut self) {
         if let FramePayload::Slot { handle, .. } = self.payload {
-            // R5: InFlight -> Free by the receiver, done with it.
+            // R5: InFlight -> Free by the receiver, done with it. Then the claim goes: a
+            // duplicate arriving before the free is refused by the claim, one arriving after
+            // it by the slot's new generation.
             self.endpoint.free(handle);
+            self.endpoint.unclaim(handle);
         }
     }
 }

@@ -472,11 +472,7 @@ fn good_descriptors_pushed_the_same_way_are_delivered() {
 /// to hand out two frames over one slot. With two, dropping the first frees the slot while the
 /// second still lends it out as a slice (R4 broken); a later `loan` in the host's process can
 /// then hand out a `&mut` over the same bytes.
-///
-/// Ignored: the transport accepts the duplicate today (`Link::check` only reads the slot's
-/// state; nothing marks a slot as taken by its receiver). See the helper's report.
 #[test]
-#[ignore = "known gap: a duplicated descriptor yields two frames over one slot"]
 fn a_duplicated_descriptor_is_refused() {
     let b = bench();
     let host = &b.host;
@@ -493,7 +489,7 @@ fn a_duplicated_descriptor_is_refused() {
     let refused = matches!(
         second,
         Err(RecvError::BadDescriptor {
-            fault: DescriptorFault::NotInFlightToReceiver { .. },
+            fault: DescriptorFault::AlreadyReceived { .. },
             ..
         })
     );
