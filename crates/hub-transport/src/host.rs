@@ -247,7 +247,7 @@ impl Host {
                     break;
                 }
                 for peer in gone {
-                    self.core.recover_peer(peer, false)?;
+                    self.core.recover_peer(peer, None)?;
                 }
             }
         }
@@ -288,7 +288,7 @@ impl Host {
     /// [`HostError::UnknownPeer`]; [`HostError::Alloc`] when the allocator finds corruption;
     /// [`HostError::Ring`].
     pub fn recover_peer(&self, peer: u16) -> Result<Recovery, HostError> {
-        self.core.recover_peer(peer, false)
+        Ok(self.core.recover_peer(peer, None)?.unwrap_or_default())
     }
 
     /// The next peer lifecycle event (attached, goodbye, died, evicted, recovered), waiting at
@@ -592,9 +592,15 @@ impl Host {
 }
 
 impl Core {
-    /// R10 for `peer`; with `only_gone`, only when it is Dying, Dead or invalid (the
-    /// supervisor's case), else whatever its state but Empty (the application's).
-    pub fn recover_peer(&self, peer: u16, only_gone: bool) -> Result<Recovery, HostError> {
+    /// R10 for `peer`. With `life`, only that epoch of the entry and only when it is Dying,
+    /// Dead or invalid (the supervisor's case: the entry may have been recovered and handed out
+    /// again while it waited for the lock); without, whatever its state but Empty (the
+    /// application's). `None` when there was nothing to do.
+    pub fn recover_peer(
+        &self,
+        peer: u16,
+        life: Option<u64>,
+    ) -> Result<Option<Recovery>, HostError> {
         let link = self
             .links
             .get(usize::from(peer))
@@ -603,11 +609,12 @@ impl Core {
         let slab = &self.endpoint.slab;
         let words = segment.peer(peer);
         let _one_at_a_time = self.recover_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if life.is_some_and(|life| words.epoch.load(Ordering::Acquire) != life) {
+            return Ok(None);
+        }
         match words.state() {
-            PeerState::Empty => return Ok(Recovery::default()),
-            PeerState::Active | PeerState::Reserved if only_gone => {
-                return Ok(Recovery::default());
-            }
+            PeerState::Empty => return Ok(None),
+            PeerState::Active | PeerState::Reserved if life.is_some() => return Ok(None),
             _ => {}
         }
         words
@@ -669,7 +676,7 @@ impl Core {
         words
             .flags
             .store(PeerState::Empty.flags(), Ordering::Release);
-        Ok(recovery)
+        Ok(Some(recovery))
     }
 
     /// Empty both rings of `peer`, a freshly reserved entry, and rebuild the host's handles

@@ -153,7 +153,7 @@ pub(crate) fn run(core: &Core) {
                             Ok(watch) => Some(watch),
                             Err(WatchError::NoSuchProcess) if pid != 0 => {
                                 // Attached and gone before we looked.
-                                died(core, peer, pid);
+                                died(core, peer, pid, life);
                                 *slot = None;
                                 continue;
                             }
@@ -181,7 +181,7 @@ pub(crate) fn run(core: &Core) {
                         emit(core, PeerEvent::Attached { peer, pid });
                     }
                     if exited.contains(&index) {
-                        died(core, peer, watch.pid);
+                        died(core, peer, watch.pid, life);
                         *slot = None;
                     } else if pid != watch.pid {
                         core.evict(
@@ -224,7 +224,7 @@ pub(crate) fn run(core: &Core) {
                         .and_then(|ring| ring.len())
                         .unwrap_or(0);
                     if unread == 0 {
-                        recover(core, peer);
+                        recover(core, peer, life);
                     }
                 }
                 PeerState::Dead => {
@@ -238,7 +238,7 @@ pub(crate) fn run(core: &Core) {
                         emit(core, PeerEvent::Evicted { peer, reason });
                     }
                     *slot = None;
-                    recover(core, peer);
+                    recover(core, peer, life);
                 }
                 PeerState::Invalid(flags) => {
                     core.evict(
@@ -255,17 +255,19 @@ pub(crate) fn run(core: &Core) {
 }
 
 /// A peer's process exited without goodbye: mark it Dead and recover it.
-fn died(core: &Core, peer: u16, pid: u32) {
+fn died(core: &Core, peer: u16, pid: u32, life: u64) {
     let words = core.endpoint.segment.peer(peer);
     if words.transition(PeerState::Active, PeerState::Dead).is_ok() {
         emit(core, PeerEvent::Died { peer, pid });
-        recover(core, peer);
+        recover(core, peer, life);
     }
 }
 
-fn recover(core: &Core, peer: u16) {
-    match core.recover_peer(peer, true) {
-        Ok(recovery) => emit(core, PeerEvent::Recovered { peer, recovery }),
+/// Recover life `life` of `peer`, unless someone else did already.
+fn recover(core: &Core, peer: u16, life: u64) {
+    match core.recover_peer(peer, Some(life)) {
+        Ok(Some(recovery)) => emit(core, PeerEvent::Recovered { peer, recovery }),
+        Ok(None) => {}
         Err(error) => emit(
             core,
             PeerEvent::RecoveryFailed {
