@@ -800,13 +800,21 @@ impl<R: Region> Slab<R> {
     /// release it is looked at again as [`reclaim`](Self::reclaim) looks at a dead
     /// participant's journal, and put back if it is neither taken nor on the list.
     ///
+    /// A list that stays held for over a second (a marker a faulty process wrote, or one a dead
+    /// holder left) is taken over and rebuilt all the same.
+    ///
     /// # Errors
-    /// [`SlabError::BadHandle`] when there is no such class; [`SlabError::ListHeld`];
-    /// [`SlabError::Corrupt`] when the new list is found corrupted while a slot is looked at
-    /// again.
+    /// [`SlabError::BadHandle`] when there is no such class; [`SlabError::Corrupt`] when the new
+    /// list is found corrupted while a slot is looked at again.
     pub fn rebuild_free_list(&self, class: u16) -> Result<RebuildReport, SlabError> {
         let c = self.class_index(class, 0)?;
-        let held = self.hold(c)?;
+        let held = match self.hold(c) {
+            // Held for over a second: the marker is garbage a faulty process wrote, or left by a
+            // holder that died (only the host holds, and this is the host). The list it hides
+            // is lost either way, and a rebuild does not need it: take the marker over.
+            Err(SlabError::ListHeld { .. }) => self.take_over(c)?,
+            other => other?,
+        };
         // The states first, then the journals: a free whose new state is read here named its
         // slot in its journal before (Release, then its AcqRel state CAS), so the journal read
         // below sees the name while the free's push waits for the hold.
@@ -993,6 +1001,31 @@ impl<R: Region> Slab<R> {
                 .is_ok()
             {
                 return Ok(Held { first, tag });
+            }
+        }
+    }
+
+    /// Hold a list whose head is already the held marker (see `rebuild_free_list`).
+    fn take_over(&self, class: usize) -> Result<Held, SlabError> {
+        let header = self.header(class)?;
+        loop {
+            let head = header.free_head.load(Ordering::Acquire);
+            let (_, tag) = unpack_free_head(head);
+            let tag = tag.wrapping_add(1);
+            if header
+                .free_head
+                .compare_exchange(
+                    head,
+                    pack_free_head(LIST_HELD, tag),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+            {
+                return Ok(Held {
+                    first: FREE_LIST_END,
+                    tag,
+                });
             }
         }
     }

@@ -279,6 +279,21 @@ impl Host {
         self.core.endpoint.slab.stats()
     }
 
+    /// Rebuild size class `class`'s free list from its slot metas, after a call reported the
+    /// class's shared state corrupted ([`SendError::Alloc`] with a corruption, or a list held
+    /// for over a second): the host's repair of what a faulty peer scribbled (R3). Pops and
+    /// pushes of the class wait meanwhile, for microseconds.
+    ///
+    /// # Errors
+    /// [`HostError::Alloc`] when there is no such class or the rebuilt list is corrupted again.
+    pub fn rebuild_free_list(&self, class: u16) -> Result<hub_alloc::RebuildReport, HostError> {
+        let report = self.core.endpoint.slab.rebuild_free_list(class)?;
+        if report.wake_waiters {
+            self.core.wake_all_allocators();
+        }
+        Ok(report)
+    }
+
     /// Recover peer `peer` (R10), once its process left or died: mark it Dead, stop consuming
     /// its send ring, free every slot its two rings still reference, reclaim every slot it
     /// owns, reset both rings and its futex words, then mark the entry Empty for reuse (R9).

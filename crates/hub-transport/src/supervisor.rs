@@ -148,7 +148,9 @@ pub(crate) fn run(core: &Core) {
                 PeerState::Active => {
                     let epoch = words.epoch.load(Ordering::Acquire);
                     let pid = words.pid.load(Ordering::Acquire);
-                    if slot.as_ref().is_none_or(|w| w.epoch != epoch) {
+                    // A new life of the entry (or the first look at it): a watch of its own.
+                    let fresh = slot.as_ref().is_none_or(|w| w.epoch != epoch);
+                    if fresh {
                         let process = match ProcessWatch::open(pid) {
                             Ok(watch) => Some(watch),
                             Err(WatchError::NoSuchProcess) if pid != 0 => {
@@ -180,7 +182,10 @@ pub(crate) fn run(core: &Core) {
                         watch.process = ProcessWatch::open(pid).ok();
                         emit(core, PeerEvent::Attached { peer, pid });
                     }
-                    if exited.contains(&index) {
+                    // An exit seen in this pass is of the process watched before it: for a
+                    // fresh watch, that is an earlier life's (evicted and recovered, and the id
+                    // handed out again, between two passes), not this peer's.
+                    if exited.contains(&index) && !fresh {
                         died(core, peer, watch.pid, life);
                         *slot = None;
                     } else if pid != watch.pid {
