@@ -72,51 +72,36 @@ pub unsafe trait Region: Send + Sync {
     }
 }
 
-// SAFETY: forwards to `T`, whose guarantees hold for as long as the Arc keeps it alive.
-unsafe impl<T: Region + ?Sized> Region for std::sync::Arc<T> {
-    #[inline]
-    fn base(&self) -> NonNull<u8> {
-        (**self).base()
-    }
-    #[inline]
-    fn reservation(&self) -> usize {
-        (**self).reservation()
-    }
-    #[inline]
-    fn len(&self) -> usize {
-        (**self).len()
-    }
-    fn grow_to(&self, new_len: usize) -> Result<usize, GrowError> {
-        (**self).grow_to(new_len)
-    }
-    #[inline]
-    fn refresh_len(&self) -> usize {
-        (**self).refresh_len()
-    }
+/// `Region` for a pointer to a region: every method forwards to the pointee.
+macro_rules! forward_region {
+    ($($pointer:ty),*) => {$(
+        // SAFETY: forwards to `T`, whose guarantees hold for as long as the pointer keeps it
+        // alive (an Arc owns it; a reference borrows it).
+        unsafe impl<T: Region + ?Sized> Region for $pointer {
+            #[inline]
+            fn base(&self) -> NonNull<u8> {
+                (**self).base()
+            }
+            #[inline]
+            fn reservation(&self) -> usize {
+                (**self).reservation()
+            }
+            #[inline]
+            fn len(&self) -> usize {
+                (**self).len()
+            }
+            fn grow_to(&self, new_len: usize) -> Result<usize, GrowError> {
+                (**self).grow_to(new_len)
+            }
+            #[inline]
+            fn refresh_len(&self) -> usize {
+                (**self).refresh_len()
+            }
+        }
+    )*};
 }
 
-// SAFETY: forwards to `T`, which outlives the reference.
-unsafe impl<T: Region + ?Sized> Region for &T {
-    #[inline]
-    fn base(&self) -> NonNull<u8> {
-        (**self).base()
-    }
-    #[inline]
-    fn reservation(&self) -> usize {
-        (**self).reservation()
-    }
-    #[inline]
-    fn len(&self) -> usize {
-        (**self).len()
-    }
-    fn grow_to(&self, new_len: usize) -> Result<usize, GrowError> {
-        (**self).grow_to(new_len)
-    }
-    #[inline]
-    fn refresh_len(&self) -> usize {
-        (**self).refresh_len()
-    }
-}
+forward_region!(std::sync::Arc<T>, &T);
 
 /// A private anonymous mapping whose whole reservation is mapped up front (zero pages, committed
 /// only when touched) and whose length grows as a counter: the region of unit tests, loom

@@ -146,6 +146,9 @@ pub struct SlotStatus {
     pub state: Option<SlotState>,
     /// The raw owner word: an [`OwnerId`] value or `NO_OWNER`.
     pub owner: u32,
+    /// For a slot in flight, who marked it so: the sender, recorded by
+    /// [`Slab::mark_in_flight`]. `None` in other states, or when the word is no owner.
+    pub sender: Option<OwnerId>,
 }
 
 /// Per-class counts of [`Slab::stats`].
@@ -513,7 +516,8 @@ impl<R: Region> Slab<R> {
     }
 
     /// Hand an allocated slot to `receiver` (Allocated -> InFlight, R5), who must free it next
-    /// (R6). The sender calls this before it publishes the descriptor.
+    /// (R6), recording this handle's owner as its sender ([`SlotStatus::sender`]). The sender
+    /// calls this before it publishes the descriptor.
     ///
     /// # Errors
     /// [`SlabError::UnknownOwner`] for a receiver the layout does not admit;
@@ -539,6 +543,12 @@ impl<R: Region> Slab<R> {
         // flight but owned by the sender, whose reclaim frees it: the descriptor was not
         // published yet.
         meta.owner.store(receiver.raw(), Ordering::Release);
+        // The sender, in `next_free`, which means nothing while the slot is off the free list
+        // (and only now is it sure to be: the CAS above won). A receiver checks it
+        // (SlotStatus::sender), so no third participant can forge a descriptor for this slot
+        // and take the frame (DESIGN §4). The ring's Release publication of the descriptor,
+        // which comes after this call, publishes it.
+        meta.next_free.store(self.me.raw(), Ordering::Release);
         Ok(())
     }
 
@@ -614,10 +624,16 @@ impl<R: Region> Slab<R> {
         let c = self.class_index(class, index)?;
         let meta = self.handle_meta(c, handle)?;
         let (generation, state) = split(meta.gen_state.load(Ordering::Acquire));
+        let sender = if state == IN_FLIGHT {
+            OwnerId::from_raw(meta.next_free.load(Ordering::Relaxed))
+        } else {
+            None
+        };
         Ok(SlotStatus {
             generation,
             state: SlotState::from_u32(state),
             owner: meta.owner.load(Ordering::Acquire),
+            sender,
         })
     }
 
@@ -978,6 +994,18 @@ impl<R: Region> Slab<R> {
     /// Swap `class`'s head for the held marker, so nobody else pops or pushes until
     /// [`release`](Self::release). Returns the list as it was.
     fn hold(&self, class: usize) -> Result<Held, SlabError> {
+        self.swap_in_marker(class, false)
+    }
+
+    /// Hold a list whose head is already the held marker (see `rebuild_free_list`): the list
+    /// it hid is lost, so the held list is empty.
+    fn take_over(&self, class: usize) -> Result<Held, SlabError> {
+        self.swap_in_marker(class, true)
+    }
+
+    /// Swap the held marker in for `class`'s head; wait while another holder has it, unless
+    /// `take_over`.
+    fn swap_in_marker(&self, class: usize, take_over: bool) -> Result<Held, SlabError> {
         let header = self.header(class)?;
         let mut held = HeldWait::default();
         loop {
@@ -985,7 +1013,7 @@ impl<R: Region> Slab<R> {
             // earlier pop and push, and with them the journals written before them.
             let head = header.free_head.load(Ordering::Acquire);
             let (first, tag) = unpack_free_head(head);
-            if first == LIST_HELD {
+            if first == LIST_HELD && !take_over {
                 held.wait(class)?;
                 continue;
             }
@@ -1000,32 +1028,12 @@ impl<R: Region> Slab<R> {
                 )
                 .is_ok()
             {
+                let first = if first == LIST_HELD {
+                    FREE_LIST_END
+                } else {
+                    first
+                };
                 return Ok(Held { first, tag });
-            }
-        }
-    }
-
-    /// Hold a list whose head is already the held marker (see `rebuild_free_list`).
-    fn take_over(&self, class: usize) -> Result<Held, SlabError> {
-        let header = self.header(class)?;
-        loop {
-            let head = header.free_head.load(Ordering::Acquire);
-            let (_, tag) = unpack_free_head(head);
-            let tag = tag.wrapping_add(1);
-            if header
-                .free_head
-                .compare_exchange(
-                    head,
-                    pack_free_head(LIST_HELD, tag),
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
-                .is_ok()
-            {
-                return Ok(Held {
-                    first: FREE_LIST_END,
-                    tag,
-                });
             }
         }
     }

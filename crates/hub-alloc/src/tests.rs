@@ -951,8 +951,12 @@ fn owner_is_who_must_free_next() {
             "the allocator writes it"
         );
         let receiver = if i % 2 == 0 { HOST } else { peers[0].owner() };
+        let status = slab.slot_status(handle.class(), handle.index()).unwrap();
+        assert_eq!(status.sender, None, "only a slot in flight has a sender");
         peer.mark_in_flight(handle, receiver).unwrap();
         assert_eq!(owner_of(handle), receiver.raw(), "the receiver frees it");
+        let status = slab.slot_status(handle.class(), handle.index()).unwrap();
+        assert_eq!(status.sender, Some(peer.owner()), "and knows who sent it");
         handles.push(handle);
     }
     let host_handle = slab.alloc(1).unwrap();

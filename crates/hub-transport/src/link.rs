@@ -118,6 +118,13 @@ pub enum DescriptorFault {
         /// The slot's owner word.
         owner: u32,
     },
+    /// The slot is in flight to the receiver, but from another sender: a forged descriptor for
+    /// a frame someone else sent (DESIGN §4: a frame never goes to the wrong peer).
+    #[error("the slot was sent by {sender:?}, not by this ring's sender")]
+    WrongSender {
+        /// The sender the slot records.
+        sender: Option<OwnerId>,
+    },
     /// The slot is already held by a frame this receiver took from an earlier descriptor: the
     /// same descriptor was sent twice.
     #[error("slot {slot_ref:#x} is already held by an earlier frame (a duplicated descriptor)")]
@@ -734,6 +741,12 @@ impl Link {
             return Err(fault(DescriptorFault::NotInFlightToReceiver {
                 state: status.state,
                 owner: status.owner,
+            }));
+        }
+        // DESIGN §4: only the slot's sender may hand it over, through its own ring.
+        if status.sender != Some(self.receiver) {
+            return Err(fault(DescriptorFault::WrongSender {
+                sender: status.sender,
             }));
         }
         // R4: one frame per slot. A second descriptor for a slot a frame of ours holds is

@@ -843,13 +843,9 @@ fn scribbler_among_honest_streams(seed: u64, first: &str) -> EvictReason {
 /// slots another peer has in flight to the host, at their current generation, must not get
 /// that peer's frame, nor get it evicted.
 ///
-/// Ignored: a known gap. A slot in flight to the host records its receiver (the host) and its
-/// generation, not its sender, so `Link::check` cannot tell the forger from the sender: read
-/// first, the forged descriptor passes and yields the honest peer's payload as the forger's
-/// frame (whose drop frees the slot); the honest descriptor is then stale, and the honest peer
-/// is evicted for it. Generations are predictable (0 for a slot never freed).
+/// The slot records its sender when it goes in flight (`SlotStatus::sender`), and the host
+/// checks it against the ring the descriptor came through.
 #[test]
-#[ignore = "known gap: the host cannot tell which peer sent a slot in flight to it"]
 fn forged_descriptor_does_not_steal_another_peers_frame() {
     let host = Host::create(&HubConfig {
         max_peers: 2,
