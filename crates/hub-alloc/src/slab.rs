@@ -790,6 +790,60 @@ impl<R: Region> Slab<R> {
         Ok(report)
     }
 
+    /// Free every slot `sender` put in flight to `receiver` that `keep` does not claim: after
+    /// the sender died and its ring to the receiver was scanned and reset (R10), what it sent
+    /// that the receiver never took can never be taken, including a descriptor it published
+    /// after the scan. `keep` says which slots the receiver still holds as frames. Returns how
+    /// many were freed, and whether a free woke an allocator (see [`Freed`]).
+    ///
+    /// # Errors
+    /// [`SlabError::UnknownOwner`] for a sender or receiver the layout does not admit;
+    /// [`SlabError::ListHeld`].
+    pub fn reclaim_sent(
+        &self,
+        sender: OwnerId,
+        receiver: OwnerId,
+        mut keep: impl FnMut(SlotHandle) -> bool,
+    ) -> Result<(u32, bool), SlabError> {
+        for owner in [sender, receiver] {
+            if !self.layout.admits(owner) {
+                return Err(SlabError::UnknownOwner(owner));
+            }
+        }
+        let (mut freed, mut wake) = (0, false);
+        let mut sent = Vec::new();
+        for class in 0..self.layout.classes.len() {
+            sent.clear();
+            self.for_each_meta(class, |index, meta| {
+                let (generation, state) = split(meta.gen_state.load(Ordering::Acquire));
+                if state == IN_FLIGHT
+                    && meta.owner.load(Ordering::Acquire) == receiver.raw()
+                    && meta.next_free.load(Ordering::Acquire) == sender.raw()
+                {
+                    sent.push(SlotHandle::from_parts(class as u16, index, generation));
+                }
+            });
+            for &handle in &sent {
+                if keep(handle) {
+                    continue;
+                }
+                match self.free(handle) {
+                    Ok(done) => {
+                        freed += 1;
+                        wake |= done.wake_waiters;
+                    }
+                    Err(
+                        SlabError::StaleHandle { .. }
+                        | SlabError::DoubleFree { .. }
+                        | SlabError::WrongState { .. },
+                    ) => {}
+                    Err(error) => return Err(error),
+                }
+            }
+        }
+        Ok((freed, wake))
+    }
+
     /// Empty `owner`'s journal without resolving it: for the host about to hand a dead peer's
     /// id to a new peer when [`reclaim`](Self::reclaim) kept reporting `journal_pending` (the
     /// slot it names, if it was lost, stays lost). A journal left non-empty would make the new

@@ -647,9 +647,8 @@ impl Core {
                     .ring(ring)
                     .map_err(|source| HostError::Ring { peer, source })?;
                 // A ring whose indices the peer corrupted yields nothing to scan: the reclaim
-                // below still finds every slot in flight to the peer, but a slot the peer had
-                // sent to the host through a corrupted send ring stays the host's (it cannot be
-                // told from one the host is reading).
+                // below still finds every slot in flight to the peer, and the sweep after the
+                // reset every slot it sent the host.
                 for desc in view.pending().unwrap_or_default() {
                     if free_if_in_flight(slab, &desc, receiver) {
                         recovery.ring_slots_freed += 1;
@@ -660,6 +659,16 @@ impl Core {
             // producer of `recv` and consumer of `send`.
             unsafe { Link::reset(segment, recv, send, &mut held) }
                 .map_err(|source| HostError::Ring { peer, source })?;
+            // What the peer sent the host that no frame of the host holds can never be read
+            // now: a descriptor it published after the scan, or one in a ring it corrupted.
+            // The consumer lock (held) keeps a receive from being between pop and claim.
+            let (swept, wake) = slab.reclaim_sent(OwnerId::peer(peer), OwnerId::HOST, |h| {
+                Link::holds(&self.endpoint, h)
+            })?;
+            recovery.ring_slots_freed += swept;
+            if wake {
+                self.wake_all_allocators();
+            }
         }
         recovery.reclaimed = slab.reclaim(OwnerId::peer(peer))?;
         // A slot the dead peer was taking or freeing that a live participant is busy with

@@ -638,17 +638,26 @@ impl Link {
     /// Take one frame if there is one (R3: the descriptor is copied out and checked before any
     /// payload is read).
     pub fn try_recv<'e>(&self, endpoint: &'e Endpoint) -> Result<Option<Frame<'e>>, RecvError> {
-        let desc = {
-            let mut consumer = lock(&self.consumer);
-            consumer.try_pop().map_err(|source| RecvError::Ring {
-                peer: self.peer,
-                source,
-            })?
-        };
+        // The consumer stays locked through the check: a recovery of the sender (R10), which
+        // holds this lock while it frees what the sender left in flight, never sees a slot
+        // between its pop and the claim of its frame.
+        let mut consumer = lock(&self.consumer);
+        let desc = consumer.try_pop().map_err(|source| RecvError::Ring {
+            peer: self.peer,
+            source,
+        })?;
         match desc {
             None => Ok(None),
             Some(desc) => self.check(endpoint, &desc).map(Some),
         }
+    }
+
+    /// Whether a frame of this endpoint holds `handle`'s slot.
+    pub fn holds(endpoint: &Endpoint, handle: SlotHandle) -> bool {
+        let mark = handle.generation().wrapping_add(1).max(1);
+        endpoint
+            .held_cell(handle)
+            .is_some_and(|cell| cell.load(std::sync::atomic::Ordering::Acquire) == mark)
     }
 
     /// Wait for one frame, as `deadline` allows, in the endpoint's wait mode (R11).
