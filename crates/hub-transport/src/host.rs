@@ -706,8 +706,9 @@ impl Core {
     /// Empty both rings of `peer`, a freshly reserved entry, and rebuild the host's handles
     /// over them. Whatever a process evicted from this entry wrote into them after its
     /// recovery (R10) is not the new peer's: neither frames the host would take from it, nor
-    /// indices its attach would refuse. Nothing in them is freed: no slot is in flight through
-    /// an empty entry's rings, and a descriptor written there may name anyone's slot.
+    /// indices its attach would refuse. Nothing in them is freed by descriptor (one written
+    /// there may name anyone's slot); but a slot the id's previous life sent the host after its
+    /// recovery swept (a late send, R10) is freed now, while no new life can have sent any.
     fn reset_rings(&self, peer: u16) -> Result<(), HostError> {
         let link = self
             .links
@@ -719,7 +720,17 @@ impl Core {
         // SAFETY: this host is the only producer of `recv` and consumer of `send`; the entry
         // is Reserved, so no peer uses the other ends yet.
         unsafe { Link::reset(segment, recv, send, &mut held) }
-            .map_err(|source| HostError::Ring { peer, source })
+            .map_err(|source| HostError::Ring { peer, source })?;
+        let (_, wake) =
+            self.endpoint
+                .slab
+                .reclaim_sent(OwnerId::peer(peer), OwnerId::HOST, |h| {
+                    Link::holds(&self.endpoint, h)
+                })?;
+        if wake {
+            self.wake_all_allocators();
+        }
+        Ok(())
     }
 
     pub fn wake_all_allocators(&self) {

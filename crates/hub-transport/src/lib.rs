@@ -60,6 +60,9 @@ mod ticket;
 
 pub use hub_layout::sync;
 
+#[cfg(all(test, loom))]
+mod loom_recovery;
+
 #[cfg(not(loom))]
 pub use host::{Host, HostError, PeerInfo, Recovery};
 #[cfg(not(loom))]
