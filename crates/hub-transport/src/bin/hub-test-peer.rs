@@ -43,6 +43,15 @@ fn number(text: &str) -> Result<u64, String> {
 
 fn run(args: &[String]) -> Result<(), String> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    if let ["grow-mapping", fd, reservation, grown, at, mark] = args.as_slice() {
+        return grow_mapping(
+            fd,
+            number(reservation)?,
+            number(grown)?,
+            number(at)?,
+            number(mark)?,
+        );
+    }
     let peer = Peer::from_env().map_err(|e| format!("attach: {e}"))?;
     let hello = FrameMeta {
         msg_id: HELLO,
@@ -54,7 +63,10 @@ fn run(args: &[String]) -> Result<(), String> {
         ["echo", n] => echo(&peer, number(n)?),
         ["send", size, n] => send(&peer, number(size)? as usize, number(n)?),
         ["wait-gone"] => wait_gone(&peer),
-        _ => Err("usage: echo N | send SIZE N | wait-gone".into()),
+        _ => Err(
+            "usage: echo N | send SIZE N | wait-gone | grow-mapping FD RESERVATION LEN AT MARK"
+                .into(),
+        ),
     }
 }
 
@@ -111,4 +123,28 @@ fn wait_gone(peer: &Peer) -> Result<(), String> {
             "send after goodbye: expected HostGone, got {other:?}"
         )),
     }
+}
+
+/// No hub: take the inherited segment descriptor `fd`, check that it is sealed and was taken
+/// up with close-on-exec, map it over `reservation` bytes, grow the file to `grown` bytes and
+/// write `mark` at `at`, for the parent to see without remapping (mapping tests).
+fn grow_mapping(fd: &str, reservation: u64, grown: u64, at: u64, mark: u64) -> Result<(), String> {
+    use hub_transport::mapping::{SegmentFile, SegmentMapping, parse_fd};
+    let fd = parse_fd(fd).ok_or("bad descriptor number")?;
+    // SAFETY: the parent left this descriptor open for us and nothing else here knows it.
+    let file = unsafe { SegmentFile::from_raw_inherited(fd) }.map_err(|e| e.to_string())?;
+    if !file.is_shrink_sealed().map_err(|e| e.to_string())? {
+        return Err("the inherited segment is not sealed against shrinking".into());
+    }
+    let flags = rustix::io::fcntl_getfd(file.fd()).map_err(|e| e.to_string())?;
+    if !flags.contains(rustix::io::FdFlags::CLOEXEC) {
+        return Err("the inherited descriptor was not taken up with close-on-exec".into());
+    }
+    let mapping = SegmentMapping::new(file, reservation as usize).map_err(|e| e.to_string())?;
+    mapping.grow_to(grown as usize).map_err(|e| e.to_string())?;
+    hub_alloc::shared::Shared::new(&mapping)
+        .u64_at(at as usize)
+        .ok_or("the mark lies outside the grown file")?
+        .store(mark, std::sync::atomic::Ordering::Release);
+    Ok(())
 }

@@ -3,7 +3,6 @@
 
 use std::io::ErrorKind;
 use std::os::fd::AsRawFd;
-use std::process::Command;
 use std::sync::Barrier;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -11,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use hub_alloc::{GrowError, Region};
 use hub_layout::{HubLayoutError, SegmentBytes, validate_segment};
 use rustix::fs::{Mode, OFlags, SealFlags};
-use rustix::io::{Errno, FdFlags};
+use rustix::io::Errno;
 
 use super::*;
 
@@ -171,88 +170,6 @@ fn second_mapping_sees_growth_without_remapping() {
     assert_eq!(b.grow_to(MIB).unwrap(), MIB);
     assert_eq!(a.grow_to(512 * 1024).unwrap(), MIB);
     assert_eq!(a.file().len().unwrap(), MIB as u64);
-}
-
-const CHILD_FD_ENV: &str = "HUB_MAPPING_TEST_CHILD_FD";
-const CHILD_RESERVATION: usize = 4 * MIB;
-const PARENT_MARK: u64 = 0x7061_7265_6e74;
-const CHILD_MARK: u64 = 0x0063_6869_6c64;
-const CHILD_GROWN: usize = 256 * 1024;
-const CHILD_MARK_AT: usize = 200 * 1024;
-
-/// The child half of `child_process_grows_and_parent_sees_it`: does nothing unless that test
-/// runs it with the descriptor number in `CHILD_FD_ENV`.
-#[test]
-#[ignore = "helper process, run by child_process_grows_and_parent_sees_it"]
-fn child_helper() {
-    let Some(fd) = std::env::var_os(CHILD_FD_ENV).and_then(parse_fd) else {
-        return;
-    };
-    // SAFETY: the parent put the number of a descriptor it left open for us in the variable,
-    // and nothing else in this process knows about it.
-    let file = unsafe { SegmentFile::from_raw_inherited(fd) }.expect("inherited fd");
-    assert!(file.is_shrink_sealed().unwrap());
-    let flags = rustix::io::fcntl_getfd(file.fd()).unwrap();
-    assert!(
-        flags.contains(FdFlags::CLOEXEC),
-        "taken up with close-on-exec"
-    );
-    let mapping = SegmentMapping::new(file, CHILD_RESERVATION).expect("child map");
-    assert_eq!(mapping.read_u64(0), Some(PARENT_MARK));
-    assert_eq!(mapping.grow_to(CHILD_GROWN).unwrap(), CHILD_GROWN);
-    store_u64(&mapping, CHILD_MARK_AT, CHILD_MARK);
-}
-
-#[test]
-fn child_process_grows_and_parent_sees_it() {
-    let mapping = anonymous(4096, CHILD_RESERVATION);
-    let base = mapping.base();
-    store_u64(&mapping, 0, PARENT_MARK);
-
-    let inheritable = mapping.file().inheritable_fd().unwrap();
-    let flags = rustix::io::fcntl_getfd(&inheritable).unwrap();
-    assert!(
-        !flags.contains(FdFlags::CLOEXEC),
-        "the dup must survive exec"
-    );
-    let own = rustix::io::fcntl_getfd(mapping.file().fd()).unwrap();
-    assert!(
-        own.contains(FdFlags::CLOEXEC),
-        "the segment's own fd must not leak"
-    );
-
-    let output = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "mapping::tests::child_helper",
-            "--ignored",
-            "--test-threads=1",
-        ])
-        .env(CHILD_FD_ENV, fd_to_env(&inheritable))
-        .output()
-        .expect("spawn the test binary");
-    drop(inheritable);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "child failed: {}\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        stdout.contains("1 passed"),
-        "the child helper did not run: {stdout}"
-    );
-
-    assert_eq!(
-        mapping.len(),
-        4096,
-        "growth elsewhere is not seen before a refresh"
-    );
-    assert_eq!(mapping.read_u64(CHILD_MARK_AT), None);
-    assert_eq!(mapping.refresh_len().unwrap(), CHILD_GROWN);
-    assert_eq!(mapping.read_u64(CHILD_MARK_AT), Some(CHILD_MARK));
-    assert_eq!(mapping.base(), base);
 }
 
 #[test]
