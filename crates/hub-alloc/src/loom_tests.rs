@@ -23,7 +23,7 @@ use core::mem::size_of;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use hub_layout::{SizeClassHeader, encode_slot_ref, pack_free_head, unpack_free_head};
+use hub_layout::{encode_slot_ref, pack_free_head, unpack_free_head};
 use loom::thread;
 
 use crate::shared::{Shared, SlotMeta};
@@ -91,7 +91,7 @@ impl<'s> Private<'s> {
         }
     }
 
-    fn header(&self) -> &'s SizeClassHeader {
+    fn header(&self) -> crate::shared::ClassHeader<'s> {
         self.shared
             .class_header_at(self.slab.layout().class_headers_offset)
             .unwrap()
@@ -154,10 +154,9 @@ impl<'s> Private<'s> {
 
     /// Published extent offsets of the class.
     fn extent_offsets(&self) -> Vec<u64> {
-        self.header()
-            .extent_offsets
-            .iter()
-            .map(|offset| offset.load(Ordering::Acquire))
+        let header = self.header();
+        (0..hub_layout::MAX_EXTENTS_PER_CLASS)
+            .map(|extent| header.extent_offsets[extent].load(Ordering::Acquire))
             .take_while(|&offset| offset != 0)
             .collect()
     }

@@ -135,9 +135,28 @@ impl<'r, R: Region + ?Sized> Shared<'r, R> {
         self.object(offset)
     }
 
-    /// The class header at `offset`, as [`u64_at`](Self::u64_at).
-    pub fn class_header_at(&self, offset: usize) -> Option<&'r SizeClassHeader> {
-        self.object(offset)
+    /// The atomic fields of the class header at `offset`, or `None` when the header is not
+    /// inside the usable region or not aligned.
+    pub fn class_header_at(&self, offset: usize) -> Option<ClassHeader<'r>> {
+        use core::mem::offset_of;
+        if !offset.is_multiple_of(align_of::<SizeClassHeader>())
+            || !self.covers(offset, size_of::<SizeClassHeader>())
+        {
+            return None;
+        }
+        let first = offset + offset_of!(SizeClassHeader, extent_offsets);
+        Some(ClassHeader {
+            total_slots: self.object(offset + offset_of!(SizeClassHeader, total_slots))?,
+            free_head: self.object(offset + offset_of!(SizeClassHeader, free_head))?,
+            slot_available_futex: self
+                .object(offset + offset_of!(SizeClassHeader, slot_available_futex))?,
+            extent_offsets: ExtentOffsets {
+                // SAFETY: the whole header lies inside the usable region (checked above), and
+                // `first` is the offset of its `extent_offsets` array.
+                first: unsafe { self.base.add(first) }.cast(),
+                _region: core::marker::PhantomData,
+            },
+        })
     }
 
     /// The address of byte `offset` when `[offset, offset + len)` is usable.
@@ -181,10 +200,45 @@ unsafe impl SharedAtomic for AtomicU32 {}
 unsafe impl SharedAtomic for AtomicU64 {}
 // SAFETY: three atomics of plain integers.
 unsafe impl SharedAtomic for SlotMeta {}
-// SAFETY: atomics and plain integers; the allocator reads the plain fields only through
-// `read_plain_u32`, never through the reference, so a concurrent write to them is never read
-// non-atomically.
-unsafe impl SharedAtomic for SizeClassHeader {}
+
+/// The atomic fields of a [`SizeClassHeader`] in shared memory, each reached on its own: the
+/// header's plain fields (`slot_size`, `slots_per_extent`, `extent_slot_shift`) may be written
+/// by another process, so no Rust reference spans them (R4); they are read only by copy
+/// ([`Shared::read_plain_u32`]).
+#[derive(Clone, Copy)]
+pub struct ClassHeader<'r> {
+    /// `total_slots`.
+    pub total_slots: &'r AtomicU32,
+    /// `free_head`: the tagged Treiber stack head (R7).
+    pub free_head: &'r AtomicU64,
+    /// `extent_offsets`, indexed by extent number.
+    pub extent_offsets: ExtentOffsets<'r>,
+    /// `slot_available_futex`.
+    pub slot_available_futex: &'r AtomicU32,
+}
+
+/// A class header's `extent_offsets` array: `offsets[e]` is extent `e`'s offset word, for `e`
+/// below `MAX_EXTENTS_PER_CLASS` (a larger `e` panics, as an array index does).
+#[derive(Clone, Copy)]
+pub struct ExtentOffsets<'r> {
+    first: NonNull<AtomicU64>,
+    _region: core::marker::PhantomData<&'r AtomicU64>,
+}
+
+impl<'r> core::ops::Index<usize> for ExtentOffsets<'r> {
+    type Output = AtomicU64;
+
+    fn index(&self, extent: usize) -> &AtomicU64 {
+        assert!(
+            extent < hub_layout::MAX_EXTENTS_PER_CLASS,
+            "extent {extent} is beyond a class's extents"
+        );
+        // SAFETY: the array of MAX_EXTENTS_PER_CLASS atomics lies inside a class header that
+        // `Shared::class_header_at` found inside the usable region, which stays valid for 'r;
+        // `extent` is inside the array (asserted above).
+        unsafe { self.first.add(extent).as_ref() }
+    }
+}
 
 /// Types the allocator writes whole into unpublished memory.
 pub trait SharedInit {}

@@ -36,7 +36,7 @@ use hub_layout::{
 use crate::error::{Corruption, SlabError};
 use crate::layout::{OwnerId, SlabLayout};
 use crate::region::Region;
-use crate::shared::{Shared, SlotMeta, join, split};
+use crate::shared::{ClassHeader, Shared, SlotMeta, join, split};
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
 const FREE: u32 = SlotState::Free as u32;
@@ -650,7 +650,7 @@ impl<R: Region> Slab<R> {
         }
         self.header(class)
             .ok()
-            .map(|header| &header.slot_available_futex)
+            .map(|header| header.slot_available_futex)
     }
 
     /// Say that an allocator of `class` is about to sleep on its futex word, and return the
@@ -1007,7 +1007,7 @@ impl<R: Region> Slab<R> {
     #[inline(always)]
     fn push(
         &self,
-        header: &SizeClassHeader,
+        header: ClassHeader<'_>,
         class: usize,
         index: u32,
         meta: &SlotMeta,
@@ -1365,7 +1365,7 @@ impl<R: Region> Slab<R> {
     }
 
     #[inline(always)]
-    fn header(&self, class: usize) -> Result<&SizeClassHeader, SlabError> {
+    fn header(&self, class: usize) -> Result<ClassHeader<'_>, SlabError> {
         self.shared()
             .class_header_at(self.class_header_offset(class))
             .ok_or_else(|| self.too_small())
@@ -1616,7 +1616,7 @@ fn yield_now() {
 /// After a push on `header`'s list: bump the class's futex word when an allocator announced it
 /// sleeps (R11), and say whether one did.
 #[inline(always)]
-fn notify_waiters(header: &SizeClassHeader) -> bool {
+fn notify_waiters(header: ClassHeader<'_>) -> bool {
     let word = &header.slot_available_futex;
     loom_seqcst();
     // R11: SeqCst, after the SeqCst push: see `announce_waiter`.

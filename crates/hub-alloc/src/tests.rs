@@ -167,7 +167,7 @@ impl<'a, R: Region> Raw<'a, R> {
         self.layout().class_headers_offset + class * size_of::<SizeClassHeader>()
     }
 
-    fn header(&self, class: usize) -> &'a SizeClassHeader {
+    fn header(&self, class: usize) -> crate::shared::ClassHeader<'a> {
         self.shared()
             .class_header_at(self.header_offset(class))
             .unwrap()
