@@ -118,6 +118,7 @@ pub(crate) struct Core {
     pub events: mpsc::SyncSender<PeerEvent>,
     pub stopping: AtomicBool,
     pub heartbeat_timeout: Duration,
+    pub kill_evicted: bool,
 }
 
 impl std::fmt::Debug for Host {
@@ -169,6 +170,7 @@ impl Host {
             events,
             stopping: AtomicBool::new(false),
             heartbeat_timeout: config.heartbeat_timeout,
+            kill_evicted: config.kill_evicted,
         });
         let supervisor = {
             let core = core.clone();

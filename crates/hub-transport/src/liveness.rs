@@ -39,6 +39,13 @@ impl ProcessWatch {
         }
     }
 
+    /// Kill the process (SIGKILL through the pidfd, so never another process that reused its
+    /// pid) and wait up to `timeout` for it to be gone; whether it is.
+    pub fn kill_and_wait(&self, timeout: Duration) -> bool {
+        let _ = rustix::process::pidfd_send_signal(&self.pidfd, rustix::process::Signal::KILL);
+        !wait_for_exits(&[self], timeout).is_empty()
+    }
+
     /// Whether the process has exited (a zombie counts: it runs no more).
     pub fn has_exited(&self) -> bool {
         !wait_for_exits(&[self], Duration::ZERO).is_empty()

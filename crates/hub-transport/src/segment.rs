@@ -67,6 +67,12 @@ pub struct HubConfig {
     /// it (R12). Peers beat four times per timeout. A stopped peer (SIGSTOP, a debugger) is
     /// evicted after it too; a peer whose process exits is found at once, by its pidfd.
     pub heartbeat_timeout: std::time::Duration,
+    /// Whether the host kills (SIGKILL, through the peer's pidfd) the process of a peer it
+    /// evicts, before it recovers the peer's entry (the default). A peer evicted while it still
+    /// runs, in the middle of an allocator operation, would otherwise finish that operation on
+    /// state the recovery has already given back (see the README's known limits). A peer in
+    /// the host's own process is never killed.
+    pub kill_evicted: bool,
 }
 
 impl Default for HubConfig {
@@ -77,6 +83,7 @@ impl Default for HubConfig {
             max_size: None,
             path: None,
             heartbeat_timeout: std::time::Duration::from_secs(2),
+            kill_evicted: true,
         }
     }
 }

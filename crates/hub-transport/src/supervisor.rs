@@ -242,7 +242,15 @@ pub(crate) fn run(core: &Core) {
                     if let Some(reason) = reason {
                         emit(core, PeerEvent::Evicted { peer, reason });
                     }
-                    *slot = None;
+                    // Fence it first: an evicted process that still runs could finish an
+                    // allocator operation on state the recovery gives back (R10).
+                    if let Some(watched) = slot.take()
+                        && core.kill_evicted
+                        && watched.pid != std::process::id()
+                        && let Some(process) = &watched.process
+                    {
+                        process.kill_and_wait(Duration::from_secs(1));
+                    }
                     recover(core, peer, life);
                 }
                 PeerState::Invalid(flags) => {

@@ -583,14 +583,15 @@ fn a_thousand_peers_come_and_go_and_32_still_fit() {
 }
 
 /// R12: a stopped peer (SIGSTOP) is alive to its pidfd; it is not declared dead before its
-/// heartbeat timeout, and is evicted (HeartbeatTimeout) after it. Continued, its blocked recv
-/// reports the eviction.
+/// heartbeat timeout, and is evicted (HeartbeatTimeout) after it. Not killed
+/// (`kill_evicted: false`) and continued, its blocked recv reports the eviction.
 #[test]
 fn stopped_peer_is_evicted_after_its_heartbeat_timeout_and_not_before() {
     let timeout = Duration::from_millis(500);
     let host = Host::create(&HubConfig {
         max_peers: 1,
         heartbeat_timeout: timeout,
+        kill_evicted: false,
         ..HubConfig::default()
     })
     .expect("create");
@@ -635,6 +636,35 @@ fn stopped_peer_is_evicted_after_its_heartbeat_timeout_and_not_before() {
     // Its recv returns PeerNotActive (exit status 10), now that it runs again.
     let status = chaos.wait();
     assert_eq!(status.code(), Some(10), "{status}");
+}
+
+/// R10: by default the host fences an evicted peer before it recovers the entry: a stopped
+/// peer evicted for its silence is killed (it cannot wake up later inside an allocator
+/// operation on state the recovery gave back), and then recovered.
+#[test]
+fn an_evicted_process_is_killed_before_its_recovery() {
+    let host = Host::create(&HubConfig {
+        max_peers: 1,
+        heartbeat_timeout: Duration::from_millis(300),
+        ..HubConfig::default()
+    })
+    .expect("create");
+    let mut events = Events::new(&host);
+    let (mut chaos, id) = Chaos::peer(&host, &["recv-block"]);
+    chaos.expect_line("READY");
+    events.attached(id);
+    chaos.signal(Signal::STOP);
+    let evicted = events.wait("Evicted", |e| matches!(e, PeerEvent::Evicted { .. }));
+    assert!(
+        matches!(evicted, PeerEvent::Evicted { peer, reason: EvictReason::HeartbeatTimeout { .. } } if peer == id),
+        "{evicted:?}"
+    );
+    events.recovered(id);
+    assert_all_free_soon(&host);
+    // Killed while stopped: it never ran again.
+    let status = chaos.wait();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(9), "{status}");
 }
 
 /// R9, R12: the exit of a peer's process is that peer's, not the next one's. A peer process is
