@@ -18,7 +18,6 @@
 use std::mem::offset_of;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
 
 use hub_layout::{
     DescRingHeader, ExtentHeader, HUB_SIZE_CLASSES, HeaderSnapshot, HubLayoutError, HubSlotMeta,
@@ -27,9 +26,8 @@ use hub_layout::{
 use hub_transport::mapping::{Access, MappingError, ReadOnlyMapping, SegmentFile};
 use hub_transport::{FrameMeta, Host, HubConfig, Peer, PeerState};
 
-/// Where hub-transport keeps a peer's process id: in the padding of its `PeerEntry`. A private
-/// detail of hub-transport that no public constant names yet (`segment::pad::PEER_PID`).
-const PEER_PID_OFFSET: usize = 52;
+/// Where hub-transport keeps a peer's process id: in the padding of its `PeerEntry`.
+const PEER_PID_OFFSET: usize = hub_transport::pad::PEER_PID;
 /// The state word of a slot's `HubSlotMeta`, after its generation.
 const SLOT_STATE_OFFSET: usize = 4;
 
@@ -161,7 +159,7 @@ fn inspect(path: &Path) -> Result<Report, InspectError> {
     let reservation = usize::try_from(len).unwrap_or(usize::MAX).max(4096);
     let view = ReadOnlyMapping::new(file, reservation).map_err(InspectError::Mapping)?;
     let segment = validate_segment(&view).map_err(InspectError::Layout)?;
-    let now = monotonic_ns();
+    let now = Some(hub_transport::monotonic_ns());
     let peers = (0..segment.layout.max_peers)
         .map(|id| peer_row(&view, &segment, id, now))
         .collect::<Result<_, _>>()?;
@@ -252,25 +250,6 @@ fn class_row(
         }
     }
     Ok(row)
-}
-
-/// `CLOCK_MONOTONIC` in nanoseconds, the clock of `PeerEntry::last_seen`.
-///
-/// The standard library has no public accessor for it and the example takes no new
-/// dependencies, so this reads the clock through `Instant`'s `Debug` text, which on Linux is
-/// `Instant { tv_sec: S, tv_nsec: N }` of that very clock; `None` if the text ever changes.
-fn monotonic_ns() -> Option<u64> {
-    let text = format!("{:?}", Instant::now());
-    let field = |name: &str| -> Option<u64> {
-        let start = text.find(name)? + name.len();
-        let digits: String = text[start..]
-            .chars()
-            .skip_while(|c| !c.is_ascii_digit())
-            .take_while(char::is_ascii_digit)
-            .collect();
-        digits.parse().ok()
-    };
-    Some(field("tv_sec")?.checked_mul(1_000_000_000)? + field("tv_nsec")?)
 }
 
 fn size_text(bytes: u64) -> String {

@@ -70,7 +70,7 @@ pub use link::{DescriptorFault, Frame, FrameMeta, Loan, RecvError, SendError};
 #[cfg(not(loom))]
 pub use peer::Peer;
 #[cfg(not(loom))]
-pub use segment::{AttachError, CreateError, HubConfig, PeerState};
+pub use segment::{AttachError, CreateError, HubConfig, PeerState, monotonic_ns, pad};
 pub use signal::WaitMode;
 #[cfg(not(loom))]
 pub use supervisor::{EvictReason, PeerEvent};

@@ -29,14 +29,20 @@ use crate::mapping::{MappingError, SegmentFile, SegmentMapping};
 use crate::ring::{RawRing, RingError};
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
-/// Offsets of the words hub-transport keeps in the header's padding (see the module docs).
-pub(crate) mod pad {
+/// Where hub-transport keeps its own words in the padding of the seed layout (R13): byte
+/// offsets, for inspectors that read a segment without attaching.
+pub mod pad {
+    /// `u32` in the `HubHeader`: the host's process id.
     pub const HOST_PID: usize = 76;
+    /// `u32` in the `HubHeader`: the host's state, 0 running, 1 gone (it said goodbye).
     pub const HOST_STATE: usize = 80;
+    /// `u32` in the `HubHeader`: the host's doorbell, rung when a peer attaches or leaves.
     pub const HOST_BELL: usize = 84;
+    /// `u64` in the `HubHeader`: the size growth may reach, in bytes (0: the layout's largest).
     pub const SIZE_LIMIT: usize = 88;
+    /// `u32` in the `HubHeader`: the heartbeat timeout in milliseconds.
     pub const HEARTBEAT_MS: usize = 96;
-    /// Within a peer entry.
+    /// `u32` within a `PeerEntry`: the peer's process id.
     pub const PEER_PID: usize = 52;
 }
 
@@ -460,8 +466,8 @@ pub(crate) struct PeerWords<'a> {
 }
 
 /// Nanoseconds of `CLOCK_MONOTONIC`: the clock of `PeerEntry::last_seen`, the same in every
-/// process of the machine.
-pub(crate) fn monotonic_ns() -> u64 {
+/// process of the machine (subtract a peer's `last_seen` from it for its heartbeat's age).
+pub fn monotonic_ns() -> u64 {
     let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     (now.tv_sec as u64)
         .saturating_mul(1_000_000_000)
