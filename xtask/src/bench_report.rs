@@ -7,9 +7,9 @@
 //! to the workspace root), else `target/criterion`: where criterion writes.
 //!
 //! The convention the benches follow: in each group, a function id that starts with `baseline`
-//! is a baseline, and every other benchmark of the group is one row, compared with the group's
-//! baseline of the same parameter, or else its first baseline. Rows come in the order the
-//! benchmarks ran (the estimates' modification times).
+//! is a baseline, and every other benchmark of the group is compared with each of the group's
+//! baselines of the same parameter (one row each), or else with its first baseline. Rows come in
+//! the order the benchmarks ran (the estimates' modification times).
 
 use std::fs;
 use std::io::Write;
@@ -158,27 +158,33 @@ fn after_key<'a>(json: &'a str, key: &str) -> Option<&'a str> {
     Some(rest.trim_start().strip_prefix(':')?.trim_start())
 }
 
-/// A row per non-baseline benchmark that has a baseline in its group.
+/// A row per non-baseline benchmark and baseline of its group: every baseline of the same
+/// parameter, or else the group's first baseline.
 fn rows(name: &str, benches: &[Bench]) -> Vec<Row> {
     let is_baseline = |b: &Bench| b.function.starts_with("baseline");
-    benches
-        .iter()
-        .filter(|b| !is_baseline(b))
-        .filter_map(|ours| {
-            let group: Vec<&Bench> = benches
-                .iter()
-                .filter(|b| b.group == ours.group && is_baseline(b))
-                .collect();
-            let baseline = group
-                .iter()
-                .find(|b| b.value == ours.value)
-                .or_else(|| group.first())?;
-            let setting = ours
-                .group
-                .strip_prefix(name)
-                .unwrap_or(&ours.group)
-                .trim_start_matches('/');
-            let against = baseline.function["baseline".len()..].trim();
+    let mut rows = Vec::new();
+    for ours in benches.iter().filter(|b| !is_baseline(b)) {
+        let group: Vec<&Bench> = benches
+            .iter()
+            .filter(|b| b.group == ours.group && is_baseline(b))
+            .collect();
+        let same: Vec<&Bench> = group
+            .iter()
+            .copied()
+            .filter(|b| b.value == ours.value)
+            .collect();
+        let baselines = if same.is_empty() {
+            group.first().copied().into_iter().collect()
+        } else {
+            same
+        };
+        let setting = ours
+            .group
+            .strip_prefix(name)
+            .unwrap_or(&ours.group)
+            .trim_start_matches('/');
+        for baseline in baselines {
+            let against = baseline.function["baseline".len()..].trim_start_matches([' ', '_']);
             let mut figure = String::new();
             if !setting.is_empty() {
                 figure.push_str(setting);
@@ -191,15 +197,16 @@ fn rows(name: &str, benches: &[Bench]) -> Vec<Row> {
             }
             if !against.is_empty() {
                 figure.push_str(" vs ");
-                figure.push_str(against);
+                figure.push_str(against.trim_end());
             }
-            Some(Row {
+            rows.push(Row {
                 figure,
                 ours_ns: ours.mean_ns,
                 baseline_ns: baseline.mean_ns,
-            })
-        })
-        .collect()
+            });
+        }
+    }
+    rows
 }
 
 /// The Markdown table and, under it, the machine line.
@@ -322,6 +329,24 @@ mod tests {
             ]
         );
         assert_eq!(rows[2].baseline_ns, 40.0);
+        let latency = [
+            bench("latency/block", "hub", Some("8 B"), 12.0),
+            bench("latency/block", "baseline_futex", Some("8 B"), 6.0),
+            bench("latency/block", "baseline_pipe", Some("8 B"), 8.0),
+            bench("latency/block", "hub", Some("1 KiB"), 13.0),
+            bench("latency/block", "baseline_futex", Some("1 KiB"), 7.0),
+        ];
+        let latency_rows = super::rows("latency", &latency);
+        let figures: Vec<&str> = latency_rows.iter().map(|r| r.figure.as_str()).collect();
+        assert_eq!(
+            figures,
+            [
+                "block: hub 8 B vs futex",
+                "block: hub 8 B vs pipe",
+                "block: hub 1 KiB vs futex",
+            ]
+        );
+        assert_eq!(latency_rows[1].baseline_ns, 8.0);
         let table = table(&rows[..1], "Machine: m.");
         assert_eq!(
             table,

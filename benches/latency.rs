@@ -1,0 +1,666 @@
+//! Round-trip latency between two processes: the hub beside the floors it is measured against.
+//!
+//! One iteration is one round trip: the host (this process) sends a message of the size and waits
+//! for the echo from a child process, which is this same bench binary started again with
+//! `HUB_BENCH_CHILD` in its environment (checked first thing in `main`, before criterion sees
+//! the arguments). Every figure, baselines included, is two processes.
+//!
+//! - `latency/spin`: `hub` with `WaitMode::Spin` on both sides, beside `baseline_spin_floor`: a
+//!   raw spin ping-pong on one `AtomicU64` in a shared memfd mapping (for sizes above 8 B the host
+//!   also fills a buffer of the size in the mapping and the child copies it to a second buffer
+//!   before answering, the work the hub's echo does).
+//! - `latency/block`: `hub` with `WaitMode::Block`, beside `baseline_futex` (two `AtomicU32`
+//!   words in the same kind of mapping, `FUTEX_WAIT`/`FUTEX_WAKE`, the same fill and copy),
+//!   `baseline_unix_socket` (a `UnixStream` pair: write the size, the child reads it and writes it
+//!   back) and `baseline_pipe` (the same over two pipes).
+//! - `latency/adaptive`: `hub` with `WaitMode::Adaptive`, beside the same spin floor.
+//!
+//! The hub's round trip: the host sends a frame of the size (`send` for at most 16 bytes, which
+//! travel inline; else `loan`, fill, `send_loan`), the child `recv`s it and echoes it (`loan`,
+//! copy, `send_loan`; `send` when inline), the host `recv`s the echo.
+//!
+//! Function ids follow the convention `cargo xtask bench-report latency` reads: `baseline...` is
+//! a baseline, compared with every row of its group that has the same size.
+//!
+//! One child serves one figure and exits when it is done: the hub's child when the host says
+//! goodbye (`HostGone`), the spin and futex children on a quit value in the ping word, the socket
+//! and pipe children on end of file; the parent waits for it (and kills it after 5 s). Each child
+//! also asks for `SIGKILL` when the bench dies (`PR_SET_PDEATHSIG`), so none outlives it.
+//!
+//! ```sh
+//! cargo bench -p hub-benches --bench latency
+//! cargo xtask bench-report latency
+//! ```
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::process::{Child, Command, ExitCode};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion};
+use hub_transport::{FrameMeta, Host, HubConfig, Peer, RecvError, WaitMode, futex};
+use memmap2::MmapRaw;
+use rustix::io::{FdFlags, fcntl_setfd};
+
+/// The child's role; its presence makes the binary the echo partner instead of criterion.
+const CHILD_ENV: &str = "HUB_BENCH_CHILD";
+/// The descriptors the child inherits, comma-separated.
+const FDS_ENV: &str = "HUB_BENCH_FDS";
+/// The message size, in bytes.
+const SIZE_ENV: &str = "HUB_BENCH_SIZE";
+
+const SIZES: [usize; 4] = [8, 1 << 10, 64 << 10, 1 << 20];
+
+/// The shared mapping of the spin and futex baselines: the control words on their own cache
+/// lines, then the host's buffer and the child's buffer of the largest size.
+const PING: usize = 0; // AtomicU64 (spin) / AtomicU32 (futex): host -> child
+const PONG: usize = 128; // AtomicU32 (futex): child -> host
+const DATA: usize = 4096;
+const MAX_SIZE: usize = 1 << 20;
+const MAPPING_LEN: usize = DATA + 2 * MAX_SIZE;
+
+/// Written to the ping word to tell the child to exit.
+const QUIT64: u64 = u64::MAX;
+const QUIT32: u32 = u32::MAX;
+
+fn main() -> ExitCode {
+    if let Ok(role) = std::env::var(CHILD_ENV) {
+        return match child_main(&role) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("latency child {role}: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let mut criterion = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .configure_from_args();
+    bench_spin(&mut criterion);
+    bench_block(&mut criterion);
+    bench_adaptive(&mut criterion);
+    criterion.final_summary();
+    ExitCode::SUCCESS
+}
+
+fn size_name(size: usize) -> String {
+    if size >= 1 << 20 {
+        format!("{} MiB", size >> 20)
+    } else if size >= 1 << 10 {
+        format!("{} KiB", size >> 10)
+    } else {
+        format!("{size} B")
+    }
+}
+
+fn bench_spin(c: &mut Criterion) {
+    let mut group = c.benchmark_group("latency/spin");
+    for size in SIZES {
+        let id = size_name(size);
+        bench_hub(&mut group, WaitMode::Spin, size, &id);
+        let mut floor = SpinFloor::spawn(size);
+        group.bench_function(BenchmarkId::new("baseline_spin_floor", &id), |b| {
+            b.iter_custom(|iters| floor.run(iters))
+        });
+    }
+    group.finish();
+}
+
+fn bench_block(c: &mut Criterion) {
+    let mut group = c.benchmark_group("latency/block");
+    for size in SIZES {
+        let id = size_name(size);
+        bench_hub(&mut group, WaitMode::Block, size, &id);
+        let mut pair = FutexPair::spawn(size);
+        group.bench_function(BenchmarkId::new("baseline_futex", &id), |b| {
+            b.iter_custom(|iters| pair.run(iters))
+        });
+        drop(pair);
+        let mut socket = StreamEcho::socket(size);
+        group.bench_function(BenchmarkId::new("baseline_unix_socket", &id), |b| {
+            b.iter_custom(|iters| socket.run(iters))
+        });
+        drop(socket);
+        let mut pipe = StreamEcho::pipe(size);
+        group.bench_function(BenchmarkId::new("baseline_pipe", &id), |b| {
+            b.iter_custom(|iters| pipe.run(iters))
+        });
+    }
+    group.finish();
+}
+
+fn bench_adaptive(c: &mut Criterion) {
+    let mut group = c.benchmark_group("latency/adaptive");
+    for size in SIZES {
+        let id = size_name(size);
+        bench_hub(&mut group, WaitMode::Adaptive, size, &id);
+        let mut floor = SpinFloor::spawn(size);
+        group.bench_function(BenchmarkId::new("baseline_spin_floor", &id), |b| {
+            b.iter_custom(|iters| floor.run(iters))
+        });
+    }
+    group.finish();
+}
+
+fn bench_hub(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    mode: WaitMode,
+    size: usize,
+    id: &str,
+) {
+    let mut hub = HubEcho::spawn(mode, size);
+    group.bench_function(BenchmarkId::new("hub", id), |b| {
+        b.iter_custom(|iters| hub.run(iters))
+    });
+}
+
+/// The role name of a wait mode in `HUB_BENCH_CHILD`.
+fn hub_role(mode: WaitMode) -> &'static str {
+    match mode {
+        WaitMode::Spin => "hub-spin",
+        WaitMode::Block => "hub-block",
+        _ => "hub-adaptive",
+    }
+}
+
+/// A child process that is waited for (and killed if it does not exit soon) when dropped.
+struct Partner(Child);
+
+impl Partner {
+    /// Starts this binary as the child `role`, inheriting `fds` (their close-on-exec flag is
+    /// cleared for the spawn and set again after it).
+    fn spawn(
+        role: &str,
+        size: usize,
+        fds: &[&OwnedFd],
+        configure: impl FnOnce(&mut Command),
+    ) -> Self {
+        let exe = std::env::current_exe().expect("the bench binary's path");
+        let mut command = Command::new(exe);
+        command.env(CHILD_ENV, role).env(SIZE_ENV, size.to_string());
+        let list: Vec<String> = fds.iter().map(|fd| fd.as_raw_fd().to_string()).collect();
+        command.env(FDS_ENV, list.join(","));
+        configure(&mut command);
+        for fd in fds {
+            fcntl_setfd(fd, FdFlags::empty()).expect("clear FD_CLOEXEC");
+        }
+        let child = command.spawn().expect("spawn the echo child");
+        for fd in fds {
+            fcntl_setfd(fd, FdFlags::CLOEXEC).expect("set FD_CLOEXEC");
+        }
+        Self(child)
+    }
+}
+
+impl Drop for Partner {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match self.0.try_wait() {
+                Ok(Some(status)) => {
+                    if !status.success() {
+                        eprintln!("latency: an echo child exited with {status}");
+                    }
+                    return;
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                _ => {
+                    eprintln!("latency: an echo child did not exit; killing it");
+                    let _ = self.0.kill();
+                    let _ = self.0.wait();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The hub: a host with one peer, the child.
+struct HubEcho {
+    host: Option<Host>,
+    size: usize,
+    sent: u64,
+    // Dropped after `host` (see `Drop`): the child exits when the host says goodbye.
+    _child: Partner,
+}
+
+impl HubEcho {
+    fn spawn(mode: WaitMode, size: usize) -> Self {
+        let mut host = Host::create(&HubConfig {
+            max_peers: 1,
+            ..HubConfig::default()
+        })
+        .expect("create a hub");
+        host.set_wait_mode(mode);
+        let ticket = host.add_peer().expect("a peer entry");
+        let child = Partner::spawn(hub_role(mode), size, &[], |command| {
+            ticket.apply(command);
+        });
+        drop(ticket);
+        Self {
+            host: Some(host),
+            size,
+            sent: 0,
+            _child: child,
+        }
+    }
+
+    fn run(&mut self, iters: u64) -> Duration {
+        let host = self.host.as_ref().expect("the host");
+        let small = [0x5a_u8; 16];
+        let started = Instant::now();
+        for _ in 0..iters {
+            self.sent += 1;
+            let meta = FrameMeta {
+                msg_id: self.sent,
+                ..FrameMeta::default()
+            };
+            if self.size <= small.len() {
+                host.send(0, meta, &small[..self.size]).expect("send");
+            } else {
+                let mut loan = host.loan(self.size).expect("loan");
+                loan.as_mut_slice().fill(self.sent as u8);
+                host.send_loan(0, meta, loan).expect("send_loan");
+            }
+            let reply = host.recv().expect("recv");
+            assert_eq!(reply.meta().msg_id, self.sent, "the echo of this frame");
+            assert_eq!(reply.len(), self.size);
+        }
+        started.elapsed()
+    }
+}
+
+impl Drop for HubEcho {
+    fn drop(&mut self) {
+        // Goodbye first: the child's recv returns HostGone and it exits; then `_child` waits.
+        drop(self.host.take());
+    }
+}
+
+/// A shared memfd mapping of `MAPPING_LEN` bytes, touched only through raw pointers: the
+/// control words as atomics, the buffers by whichever side the protocol hands them to.
+struct Shared {
+    map: MmapRaw,
+}
+
+impl Shared {
+    /// A new memfd of `MAPPING_LEN` bytes, mapped.
+    fn create() -> (OwnedFd, Self) {
+        let fd = rustix::fs::memfd_create("hub-bench-latency", rustix::fs::MemfdFlags::CLOEXEC)
+            .expect("memfd_create");
+        rustix::fs::ftruncate(&fd, MAPPING_LEN as u64).expect("ftruncate");
+        let shared = Self::map(&fd);
+        (fd, shared)
+    }
+
+    /// The memfd `fd`, mapped shared.
+    fn map(fd: &OwnedFd) -> Self {
+        let map = MmapRaw::map_raw(fd).expect("mmap the memfd");
+        assert!(map.len() >= MAPPING_LEN);
+        Self { map }
+    }
+
+    fn word64(&self, offset: usize) -> &AtomicU64 {
+        assert!(offset + 8 <= MAPPING_LEN && offset.is_multiple_of(8));
+        // SAFETY: in bounds and aligned (the mapping is page-aligned), mapped as long as `self`,
+        // and both processes access these bytes only as this atomic.
+        unsafe { &*self.map.as_mut_ptr().add(offset).cast::<AtomicU64>() }
+    }
+
+    fn word32(&self, offset: usize) -> &AtomicU32 {
+        assert!(offset + 4 <= MAPPING_LEN && offset.is_multiple_of(4));
+        // SAFETY: as in `word64`.
+        unsafe { &*self.map.as_mut_ptr().add(offset).cast::<AtomicU32>() }
+    }
+
+    /// The host's buffer (`DATA`) filled with `byte`, `size` bytes.
+    fn fill_host_buffer(&self, size: usize, byte: u8) {
+        assert!(size <= MAX_SIZE);
+        // SAFETY: in bounds; the buffer is the host's to write between the child's answer
+        // (Acquire) and the next ping (Release), and nobody holds a reference to it.
+        unsafe { std::ptr::write_bytes(self.map.as_mut_ptr().add(DATA), byte, size) }
+    }
+
+    /// The child's echo: the host's buffer copied to the child's.
+    fn copy_to_child_buffer(&self, size: usize) {
+        assert!(size <= MAX_SIZE);
+        // SAFETY: in bounds, the two buffers do not overlap; between the ping (Acquire) and the
+        // answer (Release) the host leaves both alone, and nobody holds a reference to them.
+        unsafe {
+            let base = self.map.as_mut_ptr();
+            std::ptr::copy_nonoverlapping(base.add(DATA), base.add(DATA + MAX_SIZE), size);
+        }
+    }
+}
+
+/// The spin floor: the host writes an odd sequence number, the child answers with the next even
+/// one; both spin on the same `AtomicU64`.
+struct SpinFloor {
+    map: Shared,
+    size: usize,
+    seq: u64,
+    _fd: OwnedFd,
+    _child: Option<Partner>,
+}
+
+impl SpinFloor {
+    fn spawn(size: usize) -> Self {
+        let (fd, map) = Shared::create();
+        let child = Partner::spawn("spin", size, &[&fd], |_| {});
+        Self {
+            map,
+            size,
+            seq: 0,
+            _fd: fd,
+            _child: Some(child),
+        }
+    }
+
+    fn run(&mut self, iters: u64) -> Duration {
+        let started = Instant::now();
+        for _ in 0..iters {
+            if self.size > 8 {
+                self.map.fill_host_buffer(self.size, self.seq as u8);
+            }
+            let word = self.map.word64(PING);
+            word.store(self.seq + 1, Ordering::Release);
+            while word.load(Ordering::Acquire) != self.seq + 2 {
+                std::hint::spin_loop();
+            }
+            self.seq += 2;
+        }
+        started.elapsed()
+    }
+}
+
+impl Drop for SpinFloor {
+    fn drop(&mut self) {
+        self.map.word64(PING).store(QUIT64, Ordering::Release);
+        drop(self._child.take());
+    }
+}
+
+fn spin_child(map: Shared, size: usize) {
+    let mut seen = 0;
+    loop {
+        let value = loop {
+            let value = map.word64(PING).load(Ordering::Acquire);
+            if value != seen {
+                break value;
+            }
+            std::hint::spin_loop();
+        };
+        if value == QUIT64 {
+            return;
+        }
+        if size > 8 {
+            map.copy_to_child_buffer(size);
+        }
+        seen = value + 1;
+        map.word64(PING).store(seen, Ordering::Release);
+    }
+}
+
+/// The futex ping-pong: the host sets `PING` to a new number and wakes it, the child sets `PONG`
+/// to the same number and wakes it; each sleeps in `FUTEX_WAIT` until its word changes.
+struct FutexPair {
+    map: Shared,
+    size: usize,
+    seq: u32,
+    _fd: OwnedFd,
+    _child: Option<Partner>,
+}
+
+impl FutexPair {
+    fn spawn(size: usize) -> Self {
+        let (fd, map) = Shared::create();
+        let child = Partner::spawn("futex", size, &[&fd], |_| {});
+        Self {
+            map,
+            size,
+            seq: 0,
+            _fd: fd,
+            _child: Some(child),
+        }
+    }
+
+    fn run(&mut self, iters: u64) -> Duration {
+        let started = Instant::now();
+        for _ in 0..iters {
+            if self.size > 8 {
+                self.map.fill_host_buffer(self.size, self.seq as u8);
+            }
+            // Wraps below QUIT32.
+            let next = (self.seq + 1) % QUIT32;
+            let ping = self.map.word32(PING);
+            ping.store(next, Ordering::Release);
+            futex::wake(ping, 1);
+            wait_for_value(self.map.word32(PONG), self.seq, next);
+            self.seq = next;
+        }
+        started.elapsed()
+    }
+}
+
+impl Drop for FutexPair {
+    fn drop(&mut self) {
+        let ping = self.map.word32(PING);
+        ping.store(QUIT32, Ordering::Release);
+        futex::wake(ping, 1);
+        drop(self._child.take());
+    }
+}
+
+/// Sleeps on `word` while it holds `old`; returns its new value (which must be `want` if given).
+fn wait_for_value(word: &AtomicU32, old: u32, want: u32) -> u32 {
+    loop {
+        let value = word.load(Ordering::Acquire);
+        if value != old {
+            debug_assert!(
+                value == want || want == QUIT32,
+                "futex word {value}, want {want}"
+            );
+            return value;
+        }
+        futex::wait(word, old, None).expect("FUTEX_WAIT");
+    }
+}
+
+fn futex_child(map: Shared, size: usize) {
+    let mut seen = 0;
+    loop {
+        let value = wait_for_value(map.word32(PING), seen, QUIT32);
+        if value == QUIT32 {
+            return;
+        }
+        if size > 8 {
+            map.copy_to_child_buffer(size);
+        }
+        let pong = map.word32(PONG);
+        pong.store(value, Ordering::Release);
+        futex::wake(pong, 1);
+        seen = value;
+    }
+}
+
+/// A byte-stream echo: a Unix socket pair, or two pipes. The host writes `size` bytes and reads
+/// them back; the child reads them and writes them back. The child exits on end of file.
+struct StreamEcho {
+    to_child: Option<std::fs::File>,
+    from_child: std::fs::File,
+    out: Vec<u8>,
+    back: Vec<u8>,
+    _child: Option<Partner>,
+}
+
+impl StreamEcho {
+    fn socket(size: usize) -> Self {
+        let (ours, theirs) = UnixStream::pair().expect("socketpair");
+        let theirs = OwnedFd::from(theirs);
+        let child = Partner::spawn("socket", size, &[&theirs], |_| {});
+        drop(theirs);
+        let ours = std::fs::File::from(OwnedFd::from(ours));
+        Self::new(ours.try_clone().expect("dup"), ours, size, child)
+    }
+
+    fn pipe(size: usize) -> Self {
+        let (child_reads, host_writes) = std::io::pipe().expect("pipe");
+        let (host_reads, child_writes) = std::io::pipe().expect("pipe");
+        let (child_reads, child_writes) = (OwnedFd::from(child_reads), OwnedFd::from(child_writes));
+        let child = Partner::spawn("pipe", size, &[&child_reads, &child_writes], |_| {});
+        drop((child_reads, child_writes));
+        Self::new(
+            std::fs::File::from(OwnedFd::from(host_writes)),
+            std::fs::File::from(OwnedFd::from(host_reads)),
+            size,
+            child,
+        )
+    }
+
+    fn new(
+        to_child: std::fs::File,
+        from_child: std::fs::File,
+        size: usize,
+        child: Partner,
+    ) -> Self {
+        Self {
+            to_child: Some(to_child),
+            from_child,
+            out: vec![0x5a; size],
+            back: vec![0; size],
+            _child: Some(child),
+        }
+    }
+
+    fn run(&mut self, iters: u64) -> Duration {
+        let to_child = self.to_child.as_mut().expect("the host's end");
+        let started = Instant::now();
+        for _ in 0..iters {
+            to_child.write_all(&self.out).expect("write");
+            self.from_child.read_exact(&mut self.back).expect("read");
+        }
+        started.elapsed()
+    }
+}
+
+impl Drop for StreamEcho {
+    fn drop(&mut self) {
+        // End of file for the child (a socket's other end stays open through `from_child`, so
+        // shut the write side down explicitly).
+        if let Some(to_child) = self.to_child.take() {
+            let _ = rustix::net::shutdown(&to_child, rustix::net::Shutdown::Write);
+        }
+        drop(self._child.take());
+    }
+}
+
+fn stream_child(
+    mut input: std::fs::File,
+    mut output: std::fs::File,
+    size: usize,
+) -> std::io::Result<()> {
+    let mut buffer = vec![0; size];
+    loop {
+        match input.read_exact(&mut buffer) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(error) => return Err(error),
+        }
+        output.write_all(&buffer)?;
+    }
+}
+
+/// The descriptors named in `HUB_BENCH_FDS`, owned by this process.
+fn inherited_fds() -> Result<Vec<OwnedFd>, String> {
+    let list = std::env::var(FDS_ENV).map_err(|e| format!("{FDS_ENV}: {e}"))?;
+    list.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            let fd: RawFd = s.parse().map_err(|e| format!("{FDS_ENV}: {e}"))?;
+            rustix::io::fcntl_getfd(
+                // SAFETY: only checks that the number is an open descriptor.
+                unsafe { rustix::fd::BorrowedFd::borrow_raw(fd) },
+            )
+            .map_err(|e| format!("descriptor {fd}: {e}"))?;
+            // SAFETY: the parent passed this descriptor for this child alone, it is open (checked
+            // above), and nothing else in this process owns it.
+            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        })
+        .collect()
+}
+
+fn child_main(role: &str) -> Result<(), String> {
+    // Never outlive the bench: die with the parent, even if it is killed.
+    let parent = rustix::process::getppid();
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+        .map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
+    if rustix::process::getppid() != parent {
+        return Err("the bench exited before its child started".into());
+    }
+    let size: usize = std::env::var(SIZE_ENV)
+        .map_err(|e| format!("{SIZE_ENV}: {e}"))?
+        .parse()
+        .map_err(|e| format!("{SIZE_ENV}: {e}"))?;
+    match role {
+        "hub-spin" => hub_child(WaitMode::Spin, size),
+        "hub-block" => hub_child(WaitMode::Block, size),
+        "hub-adaptive" => hub_child(WaitMode::Adaptive, size),
+        "spin" | "futex" => {
+            let [fd] = <[OwnedFd; 1]>::try_from(inherited_fds()?)
+                .map_err(|_| "expected one descriptor".to_owned())?;
+            let map = Shared::map(&fd);
+            if role == "spin" {
+                spin_child(map, size);
+            } else {
+                futex_child(map, size);
+            }
+            Ok(())
+        }
+        "socket" => {
+            let [fd] = <[OwnedFd; 1]>::try_from(inherited_fds()?)
+                .map_err(|_| "expected one descriptor".to_owned())?;
+            let input = std::fs::File::from(fd);
+            let output = input.try_clone().map_err(|e| e.to_string())?;
+            stream_child(input, output, size).map_err(|e| e.to_string())
+        }
+        "pipe" => {
+            let [input, output] = <[OwnedFd; 2]>::try_from(inherited_fds()?)
+                .map_err(|_| "expected two descriptors".to_owned())?;
+            stream_child(input.into(), output.into(), size).map_err(|e| e.to_string())
+        }
+        other => Err(format!("unknown role {other:?}")),
+    }
+}
+
+fn hub_child(mode: WaitMode, size: usize) -> Result<(), String> {
+    let mut peer = Peer::from_env().map_err(|e| e.to_string())?;
+    peer.set_wait_mode(mode);
+    loop {
+        let frame = match peer.recv() {
+            Ok(frame) => frame,
+            Err(RecvError::HostGone) => return Ok(()),
+            Err(error) => return Err(error.to_string()),
+        };
+        let meta = *frame.meta();
+        if frame.len() != size {
+            return Err(format!("a frame of {} bytes, expected {size}", frame.len()));
+        }
+        if size <= 16 {
+            let mut echo = [0; 16];
+            echo[..size].copy_from_slice(frame.payload());
+            drop(frame);
+            peer.send(meta, &echo[..size]).map_err(|e| e.to_string())?;
+        } else {
+            let mut loan = peer.loan(size).map_err(|e| e.to_string())?;
+            loan.as_mut_slice().copy_from_slice(frame.payload());
+            drop(frame);
+            peer.send_loan(meta, loan).map_err(|e| e.to_string())?;
+        }
+    }
+}
