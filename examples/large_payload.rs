@@ -18,6 +18,7 @@
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
+use hub_examples::{checksum, expected_checksum};
 use hub_transport::{FrameMeta, Host, HubConfig, Peer, RecvError};
 
 /// The flag that makes the program the plugin side.
@@ -112,27 +113,6 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<Options>, Stri
 /// The byte the plugin fills frame `i` with.
 fn fill_byte(i: usize) -> u8 {
     (i % 251) as u8 + 1
-}
-
-/// A checksum that reads every byte: the wrapping sum of the little-endian 64-bit words, then of
-/// the tail bytes.
-fn checksum(bytes: &[u8]) -> u64 {
-    let mut words = bytes.chunks_exact(8);
-    let mut sum = 0u64;
-    for word in &mut words {
-        sum = sum.wrapping_add(u64::from_le_bytes(word.try_into().unwrap_or([0; 8])));
-    }
-    for &byte in words.remainder() {
-        sum = sum.wrapping_add(u64::from(byte));
-    }
-    sum
-}
-
-/// What [`checksum`] gives for `len` bytes of `byte`.
-fn expected_checksum(len: usize, byte: u8) -> u64 {
-    let word = u64::from_le_bytes([byte; 8]);
-    word.wrapping_mul((len / 8) as u64)
-        .wrapping_add(u64::from(byte) * (len % 8) as u64)
 }
 
 fn gbps(bytes: usize, elapsed: Duration) -> f64 {

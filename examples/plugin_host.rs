@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::process::{Child, Command, ExitCode};
 use std::time::{Duration, Instant};
 
+use hub_examples::{checksum, expected_checksum};
 use hub_transport::{FrameMeta, Host, HubConfig, Peer, PeerEvent, RecvError, SendError};
 
 /// The flag that makes the program a plugin: `--plugin checksum|transform [CRASH_MS]`.
@@ -123,26 +124,6 @@ fn parse(args: &[String]) -> std::result::Result<Option<Options>, String> {
         ));
     }
     Ok(Some(options))
-}
-
-/// The wrapping sum of the little-endian 64-bit words, then of the tail bytes.
-fn checksum(bytes: &[u8]) -> u64 {
-    let mut words = bytes.chunks_exact(8);
-    let mut sum = 0u64;
-    for word in &mut words {
-        sum = sum.wrapping_add(u64::from_le_bytes(word.try_into().unwrap_or([0; 8])));
-    }
-    for &byte in words.remainder() {
-        sum = sum.wrapping_add(u64::from(byte));
-    }
-    sum
-}
-
-/// What [`checksum`] gives for `len` bytes of `byte`.
-fn expected_checksum(len: usize, byte: u8) -> u64 {
-    let word = u64::from_le_bytes([byte; 8]);
-    word.wrapping_mul((len / 8) as u64)
-        .wrapping_add(u64::from(byte) * (len % 8) as u64)
 }
 
 fn kind_of(peer: u16) -> &'static str {
