@@ -1,0 +1,342 @@
+//! One-way throughput into the host: peers in child processes send frames as fast as they can,
+//! the host (this process) receives and drops them. Beside each hub figure, an in-process
+//! `crossbeam_channel::bounded(256)` between threads, with the same iteration semantics.
+//!
+//! One iteration is one frame received by the host. Per sample the host tells each peer how many
+//! frames to send (a control frame whose `msg_id` is the count); the peer answers with that many
+//! frames of the size (inline `send` up to 16 B; else `loan` and `send_loan`, zero copy: the peer
+//! writes only a sequence number into the first 8 bytes of the slot), and the host `recv`s and
+//! drops each one. The clock runs from before the control frames go out until the last frame is
+//! in, so each sample includes one wake-up of the peers. Both sides use the default
+//! `WaitMode::Adaptive`.
+//!
+//! - `throughput/one_way`: one peer, frames of 8 B, 1 KiB, 64 KiB and 1 MiB
+//!   (`Throughput::Elements`: frames per second; no payload byte is copied, so bytes per second
+//!   would only be the size times that), beside `baseline_crossbeam_channel`: a sender thread pushes
+//!   `[u8; 8]` values (8 B) or `Vec<u8>` buffers of the size through the channel, the receiving
+//!   thread drops each (a buffer goes back to the sender through a second channel, a pool, so
+//!   neither side allocates or touches the payload after warm-up, as with the hub's slots).
+//! - `throughput/fan_in`: 1, 4, 16 and 32 peers, each sending 8 B frames
+//!   (`Throughput::Elements`), beside the channel with the same number of sender threads.
+//!
+//! Each child exits when the host says goodbye (`HostGone`), asks for `SIGKILL` should the bench
+//! die (`PR_SET_PDEATHSIG`), and is killed if it has not exited 5 s after the host is dropped.
+//!
+//! ```sh
+//! cargo bench -p hub-benches --bench throughput
+//! cargo xtask bench-report throughput/one_way
+//! cargo xtask bench-report throughput/fan_in
+//! ```
+
+use std::process::{Child, Command, ExitCode};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkGroup, BenchmarkId, Criterion, Throughput, measurement::WallTime};
+use crossbeam_channel::{Receiver, Sender};
+use hub_transport::{FrameMeta, Host, HubConfig, Peer, RecvError};
+
+/// The child's role; its presence makes the binary a sending peer instead of criterion.
+const CHILD_ENV: &str = "HUB_BENCH_CHILD";
+/// The frame size, in bytes.
+const SIZE_ENV: &str = "HUB_BENCH_SIZE";
+
+const SIZES: [usize; 4] = [8, 1 << 10, 64 << 10, 1 << 20];
+const FAN_IN: [usize; 4] = [1, 4, 16, 32];
+/// Frames travel inline up to this size.
+const INLINE: usize = 16;
+/// The baseline channel's capacity.
+const CHANNEL_CAPACITY: usize = 256;
+
+fn main() -> ExitCode {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return match child_main() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("throughput child: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let mut criterion = Criterion::default()
+        .sample_size(15)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_millis(1500))
+        .configure_from_args();
+    bench_one_way(&mut criterion);
+    bench_fan_in(&mut criterion);
+    criterion.final_summary();
+    ExitCode::SUCCESS
+}
+
+fn size_name(size: usize) -> String {
+    if size >= 1 << 20 {
+        format!("{} MiB", size >> 20)
+    } else if size >= 1 << 10 {
+        format!("{} KiB", size >> 10)
+    } else {
+        format!("{size} B")
+    }
+}
+
+fn bench_one_way(c: &mut Criterion) {
+    let mut group = c.benchmark_group("throughput/one_way");
+    // Frames, not bytes: the hub's path is zero copy, so bytes per second would count bytes
+    // handed over (terabytes per second at 1 MiB), not bytes moved.
+    group.throughput(Throughput::Elements(1));
+    for size in SIZES {
+        let id = size_name(size);
+        bench_pair(&mut group, 1, size, &id);
+    }
+    group.finish();
+}
+
+fn bench_fan_in(c: &mut Criterion) {
+    let mut group = c.benchmark_group("throughput/fan_in");
+    group.throughput(Throughput::Elements(1));
+    for senders in FAN_IN {
+        let id = format!("{senders} senders");
+        bench_pair(&mut group, senders, 8, &id);
+    }
+    group.finish();
+}
+
+/// The hub with `senders` peers, then the channel with as many sender threads.
+fn bench_pair(group: &mut BenchmarkGroup<'_, WallTime>, senders: usize, size: usize, id: &str) {
+    let mut hub = HubFanIn::spawn(senders, size);
+    group.bench_function(BenchmarkId::new("hub", id), |b| {
+        b.iter_custom(|iters| hub.run(iters))
+    });
+    drop(hub);
+    let mut channel = ChannelFanIn::spawn(senders, size);
+    group.bench_function(BenchmarkId::new("baseline_crossbeam_channel", id), |b| {
+        b.iter_custom(|iters| channel.run(iters))
+    });
+}
+
+/// How many of `iters` frames sender `index` of `senders` sends.
+fn share(iters: u64, senders: usize, index: usize) -> u64 {
+    let n = senders as u64;
+    iters / n + u64::from((index as u64) < iters % n)
+}
+
+/// A child process that is waited for (and killed if it does not exit soon) when dropped.
+struct Partner(Child);
+
+impl Drop for Partner {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match self.0.try_wait() {
+                Ok(Some(status)) => {
+                    if !status.success() {
+                        eprintln!("throughput: a peer child exited with {status}");
+                    }
+                    return;
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                _ => {
+                    eprintln!("throughput: a peer child did not exit; killing it");
+                    let _ = self.0.kill();
+                    let _ = self.0.wait();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The hub: a host with `senders` peers, each a child process.
+struct HubFanIn {
+    host: Option<Host>,
+    size: usize,
+    // Dropped after `host` (see `Drop`): the children exit when the host says goodbye.
+    children: Vec<Partner>,
+}
+
+impl HubFanIn {
+    fn spawn(senders: usize, size: usize) -> Self {
+        let host = Host::create(&HubConfig {
+            max_peers: u16::try_from(senders).expect("at most 32 peers"),
+            ..HubConfig::default()
+        })
+        .expect("create a hub");
+        let exe = std::env::current_exe().expect("the bench binary's path");
+        let children = (0..senders)
+            .map(|_| {
+                let ticket = host.add_peer().expect("a peer entry");
+                let mut command = Command::new(&exe);
+                command
+                    .env(CHILD_ENV, "hub")
+                    .env(SIZE_ENV, size.to_string());
+                ticket.apply(&mut command);
+                let child = command.spawn().expect("spawn a peer child");
+                drop(ticket);
+                Partner(child)
+            })
+            .collect();
+        Self {
+            host: Some(host),
+            size,
+            children,
+        }
+    }
+
+    fn run(&mut self, iters: u64) -> Duration {
+        let host = self.host.as_ref().expect("the host");
+        let senders = self.children.len();
+        let started = Instant::now();
+        for index in 0..senders {
+            let count = share(iters, senders, index);
+            if count > 0 {
+                let meta = FrameMeta {
+                    msg_id: count,
+                    ..FrameMeta::default()
+                };
+                let peer = u16::try_from(index).expect("a peer index");
+                host.send(peer, meta, &[]).expect("send the count");
+            }
+        }
+        for _ in 0..iters {
+            let frame = host.recv().expect("recv");
+            debug_assert_eq!(frame.len(), self.size);
+            drop(frame);
+        }
+        started.elapsed()
+    }
+}
+
+impl Drop for HubFanIn {
+    fn drop(&mut self) {
+        // Goodbye first: each child's recv returns HostGone and it exits; then `children` wait.
+        drop(self.host.take());
+        self.children.clear();
+    }
+}
+
+/// The baseline: `senders` threads, each pushing frames into one bounded channel; this thread
+/// receives and drops them. Buffers above 8 B go back to the senders through a pool channel.
+struct ChannelFanIn {
+    orders: Vec<Sender<u64>>,
+    frames: Receiver<Frame>,
+    pool: Sender<Vec<u8>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// A baseline frame: 8 B by value, or a buffer of the size.
+enum Frame {
+    Small([u8; 8]),
+    Buffer(Vec<u8>),
+}
+
+impl ChannelFanIn {
+    fn spawn(senders: usize, size: usize) -> Self {
+        let (frame_tx, frames) = crossbeam_channel::bounded(CHANNEL_CAPACITY);
+        let (pool, pool_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
+        let mut orders = Vec::new();
+        let threads = (0..senders)
+            .map(|_| {
+                let (order_tx, order_rx) = crossbeam_channel::bounded::<u64>(1);
+                orders.push(order_tx);
+                let frame_tx = frame_tx.clone();
+                let pool_rx = pool_rx.clone();
+                std::thread::spawn(move || {
+                    let mut seq = 0_u64;
+                    for count in order_rx {
+                        for _ in 0..count {
+                            seq += 1;
+                            let frame = if size <= 8 {
+                                Frame::Small(seq.to_le_bytes())
+                            } else {
+                                let mut buffer =
+                                    pool_rx.try_recv().unwrap_or_else(|_| vec![0; size]);
+                                buffer[..8].copy_from_slice(&seq.to_le_bytes());
+                                Frame::Buffer(buffer)
+                            };
+                            if frame_tx.send(frame).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            orders,
+            frames,
+            pool,
+            threads,
+        }
+    }
+
+    fn run(&mut self, iters: u64) -> Duration {
+        let senders = self.orders.len();
+        let started = Instant::now();
+        for (index, order) in self.orders.iter().enumerate() {
+            let count = share(iters, senders, index);
+            if count > 0 {
+                order.send(count).expect("order a sender");
+            }
+        }
+        for _ in 0..iters {
+            match self.frames.recv().expect("recv") {
+                Frame::Small(bytes) => drop(std::hint::black_box(bytes)),
+                // "Drop" the buffer: back to the pool, as the hub's slot goes back to its class.
+                Frame::Buffer(buffer) => {
+                    let _ = self.pool.send(buffer);
+                }
+            }
+        }
+        started.elapsed()
+    }
+}
+
+impl Drop for ChannelFanIn {
+    fn drop(&mut self) {
+        self.orders.clear();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn child_main() -> Result<(), String> {
+    // Never outlive the bench: die with the parent, even if it is killed.
+    let parent = rustix::process::getppid();
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+        .map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
+    if rustix::process::getppid() != parent {
+        return Err("the bench exited before its child started".into());
+    }
+    let size: usize = std::env::var(SIZE_ENV)
+        .map_err(|e| format!("{SIZE_ENV}: {e}"))?
+        .parse()
+        .map_err(|e| format!("{SIZE_ENV}: {e}"))?;
+    let peer = Peer::from_env().map_err(|e| e.to_string())?;
+    let small = [0x5a_u8; INLINE];
+    let mut seq = 0_u64;
+    loop {
+        let count = match peer.recv() {
+            Ok(order) => order.meta().msg_id,
+            Err(RecvError::HostGone) => return Ok(()),
+            Err(error) => return Err(error.to_string()),
+        };
+        for _ in 0..count {
+            seq += 1;
+            let meta = FrameMeta {
+                msg_id: seq,
+                ..FrameMeta::default()
+            };
+            if size <= INLINE {
+                peer.send(meta, &small[..size])
+            } else {
+                let mut loan = peer.loan(size).map_err(|e| e.to_string())?;
+                loan.as_mut_slice()[..8].copy_from_slice(&seq.to_le_bytes());
+                peer.send_loan(meta, loan)
+            }
+            .map_err(|e| e.to_string())?;
+        }
+    }
+}
