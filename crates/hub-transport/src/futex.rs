@@ -91,7 +91,7 @@ pub enum FutexError {
 }
 
 #[cfg(not(loom))]
-pub use self::os::{wait, wait_any, wake};
+pub use self::os::{system_calls, wait, wait_any, wake};
 
 #[cfg(loom)]
 pub use self::emulation::{wait, wait_any, wake};
@@ -109,6 +109,20 @@ fn timespec_from(duration: std::time::Duration) -> rustix::thread::futex::Timesp
 #[cfg(not(loom))]
 mod os {
     use super::{FutexError, MAX_WAIT_ANY, WAKE_ALL, WaitAnyOutcome, WaitOutcome, timespec_from};
+
+    /// Futex system calls made through this module, by this process.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+    fn count_call() {
+        CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many futex system calls (wait, wake, waitv) this process has made through this
+    /// module: for tests and benchmarks that check that a path makes none (R11: a publish
+    /// costs no system call when nobody sleeps).
+    pub fn system_calls() -> u64 {
+        CALLS.load(std::sync::atomic::Ordering::Relaxed)
+    }
     use crate::sync::AtomicU32;
     use rustix::io::Errno;
     use rustix::thread::futex;
@@ -147,6 +161,7 @@ mod os {
         timeout: Option<Duration>,
     ) -> Result<WaitOutcome, FutexError> {
         let timeout = timeout.map(timespec_from);
+        count_call();
         match futex::wait(word, futex::Flags::empty(), expected, timeout.as_ref()) {
             Ok(()) => Ok(WaitOutcome::Woken),
             Err(Errno::AGAIN) => Ok(WaitOutcome::ValueChanged),
@@ -173,6 +188,7 @@ mod os {
     /// assert_eq!(futex::wake(&word, WAKE_ALL), 0); // nobody sleeps on it
     /// ```
     pub fn wake(word: &AtomicU32, n: u32) -> usize {
+        count_call();
         match futex::wake(word, futex::Flags::empty(), n.min(WAKE_ALL)) {
             Ok(woken) => woken,
             Err(errno) => {
@@ -214,6 +230,7 @@ mod os {
         words: &[(&AtomicU32, u32)],
         timeout: Option<Duration>,
     ) -> Result<WaitAnyOutcome, FutexError> {
+        count_call();
         if words.is_empty() {
             return Err(FutexError::NoWords);
         }
