@@ -51,14 +51,14 @@ const FDS_ENV: &str = "HUB_BENCH_FDS";
 /// The message size, in bytes.
 const SIZE_ENV: &str = "HUB_BENCH_SIZE";
 
-const SIZES: [usize; 4] = [8, 1 << 10, 64 << 10, 1 << 20];
+const SIZES: [usize; 7] = [8, 64, 1 << 10, 4 << 10, 64 << 10, 1 << 20, 16 << 20];
 
 /// The shared mapping of the spin and futex baselines: the control words on their own cache
 /// lines, then the host's buffer and the child's buffer of the largest size.
 const PING: usize = 0; // AtomicU64 (spin) / AtomicU32 (futex): host -> child
 const PONG: usize = 128; // AtomicU32 (futex): child -> host
 const DATA: usize = 4096;
-const MAX_SIZE: usize = 1 << 20;
+const MAX_SIZE: usize = 16 << 20;
 const MAPPING_LEN: usize = DATA + 2 * MAX_SIZE;
 
 /// Written to the ping word to tell the child to exit.

@@ -41,7 +41,7 @@ const CHILD_ENV: &str = "HUB_BENCH_CHILD";
 /// The frame size, in bytes.
 const SIZE_ENV: &str = "HUB_BENCH_SIZE";
 
-const SIZES: [usize; 4] = [8, 1 << 10, 64 << 10, 1 << 20];
+const SIZES: [usize; 7] = [8, 64, 1 << 10, 4 << 10, 64 << 10, 1 << 20, 16 << 20];
 const FAN_IN: [usize; 4] = [1, 4, 16, 32];
 /// Frames travel inline up to this size.
 const INLINE: usize = 16;
