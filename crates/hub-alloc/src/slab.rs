@@ -790,6 +790,19 @@ impl<R: Region> Slab<R> {
         Ok(report)
     }
 
+    /// Free `handle`'s slot if it is in flight to `receiver` at the handle's generation: R10's
+    /// scan of a dead peer's rings, where a descriptor may name any slot and only one in flight
+    /// to that ring's receiver is the ring's to free. Whether it freed the slot.
+    pub fn free_if_in_flight_to(&self, handle: SlotHandle, receiver: OwnerId) -> bool {
+        let Ok(status) = self.slot_status(handle.class(), handle.index()) else {
+            return false;
+        };
+        status.generation == handle.generation()
+            && status.state == Some(SlotState::InFlight)
+            && status.owner == receiver.raw()
+            && self.free(handle).is_ok()
+    }
+
     /// Free every slot `sender` put in flight to `receiver` that `keep` does not claim: after
     /// the sender died and its ring to the receiver was scanned and reset (R10), what it sent
     /// that the receiver never took can never be taken, including a descriptor it published

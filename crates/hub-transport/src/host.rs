@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use hub_alloc::{ClassStats, OwnerId, ReclaimReport, SlabError, SlotHandle};
-use hub_layout::{INLINE_PAYLOAD_SLOT, MsgDescHot, SlotState};
 
 use crate::link::{
     Deadline, Endpoint, Frame, FrameMeta, Link, Loan, RECV_BELL, RecvError, SEND_BELL, SendError,
@@ -652,7 +651,11 @@ impl Core {
                 // below still finds every slot in flight to the peer, and the sweep after the
                 // reset every slot it sent the host.
                 for desc in view.pending().unwrap_or_default() {
-                    if free_if_in_flight(slab, &desc, receiver) {
+                    // An inline descriptor's INLINE_PAYLOAD_SLOT decodes to no slot.
+                    if let Ok(handle) =
+                        SlotHandle::from_slot_ref(desc.payload_slot, desc.payload_generation)
+                        && slab.free_if_in_flight_to(handle, receiver)
+                    {
                         recovery.ring_slots_freed += 1;
                     }
                 }
@@ -773,26 +776,6 @@ impl Drop for Host {
         }
         self.say_goodbye();
     }
-}
-
-/// Free the slot `desc` references if it is in flight to `receiver` (R10's ring scan).
-fn free_if_in_flight(slab: &crate::link::HubSlab, desc: &MsgDescHot, receiver: OwnerId) -> bool {
-    if desc.payload_slot == INLINE_PAYLOAD_SLOT {
-        return false;
-    }
-    let Ok(handle) = SlotHandle::from_slot_ref(desc.payload_slot, desc.payload_generation) else {
-        return false;
-    };
-    let Ok(status) = slab.slot_status(handle.class(), handle.index()) else {
-        return false;
-    };
-    if status.generation != handle.generation()
-        || status.state != Some(SlotState::InFlight)
-        || status.owner != receiver.raw()
-    {
-        return false;
-    }
-    slab.free(handle).is_ok()
 }
 
 const _: () = {

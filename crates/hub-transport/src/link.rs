@@ -334,14 +334,14 @@ impl Endpoint {
     /// Record that a frame of this endpoint holds `handle`'s slot; `false` when one already
     /// does (or the handle is out of range).
     fn claim(&self, handle: SlotHandle) -> bool {
-        let mark = handle.generation().wrapping_add(1).max(1);
+        let mark = held_mark(handle);
         self.held_cell(handle)
             .is_some_and(|cell| cell.swap(mark, std::sync::atomic::Ordering::AcqRel) != mark)
     }
 
     /// The frame holding `handle`'s slot is gone (after the slot was freed).
     fn unclaim(&self, handle: SlotHandle) {
-        let mark = handle.generation().wrapping_add(1).max(1);
+        let mark = held_mark(handle);
         if let Some(cell) = self.held_cell(handle) {
             let _ = cell.compare_exchange(
                 mark,
@@ -654,7 +654,7 @@ impl Link {
 
     /// Whether a frame of this endpoint holds `handle`'s slot.
     pub fn holds(endpoint: &Endpoint, handle: SlotHandle) -> bool {
-        let mark = handle.generation().wrapping_add(1).max(1);
+        let mark = held_mark(handle);
         endpoint
             .held_cell(handle)
             .is_some_and(|cell| cell.load(std::sync::atomic::Ordering::Acquire) == mark)
@@ -794,6 +794,11 @@ impl Link {
             payload: FramePayload::Slot { handle, ptr },
         })
     }
+}
+
+/// The value an endpoint's `held` cell takes while a frame holds `handle`'s slot: never 0.
+fn held_mark(handle: SlotHandle) -> u32 {
+    handle.generation().wrapping_add(1).max(1)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

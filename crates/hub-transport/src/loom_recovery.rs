@@ -18,31 +18,12 @@
 use std::sync::Arc;
 
 use hub_alloc::{ClassConfig, HeapRegion, OwnerId, Slab, SlabLayout, SlotHandle};
-use hub_layout::{INLINE_PAYLOAD_SLOT, MsgDescHot, SlotState};
+use hub_layout::MsgDescHot;
 use loom::thread;
 
 use crate::ring::HeapRing;
 
 const PEER: OwnerId = OwnerId::peer(0);
-
-/// The ring scan of R10: free a slot a pending descriptor names, if it is in flight to the host.
-fn free_if_in_flight_to_host(host: &Slab<Arc<HeapRegion>>, desc: &MsgDescHot) {
-    if desc.payload_slot == INLINE_PAYLOAD_SLOT {
-        return;
-    }
-    let Ok(handle) = SlotHandle::from_slot_ref(desc.payload_slot, desc.payload_generation) else {
-        return;
-    };
-    let Ok(status) = host.slot_status(handle.class(), handle.index()) else {
-        return;
-    };
-    if status.generation == handle.generation()
-        && status.state == Some(SlotState::InFlight)
-        && status.owner == OwnerId::HOST.raw()
-    {
-        let _ = host.free(handle);
-    }
-}
 
 fn reclaim_until_settled(host: &Slab<Arc<HeapRegion>>) {
     loop {
@@ -90,7 +71,11 @@ fn recovery_racing_a_late_send_leaks_nothing() {
         // The host's recovery, in R10's order: scan the ring, reset it, sweep what the peer
         // sent that the host holds no frame of (none here), reclaim what the peer owns.
         for desc in view.pending().unwrap_or_default() {
-            free_if_in_flight_to_host(&host, &desc);
+            if let Ok(handle) =
+                SlotHandle::from_slot_ref(desc.payload_slot, desc.payload_generation)
+            {
+                host.free_if_in_flight_to(handle, OwnerId::HOST);
+            }
         }
         view.reset();
         host.reclaim_sent(PEER, OwnerId::HOST, |_| false)
