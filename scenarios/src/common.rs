@@ -29,7 +29,7 @@ pub const STOP: u32 = 4;
 pub const GO: u32 = 5;
 
 /// Exit status of a peer that saw the host-gone error, as `host-crash` expects.
-pub const EXIT_HOST_GONE: i32 = 0;
+pub const EXIT_HOST_GONE: i32 = 40;
 /// Exit status of a peer that received a corrupted payload.
 pub const EXIT_CORRUPT: i32 = 20;
 /// Exit status of a peer for any other failure (its message is on standard error).
@@ -225,6 +225,18 @@ impl ChildProcess {
         ticket: Option<&Ticket>,
         read_stdout: bool,
     ) -> Result<Self, String> {
+        let ticket = ticket.map(|t| (t.peer_id(), t.env_value()));
+        Self::spawn_with(role, args, ticket, read_stdout)
+    }
+
+    /// Spawn `role` with `args`, with a ticket's peer id and environment value if given (a
+    /// ticket another process printed).
+    pub fn spawn_with(
+        role: &str,
+        args: &[String],
+        ticket: Option<(u16, String)>,
+        read_stdout: bool,
+    ) -> Result<Self, String> {
         let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
         let mut command = Command::new(exe);
         command.arg("role").arg(role).args(args);
@@ -234,8 +246,8 @@ impl ChildProcess {
         } else {
             Stdio::null()
         });
-        if let Some(ticket) = ticket {
-            ticket.apply(&mut command);
+        if let Some((_, value)) = &ticket {
+            command.env(hub_transport::TICKET_ENV, value);
         }
         let mut child = command
             .spawn()
@@ -244,7 +256,7 @@ impl ChildProcess {
         Ok(Self {
             child,
             stdout,
-            peer: ticket.map(Ticket::peer_id),
+            peer: ticket.map(|t| t.0),
             killed_at: None,
         })
     }

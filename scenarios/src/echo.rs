@@ -1,9 +1,354 @@
-//! TODO
+//! **echo**: a host and 8 peer processes exchange at least 100,000 checksummed frames each way,
+//! of random sizes from 0 bytes to 16 MiB; at the end every slot is free.
+//!
+//! The host keeps a window of requests in flight to each peer, each filled from its own seed
+//! and carrying its checksum; a peer checks every request and echoes it in a slot of its own;
+//! the host checks every echo against the request it answers (same sequence number, length and
+//! checksum, in order per peer). Sizes cover every class and each class boundary, weighted
+//! towards small frames ([`common::payload_size`]). At the end each peer says goodbye, exits 0,
+//! and every slot of every class is free again: nothing the traffic touched leaked.
+//!
+//! The [`Driver`] is the host's side of this traffic; `crash-storm` runs it too.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use hub_transport::{Host, HubConfig, RecvError, SendError};
 
 use crate::Settings;
-use crate::common::Figures;
+use crate::common::{self, ChildProcess, ECHO, Figures, ORIGIN, REQUEST, Rng, STOP};
+
+/// Peers of the echo scenario.
+const PEERS: u16 = 8;
+/// Requests in flight to one peer at most.
+const WINDOW: usize = 4;
+
+/// A request the host sent and whose echo it waits for.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    seq: u32,
+    len: usize,
+    sum: u64,
+}
+
+/// The host's side of echo traffic: requests out to every live peer, each echo checked.
+#[derive(Debug)]
+pub struct Driver<'h> {
+    host: &'h Host,
+    rng: Rng,
+    /// Per peer id: requests in flight, oldest first.
+    pending: Vec<VecDeque<Pending>>,
+    /// Per peer id: whether requests go to it (it is alive, as far as the host knows).
+    live: Vec<bool>,
+    /// Per peer id: the size of the next request, chosen once so a retry sends the same.
+    next_len: Vec<Option<usize>>,
+    /// Whether new requests go out at all.
+    pub sending: bool,
+    seq: u32,
+    /// Requests sent.
+    pub requests: u64,
+    /// Echoes received and checked.
+    pub echoes: u64,
+    /// Frames the peers sent of their own accord, received and checked.
+    pub originated: u64,
+    /// Payload bytes sent and received.
+    pub bytes: u64,
+    /// Frames received from a peer the host had given up on (a killed one), checked and dropped.
+    pub stale: u64,
+}
+
+impl<'h> Driver<'h> {
+    /// A driver for `host`'s peers, none live yet.
+    pub fn new(host: &'h Host, seed: u64) -> Self {
+        let n = usize::from(host.max_peers());
+        Self {
+            host,
+            rng: Rng::new(seed),
+            pending: vec![VecDeque::new(); n],
+            live: vec![false; n],
+            next_len: vec![None; n],
+            sending: true,
+            seq: 0,
+            requests: 0,
+            echoes: 0,
+            originated: 0,
+            bytes: 0,
+            stale: 0,
+        }
+    }
+
+    /// Start sending requests to `peer` (a new life of it).
+    pub fn revive(&mut self, peer: u16) {
+        self.live[usize::from(peer)] = true;
+        self.pending[usize::from(peer)].clear();
+    }
+
+    /// Stop sending to `peer` and forget what it owes: it was killed.
+    pub fn forget(&mut self, peer: u16) {
+        self.live[usize::from(peer)] = false;
+        self.pending[usize::from(peer)].clear();
+    }
+
+    /// Requests in flight, all peers.
+    pub fn in_flight(&self) -> usize {
+        self.pending.iter().map(VecDeque::len).sum()
+    }
+
+    /// Send what the windows allow, then receive and check what came; wait up to a millisecond
+    /// when nothing moved.
+    pub fn pump(&mut self) -> Result<(), String> {
+        let mut moved = false;
+        for peer in 0..self.live.len() {
+            while self.sending && self.live[peer] && self.pending[peer].len() < WINDOW {
+                if !self.send_one(peer as u16)? {
+                    break;
+                }
+                moved = true;
+            }
+        }
+        for _ in 0..256 {
+            match self.host.try_recv() {
+                Ok(frame) => {
+                    moved = true;
+                    self.check(frame.peer(), frame.meta(), frame.payload())?;
+                }
+                Err(RecvError::Empty) => break,
+                Err(error) => return Err(format!("host recv: {error}")),
+            }
+        }
+        if !moved {
+            match self.host.recv_timeout(Duration::from_millis(1)) {
+                Ok(frame) => self.check(frame.peer(), frame.meta(), frame.payload())?,
+                Err(RecvError::Timeout | RecvError::Empty) => {}
+                Err(error) => return Err(format!("host recv: {error}")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Send one request to `peer`; false when it must wait (ring full, class empty, peer gone).
+    fn send_one(&mut self, peer: u16) -> Result<bool, String> {
+        let index = usize::from(peer);
+        let len = match self.next_len[index] {
+            Some(len) => len,
+            None => {
+                let len = common::payload_size(&mut self.rng);
+                self.next_len[index] = Some(len);
+                len
+            }
+        };
+        let mut loan = match self.host.try_loan(len) {
+            Ok(loan) => loan,
+            Err(SendError::NoFreeSlots { .. }) => return Ok(false),
+            Err(error) => return Err(format!("host loan of {len} bytes: {error}")),
+        };
+        let seq = self.seq;
+        let meta = common::fill_frame(
+            loan.as_mut_slice(),
+            common::mix(u64::from(seq), 7),
+            REQUEST,
+            seq,
+        );
+        match self.host.try_send_loan(peer, meta, loan) {
+            Ok(()) => {}
+            Err(SendError::Full) => return Ok(false),
+            Err(SendError::PeerNotActive { .. }) => {
+                // It died; whoever killed it calls `forget`.
+                return Ok(false);
+            }
+            Err(error) => return Err(format!("host send to peer {peer}: {error}")),
+        }
+        self.seq = self.seq.wrapping_add(1);
+        self.next_len[index] = None;
+        self.pending[index].push_back(Pending {
+            seq,
+            len,
+            sum: meta.msg_id,
+        });
+        self.requests += 1;
+        self.bytes += len as u64;
+        Ok(true)
+    }
+
+    /// Check a frame from `peer`.
+    fn check(
+        &mut self,
+        peer: u16,
+        meta: &hub_transport::FrameMeta,
+        payload: &[u8],
+    ) -> Result<(), String> {
+        common::verify(meta, payload).map_err(|e| format!("from peer {peer}: {e}"))?;
+        self.bytes += payload.len() as u64;
+        let index = usize::from(peer);
+        if !self.live[index] {
+            self.stale += 1;
+            return Ok(());
+        }
+        match meta.method_id {
+            ECHO => {
+                let Some(want) = self.pending[index].pop_front() else {
+                    return Err(format!(
+                        "peer {peer} echoed request {} that the host never sent it",
+                        meta.channel_id
+                    ));
+                };
+                if (want.seq, want.len, want.sum) != (meta.channel_id, payload.len(), meta.msg_id)
+                {
+                    return Err(format!(
+                        "peer {peer} echoed request {} ({} bytes, sum {:#x}) where request {} ({} bytes, sum {:#x}) was next",
+                        meta.channel_id,
+                        payload.len(),
+                        meta.msg_id,
+                        want.seq,
+                        want.len,
+                        want.sum
+                    ));
+                }
+                self.echoes += 1;
+            }
+            ORIGIN => self.originated += 1,
+            other => return Err(format!("peer {peer} sent method {other}")),
+        }
+        Ok(())
+    }
+
+    /// Stop sending and receive until every request in flight is echoed, at most `timeout`.
+    pub fn drain(&mut self, timeout: Duration) -> Result<(), String> {
+        self.sending = false;
+        let deadline = Instant::now() + timeout;
+        while self.in_flight() > 0 {
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{} requests still unanswered after {timeout:?}",
+                    self.in_flight()
+                ));
+            }
+            self.pump()?;
+        }
+        Ok(())
+    }
+}
+
+/// Tell each of `children` to stop, and check that each exits 0 within `timeout`.
+pub fn stop_all(host: &Host, children: &mut [ChildProcess], timeout: Duration) -> Result<(), String> {
+    for child in children.iter() {
+        if let Some(peer) = child.peer {
+            let meta = hub_transport::FrameMeta {
+                method_id: STOP,
+                ..hub_transport::FrameMeta::default()
+            };
+            host.send_timeout(peer, meta, &[], timeout)
+                .map_err(|e| format!("stop peer {peer}: {e}"))?;
+        }
+    }
+    for child in children.iter_mut() {
+        match child.wait_timeout(timeout)? {
+            Some(status) if status.success() => {}
+            Some(status) => {
+                return Err(format!(
+                    "peer {:?} (pid {}) ended with {}",
+                    child.peer,
+                    child.pid(),
+                    common::describe(status)
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "peer {:?} (pid {}) did not exit within {timeout:?} of STOP",
+                    child.peer,
+                    child.pid()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Wait until every slot of every class is free, at most `timeout`; the slots still taken when
+/// it passes (0 when all came back).
+pub fn leaked_slots(host: &Host, timeout: Duration) -> (u64, String) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let stats = host.stats();
+        let taken: u64 = stats
+            .iter()
+            .map(|c| u64::from(c.total.saturating_sub(c.free)))
+            .sum();
+        if taken == 0 || Instant::now() >= deadline {
+            let detail = stats
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.free != c.total)
+                .map(|(i, c)| {
+                    format!(
+                        "class {i}: {} of {} free ({} allocated, {} in flight, {} corrupt)",
+                        c.free, c.total, c.allocated, c.in_flight, c.corrupt
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            return (taken, detail);
+        }
+        // Goodbyes are recovered by the supervisor, within a tick.
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
 
 /// Run the scenario.
-pub fn run(_settings: &Settings) -> Result<Figures, String> {
-    Err("not written yet".into())
+pub fn run(settings: &Settings) -> Result<Figures, String> {
+    let target = settings.scale(100_000, 10_000);
+    let host = Host::create(&HubConfig {
+        max_peers: PEERS,
+        ..HubConfig::default()
+    })
+    .map_err(|e| format!("create: {e}"))?;
+    let mut children = Vec::new();
+    let mut driver = Driver::new(&host, common::mix(settings.seed, 0));
+    for i in 0..PEERS {
+        let ticket = host.add_peer().map_err(|e| format!("add_peer: {e}"))?;
+        let seed = common::mix(settings.seed, u64::from(i) + 1).to_string();
+        children.push(ChildProcess::spawn(
+            "echo",
+            &[seed, "0".into()],
+            Some(&ticket),
+            false,
+        )?);
+        driver.revive(ticket.peer_id());
+    }
+    let started = Instant::now();
+    while driver.requests < target {
+        driver.pump()?;
+        for child in &mut children {
+            if let Some(status) = child.try_wait()? {
+                return Err(format!(
+                    "peer {:?} ended with {} during the exchange",
+                    child.peer,
+                    common::describe(status)
+                ));
+            }
+        }
+    }
+    driver.drain(Duration::from_secs(30))?;
+    let secs = started.elapsed().as_secs_f64();
+    stop_all(&host, &mut children, Duration::from_secs(10))?;
+    let (leaked, detail) = leaked_slots(&host, Duration::from_secs(5));
+    if leaked != 0 {
+        return Err(format!("{leaked} slots not free at the end: {detail}"));
+    }
+    if driver.echoes != driver.requests {
+        return Err(format!(
+            "{} requests but {} echoes",
+            driver.requests, driver.echoes
+        ));
+    }
+    let mut figures = Figures::default();
+    figures
+        .set("peers", u64::from(PEERS))
+        .set("requests", driver.requests)
+        .set("echoes", driver.echoes)
+        .set("frames", driver.requests + driver.echoes)
+        .set("bytes", driver.bytes)
+        .set("mb_per_s", (driver.bytes as f64 / secs / 1e6) as u64)
+        .set("leaks", leaked);
+    Ok(figures)
 }
