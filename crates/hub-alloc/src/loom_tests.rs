@@ -647,3 +647,33 @@ fn rebuild_racing_alloc() {
         check_quiet(&host, 2);
     });
 }
+
+/// Model 8: the host audits while a participant allocates and frees. A settled look at a
+/// healthy class never reports damage: no list fault, and no free slot off the list that no
+/// journal names (a false report would make the host rebuild lists nobody broke).
+#[test]
+fn audit_racing_alloc_and_free() {
+    model("audit_racing_alloc_and_free", || {
+        let host = slab(2, 1);
+        let live = {
+            let slab = host.with_owner(LIVE).unwrap();
+            thread::spawn(move || {
+                let handle = slab.try_alloc_in(0).unwrap().expect("a slot");
+                let _ = slab.free(handle).unwrap();
+            })
+        };
+        let auditor = {
+            let host = host.with_owner(OwnerId::HOST).unwrap();
+            thread::spawn(move || host.audit(0).unwrap())
+        };
+        live.join().unwrap();
+        let audit = auditor.join().unwrap();
+        assert_eq!(audit.bad_states, 0);
+        assert!(!audit.held);
+        if audit.settled {
+            assert_eq!(audit.list_fault, None, "{audit:?}");
+            assert!(audit.off_list.is_empty(), "{audit:?}");
+        }
+        check_quiet(&host, 2);
+    });
+}

@@ -208,6 +208,38 @@ pub struct RebuildReport {
     pub wake_waiters: bool,
 }
 
+/// What [`Slab::audit`] saw of one class: evidence of damage a faulty participant did to the
+/// class's shared state, and nothing that a busy but healthy class shows.
+///
+/// A look is *settled* when the free-list head (with its tag, which every pop, push and hold
+/// changes, R7) is the same before and after it: no list operation completed meanwhile, so the
+/// walk saw one consistent list. Only a settled look judges the list; a busy class is looked
+/// at again later.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClassAudit {
+    /// The head did not change during the look.
+    pub settled: bool,
+    /// The list was held (a hold in progress, or a marker left by a faulty or dead process).
+    pub held: bool,
+    /// What is wrong with the list, seen on a settled look: a head or link outside the class, a
+    /// cycle, or a listed slot that is not Free. [`Slab::rebuild_free_list`] repairs it.
+    pub list_fault: Option<Corruption>,
+    /// Slots whose state word is no state (they are left off any rebuilt list: quarantined).
+    pub bad_states: u32,
+    /// Free slots that are neither on the settled list nor named by a journal, with their
+    /// generation: `(global index, generation)`. A free or rebuild between its state change and
+    /// its push shows here for a moment; the same slot at the same generation in two looks far
+    /// apart is lost, and a rebuild brings it back.
+    pub off_list: Vec<(u32, u32)>,
+}
+
+impl ClassAudit {
+    /// Whether the list itself needs a rebuild, on this look alone.
+    pub fn list_broken(&self) -> bool {
+        self.list_fault.is_some()
+    }
+}
+
 /// An extent list's private copies (R3): validated extent offsets, 0 until first seen.
 struct ClassCache {
     extents: Vec<AtomicU64>,
@@ -947,6 +979,113 @@ impl<R: Region> Slab<R> {
             }
         }
         Ok(report)
+    }
+
+    /// Look at `class` for damage a faulty participant did: its free list walked once (bounded,
+    /// R3), every slot state read once, the journals read. Read-only and safe while others
+    /// allocate and free; see [`ClassAudit`] for what a busy class can and cannot show. The
+    /// host runs it periodically and rebuilds what it finds broken.
+    ///
+    /// ```
+    /// use hub_alloc::{ClassConfig, HeapRegion, OwnerId, Slab, SlabLayout};
+    /// use std::sync::Arc;
+    ///
+    /// let layout = SlabLayout::standalone(&[ClassConfig { slot_size: 64, slots_per_extent: 4 }], 1, 1)?;
+    /// let region = Arc::new(HeapRegion::new(layout.initial_size(), layout.max_size()));
+    /// // SAFETY: the region is fresh and nobody else uses it.
+    /// let host = unsafe { Slab::init(region, layout, OwnerId::HOST)? };
+    /// let audit = host.audit(0)?;
+    /// assert!(audit.settled && !audit.list_broken() && audit.off_list.is_empty());
+    /// # Ok::<(), hub_alloc::SlabError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`SlabError::BadHandle`] when there is no such class.
+    pub fn audit(&self, class: u16) -> Result<ClassAudit, SlabError> {
+        let c = self.class_index(class, 0)?;
+        let header = self.header(c)?;
+        let mut audit = ClassAudit::default();
+        // Acquire: the head's release sequence carries the pushes that linked the list read
+        // below (R7), and the state changes made before them.
+        let before = header.free_head.load(Ordering::Acquire);
+        let (first, _) = unpack_free_head(before);
+        // The journals before the states: a pop that won the head `before` shows (R5 names the
+        // slot before the CAS), or its state change does, from its journal's clear onwards.
+        let mut journals = self.journal_entries();
+        let mut states = Vec::new();
+        self.for_each_meta(c, |index, meta| {
+            states.push((index, meta.gen_state.load(Ordering::Acquire)));
+        });
+        audit.bad_states = states
+            .iter()
+            .filter(|(_, word)| !matches!(split(*word).1, FREE | ALLOCATED | IN_FLIGHT))
+            .count() as u32;
+        if first == LIST_HELD {
+            audit.held = true;
+            audit.settled = header.free_head.load(Ordering::Acquire) == before;
+            return Ok(audit);
+        }
+        // Global index -> position in `states`, for the walk's "is it free" and "seen twice".
+        let slots = self.layout.classes[c].slots_per_extent;
+        let shift = slots.trailing_zeros();
+        let position = |index: u32| {
+            let extent = (index >> shift) as usize;
+            let at = extent * slots as usize + (index & (slots - 1)) as usize;
+            (at < states.len() && states[at].0 == index).then_some(at)
+        };
+        let mut on_list = vec![false; states.len()];
+        let mut fault = None;
+        let mut index = first;
+        let mut previous = None;
+        while index != FREE_LIST_END {
+            let Some(at) = position(index).filter(|_| self.meta(c, index).is_ok()) else {
+                fault = Some(match previous {
+                    None => Corruption::FreeHead { index },
+                    Some(previous) => Corruption::NextFree {
+                        index: previous,
+                        next: index,
+                    },
+                });
+                break;
+            };
+            if on_list[at] {
+                fault = Some(Corruption::Cycle {
+                    limit: states.len() as u32,
+                });
+                break;
+            }
+            on_list[at] = true;
+            let state = split(states[at].1).1;
+            if state != FREE {
+                fault = Some(Corruption::PoppedNotFree { index, state });
+                break;
+            }
+            previous = Some(index);
+            index = match self.meta(c, index) {
+                Ok(meta) => meta.next_free.load(Ordering::Relaxed),
+                Err(_) => break,
+            };
+        }
+        // And after them: a free whose Free state was read above named its slot before its
+        // state CAS (R5), so a slot between its state change and its push is named here.
+        journals.extend(self.journal_entries());
+        audit.settled = header.free_head.load(Ordering::Acquire) == before;
+        if audit.settled {
+            audit.list_fault = fault;
+            if audit.list_fault.is_none() {
+                audit.off_list = states
+                    .iter()
+                    .zip(&on_list)
+                    .filter(|&(&(index, word), &listed)| {
+                        split(word).1 == FREE
+                            && !listed
+                            && !journals.contains(&(encode_slot_ref(class, index) + 1))
+                    })
+                    .map(|(&(index, word), _)| (index, split(word).0))
+                    .collect();
+            }
+        }
+        Ok(audit)
     }
 
     // ----- the free list (R7) -----

@@ -1585,6 +1585,145 @@ fn a_garbage_state_word_is_found_and_quarantined() {
     quiescent(&slab);
 }
 
+/// What an audit of a healthy class says: settled, nothing wrong.
+fn healthy(audit: &crate::ClassAudit) -> bool {
+    audit.settled
+        && !audit.held
+        && audit.list_fault.is_none()
+        && audit.bad_states == 0
+        && audit.off_list.is_empty()
+}
+
+#[test]
+fn an_audit_of_healthy_classes_finds_nothing() {
+    let slab = new_slab(2);
+    let p1 = slab.with_owner(P1).unwrap();
+    assert!((0..3).all(|c| healthy(&slab.audit(c).unwrap())));
+    // Slots allocated, in flight, freed, and an extent grown: still nothing.
+    let taken: Vec<_> = (0..6).map(|_| p1.alloc_in(0).unwrap()).collect();
+    p1.mark_in_flight(taken[1], HOST).unwrap();
+    free_ok(&slab, taken[1]);
+    free_ok(&p1, taken[2]);
+    assert!((0..3).all(|c| healthy(&slab.audit(c).unwrap())));
+    assert_eq!(
+        slab.audit(3),
+        Err(SlabError::BadHandle { class: 3, index: 0 })
+    );
+}
+
+#[test]
+fn an_audit_finds_each_kind_of_list_damage_and_a_rebuild_mends_it() {
+    // Each scribble, what the audit must say of it, and the free slots the rebuild brings back.
+    type Scribble = fn(&Raw<'_, Arc<HeapRegion>>);
+    let cases: [(&str, Scribble, fn(&crate::ClassAudit) -> bool); 5] = [
+        (
+            "a head outside the class",
+            |raw| raw.set_head(0, 100),
+            |a| a.list_fault == Some(Corruption::FreeHead { index: 100 }),
+        ),
+        (
+            "a link outside the class",
+            |raw| raw.meta(0, 1).next_free.store(1 << 20, Ordering::Relaxed),
+            |a| {
+                a.list_fault
+                    == Some(Corruption::NextFree {
+                        index: 1,
+                        next: 1 << 20,
+                    })
+            },
+        ),
+        (
+            "a cycle",
+            |raw| raw.meta(0, 2).next_free.store(0, Ordering::Relaxed),
+            |a| a.list_fault == Some(Corruption::Cycle { limit: 4 }),
+        ),
+        (
+            "a listed slot that is not free",
+            |raw| raw.set_gen_state(0, 1, 0, ALLOCATED),
+            |a| {
+                a.list_fault
+                    == Some(Corruption::PoppedNotFree {
+                        index: 1,
+                        state: ALLOCATED,
+                    })
+            },
+        ),
+        (
+            "a list cut short: free slots off the list",
+            |raw| raw.meta(0, 1).next_free.store(FREE_LIST_END, Ordering::Relaxed),
+            |a| a.list_fault.is_none() && a.off_list == [(2, 0), (3, 0)],
+        ),
+    ];
+    for (what, scribble, found) in cases {
+        let slab = new_slab(2);
+        let raw = Raw::new(&slab);
+        scribble(&raw);
+        let audit = slab.audit(0).unwrap();
+        assert!(audit.settled, "{what}: {audit:?}");
+        assert!(found(&audit), "{what}: {audit:?}");
+        assert_eq!(
+            audit.list_broken(),
+            audit.list_fault.is_some(),
+            "{what}: {audit:?}"
+        );
+        // The other classes are untouched.
+        assert!(healthy(&slab.audit(1).unwrap()), "{what}");
+        slab.rebuild_free_list(0).unwrap();
+        let after = slab.audit(0).unwrap();
+        assert!(
+            after.settled && after.list_fault.is_none() && after.off_list.is_empty(),
+            "{what}, after the rebuild: {after:?}"
+        );
+    }
+}
+
+#[test]
+fn an_audit_counts_garbage_states_and_sees_a_held_list() {
+    let slab = new_slab(2);
+    let raw = Raw::new(&slab);
+    let kept = slab.alloc_in(1).unwrap();
+    // Slot 3 is the list's last; a garbage state there is both a bad state and a listed slot
+    // that is not free.
+    raw.set_gen_state(1, 3, 0, 9);
+    raw.set_gen_state(1, kept.index(), 0, u32::MAX);
+    let audit = slab.audit(1).unwrap();
+    assert_eq!(audit.bad_states, 2, "{audit:?}");
+    assert_eq!(
+        audit.list_fault,
+        Some(Corruption::PoppedNotFree { index: 3, state: 9 })
+    );
+    let report = slab.rebuild_free_list(1).unwrap();
+    assert_eq!(report.quarantined, 2);
+    let audit = slab.audit(1).unwrap();
+    assert_eq!((audit.bad_states, audit.list_fault), (2, None), "quarantined");
+    assert!(audit.off_list.is_empty());
+
+    // A held marker: the audit says so and judges nothing else.
+    raw.set_head(2, LIST_HELD);
+    let audit = slab.audit(2).unwrap();
+    assert!(audit.held && audit.settled && audit.list_fault.is_none(), "{audit:?}");
+}
+
+#[test]
+fn a_slot_between_its_free_and_its_push_is_not_off_the_list() {
+    let slab = new_slab(2);
+    let raw = Raw::new(&slab);
+    let p1 = slab.with_owner(P1).unwrap();
+    let handle = p1.alloc_in(0).unwrap();
+    // P1 stops between the state CAS of its free and the push: the slot is Free, off the
+    // list, and named by P1's journal.
+    raw.crash_after_free_cas(P1, handle, false);
+    let audit = slab.audit(0).unwrap();
+    assert!(healthy(&audit), "{audit:?}");
+    // Once the journal no longer names it (P1 died and its journal was cleared without a
+    // reclaim), the slot is lost, and the audit says so.
+    slab.clear_journal(P1).unwrap();
+    let audit = slab.audit(0).unwrap();
+    assert_eq!(audit.off_list, [(handle.index(), 1)], "{audit:?}");
+    assert_eq!(slab.rebuild_free_list(0).unwrap().free, 4);
+    assert!(healthy(&slab.audit(0).unwrap()));
+}
+
 #[test]
 fn a_garbage_journal_is_an_error_once() {
     let layout = layout(2);
