@@ -103,8 +103,8 @@ pub fn payload_size(rng: &mut Rng) -> usize {
     ];
     let size = match rng.below(1000) {
         0..20 => EDGES[rng.below(EDGES.len() as u64) as usize] as u64,
-        20..300 => rng.between(0, 16),          // inline
-        300..680 => rng.between(17, 1024),      // class 0
+        20..300 => rng.between(0, 16),           // inline
+        300..680 => rng.between(17, 1024),       // class 0
         680..880 => rng.between(1025, 16 << 10), // class 1
         880..975 => rng.between((16 << 10) + 1, 256 << 10),
         975..997 => rng.between((256 << 10) + 1, 4 << 20),

@@ -55,6 +55,15 @@ pub struct Driver<'h> {
     pub bytes: u64,
     /// Frames received from a peer the host had given up on (a killed one), checked and dropped.
     pub stale: u64,
+    /// The largest request.
+    pub max_len: usize,
+    /// A peer known to be hostile: its faults are counted, not failures, and its frames are
+    /// not checked.
+    pub suspect: Option<u16>,
+    /// Faults of the suspect that the host's calls reported (it is evicted for them).
+    pub faults: u64,
+    /// Loans that failed with an allocator error (damage being repaired): tried again later.
+    pub alloc_errors: u64,
 }
 
 impl<'h> Driver<'h> {
@@ -74,6 +83,10 @@ impl<'h> Driver<'h> {
             originated: 0,
             bytes: 0,
             stale: 0,
+            max_len: common::MAX_PAYLOAD,
+            suspect: None,
+            faults: 0,
+            alloc_errors: 0,
         }
     }
 
@@ -113,26 +126,58 @@ impl<'h> Driver<'h> {
                     self.check(frame.peer(), frame.meta(), frame.payload())?;
                 }
                 Err(RecvError::Empty) => break,
-                Err(error) => return Err(format!("host recv: {error}")),
+                Err(error) => self.fault(error)?,
             }
         }
         if !moved {
             match self.host.recv_timeout(Duration::from_millis(1)) {
                 Ok(frame) => self.check(frame.peer(), frame.meta(), frame.payload())?,
                 Err(RecvError::Timeout | RecvError::Empty) => {}
-                Err(error) => return Err(format!("host recv: {error}")),
+                Err(error) => self.fault(error)?,
             }
         }
         Ok(())
     }
 
+    /// A receive error: the suspect's fault (counted; the host evicted it), or a failure.
+    fn fault(&mut self, error: RecvError) -> Result<(), String> {
+        match error {
+            RecvError::BadDescriptor { peer, .. } | RecvError::Ring { peer, .. }
+                if Some(peer) == self.suspect =>
+            {
+                self.faults += 1;
+                Ok(())
+            }
+            error => Err(format!("host recv: {error}")),
+        }
+    }
+
     /// Send one request to `peer`; false when it must wait (ring full, class empty, peer gone).
     fn send_one(&mut self, peer: u16) -> Result<bool, String> {
         let index = usize::from(peer);
+        if Some(peer) == self.suspect {
+            // A hostile peer gets inline frames only, until its ring is full: no slot of the
+            // honest streams' classes is left with it.
+            let len = self.rng.below(17) as usize;
+            let meta = hub_transport::FrameMeta {
+                method_id: REQUEST,
+                ..hub_transport::FrameMeta::default()
+            };
+            return match self.host.try_send(peer, meta, &[0x5a; 16][..len]) {
+                Ok(()) => Ok(true),
+                Err(SendError::Full | SendError::PeerNotActive { .. }) => Ok(false),
+                Err(SendError::Ring { .. }) => {
+                    self.faults += 1;
+                    self.forget(peer);
+                    Ok(false)
+                }
+                Err(error) => Err(format!("host send to the hostile peer {peer}: {error}")),
+            };
+        }
         let len = match self.next_len[index] {
             Some(len) => len,
             None => {
-                let len = common::payload_size(&mut self.rng);
+                let len = common::payload_size(&mut self.rng).min(self.max_len);
                 self.next_len[index] = Some(len);
                 len
             }
@@ -140,6 +185,10 @@ impl<'h> Driver<'h> {
         let mut loan = match self.host.try_loan(len) {
             Ok(loan) => loan,
             Err(SendError::NoFreeSlots { .. }) => return Ok(false),
+            Err(SendError::Alloc(_)) => {
+                self.alloc_errors += 1;
+                return Ok(false);
+            }
             Err(error) => return Err(format!("host loan of {len} bytes: {error}")),
         };
         let seq = self.seq;
@@ -177,6 +226,9 @@ impl<'h> Driver<'h> {
         meta: &hub_transport::FrameMeta,
         payload: &[u8],
     ) -> Result<(), String> {
+        if Some(peer) == self.suspect {
+            return Ok(());
+        }
         common::verify(meta, payload).map_err(|e| format!("from peer {peer}: {e}"))?;
         self.bytes += payload.len() as u64;
         let index = usize::from(peer);
@@ -192,8 +244,7 @@ impl<'h> Driver<'h> {
                         meta.channel_id
                     ));
                 };
-                if (want.seq, want.len, want.sum) != (meta.channel_id, payload.len(), meta.msg_id)
-                {
+                if (want.seq, want.len, want.sum) != (meta.channel_id, payload.len(), meta.msg_id) {
                     return Err(format!(
                         "peer {peer} echoed request {} ({} bytes, sum {:#x}) where request {} ({} bytes, sum {:#x}) was next",
                         meta.channel_id,
@@ -230,7 +281,11 @@ impl<'h> Driver<'h> {
 }
 
 /// Tell each of `children` to stop, and check that each exits 0 within `timeout`.
-pub fn stop_all(host: &Host, children: &mut [ChildProcess], timeout: Duration) -> Result<(), String> {
+pub fn stop_all(
+    host: &Host,
+    children: &mut [ChildProcess],
+    timeout: Duration,
+) -> Result<(), String> {
     for child in children.iter() {
         if let Some(peer) = child.peer {
             let meta = hub_transport::FrameMeta {
@@ -334,6 +389,12 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
     let (leaked, detail) = leaked_slots(&host, Duration::from_secs(5));
     if leaked != 0 {
         return Err(format!("{leaked} slots not free at the end: {detail}"));
+    }
+    if driver.alloc_errors != 0 {
+        return Err(format!(
+            "{} loans failed with allocator errors",
+            driver.alloc_errors
+        ));
     }
     if driver.echoes != driver.requests {
         return Err(format!(

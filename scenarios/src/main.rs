@@ -72,7 +72,8 @@ impl Settings {
     }
 }
 
-const USAGE: &str = "usage: hub-scenario echo|crash-storm|host-crash|hostile|growth|mutants [--seed N] [--quick]
+const USAGE: &str =
+    "usage: hub-scenario echo|crash-storm|host-crash|hostile|growth|mutants [--seed N] [--quick]
        hub-scenario soak --minutes N [--seed N]";
 
 fn main() -> ExitCode {
@@ -156,7 +157,10 @@ fn soak(settings: &Settings, minutes: u64) -> ExitCode {
     let mut round = 0u64;
     let mut failed = None;
     while Instant::now() < until && failed.is_none() {
-        for (name, scenario) in [("crash-storm", storm::run as fn(&_) -> _), ("hostile", hostile::run)] {
+        for (name, scenario) in [
+            ("crash-storm", storm::run as fn(&_) -> _),
+            ("hostile", hostile::run),
+        ] {
             let seed = common::mix(settings.seed, round);
             let round_settings = Settings {
                 seed,

@@ -109,6 +109,21 @@ pub fn attach() -> Result<Peer, Stop> {
     Peer::from_env().map_err(|e| Stop::Failed(format!("attach: {e}")))
 }
 
+/// A loan of `len` bytes; an allocator error (shared state a faulty peer damaged, which the
+/// host repairs) is a clean failure: tried again for up to ten seconds.
+pub fn loan(peer: &Peer, len: usize) -> Result<hub_transport::Loan<'_>, Stop> {
+    let started = std::time::Instant::now();
+    loop {
+        match peer.loan(len) {
+            Ok(loan) => return Ok(loan),
+            Err(SendError::Alloc(_)) if started.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
 /// Send a frame of `len` bytes filled from `seed`, checksummed, with `method_id` and `seq`.
 pub fn send_filled(
     peer: &Peer,
@@ -117,7 +132,7 @@ pub fn send_filled(
     method_id: u32,
     seq: u32,
 ) -> Result<(), Stop> {
-    let mut loan = peer.loan(len)?;
+    let mut loan = loan(peer, len)?;
     let meta = common::fill_frame(loan.as_mut_slice(), seed, method_id, seq);
     peer.send_loan(meta, loan)?;
     Ok(())
@@ -140,7 +155,7 @@ fn echo(args: &[String]) -> Result<(), Stop> {
             }
             REQUEST => {
                 common::verify(&meta, frame.payload()).map_err(Stop::Corrupt)?;
-                let mut loan = peer.loan(frame.len())?;
+                let mut loan = loan(&peer, frame.len())?;
                 loan.as_mut_slice().copy_from_slice(frame.payload());
                 drop(frame);
                 peer.send_loan(

@@ -109,13 +109,21 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
     if leaks != 0 {
         return Err(format!("{leaks} slots leaked: {detail}"));
     }
+    if driver.alloc_errors != 0 {
+        return Err(format!(
+            "{} loans failed with allocator errors",
+            driver.alloc_errors
+        ));
+    }
     if let Some(id) = reuses.iter().position(|&n| n == 0) {
         return Err(format!("peer id {id} was never reused in {kills} kills"));
     }
 
     // And the host still serves: a fresh peer's requests are echoed.
     let before = driver.echoes;
-    let ticket = host.add_peer().map_err(|e| format!("add_peer after the storm: {e}"))?;
+    let ticket = host
+        .add_peer()
+        .map_err(|e| format!("add_peer after the storm: {e}"))?;
     let mut last = vec![spawn(&ticket, &mut rng)?];
     driver.sending = true;
     driver.revive(ticket.peer_id());
@@ -130,7 +138,9 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
     stop_all(&host, &mut last, Duration::from_secs(10))?;
     let (leaks, detail) = leaked_slots(&host, Duration::from_secs(5));
     if leaks != 0 {
-        return Err(format!("{leaks} slots leaked after the last peer: {detail}"));
+        return Err(format!(
+            "{leaks} slots leaked after the last peer: {detail}"
+        ));
     }
     events.drain(&host)?;
 
@@ -141,7 +151,10 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
         .set("recovered", events.recovered)
         .set("slots_reclaimed", events.slots_reclaimed)
         .set("mid_alloc_kills", events.journals)
-        .set("frames", driver.requests + driver.echoes + driver.originated + driver.stale)
+        .set(
+            "frames",
+            driver.requests + driver.echoes + driver.originated + driver.stale,
+        )
         .set("bytes", driver.bytes)
         .set("min_reuse", reuses.iter().copied().min().unwrap_or(0))
         .set("leaks", leaks);

@@ -63,6 +63,6 @@ pub use hub_layout::sync;
 pub use layout::{ClassConfig, OwnerId, SlabLayout};
 pub use region::{GrowError, HeapRegion, Region};
 pub use slab::{
-    ClassAudit, ClassStats, Freed, RebuildReport, ReclaimReport, SEQUENCE_STEP, Slab, SlotHandle, SlotStatus,
-    WAITER_BIT,
+    ClassAudit, ClassStats, Freed, RebuildReport, ReclaimReport, SEQUENCE_STEP, Slab, SlotHandle,
+    SlotStatus, WAITER_BIT,
 };

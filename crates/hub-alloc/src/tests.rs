@@ -1615,7 +1615,8 @@ fn an_audit_of_healthy_classes_finds_nothing() {
 fn an_audit_finds_each_kind_of_list_damage_and_a_rebuild_mends_it() {
     // Each scribble, what the audit must say of it, and the free slots the rebuild brings back.
     type Scribble = fn(&Raw<'_, Arc<HeapRegion>>);
-    let cases: [(&str, Scribble, fn(&crate::ClassAudit) -> bool); 5] = [
+    type Found = fn(&crate::ClassAudit) -> bool;
+    let cases: [(&str, Scribble, Found); 5] = [
         (
             "a head outside the class",
             |raw| raw.set_head(0, 100),
@@ -1650,7 +1651,11 @@ fn an_audit_finds_each_kind_of_list_damage_and_a_rebuild_mends_it() {
         ),
         (
             "a list cut short: free slots off the list",
-            |raw| raw.meta(0, 1).next_free.store(FREE_LIST_END, Ordering::Relaxed),
+            |raw| {
+                raw.meta(0, 1)
+                    .next_free
+                    .store(FREE_LIST_END, Ordering::Relaxed)
+            },
             |a| a.list_fault.is_none() && a.off_list == [(2, 0), (3, 0)],
         ),
     ];
@@ -1695,13 +1700,20 @@ fn an_audit_counts_garbage_states_and_sees_a_held_list() {
     let report = slab.rebuild_free_list(1).unwrap();
     assert_eq!(report.quarantined, 2);
     let audit = slab.audit(1).unwrap();
-    assert_eq!((audit.bad_states, audit.list_fault), (2, None), "quarantined");
+    assert_eq!(
+        (audit.bad_states, audit.list_fault),
+        (2, None),
+        "quarantined"
+    );
     assert!(audit.off_list.is_empty());
 
     // A held marker: the audit says so and judges nothing else.
     raw.set_head(2, LIST_HELD);
     let audit = slab.audit(2).unwrap();
-    assert!(audit.held && audit.settled && audit.list_fault.is_none(), "{audit:?}");
+    assert!(
+        audit.held && audit.settled && audit.list_fault.is_none(),
+        "{audit:?}"
+    );
 }
 
 #[test]

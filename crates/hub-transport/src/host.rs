@@ -118,6 +118,8 @@ pub(crate) struct Core {
     pub stopping: AtomicBool,
     pub heartbeat_timeout: Duration,
     pub kill_evicted: bool,
+    /// The allocator's watch (R3): what the last look at each class saw.
+    pub auditor: crate::audit::Auditor,
 }
 
 impl std::fmt::Debug for Host {
@@ -170,6 +172,7 @@ impl Host {
             stopping: AtomicBool::new(false),
             heartbeat_timeout: config.heartbeat_timeout,
             kill_evicted: config.kill_evicted,
+            auditor: crate::audit::Auditor::default(),
         });
         let supervisor = {
             let core = core.clone();
@@ -295,6 +298,25 @@ impl Host {
         Ok(report)
     }
 
+    /// Look for damage a faulty participant did to the allocator's shared state, and repair
+    /// it (R3): each class's free list is walked and its slot states read
+    /// ([`Slab::audit`](hub_alloc::Slab::audit)); a broken list, free slots lost off it, or a
+    /// list held for good is rebuilt ([`rebuild_free_list`](Self::rebuild_free_list)); slots
+    /// whose state is garbage are reported and left off the list. A list that changed during
+    /// the look is judged at a later one; a free slot off the list counts as lost only when two
+    /// looks find it so. The supervisor does this every 250 ms and after every eviction,
+    /// reporting each finding as [`PeerEvent::AllocatorDamaged`]; this call returns them.
+    ///
+    /// ```
+    /// use hub_transport::{Host, HubConfig};
+    /// let host = Host::create(&HubConfig { max_peers: 1, ..HubConfig::default() })?;
+    /// assert!(host.check_allocator().is_empty(), "a healthy hub");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn check_allocator(&self) -> Vec<crate::AllocatorDamage> {
+        self.core.auditor.check(&self.core)
+    }
+
     /// Recover peer `peer` (R10), once its process left or died: mark it Dead, stop consuming
     /// its send ring, free every slot its two rings still reference, reclaim every slot it
     /// owns, reset both rings and its futex words, then mark the entry Empty for reuse (R9).
@@ -392,7 +414,7 @@ impl Host {
     /// # Errors
     /// [`SendError::UnknownPeer`]; [`SendError::PeerNotActive`] when the peer is neither attached
     /// nor reserved (also when it leaves while the call waits); [`SendError::Ring`] when the
-    /// peer corrupted its ring.
+    /// peer corrupted its ring (the host evicts it, as for a fault found on receive).
     pub fn send_loan(&self, peer: u16, meta: FrameMeta, loan: Loan<'_>) -> Result<(), SendError> {
         self.send_loan_until(peer, meta, loan, Deadline::Never)
     }
@@ -432,9 +454,19 @@ impl Host {
         deadline: Deadline,
     ) -> Result<(), SendError> {
         let link = self.link(peer)?;
-        link.send(&self.core.endpoint, meta, loan, deadline, &|| {
+        let sent = link.send(&self.core.endpoint, meta, loan, deadline, &|| {
             self.peer_gone(peer)
-        })
+        });
+        self.evict_on_ring_fault(sent)
+    }
+
+    /// R3, R4: a peer that broke the indices of its receive ring is evicted, as one that breaks
+    /// its send ring is when the host receives; the call that found it reports the fault.
+    fn evict_on_ring_fault(&self, sent: Result<(), SendError>) -> Result<(), SendError> {
+        if let Err(SendError::Ring { peer, source }) = &sent {
+            self.core.evict(*peer, EvictReason::Ring(*source));
+        }
+        sent
     }
 
     /// Copy `payload` into a frame and send it to `peer`, waiting for a slot and for room as
@@ -479,7 +511,8 @@ impl Host {
         let gone = || self.peer_gone(peer);
         let mut loan = self.core.endpoint.loan(payload.len(), deadline, &gone)?;
         loan.as_mut_slice().copy_from_slice(payload);
-        link.send(&self.core.endpoint, meta, loan, deadline, &gone)
+        let sent = link.send(&self.core.endpoint, meta, loan, deadline, &gone);
+        self.evict_on_ring_fault(sent)
     }
 
     /// Receive the next frame from any peer, waiting as long as it takes; [`Frame::peer`] says

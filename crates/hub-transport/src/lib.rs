@@ -44,6 +44,8 @@ pub mod ring;
 pub mod signal;
 
 #[cfg(not(loom))]
+mod audit;
+#[cfg(not(loom))]
 mod host;
 #[cfg(not(loom))]
 mod link;
@@ -63,6 +65,8 @@ pub use hub_layout::sync;
 #[cfg(all(test, loom))]
 mod loom_recovery;
 
+#[cfg(not(loom))]
+pub use audit::AllocatorDamage;
 #[cfg(not(loom))]
 pub use host::{Host, HostError, PeerInfo, Recovery};
 #[cfg(not(loom))]

@@ -12,10 +12,14 @@
 //! - **Dying** (goodbye): recover it once the host has read the frames the peer sent before it
 //!   left. **Dead** (evicted), or a flags word that is no state: recover it.
 //!
+//! Every 250 ms, and whenever a peer was just evicted, it also audits the allocator's shared
+//! state and repairs what a faulty participant broke (see the `audit` module).
+//!
 //! Each step is reported as a [`PeerEvent`] to [`Host::next_event`](crate::Host::next_event).
 
 use std::time::Duration;
 
+use crate::audit::AUDIT_PERIOD;
 use crate::host::{Core, Recovery};
 use crate::link::DescriptorFault;
 use crate::liveness::{ProcessWatch, WatchError, wait_for_exits};
@@ -109,6 +113,10 @@ pub enum PeerEvent {
         /// The error, as text.
         error: String,
     },
+    /// The supervisor found the allocator's shared state damaged, and repaired what it could
+    /// (see [`Host::check_allocator`](crate::Host::check_allocator)). Not one peer's event:
+    /// which participant wrote the damage cannot be told.
+    AllocatorDamaged(crate::AllocatorDamage),
 }
 
 /// What the supervisor remembers of one attached peer.
@@ -125,7 +133,13 @@ pub(crate) fn run(core: &Core) {
     // The epoch of each entry whose goodbye was reported, while it stays Dying.
     let mut goodbye: Vec<Option<u64>> = vec![None; peers];
     let timeout_ns = u64::try_from(core.heartbeat_timeout.as_nanos()).unwrap_or(u64::MAX);
+    let mut last_audit = std::time::Instant::now();
+    let own_pid = std::process::id();
     while !core.stopping.load(Ordering::Acquire) {
+        // R3: the allocator's shared state is looked at now and then, and right after an
+        // evicted peer is fenced and recovered (it may have scribbled on it before it was
+        // caught).
+        let mut evicted = false;
         // Sleep until a watched process exits, or a tick passes.
         let (ids, watches): (Vec<usize>, Vec<&ProcessWatch>) = watched
             .iter()
@@ -241,13 +255,22 @@ pub(crate) fn run(core: &Core) {
                         .and_then(Option::take);
                     if let Some(reason) = reason {
                         emit(core, PeerEvent::Evicted { peer, reason });
+                        evicted = true;
                     }
                     // Fence it first: an evicted process that still runs could finish an
-                    // allocator operation on state the recovery gives back (R10).
-                    if let Some(watched) = slot.take()
-                        && core.kill_evicted
-                        && watched.pid != std::process::id()
-                        && let Some(process) = &watched.process
+                    // allocator operation on state the recovery gives back (R10). A peer
+                    // evicted before this loop first saw it attached has no watch yet: its
+                    // process is the one its entry names, trusted as a first look trusts it.
+                    let process = match slot.take() {
+                        Some(watched) => watched.process.filter(|_| watched.pid != own_pid),
+                        None => match words.pid.load(Ordering::Acquire) {
+                            0 => None,
+                            pid if pid == own_pid => None,
+                            pid => ProcessWatch::open(pid).ok(),
+                        },
+                    };
+                    if core.kill_evicted
+                        && let Some(process) = &process
                     {
                         process.kill_and_wait(Duration::from_secs(1));
                     }
@@ -263,6 +286,12 @@ pub(crate) fn run(core: &Core) {
                 }
                 PeerState::Empty | PeerState::Reserved => *slot = None,
             }
+        }
+        if evicted || last_audit.elapsed() >= AUDIT_PERIOD {
+            for damage in core.auditor.check(core) {
+                emit(core, PeerEvent::AllocatorDamaged(damage));
+            }
+            last_audit = std::time::Instant::now();
         }
     }
 }
