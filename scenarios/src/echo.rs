@@ -280,73 +280,110 @@ impl<'h> Driver<'h> {
     }
 }
 
-/// Tell each of `children` to stop, and check that each exits 0 within `timeout`.
-pub fn stop_all(
-    host: &Host,
-    children: &mut [ChildProcess],
-    timeout: Duration,
-) -> Result<(), String> {
-    for child in children.iter() {
-        if let Some(peer) = child.peer {
-            let meta = hub_transport::FrameMeta {
-                method_id: STOP,
-                ..hub_transport::FrameMeta::default()
-            };
-            host.send_timeout(peer, meta, &[], timeout)
-                .map_err(|e| format!("stop peer {peer}: {e}"))?;
-        }
-    }
-    for child in children.iter_mut() {
-        match child.wait_timeout(timeout)? {
-            Some(status) if status.success() => {}
-            Some(status) => {
-                return Err(format!(
-                    "peer {:?} (pid {}) ended with {}",
-                    child.peer,
-                    child.pid(),
-                    common::describe(status)
-                ));
-            }
-            None => {
-                return Err(format!(
-                    "peer {:?} (pid {}) did not exit within {timeout:?} of STOP",
-                    child.peer,
-                    child.pid()
-                ));
-            }
-        }
-    }
-    Ok(())
+/// What is left in the allocator once the traffic has stopped.
+#[derive(Debug)]
+pub struct Settled {
+    /// Slots neither free nor quarantined: leaked.
+    pub leaked: u64,
+    /// Slots whose state word is garbage, left off the free lists for good.
+    pub quarantined: u64,
+    /// Per class, where something is not free.
+    pub detail: String,
 }
 
-/// Wait until every slot of every class is free, at most `timeout`; the slots still taken when
-/// it passes (0 when all came back).
-pub fn leaked_slots(host: &Host, timeout: Duration) -> (u64, String) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let stats = host.stats();
-        let taken: u64 = stats
-            .iter()
-            .map(|c| u64::from(c.total.saturating_sub(c.free)))
-            .sum();
-        if taken == 0 || Instant::now() >= deadline {
-            let detail = stats
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| c.free != c.total)
-                .map(|(i, c)| {
-                    format!(
-                        "class {i}: {} of {} free ({} allocated, {} in flight, {} corrupt)",
-                        c.free, c.total, c.allocated, c.in_flight, c.corrupt
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join("; ");
-            return (taken, detail);
+impl Driver<'_> {
+    /// Tell each of `children` to stop, and check that each exits 0 within `timeout`; frames
+    /// they send meanwhile are received and checked (a peer's frames sent before its goodbye are
+    /// the host's: its entry is recovered once they are read).
+    pub fn stop(&mut self, children: &mut [ChildProcess], timeout: Duration) -> Result<(), String> {
+        self.sending = false;
+        let meta = hub_transport::FrameMeta {
+            method_id: STOP,
+            ..hub_transport::FrameMeta::default()
+        };
+        for child in children.iter() {
+            if let Some(peer) = child.peer {
+                self.host
+                    .send_timeout(peer, meta, &[], timeout)
+                    .map_err(|e| format!("stop peer {peer}: {e}"))?;
+            }
         }
-        // Goodbyes are recovered by the supervisor, within a tick.
-        std::thread::sleep(Duration::from_millis(5));
+        let deadline = Instant::now() + timeout;
+        for child in children.iter_mut() {
+            loop {
+                match child.try_wait()? {
+                    Some(status) if status.success() => break,
+                    Some(status) => {
+                        return Err(format!(
+                            "peer {:?} (pid {}) ended with {}",
+                            child.peer,
+                            child.pid(),
+                            common::describe(status)
+                        ));
+                    }
+                    None if Instant::now() >= deadline => {
+                        return Err(format!(
+                            "peer {:?} (pid {}) did not exit within {timeout:?} of STOP",
+                            child.peer,
+                            child.pid()
+                        ));
+                    }
+                    None => self.pump()?,
+                }
+            }
+        }
+        Ok(())
     }
+
+    /// Receive what is left and wait until every slot of every class is free (or quarantined),
+    /// at most `timeout`; what is left then.
+    pub fn settle(&mut self, timeout: Duration) -> Result<Settled, String> {
+        self.sending = false;
+        let deadline = Instant::now() + timeout;
+        loop {
+            // Goodbyes are recovered by the supervisor within a tick of their last frame read.
+            self.pump()?;
+            let stats = self.host.stats();
+            let quarantined: u64 = stats.iter().map(|c| u64::from(c.corrupt)).sum();
+            let leaked: u64 = stats
+                .iter()
+                .map(|c| u64::from(c.total.saturating_sub(c.free + c.corrupt)))
+                .sum();
+            if leaked == 0 || Instant::now() >= deadline {
+                let detail = stats
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| c.free != c.total)
+                    .map(|(i, c)| {
+                        format!(
+                            "class {i}: {} of {} free ({} allocated, {} in flight, {} quarantined)",
+                            c.free, c.total, c.allocated, c.in_flight, c.corrupt
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                return Ok(Settled {
+                    leaked,
+                    quarantined,
+                    detail,
+                });
+            }
+        }
+    }
+}
+
+/// The message of a scenario that found `leaked` slots: `N slots leaked ...`, which
+/// [`leaks_in`] reads back (for the soak's totals).
+pub fn leak_failure(settled: &Settled, when: &str) -> String {
+    format!("{} slots leaked {when}: {}", settled.leaked, settled.detail)
+}
+
+/// The slots a failure message of [`leak_failure`] reports, 0 for another failure.
+pub fn leaks_in(message: &str) -> u64 {
+    message
+        .split_once(" slots leaked")
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Run the scenario.
@@ -385,10 +422,10 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
     }
     driver.drain(Duration::from_secs(30))?;
     let secs = started.elapsed().as_secs_f64();
-    stop_all(&host, &mut children, Duration::from_secs(10))?;
-    let (leaked, detail) = leaked_slots(&host, Duration::from_secs(5));
-    if leaked != 0 {
-        return Err(format!("{leaked} slots not free at the end: {detail}"));
+    driver.stop(&mut children, Duration::from_secs(10))?;
+    let settled = driver.settle(Duration::from_secs(5))?;
+    if settled.leaked + settled.quarantined != 0 {
+        return Err(leak_failure(&settled, "at the end"));
     }
     if driver.alloc_errors != 0 {
         return Err(format!(
@@ -410,6 +447,6 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
         .set("frames", driver.requests + driver.echoes)
         .set("bytes", driver.bytes)
         .set("mb_per_s", (driver.bytes as f64 / secs / 1e6) as u64)
-        .set("leaks", leaked);
+        .set("leaks", settled.leaked);
     Ok(figures)
 }

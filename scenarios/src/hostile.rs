@@ -45,7 +45,7 @@ use hub_transport::{EvictReason, Host, HostError, HubConfig, PeerEvent};
 
 use crate::Settings;
 use crate::common::{self, ChildProcess, Figures, Rng, ScratchDir};
-use crate::echo::{Driver, leaked_slots, stop_all};
+use crate::echo::{Driver, leak_failure};
 use crate::roles::{self, Stop};
 
 /// Honest peers.
@@ -242,12 +242,10 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
 
     driver.suspect = None;
     driver.drain(Duration::from_secs(30))?;
-    stop_all(&host, &mut honest, Duration::from_secs(10))?;
-    let (taken, detail) = leaked_slots(&host, Duration::from_secs(2));
-    let quarantined: u64 = host.stats().iter().map(|c| u64::from(c.corrupt)).sum();
-    let leaks = taken - quarantined;
-    if leaks != 0 {
-        return Err(format!("{leaks} slots leaked: {detail}"));
+    driver.stop(&mut honest, Duration::from_secs(10))?;
+    let settled = driver.settle(Duration::from_secs(5))?;
+    if settled.leaked != 0 {
+        return Err(leak_failure(&settled, "at the end"));
     }
     if driver.alloc_errors != 0 {
         return Err(format!(
@@ -261,10 +259,10 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
         .set("faults_reported", driver.faults)
         .set("damage_found", figures.get("damage_found"))
         .set("repairs", figures.get("repairs"))
-        .set("quarantined", quarantined)
+        .set("quarantined", settled.quarantined)
         .set("frames", driver.requests + driver.echoes)
         .set("bytes", driver.bytes)
-        .set("leaks", leaks);
+        .set("leaks", settled.leaked);
     Ok(out)
 }
 

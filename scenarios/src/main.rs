@@ -180,6 +180,7 @@ fn soak(settings: &Settings, minutes: u64) -> ExitCode {
                     println!(
                         "soak round {round} {name}: FAILED  {error}  seed={seed} (replay: cargo run --release -p hub-scenarios -- {name} --seed {seed})"
                     );
+                    totals.add("leaks", echo::leaks_in(&error));
                     failed = Some(error);
                     break;
                 }
@@ -189,7 +190,8 @@ fn soak(settings: &Settings, minutes: u64) -> ExitCode {
     }
     let leaks = totals.get("leaks");
     println!(
-        "soak totals: rounds={round} frames={} bytes={} kills={} evictions={} repairs={} leaks={leaks}  {:.0}s",
+        "soak totals: {} rounds={round} frames={} bytes={} kills={} evictions={} repairs={} leaks={leaks}  {:.0}s",
+        if failed.is_none() { "ok" } else { "FAILED" },
         totals.get("frames"),
         totals.get("bytes"),
         totals.get("kills"),

@@ -22,7 +22,7 @@ use hub_transport::{Host, HostError, HubConfig, PeerEvent, PeerState};
 
 use crate::Settings;
 use crate::common::{self, ChildProcess, Figures, Rng};
-use crate::echo::{Driver, leaked_slots, stop_all};
+use crate::echo::{Driver, leak_failure};
 
 /// Peers (and peer entries) of the storm.
 const PEERS: u16 = 6;
@@ -104,10 +104,10 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
     // The survivors answer what is in flight, leave, and give everything back.
     driver.drain(Duration::from_secs(30))?;
     events.drain(&host)?;
-    stop_all(&host, &mut children, Duration::from_secs(10))?;
-    let (leaks, detail) = leaked_slots(&host, Duration::from_secs(5));
-    if leaks != 0 {
-        return Err(format!("{leaks} slots leaked: {detail}"));
+    driver.stop(&mut children, Duration::from_secs(10))?;
+    let settled = driver.settle(Duration::from_secs(5))?;
+    if settled.leaked + settled.quarantined != 0 {
+        return Err(leak_failure(&settled, "after the storm"));
     }
     if driver.alloc_errors != 0 {
         return Err(format!(
@@ -135,12 +135,10 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
         driver.pump()?;
     }
     driver.drain(Duration::from_secs(10))?;
-    stop_all(&host, &mut last, Duration::from_secs(10))?;
-    let (leaks, detail) = leaked_slots(&host, Duration::from_secs(5));
-    if leaks != 0 {
-        return Err(format!(
-            "{leaks} slots leaked after the last peer: {detail}"
-        ));
+    driver.stop(&mut last, Duration::from_secs(10))?;
+    let settled = driver.settle(Duration::from_secs(5))?;
+    if settled.leaked + settled.quarantined != 0 {
+        return Err(leak_failure(&settled, "after the last peer"));
     }
     events.drain(&host)?;
 
@@ -157,7 +155,7 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
         )
         .set("bytes", driver.bytes)
         .set("min_reuse", reuses.iter().copied().min().unwrap_or(0))
-        .set("leaks", leaks);
+        .set("leaks", settled.leaked);
     Ok(figures)
 }
 

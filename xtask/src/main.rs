@@ -1,9 +1,10 @@
 //! `cargo xtask`: the hub's task runner, and the one entry point for every check.
 //!
 //! ```text
-//! cargo xtask test [--skip-loom] [--skip STEP]... [--only STEP]... [--no-nextest]
+//! cargo xtask test [--skip-loom] [--skip STEP]... [--only STEP]... [--no-nextest] [--seed N]
 //! cargo xtask lint          # the fmt and clippy steps of `test`
 //! cargo xtask loom          # the loom step of `test`
+//! cargo xtask soak --minutes N [--seed N]   # crash storm and hostile peer for N minutes
 //! cargo xtask bench-report NAME   # Markdown table of a bench's ratios, from criterion's results
 //! cargo xtask help
 //! ```
@@ -17,7 +18,7 @@
 //! | `test`    | `cargo nextest run --workspace --no-fail-fast --no-tests=warn` when `cargo nextest --version` works, else `cargo test --workspace --all-targets --no-fail-fast` |
 //! | `doc`     | `cargo test --workspace --doc --no-fail-fast` (nextest does not run doc tests) |
 //! | `loom`    | `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=target/loom cargo test --release -p hub-alloc -p hub-transport --lib --no-fail-fast` |
-//! | scenarios | one step per entry of [`SCENARIOS`], group name `scenarios` |
+//! | scenarios | `cargo run --release -p hub-scenarios -- NAME` for each of [`SCENARIOS`] (group name `scenarios`); `--seed N` passes a seed to each |
 //!
 //! Every step runs even when an earlier one failed. Each prints a header, streams the command's
 //! output (standard error merged into standard output, in order) and ends with a result line.
@@ -47,16 +48,31 @@ use std::process::{Command, ExitCode, Stdio};
 use counts::{Counts, Parse};
 use run::{Outcome, Step};
 
-/// Multi-process scenarios, run after the loom models: `(name, command)`, one line each.
-///
-/// A command whose first word is `cargo` runs the cargo that runs the xtask. A scenario counts as
-/// one check (its exit status) unless it prints libtest summary lines, which are then summed. For
-/// example:
-///
-/// ```text
-/// ("crash_recovery", &["cargo", "run", "--release", "--example", "crash_recovery", "--", "--check"]),
-/// ```
-const SCENARIOS: &[(&str, &[&str])] = &[];
+/// The multi-process scenarios of hub-scenarios, run after the loom models, in this order: each
+/// is `SCENARIO_COMMAND NAME [--seed N]`, counts as one check (its exit status), and ends its
+/// output with a line `scenario NAME: ok|FAILED  figures...  seed=N`, which the summary repeats.
+const SCENARIOS: &[&str] = &[
+    "echo",
+    "crash-storm",
+    "host-crash",
+    "hostile",
+    "growth",
+    "mutants",
+];
+
+/// How a scenario runs, its name and options after it. The first word is replaced by the cargo
+/// that runs the xtask.
+const SCENARIO_COMMAND: &[&str] = &[
+    "cargo",
+    "run",
+    "--release",
+    "--quiet",
+    "-p",
+    "hub-scenarios",
+    "--bin",
+    "hub-scenario",
+    "--",
+];
 
 /// Loom's preemption bound when `LOOM_MAX_PREEMPTIONS` is not set.
 const DEFAULT_LOOM_MAX_PREEMPTIONS: &str = "2";
@@ -71,6 +87,8 @@ tasks:
   test    every check: fmt, clippy, test, doc, loom, then the scenarios
   lint    fmt and clippy only
   loom    the loom models only
+  soak --minutes N [--seed N]
+          crash storm and hostile peer in turns for N minutes, then the totals
   bench-report NAME
           a Markdown table, ours / baseline, of the last `cargo bench --bench NAME`
   help    this text
@@ -80,6 +98,7 @@ options (test, lint, loom):
   --skip STEP     do not run STEP; may be repeated
   --skip-loom     same as --skip loom
   --no-nextest    use `cargo test` even when cargo-nextest is installed
+  --seed N        the seed of every scenario (each prints the one it used)
 
 The last line printed is `N passed, M failed`; the exit code is non-zero when anything failed.";
 
@@ -93,6 +112,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+    if args.first().is_some_and(|a| a == "soak") {
+        let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        return soak(&args[1..], &cargo, &workspace_root());
     }
     let options = match Options::parse(&args) {
         Ok(Some(options)) => options,
@@ -145,6 +168,8 @@ struct Options {
     skip: Vec<String>,
     /// Use `cargo test` even when cargo-nextest is there.
     no_nextest: bool,
+    /// The seed every scenario runs with (each picks and prints its own otherwise).
+    seed: Option<u64>,
 }
 
 impl Options {
@@ -171,6 +196,10 @@ impl Options {
                 "--skip" => options.skip.push(value("--skip")?),
                 "--skip-loom" => options.skip.push("loom".into()),
                 "--no-nextest" => options.no_nextest = true,
+                "--seed" => {
+                    let seed = args.next().and_then(|v| v.parse().ok());
+                    options.seed = Some(seed.ok_or("--seed needs a number")?);
+                }
                 "-h" | "--help" => return Ok(None),
                 other => return Err(format!("unknown option `{other}`")),
             }
@@ -258,14 +287,12 @@ fn all_steps(cargo: &OsString, root: &Path, options: &Options) -> Vec<Step> {
     };
     steps.push(loom);
 
-    for (name, command) in SCENARIOS {
-        let command = command.iter().enumerate().map(|(i, word)| {
-            if i == 0 && *word == "cargo" {
-                cargo.clone()
-            } else {
-                OsString::from(word)
-            }
-        });
+    for name in SCENARIOS {
+        let mut command = scenario_command(cargo);
+        command.push(name.into());
+        if let Some(seed) = options.seed {
+            command.extend(["--seed".into(), seed.to_string().into()]);
+        }
         steps.push(Step::new(name, command, Parse::LibtestOrExit).group("scenarios"));
     }
 
@@ -277,6 +304,57 @@ fn all_steps(cargo: &OsString, root: &Path, options: &Options) -> Vec<Step> {
             .collect();
     }
     steps
+}
+
+/// [`SCENARIO_COMMAND`] with this cargo.
+fn scenario_command(cargo: &OsString) -> Vec<OsString> {
+    std::iter::once(cargo.clone())
+        .chain(SCENARIO_COMMAND[1..].iter().map(OsString::from))
+        .collect()
+}
+
+/// `cargo xtask soak --minutes N [--seed N]`: crash storm and hostile peer in turns for N
+/// minutes, the scenario binary's output as it comes; its exit status.
+fn soak(args: &[String], cargo: &OsString, root: &Path) -> ExitCode {
+    let mut minutes = None;
+    let mut seed = None;
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        let value = rest.next().and_then(|v| v.parse::<u64>().ok());
+        match (arg.as_str(), value) {
+            ("--minutes", Some(n)) if n > 0 => minutes = Some(n),
+            ("--seed", Some(n)) => seed = Some(n),
+            _ => {
+                eprintln!("xtask: soak takes --minutes N (N > 0) and --seed N, not {args:?}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let Some(minutes) = minutes else {
+        eprintln!("xtask: soak needs --minutes N");
+        return ExitCode::from(2);
+    };
+    let mut command = scenario_command(cargo);
+    command.extend([
+        "soak".into(),
+        "--minutes".into(),
+        minutes.to_string().into(),
+    ]);
+    if let Some(seed) = seed {
+        command.extend(["--seed".into(), seed.to_string().into()]);
+    }
+    let status = Command::new(&command[0])
+        .args(&command[1..])
+        .current_dir(root)
+        .status();
+    match status {
+        Ok(status) if status.success() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("xtask: could not run the soak: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Whether `cargo nextest --version` succeeds.
@@ -354,7 +432,7 @@ fn summarise(results: &[(&Step, Option<Outcome>)], out: &mut dyn Write) -> Count
                 totals += outcome.counts;
                 writeln!(
                     out,
-                    "    {:width$}  {:6}  {} passed, {} failed  {:.1}s{}",
+                    "    {:width$}  {:6}  {} passed, {} failed  {:.1}s{}{}",
                     step.name,
                     if outcome.success { "ok" } else { "FAILED" },
                     outcome.counts.passed,
@@ -365,6 +443,10 @@ fn summarise(results: &[(&Step, Option<Outcome>)], out: &mut dyn Write) -> Count
                     } else {
                         format!("  ({})", outcome.status)
                     },
+                    outcome
+                        .verdict
+                        .as_ref()
+                        .map_or_else(String::new, |v| format!("  | {v}")),
                 )
             }
         };
@@ -399,6 +481,7 @@ mod tests {
                 only: vec!["test".into()],
                 skip: vec!["loom".into()],
                 no_nextest: true,
+                seed: None,
             }))
         );
         assert_eq!(
@@ -414,6 +497,14 @@ mod tests {
         assert!(Options::parse(&args("bench")).is_err());
         assert!(Options::parse(&args("test --only")).is_err());
         assert!(Options::parse(&args("test --frobnicate")).is_err());
+        assert_eq!(
+            Options::parse(&args("test --seed 7"))
+                .unwrap()
+                .unwrap()
+                .seed,
+            Some(7)
+        );
+        assert!(Options::parse(&args("test --seed x")).is_err());
     }
 
     #[test]
@@ -426,7 +517,7 @@ mod tests {
         let steps = all_steps(&"cargo".into(), &root, &options);
         let all = select(&steps, &options).unwrap();
         let mut want = vec!["fmt", "clippy", "test", "doc", "loom"];
-        want.extend(SCENARIOS.iter().map(|s| s.0));
+        want.extend(SCENARIOS);
         assert_eq!(names(&all), want);
 
         let skip_loom = Options {
@@ -492,6 +583,7 @@ mod tests {
             }
             .into(),
             elapsed: std::time::Duration::from_millis(1500),
+            verdict: None,
         };
         let results = [
             (&ok, Some(outcome(1, 0, true))),

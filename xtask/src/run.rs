@@ -100,6 +100,9 @@ pub struct Outcome {
     pub status: String,
     /// How long it took.
     pub elapsed: Duration,
+    /// A scenario's verdict: the last line it printed that starts with `scenario NAME: `, without
+    /// that prefix (`ok  peers=8 frames=200056 ...  seed=7`).
+    pub verdict: Option<String>,
 }
 
 /// Run `step` from `root`: write its header to `out`, stream its standard output and standard
@@ -119,7 +122,8 @@ pub fn run(step: &Step, index: usize, total: usize, root: &Path, out: &mut dyn W
     let _ = out.flush();
 
     let mut tally = Tally::new(step.parse);
-    let (success, status) = match spawn_and_stream(step, root, &mut tally, out) {
+    let mut verdict = None;
+    let (success, status) = match spawn_and_stream(step, root, &mut tally, &mut verdict, out) {
         Ok(status) => (status.success(), status.to_string()),
         Err(error) => {
             let _ = writeln!(out, "xtask: could not run `{}`: {error}", step.display());
@@ -131,6 +135,7 @@ pub fn run(step: &Step, index: usize, total: usize, root: &Path, out: &mut dyn W
         success,
         status,
         elapsed: start.elapsed(),
+        verdict,
     };
     let _ = writeln!(
         out,
@@ -155,8 +160,10 @@ fn spawn_and_stream(
     step: &Step,
     root: &Path,
     tally: &mut Tally,
+    verdict: &mut Option<String>,
     out: &mut dyn Write,
 ) -> io::Result<ExitStatus> {
+    let prefix = format!("scenario {}: ", step.name);
     let (program, args) = step
         .command
         .split_first()
@@ -183,7 +190,13 @@ fn spawn_and_stream(
             Ok(_) => {
                 // A closed standard output must not stop the step; the counts still matter.
                 let _ = out.write_all(&line).and_then(|()| out.flush());
-                tally.line(&String::from_utf8_lossy(&line));
+                let text = String::from_utf8_lossy(&line);
+                tally.line(&text);
+                if let Some(rest) = text.strip_prefix(&prefix)
+                    && (rest.starts_with("ok") || rest.starts_with("FAILED"))
+                {
+                    *verdict = Some(rest.trim_end().to_owned());
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
@@ -238,6 +251,20 @@ mod tests {
             out.contains("\n==> ok: ok (2 passed, 0 failed) in "),
             "{out}"
         );
+
+        assert_eq!(outcome.verdict, None);
+
+        let scenario = Step::new(
+            "echo",
+            [
+                "sh",
+                "-c",
+                "echo 'scenario echo: seed 7'; echo 'scenario echo: ok  frames=9  seed=7'",
+            ],
+            Parse::LibtestOrExit,
+        );
+        let outcome = run(&scenario, 1, 1, &root, &mut Vec::new());
+        assert_eq!(outcome.verdict.as_deref(), Some("ok  frames=9  seed=7"));
 
         let failed = Step::new("failed", ["sh", "-c", "exit 3"], Parse::Libtest);
         let outcome = run(&failed, 1, 1, &root, &mut Vec::new());
