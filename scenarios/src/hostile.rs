@@ -3,7 +3,7 @@
 //! checksummed streams go on.
 //!
 //! Three honest peers echo the host's checksummed requests (the [`Driver`] of `echo`) for the
-//! whole run, in the three smaller size classes. One peer entry is for the hostile: fourteen
+//! whole run, in the three smaller size classes. One peer entry is for the hostile: eighteen
 //! lives, one attack each, each attack twice:
 //!
 //! | attack        | what the hostile process writes | the host must |
@@ -13,6 +13,8 @@
 //! | `recv-tail`   | its receive ring's tail, far past the head | evict it on its next send: `Ring` |
 //! | `entry-flags` | its peer entry's flags: a word that is no state | evict it: `EntryRewritten` |
 //! | `entry-pid`   | its peer entry's pid: another process's | evict it: `EntryRewritten` |
+//! | `entry-heartbeat` | its peer entry's `last_seen`: long ago | evict it: `HeartbeatTimeout` |
+//! | `entry-epoch` | its peer entry's epoch: another life's (its heartbeat stops) | evict it after the heartbeat timeout: `HeartbeatTimeout` |
 //! | `slot-metas`  | the state word of the first free slot of classes 3 and 4 (garbage), a free slot's link (out of the class); then its send head | evict it, find the damage, rebuild both lists, quarantine the garbage slots |
 //! | `free-heads`  | the free-list heads of classes 3 and 4: an index outside the class, an empty list, or the held marker; then its send head | evict it, find the damage, rebuild both lists |
 //!
@@ -60,12 +62,14 @@ const PROGRESS: u64 = 50;
 const STEP: Duration = Duration::from_secs(10);
 
 /// The attacks, and the eviction each must bring.
-const ATTACKS: [(&str, Expect); 7] = [
+const ATTACKS: [(&str, Expect); 9] = [
     ("send-head", Expect::Ring),
     ("send-desc", Expect::BadDescriptor),
     ("recv-tail", Expect::Ring),
     ("entry-flags", Expect::EntryRewritten),
     ("entry-pid", Expect::EntryRewritten),
+    ("entry-heartbeat", Expect::Silent),
+    ("entry-epoch", Expect::Silent),
     ("slot-metas", Expect::Ring),
     ("free-heads", Expect::Ring),
 ];
@@ -76,6 +80,7 @@ enum Expect {
     Ring,
     BadDescriptor,
     EntryRewritten,
+    Silent,
 }
 
 impl Expect {
@@ -85,6 +90,7 @@ impl Expect {
             (Expect::Ring, EvictReason::Ring(_))
                 | (Expect::BadDescriptor, EvictReason::BadDescriptor(_))
                 | (Expect::EntryRewritten, EvictReason::EntryRewritten { .. })
+                | (Expect::Silent, EvictReason::HeartbeatTimeout { .. })
         )
     }
 }
@@ -103,7 +109,7 @@ struct Heard {
 
 /// Run the scenario.
 pub fn run(settings: &Settings) -> Result<Figures, String> {
-    let lives = settings.scale(14, 7);
+    let lives = settings.scale(2 * ATTACKS.len() as u64, ATTACKS.len() as u64);
     let dir = ScratchDir::new("hostile")?;
     let path = dir.0.join("hub");
     let host = Host::create(&HubConfig {
@@ -504,6 +510,21 @@ pub fn peer(args: &[String]) -> Result<(), Stop> {
             segment
                 .u32_at(entry + offset_of!(PeerEntry, flags))?
                 .store(garbage, Release);
+        }
+        "entry-heartbeat" => {
+            // A heartbeat from long ago (one from the future counts as now, R3).
+            let seen = segment.u64_at(entry + offset_of!(PeerEntry, last_seen))?;
+            let now = hub_transport::monotonic_ns();
+            seen.store(rng.below(now / 2), Release);
+        }
+        "entry-epoch" => {
+            // Another life's epoch: the peer's own heartbeat takes the entry for someone
+            // else's and stops, and the peer falls silent.
+            let epoch = segment.u64_at(entry + offset_of!(PeerEntry, epoch))?;
+            epoch.store(
+                epoch.load(Acquire).wrapping_add(1 + rng.below(1 << 40)),
+                Release,
+            );
         }
         "entry-pid" => {
             let pid = segment.u32_at(entry + hub_transport::pad::PEER_PID)?;

@@ -148,7 +148,7 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
         .set("died_events", events.died)
         .set("recovered", events.recovered)
         .set("slots_reclaimed", events.slots_reclaimed)
-        .set("mid_alloc_kills", events.journals)
+        .set("journal_repairs", events.journals)
         .set(
             "frames",
             driver.requests + driver.echoes + driver.originated + driver.stale,

@@ -11,7 +11,7 @@
 //! - a free slot off the list that no journal names, the same slot at the same generation in
 //!   two looks: lost; rebuilt, which brings it back;
 //! - a list held in two looks in a row (a hold lasts microseconds): the marker is garbage;
-//!   rebuilt, which takes it over after a second;
+//!   rebuilt, which takes it over after a second (the supervisor waits that second);
 //! - slot states that are no state: reported once per new one; a rebuild leaves them off the
 //!   list for good (quarantined), since whoever wrote them may still use those slots.
 

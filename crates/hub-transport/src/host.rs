@@ -329,8 +329,9 @@ impl Host {
         Ok(self.core.recover_peer(peer, None)?.unwrap_or_default())
     }
 
-    /// The next peer lifecycle event (attached, goodbye, died, evicted, recovered), waiting at
-    /// most `timeout` (`None`: as long as it takes). `None` when none came in time.
+    /// The next peer lifecycle event (attached, goodbye, died, evicted, recovered; and damage
+    /// the allocator audit found), waiting at most `timeout` (`None`: as long as it takes).
+    /// `None` when none came in time.
     ///
     /// The host's supervisor thread produces them; up to 1024 wait to be read, and later ones
     /// are dropped until the application catches up.
