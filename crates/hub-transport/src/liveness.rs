@@ -77,12 +77,33 @@ pub(crate) fn wait_for_exits(watches: &[&ProcessWatch], timeout: Duration) -> Ve
     }
 }
 
+/// Wait up to `timeout` for `watch`'s process to exit or for `wake` (an eventfd) to be
+/// written, whichever comes first; drain `wake`.
+fn wait_for_exit_or_wake(watch: Option<&ProcessWatch>, wake: &OwnedFd, timeout: Duration) {
+    let mut fds = vec![PollFd::new(wake, PollFlags::IN)];
+    if let Some(watch) = watch {
+        fds.push(PollFd::new(&watch.pidfd, PollFlags::IN));
+    }
+    let timeout = Timespec {
+        tv_sec: timeout.as_secs().try_into().unwrap_or(i64::MAX),
+        tv_nsec: timeout.subsec_nanos().into(),
+    };
+    if rustix::event::poll(&mut fds, Some(&timeout)).is_ok_and(|n| n > 0)
+        && !fds[0].revents().is_empty()
+    {
+        // The eventfd is non-blocking: a read takes its count, or finds it taken already.
+        let _ = rustix::io::read(wake, &mut [0u8; 8]);
+    }
+}
+
 /// A peer's heartbeat thread (R12): it writes the peer's `last_seen` a few times per heartbeat
-/// timeout, and watches the host's process. When the host exits without its goodbye, it marks
-/// the host gone in the segment and rings the peer's own bell, so every blocked call of the
-/// peer returns `HostGone` at once.
+/// timeout, and watches the host's process, waiting on its pidfd between beats. When the host
+/// exits without its goodbye, it marks the host gone in the segment and rings the peer's own
+/// bell, so every blocked call of the peer returns `HostGone` at once.
 pub(crate) struct Heartbeat {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// An eventfd that wakes the thread when it must stop.
+    wake: std::sync::Arc<OwnedFd>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -97,6 +118,11 @@ impl Heartbeat {
         use crate::sync::Ordering;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopped = stop.clone();
+        let wake = std::sync::Arc::new(rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )?);
+        let woken = wake.clone();
         let interval = segment.heartbeat_interval().min(Duration::from_millis(250));
         let thread = std::thread::Builder::new()
             .name(format!("hub-heartbeat-{peer}"))
@@ -116,11 +142,13 @@ impl Heartbeat {
                         crate::signal::Doorbell::new(words.recv_bell).ring();
                         return;
                     }
-                    std::thread::park_timeout(interval);
+                    // The host's exit ends the wait at once; so does `Drop`.
+                    wait_for_exit_or_wake(host.as_ref(), &woken, interval);
                 }
             })?;
         Ok(Self {
             stop,
+            wake,
             thread: Some(thread),
         })
     }
@@ -130,7 +158,7 @@ impl Drop for Heartbeat {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Release);
         if let Some(thread) = self.thread.take() {
-            thread.thread().unpark();
+            let _ = rustix::io::write(&*self.wake, &1u64.to_ne_bytes());
             let _ = thread.join();
         }
     }
