@@ -5,8 +5,10 @@
 //! Six peer processes echo the host's requests (the [`Driver`](crate::echo::Driver) of `echo`)
 //! and send frames of their own, so that at any moment slots are allocated by peers, in flight
 //! to them and from them, and being filled, checked, freed. Every 0 to 30 ms the orchestrator
-//! kills one attached peer with SIGKILL, wherever it is: in a loan, a free, a ring push, a
-//! futex wait. The hub has exactly as many entries as peers, so the respawn's ticket must reuse
+//! kills one peer with SIGKILL, wherever it is: in a loan, a free, a ring push, a futex wait,
+//! or (one pause in four is under 2 ms) still starting or attaching. A peer killed before it
+//! attached has its reservation withdrawn (`Host::withdraw`); one killed between taking its
+//! entry and recording its pid is evicted as silent after the heartbeat timeout. The hub has exactly as many entries as peers, so the respawn's ticket must reuse
 //! the killed peer's id: it is granted only once the supervisor has seen the death (pidfd) and
 //! recovered the entry (R10, R12). Every frame the host receives is checksummed, including
 //! those of a peer's earlier life still in a ring; every request a peer receives is too (a peer
@@ -18,7 +20,7 @@
 
 use std::time::{Duration, Instant};
 
-use hub_transport::{Host, HostError, HubConfig, PeerEvent, PeerState};
+use hub_transport::{EvictReason, Host, HostError, HubConfig, PeerEvent};
 
 use crate::Settings;
 use crate::common::{self, ChildProcess, Figures, Rng};
@@ -43,7 +45,10 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
     let mut driver = Driver::new(&host, rng.next_u64());
     let mut children: Vec<ChildProcess> = Vec::new();
     let mut reuses = vec![0u64; usize::from(PEERS)];
-    let mut events = Events::default();
+    let mut events = Events {
+        awaiting: vec![false; usize::from(PEERS)],
+        ..Events::default()
+    };
 
     for _ in 0..PEERS {
         let ticket = host.add_peer().map_err(|e| format!("add_peer: {e}"))?;
@@ -60,24 +65,8 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
         if Instant::now() < next_kill {
             continue;
         }
-        // A peer that has attached: one killed before it attaches would leave its entry
-        // Reserved, which only the host's application can take back (see the README).
-        let attached: Vec<usize> = children
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| {
-                c.peer.is_some_and(|p| {
-                    host.peers()
-                        .iter()
-                        .any(|i| i.id == p && i.state == PeerState::Active && i.pid == c.pid())
-                })
-            })
-            .map(|(i, _)| i)
-            .collect();
-        if attached.is_empty() {
-            continue;
-        }
-        let victim = attached[rng.below(attached.len() as u64) as usize];
+        // Any peer, wherever it is: starting, attaching, or at work.
+        let victim = rng.below(children.len() as u64) as usize;
         let mut child = children.swap_remove(victim);
         let peer = child.peer.ok_or("a peer child without a peer id")?;
         child.kill();
@@ -86,6 +75,17 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
             .ok_or_else(|| format!("peer {peer} (pid {}) outlived SIGKILL", child.pid()))?;
         driver.forget(peer);
         kills += 1;
+        // Killed before it attached: the host takes the reservation back (R9). Otherwise the
+        // supervisor finds the death: by its pidfd, or by its silence when it died between
+        // taking the entry and recording its pid.
+        if host
+            .withdraw(peer)
+            .map_err(|e| format!("withdraw peer {peer}: {e}"))?
+        {
+            events.before_attach += 1;
+        } else {
+            events.awaiting[usize::from(peer)] = true;
+        }
 
         // The respawn: the only entry not in use is the victim's, once it is recovered.
         let ticket = respawn_ticket(&host, &mut driver, &mut events)?;
@@ -149,6 +149,8 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
         .set("recovered", events.recovered)
         .set("slots_reclaimed", events.slots_reclaimed)
         .set("journal_repairs", events.journals)
+        .set("before_attach", events.before_attach)
+        .set("while_attaching", events.silent)
         .set(
             "frames",
             driver.requests + driver.echoes + driver.originated + driver.stale,
@@ -169,8 +171,15 @@ fn spawn(ticket: &hub_transport::Ticket, rng: &mut Rng) -> Result<ChildProcess, 
     )
 }
 
+/// The pause before the next kill: up to [`MAX_PAUSE`], and one time in four under 2 ms, so
+/// that some kills find the last respawned peer still starting or attaching.
 fn pause(rng: &mut Rng) -> Duration {
-    Duration::from_micros(rng.below(MAX_PAUSE.as_micros() as u64 + 1))
+    let max = if rng.percent(25) {
+        Duration::from_millis(2)
+    } else {
+        MAX_PAUSE
+    };
+    Duration::from_micros(rng.below(max.as_micros() as u64 + 1))
 }
 
 /// A ticket for the entry a kill freed, once it is recovered; the traffic goes on meanwhile.
@@ -218,6 +227,12 @@ struct Events {
     slots_reclaimed: u64,
     /// Recoveries that found a peer killed in the middle of a pop or a free (R5's journal).
     journals: u64,
+    /// Peers killed before they attached, whose reservation was withdrawn.
+    before_attach: u64,
+    /// Peers killed while attaching (before their pid was recorded), evicted as silent.
+    silent: u64,
+    /// Per peer id: killed after it attached, and not recovered yet.
+    awaiting: Vec<bool>,
 }
 
 impl Events {
@@ -225,12 +240,17 @@ impl Events {
         while let Some(event) = host.try_event() {
             match event {
                 PeerEvent::Died { .. } => self.died += 1,
-                PeerEvent::Recovered { recovery, .. } => {
+                PeerEvent::Recovered { peer, recovery } => {
                     self.recovered += 1;
+                    self.awaiting[usize::from(peer)] = false;
                     self.slots_reclaimed +=
                         u64::from(recovery.ring_slots_freed + recovery.reclaimed.total());
                     self.journals += u64::from(recovery.reclaimed.recovered_from_journal);
                 }
+                PeerEvent::Evicted {
+                    peer,
+                    reason: EvictReason::HeartbeatTimeout { .. },
+                } if self.awaiting[usize::from(peer)] => self.silent += 1,
                 PeerEvent::Evicted { peer, reason } => {
                     return Err(format!("peer {peer} was evicted: {reason}"));
                 }

@@ -258,6 +258,45 @@ impl Host {
         Err(HostError::NoFreePeer(self.max_peers()))
     }
 
+    /// Take back the reservation of peer `peer` if no process attached with it (R9): for a
+    /// host whose child died, or was never started, before it attached. Whatever the host sent
+    /// it meanwhile is freed, and the entry is free for [`add_peer`](Self::add_peer); an attach
+    /// with the old ticket fails with [`AttachError::NotReserved`](crate::AttachError).
+    ///
+    /// Returns `true` when the reservation was taken back, `false` when the entry is not
+    /// reserved: a process attached with the ticket first (from then on the supervisor watches
+    /// it and reports its exit as any peer's), or the entry was not reserved at all.
+    ///
+    /// ```
+    /// use hub_transport::{Host, HubConfig, Peer};
+    /// let host = Host::create(&HubConfig { max_peers: 1, ..HubConfig::default() })?;
+    /// let ticket = host.add_peer()?;
+    /// assert!(host.withdraw(ticket.peer_id())?);
+    /// assert!(Peer::attach(&ticket).is_err(), "the ticket is void");
+    /// assert_eq!(host.add_peer()?.peer_id(), ticket.peer_id());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`HostError::UnknownPeer`]; as [`recover_peer`](Self::recover_peer) for freeing what
+    /// the host sent.
+    pub fn withdraw(&self, peer: u16) -> Result<bool, HostError> {
+        if peer >= self.max_peers() {
+            return Err(HostError::UnknownPeer(peer));
+        }
+        // R9: of this and a process's attach (Reserved -> Active), one compare-and-swap wins.
+        let words = self.core.endpoint.segment.peer(peer);
+        if words
+            .transition(PeerState::Reserved, PeerState::Dead)
+            .is_err()
+        {
+            return Ok(false);
+        }
+        // R10 as for a peer that died: the frames sent to it are freed, the rings reset.
+        self.core.recover_peer(peer, None)?;
+        Ok(true)
+    }
+
     /// Every peer entry: id, state, epoch, pid and ring depths.
     pub fn peers(&self) -> Vec<PeerInfo> {
         let segment = &self.core.endpoint.segment;

@@ -108,6 +108,12 @@ impl Peer {
             }
         };
         check_epoch()?;
+        // R12: a fresh heartbeat before the entry turns Active, so that the supervisor never
+        // sees this life Active with an earlier life's heartbeat (and evicts it as silent) while
+        // this process is preempted between the CAS and its first beat.
+        words
+            .last_seen
+            .store(crate::segment::monotonic_ns(), Ordering::Release);
         // R9: Reserved -> Active by compare-and-swap: of two processes with one ticket, one wins.
         words
             .transition(PeerState::Reserved, PeerState::Active)
@@ -118,9 +124,6 @@ impl Peer {
             return Err(error);
         }
         words.pid.store(std::process::id(), Ordering::Relaxed);
-        words
-            .last_seen
-            .store(crate::segment::monotonic_ns(), Ordering::Relaxed);
         let (send, recv) = (2 * usize::from(peer), 2 * usize::from(peer) + 1);
         // SAFETY: the CAS above made this process the entry's only peer, hence the only
         // producer of its send ring and the only consumer of its receive ring.

@@ -473,3 +473,44 @@ fn a_hundred_plugins_come_and_go() {
     }
     assert_all_free(&host.stats());
 }
+
+/// R9: a reservation whose child never attached is taken back with `withdraw`; what the host
+/// sent it meanwhile is freed, the ticket is void, and the id is handed out again. Once a peer
+/// attached, `withdraw` leaves it alone.
+#[test]
+fn a_reservation_nobody_used_is_withdrawn() {
+    let host = Host::create(&HubConfig {
+        max_peers: 1,
+        ..HubConfig::default()
+    })
+    .unwrap();
+    let ticket = host.add_peer().unwrap();
+    let id = ticket.peer_id();
+    // Frames to a reserved peer wait in its ring, in slots in flight to it (R9).
+    for (i, len) in [10, 5000, 300_000].into_iter().enumerate() {
+        host.send(id, meta(i as u64), &payload(len, i as u64))
+            .unwrap();
+    }
+    assert_eq!(host.stats().iter().map(|c| c.in_flight).sum::<u32>(), 2);
+    assert!(matches!(host.add_peer(), Err(HostError::NoFreePeer(1))));
+
+    assert!(host.withdraw(id).unwrap());
+    assert_all_free(&host.stats());
+    assert_eq!(host.peers()[0].state, PeerState::Empty);
+    assert!(matches!(
+        Peer::attach(&ticket),
+        Err(AttachError::NotReserved { .. })
+    ));
+    assert!(!host.withdraw(id).unwrap(), "nothing left to withdraw");
+    assert!(matches!(host.withdraw(1), Err(HostError::UnknownPeer(1))));
+
+    // The id again, for a peer that does attach: then withdraw says no and changes nothing.
+    let second = host.add_peer().unwrap();
+    assert_eq!(second.peer_id(), id);
+    assert!(second.epoch() > ticket.epoch());
+    let peer = Peer::attach(&second).unwrap();
+    assert!(!host.withdraw(id).unwrap());
+    host.send(id, meta(7), &payload(100, 7)).unwrap();
+    let frame = peer.recv_timeout(WATCHDOG).unwrap();
+    assert_eq!(checksum(frame.payload()), expected(100, 7));
+}
