@@ -677,3 +677,35 @@ fn audit_racing_alloc_and_free() {
         check_quiet(&host, 2);
     });
 }
+
+/// Model 8b: the audit's walk against a pop and two pushes that change a link it reads: the
+/// head is slot 1 alone (slot 0 allocated), and a participant pops 1, frees 0, frees 1 (whose
+/// link now names 0). A walk that read the new link must not take the old head for settled
+/// (it would report slot 0, allocated in its snapshot, as a listed slot that is not free).
+#[test]
+fn audit_racing_a_relinked_head() {
+    model("audit_racing_a_relinked_head", || {
+        let host = slab(2, 1);
+        let first = host.try_alloc_in(0).unwrap().expect("slot 0");
+        assert_eq!(first.index(), 0);
+        let live = {
+            let slab = host.with_owner(OwnerId::HOST).unwrap();
+            thread::spawn(move || {
+                let second = slab.try_alloc_in(0).unwrap().expect("slot 1");
+                let _ = slab.free(first).unwrap();
+                let _ = slab.free(second).unwrap();
+            })
+        };
+        let auditor = {
+            let host = host.with_owner(LIVE).unwrap();
+            thread::spawn(move || host.audit(0).unwrap())
+        };
+        live.join().unwrap();
+        let audit = auditor.join().unwrap();
+        if audit.settled {
+            assert_eq!(audit.list_fault, None, "{audit:?}");
+            assert!(audit.off_list.is_empty(), "{audit:?}");
+        }
+        check_quiet(&host, 2);
+    });
+}

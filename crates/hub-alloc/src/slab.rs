@@ -217,6 +217,8 @@ pub struct RebuildReport {
 /// at again later.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ClassAudit {
+    /// The tagged free-list head at the start of the look (R7: index and tag, as stored).
+    pub head: u64,
     /// The head did not change during the look.
     pub settled: bool,
     /// The list was held (a hold in progress, or a marker left by a faulty or dead process).
@@ -227,9 +229,10 @@ pub struct ClassAudit {
     /// Slots whose state word is no state (they are left off any rebuilt list: quarantined).
     pub bad_states: u32,
     /// Free slots that are neither on the settled list nor named by a journal, with their
-    /// generation: `(global index, generation)`. A free or rebuild between its state change and
-    /// its push shows here for a moment; the same slot at the same generation in two looks far
-    /// apart is lost, and a rebuild brings it back.
+    /// generation: `(global index, generation)`. A free between its state change and its push
+    /// is named by its journal and does not show; a slot a rebuild left to look at again after
+    /// its hold can, for a moment. The same slot at the same generation in two looks far apart
+    /// is lost, and a rebuild brings it back.
     pub off_list: Vec<(u32, u32)>,
 }
 
@@ -953,7 +956,8 @@ impl<R: Region> Slab<R> {
                         // that has not cleared its journal yet: settled after the release.
                         unsure.push((index, meta));
                     } else {
-                        meta.next_free.store(chain, Ordering::Relaxed);
+                        // Release: an audit that reads this link sees the hold (see `audit`).
+                        meta.next_free.store(chain, Ordering::Release);
                         chain = index;
                         report.free += 1;
                     }
@@ -1008,12 +1012,15 @@ impl<R: Region> Slab<R> {
         // Acquire: the head's release sequence carries the pushes that linked the list read
         // below (R7), and the state changes made before them.
         let before = header.free_head.load(Ordering::Acquire);
+        audit.head = before;
         let (first, _) = unpack_free_head(before);
         // The journals before the states: a pop that won the head `before` shows (R5 names the
         // slot before the CAS), or its state change does, from its journal's clear onwards.
         let mut journals = self.journal_entries();
         let mut states = Vec::new();
         self.for_each_meta(c, |index, meta| {
+            // Acquire: a state a pop or free wrote (AcqRel) brings its earlier head CAS with it,
+            // so the last head load below cannot take that list for the one of `before`.
             states.push((index, meta.gen_state.load(Ordering::Acquire)));
         });
         audit.bad_states = states
@@ -1022,6 +1029,7 @@ impl<R: Region> Slab<R> {
             .count() as u32;
         if first == LIST_HELD {
             audit.held = true;
+            // Acquire, as the head load below.
             audit.settled = header.free_head.load(Ordering::Acquire) == before;
             return Ok(audit);
         }
@@ -1062,13 +1070,18 @@ impl<R: Region> Slab<R> {
             }
             previous = Some(index);
             index = match self.meta(c, index) {
-                Ok(meta) => meta.next_free.load(Ordering::Relaxed),
+                // Acquire: a link written since `before` was written after the pop or hold that
+                // took its slot off the list (Release), so the last head load below sees that
+                // change and the look is not settled.
+                Ok(meta) => meta.next_free.load(Ordering::Acquire),
                 Err(_) => break,
             };
         }
         // And after them: a free whose Free state was read above named its slot before its
         // state CAS (R5), so a slot between its state change and its push is named here.
         journals.extend(self.journal_entries());
+        // Acquire: the journals' and links' writers above are ordered before it, so a head
+        // equal to `before` means no pop, push or hold completed during the look (R7's tag).
         audit.settled = header.free_head.load(Ordering::Acquire) == before;
         if audit.settled {
             audit.list_fault = fault;
@@ -1173,7 +1186,9 @@ impl<R: Region> Slab<R> {
                 held.wait(class)?;
                 continue;
             }
-            meta.next_free.store(first, Ordering::Relaxed);
+            // Release: an audit that reads this link sees the pop that took the slot off the
+            // list before (see `audit`).
+            meta.next_free.store(first, Ordering::Release);
             // R7: Release publishes `next_free`, the state and the slot's bytes to the next
             // popper; SeqCst for R11 (see `announce_waiter`).
             if header
@@ -1364,7 +1379,8 @@ impl<R: Region> Slab<R> {
             }
             // Free, off the list, and nobody is busy with it: lost (by the dead owner).
             meta.owner.store(NO_OWNER, Ordering::Relaxed);
-            meta.next_free.store(held.first, Ordering::Relaxed);
+            // Release: an audit that reads this link sees the hold (see `audit`).
+            meta.next_free.store(held.first, Ordering::Release);
             self.release(c, held, index);
             return Ok(Resolution::Recovered(self.notify_slot_available(c)?));
         }

@@ -2,28 +2,41 @@
 //! into a class's free list or slot metas is found by [`Slab::audit`](hub_alloc::Slab::audit)
 //! and repaired with a rebuild, without knowing who wrote it.
 //!
-//! The supervisor runs [`Auditor::check`] every [`AUDIT_PERIOD`] and after every eviction; the
-//! application can run it too ([`Host::check_allocator`](crate::Host::check_allocator)). What
-//! counts as damage, each on evidence a healthy but busy class never shows:
+//! The host's auditor thread runs [`Auditor::check`] every [`AUDIT_PERIOD`] and as soon as the
+//! supervisor has evicted a peer; the application can run it too
+//! ([`Host::check_allocator`](crate::Host::check_allocator)). It has a thread of its own so that
+//! a rebuild that waits (a held marker is taken over only after a second) never delays the
+//! supervisor's watch over the peers. What counts as damage, each on evidence a healthy but busy
+//! class never shows:
 //!
 //! - a fault in the list on a settled look (a head or link outside the class, a cycle, a listed
 //!   slot that is not Free): rebuilt at once;
 //! - a free slot off the list that no journal names, the same slot at the same generation in
-//!   two looks: lost; rebuilt, which brings it back;
-//! - a list held in two looks in a row (a hold lasts microseconds): the marker is garbage;
-//!   rebuilt, which takes it over after a second (the supervisor waits that second);
+//!   two settled looks at least [`MIN_GAP`] apart: lost; rebuilt, which brings it back;
+//! - the same held head (marker and tag) in two looks at least [`MIN_GAP`] apart (a hold lasts
+//!   microseconds, and each hold changes the tag): the marker is garbage; rebuilt, which takes
+//!   it over after a second;
 //! - slot states that are no state: reported once per new one; a rebuild leaves them off the
 //!   list for good (quarantined), since whoever wrote them may still use those slots.
+//!
+//! A class whose head changes during every look (a hot class with many slots) is judged only
+//! when it quiets down; until then its pops meet the damage and return typed errors.
 
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hub_alloc::{ClassAudit, RebuildReport};
 
 use crate::host::Core;
+use crate::supervisor::{PeerEvent, TICK, emit};
+use crate::sync::Ordering;
 
-/// How often the supervisor looks.
+/// How often the auditor looks, when no eviction asks it to look sooner.
 pub(crate) const AUDIT_PERIOD: Duration = Duration::from_millis(250);
+
+/// The least time between two looks that together show a lost slot or a stuck marker: far
+/// longer than any window of a healthy participant (microseconds).
+pub(crate) const MIN_GAP: Duration = Duration::from_millis(100);
 
 /// Damage the host found in the allocator's shared state, and what it did about it.
 ///
@@ -38,18 +51,20 @@ pub struct AllocatorDamage {
     pub rebuilt: Option<RebuildReport>,
 }
 
-/// What the previous look at each class saw.
+/// What the last settled look at a class saw, and when.
 #[derive(Debug, Default, Clone)]
 struct LastLook {
-    off_list: Vec<(u32, u32)>,
+    at: Option<Instant>,
+    head: u64,
     held: bool,
-    bad_states: u32,
+    off_list: Vec<(u32, u32)>,
 }
 
 /// The audits' memory between looks.
 #[derive(Debug, Default)]
 pub(crate) struct Auditor {
-    last: Mutex<Vec<LastLook>>,
+    /// Per class: the last settled look, and the garbage states known.
+    last: Mutex<Vec<(LastLook, u32)>>,
 }
 
 impl Auditor {
@@ -58,21 +73,29 @@ impl Auditor {
         let slab = &core.endpoint.slab;
         let classes = slab.layout().class_count();
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        last.resize(classes, LastLook::default());
+        last.resize(classes, (LastLook::default(), 0));
         let mut found = Vec::new();
-        for (class, last) in (0..classes as u16).zip(last.iter_mut()) {
+        for (class, (last, known_bad)) in (0..classes as u16).zip(last.iter_mut()) {
             let Ok(audit) = slab.audit(class) else {
                 continue;
             };
-            let (damage, bad_states) = judge(&audit, last);
-            if bad_states > 0 {
+            let now = Instant::now();
+            if audit.bad_states > *known_bad {
                 found.push(AllocatorDamage {
                     class,
-                    found: format!("{bad_states} more slot states are garbage (quarantined)"),
+                    found: format!(
+                        "{} more slot states are garbage (quarantined)",
+                        audit.bad_states - *known_bad
+                    ),
                     rebuilt: None,
                 });
             }
-            match damage {
+            *known_bad = audit.bad_states;
+            if !audit.settled {
+                // A busy look judges nothing and is not remembered: the last settled one stays.
+                continue;
+            }
+            match judge(&audit, last, now) {
                 Some(what) => {
                     let rebuilt = slab.rebuild_free_list(class);
                     if rebuilt.as_ref().is_ok_and(|r| r.wake_waiters) {
@@ -86,16 +109,14 @@ impl Auditor {
                         },
                         rebuilt: rebuilt.ok(),
                     });
-                    *last = LastLook {
-                        bad_states: audit.bad_states,
-                        ..LastLook::default()
-                    };
+                    *last = LastLook::default();
                 }
                 None => {
                     *last = LastLook {
-                        off_list: audit.off_list,
+                        at: Some(now),
+                        head: audit.head,
                         held: audit.held,
-                        bad_states: audit.bad_states.max(last.bad_states),
+                        off_list: audit.off_list,
                     };
                 }
             }
@@ -104,28 +125,42 @@ impl Auditor {
     }
 }
 
-/// What `audit`, after `last`, shows: the damage that needs a rebuild, and how many garbage
-/// states are new.
-fn judge(audit: &ClassAudit, last: &LastLook) -> (Option<String>, u32) {
-    let new_bad = audit.bad_states.saturating_sub(last.bad_states);
+/// What a settled `audit` at `now`, after `last`, shows that needs a rebuild.
+fn judge(audit: &ClassAudit, last: &LastLook, now: Instant) -> Option<String> {
     if let Some(fault) = &audit.list_fault {
-        return (Some(format!("free list broken: {fault}")), new_bad);
+        return Some(format!("free list broken: {fault}"));
     }
-    if audit.held && last.held {
-        return (Some("free list held across two looks".into()), new_bad);
+    let apart = last
+        .at
+        .is_some_and(|at| now.saturating_duration_since(at) >= MIN_GAP);
+    if !apart {
+        return None;
+    }
+    if audit.held && last.held && audit.head == last.head {
+        return Some("free list held by the same marker in two looks".into());
     }
     let lost = audit
         .off_list
         .iter()
         .filter(|slot| last.off_list.contains(slot))
         .count();
-    if lost > 0 {
-        return (
-            Some(format!("{lost} free slots lost off the free list")),
-            new_bad,
-        );
+    (lost > 0).then(|| format!("{lost} free slots lost off the free list"))
+}
+
+/// The auditor thread's loop, until the host is dropped: a look every [`AUDIT_PERIOD`], or
+/// within a tick of the supervisor's asking (`audit_now`, after an eviction).
+pub(crate) fn run(core: &Core) {
+    let mut last = Instant::now();
+    while !core.stopping.load(Ordering::Acquire) {
+        std::thread::sleep(TICK);
+        let asked = core.audit_now.swap(false, Ordering::AcqRel);
+        if asked || last.elapsed() >= AUDIT_PERIOD {
+            for damage in core.auditor.check(core) {
+                emit(core, PeerEvent::AllocatorDamaged(damage));
+            }
+            last = Instant::now();
+        }
     }
-    (None, new_bad)
 }
 
 #[cfg(test)]
@@ -133,53 +168,68 @@ mod tests {
     use super::*;
     use hub_alloc::Corruption;
 
-    #[test]
-    fn one_look_or_two() {
-        let quiet = LastLook::default();
-        let broken = ClassAudit {
+    fn settled() -> ClassAudit {
+        ClassAudit {
             settled: true,
-            list_fault: Some(Corruption::FreeHead { index: 9 }),
             ..ClassAudit::default()
+        }
+    }
+
+    #[test]
+    fn one_look_or_two_far_apart() {
+        let now = Instant::now();
+        let long_ago = now - 2 * MIN_GAP;
+        let just_now = now - MIN_GAP / 10;
+        let none = LastLook::default();
+        let broken = ClassAudit {
+            list_fault: Some(Corruption::FreeHead { index: 9 }),
+            ..settled()
         };
-        assert!(judge(&broken, &quiet).0.is_some(), "a list fault: at once");
+        assert!(
+            judge(&broken, &none, now).is_some(),
+            "a list fault: at once"
+        );
 
         let off = ClassAudit {
-            settled: true,
             off_list: vec![(3, 1)],
-            ..ClassAudit::default()
+            ..settled()
         };
-        assert_eq!(judge(&off, &quiet).0, None, "off the list once: not yet");
-        let seen = LastLook {
+        assert_eq!(judge(&off, &none, now), None, "off the list once: not yet");
+        let seen = |at| LastLook {
+            at: Some(at),
             off_list: vec![(3, 1)],
             ..LastLook::default()
         };
-        assert!(judge(&off, &seen).0.is_some(), "the same slot twice: lost");
-        let moved_on = LastLook {
+        assert!(
+            judge(&off, &seen(long_ago), now).is_some(),
+            "twice, apart: lost"
+        );
+        assert_eq!(judge(&off, &seen(just_now), now), None, "twice, too close");
+        let other_generation = LastLook {
+            at: Some(long_ago),
             off_list: vec![(3, 0)],
             ..LastLook::default()
         };
-        assert_eq!(judge(&off, &moved_on).0, None, "another generation: not");
+        assert_eq!(judge(&off, &other_generation, now), None);
 
-        let held = ClassAudit {
+        let held = |head| ClassAudit {
             held: true,
-            ..ClassAudit::default()
+            head,
+            ..settled()
         };
-        assert_eq!(judge(&held, &quiet).0, None);
-        let was_held = LastLook {
+        let was_held = |head, at| LastLook {
+            at: Some(at),
             held: true,
+            head,
             ..LastLook::default()
         };
-        assert!(judge(&held, &was_held).0.is_some());
-
-        let bad = ClassAudit {
-            settled: true,
-            bad_states: 3,
-            ..ClassAudit::default()
-        };
-        let known = LastLook {
-            bad_states: 2,
-            ..LastLook::default()
-        };
-        assert_eq!(judge(&bad, &known), (None, 1), "one new garbage state");
+        assert_eq!(judge(&held(5), &none, now), None);
+        assert!(judge(&held(5), &was_held(5, long_ago), now).is_some());
+        assert_eq!(
+            judge(&held(6), &was_held(5, long_ago), now),
+            None,
+            "two holds, each with its tag"
+        );
+        assert_eq!(judge(&held(5), &was_held(5, just_now), now), None);
     }
 }

@@ -101,7 +101,8 @@ pub struct Recovery {
 pub struct Host {
     core: Arc<Core>,
     events: Mutex<mpsc::Receiver<PeerEvent>>,
-    supervisor: Option<std::thread::JoinHandle<()>>,
+    /// The supervisor and auditor threads, joined on drop.
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 /// What the host's API and its supervisor thread share.
@@ -120,6 +121,8 @@ pub(crate) struct Core {
     pub kill_evicted: bool,
     /// The allocator's watch (R3): what the last look at each class saw.
     pub auditor: crate::audit::Auditor,
+    /// Set by the supervisor after an eviction: the auditor thread looks at once.
+    pub audit_now: AtomicBool,
 }
 
 impl std::fmt::Debug for Host {
@@ -173,18 +176,31 @@ impl Host {
             heartbeat_timeout: config.heartbeat_timeout,
             kill_evicted: config.kill_evicted,
             auditor: crate::audit::Auditor::default(),
+            audit_now: AtomicBool::new(false),
         });
-        let supervisor = {
-            let core = core.clone();
-            std::thread::Builder::new()
-                .name("hub-supervisor".into())
-                .spawn(move || crate::supervisor::run(&core))
-                .map_err(|e| CreateError::Config(format!("cannot start the supervisor: {e}")))?
-        };
+        let mut threads = Vec::new();
+        let bodies: [(&str, fn(&Core)); 2] = [
+            ("hub-supervisor", crate::supervisor::run),
+            ("hub-auditor", crate::audit::run),
+        ];
+        for (name, body) in bodies {
+            let shared = core.clone();
+            match std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || body(&shared))
+            {
+                Ok(thread) => threads.push(thread),
+                Err(e) => {
+                    core.stopping.store(true, Ordering::Release);
+                    threads.into_iter().for_each(|t| drop(t.join()));
+                    return Err(CreateError::Config(format!("cannot start {name}: {e}")));
+                }
+            }
+        }
         Ok(Self {
             core,
             events: Mutex::new(receiver),
-            supervisor: Some(supervisor),
+            threads,
         })
     }
 
@@ -284,16 +300,20 @@ impl Host {
         if peer >= self.max_peers() {
             return Err(HostError::UnknownPeer(peer));
         }
-        // R9: of this and a process's attach (Reserved -> Active), one compare-and-swap wins.
         let words = self.core.endpoint.segment.peer(peer);
+        // The life to take back: only the host reserves, so a Reserved entry keeps its epoch.
+        let life = words.epoch.load(Ordering::Acquire);
+        // R9: of this and a process's attach (Reserved -> Active), one compare-and-swap wins.
         if words
             .transition(PeerState::Reserved, PeerState::Dead)
             .is_err()
         {
             return Ok(false);
         }
-        // R10 as for a peer that died: the frames sent to it are freed, the rings reset.
-        self.core.recover_peer(peer, None)?;
+        // R10 as for a peer that died: the frames sent to it are freed, the rings reset. Only
+        // this life: the supervisor may have recovered it first, and the id been handed out
+        // and attached again since.
+        self.core.recover_peer(peer, Some(life))?;
         Ok(true)
     }
 
@@ -343,8 +363,9 @@ impl Host {
     /// list held for good is rebuilt ([`rebuild_free_list`](Self::rebuild_free_list)); slots
     /// whose state is garbage are reported and left off the list. A list that changed during
     /// the look is judged at a later one; a free slot off the list counts as lost only when two
-    /// looks find it so. The supervisor does this every 250 ms and after every eviction,
-    /// reporting each finding as [`PeerEvent::AllocatorDamaged`]; this call returns them.
+    /// looks at least 100 ms apart find it so. The host's auditor thread does this every
+    /// 250 ms and after every eviction, reporting each finding as
+    /// [`PeerEvent::AllocatorDamaged`]; this call returns them.
     ///
     /// ```
     /// use hub_transport::{Host, HubConfig};
@@ -844,8 +865,8 @@ impl Core {
 impl Drop for Host {
     fn drop(&mut self) {
         self.core.stopping.store(true, Ordering::Release);
-        if let Some(supervisor) = self.supervisor.take() {
-            let _ = supervisor.join();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
         }
         self.say_goodbye();
     }

@@ -110,10 +110,12 @@ impl Peer {
         check_epoch()?;
         // R12: a fresh heartbeat before the entry turns Active, so that the supervisor never
         // sees this life Active with an earlier life's heartbeat (and evicts it as silent) while
-        // this process is preempted between the CAS and its first beat.
+        // this process is preempted between the CAS and its first beat. Relaxed: the CAS below
+        // (AcqRel) publishes it. Should the CAS be lost, this only refreshed a word of an entry
+        // another process holds, once.
         words
             .last_seen
-            .store(crate::segment::monotonic_ns(), Ordering::Release);
+            .store(crate::segment::monotonic_ns(), Ordering::Relaxed);
         // R9: Reserved -> Active by compare-and-swap: of two processes with one ticket, one wins.
         words
             .transition(PeerState::Reserved, PeerState::Active)
@@ -149,8 +151,12 @@ impl Peer {
             }
             Err(WatchError::Unavailable(_)) => None,
         };
-        let heartbeat = Heartbeat::start(segment.clone(), peer, epoch, host)
-            .map_err(|e| AttachError::BadTicket(format!("cannot start the heartbeat: {e}")))?;
+        let heartbeat = Heartbeat::start(segment.clone(), peer, epoch, host).map_err(|e| {
+            // Out of threads or descriptors: leave as a goodbye does, so that the host
+            // recovers the entry now rather than after a heartbeat timeout.
+            let _ = words.transition(PeerState::Active, PeerState::Dying);
+            AttachError::BadTicket(format!("cannot start the heartbeat: {e}"))
+        })?;
         Doorbell::new(segment.host_bell()).ring();
         Ok(Self {
             _heartbeat: heartbeat,

@@ -12,14 +12,13 @@
 //! - **Dying** (goodbye): recover it once the host has read the frames the peer sent before it
 //!   left. **Dead** (evicted), or a flags word that is no state: recover it.
 //!
-//! Every 250 ms, and whenever a peer was just evicted, it also audits the allocator's shared
-//! state and repairs what a faulty participant broke (see the `audit` module).
+//! Once it has recovered an evicted peer it asks the auditor thread (see the `audit` module) to
+//! look at the allocator's shared state at once.
 //!
 //! Each step is reported as a [`PeerEvent`] to [`Host::next_event`](crate::Host::next_event).
 
 use std::time::Duration;
 
-use crate::audit::AUDIT_PERIOD;
 use crate::host::{Core, Recovery};
 use crate::link::DescriptorFault;
 use crate::liveness::{ProcessWatch, WatchError, wait_for_exits};
@@ -132,14 +131,12 @@ pub(crate) fn run(core: &Core) {
     let mut watched: Vec<Option<Watched>> = (0..peers).map(|_| None).collect();
     // The epoch of each entry whose goodbye was reported, while it stays Dying.
     let mut goodbye: Vec<Option<u64>> = vec![None; peers];
+    // The epoch of each entry whose evicted process was fenced (killed), so that a recovery
+    // that fails and is tried again next tick does not kill whatever the pid word names then.
+    let mut fenced: Vec<Option<u64>> = vec![None; peers];
     let timeout_ns = u64::try_from(core.heartbeat_timeout.as_nanos()).unwrap_or(u64::MAX);
-    let mut last_audit = std::time::Instant::now();
     let own_pid = std::process::id();
     while !core.stopping.load(Ordering::Acquire) {
-        // R3: the allocator's shared state is looked at now and then, and right after an
-        // evicted peer is fenced and recovered (it may have scribbled on it before it was
-        // caught).
-        let mut evicted = false;
         // Sleep until a watched process exits, or a tick passes.
         let (ids, watches): (Vec<usize>, Vec<&ProcessWatch>) = watched
             .iter()
@@ -255,7 +252,6 @@ pub(crate) fn run(core: &Core) {
                         .and_then(Option::take);
                     if let Some(reason) = reason {
                         emit(core, PeerEvent::Evicted { peer, reason });
-                        evicted = true;
                     }
                     // Fence it first: an evicted process that still runs could finish an
                     // allocator operation on state the recovery gives back (R10). A peer
@@ -263,18 +259,25 @@ pub(crate) fn run(core: &Core) {
                     // process is the one its entry names, trusted as a first look trusts it.
                     let process = match slot.take() {
                         Some(watched) => watched.process.filter(|_| watched.pid != own_pid),
-                        None => match words.pid.load(Ordering::Acquire) {
-                            0 => None,
-                            pid if pid == own_pid => None,
-                            pid => ProcessWatch::open(pid).ok(),
-                        },
+                        None if fenced[index] != Some(life) => {
+                            match words.pid.load(Ordering::Acquire) {
+                                0 => None,
+                                pid if pid == own_pid => None,
+                                pid => ProcessWatch::open(pid).ok(),
+                            }
+                        }
+                        None => None,
                     };
+                    fenced[index] = Some(life);
                     if core.kill_evicted
                         && let Some(process) = &process
                     {
                         process.kill_and_wait(Duration::from_secs(1));
                     }
                     recover(core, peer, life);
+                    // R3: an evicted peer may have scribbled on the allocator before it was
+                    // caught: the auditor looks at once.
+                    core.audit_now.store(true, Ordering::Release);
                 }
                 PeerState::Invalid(flags) => {
                     core.evict(
@@ -286,12 +289,6 @@ pub(crate) fn run(core: &Core) {
                 }
                 PeerState::Empty | PeerState::Reserved => *slot = None,
             }
-        }
-        if evicted || last_audit.elapsed() >= AUDIT_PERIOD {
-            for damage in core.auditor.check(core) {
-                emit(core, PeerEvent::AllocatorDamaged(damage));
-            }
-            last_audit = std::time::Instant::now();
         }
     }
 }
@@ -320,7 +317,7 @@ fn recover(core: &Core, peer: u16, life: u64) {
     }
 }
 
-fn emit(core: &Core, event: PeerEvent) {
+pub(crate) fn emit(core: &Core, event: PeerEvent) {
     // A full backlog drops the event: the application is not reading them.
     let _ = core.events.try_send(event);
 }
