@@ -179,7 +179,8 @@ impl Host {
             audit_now: AtomicBool::new(false),
         });
         let mut threads = Vec::new();
-        let bodies: [(&str, fn(&Core)); 2] = [
+        type Body = fn(&Core);
+        let bodies: [(&str, Body); 2] = [
             ("hub-supervisor", crate::supervisor::run),
             ("hub-auditor", crate::audit::run),
         ];
