@@ -27,6 +27,9 @@
 #[allow(dead_code)]
 mod pattern;
 
+#[path = "../../crates/hub-transport/tests/common/sparse.rs"]
+mod sparse;
+
 mod common;
 mod echo;
 mod growth;

@@ -55,8 +55,6 @@ use hub_layout::{
     SegmentLayout, SizeClassHeader,
 };
 use hub_transport::{FrameMeta, Host, HubConfig, Peer, RecvError, SpecSource, TicketSpec, pad};
-use rustix::fs::SeekFrom;
-use rustix::io::Errno;
 
 use crate::Settings;
 use crate::common::{self, EXIT_HUNG, Figures, Rng, ScratchDir};
@@ -94,31 +92,7 @@ struct Image {
 impl Image {
     /// Copy the data ranges of the file at `path`.
     fn of(path: &Path) -> Result<Image, String> {
-        let file = File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
-        let len = file.metadata().map_err(|e| format!("metadata: {e}"))?.len();
-        let mut chunks = Vec::new();
-        let mut at = 0;
-        while at < len {
-            let start = match rustix::fs::seek(&file, SeekFrom::Data(at)) {
-                Ok(start) => start,
-                Err(Errno::NXIO) => break, // only a hole is left
-                Err(e) => return Err(format!("SEEK_DATA at {at}: {e}")),
-            };
-            let end = rustix::fs::seek(&file, SeekFrom::Hole(start))
-                .map_err(|e| format!("SEEK_HOLE at {start}: {e}"))?
-                .min(len);
-            let mut bytes = vec![0; (end - start) as usize];
-            file.read_exact_at(&mut bytes, start)
-                .map_err(|e| format!("read {} bytes at {start}: {e}", bytes.len()))?;
-            chunks.push((start, bytes));
-            at = end;
-        }
-        let data: usize = chunks.iter().map(|(_, b)| b.len()).sum();
-        if data > MAX_IMAGE_DATA {
-            return Err(format!(
-                "the hub file is not sparse: {data} bytes of data in {len}"
-            ));
-        }
+        let (len, chunks) = crate::sparse::data_ranges(path, MAX_IMAGE_DATA)?;
         Ok(Image { len, chunks })
     }
 

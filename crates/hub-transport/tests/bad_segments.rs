@@ -21,8 +21,6 @@ use hub_layout::{
 };
 use hub_transport::mapping::MappingError;
 use hub_transport::{AttachError, Host, HubConfig, Peer, PeerState, SpecSource, TicketSpec};
-use rustix::fs::SeekFrom;
-use rustix::io::Errno;
 
 const MAX_PEERS: u16 = 2;
 const RING_CAPACITY: u32 = 16;
@@ -36,27 +34,7 @@ struct Image {
 
 impl Image {
     fn of(path: &Path) -> Image {
-        let file = File::open(path).expect("open");
-        let len = file.metadata().expect("metadata").len();
-        let mut chunks = Vec::new();
-        let mut at = 0;
-        while at < len {
-            let start = match rustix::fs::seek(&file, SeekFrom::Data(at)) {
-                Ok(start) => start,
-                Err(Errno::NXIO) => break, // only a hole is left
-                Err(e) => panic!("SEEK_DATA: {e}"),
-            };
-            let end = rustix::fs::seek(&file, SeekFrom::Hole(start)).expect("SEEK_HOLE");
-            let mut bytes = vec![0; (end - start) as usize];
-            file.read_exact_at(&mut bytes, start).expect("read");
-            chunks.push((start, bytes));
-            at = end;
-        }
-        let data: usize = chunks.iter().map(|(_, b)| b.len()).sum();
-        assert!(
-            data < 64 << 20,
-            "the copy should be sparse, {data} bytes of data"
-        );
+        let (len, chunks) = common::sparse::data_ranges(path, 64 << 20).expect("a sparse copy");
         Image { len, chunks }
     }
 

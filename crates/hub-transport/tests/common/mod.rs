@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod pattern;
+pub mod sparse;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
