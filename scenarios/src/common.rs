@@ -324,6 +324,22 @@ impl Drop for ChildProcess {
     }
 }
 
+/// Fail when any of `children` has exited: none of them was meant to (`when` says at what
+/// point of the scenario, for the message).
+pub fn none_exited(children: &mut [ChildProcess], when: &str) -> Result<(), String> {
+    for child in children {
+        if let Some(status) = child.try_wait()? {
+            return Err(format!(
+                "peer {:?} (pid {}) ended with {} {when}",
+                child.peer,
+                child.pid(),
+                describe(status)
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// What an exit status says, in words, for a failure message.
 pub fn describe(status: ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;

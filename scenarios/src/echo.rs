@@ -410,15 +410,7 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
     let started = Instant::now();
     while driver.requests < target {
         driver.pump()?;
-        for child in &mut children {
-            if let Some(status) = child.try_wait()? {
-                return Err(format!(
-                    "peer {:?} ended with {} during the exchange",
-                    child.peer,
-                    common::describe(status)
-                ));
-            }
-        }
+        common::none_exited(&mut children, "during the exchange")?;
     }
     driver.drain(Duration::from_secs(30))?;
     let secs = started.elapsed().as_secs_f64();

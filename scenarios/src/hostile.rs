@@ -186,7 +186,7 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
             }
             driver.pump()?;
             listen(&host, &mut heard, id, &honest_ids)?;
-            check_alive(&mut honest)?;
+            common::none_exited(&mut honest, "while a hostile peer lived")?;
         }
         let reason = heard.evicted.clone().ok_or("no reason")?;
         if !expect.matches(&reason) {
@@ -239,7 +239,7 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
             }
             driver.pump()?;
             listen(&host, &mut heard, id, &honest_ids)?;
-            check_alive(&mut honest)?;
+            common::none_exited(&mut honest, "while a hostile peer lived")?;
         }
         figures.add("evictions", 1);
         figures.add("damage_found", heard.damage_reports);
@@ -340,19 +340,6 @@ fn check_repaired(host: &Host, name: &str, life: usize) -> Result<(), String> {
             .try_loan(len)
             .map_err(|e| format!("life {life} ({name}): a loan of {len} after the repair: {e}"))?;
         drop(loan);
-    }
-    Ok(())
-}
-
-fn check_alive(children: &mut [ChildProcess]) -> Result<(), String> {
-    for child in children {
-        if let Some(status) = child.try_wait()? {
-            return Err(format!(
-                "honest peer {:?} ended with {}",
-                child.peer,
-                common::describe(status)
-            ));
-        }
     }
     Ok(())
 }

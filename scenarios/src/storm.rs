@@ -61,7 +61,7 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
     while kills < kills_wanted {
         driver.pump()?;
         events.drain(&host)?;
-        check_alive(&mut children)?;
+        common::none_exited(&mut children, "without being killed")?;
         if Instant::now() < next_kill {
             continue;
         }
@@ -199,22 +199,6 @@ fn respawn_ticket(
             Err(error) => return Err(format!("respawn: add_peer: {error}")),
         }
     }
-}
-
-/// Every peer child is still running: one that exited by itself failed (a corrupted request
-/// makes a peer exit 20).
-fn check_alive(children: &mut [ChildProcess]) -> Result<(), String> {
-    for child in children {
-        if let Some(status) = child.try_wait()? {
-            return Err(format!(
-                "peer {:?} (pid {}) ended with {} without being killed",
-                child.peer,
-                child.pid(),
-                common::describe(status)
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// The supervisor's events, counted; the ones a storm must not see fail it.
