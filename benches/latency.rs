@@ -3,7 +3,8 @@
 //! One iteration is one round trip: the host (this process) sends a message of the size and waits
 //! for the echo from a child process, which is this same bench binary started again with
 //! `HUB_BENCH_CHILD` in its environment (checked first thing in `main`, before criterion sees
-//! the arguments). Every figure, baselines included, is two processes.
+//! the arguments; the plumbing is `hub_benches`). Every figure, baselines included, is two
+//! processes.
 //!
 //! - `latency/spin`: `hub` with `WaitMode::Spin` on both sides, beside `baseline_spin_floor`: a
 //!   raw spin ping-pong on one `AtomicU64` in a shared memfd mapping (for sizes above 8 B the host
@@ -35,23 +36,20 @@
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::process::{Child, Command, ExitCode};
+use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion};
+use hub_benches::{Partner, SIZES, run_child_if_asked, size_name};
 use hub_transport::{FrameMeta, Host, HubConfig, Peer, RecvError, WaitMode, futex};
 use memmap2::MmapRaw;
 use rustix::io::{FdFlags, fcntl_setfd};
 
-/// The child's role; its presence makes the binary the echo partner instead of criterion.
-const CHILD_ENV: &str = "HUB_BENCH_CHILD";
+/// The bench's name in the children's messages.
+const BENCH: &str = "latency";
 /// The descriptors the child inherits, comma-separated.
 const FDS_ENV: &str = "HUB_BENCH_FDS";
-/// The message size, in bytes.
-const SIZE_ENV: &str = "HUB_BENCH_SIZE";
-
-const SIZES: [usize; 7] = [8, 64, 1 << 10, 4 << 10, 64 << 10, 1 << 20, 16 << 20];
 
 /// The shared mapping of the spin and futex baselines: the control words on their own cache
 /// lines, then the host's buffer and the child's buffer of the largest size.
@@ -60,20 +58,18 @@ const PONG: usize = 128; // AtomicU32 (futex): child -> host
 const DATA: usize = 4096;
 const MAX_SIZE: usize = 16 << 20;
 const MAPPING_LEN: usize = DATA + 2 * MAX_SIZE;
+const _: () = assert!(
+    MAX_SIZE >= SIZES[SIZES.len() - 1],
+    "a buffer holds the largest size"
+);
 
 /// Written to the ping word to tell the child to exit.
 const QUIT64: u64 = u64::MAX;
 const QUIT32: u32 = u32::MAX;
 
 fn main() -> ExitCode {
-    if let Ok(role) = std::env::var(CHILD_ENV) {
-        return match child_main(&role) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("latency child {role}: {error}");
-                ExitCode::FAILURE
-            }
-        };
+    if let Some(code) = run_child_if_asked(BENCH, child_main) {
+        return code;
     }
     let mut criterion = Criterion::default()
         .sample_size(20)
@@ -85,16 +81,6 @@ fn main() -> ExitCode {
     bench_adaptive(&mut criterion);
     criterion.final_summary();
     ExitCode::SUCCESS
-}
-
-fn size_name(size: usize) -> String {
-    if size >= 1 << 20 {
-        format!("{} MiB", size >> 20)
-    } else if size >= 1 << 10 {
-        format!("{} KiB", size >> 10)
-    } else {
-        format!("{size} B")
-    }
 }
 
 fn bench_spin(c: &mut Criterion) {
@@ -167,58 +153,27 @@ fn hub_role(mode: WaitMode) -> &'static str {
     }
 }
 
-/// A child process that is waited for (and killed if it does not exit soon) when dropped.
-struct Partner(Child);
-
-impl Partner {
-    /// Starts this binary as the child `role`, inheriting `fds` (their close-on-exec flag is
-    /// cleared for the spawn and set again after it).
-    fn spawn(
-        role: &str,
-        size: usize,
-        fds: &[&OwnedFd],
-        configure: impl FnOnce(&mut Command),
-    ) -> Self {
-        let exe = std::env::current_exe().expect("the bench binary's path");
-        let mut command = Command::new(exe);
-        command.env(CHILD_ENV, role).env(SIZE_ENV, size.to_string());
+/// Starts this binary as the echo child `role` (see `Partner::spawn`), inheriting `fds`, named
+/// in `HUB_BENCH_FDS` (their close-on-exec flag is cleared for the spawn and set again after it).
+fn spawn_partner(
+    role: &str,
+    size: usize,
+    fds: &[&OwnedFd],
+    configure: impl FnOnce(&mut Command),
+) -> Partner {
+    let child = Partner::spawn(BENCH, role, size, |command| {
         let list: Vec<String> = fds.iter().map(|fd| fd.as_raw_fd().to_string()).collect();
         command.env(FDS_ENV, list.join(","));
-        configure(&mut command);
+        configure(command);
         for fd in fds {
             fcntl_setfd(fd, FdFlags::empty()).expect("clear FD_CLOEXEC");
         }
-        let child = command.spawn().expect("spawn the echo child");
-        for fd in fds {
-            fcntl_setfd(fd, FdFlags::CLOEXEC).expect("set FD_CLOEXEC");
-        }
-        Self(child)
+    })
+    .expect("spawn the echo child");
+    for fd in fds {
+        fcntl_setfd(fd, FdFlags::CLOEXEC).expect("set FD_CLOEXEC");
     }
-}
-
-impl Drop for Partner {
-    fn drop(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match self.0.try_wait() {
-                Ok(Some(status)) => {
-                    if !status.success() {
-                        eprintln!("latency: an echo child exited with {status}");
-                    }
-                    return;
-                }
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(1))
-                }
-                _ => {
-                    eprintln!("latency: an echo child did not exit; killing it");
-                    let _ = self.0.kill();
-                    let _ = self.0.wait();
-                    return;
-                }
-            }
-        }
-    }
+    child
 }
 
 /// The hub: a host with one peer, the child.
@@ -239,7 +194,7 @@ impl HubEcho {
         .expect("create a hub");
         host.set_wait_mode(mode);
         let ticket = host.add_peer().expect("a peer entry");
-        let child = Partner::spawn(hub_role(mode), size, &[], |command| {
+        let child = spawn_partner(hub_role(mode), size, &[], |command| {
             ticket.apply(command);
         });
         drop(ticket);
@@ -352,7 +307,7 @@ struct SpinFloor {
 impl SpinFloor {
     fn spawn(size: usize) -> Self {
         let (fd, map) = Shared::create();
-        let child = Partner::spawn("spin", size, &[&fd], |_| {});
+        let child = spawn_partner("spin", size, &[&fd], |_| {});
         Self {
             map,
             size,
@@ -420,7 +375,7 @@ struct FutexPair {
 impl FutexPair {
     fn spawn(size: usize) -> Self {
         let (fd, map) = Shared::create();
-        let child = Partner::spawn("futex", size, &[&fd], |_| {});
+        let child = spawn_partner("futex", size, &[&fd], |_| {});
         Self {
             map,
             size,
@@ -503,7 +458,7 @@ impl StreamEcho {
     fn socket(size: usize) -> Self {
         let (ours, theirs) = UnixStream::pair().expect("socketpair");
         let theirs = OwnedFd::from(theirs);
-        let child = Partner::spawn("socket", size, &[&theirs], |_| {});
+        let child = spawn_partner("socket", size, &[&theirs], |_| {});
         drop(theirs);
         let ours = std::fs::File::from(OwnedFd::from(ours));
         Self::new(ours.try_clone().expect("dup"), ours, size, child)
@@ -513,7 +468,7 @@ impl StreamEcho {
         let (child_reads, host_writes) = std::io::pipe().expect("pipe");
         let (host_reads, child_writes) = std::io::pipe().expect("pipe");
         let (child_reads, child_writes) = (OwnedFd::from(child_reads), OwnedFd::from(child_writes));
-        let child = Partner::spawn("pipe", size, &[&child_reads, &child_writes], |_| {});
+        let child = spawn_partner("pipe", size, &[&child_reads, &child_writes], |_| {});
         drop((child_reads, child_writes));
         Self::new(
             std::fs::File::from(OwnedFd::from(host_writes)),
@@ -595,18 +550,8 @@ fn inherited_fds() -> Result<Vec<OwnedFd>, String> {
         .collect()
 }
 
-fn child_main(role: &str) -> Result<(), String> {
-    // Never outlive the bench: die with the parent, even if it is killed.
-    let parent = rustix::process::getppid();
-    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
-        .map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
-    if rustix::process::getppid() != parent {
-        return Err("the bench exited before its child started".into());
-    }
-    let size: usize = std::env::var(SIZE_ENV)
-        .map_err(|e| format!("{SIZE_ENV}: {e}"))?
-        .parse()
-        .map_err(|e| format!("{SIZE_ENV}: {e}"))?;
+/// The child of role `role` (from `HUB_BENCH_CHILD`), for messages of `size` bytes.
+fn child_main(role: &str, size: usize) -> Result<(), String> {
     match role {
         "hub-spin" => hub_child(WaitMode::Spin, size),
         "hub-block" => hub_child(WaitMode::Block, size),

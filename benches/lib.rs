@@ -1,1 +1,142 @@
-//! Shared baselines for the benches.
+//! What the two-process benches (`latency`, `throughput`) share: running the bench binary again
+//! as a child with a role, and the size table.
+//!
+//! A bench that needs a partner process starts its own executable again with `HUB_BENCH_CHILD`
+//! (the role) and `HUB_BENCH_SIZE` (the message size, in bytes) in its environment
+//! ([`Partner::spawn`]). First thing in `main`, before criterion sees the arguments, the bench
+//! calls [`run_child_if_asked`], which in such a child asks for `SIGKILL` on the parent's death,
+//! reads the size and runs the role instead of criterion. Dropping the [`Partner`] waits for the
+//! child to exit, and kills it if it has not within [`EXIT_TIMEOUT`].
+
+#![warn(missing_docs)]
+
+use std::process::{Child, Command, ExitCode};
+use std::time::{Duration, Instant};
+
+/// The environment variable naming a child's role; its presence makes the bench binary a child
+/// instead of criterion.
+pub const CHILD_ENV: &str = "HUB_BENCH_CHILD";
+
+/// The environment variable holding a child's message size, in bytes.
+pub const SIZE_ENV: &str = "HUB_BENCH_SIZE";
+
+/// The message sizes the benches measure, smallest first.
+pub const SIZES: [usize; 7] = [8, 64, 1 << 10, 4 << 10, 64 << 10, 1 << 20, 16 << 20];
+
+/// How long dropping a [`Partner`] waits for the child to exit before killing it.
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The name of a size in benchmark ids and tables: `8 B`, `4 KiB`, `16 MiB` (rounded down to
+/// the unit). Never fails.
+pub fn size_name(size: usize) -> String {
+    if size >= 1 << 20 {
+        format!("{} MiB", size >> 20)
+    } else if size >= 1 << 10 {
+        format!("{} KiB", size >> 10)
+    } else {
+        format!("{size} B")
+    }
+}
+
+/// Runs this process as a bench child if `HUB_BENCH_CHILD` is set, else returns `None` at once
+/// (the caller goes on to criterion). Call it first thing in `main`.
+///
+/// In a child it asks for `SIGKILL` when the parent dies (`PR_SET_PDEATHSIG`), reads the size
+/// from `HUB_BENCH_SIZE`, then calls `run(role, size)`. It returns `Some(ExitCode::FAILURE)`,
+/// after printing `{bench} child {role}: {error}` to stderr, if the death signal cannot be set,
+/// the parent has already exited, the size is missing or not a number, or `run` fails (an
+/// unknown role included: `run` should say so); else `Some(ExitCode::SUCCESS)`.
+pub fn run_child_if_asked(
+    bench: &str,
+    run: impl FnOnce(&str, usize) -> Result<(), String>,
+) -> Option<ExitCode> {
+    let role = std::env::var_os(CHILD_ENV)?;
+    let role = role.to_string_lossy();
+    Some(match child_main(&role, run) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{bench} child {role}: {error}");
+            ExitCode::FAILURE
+        }
+    })
+}
+
+fn child_main(
+    role: &str,
+    run: impl FnOnce(&str, usize) -> Result<(), String>,
+) -> Result<(), String> {
+    // Never outlive the bench: die with the parent, even if it is killed.
+    let parent = rustix::process::getppid();
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+        .map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
+    if rustix::process::getppid() != parent {
+        return Err("the bench exited before its child started".into());
+    }
+    let size: usize = std::env::var(SIZE_ENV)
+        .map_err(|e| format!("{SIZE_ENV}: {e}"))?
+        .parse()
+        .map_err(|e| format!("{SIZE_ENV}: {e}"))?;
+    run(role, size)
+}
+
+/// A child process running this bench binary in a role; dropping it waits for the child to exit
+/// and kills it if it has not within [`EXIT_TIMEOUT`]. Tell the child to exit (its protocol's
+/// goodbye) before dropping this.
+pub struct Partner {
+    child: Child,
+    bench: &'static str,
+    role: String,
+}
+
+impl Partner {
+    /// Starts this bench's executable as a child with `HUB_BENCH_CHILD=role` and
+    /// `HUB_BENCH_SIZE=size`, after `configure` has had the command (for more environment, a
+    /// peer ticket, descriptors to inherit). `bench` and `role` name the child in the messages
+    /// printed when it is dropped.
+    ///
+    /// Fails if the path of the running executable cannot be found or the spawn fails.
+    pub fn spawn(
+        bench: &'static str,
+        role: &str,
+        size: usize,
+        configure: impl FnOnce(&mut Command),
+    ) -> std::io::Result<Self> {
+        let mut command = Command::new(std::env::current_exe()?);
+        command.env(CHILD_ENV, role).env(SIZE_ENV, size.to_string());
+        configure(&mut command);
+        let child = command.spawn()?;
+        Ok(Self {
+            child,
+            bench,
+            role: role.to_owned(),
+        })
+    }
+}
+
+impl Drop for Partner {
+    /// Waits up to [`EXIT_TIMEOUT`] for the child, printing its status if it failed; past that
+    /// (or if waiting fails) kills it and reaps it.
+    fn drop(&mut self) {
+        let deadline = Instant::now() + EXIT_TIMEOUT;
+        let (bench, role) = (self.bench, &self.role);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => {
+                    if !status.success() {
+                        eprintln!("{bench}: child {role} exited with {status}");
+                    }
+                    return;
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                _ => {
+                    eprintln!("{bench}: child {role} did not exit; killing it");
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return;
+                }
+            }
+        }
+    }
+}

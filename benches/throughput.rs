@@ -10,7 +10,7 @@
 //! in, so each sample includes one wake-up of the peers. Both sides use the default
 //! `WaitMode::Adaptive`.
 //!
-//! - `throughput/one_way`: one peer, frames of 8 B, 1 KiB, 64 KiB and 1 MiB
+//! - `throughput/one_way`: one peer, frames of every size of `hub_benches::SIZES` (8 B to 16 MiB)
 //!   (`Throughput::Elements`: frames per second; no payload byte is copied, so bytes per second
 //!   would only be the size times that), beside `baseline_crossbeam_channel`: a sender thread pushes
 //!   `[u8; 8]` values (8 B) or `Vec<u8>` buffers of the size through the channel, the receiving
@@ -28,20 +28,19 @@
 //! cargo xtask bench-report throughput/fan_in
 //! ```
 
-use std::process::{Child, Command, ExitCode};
+use std::process::ExitCode;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkGroup, BenchmarkId, Criterion, Throughput, measurement::WallTime};
 use crossbeam_channel::{Receiver, Sender};
+use hub_benches::{Partner, SIZES, run_child_if_asked, size_name};
 use hub_transport::{FrameMeta, Host, HubConfig, Peer, RecvError};
 
-/// The child's role; its presence makes the binary a sending peer instead of criterion.
-const CHILD_ENV: &str = "HUB_BENCH_CHILD";
-/// The frame size, in bytes.
-const SIZE_ENV: &str = "HUB_BENCH_SIZE";
-
-const SIZES: [usize; 7] = [8, 64, 1 << 10, 4 << 10, 64 << 10, 1 << 20, 16 << 20];
+/// The bench's name in the children's messages.
+const BENCH: &str = "throughput";
+/// The role of a sending peer child in `HUB_BENCH_CHILD`.
+const HUB_ROLE: &str = "hub";
 const FAN_IN: [usize; 4] = [1, 4, 16, 32];
 /// Frames travel inline up to this size.
 const INLINE: usize = 16;
@@ -49,14 +48,9 @@ const INLINE: usize = 16;
 const CHANNEL_CAPACITY: usize = 256;
 
 fn main() -> ExitCode {
-    if std::env::var_os(CHILD_ENV).is_some() {
-        return match child_main() {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("throughput child: {error}");
-                ExitCode::FAILURE
-            }
-        };
+    // Every child is a sending peer, whatever its role says.
+    if let Some(code) = run_child_if_asked(BENCH, |_role, size| child_main(size)) {
+        return code;
     }
     let mut criterion = Criterion::default()
         .sample_size(15)
@@ -67,16 +61,6 @@ fn main() -> ExitCode {
     bench_fan_in(&mut criterion);
     criterion.final_summary();
     ExitCode::SUCCESS
-}
-
-fn size_name(size: usize) -> String {
-    if size >= 1 << 20 {
-        format!("{} MiB", size >> 20)
-    } else if size >= 1 << 10 {
-        format!("{} KiB", size >> 10)
-    } else {
-        format!("{size} B")
-    }
 }
 
 fn bench_one_way(c: &mut Criterion) {
@@ -120,34 +104,6 @@ fn share(iters: u64, senders: usize, index: usize) -> u64 {
     iters / n + u64::from((index as u64) < iters % n)
 }
 
-/// A child process that is waited for (and killed if it does not exit soon) when dropped.
-struct Partner(Child);
-
-impl Drop for Partner {
-    fn drop(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match self.0.try_wait() {
-                Ok(Some(status)) => {
-                    if !status.success() {
-                        eprintln!("throughput: a peer child exited with {status}");
-                    }
-                    return;
-                }
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(1))
-                }
-                _ => {
-                    eprintln!("throughput: a peer child did not exit; killing it");
-                    let _ = self.0.kill();
-                    let _ = self.0.wait();
-                    return;
-                }
-            }
-        }
-    }
-}
-
 /// The hub: a host with `senders` peers, each a child process.
 struct HubFanIn {
     host: Option<Host>,
@@ -163,18 +119,15 @@ impl HubFanIn {
             ..HubConfig::default()
         })
         .expect("create a hub");
-        let exe = std::env::current_exe().expect("the bench binary's path");
         let children = (0..senders)
             .map(|_| {
                 let ticket = host.add_peer().expect("a peer entry");
-                let mut command = Command::new(&exe);
-                command
-                    .env(CHILD_ENV, "hub")
-                    .env(SIZE_ENV, size.to_string());
-                ticket.apply(&mut command);
-                let child = command.spawn().expect("spawn a peer child");
+                let child = Partner::spawn(BENCH, HUB_ROLE, size, |command| {
+                    ticket.apply(command);
+                })
+                .expect("spawn a peer child");
                 drop(ticket);
-                Partner(child)
+                child
             })
             .collect();
         Self {
@@ -302,18 +255,9 @@ impl Drop for ChannelFanIn {
     }
 }
 
-fn child_main() -> Result<(), String> {
-    // Never outlive the bench: die with the parent, even if it is killed.
-    let parent = rustix::process::getppid();
-    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
-        .map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
-    if rustix::process::getppid() != parent {
-        return Err("the bench exited before its child started".into());
-    }
-    let size: usize = std::env::var(SIZE_ENV)
-        .map_err(|e| format!("{SIZE_ENV}: {e}"))?
-        .parse()
-        .map_err(|e| format!("{SIZE_ENV}: {e}"))?;
+/// A sending peer child, for frames of `size` bytes: sends as many frames as each order from
+/// the host says, until the host says goodbye.
+fn child_main(size: usize) -> Result<(), String> {
     let peer = Peer::from_env().map_err(|e| e.to_string())?;
     let small = [0x5a_u8; INLINE];
     let mut seq = 0_u64;
