@@ -11,11 +11,12 @@
 //! then the entry is recovered: every slot the plugin held or had in flight freed), prints the
 //! counts again, then admits a new plugin under the same id and makes a round trip with it.
 
-use std::process::{Child, Command, ExitCode};
+use std::process::{Child, ExitCode};
 use std::time::{Duration, Instant};
 
 use hub_alloc::ClassStats;
-use hub_transport::{FrameMeta, Host, HubConfig, Peer, PeerEvent, RecvError};
+use hub_examples::{Example, Result, next_frame, size_text, spawn_self};
+use hub_transport::{FrameMeta, Host, HubConfig, Peer, PeerEvent};
 
 /// The flag that makes the program a plugin: `--plugin stream` or `--plugin echo`.
 const PLUGIN_FLAG: &str = "--plugin";
@@ -40,43 +41,25 @@ events the host sees (with timings) and the slot counts before and after recover
 new plugin under the same id and makes a round trip. Takes no options.
 
   --help   this text";
+const EXAMPLE: Example = Example {
+    name: "crash_recovery",
+    usage: USAGE,
+};
 
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+/// What the program runs: the host or one of the plugins.
+type Role = fn() -> Result<()>;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let result = match args.as_slice() {
-        [] => run_host(),
-        ["--help" | "-h"] => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        [PLUGIN_FLAG, "stream"] => run_streamer(),
-        [PLUGIN_FLAG, "echo"] => run_echo(),
-        _ => {
-            eprintln!("crash_recovery: unexpected arguments {args:?}");
-            eprintln!("{USAGE}");
-            return ExitCode::FAILURE;
-        }
+    let role: Result<Option<Role>, String> = match args.as_slice() {
+        [] => Ok(Some(run_host)),
+        ["--help" | "-h"] => Ok(None),
+        [PLUGIN_FLAG, "stream"] => Ok(Some(run_streamer)),
+        [PLUGIN_FLAG, "echo"] => Ok(Some(run_echo)),
+        _ => Err(format!("unexpected arguments {args:?}")),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("crash_recovery: {error}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Reserve a peer entry and spawn this program as a plugin of `kind` on it.
-fn spawn_plugin(host: &Host, kind: &str) -> Result<(u16, Child)> {
-    let ticket = host.add_peer()?;
-    let mut command = Command::new(std::env::current_exe()?);
-    command.args([PLUGIN_FLAG, kind]);
-    ticket.apply(&mut command);
-    let child = command.spawn()?;
-    Ok((ticket.peer_id(), child))
+    EXAMPLE.run(role, |run| run())
 }
 
 /// Kills the child on the way out, whatever happened.
@@ -115,14 +98,6 @@ fn print_stats(title: &str, stats: &[ClassStats]) {
     }
 }
 
-fn size_text(bytes: u64) -> String {
-    match bytes {
-        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
-        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
-        b => format!("{b} B"),
-    }
-}
-
 fn describe(event: &PeerEvent) -> String {
     match event {
         PeerEvent::Attached { peer, pid } => format!("Attached   peer {peer}, pid {pid}"),
@@ -156,7 +131,7 @@ fn run_host() -> Result<()> {
         ring_capacity: RING_CAPACITY,
         ..HubConfig::default()
     })?;
-    let (peer_id, child) = spawn_plugin(&host, "stream")?;
+    let (peer_id, child) = spawn_self(&host, |_| [PLUGIN_FLAG, "stream"])?;
     let pid = child.id();
     let mut plugin = Reaper(Some(child));
     println!("spawned plugin pid {pid} as peer {peer_id}");
@@ -242,7 +217,7 @@ fn run_host() -> Result<()> {
 
     // A new plugin under the same id.
     let admitted = Instant::now();
-    let (new_id, child) = spawn_plugin(&host, "echo")?;
+    let (new_id, child) = spawn_self(&host, |_| [PLUGIN_FLAG, "echo"])?;
     let new_pid = child.id();
     let mut plugin = Reaper(Some(child));
     if new_id != peer_id {
@@ -320,12 +295,8 @@ fn run_streamer() -> Result<()> {
 /// The plugin that sends every frame back, until the host leaves.
 fn run_echo() -> Result<()> {
     let peer = Peer::from_env()?;
-    loop {
-        let frame = match peer.recv() {
-            Ok(frame) => frame,
-            Err(RecvError::HostGone) => return Ok(()),
-            Err(error) => return Err(error.into()),
-        };
+    while let Some(frame) = next_frame(&peer)? {
         peer.send(*frame.meta(), frame.payload())?;
     }
+    Ok(())
 }

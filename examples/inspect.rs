@@ -19,6 +19,7 @@ use std::mem::offset_of;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use hub_examples::{Example, size_text};
 use hub_layout::{
     DescRingHeader, ExtentHeader, HUB_SIZE_CLASSES, HeaderSnapshot, HubLayoutError, HubSlotMeta,
     PeerEntry, SegmentBytes, SlotState, ValidatedSegment, validate_segment,
@@ -42,6 +43,10 @@ slots (total, free, allocated, in flight, extents). Exits non-zero when PATH is 
   --demo   create a named hub in a temporary path, attach two in-process peers, leave some
            frames in flight and some slots allocated, and inspect that
   --help   this text";
+const EXAMPLE: Example = Example {
+    name: "inspect",
+    usage: USAGE,
+};
 
 /// Why an inspection failed: each layer's own typed error.
 #[derive(Debug)]
@@ -108,21 +113,14 @@ fn main() -> ExitCode {
     let mut path = None;
     for arg in std::env::args_os().skip(1) {
         match arg.to_str() {
-            Some("--help" | "-h") => {
-                println!("{USAGE}");
-                return ExitCode::SUCCESS;
-            }
+            Some("--help" | "-h") => return EXAMPLE.help(),
             Some("--json") => json = true,
             Some("--demo") => demo = true,
             Some(flag) if flag.starts_with("--") => {
-                eprintln!("inspect: unknown option {flag:?}\n{USAGE}");
-                return ExitCode::FAILURE;
+                return EXAMPLE.usage_error(format!("unknown option {flag:?}"));
             }
             _ if path.is_none() => path = Some(PathBuf::from(arg)),
-            _ => {
-                eprintln!("inspect: one PATH only\n{USAGE}");
-                return ExitCode::FAILURE;
-            }
+            _ => return EXAMPLE.usage_error("one PATH only"),
         }
     }
     let result = match (demo, path) {
@@ -133,8 +131,7 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Err(error) => {
-                eprintln!("inspect: {}: {error}", path.display());
-                return ExitCode::FAILURE;
+                return EXAMPLE.exit(Err(format!("{}: {error}", path.display()).into()));
             }
         },
         (true, Some(_)) => Err("--demo takes no PATH".into()),
@@ -142,10 +139,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("inspect: {error}\n{USAGE}");
-            ExitCode::FAILURE
-        }
+        // The usage text follows every error here, a failed demo's too.
+        Err(error) => EXAMPLE.usage_error(error),
     }
 }
 
@@ -250,15 +245,6 @@ fn class_row(
         }
     }
     Ok(row)
-}
-
-fn size_text(bytes: u64) -> String {
-    match bytes {
-        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
-        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1 << 20) as f64),
-        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
-        b => format!("{b} B"),
-    }
 }
 
 fn age_text(age: Option<u64>) -> String {
@@ -408,7 +394,7 @@ fn to_json(report: &Report) -> String {
 }
 
 /// Build a named hub with some traffic in flight, inspect it, and clean up.
-fn run_demo(json: bool) -> Result<(), Box<dyn std::error::Error>> {
+fn run_demo(json: bool) -> hub_examples::Result<()> {
     let path = std::env::temp_dir().join(format!("hub-inspect-demo-{}", std::process::id()));
     let host = Host::create(&HubConfig {
         max_peers: 4,

@@ -15,10 +15,12 @@
 //! size=16777216 iters=100 hub_gbps=… memcpy_gbps=… ratio=…
 //! ```
 
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use hub_examples::{checksum, expected_checksum};
+use hub_examples::{
+    Example, Result, checksum, expected_checksum, flag_value, next_frame, spawn_self,
+};
 use hub_transport::{FrameMeta, Host, HubConfig, Peer, RecvError};
 
 /// The flag that makes the program the plugin side.
@@ -39,6 +41,10 @@ Prints the throughput beside a plain memcpy of the same size, and their ratio.
   --size BYTES   frame size, 17 to 16777216 (default 16777216)
   --iters N      measured frames, at least 1 (default 100)
   --help         this text";
+const EXAMPLE: Example = Example {
+    name: "large_payload",
+    usage: USAGE,
+};
 
 struct Options {
     size: usize,
@@ -47,30 +53,13 @@ struct Options {
 }
 
 fn main() -> ExitCode {
-    let options = match parse(std::env::args().skip(1)) {
-        Ok(Some(options)) => options,
-        Ok(None) => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
+    EXAMPLE.run(parse(std::env::args().skip(1)), |options| {
+        if options.peer {
+            run_peer(&options)
+        } else {
+            run_host(&options)
         }
-        Err(message) => {
-            eprintln!("large_payload: {message}");
-            eprintln!("{USAGE}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = if options.peer {
-        run_peer(&options)
-    } else {
-        run_host(&options)
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("large_payload: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<Options>, String> {
@@ -80,18 +69,9 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<Options>, Stri
         peer: false,
     };
     while let Some(arg) = args.next() {
-        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
         match arg.as_str() {
-            "--size" => {
-                options.size = value("--size")?
-                    .parse()
-                    .map_err(|e| format!("--size: {e}"))?
-            }
-            "--iters" => {
-                options.iters = value("--iters")?
-                    .parse()
-                    .map_err(|e| format!("--iters: {e}"))?
-            }
+            "--size" => options.size = flag_value(&mut args, "--size")?,
+            "--iters" => options.iters = flag_value(&mut args, "--iters")?,
             "--help" | "-h" => return Ok(None),
             PEER_FLAG => options.peer = true,
             other => return Err(format!("unknown argument {other:?}")),
@@ -119,23 +99,13 @@ fn gbps(bytes: usize, elapsed: Duration) -> f64 {
     bytes as f64 / elapsed.as_secs_f64() / 1e9
 }
 
-fn run_host(options: &Options) -> Result<(), Box<dyn std::error::Error>> {
+fn run_host(options: &Options) -> Result<()> {
     let host = Host::create(&HubConfig {
         max_peers: 1,
         ..HubConfig::default()
     })?;
-    let ticket = host.add_peer()?;
-    let mut child = Command::new(std::env::current_exe()?);
-    child.args([
-        PEER_FLAG,
-        "--size",
-        &options.size.to_string(),
-        "--iters",
-        &options.iters.to_string(),
-    ]);
-    ticket.apply(&mut child);
-    let mut child = child.spawn()?;
-    drop(ticket);
+    let (size, iters) = (options.size.to_string(), options.iters.to_string());
+    let (_, mut child) = spawn_self(&host, |_| [PEER_FLAG, "--size", &size, "--iters", &iters])?;
 
     let total = WARMUP + options.iters;
     let mut started = Instant::now();
@@ -215,7 +185,7 @@ fn run_host(options: &Options) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn run_peer(options: &Options) -> Result<(), Box<dyn std::error::Error>> {
+fn run_peer(options: &Options) -> Result<()> {
     let peer = Peer::from_env()?;
     for i in 0..WARMUP + options.iters {
         let mut loan = peer.loan(options.size)?;
@@ -229,11 +199,6 @@ fn run_peer(options: &Options) -> Result<(), Box<dyn std::error::Error>> {
         )?;
     }
     // Wait for the host's goodbye, so every frame is read before the plugin leaves.
-    loop {
-        match peer.recv() {
-            Ok(_) => {}
-            Err(RecvError::HostGone) => return Ok(()),
-            Err(error) => return Err(error.into()),
-        }
-    }
+    while next_frame(&peer)?.is_some() {}
+    Ok(())
 }

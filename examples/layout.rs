@@ -10,27 +10,22 @@
 
 use std::process::ExitCode;
 
+use hub_examples::Example;
 use hub_layout::{HUB_PROTOCOL_VERSION, HUB_SIZE_CLASSES, MAX_EXTENTS_PER_CLASS, SegmentLayout};
+
+const EXAMPLE: Example = Example {
+    name: "layout",
+    usage: "usage: layout [MAX_PEERS RING_CAPACITY]   (defaults: 32 256)",
+};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (max_peers, ring_capacity) = match parse_args(&args) {
-        Ok(config) => config,
-        Err(message) => {
-            eprintln!("layout: {message}");
-            eprintln!("usage: layout [MAX_PEERS RING_CAPACITY]   (defaults: 32 256)");
-            return ExitCode::FAILURE;
-        }
-    };
-    let layout = match SegmentLayout::new(max_peers, ring_capacity) {
-        Ok(layout) => layout,
-        Err(error) => {
-            eprintln!("layout: invalid configuration: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    print_layout(&layout);
-    ExitCode::SUCCESS
+    EXAMPLE.run(parse_args(&args).map(Some), |(max_peers, ring_capacity)| {
+        let layout = SegmentLayout::new(max_peers, ring_capacity)
+            .map_err(|error| format!("invalid configuration: {error}"))?;
+        print_layout(&layout);
+        Ok(())
+    })
 }
 
 fn parse_args(args: &[String]) -> Result<(u16, u32), String> {

@@ -15,11 +15,16 @@
 //! size=8 wait=adaptive iters=20000 min_ns=… median_ns=… p99_ns=… max_ns=…
 //! ```
 
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::Instant;
 
-use hub_transport::{FrameMeta, Host, HubConfig, Peer, RecvError, WaitMode};
+use hub_examples::{Example, Result, flag_value, next_frame, spawn_self};
+use hub_transport::{FrameMeta, Host, HubConfig, Peer, WaitMode};
 
+const EXAMPLE: Example = Example {
+    name: "ping_pong",
+    usage: "usage: ping_pong [--size BYTES] [--iters N] [--wait spin|block|adaptive]",
+};
 /// The flag that makes the program the peer side.
 const PEER_FLAG: &str = "--peer";
 /// Round trips before the measured ones, to warm caches and page in the slots.
@@ -33,26 +38,13 @@ struct Options {
 }
 
 fn main() -> ExitCode {
-    let options = match parse(std::env::args().skip(1)) {
-        Ok(options) => options,
-        Err(message) => {
-            eprintln!("ping_pong: {message}");
-            eprintln!("usage: ping_pong [--size BYTES] [--iters N] [--wait spin|block|adaptive]");
-            return ExitCode::FAILURE;
+    EXAMPLE.run(parse(std::env::args().skip(1)).map(Some), |options| {
+        if options.peer {
+            run_peer(&options)
+        } else {
+            run_host(&options)
         }
-    };
-    let result = if options.peer {
-        run_peer(&options)
-    } else {
-        run_host(&options)
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("ping_pong: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
@@ -63,19 +55,10 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         peer: false,
     };
     while let Some(arg) = args.next() {
-        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
         match arg.as_str() {
-            "--size" => {
-                options.size = value("--size")?
-                    .parse()
-                    .map_err(|e| format!("--size: {e}"))?
-            }
-            "--iters" => {
-                options.iters = value("--iters")?
-                    .parse()
-                    .map_err(|e| format!("--iters: {e}"))?
-            }
-            "--wait" => options.wait = parse_wait(&value("--wait")?)?,
+            "--size" => options.size = flag_value(&mut args, "--size")?,
+            "--iters" => options.iters = flag_value(&mut args, "--iters")?,
+            "--wait" => options.wait = parse_wait(&flag_value::<String>(&mut args, "--wait")?)?,
             PEER_FLAG => options.peer = true,
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -103,26 +86,23 @@ fn wait_name(mode: WaitMode) -> &'static str {
     }
 }
 
-fn run_host(options: &Options) -> Result<(), Box<dyn std::error::Error>> {
+fn run_host(options: &Options) -> Result<()> {
     let mut host = Host::create(&HubConfig {
         max_peers: 1,
         ..HubConfig::default()
     })?;
     host.set_wait_mode(options.wait);
-    let ticket = host.add_peer()?;
-    let mut child = Command::new(std::env::current_exe()?);
-    child.args([
-        PEER_FLAG,
-        "--size",
-        &options.size.to_string(),
-        "--wait",
-        wait_name(options.wait),
-    ]);
-    ticket.apply(&mut child);
-    let mut child = child.spawn()?;
-    drop(ticket);
+    let size = options.size.to_string();
+    let (peer_id, mut child) = spawn_self(&host, |_| {
+        [
+            PEER_FLAG,
+            "--size",
+            &size,
+            "--wait",
+            wait_name(options.wait),
+        ]
+    })?;
 
-    let peer_id = 0;
     let mut samples = Vec::with_capacity(options.iters);
     for i in 0..WARMUP + options.iters {
         let started = Instant::now();
@@ -183,19 +163,15 @@ fn run_host(options: &Options) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn run_peer(options: &Options) -> Result<(), Box<dyn std::error::Error>> {
+fn run_peer(options: &Options) -> Result<()> {
     let mut peer = Peer::from_env()?;
     peer.set_wait_mode(options.wait);
-    loop {
-        let frame = match peer.recv() {
-            Ok(frame) => frame,
-            Err(RecvError::HostGone) => return Ok(()),
-            Err(error) => return Err(error.into()),
-        };
+    while let Some(frame) = next_frame(&peer)? {
         let mut loan = peer.loan(frame.len())?;
         loan.as_mut_slice().copy_from_slice(frame.payload());
         let meta = *frame.meta();
         drop(frame);
         peer.send_loan(meta, loan)?;
     }
+    Ok(())
 }

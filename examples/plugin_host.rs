@@ -15,10 +15,12 @@
 //! host reports its death and recovery and spawns a replacement.
 
 use std::collections::HashMap;
-use std::process::{Child, Command, ExitCode};
+use std::process::{Child, ExitCode};
 use std::time::{Duration, Instant};
 
-use hub_examples::{checksum, expected_checksum};
+use hub_examples::{
+    Example, Result, checksum, expected_checksum, flag_value, next_frame, spawn_self,
+};
 use hub_transport::{FrameMeta, Host, HubConfig, Peer, PeerEvent, RecvError, SendError};
 
 /// The flag that makes the program a plugin: `--plugin checksum|transform [CRASH_MS]`.
@@ -40,8 +42,10 @@ of per-plugin frames, bytes and latency every second, and replaces a plugin that
   --crash-after S   seconds after which one plugin exits without a goodbye, to show its
                     replacement; 0 for never (default 2.5)
   --help            this text";
-
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+const EXAMPLE: Example = Example {
+    name: "plugin_host",
+    usage: USAGE,
+};
 
 struct Options {
     plugins: u16,
@@ -51,31 +55,13 @@ struct Options {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = if args.first().map(String::as_str) == Some(PLUGIN_FLAG) {
-        run_plugin(&args[1..])
-    } else {
-        match parse(&args) {
-            Ok(Some(options)) => run_host(&options),
-            Ok(None) => {
-                println!("{USAGE}");
-                return ExitCode::SUCCESS;
-            }
-            Err(message) => {
-                eprintln!("plugin_host: {message}\n{USAGE}");
-                return ExitCode::FAILURE;
-            }
-        }
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("plugin_host: {error}");
-            ExitCode::FAILURE
-        }
+    if args.first().map(String::as_str) == Some(PLUGIN_FLAG) {
+        return EXAMPLE.exit(run_plugin(&args[1..]));
     }
+    EXAMPLE.run(parse(&args), |options| run_host(&options))
 }
 
-fn parse(args: &[String]) -> std::result::Result<Option<Options>, String> {
+fn parse(args: &[String]) -> Result<Option<Options>, String> {
     let mut options = Options {
         plugins: 4,
         seconds: 5,
@@ -83,23 +69,10 @@ fn parse(args: &[String]) -> std::result::Result<Option<Options>, String> {
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
-        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
         match arg.as_str() {
-            "--plugins" => {
-                options.plugins = value("--plugins")?
-                    .parse()
-                    .map_err(|e| format!("--plugins: {e}"))?
-            }
-            "--seconds" => {
-                options.seconds = value("--seconds")?
-                    .parse()
-                    .map_err(|e| format!("--seconds: {e}"))?
-            }
-            "--crash-after" => {
-                options.crash_after = value("--crash-after")?
-                    .parse()
-                    .map_err(|e| format!("--crash-after: {e}"))?
-            }
+            "--plugins" => options.plugins = flag_value(&mut args, "--plugins")?,
+            "--seconds" => options.seconds = flag_value(&mut args, "--seconds")?,
+            "--crash-after" => options.crash_after = flag_value(&mut args, "--crash-after")?,
             "--help" | "-h" => return Ok(None),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -154,15 +127,11 @@ struct Plugin {
 }
 
 fn spawn_plugin(host: &Host, crash_ms: Option<u64>) -> Result<(u16, Plugin)> {
-    let ticket = host.add_peer()?;
-    let id = ticket.peer_id();
-    let mut command = Command::new(std::env::current_exe()?);
-    command.args([PLUGIN_FLAG, kind_of(id)]);
-    if let Some(ms) = crash_ms {
-        command.arg(ms.to_string());
-    }
-    ticket.apply(&mut command);
-    let child = command.spawn()?;
+    let (id, child) = spawn_self(host, |id| {
+        let mut args = vec![PLUGIN_FLAG.to_string(), kind_of(id).to_string()];
+        args.extend(crash_ms.map(|ms| ms.to_string()));
+        args
+    })?;
     Ok((
         id,
         Plugin {
@@ -404,12 +373,7 @@ fn run_plugin(args: &[String]) -> Result<()> {
     };
     let started = Instant::now();
     let peer = Peer::from_env()?;
-    loop {
-        let frame = match peer.recv() {
-            Ok(frame) => frame,
-            Err(RecvError::HostGone) => return Ok(()),
-            Err(error) => return Err(error.into()),
-        };
+    while let Some(frame) = next_frame(&peer)? {
         if crash_ms.is_some_and(|ms| started.elapsed() >= Duration::from_millis(ms)) {
             // A crash: no goodbye, no destructors; the host sees the exit through its pidfd.
             std::process::exit(CRASH_CODE);
@@ -435,4 +399,5 @@ fn run_plugin(args: &[String]) -> Result<()> {
             Err(error) => return Err(error.into()),
         }
     }
+    Ok(())
 }
