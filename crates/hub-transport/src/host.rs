@@ -438,7 +438,7 @@ impl Host {
     /// Frames may go to an attached peer, and to a reserved one: its ring exists, and it reads
     /// them once it attaches (or recovery frees them if it never does).
     fn peer_gone(&self, peer: u16) -> Option<SendError> {
-        match self.core.endpoint.segment.peer(peer).state() {
+        match self.core.endpoint.segment.peer_state(peer) {
             PeerState::Active | PeerState::Reserved => None,
             state => Some(SendError::PeerNotActive { peer, state }),
         }
@@ -638,7 +638,7 @@ impl Host {
             // goodbye), is read. An evicted, recovered or reserved entry has no producer the
             // host listens to: what a process writes there after its eviction is not a frame.
             if !matches!(
-                self.core.endpoint.segment.peer(link.peer).state(),
+                self.core.endpoint.segment.peer_state(link.peer),
                 PeerState::Active | PeerState::Dying
             ) {
                 continue;

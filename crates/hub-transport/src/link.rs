@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_utils::Backoff;
 use hub_alloc::{OwnerId, Slab, SlabError, SlotHandle};
-use hub_layout::{INLINE_PAYLOAD_SIZE, INLINE_PAYLOAD_SLOT, MsgDescHot, NO_DEADLINE, SlotState};
+use hub_layout::{
+    INLINE_PAYLOAD_SIZE, INLINE_PAYLOAD_SLOT, MsgDescHot, NO_DEADLINE, PeerEntry, SlotState,
+};
 
 use crate::futex::{self, FutexError, WAKE_ALL};
 use crate::mapping::SegmentMapping;
@@ -504,12 +506,12 @@ impl Link {
     }
 
     fn bell<'s>(&self, segment: &'s Segment, which: usize) -> &'s AtomicU32 {
-        let words = segment.peer(self.peer);
-        if which == SEND_BELL {
-            words.send_bell
+        let field = if which == SEND_BELL {
+            core::mem::offset_of!(PeerEntry, send_data_futex)
         } else {
-            words.recv_bell
-        }
+            core::mem::offset_of!(PeerEntry, recv_data_futex)
+        };
+        segment.peer_word32(self.peer, field)
     }
 
     /// The word this end waits on.

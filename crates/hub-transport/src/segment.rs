@@ -435,6 +435,20 @@ impl Segment {
         }
     }
 
+    /// The state of peer `peer`'s entry, read once: [`peer`](Self::peer)`(peer).state()` for
+    /// the hot paths, which need only that word (`peer < max_peers`).
+    pub fn peer_state(&self, peer: u16) -> PeerState {
+        let flags = self.peer_word32(peer, core::mem::offset_of!(PeerEntry, flags));
+        // Acquire, as `PeerWords::state`: what the transition published comes with it.
+        PeerState::from_flags(flags.load(Ordering::Acquire))
+    }
+
+    /// The 32-bit word at `field` (an offset inside `PeerEntry`) of peer `peer`'s entry: one
+    /// word, for the hot paths, where [`peer`](Self::peer) would look up all six.
+    pub fn peer_word32(&self, peer: u16, field: usize) -> &AtomicU32 {
+        self.word32(self.layout.peer_entry_offset(peer) + field)
+    }
+
     /// A view of ring `index` of the ring region: peer `i`'s send ring is `2i`, its receive
     /// ring `2i + 1`. The view is valid while this segment lives.
     pub fn ring(&self, index: usize) -> Result<RawRing, RingError> {
