@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use hub_transport::{FrameMeta, Ticket};
+use hub_transport::{FrameMeta, Host, HostError, Ticket};
 
 use crate::pattern;
 
@@ -237,6 +237,32 @@ impl ChildProcess {
         ticket: Option<(u16, String)>,
         read_stdout: bool,
     ) -> Result<Self, String> {
+        let mut command = Self::command(role, args, read_stdout)?;
+        if let Some((_, value)) = &ticket {
+            command.env(hub_transport::TICKET_ENV, value);
+        }
+        let child = command
+            .spawn()
+            .map_err(|e| format!("spawn role {role}: {e}"))?;
+        Ok(Self::of(child, ticket.map(|t| t.0)))
+    }
+
+    /// A peer of `host` in role `role`, spawned by the host itself (`Host::spawn_peer`: the
+    /// host knows its process from the spawn).
+    pub fn spawn_peer(
+        host: &Host,
+        role: &str,
+        args: &[String],
+        read_stdout: bool,
+    ) -> Result<Self, HostError> {
+        let mut command = Self::command(role, args, read_stdout)
+            .map_err(|e| HostError::Spawn(std::io::Error::other(e)))?;
+        let (peer, child) = host.spawn_peer(&mut command)?;
+        Ok(Self::of(child, Some(peer)))
+    }
+
+    /// The command that runs this binary in `role`.
+    fn command(role: &str, args: &[String], read_stdout: bool) -> Result<Command, String> {
         let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
         let mut command = Command::new(exe);
         command.arg("role").arg(role).args(args);
@@ -246,19 +272,17 @@ impl ChildProcess {
         } else {
             Stdio::null()
         });
-        if let Some((_, value)) = &ticket {
-            command.env(hub_transport::TICKET_ENV, value);
-        }
-        let mut child = command
-            .spawn()
-            .map_err(|e| format!("spawn role {role}: {e}"))?;
+        Ok(command)
+    }
+
+    fn of(mut child: Child, peer: Option<u16>) -> Self {
         let stdout = child.stdout.take().map(BufReader::new);
-        Ok(Self {
+        Self {
             child,
             stdout,
-            peer: ticket.map(|t| t.0),
+            peer,
             killed_at: None,
-        })
+        }
     }
 
     /// Its process id.

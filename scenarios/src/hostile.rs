@@ -28,6 +28,10 @@
 //! peer whose meta the hostile scribbled would make the host blame the honest peer for a bad
 //! descriptor, which no protocol can tell from the real thing.
 //!
+//! The host spawns each hostile life itself (`Host::spawn_peer`), so it knows the process
+//! whatever the hostile writes into its entry, and the hostile attacks as soon as it has
+//! attached, before or after the supervisor's first look at it.
+//!
 //! Between lives the honest echoes must go on (at least 50 more after each eviction), no honest
 //! peer may be evicted or fail a checksum, and at the end every slot is free but those
 //! quarantined (`leaks=0`).
@@ -98,7 +102,6 @@ impl Expect {
 /// What the host heard while the hostile lived.
 #[derive(Debug, Default)]
 struct Heard {
-    attached: bool,
     evicted: Option<EvictReason>,
     recovered: bool,
     /// Classes reported damaged.
@@ -143,40 +146,18 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
     let mut figures = Figures::default();
     for (life, &attack) in order.iter().enumerate() {
         let (name, expect) = ATTACKS[attack];
-        let ticket = ticket_when_free(&host, &mut driver, &honest_ids, &mut Heard::default())?;
-        let id = ticket.peer_id();
+        // The host spawns it (`Host::spawn_peer`), so it knows the process whatever the hostile
+        // writes into its entry, even before the supervisor's first look.
+        let args = [
+            name.into(),
+            rng.next_u64().to_string(),
+            path.display().to_string(),
+        ];
+        let mut hostile = spawn_when_free(&host, &mut driver, &honest_ids, &args)?;
+        let id = hostile.peer.ok_or("the hostile has no peer id")?;
         driver.suspect = Some(id);
         driver.revive(id);
-        let mut hostile = ChildProcess::spawn(
-            "hostile",
-            &[
-                name.into(),
-                rng.next_u64().to_string(),
-                path.display().to_string(),
-            ],
-            Some(&ticket),
-            false,
-        )?;
-        drop(ticket);
         let mut heard = Heard::default();
-        // The attack starts once the supervisor watches the hostile's process: a pid rewritten
-        // before the host first saw it cannot be told from the real one (see the README).
-        let deadline = Instant::now() + STEP;
-        while !heard.attached {
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "life {life} ({name}): the hostile peer {id} did not attach"
-                ));
-            }
-            driver.pump()?;
-            listen(&host, &mut heard, id, &honest_ids)?;
-        }
-        let go = hub_transport::FrameMeta {
-            method_id: common::GO,
-            ..hub_transport::FrameMeta::default()
-        };
-        host.send_timeout(id, go, &[], STEP)
-            .map_err(|e| format!("life {life} ({name}): GO to the hostile: {e}"))?;
         let deadline = Instant::now() + STEP;
         while heard.evicted.is_none() || !heard.recovered {
             if Instant::now() > deadline {
@@ -272,22 +253,22 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
     Ok(out)
 }
 
-/// A ticket for the hostile's entry, once the last life's is recovered.
-fn ticket_when_free(
+/// The hostile process, spawned by the host into its entry once the last life's is recovered.
+fn spawn_when_free(
     host: &Host,
     driver: &mut Driver<'_>,
     honest: &[u16],
-    heard: &mut Heard,
-) -> Result<hub_transport::Ticket, String> {
+    args: &[String],
+) -> Result<ChildProcess, String> {
     let deadline = Instant::now() + STEP;
     loop {
-        match host.add_peer() {
-            Ok(ticket) => return Ok(ticket),
+        match ChildProcess::spawn_peer(host, "hostile", args, false) {
+            Ok(child) => return Ok(child),
             Err(HostError::NoFreePeer(_)) if Instant::now() < deadline => {
                 driver.pump()?;
-                listen(host, heard, u16::MAX, honest)?;
+                listen(host, &mut Heard::default(), u16::MAX, honest)?;
             }
-            Err(error) => return Err(format!("add_peer for the hostile: {error}")),
+            Err(error) => return Err(format!("spawn the hostile: {error}")),
         }
     }
 }
@@ -300,7 +281,6 @@ fn listen(host: &Host, heard: &mut Heard, hostile: u16, honest: &[u16]) -> Resul
             PeerEvent::Evicted { peer, reason } if peer == hostile => {
                 heard.evicted.get_or_insert(reason);
             }
-            PeerEvent::Attached { peer, .. } if peer == hostile => heard.attached = true,
             PeerEvent::Recovered { peer, .. } if peer == hostile => heard.recovered = true,
             PeerEvent::AllocatorDamaged(damage) => {
                 heard.damage_reports += 1;
@@ -428,13 +408,6 @@ pub fn peer(args: &[String]) -> Result<(), Stop> {
     let peer = roles::attach()?;
     let segment = Segment::map(Path::new(path))?;
     let id = peer.id();
-    // Wait for the host's go-ahead (taking the frames it sends meanwhile).
-    loop {
-        let frame = peer.recv_timeout(STEP)?;
-        if frame.meta().method_id == common::GO {
-            break;
-        }
-    }
     let layout = &segment.layout;
     let entry = layout.peer_entry_offset(id);
     let send_ring = layout.send_ring_offset(id);
@@ -499,10 +472,15 @@ pub fn peer(args: &[String]) -> Result<(), Stop> {
                 .store(garbage, Release);
         }
         "entry-heartbeat" => {
-            // A heartbeat from long ago (one from the future counts as now, R3).
+            // A heartbeat from long ago (one from the future counts as now, R3), written again
+            // and again: its own heartbeat thread would otherwise overwrite a single write
+            // before the host looks. Until it is killed.
             let seen = segment.u64_at(entry + offset_of!(PeerEntry, last_seen))?;
-            let now = hub_transport::monotonic_ns();
-            seen.store(rng.below(now / 2), Release);
+            loop {
+                let now = hub_transport::monotonic_ns();
+                seen.store(rng.below(now / 2), Release);
+                std::thread::sleep(Duration::from_millis(2));
+            }
         }
         "entry-epoch" => {
             // Another life's epoch: the peer's own heartbeat takes the entry for someone

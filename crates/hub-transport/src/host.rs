@@ -42,6 +42,9 @@ pub enum HostError {
     /// The allocator failed while reclaiming the peer's slots.
     #[error(transparent)]
     Alloc(#[from] SlabError),
+    /// [`Host::spawn_peer`] could not start the process.
+    #[error("cannot spawn the peer process: {0}")]
+    Spawn(std::io::Error),
 }
 
 /// What [`Host::peers`] says of one peer entry.
@@ -123,6 +126,10 @@ pub(crate) struct Core {
     pub auditor: crate::audit::Auditor,
     /// Set by the supervisor after an eviction: the auditor thread looks at once.
     pub audit_now: AtomicBool,
+    /// Per peer id: the process id of the peer the host spawned itself for the entry's
+    /// current reservation ([`Host::spawn_peer`]), which the supervisor trusts over the pid word
+    /// of the entry. Host-private: no peer can rewrite it (unlike the entry's pid and epoch).
+    pub spawned: Mutex<Vec<Option<u32>>>,
 }
 
 impl std::fmt::Debug for Host {
@@ -177,6 +184,7 @@ impl Host {
             kill_evicted: config.kill_evicted,
             auditor: crate::audit::Auditor::default(),
             audit_now: AtomicBool::new(false),
+            spawned: Mutex::new(vec![None; usize::from(config.max_peers)]),
         });
         let mut threads = Vec::new();
         type Body = fn(&Core);
@@ -238,6 +246,16 @@ impl Host {
                     continue;
                 }
                 let epoch = words.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+                // A new reservation: no process is known for it until `spawn_peer` says so.
+                if let Some(pid) = self
+                    .core
+                    .spawned
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_mut(usize::from(peer))
+                {
+                    *pid = None;
+                }
                 if let Err(error) = self.core.reset_rings(peer) {
                     words.flags.store(0, Ordering::Release);
                     return Err(error);
@@ -273,6 +291,50 @@ impl Host {
             }
         }
         Err(HostError::NoFreePeer(self.max_peers()))
+    }
+
+    /// Reserve a peer entry, put its ticket in `command`'s environment and spawn it: the usual
+    /// way to start a plugin. The host then knows the peer's process from the spawn, not from
+    /// the pid the peer writes into its entry (which a faulty peer could rewrite before the
+    /// supervisor's first look): it watches that process, evicts the peer if the entry names
+    /// another, and kills that process, and no other, when it evicts the peer (R12).
+    ///
+    /// Returns the peer id and the child. If the spawn fails the reservation is withdrawn.
+    ///
+    /// ```no_run
+    /// use std::process::Command;
+    /// use hub_transport::{Host, HubConfig};
+    ///
+    /// let host = Host::create(&HubConfig::default())?;
+    /// let (peer, mut child) = host.spawn_peer(&mut Command::new("my-plugin"))?;
+    /// // ... host.send(peer, ...), host.recv() ...
+    /// child.wait()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`add_peer`](Self::add_peer); [`HostError::Spawn`] when the process cannot start.
+    pub fn spawn_peer(
+        &self,
+        command: &mut std::process::Command,
+    ) -> Result<(u16, std::process::Child), HostError> {
+        let ticket = self.add_peer()?;
+        let peer = ticket.peer_id();
+        ticket.apply(command);
+        // Recorded under the lock before the child can attach: the supervisor's first look at
+        // it, whenever it comes, finds the process to watch here.
+        let mut spawned = self.core.spawned.lock().unwrap_or_else(|p| p.into_inner());
+        match command.spawn() {
+            Ok(child) => {
+                spawned[usize::from(peer)] = Some(child.id());
+                Ok((peer, child))
+            }
+            Err(error) => {
+                drop(spawned);
+                let _ = self.withdraw(peer);
+                Err(HostError::Spawn(error))
+            }
+        }
     }
 
     /// Take back the reservation of peer `peer` if no process attached with it (R9): for a
@@ -703,6 +765,12 @@ impl Host {
 }
 
 impl Core {
+    /// The process the host spawned for `peer`'s current reservation, if it spawned one.
+    pub fn spawned_pid(&self, peer: u16) -> Option<u32> {
+        let spawned = self.spawned.lock().unwrap_or_else(|p| p.into_inner());
+        spawned.get(usize::from(peer)).copied().flatten()
+    }
+
     /// R10 for `peer`. With `life`, only that epoch of the entry and only when it is Dying,
     /// Dead or invalid (the supervisor's case: the entry may have been recovered and handed out
     /// again while it waited for the lock); without, whatever its state but Empty (the

@@ -3,9 +3,11 @@
 //!
 //! Every few milliseconds (at most [`TICK`]) it looks at each peer entry:
 //!
-//! - **Active**: it holds a pidfd of the peer's process, opened when it first sees the entry
-//!   active; the pidfd polls readable once the process exits, which the supervisor waits for
-//!   (so a death is seen within one tick, whoever spawned the peer). A peer whose heartbeat
+//! - **Active**: it holds a pidfd of the peer's process (the one the host spawned, with
+//!   [`Host::spawn_peer`](crate::Host::spawn_peer), or else the one the entry names), opened
+//!   when it first sees the entry active; the pidfd polls readable once the process exits,
+//!   which the supervisor waits for (so a death is seen within one tick, whoever spawned the
+//!   peer). A peer whose heartbeat
 //!   (`last_seen`, written by the peer's own heartbeat thread) is older than the hub's
 //!   `heartbeat_timeout` is hung or stopped, and evicted. A peer entry whose pid changes under
 //!   an attached peer was rewritten, and its peer is evicted.
@@ -159,14 +161,18 @@ pub(crate) fn run(core: &Core) {
                 PeerState::Active => {
                     let epoch = words.epoch.load(Ordering::Acquire);
                     let pid = words.pid.load(Ordering::Acquire);
+                    // A peer the host spawned is known by its spawn; any other by the pid it
+                    // wrote into its entry, as it is at the first look.
+                    let spawned = core.spawned_pid(peer);
                     // A new life of the entry (or the first look at it): a watch of its own.
                     let fresh = slot.as_ref().is_none_or(|w| w.epoch != epoch);
                     if fresh {
-                        let process = match ProcessWatch::open(pid) {
+                        let target = spawned.unwrap_or(pid);
+                        let process = match ProcessWatch::open(target) {
                             Ok(watch) => Some(watch),
-                            Err(WatchError::NoSuchProcess) if pid != 0 => {
+                            Err(WatchError::NoSuchProcess) if target != 0 => {
                                 // Attached and gone before we looked.
-                                died(core, peer, pid, life);
+                                died(core, peer, target, life);
                                 *slot = None;
                                 continue;
                             }
@@ -174,15 +180,15 @@ pub(crate) fn run(core: &Core) {
                             // heartbeat still finds a silent peer.
                             Err(_) => None,
                         };
-                        if pid != 0 {
-                            emit(core, PeerEvent::Attached { peer, pid });
+                        if target != 0 {
+                            emit(core, PeerEvent::Attached { peer, pid: target });
                         }
                         *slot = Some(Watched {
                             epoch,
-                            pid,
+                            pid: target,
                             process,
                         });
-                        if pid == 0 {
+                        if target == 0 {
                             continue;
                         }
                     }
@@ -199,7 +205,8 @@ pub(crate) fn run(core: &Core) {
                     if exited.contains(&index) && !fresh {
                         died(core, peer, watch.pid, life);
                         *slot = None;
-                    } else if pid != watch.pid {
+                    } else if pid != watch.pid && !(pid == 0 && spawned.is_some()) {
+                        // (A spawned peer's pid word is 0 until it has written it.)
                         core.evict(
                             peer,
                             EvictReason::EntryRewritten {
@@ -256,11 +263,15 @@ pub(crate) fn run(core: &Core) {
                     // Fence it first: an evicted process that still runs could finish an
                     // allocator operation on state the recovery gives back (R10). A peer
                     // evicted before this loop first saw it attached has no watch yet: its
-                    // process is the one its entry names, trusted as a first look trusts it.
+                    // process is the one the host spawned, or else the one its entry names,
+                    // trusted as a first look trusts it.
                     let process = match slot.take() {
                         Some(watched) => watched.process.filter(|_| watched.pid != own_pid),
                         None if fenced[index] != Some(life) => {
-                            match words.pid.load(Ordering::Acquire) {
+                            let pid = core
+                                .spawned_pid(peer)
+                                .unwrap_or_else(|| words.pid.load(Ordering::Acquire));
+                            match pid {
                                 0 => None,
                                 pid if pid == own_pid => None,
                                 pid => ProcessWatch::open(pid).ok(),
