@@ -299,6 +299,9 @@ impl Host {
     /// supervisor's first look): it watches that process, evicts the peer if the entry names
     /// another, and kills that process, and no other, when it evicts the peer (R12).
     ///
+    /// The process spawned must be the one that attaches: a wrapper that `exec`s the plugin is
+    /// fine, one that forks it gets the plugin evicted for a pid that is not the spawned one.
+    ///
     /// Returns the peer id and the child. If the spawn fails the reservation is withdrawn.
     ///
     /// ```no_run
