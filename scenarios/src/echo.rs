@@ -339,35 +339,46 @@ impl Driver<'_> {
     /// at most `timeout`; what is left then.
     pub fn settle(&mut self, timeout: Duration) -> Result<Settled, String> {
         self.sending = false;
-        let deadline = Instant::now() + timeout;
-        loop {
-            // Goodbyes are recovered by the supervisor within a tick of their last frame read.
-            self.pump()?;
-            let stats = self.host.stats();
-            let quarantined: u64 = stats.iter().map(|c| u64::from(c.corrupt)).sum();
-            let leaked: u64 = stats
+        let host = self.host;
+        // Goodbyes are recovered by the supervisor within a tick of their last frame read.
+        settle(host, timeout, || self.pump())
+    }
+}
+
+/// Wait until every slot of every class of `host` is free (or quarantined), at most `timeout`,
+/// calling `between` before each look; what is left then.
+pub fn settle(
+    host: &Host,
+    timeout: Duration,
+    mut between: impl FnMut() -> Result<(), String>,
+) -> Result<Settled, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        between()?;
+        let stats = host.stats();
+        let quarantined: u64 = stats.iter().map(|c| u64::from(c.corrupt)).sum();
+        let leaked: u64 = stats
+            .iter()
+            .map(|c| u64::from(c.total.saturating_sub(c.free + c.corrupt)))
+            .sum();
+        if leaked == 0 || Instant::now() >= deadline {
+            let detail = stats
                 .iter()
-                .map(|c| u64::from(c.total.saturating_sub(c.free + c.corrupt)))
-                .sum();
-            if leaked == 0 || Instant::now() >= deadline {
-                let detail = stats
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, c)| c.free != c.total)
-                    .map(|(i, c)| {
-                        format!(
-                            "class {i}: {} of {} free ({} allocated, {} in flight, {} quarantined)",
-                            c.free, c.total, c.allocated, c.in_flight, c.corrupt
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                return Ok(Settled {
-                    leaked,
-                    quarantined,
-                    detail,
-                });
-            }
+                .enumerate()
+                .filter(|(_, c)| c.free != c.total)
+                .map(|(i, c)| {
+                    format!(
+                        "class {i}: {} of {} free ({} allocated, {} in flight, {} quarantined)",
+                        c.free, c.total, c.allocated, c.in_flight, c.corrupt
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Ok(Settled {
+                leaked,
+                quarantined,
+                detail,
+            });
         }
     }
 }

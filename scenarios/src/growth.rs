@@ -276,21 +276,18 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
             None => return Err(format!("peer {} still runs {EXIT_WAIT:?} after STOP", g.id)),
         }
     }
-    let deadline = Instant::now() + FREE_WAIT;
-    loop {
-        let stats = host.stats();
-        let idle = stats
-            .iter()
-            .all(|s| s.free == s.total && s.allocated == 0 && s.in_flight == 0 && s.corrupt == 0);
-        if idle && stats[CLASS].extents == MAX_EXTENTS_PER_CLASS as u32 {
-            break;
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "hub bug? {FREE_WAIT:?} after the peers left, not every slot is free: {stats:?}"
-            ));
-        }
+    let settled = crate::echo::settle(&host, FREE_WAIT, || {
         std::thread::sleep(Duration::from_millis(10));
+        Ok(())
+    })?;
+    if settled.leaked + settled.quarantined != 0 {
+        return Err(crate::echo::leak_failure(&settled, "after the peers left"));
+    }
+    let extents = host.stats()[CLASS].extents;
+    if extents != MAX_EXTENTS_PER_CLASS as u32 {
+        return Err(format!(
+            "hub bug? class {CLASS} has {extents} extents after the peers left"
+        ));
     }
 
     // 7. The grown class serves its whole capacity again, and grows no further.
