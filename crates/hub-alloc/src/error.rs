@@ -173,8 +173,52 @@ pub enum SlabError {
         /// Reservation of the region.
         reservation: usize,
     },
+    /// This participant holds the slot (its private ledger says so, R4): a scan that found it
+    /// through shared words another process may have written (an owner, a state) does not free
+    /// it.
+    #[error("slot {index:#x} of class {class} is held by this participant")]
+    Held {
+        /// Class.
+        class: u16,
+        /// Global index.
+        index: u32,
+    },
     /// A [`SlabLayout::standalone`](crate::SlabLayout::standalone) configuration that cannot
     /// be laid out.
     #[error("bad allocator configuration: {0}")]
     BadConfig(String),
+}
+
+/// Why [`Slab::accept`](crate::Slab::accept) refused a slot another participant says it sent
+/// (R3, R4). The slot is left as it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The class and index name no slot of a published extent.
+    #[error("no such slot")]
+    NoSuchSlot,
+    /// The slot's generation is not the one named: it was freed since (R5).
+    #[error("stale generation (the slot is at {slot})")]
+    StaleGeneration {
+        /// Generation of the slot.
+        slot: u32,
+    },
+    /// The slot is not in flight to this participant.
+    #[error("the slot is not in flight to the receiver (state {state:?}, owner {owner:#x})")]
+    NotInFlightToMe {
+        /// The slot's state (`None`: garbage).
+        state: Option<hub_layout::SlotState>,
+        /// The slot's owner word.
+        owner: u32,
+    },
+    /// The slot is in flight to this participant from another sender than the one named.
+    #[error("the slot was sent by {sender:?}")]
+    WrongSender {
+        /// The sender the slot records.
+        sender: Option<OwnerId>,
+    },
+    /// This participant holds the slot already (at any generation): a frame it took before,
+    /// or a loan (R4: one holder per slot in a process).
+    #[error("the slot is already held by this participant")]
+    AlreadyHeld,
 }

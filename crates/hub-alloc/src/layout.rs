@@ -60,6 +60,21 @@ impl OwnerId {
     pub const fn is_host(self) -> bool {
         self.0 == HOST_OWNER
     }
+
+    /// The peer id, or `None` for the host.
+    ///
+    /// ```
+    /// use hub_alloc::OwnerId;
+    /// assert_eq!(OwnerId::peer(3).peer_id(), Some(3));
+    /// assert_eq!(OwnerId::HOST.peer_id(), None);
+    /// ```
+    pub const fn peer_id(self) -> Option<u16> {
+        if self.0 < MAX_PEERS as u32 {
+            Some(self.0 as u16)
+        } else {
+            None
+        }
+    }
 }
 
 impl core::fmt::Display for OwnerId {

@@ -49,6 +49,7 @@
 
 mod error;
 mod layout;
+mod ledger;
 mod region;
 pub mod shared;
 mod slab;
@@ -58,11 +59,11 @@ mod tests;
 #[cfg(all(test, loom))]
 mod loom_tests;
 
-pub use error::{Corruption, SlabError};
+pub use error::{Corruption, Refusal, SlabError};
 pub use hub_layout::sync;
 pub use layout::{ClassConfig, OwnerId, SlabLayout};
 pub use region::{GrowError, HeapRegion, Region};
 pub use slab::{
-    ClassAudit, ClassStats, Freed, RebuildReport, ReclaimReport, SEQUENCE_STEP, Slab, SlotHandle,
-    SlotStatus, WAITER_BIT,
+    ClassAudit, ClassStats, Freed, Orphan, RebuildReport, ReclaimReport, SEQUENCE_STEP, Slab,
+    SlotHandle, SlotStatus, WAITER_BIT,
 };

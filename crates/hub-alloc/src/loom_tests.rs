@@ -262,7 +262,13 @@ fn treiber_aba() {
 fn racing_double_free() {
     model("racing_double_free", || {
         let host = slab(2, 1);
-        let handle = host.try_alloc_in(0).unwrap().expect("a slot");
+        // Allocated by a participant of its own: neither freer's ledger holds it (R4).
+        let handle = host
+            .with_owner(DEAD)
+            .unwrap()
+            .try_alloc_in(0)
+            .unwrap()
+            .expect("a slot");
         let freers: Vec<_> = [OwnerId::peer(0), OwnerId::peer(1)]
             .into_iter()
             .map(|owner| {
@@ -487,7 +493,13 @@ fn alloc_racing_reclaim_of_crash_before_pop() {
 fn slot_available_wakeup() {
     model("slot_available_wakeup", || {
         let host = slab(2, 1);
-        let first = host.try_alloc_in(0).unwrap().expect("a slot");
+        // Freed by another participant than its allocator, whose ledger is left behind.
+        let first = host
+            .with_owner(DEAD)
+            .unwrap()
+            .try_alloc_in(0)
+            .unwrap()
+            .expect("a slot");
         let second = host.try_alloc_in(0).unwrap().expect("a slot");
         let freer = {
             let slab = host.with_owner(DEAD).unwrap();
@@ -691,13 +703,137 @@ fn audit_racing_alloc_and_free() {
 fn audit_racing_a_relinked_head() {
     model("audit_racing_a_relinked_head", || {
         let host = slab(2, 1);
-        let first = host.try_alloc_in(0).unwrap().expect("slot 0");
+        // Allocated by a participant of its own, whose ledger the frees below leave behind.
+        let first = host
+            .with_owner(DEAD)
+            .unwrap()
+            .try_alloc_in(0)
+            .unwrap()
+            .expect("slot 0");
         assert_eq!(first.index(), 0);
         audit_beside(host, LIVE, move |slab| {
             let second = slab.try_alloc_in(0).unwrap().expect("slot 1");
-            // Slot 0 was allocated by the host: `free` checks generation and state, not who frees.
+            // Slot 0 was allocated by another: `free` checks generation and state, not who frees.
             let _ = slab.free(first).unwrap();
             let _ = slab.free(second).unwrap();
         });
+    });
+}
+
+/// After a forged free: the host's repair (a rebuild, as its auditor makes when a free slot
+/// stays off the list), then every slot is free and on the list once.
+fn repair_then_check(host: &Slab<Heap>, total: u32) {
+    let _ = rebuild_until_settled(host, host.rebuild_free_list(0).unwrap());
+    check_quiet(host, total);
+}
+
+/// Model 13, R4: the host holds a loan; a peer forges its free (the real `free`, from a handle
+/// whose ledger does not hold it: Allocated -> Free and pushed) while the host allocates. The
+/// host never gets the slot it holds as a second loan: its pop finds the slot in its ledger
+/// and leaves it off the list.
+#[test]
+fn forged_free_of_a_held_loan_racing_alloc() {
+    model("forged_free_of_a_held_loan_racing_alloc", || {
+        let host = Arc::new(slab(2, 1));
+        let held = host.try_alloc_in(0).unwrap().expect("a slot");
+        let forger = {
+            let peer = host.with_owner(LIVE).unwrap();
+            thread::spawn(move || peer.free(held))
+        };
+        let allocator = {
+            let host = host.clone();
+            thread::spawn(move || {
+                let got: Vec<SlotHandle> = (0..2)
+                    .filter_map(|_| host.try_alloc_in(0).unwrap())
+                    .collect();
+                got
+            })
+        };
+        let forged = forger.join().unwrap();
+        let got = allocator.join().unwrap();
+        assert!(forged.is_ok(), "{forged:?}");
+        for handle in &got {
+            assert_ne!(
+                handle.index(),
+                held.index(),
+                "the held slot lent again: {got:?}"
+            );
+        }
+        assert!(host.holds(held));
+        // The host is done with its loan: the shared state says it is free already.
+        assert!(host.free(held).is_err());
+        for handle in got {
+            let _ = host.free(handle).unwrap();
+        }
+        repair_then_check(&host, 2);
+    });
+}
+
+/// Model 14, R4: a slot is in flight to the host. The host's receive claims it (`accept`, by
+/// compare-and-swap into its ledger) while a third participant forges its free and the host
+/// allocates. Of the frame and a loan, the host holds the slot at most once.
+#[test]
+fn accept_racing_a_forged_free_and_alloc() {
+    model("accept_racing_a_forged_free_and_alloc", || {
+        let host = Arc::new(slab(2, 1));
+        let sender = host.with_owner(LIVE).unwrap();
+        let sent = sender.try_alloc_in(0).unwrap().expect("a slot");
+        sender.mark_in_flight(sent, OwnerId::HOST).unwrap();
+        let receiver = {
+            let host = host.clone();
+            thread::spawn(move || host.accept(sent, LIVE))
+        };
+        let allocator = {
+            let host = host.clone();
+            thread::spawn(move || host.try_alloc_in(0).unwrap())
+        };
+        // The forger: another peer frees the host's frame-to-be.
+        let forged = host.with_owner(DEAD).unwrap().free(sent);
+        let accepted = receiver.join().unwrap();
+        let loaned = allocator.join().unwrap();
+        assert!(forged.is_ok(), "{forged:?}");
+        if accepted.is_ok() {
+            assert!(
+                loaned.is_none_or(|loan| loan.index() != sent.index()),
+                "the frame's slot lent as {loaned:?}"
+            );
+            assert!(host.holds(sent));
+            assert!(host.free(sent).is_err(), "forged free already");
+        }
+        if let Some(loan) = loaned {
+            let _ = host.free(loan);
+        }
+        repair_then_check(&host, 2);
+    });
+}
+
+/// Model 15, R4 and R5: another process writes garbage into a participant's journal word, and
+/// goes on writing it while the participant allocates and frees. The journal is only written by
+/// its owner's windows, never waited on (the owner's threads take turns under a private lock),
+/// so the owner is never held up, and the word ends empty after each window.
+#[test]
+fn garbage_in_a_journal_never_blocks_its_owner() {
+    model("garbage_in_a_journal_never_blocks_its_owner", || {
+        let host = Arc::new(slab(2, 1));
+        Private::new(&host)
+            .journal(OwnerId::HOST)
+            .store(0x1234_5678, Ordering::Relaxed);
+        let scribbler = {
+            let host = host.clone();
+            thread::spawn(move || {
+                Private::new(&host)
+                    .journal(OwnerId::HOST)
+                    .store(0xdead_beef, Ordering::Relaxed);
+            })
+        };
+        let handle = host.try_alloc_in(0).unwrap().expect("a slot");
+        let _ = host.free(handle).unwrap();
+        scribbler.join().unwrap();
+        // The scribble may land after the last window: a reclaim of the owner would find it;
+        // the owner itself is not bothered.
+        Private::new(&host)
+            .journal(OwnerId::HOST)
+            .store(0, Ordering::Relaxed);
+        check_quiet(&host, 2);
     });
 }

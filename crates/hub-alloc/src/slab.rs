@@ -33,11 +33,12 @@ use hub_layout::{
     pack_free_head, try_decode_slot_ref, unpack_free_head,
 };
 
-use crate::error::{Corruption, SlabError};
+use crate::error::{Corruption, Refusal, SlabError};
 use crate::layout::{OwnerId, SlabLayout};
+use crate::ledger::Ledger;
 use crate::region::Region;
 use crate::shared::{ClassHeader, Shared, SlotMeta, join, split};
-use crate::sync::{AtomicU32, AtomicU64, Ordering};
+use crate::sync::{AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering, lock};
 
 const FREE: u32 = SlotState::Free as u32;
 const ALLOCATED: u32 = SlotState::Allocated as u32;
@@ -51,8 +52,9 @@ const LIST_HELD: u32 = FREE_LIST_END - 1;
 /// empty journal.
 const JOURNAL_EMPTY: u32 = 0;
 
-/// A journal taken by one thread of its owner that has not named a slot yet. Never
-/// `slot_ref + 1` (slot references of the five classes stay below `0xa000_0000`).
+/// A journal value that names no slot either (never `slot_ref + 1`: slot references of the five
+/// classes stay below `0xa000_0000`): what a journal taken but not yet named held in earlier
+/// versions, where the shared word was also the owner's lock.
 const JOURNAL_BUSY: u32 = u32::MAX;
 
 /// The bit of `slot_available_futex` that says an allocator may be asleep on it, and the step
@@ -243,6 +245,19 @@ impl ClassAudit {
     }
 }
 
+/// A slot [`Slab::orphans`] found that no live participant can hold, as it was when found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Orphan {
+    /// Class.
+    pub class: u16,
+    /// Global index.
+    pub index: u32,
+    /// Its `(generation, state)` word as read (R5: generation low, state high).
+    pub word: u64,
+    /// Its owner word as read.
+    pub owner: u32,
+}
+
 /// An extent list's private copies (R3): validated extent offsets, 0 until first seen.
 struct ClassCache {
     extents: Vec<AtomicU64>,
@@ -301,6 +316,17 @@ pub struct Slab<R: Region> {
     me: OwnerId,
     journal_offset: usize,
     cache: std::sync::Arc<[ClassCache]>,
+    /// The slots this handle's owner holds, as it knows privately (R4).
+    ledger: std::sync::Arc<Ledger>,
+    /// This owner's threads take turns in their journal windows under this private lock, so
+    /// that whatever another process writes into the shared journal word never makes them wait.
+    journal_lock: std::sync::Arc<Mutex<()>>,
+    /// Extent adoption and growth, one at a time in this process, with this owner's
+    /// reservations not yet published: the private extent table's other half (R4).
+    extents: std::sync::Arc<Mutex<Vec<(usize, usize)>>>,
+    /// Classes (a bit each) whose futex word a growth's frees moved on for a sleeping
+    /// allocator, for the caller to wake: see [`take_wakes`](Self::take_wakes).
+    wakes: std::sync::Arc<AtomicU32>,
 }
 
 impl<R: Region> Slab<R> {
@@ -437,6 +463,10 @@ impl<R: Region> Slab<R> {
             me,
             journal_offset: self.layout.journal_offsets[journal],
             cache: self.cache.clone(),
+            ledger: std::sync::Arc::new(Ledger::new(&self.layout)),
+            journal_lock: std::sync::Arc::new(Mutex::new(())),
+            extents: self.extents.clone(),
+            wakes: std::sync::Arc::new(AtomicU32::new(0)),
         })
     }
 
@@ -457,10 +487,14 @@ impl<R: Region> Slab<R> {
             .collect();
         let slab = Self {
             journal_offset: layout.journal_offsets[journal],
+            ledger: std::sync::Arc::new(Ledger::new(&layout)),
             layout: std::sync::Arc::new(layout),
             region,
             me,
             cache: cache.into(),
+            journal_lock: std::sync::Arc::new(Mutex::new(())),
+            extents: std::sync::Arc::new(Mutex::new(Vec::new())),
+            wakes: std::sync::Arc::new(AtomicU32::new(0)),
         };
         if slab.region.reservation() < slab.layout.max_size
             || !slab.shared().covers(0, slab.layout.initial_size)
@@ -564,6 +598,7 @@ impl<R: Region> Slab<R> {
         }
         let class = self.class_index(handle.class, handle.index)?;
         let meta = self.handle_meta(class, handle)?;
+        self.check_not_held_otherwise(handle)?;
         let from = join(handle.generation, ALLOCATED);
         let to = join(handle.generation, IN_FLIGHT);
         // R5: one CAS on (generation, state); Release so the receiver, which checks the state
@@ -574,6 +609,8 @@ impl<R: Region> Slab<R> {
         {
             return Err(transition_error(handle, found, "allocated"));
         }
+        // R4: the slot is the receiver's from here on, no longer ours.
+        self.ledger.release(handle);
         // R6: the receiver must free it next. A crash before this store leaves the slot in
         // flight but owned by the sender, whose reclaim frees it: the descriptor was not
         // published yet.
@@ -587,6 +624,71 @@ impl<R: Region> Slab<R> {
         Ok(())
     }
 
+    /// Take into this participant's hands a slot another one says it sent (a descriptor's
+    /// reference and generation): the receiver's claim (R4, R5). The slot must be in flight to
+    /// this owner at the handle's generation, recorded as sent by `sender`, and not held by
+    /// this participant already, at any generation: it is then recorded in the private ledger,
+    /// by compare-and-swap, so of two claims of one slot in this process (two descriptors for
+    /// it, or a receive and a pop after a forged free) exactly one wins. Free it with
+    /// [`free`](Self::free) when done.
+    ///
+    /// ```
+    /// use hub_alloc::{ClassConfig, HeapRegion, OwnerId, Refusal, Slab, SlabLayout};
+    /// use std::sync::Arc;
+    ///
+    /// let layout = SlabLayout::standalone(&[ClassConfig { slot_size: 64, slots_per_extent: 4 }], 1, 1)?;
+    /// let region = Arc::new(HeapRegion::new(layout.initial_size(), layout.max_size()));
+    /// // SAFETY: the region is fresh and nobody else uses it.
+    /// let host = unsafe { Slab::init(region, layout, OwnerId::HOST)? };
+    /// let peer = host.with_owner(OwnerId::peer(0))?;
+    /// let slot = peer.alloc(10)?;
+    /// peer.mark_in_flight(slot, OwnerId::HOST)?;
+    /// assert_eq!(host.accept(slot, OwnerId::peer(0)), Ok(()));
+    /// assert_eq!(host.accept(slot, OwnerId::peer(0)), Err(Refusal::AlreadyHeld));
+    /// let _ = host.free(slot)?;
+    /// # Ok::<(), hub_alloc::SlabError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// A [`Refusal`] saying which check failed; the slot is left as it was.
+    pub fn accept(&self, handle: SlotHandle, sender: OwnerId) -> Result<(), Refusal> {
+        let status = self
+            .slot_status(handle.class, handle.index)
+            .map_err(|_| Refusal::NoSuchSlot)?;
+        if status.generation != handle.generation {
+            return Err(Refusal::StaleGeneration {
+                slot: status.generation,
+            });
+        }
+        if status.state != Some(SlotState::InFlight) || status.owner != self.me.raw() {
+            return Err(Refusal::NotInFlightToMe {
+                state: status.state,
+                owner: status.owner,
+            });
+        }
+        if status.sender != Some(sender) {
+            return Err(Refusal::WrongSender {
+                sender: status.sender,
+            });
+        }
+        if !self.ledger.claim(handle) {
+            return Err(Refusal::AlreadyHeld);
+        }
+        Ok(())
+    }
+
+    /// Whether this participant holds `handle` (its slot, at its generation), as its private
+    /// ledger says (R4): a slot it allocated and has not sent or freed, or one it
+    /// [accepted](Self::accept) and has not freed.
+    pub fn holds(&self, handle: SlotHandle) -> bool {
+        self.ledger.holds_handle(handle)
+    }
+
+    /// How many slots of `class` this participant holds (its private ledger, R4).
+    pub fn held_count(&self, class: u16) -> u32 {
+        self.ledger.count(class)
+    }
+
     /// Give a slot back (Allocated or InFlight -> Free, generation + 1, R5, R7) and push it on
     /// its class's free list. Of two racing frees of one handle exactly one succeeds.
     ///
@@ -596,10 +698,43 @@ impl<R: Region> Slab<R> {
     /// the slot is free; [`SlabError::Corrupt`] when its state word is garbage;
     /// [`SlabError::ListHeld`].
     pub fn free(&self, handle: SlotHandle) -> Result<Freed, SlabError> {
+        self.check_not_held_otherwise(handle)?;
+        self.free_slot(handle, true)
+    }
+
+    /// Free a slot this participant does not hold (R4): reclaim's and recovery's frees of what
+    /// another participant left, which must never free a slot the ledger holds, whatever its
+    /// shared meta says.
+    fn free_unheld(&self, handle: SlotHandle) -> Result<Freed, SlabError> {
+        if self.ledger.holds(handle.class, handle.index) {
+            return Err(SlabError::Held {
+                class: handle.class,
+                index: handle.index,
+            });
+        }
+        self.free_slot(handle, false)
+    }
+
+    /// `Err(StaleHandle)` when this participant holds `handle`'s slot at another generation:
+    /// the handle is not the one it holds (R4).
+    fn check_not_held_otherwise(&self, handle: SlotHandle) -> Result<(), SlabError> {
+        match self.ledger.held(handle.class, handle.index) {
+            Some(generation) if generation != handle.generation => Err(SlabError::StaleHandle {
+                handle: handle.generation,
+                slot: generation,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// [`free`](Self::free)'s work. With `release`, the slot leaves this participant's ledger
+    /// whether or not the shared state agrees: the holder is done with it either way, and a
+    /// slot whose state another process rewrote is the auditor's to find.
+    fn free_slot(&self, handle: SlotHandle, release: bool) -> Result<Freed, SlabError> {
         let class = self.class_index(handle.class, handle.index)?;
         let meta = self.handle_meta(class, handle)?;
         let header = self.header(class)?;
-        let journal = JournalGuard::enter(self.journal()?);
+        let journal = self.enter_journal()?;
         // R5: say which slot before touching it, so a crash between the state change and the
         // push leaves a trace reclaim follows. Release, as every journal store: whoever reads
         // the journal (Acquire) sees what this participant did before, such as recording a
@@ -609,6 +744,9 @@ impl<R: Region> Slab<R> {
         loop {
             let (generation, state) = split(current);
             if generation != handle.generation || !(state == ALLOCATED || state == IN_FLIGHT) {
+                if release {
+                    self.ledger.release(handle);
+                }
                 return Err(free_error(handle, current));
             }
             // R5: the CAS on (generation, state) is what makes one of two racing frees win.
@@ -623,6 +761,11 @@ impl<R: Region> Slab<R> {
             }
         }
         meta.owner.store(NO_OWNER, Ordering::Relaxed);
+        // R4: out of the ledger before the push: once on the list, a pop of this process may
+        // take it, and must not find it held.
+        if release {
+            self.ledger.release(handle);
+        }
         self.push(header, class, handle.index, meta)?;
         drop(journal);
         Ok(Freed {
@@ -795,28 +938,40 @@ impl<R: Region> Slab<R> {
                 }
             }
         }
+        // A participant that reclaims its own slots gives up what its ledger holds too.
+        let mine_too = owner == self.me;
         let mut mine = Vec::new();
         for class in 0..self.layout.classes.len() {
             mine.clear();
             self.for_each_meta(class, |index, meta| {
                 let (generation, state) = split(meta.gen_state.load(Ordering::Acquire));
+                // R4: the owner word is a claim another process wrote; a slot this participant
+                // holds is not freed whatever it says (unless this participant reclaims its own).
                 if (state == ALLOCATED || state == IN_FLIGHT)
                     && meta.owner.load(Ordering::Acquire) == owner.raw()
+                    && (mine_too || !self.ledger.holds(class as u16, index))
                 {
                     mine.push(SlotHandle::from_parts(class as u16, index, generation));
                 }
             });
             for &handle in &mine {
-                match self.free(handle) {
+                let freed = if mine_too {
+                    self.free(handle)
+                } else {
+                    self.free_unheld(handle)
+                };
+                match freed {
                     Ok(freed) => {
                         report.freed[class] += 1;
                         report.wake_waiters |= freed.wake_waiters;
                     }
-                    // Freed, or freed and taken again, by someone else since the scan read it.
+                    // Freed, or freed and taken again, by someone else since the scan read it;
+                    // or taken by this participant since (R4).
                     Err(
                         SlabError::StaleHandle { .. }
                         | SlabError::DoubleFree { .. }
-                        | SlabError::WrongState { .. },
+                        | SlabError::WrongState { .. }
+                        | SlabError::Held { .. },
                     ) => {}
                     Err(error) => return Err(error),
                 }
@@ -827,7 +982,8 @@ impl<R: Region> Slab<R> {
 
     /// Free `handle`'s slot if it is in flight to `receiver` at the handle's generation: R10's
     /// scan of a dead peer's rings, where a descriptor may name any slot and only one in flight
-    /// to that ring's receiver is the ring's to free. Whether it freed the slot.
+    /// to that ring's receiver is the ring's to free. A slot this participant holds is never
+    /// freed (R4). Whether it freed the slot.
     pub fn free_if_in_flight_to(&self, handle: SlotHandle, receiver: OwnerId) -> bool {
         let Ok(status) = self.slot_status(handle.class(), handle.index()) else {
             return false;
@@ -835,14 +991,14 @@ impl<R: Region> Slab<R> {
         status.generation == handle.generation()
             && status.state == Some(SlotState::InFlight)
             && status.owner == receiver.raw()
-            && self.free(handle).is_ok()
+            && self.free_unheld(handle).is_ok()
     }
 
-    /// Free every slot `sender` put in flight to `receiver` that `keep` does not claim: after
-    /// the sender died and its ring to the receiver was scanned and reset (R10), what it sent
-    /// that the receiver never took can never be taken, including a descriptor it published
-    /// after the scan. `keep` says which slots the receiver still holds as frames. Returns how
-    /// many were freed, and whether a free woke an allocator (see [`Freed`]).
+    /// Free every slot `sender` put in flight to `receiver` that this participant does not hold
+    /// (R4: its ledger): after the sender died and its ring to the receiver was scanned and
+    /// reset (R10), what it sent that the receiver never took can never be taken, including a
+    /// descriptor it published after the scan. Returns how many were freed, and whether a free
+    /// woke an allocator (see [`Freed`]).
     ///
     /// # Errors
     /// [`SlabError::UnknownOwner`] for a sender or receiver the layout does not admit;
@@ -851,7 +1007,6 @@ impl<R: Region> Slab<R> {
         &self,
         sender: OwnerId,
         receiver: OwnerId,
-        mut keep: impl FnMut(SlotHandle) -> bool,
     ) -> Result<(u32, bool), SlabError> {
         for owner in [sender, receiver] {
             if !self.layout.admits(owner) {
@@ -867,15 +1022,13 @@ impl<R: Region> Slab<R> {
                 if state == IN_FLIGHT
                     && meta.owner.load(Ordering::Acquire) == receiver.raw()
                     && meta.next_free.load(Ordering::Acquire) == sender.raw()
+                    && !self.ledger.holds(class as u16, index)
                 {
                     sent.push(SlotHandle::from_parts(class as u16, index, generation));
                 }
             });
             for &handle in &sent {
-                if keep(handle) {
-                    continue;
-                }
-                match self.free(handle) {
+                match self.free_unheld(handle) {
                     Ok(done) => {
                         freed += 1;
                         wake |= done.wake_waiters;
@@ -883,7 +1036,8 @@ impl<R: Region> Slab<R> {
                     Err(
                         SlabError::StaleHandle { .. }
                         | SlabError::DoubleFree { .. }
-                        | SlabError::WrongState { .. },
+                        | SlabError::WrongState { .. }
+                        | SlabError::Held { .. },
                     ) => {}
                     Err(error) => return Err(error),
                 }
@@ -946,6 +1100,8 @@ impl<R: Region> Slab<R> {
         let mut unsure = Vec::new();
         for &(index, meta, seen) in metas.iter().rev() {
             match split(seen).1 {
+                // R4: a slot this participant holds is never chained, whatever its state says.
+                FREE if self.ledger.holds(class, index) => {}
                 FREE => {
                     let entry = encode_slot_ref(class, index) + 1;
                     // And the state again after the journals: a pop that won before the hold
@@ -1093,6 +1249,7 @@ impl<R: Region> Slab<R> {
                         split(word).1 == FREE
                             && !listed
                             && !journals.contains(&(encode_slot_ref(class, index) + 1))
+                            && !self.ledger.holds(class, index)
                     })
                     .map(|(&(index, word), _)| (index, split(word).0))
                     .collect();
@@ -1101,13 +1258,210 @@ impl<R: Region> Slab<R> {
         Ok(audit)
     }
 
+    // ----- the host's private truth against shared words (R4) -----
+
+    /// Put back every allocator word a participant may not change that another process has
+    /// changed: each class header's fixed fields (`slot_size`, `slots_per_extent`,
+    /// `extent_slot_shift`, which attach validates), each published extent offset (to the one
+    /// this handle adopted, or to 0 when a published one does not fit its private extent
+    /// table), a `total_slots` no growth can have written, and a `current_size` below the end
+    /// of the extents this handle knows or beyond the reservation. The host's auditor runs it,
+    /// so that scribbling cannot keep new peers from attaching (R2) or growth from finding
+    /// room. Returns what was restored.
+    pub fn restore_constants(&self) -> Vec<&'static str> {
+        let mut restored = Vec::new();
+        let mut note = |what: &'static str| {
+            if !restored.contains(&what) {
+                restored.push(what);
+            }
+        };
+        let shared = self.shared();
+        for (class, config) in self.layout.classes.iter().enumerate() {
+            let base = self.class_header_offset(class);
+            let fields = [
+                ("class slot_size", 0, config.slot_size),
+                ("class slots_per_extent", 4, config.slots_per_extent),
+                (
+                    "class extent_slot_shift",
+                    8,
+                    config.slots_per_extent.trailing_zeros(),
+                ),
+            ];
+            for (what, offset, expected) in fields {
+                if let Some(word) = shared.u32_at(base + offset)
+                    && word.load(Ordering::Relaxed) != expected
+                {
+                    word.store(expected, Ordering::Release);
+                    note(what);
+                }
+            }
+            let Ok(header) = self.header(class) else {
+                continue;
+            };
+            let mut adopted = 0;
+            for extent in 0..self.layout.max_extents as usize {
+                let published = header.extent_offsets[extent].load(Ordering::Acquire);
+                let known = self.cache[class].extents[extent].load(Ordering::Acquire);
+                let truth = if known != 0 {
+                    known
+                } else if published == 0 {
+                    0
+                } else {
+                    // Published by a grower since the last look, or forged: adopted if it fits.
+                    self.extent_base(class, extent)
+                        .map_or(0, |offset| offset as u64)
+                };
+                adopted += u32::from(truth != 0);
+                if published != truth
+                    && header.extent_offsets[extent]
+                        .compare_exchange(published, truth, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    note("extent offset");
+                }
+            }
+            // A grower adds its extent's slots right after it publishes it: a total that is
+            // not a whole number of extents, or more than there are, no grower wrote.
+            let total = header.total_slots.load(Ordering::Relaxed);
+            if !total.is_multiple_of(config.slots_per_extent)
+                || total > self.layout.max_extents * config.slots_per_extent
+            {
+                header
+                    .total_slots
+                    .store(adopted * config.slots_per_extent, Ordering::Relaxed);
+                note("class total_slots");
+            }
+        }
+        if let Ok(current_size) = self.current_size() {
+            let table = lock(&self.extents);
+            let floor = self.private_end(&table) as u64;
+            let seen = current_size.load(Ordering::Acquire);
+            if (seen < floor || seen > self.layout.max_size as u64 || !seen.is_multiple_of(64))
+                && current_size
+                    .compare_exchange(seen, floor, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                note("current_size");
+            }
+        }
+        restored
+    }
+
+    /// Slots of `class` that no participant can be holding by the protocol, as this handle
+    /// sees them now: a state word that is no state; allocated by, or in flight to, an owner
+    /// that `live` says is gone (or an owner word that names nobody); allocated by this
+    /// participant but not in its ledger (R4); in flight to this participant from a sender
+    /// that `live` says is gone, and not in its ledger. Slots this handle's ledger holds are
+    /// never listed. A busy hub shows some for a moment (a grower's new slots, a pop between
+    /// its claim and its record): the caller looks twice, far apart, before it
+    /// [returns](Self::return_orphan) one, and only once every participant that could have
+    /// held it is gone.
+    ///
+    /// # Errors
+    /// [`SlabError::BadHandle`] when there is no such class.
+    pub fn orphans(
+        &self,
+        class: u16,
+        live: impl Fn(OwnerId) -> bool,
+    ) -> Result<Vec<Orphan>, SlabError> {
+        let c = self.class_index(class, 0)?;
+        let mut found = Vec::new();
+        self.for_each_meta(c, |index, meta| {
+            if self.ledger.holds(class, index) {
+                return;
+            }
+            let word = meta.gen_state.load(Ordering::Acquire);
+            let owner = meta.owner.load(Ordering::Acquire);
+            let named = OwnerId::from_raw(owner).filter(|&o| self.layout.admits(o));
+            let orphan = match split(word).1 {
+                FREE => false,
+                ALLOCATED => match named {
+                    Some(o) if o == self.me => true,
+                    Some(o) => !live(o),
+                    None => true,
+                },
+                IN_FLIGHT => match named {
+                    Some(o) if o == self.me => {
+                        let sender = OwnerId::from_raw(meta.next_free.load(Ordering::Acquire));
+                        sender.is_none_or(|s| s == self.me || !self.layout.admits(s) || !live(s))
+                    }
+                    Some(o) => !live(o),
+                    None => true,
+                },
+                _ => true,
+            };
+            if orphan {
+                found.push(Orphan {
+                    class,
+                    index,
+                    word,
+                    owner,
+                });
+            }
+        });
+        Ok(found)
+    }
+
+    /// Give back a slot [`orphans`](Self::orphans) listed, if its meta still holds what it
+    /// did then, it is not on its free list, and this participant does not hold it: the
+    /// generation moves on, the state becomes Free, and the slot goes on the list (under a
+    /// hold of the list, so it is never listed twice). `Ok(None)` when any of that changed;
+    /// the [`Freed`] otherwise.
+    ///
+    /// # Errors
+    /// [`SlabError::BadHandle`]; [`SlabError::Corrupt`] when the list is found broken (a
+    /// rebuild comes first); [`SlabError::ListHeld`].
+    pub fn return_orphan(&self, orphan: &Orphan) -> Result<Option<Freed>, SlabError> {
+        let c = self.class_index(orphan.class, orphan.index)?;
+        let meta = self
+            .meta(c, orphan.index)
+            .map_err(|_| SlabError::BadHandle {
+                class: orphan.class,
+                index: orphan.index,
+            })?;
+        if self.ledger.holds(orphan.class, orphan.index) {
+            return Ok(None);
+        }
+        let held = self.hold(c)?;
+        let on_list = match self.walk(c, held.first, Some(orphan.index)) {
+            Ok((_, found)) => found,
+            Err(error) => {
+                self.release(c, held, held.first);
+                return Err(error);
+            }
+        };
+        let generation = split(orphan.word).0;
+        if on_list
+            || meta
+                .gen_state
+                .compare_exchange(
+                    orphan.word,
+                    join(generation.wrapping_add(1), FREE),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+        {
+            self.release(c, held, held.first);
+            return Ok(None);
+        }
+        meta.owner.store(NO_OWNER, Ordering::Relaxed);
+        // Release: an audit that reads this link sees the hold (see `audit`).
+        meta.next_free.store(held.first, Ordering::Release);
+        self.release(c, held, orphan.index);
+        Ok(Some(Freed {
+            class: orphan.class,
+            wake_waiters: self.notify_slot_available(c)?,
+        }))
+    }
+
     // ----- the free list (R7) -----
 
     /// Pop a slot of class `class`, or `None` when the list is empty.
     #[inline(always)]
     fn pop(&self, class: usize) -> Result<Option<SlotHandle>, SlabError> {
         let header = self.header(class)?;
-        let journal = JournalGuard::enter(self.journal()?);
+        let journal = self.enter_journal()?;
         let backoff = Backoff::new();
         let mut held = HeldWait::default();
         loop {
@@ -1146,25 +1500,43 @@ impl<R: Region> Slab<R> {
                 backoff.spin();
                 continue;
             }
-            let (generation, state) = split(meta.gen_state.load(Ordering::Acquire));
+            let seen = meta.gen_state.load(Ordering::Acquire);
+            let (generation, state) = split(seen);
             if state != FREE {
                 // Off the list now, and left off: its state says someone else has it. Its
                 // owner is left alone too, so that reclaim of that one still finds it (R6).
                 return Err(corrupt(class, Corruption::PoppedNotFree { index, state }));
             }
+            let handle = SlotHandle::from_parts(class as u16, index, generation);
+            // R4: the private claim first. A slot this participant holds (at any generation)
+            // was put on the list by a forged free: it stays off the list, still ours, and the
+            // pop takes the next one.
+            if !self.ledger.claim(handle) {
+                continue;
+            }
             // R6: the owner before the state, so that from here on the slot is found by
             // reclaim(me) (Allocated and owned) or by the journal (Free, off the list).
             meta.owner.store(self.me.raw(), Ordering::Relaxed);
-            // R5: Free -> Allocated. A plain store: only the pop's winner writes this word now
-            // (frees need Allocated or InFlight, reclaim needs the owner or the journal).
-            meta.gen_state
-                .store(join(generation, ALLOCATED), Ordering::Release);
+            // R5: Free -> Allocated, by CAS from the state and generation just read: only the
+            // pop's winner may write this word now, so a change means another process wrote
+            // it, and the slot is not handed out.
+            if let Err(found) = meta.gen_state.compare_exchange(
+                seen,
+                join(generation, ALLOCATED),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                self.ledger.release(handle);
+                return Err(corrupt(
+                    class,
+                    Corruption::PoppedNotFree {
+                        index,
+                        state: split(found).1,
+                    },
+                ));
+            }
             drop(journal);
-            return Ok(Some(SlotHandle::from_parts(
-                class as u16,
-                index,
-                generation,
-            )));
+            return Ok(Some(handle));
         }
     }
 
@@ -1337,6 +1709,10 @@ impl<R: Region> Slab<R> {
     ) -> Result<Resolution, SlabError> {
         let entry = encode_slot_ref(c as u16, index) + 1;
         for _ in 0..RESOLVE_ATTEMPTS {
+            // R4: a slot this participant holds is not lost, whatever its state says.
+            if self.ledger.holds(c as u16, index) {
+                return Ok(Resolution::NothingLost);
+            }
             if split(meta.gen_state.load(Ordering::Acquire)).1 != FREE {
                 // Allocated or in flight: the owner scan frees it if it is the dead one's.
                 return Ok(Resolution::NothingLost);
@@ -1391,6 +1767,12 @@ impl<R: Region> Slab<R> {
 
     /// Add an extent to `class` and return one of its slots, allocated; `None` when the class
     /// has all its extents or the reservation is used up.
+    ///
+    /// Where the extent goes is decided by the private extent table (R4), not by the shared
+    /// `current_size` alone: never below the end of every extent this participant knows (all
+    /// classes, adopted after a check that they overlap nothing) and of its own reservations in
+    /// progress. A `current_size` another process rewound is a hint that is overruled, and the
+    /// reservation's compare-and-swap repairs it.
     fn grow(&self, class: usize) -> Result<Option<SlotHandle>, SlabError> {
         let header = self.header(class)?;
         let max_extents = self.layout.max_extents as usize;
@@ -1406,32 +1788,37 @@ impl<R: Region> Slab<R> {
         }
         let size = self.layout.geometry[class].size as u64;
         let current_size = self.current_size()?;
-        let mut start = current_size.load(Ordering::Acquire);
-        loop {
-            if start < self.layout.extent_region_offset as u64
-                || !start.is_multiple_of(64)
-                || start > self.layout.max_size as u64
-            {
-                return Err(corrupt(class, Corruption::CurrentSize { value: start }));
+        let mut table = lock(&self.extents);
+        let floor = self.private_end(&table) as u64;
+        let mut seen = current_size.load(Ordering::Acquire);
+        let start = loop {
+            if seen > self.layout.max_size as u64 {
+                return Err(corrupt(class, Corruption::CurrentSize { value: seen }));
             }
+            let start = seen.max(floor).next_multiple_of(64);
             let end = start + size;
             if end > self.layout.max_size as u64 {
                 return Ok(None);
             }
             // R8: reserve [start, end) atomically; two growers never get overlapping ranges.
-            match current_size.compare_exchange_weak(
-                start,
-                end,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => break,
-                Err(found) => start = found,
+            match current_size.compare_exchange_weak(seen, end, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break start,
+                Err(found) => seen = found,
             }
-        }
+        };
         let (start, end) = (start as usize, (start + size) as usize);
+        // R4: ours until published, so no extent another process publishes over it is adopted.
+        table.push((start, end));
+        drop(table);
+        let forget = |give: bool| {
+            lock(&self.extents).retain(|&reserved| reserved != (start, end));
+            if give {
+                give_back(current_size, start, end);
+            }
+        };
         if let Err(error) = self.region.grow_to(end) {
-            give_back(current_size, start, end);
+            forget(true);
             return Err(error.into());
         }
         // Every slot starts allocated and owned by this grower: a crash from here on leaves
@@ -1446,6 +1833,7 @@ impl<R: Region> Slab<R> {
                 self.shared()
                     .init(meta_base + slot * size_of::<SlotMeta>(), meta)
             } {
+                forget(false);
                 return Err(self.too_small());
             }
         }
@@ -1466,11 +1854,17 @@ impl<R: Region> Slab<R> {
                 Err(_) => match next_unpublished(extent + 1) {
                     Some(next) => extent = next,
                     None => {
-                        give_back(current_size, start, end);
+                        forget(true);
                         return Ok(None);
                     }
                 },
             }
+        }
+        {
+            // R4: our own extent goes into the private table as the reservation leaves it.
+            let mut table = lock(&self.extents);
+            table.retain(|&reserved| reserved != (start, end));
+            self.cache[class].extents[extent].store(start as u64, Ordering::Release);
         }
         header
             .total_slots
@@ -1480,9 +1874,52 @@ impl<R: Region> Slab<R> {
         }
         let first = (extent as u32) << config.slots_per_extent.trailing_zeros();
         for slot in 1..config.slots_per_extent {
-            let _ = self.free(SlotHandle::from_parts(class as u16, first + slot, 0))?;
+            let freed =
+                self.free_slot(SlotHandle::from_parts(class as u16, first + slot, 0), false)?;
+            if freed.wake_waiters {
+                // R11: an allocator sleeps on the class's word: the caller wakes it.
+                self.wakes.fetch_or(1 << class, Ordering::Release);
+            }
         }
-        Ok(Some(SlotHandle::from_parts(class as u16, first, 0)))
+        let handle = SlotHandle::from_parts(class as u16, first, 0);
+        // R4: into the ledger, as a popped slot. Nobody can hold it yet: refusal is impossible
+        // but for a bug, and then the slot is not handed out.
+        if !self.ledger.claim(handle) {
+            return Err(SlabError::Held {
+                class: handle.class,
+                index: handle.index,
+            });
+        }
+        Ok(Some(handle))
+    }
+
+    /// The end of every extent this participant knows and of its reservations in progress,
+    /// and at least the initial size: where its next growth may start (R4). Every published
+    /// extent is adopted first, if it fits the table.
+    fn private_end(&self, reservations: &[(usize, usize)]) -> usize {
+        let mut end = self.layout.initial_size;
+        for class in 0..self.layout.classes.len() {
+            let size = self.layout.geometry[class].size;
+            for extent in 0..self.layout.max_extents as usize {
+                if let Ok(start) = self.adopt(class, extent, reservations) {
+                    end = end.max(start + size);
+                }
+            }
+        }
+        reservations
+            .iter()
+            .fold(end, |end, &(_, stop)| end.max(stop))
+    }
+
+    /// Classes (bit `1 << class`) in which a growth by this handle freed slots while an
+    /// allocator slept on the class's futex word: the caller should make the `FUTEX_WAKE`
+    /// system call on each class's [`slot_available_word`](Self::slot_available_word), as it
+    /// does after a [`Freed`] with `wake_waiters`. Cleared by the call.
+    pub fn take_wakes(&self) -> u32 {
+        if self.wakes.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
+        self.wakes.swap(0, Ordering::Acquire)
     }
 
     /// Write extent `extent`'s header at `start`: for inspectors; the allocator never reads it.
@@ -1546,6 +1983,12 @@ impl<R: Region> Slab<R> {
             .ok_or_else(|| self.too_small())
     }
 
+    /// This owner's journal, for one window (R5).
+    #[inline(always)]
+    fn enter_journal(&self) -> Result<JournalGuard<'_>, SlabError> {
+        Ok(JournalGuard::enter(&self.journal_lock, self.journal()?))
+    }
+
     fn current_size(&self) -> Result<&AtomicU64, SlabError> {
         self.shared()
             .u64_at(self.layout.current_size_offset)
@@ -1600,7 +2043,8 @@ impl<R: Region> Slab<R> {
     }
 
     /// The offset of extent `extent` of `class`: from the private cache, or read once from the
-    /// header, checked, and cached (R3). An unpublished extent is an error too.
+    /// header, checked, and cached (R3, R4: adopted into the private extent table). An
+    /// unpublished extent is an error too.
     #[inline(always)]
     fn extent_base(&self, class: usize, extent: usize) -> Result<usize, Corruption> {
         let Some(cached) = self.cache[class].extents.get(extent) else {
@@ -1609,21 +2053,43 @@ impl<R: Region> Slab<R> {
                 offset: 0,
             });
         };
-        // Acquire pairs with the Release below: the extent was checked and its publication
+        // Acquire pairs with the Release of `adopt`: the extent was checked and its publication
         // acquired by whoever cached it.
         let known = cached.load(Ordering::Acquire);
         if known != 0 {
             self.cache[class].touch(known as usize);
             return Ok(known as usize);
         }
-        let header = self.header(class).map_err(|_| Corruption::ExtentOffset {
+        let table = lock(&self.extents);
+        self.adopt(class, extent, &table)
+    }
+
+    /// Adopt extent `extent` of `class` into the private table, under the table's lock (whose
+    /// reservations in progress are `reservations`): its published offset is read once and
+    /// checked (R3), and it must overlap no extent already adopted, of any class, and no
+    /// reservation in progress (R4: an offset another process published over live memory is
+    /// refused, never used).
+    fn adopt(
+        &self,
+        class: usize,
+        extent: usize,
+        reservations: &[(usize, usize)],
+    ) -> Result<usize, Corruption> {
+        let mut bad = Corruption::ExtentOffset {
             extent: extent as u32,
             offset: 0,
-        })?;
+        };
+        let cached = self.cache[class].extents.get(extent).ok_or(bad)?;
+        let known = cached.load(Ordering::Acquire);
+        if known != 0 {
+            self.cache[class].touch(known as usize);
+            return Ok(known as usize);
+        }
+        let header = self.header(class).map_err(|_| bad)?;
         // R8: Acquire pairs with the grower's Release publication.
         let offset = header.extent_offsets[extent].load(Ordering::Acquire);
         let size = self.layout.geometry[class].size as u64;
-        let bad = Corruption::ExtentOffset {
+        bad = Corruption::ExtentOffset {
             extent: extent as u32,
             offset,
         };
@@ -1638,6 +2104,24 @@ impl<R: Region> Slab<R> {
         };
         if !valid || !self.shared().covers(offset as usize, size as usize) {
             return Err(bad);
+        }
+        if extent != 0 {
+            let (start, end) = (offset as usize, (offset + size) as usize);
+            let overlaps = |other: usize, len: usize| start < other + len && other < end;
+            let adopted = (0..self.layout.classes.len()).any(|c| {
+                let len = self.layout.geometry[c].size;
+                self.cache[c]
+                    .extents
+                    .iter()
+                    .map(|cell| cell.load(Ordering::Acquire) as usize)
+                    .any(|other| other != 0 && overlaps(other, len))
+            });
+            let reserved = reservations
+                .iter()
+                .any(|&(other, stop)| overlaps(other, stop - other));
+            if adopted || reserved {
+                return Err(bad);
+            }
         }
         cached.store(offset, Ordering::Release);
         self.cache[class].touch(offset as usize);
@@ -1680,49 +2164,24 @@ enum Resolution {
 
 /// An owner's journal, taken for one two-step operation (a pop or a free).
 ///
-/// The journal is also the owner's lock over its windows: threads of one owner (one process)
-/// take turns for the few instructions between naming a slot and accounting for it, so every
-/// window has the journal to itself and a crash of the process leaves at most one slot named,
-/// the one that is really in a window. Dropping the guard empties the journal, on every path.
+/// The threads of one owner (one process) take turns for the few instructions between naming a
+/// slot and accounting for it, under the owner's private lock, so every window has the journal
+/// to itself and a crash of the process leaves at most one slot named, the one that is really
+/// in a window. The shared word is only written here, never waited on: garbage another process
+/// writes into it is overwritten by the next name, and costs nothing (R4). Dropping the guard
+/// empties the journal, on every path, then lets the next thread in.
 struct JournalGuard<'j> {
     word: &'j AtomicU32,
+    _turn: MutexGuard<'j, ()>,
 }
 
 impl<'j> JournalGuard<'j> {
-    /// How long a journal may stay taken before the taker concludes it holds garbage a faulty
-    /// process wrote (R3) and takes it over: a thread of this process holds it for a few
-    /// instructions, or for as long as it is preempted between them.
-    #[cfg(not(loom))]
-    const PATIENCE: std::time::Duration = std::time::Duration::from_millis(100);
-
-    fn enter(word: &'j AtomicU32) -> Self {
-        let backoff = Backoff::new();
-        #[cfg(not(loom))]
-        let mut since: Option<std::time::Instant> = None;
-        // Acquire: the previous holder's writes (its slot recorded) happen before ours.
-        while word
-            .compare_exchange_weak(
-                JOURNAL_EMPTY,
-                JOURNAL_BUSY,
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            )
-            .is_err()
-        {
-            if !backoff.is_completed() {
-                backoff.snooze();
-                #[cfg(loom)]
-                loom::thread::yield_now();
-                continue;
-            }
-            #[cfg(not(loom))]
-            if since.get_or_insert_with(std::time::Instant::now).elapsed() > Self::PATIENCE {
-                word.swap(JOURNAL_BUSY, Ordering::Acquire);
-                break;
-            }
-            yield_now();
+    fn enter(turn: &'j Mutex<()>, word: &'j AtomicU32) -> Self {
+        // The lock's Acquire: the previous holder's writes (its slot recorded) come before ours.
+        Self {
+            _turn: lock(turn),
+            word,
         }
-        Self { word }
     }
 
     /// Name `slot_ref` as the slot of the window (R5). Release, as every journal store: whoever

@@ -204,6 +204,15 @@ impl<'a, R: Region> Raw<'a, R> {
             .unwrap()
     }
 
+    /// The published extent offsets of `class`, up to the first unpublished one.
+    fn extent_offsets(&self, class: usize) -> Vec<u64> {
+        let header = self.header(class);
+        (0..self.layout().max_extents() as usize)
+            .map(|extent| header.extent_offsets[extent].load(Ordering::Acquire))
+            .take_while(|&offset| offset != 0)
+            .collect()
+    }
+
     fn extent_count(&self) -> &'a AtomicU32 {
         self.shared()
             .u32_at(self.layout().extent_count_offset)
@@ -1827,11 +1836,52 @@ fn bad_extent_offsets_are_errors() {
 }
 
 #[test]
-fn a_scribbled_current_size_stops_growth() {
-    let layout = layout(2);
+fn a_scribbled_current_size_is_overruled_by_the_private_extent_table() {
+    let layout = layout(3);
     let (initial, max) = (layout.initial_size() as u64, layout.max_size() as u64);
     let extent_region = layout.extent_region_offset as u64;
-    for bad in [0, extent_region - 64, initial + 1, max + 64, u64::MAX] {
+    // Rewound or misaligned (R4: a hint, checked against what this participant knows): growth
+    // goes after every known extent, never over one, and the reservation repairs the word.
+    for bad in [0, extent_region - 64, initial + 1] {
+        let slab = init_on(heap(&layout), layout.clone());
+        let raw = Raw::new(&slab);
+        let held: Vec<_> = (0..4).map(|_| slab.alloc_in(0).unwrap()).collect();
+        let first = slab.alloc_in(0).unwrap();
+        assert_eq!(extent_of(0, first.index()), 1);
+        let end = raw.current_size().load(Ordering::Relaxed);
+        assert!(end > initial, "current_size {end:#x}");
+        let more: Vec<_> = (0..3).map(|_| slab.alloc_in(0).unwrap()).collect();
+        raw.current_size().store(bad, Ordering::Release);
+        let grown = slab.alloc_in(0).unwrap();
+        assert_eq!(extent_of(0, grown.index()), 2, "current_size {bad:#x}");
+        let addresses: HashSet<usize> = held
+            .iter()
+            .chain(&more)
+            .chain([&first, &grown])
+            .map(|&h| slab.slot_data(h).unwrap().as_ptr() as usize)
+            .collect();
+        assert_eq!(
+            addresses.len(),
+            9,
+            "no slot over another, current_size {bad:#x}"
+        );
+        let offsets = raw.extent_offsets(0);
+        assert!(
+            offsets[2] >= end,
+            "extent 2 at {:#x}, after {end:#x}",
+            offsets[2]
+        );
+        assert_eq!(
+            raw.current_size().load(Ordering::Relaxed),
+            offsets[2] + layout.extent_size(0) as u64,
+            "repaired"
+        );
+        for handle in held.into_iter().chain(more).chain([first, grown]) {
+            free_ok(&slab, handle);
+        }
+    }
+    // Past the reservation: an error, and nothing grows.
+    for bad in [max + 64, u64::MAX] {
         let slab = init_on(heap(&layout), layout.clone());
         let raw = Raw::new(&slab);
         let held: Vec<_> = (0..4).map(|_| slab.alloc_in(0).unwrap()).collect();
@@ -1845,7 +1895,6 @@ fn a_scribbled_current_size_stops_growth() {
             "current_size {bad:#x}"
         );
         assert_eq!(slab.stats()[0].extents, 1);
-        assert_eq!(raw.current_size().load(Ordering::Relaxed), bad);
         raw.current_size().store(initial, Ordering::Release);
         assert_eq!(extent_of(0, slab.alloc_in(0).unwrap().index()), 1);
         for handle in held {
@@ -2195,12 +2244,14 @@ fn reclaim_of_crashed_pops_and_frees_under_load() {
             worker(&peer, out_w, rounds(200_000, 2_000_000), 7);
         });
         let raw = Raw::new(&slab);
-        let dead = slab.with_owner(P3).unwrap();
         let mut recovered = 0u32;
         let mut crashes = 0u32;
         let mut round = 0u32;
         while done.load(Ordering::Acquire) == 0 || round < 300 {
             round += 1;
+            // Each round's dying participant is a new life of P3, with a ledger of its own (a
+            // process's private memory dies with it).
+            let dead = slab.with_owner(P3).unwrap();
             let class = (round / 4 % 3) as usize;
             let crashed = match round % 4 {
                 0 => raw
@@ -2241,4 +2292,29 @@ fn reclaim_of_crashed_pops_and_frees_under_load() {
         w.join().unwrap();
     });
     all_free(&slab);
+}
+
+/// Item 9 of issue 13 (R11): a growth frees the new extent's slots one by one; when an
+/// allocator announced that it sleeps on the class, the growth reports the class to wake
+/// ([`Slab::take_wakes`]) instead of dropping the wakeup.
+#[test]
+fn a_growth_reports_the_wakeups_its_frees_owe() {
+    let slab = new_slab(2);
+    let sleeper = slab.with_owner(P1).unwrap();
+    let held: Vec<_> = (0..4).map(|_| slab.alloc_in(0).unwrap()).collect();
+    assert_eq!(slab.take_wakes(), 0);
+    let seen = sleeper.announce_waiter(0).unwrap();
+    assert!(!sleeper.has_free_slot(0), "asleep on {seen}");
+    let grown = slab.alloc_in(0).unwrap();
+    assert_eq!(extent_of(0, grown.index()), 1);
+    assert_eq!(slab.take_wakes(), 1 << 0, "class 0 owes a wakeup");
+    assert_eq!(slab.take_wakes(), 0, "taken");
+    assert_ne!(
+        slab.slot_available_word(0).unwrap().load(Ordering::Relaxed),
+        seen,
+        "the sleeper's FUTEX_WAIT on {seen} returns at once"
+    );
+    for handle in held.into_iter().chain([grown]) {
+        free_ok(&slab, handle);
+    }
 }

@@ -48,9 +48,11 @@ enum Op {
     AllocIn { by: usize, class: u16 },
     /// `try_alloc_in(class)` by owner `by`.
     TryAllocIn { by: usize, class: u16 },
-    /// `mark_in_flight` of a live handle to a receiver (`OWNERS` is one beyond `max_peers`).
+    /// `mark_in_flight` of a live handle to a receiver (`OWNERS` is one beyond `max_peers`), by
+    /// the owner that allocated it (R4: the only one whose ledger holds it).
     Mark { pick: usize, receiver: usize },
-    /// `free` of a live handle, by any owner.
+    /// `free` of a live handle: by its allocator while it is allocated (the ledger's holder),
+    /// by any owner once it is in flight.
     Free { pick: usize, by: usize },
     /// `free` of a handle that was freed already: must fail.
     FreeStale { pick: usize, by: usize },
@@ -119,6 +121,14 @@ impl Model {
             .iter()
             .filter(|s| s.state == state)
             .count() as u32
+    }
+
+    /// The owner number whose ledger holds `h`: its allocator, while it is allocated.
+    fn holder(&self, h: SlotHandle) -> Option<usize> {
+        let slot = self.slots[usize::from(h.class())][h.index() as usize];
+        (slot.state == SlotState::Allocated)
+            .then(|| (0..OWNERS).find(|&n| owner(n).raw() == slot.owner))
+            .flatten()
     }
 
     fn slot(&mut self, h: SlotHandle) -> &mut SlotModel {
@@ -251,7 +261,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let region = Arc::new(HeapRegion::new(layout.initial_size(), layout.max_size()));
     // SAFETY: a fresh region nobody else uses.
     let host = unsafe { Slab::init(region, layout, OwnerId::HOST) }.unwrap();
-    let slabs: Vec<_> = (0..OWNERS)
+    let mut slabs: Vec<_> = (0..OWNERS)
         .map(|n| host.with_owner(owner(n)).unwrap())
         .collect();
     let mut model = Model::new();
@@ -309,7 +319,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 } else {
                     owner(receiver)
                 };
-                let got = slabs[pick % OWNERS].mark_in_flight(h, to);
+                let by = model.holder(h).unwrap_or(pick % OWNERS);
+                let got = slabs[by].mark_in_flight(h, to);
                 if receiver == OWNERS {
                     prop_assert_eq!(got, Err(SlabError::UnknownOwner(to)));
                     continue;
@@ -336,6 +347,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     continue;
                 }
                 let h = model.live[pick % model.live.len()];
+                let by = model.holder(h).unwrap_or(by);
                 let freed = slabs[by].free(h);
                 prop_assert!(freed.is_ok(), "free({:?}): {:?}", h, freed);
                 prop_assert_eq!(freed.unwrap().class, h.class());
@@ -396,6 +408,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 for h in mine {
                     model.freed(h);
                 }
+                // A reclaimed owner is dead: its next life starts with an empty ledger (R4).
+                slabs[n] = host.with_owner(owner(n)).unwrap();
             }
         }
         check(&host, &model)?;

@@ -396,9 +396,11 @@ fn reclaim_of_a_dead_owner_while_another_allocates() {
                 let _ = me.free(h).unwrap();
             }
         });
-        let dead = slab.with_owner(DEAD).unwrap();
         let (mut dead_allocs, mut reclaimed, mut reclaims) = (0u64, 0u64, 0u64);
         while !done.load(Ordering::Acquire) || reclaims < 100 {
+            // A new life of peer 2 each round, with a ledger of its own (R4: a process's
+            // private memory dies with it).
+            let dead = slab.with_owner(DEAD).unwrap();
             // Peer 2 lives a little: allocates up to three slots, sends one to itself.
             for k in 0..3 {
                 match dead.alloc(64 << (k * 3)) {

@@ -7,9 +7,21 @@
 
 #[cfg(not(loom))]
 pub use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering, fence};
+#[cfg(not(loom))]
+pub use std::sync::{Mutex, MutexGuard};
 
 #[cfg(loom)]
 pub use loom::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering, fence};
+#[cfg(loom)]
+pub use loom::sync::{Mutex, MutexGuard};
+
+/// Lock `mutex`, whether or not a thread panicked while it held it: the hub's private locks
+/// guard state that every critical section leaves consistent at each step.
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// Tells the processor that the caller is spinning; under loom, yields to the model's scheduler
 /// so that spin loops terminate.

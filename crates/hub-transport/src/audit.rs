@@ -21,13 +21,28 @@
 //!
 //! A class whose head changes during every look (a hot class with many slots) is judged only
 //! when it quiets down; until then its pops meet the damage and return typed errors.
+//!
+//! Besides the lists, the auditor keeps the host's private truth in force (R4):
+//!
+//! - every tick it compares the words the host wrote once (everything attach validates, the
+//!   host's state and pid, the class constants, the extent offsets it adopted, `current_size`)
+//!   with its private copies and puts back what changed ([`PeerEvent::WordsRestored`]), so no
+//!   scribbling keeps a new peer from attaching;
+//! - at every look it lists the slots no live participant can hold
+//!   ([`Slab::orphans`](hub_alloc::Slab::orphans): garbage states, owners that are gone, the
+//!   host's own slots that its ledger does not hold) and remembers which peer lives were
+//!   attached when it first saw each one. Quarantine is not forever: once none of those lives
+//!   is left and a second look at least [`MIN_GAP`] later finds the slot unchanged, nobody can
+//!   be using it, and it goes back on its free list.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use hub_alloc::{ClassAudit, RebuildReport};
+use hub_alloc::{ClassAudit, Orphan, OwnerId, RebuildReport};
 
 use crate::host::Core;
+use crate::segment::PeerState;
 use crate::supervisor::{PeerEvent, TICK, emit};
 use crate::sync::Ordering;
 
@@ -65,6 +80,23 @@ struct LastLook {
 pub(crate) struct Auditor {
     /// Per class: the last settled look, and the garbage states known.
     last: Mutex<Vec<(LastLook, u32)>>,
+    /// Slots no live participant can hold, as first seen.
+    suspects: Mutex<HashMap<Orphan, Suspect>>,
+}
+
+/// When a slot no live participant can hold was first seen so, and the peer lives `(id, epoch)`
+/// attached then, any of which might have been holding it.
+type Suspect = (Instant, Vec<(u16, u64)>);
+
+/// The peer lives the hub has now: `(id, epoch)` of every entry that is not Empty.
+fn lives(core: &Core) -> Vec<(u16, u64)> {
+    let segment = &core.endpoint.segment;
+    (0..segment.layout().max_peers)
+        .filter_map(|peer| {
+            let words = segment.peer(peer);
+            (words.state() != PeerState::Empty).then(|| (peer, words.epoch.load(Ordering::Acquire)))
+        })
+        .collect()
 }
 
 impl Auditor {
@@ -94,6 +126,9 @@ impl Auditor {
             if !audit.settled {
                 // A busy look judges nothing and is not remembered: the last settled one stays.
                 continue;
+            }
+            if let Some(returned) = self.return_orphans(core, class, now) {
+                found.push(returned);
             }
             match judge(&audit, last, now) {
                 Some(what) => {
@@ -125,6 +160,58 @@ impl Auditor {
     }
 }
 
+impl Auditor {
+    /// Put back the words the host wrote once that another process changed (R4): the
+    /// segment's and the allocator's. What was restored.
+    pub fn restore(&self, core: &Core) -> Vec<&'static str> {
+        let mut words = core.endpoint.segment.restore_fixed();
+        words.extend(core.endpoint.slab.restore_constants());
+        words
+    }
+
+    /// Return the slots of `class` that no live participant can hold, seen so twice far apart
+    /// with none of the lives that were attached at the first look still there (R4:
+    /// quarantine is not forever). What was done, if anything.
+    fn return_orphans(&self, core: &Core, class: u16, now: Instant) -> Option<AllocatorDamage> {
+        let slab = &core.endpoint.slab;
+        let segment = &core.endpoint.segment;
+        let live = |owner: OwnerId| {
+            owner
+                .peer_id()
+                .is_some_and(|peer| segment.peer(peer).state() != PeerState::Empty)
+        };
+        let orphans = slab.orphans(class, live).ok()?;
+        let lives_now = lives(core);
+        let mut suspects = self.suspects.lock().unwrap_or_else(|p| p.into_inner());
+        suspects.retain(|orphan, _| orphan.class != class || orphans.contains(orphan));
+        let (mut returned, mut wake) = (0u32, false);
+        for orphan in orphans {
+            let (since, then) = suspects
+                .entry(orphan)
+                .or_insert_with(|| (now, lives_now.clone()));
+            let gone = then.iter().all(|life| !lives_now.contains(life));
+            if gone && now.saturating_duration_since(*since) >= MIN_GAP {
+                if let Ok(Some(freed)) = slab.return_orphan(&orphan) {
+                    returned += 1;
+                    wake |= freed.wake_waiters;
+                }
+                suspects.remove(&orphan);
+            }
+        }
+        if wake {
+            core.wake_all_allocators();
+        }
+        (returned > 0).then(|| AllocatorDamage {
+            class,
+            found: format!(
+                "{returned} slots no live participant could hold (garbage states, or owners \
+                 gone) returned to the free list"
+            ),
+            rebuilt: None,
+        })
+    }
+}
+
 /// What a settled `audit` at `now`, after `last`, shows that needs a rebuild.
 fn judge(audit: &ClassAudit, last: &LastLook, now: Instant) -> Option<String> {
     if let Some(fault) = &audit.list_fault {
@@ -153,6 +240,11 @@ pub(crate) fn run(core: &Core) {
     let mut last = Instant::now();
     while !core.stopping.load(Ordering::Acquire) {
         std::thread::sleep(TICK);
+        // R4: within a tick of any scribble, the words attach validates are the host's again.
+        let words = core.auditor.restore(core);
+        if !words.is_empty() {
+            emit(core, PeerEvent::WordsRestored { words });
+        }
         let asked = core.audit_now.swap(false, Ordering::AcqRel);
         if asked || last.elapsed() >= AUDIT_PERIOD {
             for damage in core.auditor.check(core) {

@@ -833,9 +833,8 @@ impl Core {
             // What the peer sent the host that no frame of the host holds can never be read
             // now: a descriptor it published after the scan, or one in a ring it corrupted.
             // The consumer lock (held) keeps a receive from being between pop and claim.
-            let (swept, wake) = slab.reclaim_sent(OwnerId::peer(peer), OwnerId::HOST, |h| {
-                Link::holds(&self.endpoint, h)
-            })?;
+            // R4: never a slot the host holds, whatever the shared words say (the ledger).
+            let (swept, wake) = slab.reclaim_sent(OwnerId::peer(peer), OwnerId::HOST)?;
             recovery.ring_slots_freed += swept;
             if wake {
                 self.wake_all_allocators();
@@ -892,12 +891,10 @@ impl Core {
         // is Reserved, so no peer uses the other ends yet.
         unsafe { Link::reset(segment, recv, send, &mut held) }
             .map_err(|source| HostError::Ring { peer, source })?;
-        let (_, wake) =
-            self.endpoint
-                .slab
-                .reclaim_sent(OwnerId::peer(peer), OwnerId::HOST, |h| {
-                    Link::holds(&self.endpoint, h)
-                })?;
+        let (_, wake) = self
+            .endpoint
+            .slab
+            .reclaim_sent(OwnerId::peer(peer), OwnerId::HOST)?;
         if wake {
             self.wake_all_allocators();
         }

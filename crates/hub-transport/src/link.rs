@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::Backoff;
-use hub_alloc::{OwnerId, Slab, SlabError, SlotHandle};
+use hub_alloc::{OwnerId, Refusal, Slab, SlabError, SlotHandle};
 use hub_layout::{
     INLINE_PAYLOAD_SIZE, INLINE_PAYLOAD_SLOT, MsgDescHot, NO_DEADLINE, PeerEntry, SlotState,
 };
@@ -297,60 +297,23 @@ impl Deadline {
 }
 
 /// What the host and a peer share: the segment, and an allocator handle owning as this side.
+///
+/// The allocator handle keeps this side's private ledger of the slots it holds (R4): loans
+/// from their allocation until they are sent or dropped, frames from their receipt until they
+/// are dropped. Whatever another process writes into the shared slot metas, this side never
+/// holds one slot twice, and never frees or reclaims a slot it holds.
 pub(crate) struct Endpoint {
     pub segment: Arc<Segment>,
     pub slab: HubSlab,
     mode: std::sync::atomic::AtomicU8,
-    /// Per class, per global index: `generation + 1` of the slot while a [`Frame`] of this
-    /// endpoint holds it, else 0. A descriptor that names a slot already held (the same
-    /// descriptor sent twice) is refused instead of lending the slot out twice (R4).
-    held: Vec<Box<[std::sync::atomic::AtomicU32]>>,
 }
 
 impl Endpoint {
     pub fn new(segment: Arc<Segment>, slab: HubSlab) -> Self {
-        let layout = slab.layout();
-        let held = (0..layout.class_count())
-            .map(|class| {
-                let slots =
-                    layout.class(class).map_or(0, |c| c.slots_per_extent) * layout.max_extents();
-                (0..slots)
-                    .map(|_| std::sync::atomic::AtomicU32::new(0))
-                    .collect()
-            })
-            .collect();
         Self {
             segment,
             slab,
             mode: std::sync::atomic::AtomicU8::new(0),
-            held,
-        }
-    }
-
-    fn held_cell(&self, handle: SlotHandle) -> Option<&std::sync::atomic::AtomicU32> {
-        self.held
-            .get(usize::from(handle.class()))?
-            .get(handle.index() as usize)
-    }
-
-    /// Record that a frame of this endpoint holds `handle`'s slot; `false` when one already
-    /// does (or the handle is out of range).
-    fn claim(&self, handle: SlotHandle) -> bool {
-        let mark = held_mark(handle);
-        self.held_cell(handle)
-            .is_some_and(|cell| cell.swap(mark, std::sync::atomic::Ordering::AcqRel) != mark)
-    }
-
-    /// The frame holding `handle`'s slot is gone (after the slot was freed).
-    fn unclaim(&self, handle: SlotHandle) {
-        let mark = held_mark(handle);
-        if let Some(cell) = self.held_cell(handle) {
-            let _ = cell.compare_exchange(
-                mark,
-                0,
-                std::sync::atomic::Ordering::AcqRel,
-                std::sync::atomic::Ordering::Relaxed,
-            );
         }
     }
 
@@ -384,7 +347,10 @@ impl Endpoint {
         let backoff = Backoff::new();
         loop {
             let class = match self.slab.alloc(len) {
-                Ok(handle) => return Ok(handle),
+                Ok(handle) => {
+                    self.wake_after_growth();
+                    return Ok(handle);
+                }
                 Err(SlabError::NoFreeSlots { class }) => class,
                 Err(error) => return Err(error.into()),
             };
@@ -414,6 +380,19 @@ impl Endpoint {
                 continue;
             }
             futex::wait(word, seen, Some(deadline.slice(Duration::from_millis(20))))?;
+        }
+    }
+
+    /// R11: a growth of this side freed the new extent's slots while allocators slept on the
+    /// class: wake them (one relaxed load when nothing grew).
+    fn wake_after_growth(&self) {
+        let mut classes = self.slab.take_wakes();
+        while classes != 0 {
+            let class = classes.trailing_zeros();
+            classes &= classes - 1;
+            if let Some(word) = self.slab.slot_available_word(class as u16) {
+                futex::wake(word, WAKE_ALL);
+            }
         }
     }
 
@@ -654,14 +633,6 @@ impl Link {
         }
     }
 
-    /// Whether a frame of this endpoint holds `handle`'s slot.
-    pub fn holds(endpoint: &Endpoint, handle: SlotHandle) -> bool {
-        let mark = held_mark(handle);
-        endpoint
-            .held_cell(handle)
-            .is_some_and(|cell| cell.load(std::sync::atomic::Ordering::Acquire) == mark)
-    }
-
     /// Wait for one frame, as `deadline` allows, in the endpoint's wait mode (R11).
     pub fn recv<'e>(
         &self,
@@ -738,40 +709,36 @@ impl Link {
             .slab
             .slot_size(handle.class())
             .ok_or_else(bad_ref)?;
-        let status = endpoint
+        debug_assert_eq!(endpoint.slab.owner(), self.me, "the endpoint of this end");
+        // R4, R5: in flight to us at this generation, from this ring's sender (DESIGN §4: only
+        // the slot's sender may hand it over, through its own ring), and claimed in our ledger
+        // by compare-and-swap: a slot we hold already (a frame of an earlier descriptor, at
+        // any generation, or a loan) is refused and left to its holder.
+        endpoint
             .slab
-            .slot_status(handle.class(), handle.index())
-            .map_err(|_| bad_ref())?;
-        if status.generation != handle.generation() {
-            return Err(fault(DescriptorFault::StaleGeneration {
-                descriptor: handle.generation(),
-                slot: status.generation,
-            }));
-        }
-        if status.state != Some(SlotState::InFlight) || status.owner != self.me.raw() {
-            return Err(fault(DescriptorFault::NotInFlightToReceiver {
-                state: status.state,
-                owner: status.owner,
-            }));
-        }
-        // DESIGN §4: only the slot's sender may hand it over, through its own ring.
-        if status.sender != Some(self.receiver) {
-            return Err(fault(DescriptorFault::WrongSender {
-                sender: status.sender,
-            }));
-        }
-        // R4: one frame per slot. A second descriptor for a slot a frame of ours holds is
-        // refused and the slot left to that frame.
-        if !endpoint.claim(handle) {
-            return Err(fault(DescriptorFault::AlreadyReceived {
-                slot_ref: desc.payload_slot,
-            }));
-        }
+            .accept(handle, self.receiver)
+            .map_err(|refusal| {
+                fault(match refusal {
+                    Refusal::StaleGeneration { slot } => DescriptorFault::StaleGeneration {
+                        descriptor: handle.generation(),
+                        slot,
+                    },
+                    Refusal::NotInFlightToMe { state, owner } => {
+                        DescriptorFault::NotInFlightToReceiver { state, owner }
+                    }
+                    Refusal::WrongSender { sender } => DescriptorFault::WrongSender { sender },
+                    Refusal::AlreadyHeld => DescriptorFault::AlreadyReceived {
+                        slot_ref: desc.payload_slot,
+                    },
+                    _ => DescriptorFault::BadSlotRef {
+                        slot_ref: desc.payload_slot,
+                    },
+                })
+            })?;
         // The slot is ours now (in flight to us, this generation): free it on any later error.
         let end = u64::from(desc.payload_offset) + u64::from(desc.payload_len);
         if end > u64::from(slot_size) {
             endpoint.free(handle);
-            endpoint.unclaim(handle);
             return Err(fault(DescriptorFault::OutOfSlot {
                 offset: desc.payload_offset,
                 len: desc.payload_len,
@@ -782,7 +749,6 @@ impl Link {
             Ok(base) => base,
             Err(_) => {
                 endpoint.free(handle);
-                endpoint.unclaim(handle);
                 return Err(bad_ref());
             }
         };
@@ -796,11 +762,6 @@ impl Link {
             payload: FramePayload::Slot { handle, ptr },
         })
     }
-}
-
-/// The value an endpoint's `held` cell takes while a frame holds `handle`'s slot: never 0.
-fn held_mark(handle: SlotHandle) -> u32 {
-    handle.generation().wrapping_add(1).max(1)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -911,6 +872,16 @@ enum FramePayload {
 /// A received frame. Its payload is borrowed in place (zero copy) from the slot it came in,
 /// which is freed when the frame is dropped; a payload of at most 16 bytes was copied out of the
 /// descriptor.
+///
+/// # What a hostile sender can still do
+///
+/// The receiver's ledger (R4) guarantees that while the frame lives its slot is this frame's
+/// alone in this process: no loan, no other frame, no reclaim or recovery of the receiver's
+/// touches it. The bytes themselves live in memory every participant maps, so a hostile or
+/// buggy process can change them at any time, before or after the receiver reads them. The
+/// receiver is never made to read or write outside the slot, but a parser that reads the same
+/// field twice may see two values: parse a private copy ([`copy_payload`](Self::copy_payload))
+/// when that matters.
 pub struct Frame<'e> {
     endpoint: &'e Endpoint,
     peer: u16,
@@ -958,6 +929,48 @@ impl Frame<'_> {
         }
     }
 
+    /// A private copy of the payload, taken once: what a parser should read when it must not
+    /// be fooled by a hostile sender (DESIGN §4, R4).
+    ///
+    /// [`payload`](Self::payload) lends the bytes where they lie, in a slot that the host's
+    /// ledger says is this frame's: no other frame or loan of this process ever covers them.
+    /// But every process of the hub maps the whole segment, so the sender (or any peer) can
+    /// still write those bytes while the frame is held; a parser that reads a length, checks
+    /// it, and reads again may see two different values. This copies the payload once into
+    /// `out` (replacing its contents), from the slot's memory and not through a reference, so
+    /// that what the parser checks is what it uses. Inline payloads are copies already.
+    ///
+    /// ```
+    /// use hub_transport::{FrameMeta, Host, HubConfig, Peer};
+    ///
+    /// let host = Host::create(&HubConfig { max_peers: 1, ..HubConfig::default() })?;
+    /// let peer = Peer::attach(&host.add_peer()?)?;
+    /// peer.send(FrameMeta::default(), &[7u8; 5000])?;
+    /// let frame = host.recv()?;
+    /// let mut mine = Vec::new();
+    /// frame.copy_payload(&mut mine);
+    /// assert_eq!(mine, vec![7u8; 5000]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn copy_payload(&self, out: &mut Vec<u8>) {
+        out.clear();
+        match &self.payload {
+            FramePayload::Inline(bytes) => out.extend_from_slice(&bytes[..self.len]),
+            FramePayload::Slot { ptr, .. } => {
+                out.reserve(self.len);
+                // SAFETY: `ptr + len` lies inside the slot (checked in `Link::check`), which
+                // stays mapped while the frame's endpoint lives; `out` has room for `len` bytes
+                // (reserved above) and is not shared memory, so the two do not overlap. The
+                // copy reads through a raw pointer, never a reference, whatever another process
+                // writes meanwhile.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(ptr.as_ptr(), out.as_mut_ptr(), self.len);
+                    out.set_len(self.len);
+                }
+            }
+        }
+    }
+
     /// Bytes of the payload.
     pub fn len(&self) -> usize {
         self.len
@@ -977,11 +990,10 @@ impl Frame<'_> {
 impl Drop for Frame<'_> {
     fn drop(&mut self) {
         if let FramePayload::Slot { handle, .. } = self.payload {
-            // R5: InFlight -> Free by the receiver, done with it. Then the claim goes: a
-            // duplicate arriving before the free is refused by the claim, one arriving after
-            // it by the slot's new generation.
+            // R5: InFlight -> Free by the receiver, done with it; the ledger lets it go before
+            // the push (R4). A duplicate arriving before the free is refused by the ledger, one
+            // arriving after it by the slot's new generation.
             self.endpoint.free(handle);
-            self.endpoint.unclaim(handle);
         }
     }
 }

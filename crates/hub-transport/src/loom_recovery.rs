@@ -78,13 +78,12 @@ fn recovery_racing_a_late_send_leaks_nothing() {
             }
         }
         view.reset();
-        host.reclaim_sent(PEER, OwnerId::HOST, |_| false)
-            .expect("sweep");
+        host.reclaim_sent(PEER, OwnerId::HOST).expect("sweep");
         reclaim_until_settled(&host);
 
         sender.join().expect("sender");
         // The id is reused: the reservation sweeps once more (a send later than the recovery).
-        host.reclaim_sent(PEER, OwnerId::HOST, |_| false)
+        host.reclaim_sent(PEER, OwnerId::HOST)
             .expect("sweep at reuse");
         reclaim_until_settled(&host);
 

@@ -156,9 +156,20 @@ pub enum AttachError {
         /// Epoch in the entry.
         entry: u64,
     },
-    /// The host has left the hub.
+    /// The host has left the hub: the host-state word says so and the host's lock is released
+    /// (or, at attach, no process has the host's pid and the lock is released).
     #[error("the host has left the hub")]
     HostGone,
+    /// The ticket names an inherited descriptor that is not this process's to take: this
+    /// process took that number already (a second [`Peer::from_env`](crate::Peer::from_env),
+    /// whether or not the first `Peer` still lives), or the descriptor is close-on-exec, which
+    /// an inherited one never is, so something in this process owns it. The descriptor is left
+    /// alone: never a second owner of one descriptor.
+    #[error("descriptor {fd} is not this process's to take: taken already, or owned here")]
+    DescriptorTaken {
+        /// The descriptor number in the ticket.
+        fd: std::os::fd::RawFd,
+    },
 }
 
 /// Lifecycle state of a peer entry (R9).
@@ -221,6 +232,86 @@ impl std::fmt::Display for PeerState {
 pub(crate) struct Segment {
     mapping: Arc<SegmentMapping>,
     layout: SegmentLayout,
+    /// The creator's private copies of the words it wrote once and nobody changes afterwards
+    /// (R4): every word an attacher validates, and the host's own. Empty for an attacher.
+    fixed: Vec<FixedWord>,
+}
+
+/// A word the host wrote when it built the hub, that no participant changes afterwards, and
+/// its value then: the host's private truth, restored when another process changed it (R4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FixedWord {
+    /// Byte offset in the segment.
+    pub offset: usize,
+    /// A `u64` (else a `u32`).
+    pub wide: bool,
+    /// What it is, for reports.
+    pub name: &'static str,
+    /// The value the host wrote.
+    pub value: u64,
+}
+
+/// Every word of a hub of `layout` that its creator writes once and nobody changes afterwards:
+/// `(offset, wide, name)`. The header's fixed fields (what attach validates, R2) and the words
+/// hub-transport keeps in its padding but the bell, each entry's id and ring offsets, and each
+/// ring's capacity.
+fn fixed_fields(layout: &SegmentLayout) -> Vec<(usize, bool, &'static str)> {
+    use core::mem::offset_of;
+    let mut fields = vec![
+        (offset_of!(HubHeader, magic), true, "magic"),
+        (offset_of!(HubHeader, version), false, "version"),
+        (offset_of!(HubHeader, flags), false, "header flags"),
+        // max_peers and the (unused) active_peers beside it, as one u32.
+        (offset_of!(HubHeader, max_peers), false, "max_peers"),
+        (offset_of!(HubHeader, ring_capacity), false, "ring_capacity"),
+        (
+            offset_of!(HubHeader, peer_table_offset),
+            true,
+            "peer_table_offset",
+        ),
+        (
+            offset_of!(HubHeader, ring_region_offset),
+            true,
+            "ring_region_offset",
+        ),
+        (
+            offset_of!(HubHeader, size_class_offset),
+            true,
+            "size_class_offset",
+        ),
+        (
+            offset_of!(HubHeader, extent_region_offset),
+            true,
+            "extent_region_offset",
+        ),
+        (pad::HOST_PID, false, "host pid"),
+        (pad::HOST_STATE, false, "host state"),
+        (pad::SIZE_LIMIT, true, "size limit"),
+        (pad::HEARTBEAT_MS, false, "heartbeat timeout"),
+    ];
+    for peer in 0..layout.max_peers {
+        let entry = layout.peer_entry_offset(peer);
+        // peer_id and peer_type, as one u32.
+        fields.push((entry + offset_of!(PeerEntry, peer_id), false, "peer id"));
+        fields.push((
+            entry + offset_of!(PeerEntry, send_ring_offset),
+            true,
+            "peer send_ring_offset",
+        ));
+        fields.push((
+            entry + offset_of!(PeerEntry, recv_ring_offset),
+            true,
+            "peer recv_ring_offset",
+        ));
+    }
+    for ring in 0..2 * usize::from(layout.max_peers) {
+        fields.push((
+            layout.ring_offset(ring) + offset_of!(DescRingHeader, capacity),
+            false,
+            "ring capacity",
+        ));
+    }
+    fields
 }
 
 impl std::fmt::Debug for Segment {
@@ -253,9 +344,10 @@ impl Segment {
             None => SegmentFile::create_anonymous("hub", initial)?,
         };
         let mapping = Arc::new(SegmentMapping::new(file, slab_layout.max_size())?);
-        let segment = Segment {
+        let mut segment = Segment {
             mapping: mapping.clone(),
             layout,
+            fixed: Vec::new(),
         };
         segment.build(slab_layout.max_size(), config.heartbeat_timeout)?;
         // SAFETY: the file was created just now by this call and nobody else has it: the
@@ -271,6 +363,23 @@ impl Segment {
             .u64_at(0)
             .ok_or_else(|| CreateError::Config("segment too small".into()))?
             .store(u64::from_le_bytes(HUB_MAGIC), Ordering::Release);
+        // R4: the private copies, read back from what this call wrote a moment ago (nobody
+        // else has the segment yet).
+        let mut fixed = Vec::new();
+        for (offset, wide, name) in fixed_fields(&segment.layout) {
+            let value = if wide {
+                segment.word64(offset).load(Ordering::Relaxed)
+            } else {
+                u64::from(segment.word32(offset).load(Ordering::Relaxed))
+            };
+            fixed.push(FixedWord {
+                offset,
+                wide,
+                name,
+                value,
+            });
+        }
+        segment.fixed = fixed;
         Ok((Arc::new(segment), slab))
     }
 
@@ -368,6 +477,7 @@ impl Segment {
         let segment = Segment {
             mapping: mapping.clone(),
             layout,
+            fixed: Vec::new(),
         };
         let slab = Slab::attach(mapping, slab_layout, me)?;
         Ok((Arc::new(segment), slab))
@@ -380,6 +490,30 @@ impl Segment {
     /// The private layout.
     pub fn layout(&self) -> &SegmentLayout {
         &self.layout
+    }
+
+    /// Put back every word the creator wrote once that another process has changed since (R4:
+    /// the host's private copies), so that scribbling cannot stop new peers from attaching or
+    /// make honest ones take the host for gone. Returns what was restored; nothing for an
+    /// attacher, which keeps no copies.
+    pub fn restore_fixed(&self) -> Vec<&'static str> {
+        let mut restored = Vec::new();
+        for word in &self.fixed {
+            // Only a value that differs is written back: a load first, so that an intact word
+            // costs no write to a line the peers read.
+            let changed = if word.wide {
+                let at = self.word64(word.offset);
+                at.load(Ordering::Relaxed) != word.value
+                    && at.swap(word.value, Ordering::AcqRel) != word.value
+            } else {
+                let (at, value) = (self.word32(word.offset), word.value as u32);
+                at.load(Ordering::Relaxed) != value && at.swap(value, Ordering::AcqRel) != value
+            };
+            if changed && !restored.contains(&word.name) {
+                restored.push(word.name);
+            }
+        }
+        restored
     }
 
     /// The mapping.
@@ -461,7 +595,7 @@ impl Segment {
         // SAFETY: the ring's header and its `ring_capacity` descriptors lie inside the mapping
         // (checked just above), which stays mapped while the Segment lives; callers keep the
         // Segment (an Arc) beside every view. The header was initialised by the creator (R1)
-        // and validated (R2); only atomics and volatile copies touch it (R4).
+        // and validated (R2); only atomics touch it (R4).
         unsafe { RawRing::new(header, self.layout.ring_capacity) }
     }
 }

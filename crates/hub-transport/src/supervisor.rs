@@ -118,6 +118,14 @@ pub enum PeerEvent {
     /// (see [`Host::check_allocator`](crate::Host::check_allocator)). Not one peer's event:
     /// which participant wrote the damage cannot be told.
     AllocatorDamaged(crate::AllocatorDamage),
+    /// Words the host wrote once and no participant may change (what attach validates, the
+    /// host's state and pid, the allocator's class constants, extent offsets and
+    /// `current_size`) were found changed and put back from the host's private copies (R4).
+    /// Not one peer's event: which participant wrote them cannot be told.
+    WordsRestored {
+        /// What was restored.
+        words: Vec<&'static str>,
+    },
 }
 
 /// What the supervisor remembers of one attached peer.

@@ -30,6 +30,25 @@
 //!   0..COUNT of CLASS at GENERATION into its own send ring, print `READY`, block until killed:
 //!   a peer forging frames that other peers have in flight to the host.
 //!
+//! - `poke`: a hostile plugin under a test's remote control. It attaches (its `Peer` never sends
+//!   or receives), maps the segment a second time on its own, then reads commands on standard
+//!   input, one a line, and answers each with one line on standard output: `w32 OFFSET VALUE`
+//!   and `w64 OFFSET VALUE` (an atomic store at that byte offset of the segment; `ok`), `r32
+//!   OFFSET` and `r64 OFFSET` (the value, in decimal), `wake OFFSET` (the futex word there moved
+//!   on by 2 and woken; `ok`), `scribble SEED COUNT START LEN` (COUNT random `u32` stores at
+//!   random aligned offsets of `[START, START + LEN)`; `ok`), `send LEN` (a frame of LEN bytes
+//!   filled from seed LEN, `msg_id` its checksum, sent through its `Peer`; `ok`), `pid` (its
+//!   process id), `goodbye`
+//!   (its `Peer` dropped: the entry goes Dying; `ok`), `exit CODE` (exits at once, no goodbye).
+//!   A command it cannot do answers `error: ...`. It exits 0 at the end of its input.
+//!   `tests/common/poke.rs` drives it.
+//!
+//! - `from-env-twice`: with the first `Peer` alive, a second `Peer::from_env` must be
+//!   `AttachError::DescriptorTaken` naming the ticket's descriptor, which stays open (files
+//!   opened afterwards never get its number); the first `Peer` then makes the `hello` round trip
+//!   (the host echoes it); once it is dropped, a third `from_env` is refused the same way.
+//!   Exit 0 when all of that holds.
+//!
 //! And the host: `host PATH N RING_CAPACITY` creates a named hub at PATH, reserves N peers,
 //! prints each ticket's environment value on a line of its own, then `HOST READY`; it echoes
 //! the `hello` of each of the N peers and then blocks until killed.
@@ -108,6 +127,9 @@ fn run(args: &[String]) -> Result<u8, String> {
         let generation = u32::try_from(number(generation)?).map_err(|e| format!("gen: {e}"))?;
         return forge(class, count, generation);
     }
+    if args.as_slice() == ["poke"] {
+        return poke();
+    }
     if let ["garbage", seed, first] = args.as_slice() {
         let head_first = match *first {
             "head" => true,
@@ -127,9 +149,10 @@ fn run(args: &[String]) -> Result<u8, String> {
         ["send-block"] => send_block(&peer),
         ["stream", n] => stream(&peer, number(n)?).map(|()| 0),
         ["echo-then", how] => echo_then(peer, how),
+        ["from-env-twice"] => from_env_twice(peer),
         _ => Err(
             "usage: [hello] hold KEEP | recv-block | send-block | stream N | \
-                  echo-then exit|abort|goodbye | garbage SEED head|descriptor | forge CLASS COUNT GENERATION | host PATH N RING_CAPACITY"
+                  echo-then exit|abort|goodbye | from-env-twice | garbage SEED head|descriptor | forge CLASS COUNT GENERATION | host PATH N RING_CAPACITY"
                 .into(),
         ),
     }
@@ -321,6 +344,118 @@ impl Rng {
 
 /// A peer that never sends through its `Peer`, and its own send ring reached through a mapping
 /// of its own: the ring's only producer in use.
+/// A second mapping of the segment a ticket in the environment names, taken before
+/// `Peer::from_env` takes the inherited descriptor, and the attached peer.
+fn attach_with_mapping(reservation: usize) -> Result<(Peer, Arc<SegmentMapping>), String> {
+    let spec = TicketSpec::from_env().map_err(|e| format!("ticket: {e}"))?;
+    let file = match &spec.source {
+        SpecSource::Fd(fd) => {
+            // SAFETY: the ticket names this descriptor as the hub's, inherited for this process
+            // and open until `Peer::from_env` below takes it; it is only borrowed to duplicate
+            // it.
+            let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) };
+            let owned = borrowed
+                .try_clone_to_owned()
+                .map_err(|e| format!("dup: {e}"))?;
+            SegmentFile::from_fd(owned)
+        }
+        SpecSource::Path(path) => {
+            SegmentFile::open_path(path, hub_transport::mapping::Access::ReadWrite)
+        }
+    }
+    .map_err(|e| format!("segment file: {e}"))?;
+    let peer = Peer::from_env().map_err(|e| format!("attach: {e}"))?;
+    let len = usize::try_from(file.len().map_err(|e| format!("len: {e}"))?)
+        .map_err(|e| format!("len: {e}"))?;
+    let mapping =
+        SegmentMapping::new(file, reservation.max(len)).map_err(|e| format!("map: {e}"))?;
+    Ok((peer, Arc::new(mapping)))
+}
+
+/// The `poke` mode: raw reads and writes at offsets a test names, until the end of the input.
+fn poke() -> Result<u8, String> {
+    use std::io::BufRead;
+    use std::sync::atomic::Ordering::SeqCst;
+    // Address space for any segment a test makes (growth never moves the mapping, R8).
+    let (peer, mapping) = attach_with_mapping(1 << 36)?;
+    let mut peer = Some(peer);
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout().lock();
+    for line in stdin.lock().lines() {
+        let line = line.map_err(|e| format!("stdin: {e}"))?;
+        // The segment may have grown since the last command.
+        let _ = mapping.refresh_len();
+        let shared = Shared::new(&*mapping);
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let at32 = |offset: &str| -> Result<&std::sync::atomic::AtomicU32, String> {
+            shared
+                .u32_at(usize::try_from(number(offset)?).map_err(|e| e.to_string())?)
+                .ok_or_else(|| format!("no aligned u32 at {offset}"))
+        };
+        let at64 = |offset: &str| -> Result<&std::sync::atomic::AtomicU64, String> {
+            shared
+                .u64_at(usize::try_from(number(offset)?).map_err(|e| e.to_string())?)
+                .ok_or_else(|| format!("no aligned u64 at {offset}"))
+        };
+        let answer: Result<String, String> = match words.as_slice() {
+            ["w32", offset, value] => at32(offset).and_then(|word| {
+                let value = u32::try_from(number(value)?).map_err(|e| e.to_string())?;
+                word.store(value, SeqCst);
+                Ok("ok".into())
+            }),
+            ["w64", offset, value] => at64(offset).and_then(|word| {
+                word.store(number(value)?, SeqCst);
+                Ok("ok".into())
+            }),
+            ["r32", offset] => at32(offset).map(|word| word.load(SeqCst).to_string()),
+            ["r64", offset] => at64(offset).map(|word| word.load(SeqCst).to_string()),
+            ["wake", offset] => at32(offset).map(|word| {
+                Doorbell::new(word).ring();
+                "ok".into()
+            }),
+            ["scribble", seed, count, start, len] => (|| {
+                let mut rng = Rng(number(seed)? | 1);
+                let (start, len) = (number(start)?, number(len)?);
+                let words = len / 4;
+                if words == 0 {
+                    return Err("an empty range".to_string());
+                }
+                for _ in 0..number(count)? {
+                    let offset = (start + 4 * rng.below(words)) & !3;
+                    if let Some(word) = shared.u32_at(offset as usize) {
+                        word.store(rng.next() as u32, SeqCst);
+                    }
+                }
+                Ok("ok".into())
+            })(),
+            ["send", len] => (|| {
+                let peer = peer.as_ref().ok_or("the peer said goodbye")?;
+                let len = usize::try_from(number(len)?).map_err(|e| e.to_string())?;
+                let mut loan = peer.loan(len).map_err(|e| format!("loan: {e}"))?;
+                pattern::fill(loan.as_mut_slice(), len as u64);
+                let meta = FrameMeta {
+                    msg_id: pattern::checksum(loan.as_slice()),
+                    ..FrameMeta::default()
+                };
+                peer.send_loan(meta, loan)
+                    .map_err(|e| format!("send: {e}"))?;
+                Ok("ok".to_string())
+            })(),
+            ["pid"] => Ok(std::process::id().to_string()),
+            ["goodbye"] => {
+                drop(peer.take());
+                Ok("ok".into())
+            }
+            ["exit", code] => std::process::exit(number(code).map_or(2, |c| c as i32)),
+            _ => Err(format!("unknown command {line:?}")),
+        };
+        let text = answer.unwrap_or_else(|e| format!("error: {e}"));
+        writeln!(out, "{text}").map_err(|e| format!("stdout: {e}"))?;
+        out.flush().map_err(|e| format!("stdout: {e}"))?;
+    }
+    Ok(0)
+}
+
 struct OwnRing {
     // The view first: it is dropped before the mapping it points into.
     ring: RawRing,
@@ -537,4 +672,43 @@ fn bad_descriptor(rng: &mut Rng, kind: u64) -> MsgDescHot {
             ..base
         },
     }
+}
+
+/// The `from-env-twice` mode (I/O safety: never a second owner of the inherited descriptor).
+fn from_env_twice(peer: Peer) -> Result<u8, String> {
+    use std::os::fd::AsRawFd;
+    let fd = match TicketSpec::from_env()
+        .map_err(|e| format!("ticket: {e}"))?
+        .source
+    {
+        SpecSource::Fd(fd) => fd,
+        SpecSource::Path(path) => return Err(format!("a path ticket ({})", path.display())),
+    };
+    let refused = |what: &str| match Peer::from_env() {
+        Err(hub_transport::AttachError::DescriptorTaken { fd: taken }) if taken == fd => Ok(()),
+        other => Err(format!(
+            "{what} from_env: expected DescriptorTaken {{ fd: {fd} }}, got {other:?}"
+        )),
+    };
+    refused("a second")?;
+    // Every free number up to the ticket's gets a file: none may be the ticket's, which is the
+    // live Peer's (a second owner would have closed it).
+    let mut files = Vec::new();
+    while files
+        .last()
+        .is_none_or(|f: &std::fs::File| f.as_raw_fd() < fd)
+    {
+        let file = std::fs::File::open("/dev/null").map_err(|e| format!("open: {e}"))?;
+        if file.as_raw_fd() == fd {
+            return Err(format!(
+                "open got descriptor {fd}, the live Peer's: it was closed"
+            ));
+        }
+        files.push(file);
+    }
+    drop(files);
+    hello(&peer)?;
+    drop(peer);
+    refused("a third (after the first Peer left)")?;
+    Ok(0)
 }

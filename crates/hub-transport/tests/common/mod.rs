@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod pattern;
+pub mod poke;
 pub mod sparse;
 
 use std::path::PathBuf;
