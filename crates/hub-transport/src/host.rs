@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hub_alloc::{ClassStats, OwnerId, ReclaimReport, SlabError, SlotHandle};
 
@@ -17,6 +17,9 @@ use crate::signal::{Doorbell, WaitError, WaitMode, wait_any_for};
 use crate::supervisor::{EVENT_BACKLOG, EvictReason, PeerEvent};
 use crate::sync::Ordering;
 use crate::ticket::{Source, Ticket};
+
+/// The longest the host sleeps in a receive before it looks at its rings again, whoever rang.
+const WAIT_SLICE: Duration = Duration::from_millis(100);
 
 /// Errors of the host's peer management.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +109,10 @@ pub struct Host {
     events: Mutex<mpsc::Receiver<PeerEvent>>,
     /// The supervisor and auditor threads, joined on drop.
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// The host's lock on its segment (R12): held for the host's life, released on drop, before
+    /// the goodbye. Peers believe the host gone only once it is released (or the kernel dropped
+    /// it with the process): see [`Peer`](crate::Peer).
+    holder: Option<crate::mapping::HolderLock>,
 }
 
 /// What the host's API and its supervisor thread share.
@@ -148,9 +155,12 @@ impl Host {
     /// # Errors
     /// [`CreateError::Config`] for a configuration without a valid layout;
     /// [`CreateError::Mapping`] when the file cannot be created or mapped (a named path that
-    /// exists already, say); [`CreateError::Alloc`].
+    /// exists already, say), or the host's lock on it cannot be taken
+    /// ([`HolderLock`](crate::mapping::HolderLock)); [`CreateError::Alloc`].
     pub fn create(config: &HubConfig) -> Result<Self, CreateError> {
         let (segment, slab) = Segment::create(config)?;
+        // R12: taken before any peer can attach, held until drop.
+        let holder = segment.mapping().file().lock_as_holder()?;
         let mut links = Vec::with_capacity(usize::from(config.max_peers));
         for peer in 0..config.max_peers {
             let (send, recv) = (2 * usize::from(peer), 2 * usize::from(peer) + 1);
@@ -210,6 +220,7 @@ impl Host {
             core,
             events: Mutex::new(receiver),
             threads,
+            holder: Some(holder),
         })
     }
 
@@ -670,9 +681,15 @@ impl Host {
 
     /// Receive the next frame from `peer` only, waiting at most `timeout` (`None`: forever).
     ///
+    /// As [`recv`](Self::recv), only an attached peer's ring is read, or a leaving one's (the
+    /// frames it sent before its goodbye): the entry's state is checked before every receive,
+    /// the first one included. A reserved peer (not attached yet) is waited for; nothing in
+    /// its ring is taken, since no process of the host's is its producer yet.
+    ///
     /// # Errors
     /// As [`recv_timeout`](Self::recv_timeout); [`RecvError::PeerNotActive`] when the peer
-    /// leaves while the call waits, or does not exist.
+    /// does not exist, is neither attached, reserved nor leaving, or left (and its frames were
+    /// all taken) while the call waits.
     pub fn recv_from(&self, peer: u16, timeout: Option<Duration>) -> Result<Frame<'_>, RecvError> {
         let Some(link) = self.core.links.get(usize::from(peer)) else {
             return Err(RecvError::PeerNotActive {
@@ -680,17 +697,35 @@ impl Host {
                 state: PeerState::Empty,
             });
         };
-        let deadline = timeout.map_or(Deadline::Never, Deadline::after);
-        link.recv(&self.core.endpoint, deadline, &|| match self
-            .core
-            .endpoint
-            .segment
-            .peer(peer)
-            .state()
-        {
-            PeerState::Active | PeerState::Reserved => None,
-            state => Some(RecvError::PeerNotActive { peer, state }),
-        })
+        if let Some(result) = self.poll_one(link) {
+            return result;
+        }
+        let until = timeout.map(|timeout| Instant::now() + timeout);
+        let bell = [Doorbell::new(link.in_bell(&self.core.endpoint.segment))];
+        self.wait_sliced(&bell, || self.poll_one(link), until)?
+    }
+
+    /// One look at `link`'s send ring, if its peer's state lets the host read it (see
+    /// [`recv_from`](Self::recv_from)); `None` when there is nothing yet.
+    fn poll_one(&self, link: &Link) -> Option<Result<Frame<'_>, RecvError>> {
+        let peer = link.peer;
+        match self.core.endpoint.segment.peer_state(peer) {
+            PeerState::Reserved => None,
+            state @ (PeerState::Active | PeerState::Dying) => {
+                match link.try_recv(&self.core.endpoint) {
+                    Ok(Some(frame)) => Some(Ok(frame)),
+                    Ok(None) if state == PeerState::Dying => {
+                        Some(Err(RecvError::PeerNotActive { peer, state }))
+                    }
+                    Ok(None) => None,
+                    Err(error) => {
+                        self.evict_on_recv_fault(&error);
+                        Some(Err(error))
+                    }
+                }
+            }
+            state => Some(Err(RecvError::PeerNotActive { peer, state })),
+        }
     }
 
     /// One pass over every peer's send ring, starting after the last one served.
@@ -712,22 +747,26 @@ impl Host {
                 Ok(Some(frame)) => return Some(Ok(frame)),
                 Ok(None) => {}
                 Err(error) => {
-                    // R3, R4: a peer that breaks the protocol is evicted; the call that found
-                    // it reports the fault, and the other peers' frames go on.
-                    match &error {
-                        RecvError::BadDescriptor { peer, fault } => {
-                            self.core.evict(*peer, EvictReason::BadDescriptor(*fault));
-                        }
-                        RecvError::Ring { peer, source } => {
-                            self.core.evict(*peer, EvictReason::Ring(*source));
-                        }
-                        _ => {}
-                    }
+                    self.evict_on_recv_fault(&error);
                     return Some(Err(error));
                 }
             }
         }
         None
+    }
+
+    /// R3, R4: a peer that breaks the protocol is evicted; the call that found it reports the
+    /// fault, and the other peers' frames go on.
+    fn evict_on_recv_fault(&self, error: &RecvError) {
+        match error {
+            RecvError::BadDescriptor { peer, fault } => {
+                self.core.evict(*peer, EvictReason::BadDescriptor(*fault));
+            }
+            RecvError::Ring { peer, source } => {
+                self.core.evict(*peer, EvictReason::Ring(*source));
+            }
+            _ => {}
+        }
     }
 
     fn recv_until(&self, deadline: Deadline) -> Result<Frame<'_>, RecvError> {
@@ -746,10 +785,32 @@ impl Host {
             .map(|p| Doorbell::new(segment.peer(p).send_bell))
             .collect();
         bells.push(Doorbell::new(segment.host_bell()));
-        match wait_any_for(&bells, || self.poll_any(), until, self.core.endpoint.mode()) {
-            Ok(result) => result,
-            Err(WaitError::TimedOut) => Err(RecvError::Timeout),
-            Err(WaitError::Futex(error)) => Err(error.into()),
+        self.wait_sliced(&bells, || self.poll_any(), until)?
+    }
+
+    /// Wait on `bells` until `poll` yields or `until` passes ([`RecvError::Timeout`]), in
+    /// slices of at most [`WAIT_SLICE`], looking again after each (R4): the waiter bits are
+    /// words any peer can clear, and a peer that clears one after the host announced itself
+    /// makes the next ring skip its wake. The host then finds the frame at its next look
+    /// instead of sleeping forever.
+    fn wait_sliced<T>(
+        &self,
+        bells: &[Doorbell<'_>],
+        mut poll: impl FnMut() -> Option<T>,
+        until: Option<Instant>,
+    ) -> Result<T, RecvError> {
+        loop {
+            let slice_end = Instant::now() + WAIT_SLICE;
+            let slice = until.map_or(slice_end, |at| at.min(slice_end));
+            match wait_any_for(bells, &mut poll, Some(slice), self.core.endpoint.mode()) {
+                Ok(value) => return Ok(value),
+                Err(WaitError::TimedOut) => {
+                    if until.is_some_and(|at| Instant::now() >= at) {
+                        return Err(RecvError::Timeout);
+                    }
+                }
+                Err(WaitError::Futex(error)) => return Err(error.into()),
+            }
         }
     }
 
@@ -937,6 +998,9 @@ impl Drop for Host {
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
+        // The fact peers check first, released before the word says gone: a peer that sees
+        // the word and probes finds the lock released.
+        drop(self.holder.take());
         self.say_goodbye();
     }
 }

@@ -12,6 +12,8 @@ use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::process::{Pid, PidfdFlags, pidfd_open};
 
+use crate::mapping::HolderProbe;
+
 /// A watch on one process.
 #[derive(Debug)]
 pub(crate) struct ProcessWatch {
@@ -96,10 +98,67 @@ fn wait_for_exit_or_wake(watch: Option<&ProcessWatch>, wake: &OwnedFd, timeout: 
     }
 }
 
+/// What a peer knows of its host's life (R12), and how it decides that the host is gone.
+///
+/// A peer concludes "the host is gone" only from a fact the kernel keeps, never from a word of
+/// the segment alone: every peer can write every word (DESIGN §4), so a hostile one could
+/// otherwise tell honest peers that a running host left. The facts:
+///
+/// - the host's [holder lock](crate::mapping::HolderLock), an exclusive `flock` the host takes
+///   on an open file description of its own when it creates the hub and releases when it is
+///   dropped or dies; the peer probes it ([`HolderProbe`]) on a description of its own;
+/// - the exit of the host's process, seen by the heartbeat thread on a pidfd; since the pid it
+///   watches was read from the segment (a word a peer could have rewritten before this peer
+///   attached), an exit is believed only when the probe confirms the lock released too.
+///
+/// The host-state word is a hint: when it says gone, the peer probes once per check, and a
+/// forged word costs it one probe per check, never a `HostGone`. A confirmed "gone" is kept
+/// here, privately, for good: the host never comes back.
+#[derive(Debug)]
+pub(crate) struct HostLife {
+    gone: std::sync::atomic::AtomicBool,
+    probe: HolderProbe,
+}
+
+impl HostLife {
+    /// A peer's view of its host, asking the kernel through `probe`.
+    pub fn new(probe: HolderProbe) -> Self {
+        Self {
+            gone: std::sync::atomic::AtomicBool::new(false),
+            probe,
+        }
+    }
+
+    /// Whether the host is gone: known already, or the host-state word says so and the probe
+    /// confirms it (the lock is released).
+    pub fn is_gone(&self, segment: &crate::segment::Segment) -> bool {
+        use crate::sync::Ordering;
+        if self.gone.load(std::sync::atomic::Ordering::Acquire) {
+            return true;
+        }
+        if segment.host_state().load(Ordering::Acquire) != crate::segment::HOST_GONE {
+            return false;
+        }
+        self.confirm()
+    }
+
+    /// Ask the kernel now: `true`, and kept, when the host's lock is released.
+    pub fn confirm(&self) -> bool {
+        if self.probe.is_held() {
+            return false;
+        }
+        self.gone.store(true, std::sync::atomic::Ordering::Release);
+        true
+    }
+}
+
 /// A peer's heartbeat thread (R12): it writes the peer's `last_seen` a few times per heartbeat
-/// timeout, and watches the host's process, waiting on its pidfd between beats. When the host
-/// exits without its goodbye, it marks the host gone in the segment and rings the peer's own
-/// bell, so every blocked call of the peer returns `HostGone` at once.
+/// timeout, and watches the host's process, waiting on its pidfd between beats. When that
+/// process exits and the probe of [`HostLife`] confirms the host's lock released, it records
+/// the host gone (privately: it writes no shared word) and rings the peer's own bell, so every
+/// blocked call of the peer returns `HostGone` at once. Without a pidfd to wait on (none could
+/// be opened, or the one it had named a process that was not the host), it probes the lock at
+/// every beat instead.
 pub(crate) struct Heartbeat {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// An eventfd that wakes the thread when it must stop.
@@ -108,12 +167,14 @@ pub(crate) struct Heartbeat {
 }
 
 impl Heartbeat {
-    /// Start beating for peer `peer` at `epoch`; `host` is a watch on the host's process.
+    /// Start beating for peer `peer` at `epoch`; `host` is a watch on the host's process,
+    /// `life` what the peer knows of the host.
     pub fn start(
         segment: std::sync::Arc<crate::segment::Segment>,
         peer: u16,
         epoch: u64,
         host: Option<ProcessWatch>,
+        life: std::sync::Arc<HostLife>,
     ) -> std::io::Result<Self> {
         use crate::sync::Ordering;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -127,6 +188,7 @@ impl Heartbeat {
         let thread = std::thread::Builder::new()
             .name(format!("hub-heartbeat-{peer}"))
             .spawn(move || {
+                let mut host = host;
                 while !stopped.load(std::sync::atomic::Ordering::Acquire) {
                     let words = segment.peer(peer);
                     if words.epoch.load(Ordering::Acquire) != epoch {
@@ -135,12 +197,15 @@ impl Heartbeat {
                     words
                         .last_seen
                         .store(crate::segment::monotonic_ns(), Ordering::Relaxed);
-                    if host.as_ref().is_some_and(ProcessWatch::has_exited) {
-                        segment
-                            .host_state()
-                            .store(crate::segment::HOST_GONE, Ordering::Release);
-                        crate::signal::Doorbell::new(words.recv_bell).ring();
-                        return;
+                    // With a pidfd, its exit is the cue to probe; without one, every beat is.
+                    if host.as_ref().is_none_or(ProcessWatch::has_exited) {
+                        if life.confirm() {
+                            crate::signal::Doorbell::new(words.recv_bell).ring();
+                            return;
+                        }
+                        // The process watched exited while the host's lock is held: it was not
+                        // the host (the pid word lied). Probe at every beat from now on.
+                        host = None;
                     }
                     // The host's exit ends the wait at once; so does `Drop`.
                     wait_for_exit_or_wake(host.as_ref(), &woken, interval);

@@ -41,6 +41,15 @@
 //! process that touches them. That is a crash, never a silent read of other memory; the default
 //! anonymous segment does not have this hazard.
 //!
+//! # The holder's lock
+//!
+//! Whether the host still lives is an operating-system fact, never a word of the segment (any
+//! peer can write those, R4). The host takes a [`HolderLock`] ([`SegmentFile::lock_as_holder`]):
+//! an exclusive `flock` on an open file description of its own, which no peer shares, so no
+//! peer can unlock it. The kernel drops it when the host drops it or dies. A peer asks with a
+//! [`HolderProbe`] ([`SegmentFile::holder_probe`]): a non-blocking shared `flock` on a
+//! description of the peer's own, which fails exactly while the host holds its lock.
+//!
 //! # Reads
 //!
 //! [`SegmentBytes`] on a mapping copies integers out with atomic loads (`Acquire`): a naturally
@@ -63,7 +72,7 @@ use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use hub_alloc::{GrowError, Region};
 use hub_layout::SegmentBytes;
 use memmap2::{MmapOptions, MmapRaw};
-use rustix::fs::{FallocateFlags, FileType, MemfdFlags, Mode, OFlags, SealFlags};
+use rustix::fs::{FallocateFlags, FileType, FlockOperation, MemfdFlags, Mode, OFlags, SealFlags};
 use rustix::io::{Errno, FdFlags};
 
 /// The permission bits of every segment file this module creates (R14).
@@ -165,6 +174,16 @@ pub enum MappingError {
     ReadOnly {
         /// What was attempted.
         operation: &'static str,
+    },
+    /// The holder's lock ([`SegmentFile::lock_as_holder`]) could not be taken, or a private
+    /// open file description for it or for a [`HolderProbe`] could not be made.
+    #[error("segment holder lock: {what}: {source}")]
+    Lock {
+        /// The step that failed.
+        what: &'static str,
+        /// What the system said.
+        #[source]
+        source: io::Error,
     },
 }
 
@@ -509,6 +528,116 @@ impl SegmentFile {
             }
         })?;
         self.len()
+    }
+
+    /// A new open file description of this same file, private to the caller: nothing else in
+    /// any process refers to it, so a `flock` on it is the caller's alone. It is made by
+    /// opening `/proc/self/fd/N` (a memfd has no other name; for a named file this also
+    /// survives a rename or an unlink of the path); where `/proc` is not mounted, a named file
+    /// is opened by its path. Either way the result is checked to be the same file (device and
+    /// inode) as this one.
+    fn reopen_private(&self) -> Result<OwnedFd, MappingError> {
+        let lock_err = |what, errno: Errno| MappingError::Lock {
+            what,
+            source: io_err(errno),
+        };
+        let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY;
+        let proc_path = format!("/proc/self/fd/{}", self.fd.as_raw_fd());
+        let fd = match (
+            rustix::fs::open(proc_path.as_str(), flags, Mode::empty()),
+            &self.path,
+        ) {
+            (Ok(fd), _) => fd,
+            (Err(_), Some(path)) => rustix::fs::open(path, flags | OFlags::NOFOLLOW, Mode::empty())
+                .map_err(|e| lock_err("open the segment's path again", e))?,
+            (Err(e), None) => return Err(lock_err("open /proc/self/fd/N", e)),
+        };
+        let ours =
+            rustix::fs::fstat(&self.fd).map_err(|e| MappingError::Stat { source: io_err(e) })?;
+        let theirs =
+            rustix::fs::fstat(&fd).map_err(|e| MappingError::Stat { source: io_err(e) })?;
+        if (ours.st_dev, ours.st_ino) != (theirs.st_dev, theirs.st_ino) {
+            return Err(MappingError::Lock {
+                what: "open the segment again",
+                source: io::Error::other("the path names another file now"),
+            });
+        }
+        Ok(fd)
+    }
+
+    /// Take the holder's lock: an exclusive `flock` on a private open file description of this
+    /// file (see [`HolderLock`]). The host takes it when it creates the hub and holds it for its
+    /// life; peers ask the kernel about it with a [`HolderProbe`] (R12).
+    ///
+    /// # Errors
+    /// [`MappingError::Lock`] when the private description cannot be made, or another holds
+    /// the lock already (`WouldBlock`); [`MappingError::Stat`].
+    pub fn lock_as_holder(&self) -> Result<HolderLock, MappingError> {
+        let fd = self.reopen_private()?;
+        rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive).map_err(|e| {
+            MappingError::Lock {
+                what: "flock(LOCK_EX | LOCK_NB)",
+                source: io_err(e),
+            }
+        })?;
+        Ok(HolderLock { _fd: fd })
+    }
+
+    /// A probe of the holder's lock on this file, over an open file description of its own
+    /// (see [`HolderProbe`]).
+    ///
+    /// # Errors
+    /// [`MappingError::Dup`] when not even a duplicate of the descriptor can be made (too many
+    /// open files).
+    pub fn holder_probe(&self) -> Result<HolderProbe, MappingError> {
+        // A description of its own when one can be made; else a duplicate of this one, whose
+        // description other participants may share: the probe's own shared lock could then be
+        // dropped by them, which never makes a probe report the lock released while it is held.
+        let fd = match self.reopen_private() {
+            Ok(fd) => fd,
+            Err(_) => rustix::io::fcntl_dupfd_cloexec(&self.fd, 0)
+                .map_err(|e| MappingError::Dup { source: io_err(e) })?,
+        };
+        Ok(HolderProbe { fd })
+    }
+}
+
+/// The lock a segment's holder (the host) keeps for its life: an exclusive `flock` on an open
+/// file description of the segment that is the holder's alone (made by reopening
+/// `/proc/self/fd/N`; never the description peers inherit, so that none of them can unlock it).
+///
+/// The kernel drops the lock when the holder drops this value or its process dies, whatever
+/// it dies of; no word of the segment, which any peer can write, decides it. Peers learn of it
+/// with a [`HolderProbe`]. A process that `fork`s without `exec` shares the description with
+/// its child, and the lock then lasts until both are done with it.
+#[derive(Debug)]
+pub struct HolderLock {
+    /// Closing it (on drop) releases the lock.
+    _fd: OwnedFd,
+}
+
+/// A participant's way to ask the kernel whether a segment's [`HolderLock`] is held: a
+/// non-blocking shared `flock` on an open file description of the participant's own. It fails
+/// while the exclusive lock is held, and succeeds (and is released at once) once the holder
+/// dropped it or died.
+#[derive(Debug)]
+pub struct HolderProbe {
+    fd: OwnedFd,
+}
+
+impl HolderProbe {
+    /// Whether the holder's lock is held now. Two system calls when it is not, one when it is.
+    ///
+    /// An answer the kernel does not give plainly (an error other than "would block", such as
+    /// `ENOLCK`) counts as held: a probe never reports the holder gone on a doubt.
+    pub fn is_held(&self) -> bool {
+        match rustix::fs::flock(&self.fd, FlockOperation::NonBlockingLockShared) {
+            Ok(()) => {
+                let _ = rustix::fs::flock(&self.fd, FlockOperation::Unlock);
+                false
+            }
+            Err(_) => true,
+        }
     }
 }
 

@@ -1,5 +1,7 @@
 //! A peer: attaches with a ticket, sends to the host, receives from it.
 
+use std::os::fd::RawFd;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use hub_alloc::{OwnerId, SlabError};
@@ -7,9 +9,9 @@ use hub_alloc::{OwnerId, SlabError};
 use crate::link::{
     Deadline, Endpoint, Frame, FrameMeta, Link, Loan, RECV_BELL, RecvError, SEND_BELL, SendError,
 };
-use crate::liveness::{Heartbeat, ProcessWatch, WatchError};
+use crate::liveness::{Heartbeat, HostLife, ProcessWatch, WatchError};
 use crate::mapping::{Access, SegmentFile};
-use crate::segment::{AttachError, HOST_GONE, PeerState, Segment};
+use crate::segment::{AttachError, PeerState, Segment};
 use crate::signal::{Doorbell, WaitMode};
 use crate::sync::Ordering;
 use crate::ticket::{Source, SpecSource, Ticket, TicketSpec};
@@ -20,6 +22,20 @@ use crate::ticket::{Source, SpecSource, Ticket, TicketSpec};
 /// Every method takes `&self`; a `Peer` is `Send + Sync` and serialises each ring side inside.
 /// Dropping it (or [`close`](Self::close)) says goodbye: the entry goes Dying and the host
 /// recovers it. See [`Host`](crate::Host) for an example.
+///
+/// # When a peer concludes that the host is gone
+///
+/// Only from a fact the kernel keeps (R12), never from a word of the segment alone, because
+/// every peer can write every word (DESIGN §4): the host holds an exclusive `flock` on an open
+/// file description of its own ([`HolderLock`](crate::mapping::HolderLock)) from creation
+/// until it is dropped or its process dies, and the kernel drops it then. The host-state word
+/// in the header is a hint: when it says "gone", the peer probes the lock on a description of
+/// its own (one non-blocking `flock`), and reports [`RecvError::HostGone`] /
+/// [`SendError::HostGone`] only when the probe succeeds, i.e. the lock is released. The
+/// heartbeat thread also waits on a pidfd of the host's process; its exit is believed only
+/// when the probe confirms it (the pid was read from the segment, so it may not be the
+/// host's). Once confirmed, "gone" is kept privately for good. A peer that forges the word
+/// costs honest peers one probe per check, never a `HostGone`.
 pub struct Peer {
     endpoint: Endpoint,
     link: Link,
@@ -29,7 +45,17 @@ pub struct Peer {
     epoch: u64,
     /// Beats `last_seen` and watches the host (R12); stopped when the peer drops.
     _heartbeat: Heartbeat,
+    /// Whether the host is gone, decided from the kernel's facts (R12), shared with the
+    /// heartbeat thread.
+    host: Arc<HostLife>,
 }
+
+/// The descriptor numbers this process took up as inherited segment descriptors
+/// ([`Peer::attach_spec`] with [`SpecSource::Fd`]). A number is taken once in the life of the
+/// process: once taken it is this process's own descriptor (closed when its `Peer` goes), so a
+/// second take would close a live `Peer`'s file, or, after that `Peer` went, whatever `open`
+/// has since put at that number.
+static TAKEN_FDS: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
 
 impl std::fmt::Debug for Peer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -69,29 +95,65 @@ impl Peer {
 
     /// Attach with a parsed ticket: what [`from_env`](Self::from_env) does after reading the
     /// environment. An `Fd` source must be a descriptor this process inherited for the hub and
-    /// uses for nothing else: the peer takes ownership of it.
+    /// uses for nothing else: the peer takes ownership of it (and makes it close-on-exec).
+    ///
+    /// A descriptor number is taken at most once in the life of the process: a second attach
+    /// with the same number (a second `from_env`, whether or not the first `Peer` still lives)
+    /// is [`AttachError::DescriptorTaken`] and leaves the descriptor alone, so it never closes
+    /// a live `Peer`'s file nor one that `open` has since put at that number. So is a number
+    /// whose descriptor is close-on-exec: an inherited descriptor never is (it came through an
+    /// `exec`), while every descriptor Rust's standard library and rustix open is, so such a
+    /// number belongs to something else in this process.
     ///
     /// # Errors
-    /// As [`from_env`](Self::from_env).
+    /// As [`from_env`](Self::from_env), and [`AttachError::DescriptorTaken`].
     pub fn attach_spec(spec: &TicketSpec) -> Result<Self, AttachError> {
         let file = match &spec.source {
-            // SAFETY: the ticket protocol hands this descriptor number to this process for the
-            // hub alone (documented above); `from_raw_inherited` checks that it is open and a
-            // segment-like file before taking it, and leaves it alone on error.
-            SpecSource::Fd(fd) => unsafe { SegmentFile::from_raw_inherited(*fd)? },
+            SpecSource::Fd(fd) => Self::take_inherited(*fd)?,
             SpecSource::Path(path) => SegmentFile::open_path(path, Access::ReadWrite)?,
         };
         Self::attach_file(file, spec.peer, spec.epoch)
     }
 
+    /// Take up inherited descriptor `fd`, once per process (see [`attach_spec`](Self::attach_spec)).
+    fn take_inherited(fd: RawFd) -> Result<SegmentFile, AttachError> {
+        // Held across the check and the take: two threads cannot both take one number.
+        let mut taken = TAKEN_FDS.lock().unwrap_or_else(PoisonError::into_inner);
+        if taken.contains(&fd) {
+            return Err(AttachError::DescriptorTaken { fd });
+        }
+        if fd >= 0 {
+            // SAFETY: only borrowed for one fcntl, which fails cleanly (EBADF) when the number
+            // is not open; nothing is closed or changed.
+            let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            if rustix::io::fcntl_getfd(borrowed)
+                .is_ok_and(|flags| flags.contains(rustix::io::FdFlags::CLOEXEC))
+            {
+                return Err(AttachError::DescriptorTaken { fd });
+            }
+        }
+        // SAFETY: the ticket protocol hands this descriptor number to this process for the
+        // hub alone (documented on `attach_spec`); it was not taken before in this process
+        // (`TAKEN_FDS`, under its lock) and it is not close-on-exec, so it came through the
+        // `exec` and nothing here opened it. `from_raw_inherited` checks that it is open and a
+        // segment-like file before taking it, and leaves it alone on error.
+        let file = unsafe { SegmentFile::from_raw_inherited(fd)? };
+        // Recorded whatever the attach does next: from here on the number is this process's,
+        // and a failed attach closes it.
+        taken.push(fd);
+        Ok(file)
+    }
+
     fn attach_file(file: SegmentFile, peer: u16, epoch: u64) -> Result<Self, AttachError> {
+        // R12: the way to ask the kernel whether the host lives, on a description of our own.
+        let host = Arc::new(HostLife::new(file.holder_probe()?));
         let (segment, slab) = Segment::attach(file, OwnerId::peer(peer)).map_err(|e| match e {
             AttachError::Alloc(SlabError::UnknownOwner(_)) => {
                 AttachError::BadTicket(format!("peer {peer} is beyond the hub's peers"))
             }
             other => other,
         })?;
-        if segment.host_state().load(Ordering::Acquire) == HOST_GONE {
+        if host.is_gone(&segment) {
             return Err(AttachError::HostGone);
         }
         let words = segment.peer(peer);
@@ -142,24 +204,29 @@ impl Peer {
             )
         }
         .map_err(|e| AttachError::BadTicket(format!("ring: {e}")))?;
-        // R12: a peer learns of the host's death from the host's pidfd, opened now.
-        let host = match ProcessWatch::open(segment.host_pid()) {
+        // R12: the heartbeat waits on the pidfd of the process the header names as the host's,
+        // opened now. That pid is a word of the segment: its exit is believed only when the
+        // host's lock is found released too (see `HostLife`). No such process while the lock
+        // is held: the word lied, and the heartbeat probes the lock at every beat instead.
+        let watch = match ProcessWatch::open(segment.host_pid()) {
             Ok(watch) => Some(watch),
-            Err(WatchError::NoSuchProcess) => {
+            Err(WatchError::NoSuchProcess) if host.confirm() => {
                 let _ = words.transition(PeerState::Active, PeerState::Dying);
                 return Err(AttachError::HostGone);
             }
-            Err(WatchError::Unavailable(_)) => None,
+            Err(_) => None,
         };
-        let heartbeat = Heartbeat::start(segment.clone(), peer, epoch, host).map_err(|e| {
-            // Out of threads or descriptors: leave as a goodbye does, so that the host
-            // recovers the entry now rather than after a heartbeat timeout.
-            let _ = words.transition(PeerState::Active, PeerState::Dying);
-            AttachError::BadTicket(format!("cannot start the heartbeat: {e}"))
-        })?;
+        let heartbeat = Heartbeat::start(segment.clone(), peer, epoch, watch, host.clone())
+            .map_err(|e| {
+                // Out of threads or descriptors: leave as a goodbye does, so that the host
+                // recovers the entry now rather than after a heartbeat timeout.
+                let _ = words.transition(PeerState::Active, PeerState::Dying);
+                AttachError::BadTicket(format!("cannot start the heartbeat: {e}"))
+            })?;
         Doorbell::new(segment.host_bell()).ring();
         Ok(Self {
             _heartbeat: heartbeat,
+            host,
             endpoint: Endpoint::new(segment, slab),
             link,
             id: peer,
@@ -172,7 +239,8 @@ impl Peer {
         self.id
     }
 
-    /// The host's process id, as it recorded it when it created the hub.
+    /// The host's process id, as the header says (the host wrote it when it created the hub;
+    /// any peer could have rewritten it since: information, not a fact to act on).
     pub fn host_pid(&self) -> u32 {
         self.endpoint.segment.host_pid()
     }
@@ -202,8 +270,7 @@ impl Peer {
     }
 
     fn send_gone(&self) -> Option<SendError> {
-        let segment = &self.endpoint.segment;
-        if segment.host_state().load(Ordering::Acquire) == HOST_GONE {
+        if self.host.is_gone(&self.endpoint.segment) {
             return Some(SendError::HostGone);
         }
         self.evicted().map(|state| SendError::PeerNotActive {

@@ -13,9 +13,13 @@
 //! - Each side keeps its own index privately and caches the other side's; it reloads the other
 //!   side's index only when the ring looks full (producer) or empty (consumer). A push or pop
 //!   that need not reload touches the descriptor's line and its own index's line only.
-//! - Descriptors are copied in and out with volatile writes and reads; no Rust reference to the
-//!   descriptor area is ever made (R4). The consumer copies a descriptor out before it publishes
-//!   the new tail, so the producer never overwrites a descriptor being read.
+//! - Descriptors are copied in and out one `u64` word at a time with relaxed atomic stores and
+//!   loads; no Rust reference to the descriptor area is ever made (R4). The consumer copies a
+//!   descriptor out before it publishes the new tail, so the producer never overwrites a
+//!   descriptor being read. Since every access is atomic, no index a third party writes (a
+//!   forged tail that lets a producer of this process overwrite a slot its consumer, also in
+//!   this process, is reading; a scan racing a push) can make two threads race on a slot: the
+//!   worst is a torn copy, whose fields are unchecked data anyway (R3).
 //! - Every index read from shared memory is checked before use (R3): a head that went backwards
 //!   or ran more than `capacity` ahead of the tail, a tail that went backwards or passed the head,
 //!   are typed [`RingError`]s that say which side is at fault. Slots are indexed with
@@ -170,12 +174,12 @@ impl std::fmt::Debug for RawRing {
     }
 }
 
-// SAFETY: a `RawRing` only touches the ring through atomics and volatile copies, whose
-// concurrent use from several threads (and processes) is the protocol of this module; the
-// contract of `RawRing::new` keeps the memory valid wherever the view goes.
+// SAFETY: a `RawRing` only touches the ring through atomics (indices and descriptor words),
+// whose concurrent use from several threads (and processes) is the protocol of this module;
+// the contract of `RawRing::new` keeps the memory valid wherever the view goes.
 unsafe impl Send for RawRing {}
-// SAFETY: as for `Send`: every `&self` method uses atomics only, or volatile reads whose races
-// are excluded by the contracts of `pending` and of the handle constructors.
+// SAFETY: as for `Send`: every `&self` method uses atomics only, on the indices and on the
+// descriptor words alike.
 unsafe impl Sync for RawRing {}
 
 impl RawRing {
@@ -298,9 +302,11 @@ impl RawRing {
     /// Copies out the descriptors published and not yet consumed, oldest first: the scan of a
     /// dead peer's rings that comes before their [`reset`](Self::reset) (R10).
     ///
-    /// Only meaningful when the producer is not pushing (it is dead or stopped); a consumer may
-    /// still be running only if it is in this process and not popping concurrently. The
-    /// descriptors are copies: check every field before use (R3).
+    /// Only meaningful when the producer is not pushing (it is dead or stopped) and no consumer
+    /// is popping. It is safe to call at any time all the same: each descriptor is copied with
+    /// atomic loads, so a producer or consumer running meanwhile, in this process or another,
+    /// can only make a copy stale or torn, never a data race. The descriptors are copies of
+    /// unchecked data: check every field before use (R3).
     ///
     /// # Errors
     ///
@@ -320,11 +326,7 @@ impl RawRing {
                 capacity: self.capacity,
             });
         }
-        Ok((tail..head)
-            // SAFETY: the producer is not writing (contract of this method), so reading the
-            // published slots does not race with a write in this process.
-            .map(|index| unsafe { self.read_slot(index) })
-            .collect())
+        Ok((tail..head).map(|index| self.copy_slot(index)).collect())
     }
 
     /// Sets both indices to 0: an empty ring, as at creation. For the host's recovery of a dead
@@ -454,12 +456,7 @@ impl RawRing {
     /// is not published, and the consumer is done with its previous content).
     unsafe fn write_slot(&self, index: u64, desc: &MsgDescHot) {
         let slot = self.slot_ptr(index);
-        let write = || {
-            // SAFETY: `slot` is in the ring and aligned (the header is 64-aligned and 192 bytes
-            // long, descriptors are 64 bytes); no reference to it exists (R4); the caller's
-            // contract excludes a concurrent access in this process.
-            unsafe { ptr::write_volatile(slot, *desc) }
-        };
+        let write = || store_desc(slot, desc);
         #[cfg(loom)]
         self.cells[(index & self.mask) as usize].with_mut(|_| write());
         #[cfg(not(loom))]
@@ -473,16 +470,62 @@ impl RawRing {
     /// The slot is published (below the head read with Acquire) and the producer does not write
     /// it now (it is not consumed yet, or the producer is stopped).
     unsafe fn read_slot(&self, index: u64) -> MsgDescHot {
-        let slot = self.slot_ptr(index);
-        let read = || {
-            // SAFETY: as in `write_slot`; every bit pattern is a valid `MsgDescHot` (integers
-            // and bytes only), so whatever a peer wrote, the copy is a valid value.
-            unsafe { ptr::read_volatile(slot) }
-        };
+        let read = || self.copy_slot(index);
         #[cfg(loom)]
         return self.cells[(index & self.mask) as usize].with(|_| read());
         #[cfg(not(loom))]
         read()
+    }
+
+    /// Copies the descriptor out of the slot of `index`, whoever is writing it: a stale or
+    /// torn copy at worst, never a data race (every load is atomic). Under loom it is not
+    /// tracked as an access of the slot, for the same reason.
+    fn copy_slot(&self, index: u64) -> MsgDescHot {
+        load_desc(self.slot_ptr(index))
+    }
+}
+
+/// `u64` words in a descriptor: 64 bytes, no padding (8 + 8 * 4 + 8 + 16 bytes of fields).
+const DESC_WORDS: usize = size_of::<MsgDescHot>() / 8;
+const _: () = assert!(
+    size_of::<MsgDescHot>() == 64
+        && align_of::<MsgDescHot>() >= 8
+        && std::mem::offset_of!(MsgDescHot, inline_payload) + 16 == size_of::<MsgDescHot>()
+        && std::mem::offset_of!(MsgDescHot, deadline_ns) == 40
+);
+
+/// Copy the descriptor at `slot` (a slot of a ring, see [`RawRing::slot_ptr`]) out, one relaxed
+/// atomic load per word.
+fn load_desc(slot: *mut MsgDescHot) -> MsgDescHot {
+    let mut out = MsgDescHot::empty();
+    let dst = ptr::from_mut(&mut out).cast::<u64>();
+    let src = slot.cast::<u64>();
+    for i in 0..DESC_WORDS {
+        // SAFETY: `slot` is a slot of the ring (made by `slot_ptr`), inside the mapping for the
+        // view's life and 64-aligned (the header is 64-aligned and 192 bytes long, descriptors
+        // are 64 bytes), so word `i < 8` of it is in bounds and 8-aligned; no Rust reference to
+        // it exists (R4) and every access to it is atomic, so the load races with nothing.
+        let word = unsafe { std::sync::atomic::AtomicU64::from_ptr(src.add(i)) }
+            .load(std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: `out` is a private `MsgDescHot` of `DESC_WORDS` words, 64-aligned; every bit
+        // pattern is a valid one (integers and bytes only).
+        unsafe { dst.add(i).write(word) };
+    }
+    out
+}
+
+/// Copy `desc` into the slot at `slot`, one relaxed atomic store per word (the Release store of
+/// the head that follows publishes them).
+fn store_desc(slot: *mut MsgDescHot, desc: &MsgDescHot) {
+    let src = ptr::from_ref(desc).cast::<u64>();
+    let dst = slot.cast::<u64>();
+    for i in 0..DESC_WORDS {
+        // SAFETY: `desc` is a valid `MsgDescHot` of `DESC_WORDS` initialised words (it has no
+        // padding, asserted above), 8-aligned.
+        let word = unsafe { src.add(i).read() };
+        // SAFETY: as in `load_desc`: in bounds, 8-aligned, only ever accessed atomically.
+        unsafe { std::sync::atomic::AtomicU64::from_ptr(dst.add(i)) }
+            .store(word, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -1157,6 +1200,43 @@ mod loom_tests {
             });
             let len = ring.len().unwrap();
             assert!(len <= 2);
+            sender.join().unwrap();
+            receiver.join().unwrap();
+        });
+    }
+
+    /// `pending`, a safe function, runs beside a producer and a consumer that reuse the slot it
+    /// copies (capacity 1: the second push goes into the slot of the first): no data race on
+    /// the slot, whatever the interleaving (loom tracks every protocol access of a slot; the
+    /// scan's copy is atomic, so it races with none of them). Its result may be stale.
+    #[test]
+    fn pending_beside_a_running_ring_is_no_race() {
+        loom::model(|| {
+            let heap = HeapRing::new(1).unwrap();
+            let ring = heap.ring().clone();
+            let (mut producer, mut consumer) = heap.split();
+            let sender = thread::spawn(move || {
+                for i in 0..2 {
+                    while producer.try_push(&desc(i)) == Err(PushError::Full) {
+                        thread::yield_now();
+                    }
+                }
+            });
+            let receiver = thread::spawn(move || {
+                let mut got = 0;
+                while got < 2 {
+                    match consumer.try_pop().unwrap() {
+                        Some(d) => {
+                            assert_eq!(d, desc(got));
+                            got += 1;
+                        }
+                        None => thread::yield_now(),
+                    }
+                }
+            });
+            if let Ok(pending) = ring.pending() {
+                assert!(pending.len() <= 1);
+            }
             sender.join().unwrap();
             receiver.join().unwrap();
         });
