@@ -17,6 +17,11 @@
 //! - **Distrust** (R3): every index, offset and link read from shared memory is checked against
 //!   the private [`SlabLayout`] before use; corruption is a [`SlabError::Corrupt`], walks are
 //!   bounded, and [`Slab::rebuild_free_list`] repairs a list.
+//! - **Private truth** (R4): each handle keeps a ledger of the slots its owner holds, in its own
+//!   memory. No shared word can make it hand out, accept, free or reclaim one of them twice
+//!   ([`Slab::accept`], [`Slab::holds`]); growth goes where its private extent table says; and
+//!   the host puts back the words it wrote ([`Slab::restore_constants`]) and the slots nobody
+//!   can hold any more ([`Slab::orphans`], [`Slab::return_orphan`]).
 //!
 //! The allocator runs over any [`Region`]: hub-transport's file mapping, or a [`HeapRegion`] in
 //! tests, benches and loom models.

@@ -586,12 +586,14 @@ impl<R: Region> Slab<R> {
 
     /// Hand an allocated slot to `receiver` (Allocated -> InFlight, R5), who must free it next
     /// (R6), recording this handle's owner as its sender ([`SlotStatus::sender`]). The sender
-    /// calls this before it publishes the descriptor.
+    /// calls this before it publishes the descriptor. The slot leaves this participant's ledger
+    /// (R4): it is the receiver's now.
     ///
     /// # Errors
     /// [`SlabError::UnknownOwner`] for a receiver the layout does not admit;
-    /// [`SlabError::BadHandle`]; [`SlabError::StaleHandle`] when the slot has been freed since;
-    /// [`SlabError::WrongState`] when it is not Allocated.
+    /// [`SlabError::BadHandle`]; [`SlabError::StaleHandle`] when the slot has been freed since,
+    /// or this participant holds it at another generation; [`SlabError::WrongState`] when it is
+    /// not Allocated.
     pub fn mark_in_flight(&self, handle: SlotHandle, receiver: OwnerId) -> Result<(), SlabError> {
         if !self.layout.admits(receiver) {
             return Err(SlabError::UnknownOwner(receiver));
@@ -692,11 +694,15 @@ impl<R: Region> Slab<R> {
     /// Give a slot back (Allocated or InFlight -> Free, generation + 1, R5, R7) and push it on
     /// its class's free list. Of two racing frees of one handle exactly one succeeds.
     ///
+    /// A slot this participant holds (its ledger, R4) leaves the ledger, whether or not the
+    /// shared state agrees: the holder is done with it either way (a slot whose meta another
+    /// process rewrote is left for the host's audit to find).
+    ///
     /// # Errors
     /// [`SlabError::BadHandle`]; [`SlabError::DoubleFree`] when this handle already freed the
-    /// slot; [`SlabError::StaleHandle`] for an older generation; [`SlabError::WrongState`] when
-    /// the slot is free; [`SlabError::Corrupt`] when its state word is garbage;
-    /// [`SlabError::ListHeld`].
+    /// slot; [`SlabError::StaleHandle`] for an older generation, or when this participant holds
+    /// the slot at another generation; [`SlabError::WrongState`] when the slot is free;
+    /// [`SlabError::Corrupt`] when its state word is garbage; [`SlabError::ListHeld`].
     pub fn free(&self, handle: SlotHandle) -> Result<Freed, SlabError> {
         self.check_not_held_otherwise(handle)?;
         self.free_slot(handle, true)
