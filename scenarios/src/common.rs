@@ -218,15 +218,22 @@ pub struct ChildProcess {
 }
 
 impl ChildProcess {
-    /// Spawn `role` with `args`, with `ticket` in its environment if given.
+    /// Spawn `role` with `args`, with `ticket` applied if given (`Ticket::apply`: its
+    /// environment, and the segment's descriptor for this child alone).
     pub fn spawn(
         role: &str,
         args: &[String],
         ticket: Option<&Ticket>,
         read_stdout: bool,
     ) -> Result<Self, String> {
-        let ticket = ticket.map(|t| (t.peer_id(), t.env_value()));
-        Self::spawn_with(role, args, ticket, read_stdout)
+        let mut command = Self::command(role, args, read_stdout)?;
+        if let Some(ticket) = ticket {
+            ticket.apply(&mut command);
+        }
+        let child = command
+            .spawn()
+            .map_err(|e| format!("spawn role {role}: {e}"))?;
+        Ok(Self::of(child, ticket.map(Ticket::peer_id)))
     }
 
     /// Spawn `role` with `args`, with a ticket's peer id and environment value if given (a

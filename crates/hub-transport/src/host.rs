@@ -10,11 +10,12 @@ use hub_alloc::{ClassStats, OwnerId, ReclaimReport, SlabError, SlotHandle};
 use crate::link::{
     Deadline, Endpoint, Frame, FrameMeta, Link, Loan, RECV_BELL, RecvError, SEND_BELL, SendError,
 };
+use crate::liveness::{ProcessWatch, WatchError};
 use crate::mapping::MappingError;
 use crate::ring::RingError;
 use crate::segment::{CreateError, HOST_GONE, HubConfig, PeerState, Segment};
 use crate::signal::{Doorbell, WaitError, WaitMode, wait_any_for};
-use crate::supervisor::{EVENT_BACKLOG, EvictReason, PeerEvent};
+use crate::supervisor::{EVENT_BACKLOG, EntryTruth, EvictReason, Identity, Life, PeerEvent, Spawn};
 use crate::sync::Ordering;
 use crate::ticket::{Source, Ticket};
 
@@ -48,6 +49,15 @@ pub enum HostError {
     /// [`Host::spawn_peer`] could not start the process.
     #[error("cannot spawn the peer process: {0}")]
     Spawn(std::io::Error),
+    /// The peer's process may still run: its entry is fenced until the host knows the
+    /// process is gone ([`Host::recover_peer`]).
+    #[error("peer {peer}'s process (pid word {pid}) may still run: its entry is fenced")]
+    ProcessAlive {
+        /// The peer.
+        peer: u16,
+        /// Its entry's pid word (information: any peer can write it).
+        pid: u32,
+    },
 }
 
 /// What [`Host::peers`] says of one peer entry.
@@ -123,8 +133,6 @@ pub(crate) struct Core {
     cursor: AtomicUsize,
     /// One recovery at a time (R10: once, idempotently).
     recover_lock: Mutex<()>,
-    /// Why each peer was evicted, until the supervisor reports it.
-    pub reasons: Mutex<Vec<Option<EvictReason>>>,
     pub events: mpsc::SyncSender<PeerEvent>,
     pub stopping: AtomicBool,
     pub heartbeat_timeout: Duration,
@@ -133,10 +141,13 @@ pub(crate) struct Core {
     pub auditor: crate::audit::Auditor,
     /// Set by the supervisor after an eviction: the auditor thread looks at once.
     pub audit_now: AtomicBool,
-    /// Per peer id: the process id of the peer the host spawned itself for the entry's
-    /// current reservation ([`Host::spawn_peer`]), which the supervisor trusts over the pid word
-    /// of the entry. Host-private: no peer can rewrite it (unlike the entry's pid and epoch).
-    pub spawned: Mutex<Vec<Option<u32>>>,
+    /// Per peer id, the host's private truth about the entry (R4): its life as the host knows
+    /// it, its epoch (the host's own counter), and the process the host spawned for it with
+    /// its pidfd. No peer can rewrite it, unlike every word of the entry; the supervisor
+    /// checks the entry's words against it.
+    pub entries: Vec<Mutex<EntryTruth>>,
+    /// `(st_dev, st_ino)` of the segment file: the key of this process's own peers (`local`).
+    pub file_id: Option<(u64, u64)>,
 }
 
 impl std::fmt::Debug for Host {
@@ -182,9 +193,9 @@ impl Host {
             links.push(link);
         }
         let (events, receiver) = mpsc::sync_channel(EVENT_BACKLOG);
+        let file_id = crate::local::file_id(&segment);
         let core = Arc::new(Core {
             endpoint: Endpoint::new(segment, slab),
-            reasons: Mutex::new(vec![None; links.len()]),
             links,
             cursor: AtomicUsize::new(0),
             recover_lock: Mutex::new(()),
@@ -194,7 +205,10 @@ impl Host {
             kill_evicted: config.kill_evicted,
             auditor: crate::audit::Auditor::default(),
             audit_now: AtomicBool::new(false),
-            spawned: Mutex::new(vec![None; usize::from(config.max_peers)]),
+            entries: (0..config.max_peers)
+                .map(|_| Mutex::new(EntryTruth::new()))
+                .collect(),
+            file_id,
         });
         let mut threads = Vec::new();
         type Body = fn(&Core);
@@ -240,75 +254,82 @@ impl Host {
     }
 
     /// Reserve a peer entry (Empty -> Reserved, R9) and return the ticket a peer attaches with.
-    /// Entries of peers that left or died are recovered first when no entry is empty.
+    /// Entries of peers that left or were evicted are recovered first when no entry is empty
+    /// and their processes are gone (see [`spawn_peer`](Self::spawn_peer)).
+    ///
+    /// Which entry is empty is the host's own record (R4), not the entry's flags: an entry a
+    /// peer marked empty is not handed out while its last peer's process may still run, and
+    /// the epoch is the host's own counter, stored over whatever the word held.
+    ///
+    /// A peer admitted this way and attached from another process is known only by the pid it
+    /// writes into its entry, which the host takes as information, never as authority: it
+    /// never signals that process. Evicted (or gone with a goodbye), the peer's entry is
+    /// fenced (kept, its id not handed out) until that process is gone, or, when no pidfd of it
+    /// could be opened, until its heartbeat has been silent for the heartbeat timeout. Start
+    /// plugins with [`spawn_peer`](Self::spawn_peer) instead. A peer attached from this
+    /// process (a thread) is trusted as the host is, and recovered as soon as it is gone.
     ///
     /// # Errors
-    /// [`HostError::NoFreePeer`] when every entry is reserved or attached;
+    /// [`HostError::NoFreePeer`] when every entry is reserved, attached, or fenced;
     /// [`HostError::Mapping`] when the segment's descriptor cannot be duplicated.
     pub fn add_peer(&self) -> Result<Ticket, HostError> {
-        let segment = &self.core.endpoint.segment;
         for round in 0..2 {
             for peer in 0..self.max_peers() {
-                let words = segment.peer(peer);
-                if words
-                    .transition(PeerState::Empty, PeerState::Reserved)
-                    .is_err()
-                {
-                    continue;
+                let mut truth = self.core.truth(peer);
+                if matches!(truth.life, Life::Empty) {
+                    return self.core.reserve(peer, &mut truth);
                 }
-                let epoch = words.epoch.fetch_add(1, Ordering::AcqRel) + 1;
-                // A new reservation: no process is known for it until `spawn_peer` says so.
-                if let Some(pid) = self
-                    .core
-                    .spawned
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get_mut(usize::from(peer))
-                {
-                    *pid = None;
-                }
-                if let Err(error) = self.core.reset_rings(peer) {
-                    words.flags.store(0, Ordering::Release);
-                    return Err(error);
-                }
-                let source = match self.path() {
-                    Some(path) => Source::Path(path.to_path_buf()),
-                    None => match segment.mapping().file().inheritable_fd() {
-                        Ok(fd) => Source::Fd(fd),
-                        Err(error) => {
-                            words.flags.store(0, Ordering::Release);
-                            return Err(error.into());
-                        }
-                    },
-                };
-                return Ok(Ticket {
-                    peer,
-                    epoch,
-                    source,
-                });
             }
             if round == 0 {
-                let gone: Vec<u16> = (0..self.max_peers())
-                    .filter(|&p| {
-                        matches!(segment.peer(p).state(), PeerState::Dying | PeerState::Dead)
-                    })
-                    .collect();
-                if gone.is_empty() {
-                    break;
+                // Peers that left or were evicted and whose processes are gone, recovered now
+                // rather than when the host has read what they sent.
+                let mut freed = false;
+                for peer in 0..self.max_peers() {
+                    let mut truth = self.core.truth(peer);
+                    // What the supervisor would see at its next look, first (a peer that came
+                    // and went within one of its ticks is reported Attached, then Goodbye).
+                    crate::supervisor::look(&self.core, peer, &mut truth);
+                    let identity = match &truth.life {
+                        Life::Empty => {
+                            freed = true;
+                            continue;
+                        }
+                        Life::Leaving { identity, .. } | Life::Fenced { identity } => {
+                            identity.clone()
+                        }
+                        _ => continue,
+                    };
+                    if self.core.is_gone(peer, &truth, &identity) {
+                        freed |= self.core.finish(peer, &mut truth, false);
+                    }
                 }
-                for peer in gone {
-                    self.core.recover_peer(peer, None)?;
+                if !freed {
+                    break;
                 }
             }
         }
         Err(HostError::NoFreePeer(self.max_peers()))
     }
 
-    /// Reserve a peer entry, put its ticket in `command`'s environment and spawn it: the usual
-    /// way to start a plugin. The host then knows the peer's process from the spawn, not from
-    /// the pid the peer writes into its entry (which a faulty peer could rewrite before the
-    /// supervisor's first look): it watches that process, evicts the peer if the entry names
-    /// another, and kills that process, and no other, when it evicts the peer (R12).
+    /// Reserve a peer entry, put its ticket in `command`'s environment and spawn it: the way
+    /// to start a plugin. The host then knows the peer's process from the spawn, not from the
+    /// pid the peer writes into its entry: it takes a pidfd of the child right after the spawn
+    /// (before the [`Child`](std::process::Child) is returned, so before anything can reap it
+    /// and its pid be reused), watches its exit through it, evicts the peer if the entry names
+    /// another pid, and signals that process, and only processes it spawned, through that
+    /// pidfd (R4, R12):
+    ///
+    /// - evicted, it is killed (with [`HubConfig::kill_evicted`](crate::HubConfig), the
+    ///   default), and its entry recovered once it has exited;
+    /// - after its goodbye (the entry Dying), its session ends when its process exits; one
+    ///   still running a heartbeat timeout after its goodbye is killed. Its id is not handed
+    ///   out again before the process is gone.
+    ///
+    /// The child gets the segment's descriptor in the spawn alone (see [`Ticket::apply`]), and
+    /// asks the kernel for `SIGKILL` when its parent goes (`PR_SET_PDEATHSIG`): note that this
+    /// fires when the *thread* that spawned it exits, so spawn plugins from a thread that lives
+    /// as long as the host. A child that exits before it attaches is reported
+    /// ([`PeerEvent::ExitedBeforeAttach`]) and its reservation withdrawn.
     ///
     /// The process spawned must be the one that attaches: a wrapper that `exec`s the plugin is
     /// fine, one that forks it gets the plugin evicted for a pid that is not the spawned one.
@@ -327,24 +348,64 @@ impl Host {
     /// ```
     ///
     /// # Errors
-    /// As [`add_peer`](Self::add_peer); [`HostError::Spawn`] when the process cannot start.
+    /// As [`add_peer`](Self::add_peer); [`HostError::Spawn`] when the process cannot start
+    /// (or no pidfd of it can be opened: it is killed then).
     pub fn spawn_peer(
         &self,
         command: &mut std::process::Command,
     ) -> Result<(u16, std::process::Child), HostError> {
+        use std::os::unix::process::CommandExt;
         let ticket = self.add_peer()?;
         let peer = ticket.peer_id();
         ticket.apply(command);
-        // Recorded under the lock before the child can attach: the supervisor's first look at
-        // it, whenever it comes, finds the process to watch here.
-        let mut spawned = self.core.spawned.lock().unwrap_or_else(|p| p.into_inner());
-        match command.spawn() {
-            Ok(child) => {
-                spawned[usize::from(peer)] = Some(child.id());
+        let parent = rustix::process::getpid();
+        // SAFETY: the hook runs in the forked child before `exec`, where only
+        // async-signal-safe calls are allowed: two system calls (`prctl`, `getppid`), no
+        // allocation (an error is built from a raw errno).
+        unsafe {
+            command.pre_exec(move || {
+                rustix::process::set_parent_process_death_signal(Some(
+                    rustix::process::Signal::KILL,
+                ))?;
+                // The parent may have gone before the prctl: then the signal never comes.
+                if rustix::process::getppid() != Some(parent) {
+                    return Err(std::io::Error::from_raw_os_error(
+                        rustix::io::Errno::SRCH.raw_os_error(),
+                    ));
+                }
+                Ok(())
+            });
+        }
+        // Held across the spawn: the supervisor's first look at the entry, whenever it comes,
+        // finds the spawn recorded.
+        let mut truth = self.core.truth(peer);
+        let spawned = command.spawn().and_then(|mut child| {
+            // Before the child is returned: nothing can have reaped it, so the pid is its.
+            match ProcessWatch::open(child.id()) {
+                Ok(watch) => Ok((child, watch)),
+                Err(error) => {
+                    // Not watched, not kept: the child is still ours to kill (unreaped).
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    Err(match error {
+                        WatchError::Unavailable(errno) => errno.into(),
+                        WatchError::NoSuchProcess => std::io::Error::from_raw_os_error(
+                            rustix::io::Errno::SRCH.raw_os_error(),
+                        ),
+                    })
+                }
+            }
+        });
+        match spawned {
+            Ok((child, watch)) => {
+                truth.spawn = Some(Spawn {
+                    pid: child.id(),
+                    watch: Arc::new(watch),
+                });
                 Ok((peer, child))
             }
             Err(error) => {
-                drop(spawned);
+                drop(truth);
                 let _ = self.withdraw(peer);
                 Err(HostError::Spawn(error))
             }
@@ -372,14 +433,16 @@ impl Host {
     ///
     /// # Errors
     /// [`HostError::UnknownPeer`]; as [`recover_peer`](Self::recover_peer) for freeing what
-    /// the host sent.
+    /// the host sent (the supervisor tries again then).
     pub fn withdraw(&self, peer: u16) -> Result<bool, HostError> {
         if peer >= self.max_peers() {
             return Err(HostError::UnknownPeer(peer));
         }
         let words = self.core.endpoint.segment.peer(peer);
-        // The life to take back: only the host reserves, so a Reserved entry keeps its epoch.
-        let life = words.epoch.load(Ordering::Acquire);
+        let mut truth = self.core.truth(peer);
+        if !matches!(truth.life, Life::Reserved { .. }) {
+            return Ok(false);
+        }
         // R9: of this and a process's attach (Reserved -> Active), one compare-and-swap wins.
         if words
             .transition(PeerState::Reserved, PeerState::Dead)
@@ -387,10 +450,17 @@ impl Host {
         {
             return Ok(false);
         }
-        // R10 as for a peer that died: the frames sent to it are freed, the rings reset. Only
-        // this life: the supervisor may have recovered it first, and the id been handed out
-        // and attached again since.
-        self.core.recover_peer(peer, Some(life))?;
+        // Nobody attached: nothing to wait for. Should the recovery fail, the supervisor
+        // tries again.
+        truth.spawn = None;
+        truth.life = Life::Fenced {
+            identity: Identity::Exited { pid: 0 },
+        };
+        // R10 as for a peer that died: the frames sent to it are freed, the rings reset.
+        words.epoch.store(truth.epoch, Ordering::Release);
+        if self.core.recover_peer(peer, Some(truth.epoch))?.is_some() {
+            truth.life = Life::Empty;
+        }
         Ok(true)
     }
 
@@ -459,11 +529,57 @@ impl Host {
     /// owns, reset both rings and its futex words, then mark the entry Empty for reuse (R9).
     /// Frames the host is still holding are the host's and are not touched. Idempotent.
     ///
+    /// A reservation nobody attached with is taken back; a peer attached from this process (a
+    /// thread) is recovered whatever its state, and its `Peer`'s calls report it gone. A peer
+    /// of another process is recovered only once the host knows that process is gone (R4):
+    /// its spawn exited, or the process its entry named at attach did, or its heartbeat has
+    /// been silent for the heartbeat timeout when no pidfd of it could be opened. Evict it
+    /// first ([`evict`](Self::evict)): a process the host spawned is killed then.
+    ///
     /// # Errors
-    /// [`HostError::UnknownPeer`]; [`HostError::Alloc`] when the allocator finds corruption;
-    /// [`HostError::Ring`].
+    /// [`HostError::UnknownPeer`]; [`HostError::ProcessAlive`] when the peer's process may
+    /// still run; [`HostError::Alloc`] when the allocator finds corruption; [`HostError::Ring`].
     pub fn recover_peer(&self, peer: u16) -> Result<Recovery, HostError> {
-        Ok(self.core.recover_peer(peer, None)?.unwrap_or_default())
+        if peer >= self.max_peers() {
+            return Err(HostError::UnknownPeer(peer));
+        }
+        let words = self.core.endpoint.segment.peer(peer);
+        let mut truth = self.core.truth(peer);
+        let identity = match &truth.life {
+            Life::Empty => return Ok(Recovery::default()),
+            Life::Reserved { .. } => {
+                match words.transition(PeerState::Reserved, PeerState::Dead) {
+                    // Attached before the supervisor looked: reported first (R9).
+                    Err(PeerState::Active | PeerState::Dying) => {
+                        crate::supervisor::observe_attach(&self.core, peer, &mut truth, false);
+                        match &truth.life {
+                            Life::Attached(identity) => identity.clone(),
+                            _ => Identity::Exited { pid: 0 },
+                        }
+                    }
+                    // Nobody attached: nothing to wait for.
+                    _ => Identity::Exited { pid: 0 },
+                }
+            }
+            Life::Attached(identity)
+            | Life::Leaving { identity, .. }
+            | Life::Fenced { identity } => identity.clone(),
+        };
+        if !matches!(identity, Identity::Local) && !self.core.is_gone(peer, &truth, &identity) {
+            let pid = words.pid.load(Ordering::Relaxed);
+            return Err(HostError::ProcessAlive { peer, pid });
+        }
+        // Should the recovery fail, the supervisor tries again.
+        truth.life = Life::Fenced { identity };
+        words.epoch.store(truth.epoch, Ordering::Release);
+        words
+            .flags
+            .store(PeerState::Dead.flags(), Ordering::Release);
+        let recovery = self.core.recover_peer(peer, Some(truth.epoch))?;
+        crate::local::forget(self.core.file_id, peer, truth.epoch);
+        truth.life = Life::Empty;
+        truth.spawn = None;
+        Ok(recovery.unwrap_or_default())
     }
 
     /// The next peer lifecycle event (attached, goodbye, died, evicted, recovered; and damage
@@ -829,10 +945,107 @@ impl Host {
 }
 
 impl Core {
-    /// The process the host spawned for `peer`'s current reservation, if it spawned one.
-    pub fn spawned_pid(&self, peer: u16) -> Option<u32> {
-        let spawned = self.spawned.lock().unwrap_or_else(|p| p.into_inner());
-        spawned.get(usize::from(peer)).copied().flatten()
+    /// The host's private truth about `peer`'s entry (`peer < max_peers`), locked.
+    pub fn truth(&self, peer: u16) -> std::sync::MutexGuard<'_, EntryTruth> {
+        self.entries[usize::from(peer)]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reserve `peer`'s entry, empty in `truth` (R9): the next epoch of the host's own counter
+    /// (item 9 of issue 13: never an increment of the shared word, which a peer may have set
+    /// to anything), stored over the entry's words, then the rings reset, then the ticket.
+    fn reserve(&self, peer: u16, truth: &mut EntryTruth) -> Result<Ticket, HostError> {
+        let segment = &self.endpoint.segment;
+        let words = segment.peer(peer);
+        let epoch = truth.epoch.wrapping_add(1);
+        truth.epoch = epoch;
+        truth.spawn = None;
+        truth.life = Life::Reserved { pid_wait: None };
+        words.pid.store(0, Ordering::Relaxed);
+        words.epoch.store(epoch, Ordering::Release);
+        words
+            .flags
+            .store(PeerState::Reserved.flags(), Ordering::Release);
+        let source = match self.reset_rings(peer) {
+            Err(error) => Err(error),
+            Ok(()) => match segment.mapping().file().path() {
+                Some(path) => Ok(Source::Path(path.to_path_buf())),
+                // Close-on-exec: a child inherits it only through `Ticket::apply`.
+                None => rustix::io::fcntl_dupfd_cloexec(segment.mapping().file().fd(), 0)
+                    .map(|fd| Source::Fd(Arc::new(fd)))
+                    .map_err(|e| HostError::Mapping(MappingError::Dup { source: e.into() })),
+            },
+        };
+        match source {
+            Ok(source) => Ok(Ticket {
+                peer,
+                epoch,
+                source,
+            }),
+            Err(error) => {
+                words
+                    .flags
+                    .store(PeerState::Empty.flags(), Ordering::Release);
+                truth.life = Life::Empty;
+                Err(error)
+            }
+        }
+    }
+
+    /// Whether the process of `peer`'s life known as `identity` is gone, as far as the host
+    /// can know (R4): its spawn's pidfd, this process's registry of its own peers (a thread's
+    /// peer counts as gone once it left or was evicted, even while its `Peer` lives), a pidfd
+    /// opened on the pid word at the first look (information), or, without any, a heartbeat
+    /// silent for the heartbeat timeout.
+    pub fn is_gone(&self, peer: u16, truth: &EntryTruth, identity: &Identity) -> bool {
+        match identity {
+            Identity::Spawned => truth
+                .spawn
+                .as_ref()
+                .is_none_or(|spawn| spawn.watch.has_exited()),
+            // Trusted as the host is: once it left or was evicted, at once; while attached,
+            // when its `Peer` is dropped.
+            Identity::Local => {
+                !matches!(truth.life, Life::Attached(_))
+                    || !crate::local::is_attached(self.file_id, peer, truth.epoch)
+            }
+            Identity::Named { watch, .. } => watch.has_exited(),
+            Identity::Exited { .. } => true,
+            Identity::Unknown { .. } => {
+                let seen = self
+                    .endpoint
+                    .segment
+                    .peer(peer)
+                    .last_seen
+                    .load(Ordering::Relaxed);
+                let silent = crate::segment::monotonic_ns().saturating_sub(seen);
+                u128::from(silent) > self.heartbeat_timeout.as_nanos()
+            }
+        }
+    }
+
+    /// Recover `peer`'s current life (R10), its process gone, and empty its entry in `truth`:
+    /// whether it did. The words recovery checks are the host's first (the epoch, and Dead
+    /// unless Dying), so no peer's write makes it skip the recovery and free the id.
+    /// With `report`, a [`PeerEvent::Recovered`] says so (the supervisor's recoveries; not
+    /// those the application asked for, which return what they did).
+    pub fn finish(&self, peer: u16, truth: &mut EntryTruth, report: bool) -> bool {
+        let words = self.endpoint.segment.peer(peer);
+        words.epoch.store(truth.epoch, Ordering::Release);
+        if words.state() != PeerState::Dying {
+            words
+                .flags
+                .store(PeerState::Dead.flags(), Ordering::Release);
+        }
+        if crate::supervisor::recover(self, peer, truth.epoch, report) {
+            crate::local::forget(self.file_id, peer, truth.epoch);
+            truth.life = Life::Empty;
+            truth.spawn = None;
+            true
+        } else {
+            false
+        }
     }
 
     /// R10 for `peer`. With `life`, only that epoch of the entry and only when it is Dying,
@@ -970,23 +1183,51 @@ impl Core {
         }
     }
 
-    /// Mark `peer` Dead for `reason` (R3, R4) and let the supervisor recover it.
+    /// Evict `peer` for `reason` (R3, R4): mark it Dead, report [`PeerEvent::Evicted`], and
+    /// fence its entry until its process is gone, when the supervisor recovers it. A process
+    /// the host spawned is killed (through the spawn's pidfd) if `kill_evicted`; no other is
+    /// ever signalled. Nothing for an empty or already fenced entry.
     pub fn evict(&self, peer: u16, reason: EvictReason) {
+        if usize::from(peer) < self.entries.len() {
+            let mut truth = self.truth(peer);
+            self.evict_locked(peer, &mut truth, reason);
+        }
+    }
+
+    /// [`evict`](Self::evict), with `peer`'s truth locked by the caller.
+    pub fn evict_locked(&self, peer: u16, truth: &mut EntryTruth, reason: EvictReason) {
         let words = self.endpoint.segment.peer(peer);
-        if matches!(words.state(), PeerState::Empty | PeerState::Dead) {
-            return;
-        }
-        if let Some(slot) = self
-            .reasons
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(usize::from(peer))
-        {
-            slot.get_or_insert(reason);
-        }
+        let identity = match &truth.life {
+            Life::Empty | Life::Fenced { .. } => return,
+            Life::Reserved { .. } => {
+                match words.transition(PeerState::Reserved, PeerState::Dead) {
+                    // Attached before the supervisor looked: reported first (R9).
+                    Err(PeerState::Active | PeerState::Dying) => {
+                        crate::supervisor::observe_attach(self, peer, truth, false);
+                        match &truth.life {
+                            Life::Attached(identity) => identity.clone(),
+                            _ => return,
+                        }
+                    }
+                    _ if truth.spawn.is_some() => Identity::Spawned,
+                    // Nobody attached and no process known: its heartbeat says when.
+                    _ => Identity::Unknown { pid: 0 },
+                }
+            }
+            Life::Attached(identity) | Life::Leaving { identity, .. } => identity.clone(),
+        };
         words
             .flags
             .store(PeerState::Dead.flags(), Ordering::Release);
+        crate::supervisor::emit(self, PeerEvent::Evicted { peer, reason });
+        // R4: only a process the host spawned, through the pidfd taken in the spawn.
+        if self.kill_evicted
+            && matches!(identity, Identity::Spawned)
+            && let Some(spawn) = &truth.spawn
+        {
+            spawn.watch.kill();
+        }
+        truth.life = Life::Fenced { identity };
         // Wake the peer's own sleeping calls, so they see the eviction.
         Doorbell::new(words.recv_bell).ring();
     }

@@ -52,6 +52,8 @@ mod link;
 #[cfg(not(loom))]
 mod liveness;
 #[cfg(not(loom))]
+mod local;
+#[cfg(not(loom))]
 mod peer;
 #[cfg(not(loom))]
 mod segment;

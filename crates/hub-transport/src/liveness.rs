@@ -41,11 +41,12 @@ impl ProcessWatch {
         }
     }
 
-    /// Kill the process (SIGKILL through the pidfd, so never another process that reused its
-    /// pid) and wait up to `timeout` for it to be gone; whether it is.
-    pub fn kill_and_wait(&self, timeout: Duration) -> bool {
+    /// Send the process SIGKILL through the pidfd, so never another process that reused its
+    /// pid; its exit shows on the pidfd ([`has_exited`](Self::has_exited)) once the kernel is
+    /// done with it. Only the host's supervisor calls it, and only on a watch taken in the
+    /// host's own spawn (R4: the host signals only processes it started).
+    pub fn kill(&self) {
         let _ = rustix::process::pidfd_send_signal(&self.pidfd, rustix::process::Signal::KILL);
-        !wait_for_exits(&[self], timeout).is_empty()
     }
 
     /// Whether the process has exited (a zombie counts: it runs no more).

@@ -48,6 +48,8 @@ pub struct Peer {
     /// Whether the host is gone, decided from the kernel's facts (R12), shared with the
     /// heartbeat thread.
     host: Arc<HostLife>,
+    /// This process's record of the attach, for a host in the same process (R4, `local`).
+    _local: crate::local::Registration,
 }
 
 /// The descriptor numbers this process took up as inherited segment descriptors
@@ -178,6 +180,7 @@ impl Peer {
         words
             .last_seen
             .store(crate::segment::monotonic_ns(), Ordering::Relaxed);
+        let local = crate::local::Registration::new(&segment, peer, epoch);
         // R9: Reserved -> Active by compare-and-swap: of two processes with one ticket, one wins.
         words
             .transition(PeerState::Reserved, PeerState::Active)
@@ -225,6 +228,7 @@ impl Peer {
             })?;
         Doorbell::new(segment.host_bell()).ring();
         Ok(Self {
+            _local: local,
             _heartbeat: heartbeat,
             host,
             endpoint: Endpoint::new(segment, slab),

@@ -73,11 +73,12 @@ pub struct HubConfig {
     /// it (R12). Peers beat four times per timeout. A stopped peer (SIGSTOP, a debugger) is
     /// evicted after it too; a peer whose process exits is found at once, by its pidfd.
     pub heartbeat_timeout: std::time::Duration,
-    /// Whether the host kills (SIGKILL, through the peer's pidfd) the process of a peer it
-    /// evicts, before it recovers the peer's entry (the default). A peer evicted while it still
-    /// runs, in the middle of an allocator operation, would otherwise finish that operation on
-    /// state the recovery has already given back (see the README's known limits). A peer in
-    /// the host's own process is never killed.
+    /// Whether the host kills (SIGKILL, through the pidfd it took when it spawned it) the
+    /// process of a peer it spawned ([`Host::spawn_peer`](crate::Host::spawn_peer)) and evicts
+    /// (the default). Either way the evicted peer's entry stays fenced (Dead, its id not handed
+    /// out) until its process is gone, so that it cannot finish an allocator operation on state
+    /// the recovery has given back; without the kill that is when it exits by itself. The host
+    /// never signals a process it did not spawn, nor a peer of its own process.
     pub kill_evicted: bool,
 }
 

@@ -1,17 +1,24 @@
 //! Tickets: everything a peer process needs to attach to a hub.
 //!
 //! The host's [`add_peer`](crate::Host::add_peer) reserves a peer entry and returns a
-//! [`Ticket`]: the peer id, the entry's epoch, and the segment (an inheritable descriptor of the
-//! anonymous memfd, or the path of a named segment). [`Ticket::apply`] puts it in a
-//! [`Command`]'s environment as [`TICKET_ENV`]; the child calls
-//! [`Peer::from_env`](crate::Peer::from_env). In the same process, a thread attaches with
-//! [`Peer::attach`](crate::Peer::attach).
+//! [`Ticket`]: the peer id, the entry's epoch, and the segment (a close-on-exec descriptor of
+//! the anonymous memfd, or the path of a named segment). [`Ticket::apply`] puts it in a
+//! [`Command`]'s environment as [`TICKET_ENV`] and has the child, and only the child, inherit
+//! the descriptor; the child calls [`Peer::from_env`](crate::Peer::from_env). In the same
+//! process, a thread attaches with [`Peer::attach`](crate::Peer::attach).
+//! [`Host::spawn_peer`](crate::Host::spawn_peer) does all of it.
+//!
+//! No inheritable descriptor of the segment ever exists in the host's process: the ticket's
+//! descriptor is close-on-exec, and the flag is cleared in the forked child between `fork` and
+//! `exec` (a `pre_exec` hook), so a process another thread spawns meanwhile never inherits it.
 //!
 //! The environment value reads `peer=3,epoch=7,fd=5` or `peer=3,epoch=7,path=/dev/shm/x`.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
 
 use crate::segment::AttachError;
 
@@ -21,16 +28,19 @@ pub const TICKET_ENV: &str = "HUB_TICKET";
 /// Where the segment is.
 #[derive(Debug)]
 pub(crate) enum Source {
-    /// A descriptor without close-on-exec, for a child to inherit.
-    Fd(OwnedFd),
+    /// A close-on-exec descriptor, which a child inherits through [`Ticket::apply`]'s
+    /// `pre_exec` hook (shared with it, so that it stays open while the command may spawn).
+    Fd(Arc<OwnedFd>),
     /// The path of a named segment.
     Path(PathBuf),
 }
 
 /// A reserved peer entry and the way to the segment: what a peer needs to attach (R9).
 ///
-/// Keep the ticket alive until the child is spawned, then drop it: it holds a descriptor that
-/// the child inherits.
+/// The ticket holds a close-on-exec descriptor of an anonymous segment; a command it was
+/// [applied](Self::apply) to holds it too, until the command is dropped, and gives it to each
+/// child it spawns (only to those). [`Host::spawn_peer`](crate::Host::spawn_peer) is the
+/// usual way to use one.
 ///
 /// ```no_run
 /// use hub_transport::{Host, HubConfig};
@@ -72,10 +82,26 @@ impl Ticket {
         }
     }
 
-    /// Put the ticket in `command`'s environment. The child inherits the segment's descriptor
-    /// as long as the ticket is alive when it is spawned.
+    /// Put the ticket in `command`'s environment, and have each child the command spawns
+    /// inherit the segment's descriptor: a `pre_exec` hook clears its close-on-exec flag in the
+    /// child, after the fork, so the descriptor is never inheritable in this process. The
+    /// command keeps the descriptor open (it shares it with the ticket) until it is dropped.
     pub fn apply<'c>(&self, command: &'c mut Command) -> &'c mut Command {
-        command.env(TICKET_ENV, self.env_value())
+        command.env(TICKET_ENV, self.env_value());
+        if let Source::Fd(fd) = &self.source {
+            let fd = Arc::clone(fd);
+            // SAFETY: the hook runs in the forked child before `exec`, where only
+            // async-signal-safe calls are allowed: it makes one `fcntl` system call on a
+            // descriptor the closure keeps open (an `Arc` shared with the ticket, read, never
+            // dropped or cloned there), and allocates nothing.
+            unsafe {
+                command.pre_exec(move || {
+                    rustix::io::fcntl_setfd(&*fd, rustix::io::FdFlags::empty())
+                        .map_err(std::io::Error::from)
+                });
+            }
+        }
+        command
     }
 }
 

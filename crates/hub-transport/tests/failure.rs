@@ -57,9 +57,23 @@ impl Chaos {
     }
 
     fn start(mut command: Command, what: String) -> Chaos {
-        let mut child = command
+        let child = command
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+        Self::of(child, what)
+    }
+
+    /// A peer the host spawns itself (`Host::spawn_peer`: the host knows its process from the
+    /// spawn, and may signal it).
+    fn spawned(host: &Host, args: &[&str]) -> (Chaos, u16) {
+        let (peer, child) = host
+            .spawn_peer(&mut Self::command(args))
+            .expect("spawn_peer");
+        let what = format!("hub-chaos-peer {args:?} (spawned peer {peer})");
+        (Self::of(child, what), peer)
+    }
+
+    fn of(mut child: Child, what: String) -> Chaos {
         let stdout = child.stdout.take().expect("piped stdout");
         let (send, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -583,15 +597,16 @@ fn a_thousand_peers_come_and_go_and_32_still_fit() {
 }
 
 /// R12: a stopped peer (SIGSTOP) is alive to its pidfd; it is not declared dead before its
-/// heartbeat timeout, and is evicted (HeartbeatTimeout) after it. Not killed
-/// (`kill_evicted: false`) and continued, its blocked recv reports the eviction.
+/// heartbeat timeout, and is evicted (HeartbeatTimeout) after it. R4: admitted with `add_peer`
+/// (not spawned by the host), it is never signalled: its entry is fenced (Dead, its id not
+/// handed out) while its process lives. Continued, its blocked recv reports the eviction and
+/// it exits; only then is the entry recovered.
 #[test]
-fn stopped_peer_is_evicted_after_its_heartbeat_timeout_and_not_before() {
+fn stopped_peer_is_evicted_after_its_heartbeat_timeout_and_fenced_until_it_exits() {
     let timeout = Duration::from_millis(500);
     let host = Host::create(&HubConfig {
         max_peers: 1,
         heartbeat_timeout: timeout,
-        kill_evicted: false,
         ..HubConfig::default()
     })
     .expect("create");
@@ -630,16 +645,29 @@ fn stopped_peer_is_evicted_after_its_heartbeat_timeout_and_not_before() {
         after < timeout + 10 * TICK,
         "evicted {after:?} after SIGSTOP"
     );
-    events.recovered(id);
-    assert_all_free_soon(&host);
+    // Fenced: not recovered, the id not handed out, the process not signalled, while it lives.
+    let early = events.wait_until(Instant::now() + 10 * TICK, |e| {
+        matches!(e, PeerEvent::Recovered { .. })
+    });
+    assert_eq!(early, None, "recovered while its process lives");
+    assert_eq!(host.peers()[usize::from(id)].state, PeerState::Dead);
+    assert!(matches!(host.add_peer(), Err(HostError::NoFreePeer(1))));
+    assert!(matches!(
+        host.recover_peer(id),
+        Err(HostError::ProcessAlive { .. })
+    ));
     chaos.signal(Signal::CONT);
-    // Its recv returns PeerNotActive (exit status 10), now that it runs again.
+    // Its recv returns PeerNotActive (exit status 10), now that it runs again: it was never
+    // killed.
     let status = chaos.wait();
     assert_eq!(status.code(), Some(10), "{status}");
+    events.recovered(id);
+    assert_all_free_soon(&host);
+    assert_eq!(host.add_peer().expect("add_peer").peer_id(), id);
 }
 
 /// R10: by default the host fences an evicted peer before it recovers the entry: a stopped
-/// peer evicted for its silence is killed (it cannot wake up later inside an allocator
+/// peer the host spawned, evicted for its silence, is killed (it cannot wake up later inside an allocator
 /// operation on state the recovery gave back), and then recovered.
 #[test]
 fn an_evicted_process_is_killed_before_its_recovery() {
@@ -650,9 +678,10 @@ fn an_evicted_process_is_killed_before_its_recovery() {
     })
     .expect("create");
     let mut events = Events::new(&host);
-    let (mut chaos, id) = Chaos::peer(&host, &["recv-block"]);
+    // Spawned by the host: the only kind of process it signals (R4).
+    let (mut chaos, id) = Chaos::spawned(&host, &["recv-block"]);
     chaos.expect_line("READY");
-    events.attached(id);
+    assert_eq!(events.attached(id), chaos.child().id());
     chaos.signal(Signal::STOP);
     let evicted = events.wait("Evicted", |e| matches!(e, PeerEvent::Evicted { .. }));
     assert!(
@@ -667,10 +696,12 @@ fn an_evicted_process_is_killed_before_its_recovery() {
     assert_eq!(status.signal(), Some(9), "{status}");
 }
 
-/// R9, R12: the exit of a peer's process is that peer's, not the next one's. A peer process is
-/// evicted, its entry recovered by the application and handed to a new peer (a thread here),
-/// all between two looks of the supervisor; then the old process is killed. The supervisor,
-/// still watching the old process's pidfd, must not report the new peer Died.
+/// R9, R12: the exit of a peer's process is that peer's, not the next one's. R4: the id of an
+/// evicted peer whose process the host did not spawn is not handed out before that process is
+/// gone (so a new peer can no longer get it while the old process runs, as it could before
+/// the host kept its own truth). The old process learns of its eviction and exits; then the
+/// entry is recovered and handed to a new peer (a thread here), and the supervisor, which
+/// watched the old process's pidfd, never reports the new peer Died or evicts it.
 #[test]
 fn an_old_process_exit_is_not_the_new_peers_death() {
     let host = Host::create(&HubConfig {
@@ -684,15 +715,15 @@ fn an_old_process_exit_is_not_the_new_peers_death() {
     events.attached(id);
     host.evict(id, EvictReason::Application("replaced".into()))
         .expect("evict");
-    host.recover_peer(id).expect("recover");
+    // Not signalled: it exits by itself, its recv having reported the eviction.
+    assert_eq!(old.wait().code(), Some(10));
+    events.recovered(id);
     let ticket = host.add_peer().expect("add_peer");
     assert_eq!(ticket.peer_id(), id);
     let new = Peer::attach(&ticket).expect("attach");
-    old.kill();
-    old.wait();
-    // The supervisor looks within a tick of the exit; give it several.
+    // The supervisor looks within a tick of an exit; give it several.
     let wrong = events.wait_until(Instant::now() + 10 * TICK, |e| {
-        matches!(e, PeerEvent::Died { pid, .. } if *pid == std::process::id())
+        matches!(e, PeerEvent::Died { .. })
             || matches!(e, PeerEvent::Evicted { reason, .. } if *reason != EvictReason::Application("replaced".into()))
     });
     assert_eq!(wrong, None, "the new peer, after the old process exited");

@@ -115,7 +115,11 @@ fn a_forged_host_state_word_sends_no_honest_peer_away() {
         "the blocked peer left while the host runs (it believed the forged word)"
     );
     // And the host put its word back from its private copy (R4: within a tick).
-    assert_eq!(poker.r32(pad::HOST_STATE), 0, "the host restored its state word");
+    assert_eq!(
+        poker.r32(pad::HOST_STATE),
+        0,
+        "the host restored its state word"
+    );
 
     // The host really leaves, its process going on: its lock is released, and now the word
     // (forged or not) is believed.

@@ -1,0 +1,97 @@
+//! The peers attached from this process (R4): a process-global registry, private to the
+//! process, of every live [`Peer`](crate::Peer) by segment file, peer id and epoch.
+//!
+//! A host learns from it, and not from the pid word of a peer entry (which any peer can
+//! rewrite), that a peer is a thread of its own process: such a peer is trusted as the host is,
+//! never signalled, and recovered at once once it is gone (its `Peer` dropped). A peer
+//! registers before its attach's compare-and-swap and stays registered until its `Peer` is
+//! dropped ([`Registration`] is a guard); then its key moves to a list of departed lives, so
+//! that a host that looks only after the `Peer` came and went (within one of its ticks) still
+//! knows the life was its own process's. The host forgets a departed key when it recovers the
+//! life; at most [`DEPARTED`] are kept (a process with peers of other hosts forgets the oldest).
+
+use std::sync::{Mutex, PoisonError};
+
+/// One attached peer: `(st_dev, st_ino)` of the segment file, peer id, epoch.
+type Key = ((u64, u64), u16, u64);
+
+static LOCAL: Mutex<Vec<Key>> = Mutex::new(Vec::new());
+
+/// Lives whose `Peer` was dropped, until their host recovers them; the oldest first.
+static GONE: Mutex<std::collections::VecDeque<Key>> = Mutex::new(std::collections::VecDeque::new());
+
+/// The most departed lives remembered.
+pub(crate) const DEPARTED: usize = 4096;
+
+/// The identity of a segment file, `(st_dev, st_ino)`: the same for every descriptor of it in
+/// every process. `None` when `fstat` fails.
+pub(crate) fn file_id(segment: &crate::segment::Segment) -> Option<(u64, u64)> {
+    let stat = rustix::fs::fstat(segment.mapping().file().fd()).ok()?;
+    Some((stat.st_dev, stat.st_ino))
+}
+
+/// A peer of this process, registered while the guard lives.
+#[derive(Debug)]
+pub(crate) struct Registration {
+    key: Option<Key>,
+}
+
+impl Registration {
+    /// Register life `epoch` of peer `peer` of `segment` as attached from this process.
+    pub fn new(segment: &crate::segment::Segment, peer: u16, epoch: u64) -> Self {
+        let key = file_id(segment).map(|file| (file, peer, epoch));
+        if let Some(key) = key {
+            LOCAL
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(key);
+        }
+        Self { key }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            let mut local = LOCAL.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(at) = local.iter().position(|k| *k == key) {
+                local.swap_remove(at);
+            }
+            drop(local);
+            let mut gone = GONE.lock().unwrap_or_else(PoisonError::into_inner);
+            if gone.len() >= DEPARTED {
+                gone.pop_front();
+            }
+            gone.push_back(key);
+        }
+    }
+}
+
+/// Whether a `Peer` of this process holds life `epoch` of peer `peer` of the segment file
+/// `file` (see [`file_id`]).
+pub(crate) fn is_attached(file: Option<(u64, u64)>, peer: u16, epoch: u64) -> bool {
+    let Some(file) = file else { return false };
+    LOCAL
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .contains(&(file, peer, epoch))
+}
+
+/// Whether life `epoch` of peer `peer` of the segment file `file` was attached from this
+/// process, its `Peer` alive or dropped since (and not yet [forgotten](forget)).
+pub(crate) fn was_attached(file: Option<(u64, u64)>, peer: u16, epoch: u64) -> bool {
+    let Some(file) = file else { return false };
+    is_attached(Some(file), peer, epoch)
+        || GONE
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&(file, peer, epoch))
+}
+
+/// Forget a departed life (its host recovered it).
+pub(crate) fn forget(file: Option<(u64, u64)>, peer: u16, epoch: u64) {
+    let Some(file) = file else { return };
+    GONE.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .retain(|k| *k != (file, peer, epoch));
+}
