@@ -14,7 +14,7 @@
 //! | `entry-flags` | its peer entry's flags: a word that is no state | evict it: `EntryRewritten` |
 //! | `entry-pid`   | its peer entry's pid: another process's | evict it: `EntryRewritten` |
 //! | `entry-heartbeat` | its peer entry's `last_seen`: long ago | evict it: `HeartbeatTimeout` |
-//! | `entry-epoch` | its peer entry's epoch: another life's (its heartbeat stops) | evict it after the heartbeat timeout: `HeartbeatTimeout` |
+//! | `entry-epoch` | its peer entry's epoch: another life's | evict it: `EntryRewritten` (the host keeps the epoch privately, R4) |
 //! | `slot-metas`  | the state word of the first free slot of classes 3 and 4 (garbage), a free slot's link (out of the class); then its send head | evict it, find the damage, rebuild both lists, quarantine the garbage slots |
 //! | `free-heads`  | the free-list heads of classes 3 and 4: an index outside the class, an empty list, or the held marker; then its send head | evict it, find the damage, rebuild both lists |
 //!
@@ -73,7 +73,7 @@ const ATTACKS: [(&str, Expect); 9] = [
     ("entry-flags", Expect::EntryRewritten),
     ("entry-pid", Expect::EntryRewritten),
     ("entry-heartbeat", Expect::Silent),
-    ("entry-epoch", Expect::Silent),
+    ("entry-epoch", Expect::EntryRewritten),
     ("slot-metas", Expect::Ring),
     ("free-heads", Expect::Ring),
 ];
