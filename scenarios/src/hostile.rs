@@ -33,8 +33,18 @@
 //! attached, before or after the supervisor's first look at it.
 //!
 //! Between lives the honest echoes must go on (at least 50 more after each eviction), no honest
-//! peer may be evicted or fail a checksum, and at the end every slot is free but those
-//! quarantined (`leaks=0`).
+//! peer may be evicted or fail a checksum.
+//!
+//! Then the honest peers leave, and the last lives **scribble**: 200,000 random words each over
+//! the whole metadata (the header, every other peer entry, every ring header, the class headers
+//! and the slot metas of every class's first extent), including every word attach validates,
+//! then over their own entry, for which they are evicted and killed. In one segment every peer
+//! can write every word, so honest peers cannot be shielded from such a peer's bytes (DESIGN
+//! §4); the host can, and once the scribbler is gone the hub must heal by itself, within
+//! seconds: the words the host wrote restored from its private copies, lists rebuilt, slots no
+//! live participant can hold returned, every entry Empty, every slot free. Last, a fresh peer
+//! attaches and echoes 1000 checked frames up to 1 MiB, and at the end every slot is free,
+//! none quarantined (`leaks=0 quarantined=0`).
 
 use std::mem::offset_of;
 use std::path::Path;
@@ -64,6 +74,10 @@ const TARGET_CLASSES: [usize; 2] = [3, 4];
 const PROGRESS: u64 = 50;
 /// How long each step of a life may take.
 const STEP: Duration = Duration::from_secs(10);
+/// Random stores of each scribbling life over the metadata (its own entry comes on top).
+const SCRIBBLES: u64 = 200_000;
+/// Echoes the fresh peer must return after the scribblers.
+const FRESH_ECHOES: u64 = 1000;
 
 /// The attacks, and the eviction each must bring.
 const ATTACKS: [(&str, Expect); 9] = [
@@ -232,8 +246,74 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
     driver.stop(&mut honest, Duration::from_secs(10))?;
     let settled = driver.settle(Duration::from_secs(5))?;
     if settled.leaked != 0 {
+        return Err(leak_failure(&settled, "after the honest peers left"));
+    }
+
+    // The scribblers, with nobody else attached, and the hub's healing after each.
+    let scribblers = settings.scale(2, 1);
+    let mut healing = Healing::default();
+    for life in 0..scribblers {
+        let args = [
+            "scribble".into(),
+            rng.next_u64().to_string(),
+            path.display().to_string(),
+        ];
+        let mut scribbler = spawn_quietly(&host, &args, &mut healing)?;
+        let id = scribbler.peer.ok_or("the scribbler has no peer id")?;
+        let deadline = Instant::now() + STEP;
+        loop {
+            match scribbler.try_wait()? {
+                Some(status) if status.code().is_none() => break,
+                Some(status) => {
+                    return Err(format!(
+                        "scribbler {life} (peer {id}) ended by itself ({}), not killed",
+                        common::describe(status)
+                    ));
+                }
+                None if Instant::now() > deadline => {
+                    return Err(format!(
+                        "scribbler {life} (peer {id}) still runs {STEP:?} after it started: not evicted ({healing:?})"
+                    ));
+                }
+                None => healing.listen(&host),
+            }
+        }
+        wait_healed(&host, &mut healing, &format!("after scribbler {life}"))?;
+    }
+
+    // A fresh peer: 1000 checked echoes, up to 1 MiB.
+    let ticket = host.add_peer().map_err(|e| format!("add_peer: {e}"))?;
+    let mut fresh = vec![ChildProcess::spawn(
+        "echo",
+        &[rng.next_u64().to_string(), "0".into()],
+        Some(&ticket),
+        false,
+    )?];
+    let fresh_id = ticket.peer_id();
+    drop(ticket);
+    driver.max_len = 1 << 20;
+    driver.sending = true;
+    driver.revive(fresh_id);
+    let target = driver.echoes + FRESH_ECHOES;
+    let deadline = Instant::now() + 3 * STEP;
+    while driver.echoes < target {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the fresh peer returned {} of {FRESH_ECHOES} echoes within {:?}",
+                FRESH_ECHOES - (target - driver.echoes),
+                3 * STEP
+            ));
+        }
+        driver.pump()?;
+        healing.listen(&host);
+    }
+    driver.drain(Duration::from_secs(30))?;
+    driver.stop(&mut fresh, Duration::from_secs(10))?;
+    let settled = driver.settle(Duration::from_secs(5))?;
+    if settled.leaked != 0 {
         return Err(leak_failure(&settled, "at the end"));
     }
+    wait_healed(&host, &mut healing, "at the end")?;
     if driver.alloc_errors != 0 {
         return Err(format!(
             "{} honest loans failed with allocator errors",
@@ -246,11 +326,93 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
         .set("faults_reported", driver.faults)
         .set("damage_found", figures.get("damage_found"))
         .set("repairs", figures.get("repairs"))
+        .set("scribblers", scribblers)
+        .set("words_restored", healing.restored)
+        .set("scribble_damage", healing.damage)
         .set("quarantined", settled.quarantined)
         .set("frames", driver.requests + driver.echoes)
         .set("bytes", driver.bytes)
         .set("leaks", settled.leaked);
     Ok(out)
+}
+
+/// What the host said while it healed from the scribblers: their writes hit every entry, so
+/// evictions, deaths and failed recoveries of entries nobody uses are expected, and counted.
+#[derive(Debug, Default)]
+struct Healing {
+    /// `WordsRestored` events.
+    restored: u64,
+    /// `AllocatorDamaged` events.
+    damage: u64,
+    /// Other events.
+    other: u64,
+}
+
+impl Healing {
+    fn listen(&mut self, host: &Host) {
+        while let Some(event) = host.try_event() {
+            match event {
+                PeerEvent::WordsRestored { .. } => self.restored += 1,
+                PeerEvent::AllocatorDamaged(_) => self.damage += 1,
+                _ => self.other += 1,
+            }
+        }
+    }
+}
+
+/// Spawn a hostile life when an entry is free, with nobody else to serve meanwhile.
+fn spawn_quietly(
+    host: &Host,
+    args: &[String],
+    healing: &mut Healing,
+) -> Result<ChildProcess, String> {
+    let deadline = Instant::now() + STEP;
+    loop {
+        match ChildProcess::spawn_peer(host, "hostile", args, false) {
+            Ok(child) => return Ok(child),
+            Err(HostError::NoFreePeer(_)) if Instant::now() < deadline => {
+                healing.listen(host);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(error) => return Err(format!("spawn the scribbler: {error}")),
+        }
+    }
+}
+
+/// Wait until the hub has healed by itself: every entry Empty, and in every class every slot
+/// free, none garbage, and the header's total right.
+fn wait_healed(host: &Host, healing: &mut Healing, when: &str) -> Result<(), String> {
+    let deadline = Instant::now() + 3 * STEP;
+    loop {
+        healing.listen(host);
+        let stuck = host
+            .peers()
+            .into_iter()
+            .find(|p| p.state != hub_transport::PeerState::Empty)
+            .map(|p| format!("peer entry {} is {} (epoch {})", p.id, p.state, p.epoch))
+            .or_else(|| {
+                host.stats().iter().enumerate().find_map(|(class, s)| {
+                    (s.free != s.total || s.corrupt != 0 || s.total != s.header_total).then(
+                        || {
+                            format!(
+                                "class {class}: {} of {} free, {} allocated, {} in flight, {} garbage, header total {}",
+                                s.free, s.total, s.allocated, s.in_flight, s.corrupt, s.header_total
+                            )
+                        },
+                    )
+                })
+            });
+        match stuck {
+            None => return Ok(()),
+            Some(what) if Instant::now() > deadline => {
+                return Err(format!(
+                    "{when}: the hub has not healed within {:?}: {what}",
+                    3 * STEP
+                ));
+            }
+            Some(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
 }
 
 /// The hostile process, spawned by the host into its entry once the last life's is recovered.
@@ -529,6 +691,55 @@ pub fn peer(args: &[String]) -> Result<(), Stop> {
                 head.store(pack_free_head(index, tag.wrapping_add(7)), Release);
             }
             break_send_head(&mut rng);
+        }
+        "scribble" => {
+            // Random words over the whole metadata but its own entry, then its own entry, for
+            // which it is evicted (and killed).
+            let store = |start: usize, len: usize, count: u64, rng: &mut Rng| -> Result<(), Stop> {
+                let words = (len / 4) as u64;
+                for _ in 0..count {
+                    let at = start + 4 * rng.below(words) as usize;
+                    segment.u32_at(at)?.store(rng.next_u64() as u32, Release);
+                }
+                Ok(())
+            };
+            let peers = usize::from(layout.max_peers);
+            let rings = 2 * peers;
+            let entry_size = size_of::<PeerEntry>();
+            let quarter = SCRIBBLES / 5;
+            store(0, size_of::<hub_layout::HubHeader>(), quarter, &mut rng)?;
+            for other in (0..layout.max_peers).filter(|&p| p != id) {
+                let offset = layout.peer_entry_offset(other);
+                store(
+                    offset,
+                    entry_size,
+                    quarter / (peers as u64 - 1).max(1),
+                    &mut rng,
+                )?;
+            }
+            for ring in 0..rings {
+                let offset = layout.ring_offset(ring);
+                store(
+                    offset,
+                    size_of::<DescRingHeader>(),
+                    quarter / rings as u64,
+                    &mut rng,
+                )?;
+            }
+            let classes = hub_layout::NUM_SIZE_CLASSES;
+            store(
+                layout.class_header_offset(0),
+                classes * size_of::<SizeClassHeader>(),
+                quarter,
+                &mut rng,
+            )?;
+            for class in 0..classes {
+                let metas = layout.initial_extent_offset(class)
+                    + layout.extent_geometry(class).meta_offset as usize;
+                let len = layout.slots_per_extent(class) as usize * 16;
+                store(metas, len, quarter / classes as u64, &mut rng)?;
+            }
+            store(entry, entry_size, 1000, &mut rng)?;
         }
         other => return Err(Stop::Failed(format!("no attack {other:?}"))),
     }
