@@ -167,7 +167,10 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
             rng.next_u64().to_string(),
             path.display().to_string(),
         ];
-        let mut hostile = spawn_when_free(&host, &mut driver, &honest_ids, &args)?;
+        let mut hostile = spawn_when_free(&host, &args, || {
+            driver.pump()?;
+            listen(&host, &mut Heard::default(), u16::MAX, &honest_ids)
+        })?;
         let id = hostile.peer.ok_or("the hostile has no peer id")?;
         driver.suspect = Some(id);
         driver.revive(id);
@@ -258,7 +261,11 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
             rng.next_u64().to_string(),
             path.display().to_string(),
         ];
-        let mut scribbler = spawn_quietly(&host, &args, &mut healing)?;
+        let mut scribbler = spawn_when_free(&host, &args, || {
+            healing.listen(&host);
+            std::thread::sleep(Duration::from_millis(5));
+            Ok(())
+        })?;
         let id = scribbler.peer.ok_or("the scribbler has no peer id")?;
         let deadline = Instant::now() + STEP;
         loop {
@@ -360,25 +367,6 @@ impl Healing {
     }
 }
 
-/// Spawn a hostile life when an entry is free, with nobody else to serve meanwhile.
-fn spawn_quietly(
-    host: &Host,
-    args: &[String],
-    healing: &mut Healing,
-) -> Result<ChildProcess, String> {
-    let deadline = Instant::now() + STEP;
-    loop {
-        match ChildProcess::spawn_peer(host, "hostile", args, false) {
-            Ok(child) => return Ok(child),
-            Err(HostError::NoFreePeer(_)) if Instant::now() < deadline => {
-                healing.listen(host);
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(error) => return Err(format!("spawn the scribbler: {error}")),
-        }
-    }
-}
-
 /// Wait until the hub has healed by itself: every entry Empty, and in every class every slot
 /// free, none garbage, and the header's total right.
 fn wait_healed(host: &Host, healing: &mut Healing, when: &str) -> Result<(), String> {
@@ -415,21 +403,19 @@ fn wait_healed(host: &Host, healing: &mut Healing, when: &str) -> Result<(), Str
     }
 }
 
-/// The hostile process, spawned by the host into its entry once the last life's is recovered.
+/// A hostile process, spawned by the host into an entry as soon as one is free (the last
+/// life's recovered); `between` runs while it waits (serving the honest peers, or reading the
+/// host's events).
 fn spawn_when_free(
     host: &Host,
-    driver: &mut Driver<'_>,
-    honest: &[u16],
     args: &[String],
+    mut between: impl FnMut() -> Result<(), String>,
 ) -> Result<ChildProcess, String> {
     let deadline = Instant::now() + STEP;
     loop {
         match ChildProcess::spawn_peer(host, "hostile", args, false) {
             Ok(child) => return Ok(child),
-            Err(HostError::NoFreePeer(_)) if Instant::now() < deadline => {
-                driver.pump()?;
-                listen(host, &mut Heard::default(), u16::MAX, honest)?;
-            }
+            Err(HostError::NoFreePeer(_)) if Instant::now() < deadline => between()?,
             Err(error) => return Err(format!("spawn the hostile: {error}")),
         }
     }

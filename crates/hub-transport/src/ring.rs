@@ -1138,6 +1138,21 @@ mod loom_tests {
         }
     }
 
+    /// Pop `count` descriptors, yielding while the ring is empty: each must be the next in
+    /// order.
+    fn receive_in_order(consumer: &mut Consumer, count: u64) {
+        let mut got = 0;
+        while got < count {
+            match consumer.try_pop().unwrap() {
+                Some(d) => {
+                    assert_eq!(d, desc(got));
+                    got += 1;
+                }
+                None => thread::yield_now(),
+            }
+        }
+    }
+
     /// Producer and consumer exchange 3 descriptors through a ring of capacity 2 (so the third
     /// wraps around into a slot the consumer freed): every one arrives once, in order, intact,
     /// and loom finds no race on a slot.
@@ -1186,18 +1201,7 @@ mod loom_tests {
                 producer.try_push(&desc(0)).unwrap();
                 producer.try_push(&desc(1)).unwrap();
             });
-            let receiver = thread::spawn(move || {
-                let mut got = 0;
-                while got < 2 {
-                    match consumer.try_pop().unwrap() {
-                        Some(d) => {
-                            assert_eq!(d, desc(got));
-                            got += 1;
-                        }
-                        None => thread::yield_now(),
-                    }
-                }
-            });
+            let receiver = thread::spawn(move || receive_in_order(&mut consumer, 2));
             let len = ring.len().unwrap();
             assert!(len <= 2);
             sender.join().unwrap();
@@ -1222,18 +1226,7 @@ mod loom_tests {
                     }
                 }
             });
-            let receiver = thread::spawn(move || {
-                let mut got = 0;
-                while got < 2 {
-                    match consumer.try_pop().unwrap() {
-                        Some(d) => {
-                            assert_eq!(d, desc(got));
-                            got += 1;
-                        }
-                        None => thread::yield_now(),
-                    }
-                }
-            });
+            let receiver = thread::spawn(move || receive_in_order(&mut consumer, 2));
             if let Ok(pending) = ring.pending() {
                 assert!(pending.len() <= 1);
             }

@@ -57,6 +57,19 @@ fn forge_free(
     }
 }
 
+/// The poke peer sends a frame of class 2 and the host holds it: slot 0 of class 2 (a fresh
+/// hub's list starts there), in flight to the host, its payload intact.
+fn hold_a_frame<'h>(host: &'h Host, named: &Named, poker: &mut Poker) -> hub_transport::Frame<'h> {
+    poker.send(CLASS_2);
+    let frame = host.recv_timeout(WATCHDOG).unwrap();
+    assert_eq!(frame.len(), CLASS_2);
+    assert_eq!(pattern::checksum(frame.payload()), frame.meta().msg_id);
+    let meta = named.slot_meta(2, 0);
+    assert_eq!(poker.r64(named.gen_state(meta)), gen_state(0, IN_FLIGHT));
+    assert_eq!(poker.r32(named.owner(meta)), HOST_OWNER);
+    frame
+}
+
 /// The byte range of a payload.
 fn range(bytes: &[u8]) -> (usize, usize) {
     let start = bytes.as_ptr() as usize;
@@ -123,14 +136,7 @@ fn a_forged_free_of_a_held_frame_never_lends_it() {
     let host = default_host();
     let named = Named::default_hub();
     let mut poker = Poker::spawn(&host);
-    poker.send(CLASS_2);
-    let frame = host.recv_timeout(WATCHDOG).unwrap();
-    assert_eq!(frame.len(), CLASS_2);
-    assert_eq!(pattern::checksum(frame.payload()), frame.meta().msg_id);
-    let meta = named.slot_meta(2, 0);
-    assert_eq!(poker.r64(named.gen_state(meta)), gen_state(0, IN_FLIGHT));
-    assert_eq!(poker.r32(named.owner(meta)), HOST_OWNER);
-
+    let frame = hold_a_frame(&host, &named, &mut poker);
     forge_free(&mut poker, &named, 2, 0, 0, true);
     loans_never_alias(&host, &[range(frame.payload())], CLASS_2, 40);
     assert_eq!(
@@ -176,11 +182,8 @@ fn a_second_descriptor_for_a_held_slot_is_refused() {
     let named = Named::default_hub();
     let mut poker = Poker::spawn(&host);
     let peer = poker.peer;
-    poker.send(CLASS_2);
-    let frame = host.recv_timeout(WATCHDOG).unwrap();
+    let frame = hold_a_frame(&host, &named, &mut poker);
     let meta = named.slot_meta(2, 0);
-    assert_eq!(poker.r64(named.gen_state(meta)), gen_state(0, IN_FLIGHT));
-
     poker.w64(named.gen_state(meta), gen_state(1, IN_FLIGHT));
     let forged = MsgDescHot {
         msg_id: 99,
@@ -303,8 +306,7 @@ fn recovery_never_frees_a_frame_the_host_holds() {
     let named = Named::default_hub();
     let mut poker = Poker::spawn(&host);
     let peer = poker.peer;
-    poker.send(CLASS_2);
-    let frame = host.recv_timeout(WATCHDOG).unwrap();
+    let frame = hold_a_frame(&host, &named, &mut poker);
     // A second descriptor naming the held slot, left unread in the ring; then the peer dies.
     let again = MsgDescHot {
         payload_slot: Named::slot_ref(2, 0),

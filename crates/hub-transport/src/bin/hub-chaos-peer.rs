@@ -342,8 +342,6 @@ impl Rng {
     }
 }
 
-/// A peer that never sends through its `Peer`, and its own send ring reached through a mapping
-/// of its own: the ring's only producer in use.
 /// A second mapping of the segment a ticket in the environment names, taken before
 /// `Peer::from_env` takes the inherited descriptor, and the attached peer.
 fn attach_with_mapping(reservation: usize) -> Result<(Peer, Arc<SegmentMapping>), String> {
@@ -456,6 +454,8 @@ fn poke() -> Result<u8, String> {
     Ok(0)
 }
 
+/// A peer that never sends through its `Peer`, and its own send ring reached through a mapping
+/// of its own: the ring's only producer in use.
 struct OwnRing {
     // The view first: it is dropped before the mapping it points into.
     ring: RawRing,
@@ -466,29 +466,8 @@ struct OwnRing {
 
 impl OwnRing {
     fn attach() -> Result<Self, String> {
-        let spec = TicketSpec::from_env().map_err(|e| format!("ticket: {e}"))?;
-        // A second way into the segment, taken before the Peer takes the inherited descriptor.
-        let file = match &spec.source {
-            SpecSource::Fd(fd) => {
-                // SAFETY: the ticket names this descriptor as the hub's, inherited for this
-                // process and open until `Peer::from_env` below takes it; it is only borrowed
-                // to duplicate it.
-                let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) };
-                let owned = borrowed
-                    .try_clone_to_owned()
-                    .map_err(|e| format!("dup: {e}"))?;
-                SegmentFile::from_fd(owned)
-            }
-            SpecSource::Path(path) => {
-                SegmentFile::open_path(path, hub_transport::mapping::Access::ReadWrite)
-            }
-        }
-        .map_err(|e| format!("segment file: {e}"))?;
-        let peer = Peer::from_env().map_err(|e| format!("attach: {e}"))?;
+        let (peer, mapping) = attach_with_mapping(0)?;
         let id = peer.id();
-        let len = usize::try_from(file.len().map_err(|e| format!("len: {e}"))?)
-            .map_err(|e| format!("len: {e}"))?;
-        let mapping = Arc::new(SegmentMapping::new(file, len).map_err(|e| format!("map: {e}"))?);
         let header = HeaderSnapshot::read(&*mapping).map_err(|e| format!("header: {e}"))?;
         let layout = SegmentLayout::new(header.max_peers, header.ring_capacity)
             .map_err(|e| format!("layout: {e}"))?;
