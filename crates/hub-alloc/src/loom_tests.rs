@@ -837,3 +837,36 @@ fn garbage_in_a_journal_never_blocks_its_owner() {
         check_quiet(&host, 2);
     });
 }
+
+/// Model 16, R4: the host's auditor restores the allocator's words (`restore_constants`) while
+/// a thread of the same process grows the class. The growth publishes its extent and records it
+/// in the private table in one step, so the restore never takes the host's own new extent for
+/// one that does not fit, never zeroes its published offset, and the grown slot stays where it
+/// was handed out.
+#[test]
+fn restore_racing_the_hosts_own_growth() {
+    model("restore_racing_the_hosts_own_growth", || {
+        let host = Arc::new(slab(2, 2));
+        let held = [
+            host.try_alloc_in(0).unwrap().expect("a slot"),
+            host.try_alloc_in(0).unwrap().expect("a slot"),
+        ];
+        let auditor = {
+            let host = host.clone();
+            thread::spawn(move || host.restore_constants())
+        };
+        let grown = host.alloc_in(0).unwrap();
+        let at = host.slot_data(grown).unwrap();
+        let restored = auditor.join().unwrap();
+        assert!(
+            !restored.contains(&"extent offset"),
+            "the host's own extent was taken for a forged one: {restored:?}"
+        );
+        assert_eq!(Private::new(&host).extent_offsets().len(), 2);
+        assert_eq!(host.slot_data(grown).unwrap(), at, "the grown slot moved");
+        for handle in held.into_iter().chain([grown]) {
+            let _ = host.free(handle).unwrap();
+        }
+        check_quiet(&host, 4);
+    });
+}

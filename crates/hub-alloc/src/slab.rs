@@ -285,9 +285,11 @@ impl ClassCache {
 ///
 /// Every participant (the host and each peer, in its own process or as a thread in a test)
 /// holds its own `Slab` over the same region, naming itself as the owner of what it allocates.
-/// The type is `Send + Sync`; all operations take `&self` and are lock-free, except that a pop or
-/// push waits while the host holds a class's list during [`reclaim`](Self::reclaim) or
-/// [`rebuild_free_list`](Self::rebuild_free_list).
+/// The type is `Send + Sync`; all operations take `&self`. Across processes they are
+/// lock-free, except that a pop or push waits while the host holds a class's list during
+/// [`reclaim`](Self::reclaim) or [`rebuild_free_list`](Self::rebuild_free_list); within one
+/// owner, its threads take turns over a pop's or free's few-instruction window under a private
+/// mutex (the journal's, R5).
 ///
 /// ```
 /// use hub_alloc::{ClassConfig, HeapRegion, OwnerId, Slab, SlabLayout};
@@ -611,8 +613,6 @@ impl<R: Region> Slab<R> {
         {
             return Err(transition_error(handle, found, "allocated"));
         }
-        // R4: the slot is the receiver's from here on, no longer ours.
-        self.ledger.release(handle);
         // R6: the receiver must free it next. A crash before this store leaves the slot in
         // flight but owned by the sender, whose reclaim frees it: the descriptor was not
         // published yet.
@@ -623,6 +623,9 @@ impl<R: Region> Slab<R> {
         // and take the frame (DESIGN §4). The ring's Release publication of the descriptor,
         // which comes after this call, publishes it.
         meta.next_free.store(self.me.raw(), Ordering::Release);
+        // R4: the slot is the receiver's from here on, no longer ours: out of the ledger once
+        // its meta says so whole (owner and sender), so that no look finds it ours and unowned.
+        self.ledger.release(handle);
         Ok(())
     }
 
@@ -986,17 +989,24 @@ impl<R: Region> Slab<R> {
         Ok(report)
     }
 
-    /// Free `handle`'s slot if it is in flight to `receiver` at the handle's generation: R10's
-    /// scan of a dead peer's rings, where a descriptor may name any slot and only one in flight
-    /// to that ring's receiver is the ring's to free. A slot this participant holds is never
-    /// freed (R4). Whether it freed the slot.
-    pub fn free_if_in_flight_to(&self, handle: SlotHandle, receiver: OwnerId) -> bool {
+    /// Free `handle`'s slot if `sender` put it in flight to `receiver` at the handle's
+    /// generation: R10's scan of a dead peer's rings, where a descriptor may name any slot
+    /// (another peer's frame still pending in its own ring, say) and only one that ring's
+    /// sender sent to that ring's receiver is the ring's to free. A slot this participant holds
+    /// is never freed (R4). Whether it freed the slot.
+    pub fn free_if_in_flight_to(
+        &self,
+        handle: SlotHandle,
+        sender: OwnerId,
+        receiver: OwnerId,
+    ) -> bool {
         let Ok(status) = self.slot_status(handle.class(), handle.index()) else {
             return false;
         };
         status.generation == handle.generation()
             && status.state == Some(SlotState::InFlight)
             && status.owner == receiver.raw()
+            && status.sender == Some(sender)
             && self.free_unheld(handle).is_ok()
     }
 
@@ -1294,10 +1304,16 @@ impl<R: Region> Slab<R> {
                 ),
             ];
             for (what, offset, expected) in fields {
-                if let Some(word) = shared.u32_at(base + offset)
-                    && word.load(Ordering::Relaxed) != expected
+                if shared
+                    .read_plain_u32(base + offset)
+                    .is_some_and(|found| found != expected)
                 {
-                    word.store(expected, Ordering::Release);
+                    // Under loom these plain fields are never written after `init`: models do
+                    // not scribble them, and loom cannot take them for atomics.
+                    #[cfg(not(loom))]
+                    if let Some(word) = shared.u32_at(base + offset) {
+                        word.store(expected, Ordering::Release);
+                    }
                     note(what);
                 }
             }
@@ -1782,8 +1798,14 @@ impl<R: Region> Slab<R> {
     fn grow(&self, class: usize) -> Result<Option<SlotHandle>, SlabError> {
         let header = self.header(class)?;
         let max_extents = self.layout.max_extents as usize;
+        // An extent number is free when nothing is published there and this handle knows no
+        // extent there either (R4: a number whose shared offset another process zeroed is not
+        // reused over the extent this handle knows).
         let next_unpublished = |from: usize| {
-            (from..max_extents).find(|&e| header.extent_offsets[e].load(Ordering::Acquire) == 0)
+            (from..max_extents).find(|&e| {
+                header.extent_offsets[e].load(Ordering::Acquire) == 0
+                    && self.cache[class].extents[e].load(Ordering::Acquire) == 0
+            })
         };
         let Some(mut extent) = next_unpublished(0) else {
             return Ok(None);
@@ -1847,28 +1869,60 @@ impl<R: Region> Slab<R> {
         if let Some(cell) = self.cache[class].initialised.get(start / 64) {
             cell.with_mut(|_| ());
         }
-        loop {
-            self.write_extent_header(class, extent as u16, start)?;
-            // R8: publish with Release: whoever reads the offset sees the initialised extent.
-            match header.extent_offsets[extent].compare_exchange(
-                0,
-                start as u64,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => break,
-                Err(_) => match next_unpublished(extent + 1) {
+        let shift = config.slots_per_extent.trailing_zeros();
+        let slots_of = |extent: usize| {
+            let first = (extent as u32) << shift;
+            (first..first + config.slots_per_extent)
+                .map(move |index| SlotHandle::from_parts(class as u16, index, 0))
+        };
+        {
+            // R4: the publication and the private table's record of it under the table's lock,
+            // so that no adoption (the auditor's restore, say) ever sees the extent published
+            // but not yet this handle's; and the new slots in the ledger before they are
+            // reachable, so that none is ever this handle's without its ledger saying so.
+            let mut table = lock(&self.extents);
+            loop {
+                if slots_of(extent).any(|slot| !self.ledger.claim(slot)) {
+                    slots_of(extent).for_each(|slot| {
+                        self.ledger.release(slot);
+                    });
+                    drop(table);
+                    forget(false);
+                    return Err(SlabError::Held {
+                        class: class as u16,
+                        index: (extent as u32) << shift,
+                    });
+                }
+                if let Err(error) = self.write_extent_header(class, extent as u16, start) {
+                    slots_of(extent).for_each(|slot| {
+                        self.ledger.release(slot);
+                    });
+                    drop(table);
+                    forget(false);
+                    return Err(error);
+                }
+                // R8: publish with Release: whoever reads the offset sees the initialised extent.
+                let published = header.extent_offsets[extent].compare_exchange(
+                    0,
+                    start as u64,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+                if published.is_ok() {
+                    break;
+                }
+                slots_of(extent).for_each(|slot| {
+                    self.ledger.release(slot);
+                });
+                match next_unpublished(extent + 1) {
                     Some(next) => extent = next,
                     None => {
+                        drop(table);
                         forget(true);
                         return Ok(None);
                     }
-                },
+                }
             }
-        }
-        {
-            // R4: our own extent goes into the private table as the reservation leaves it.
-            let mut table = lock(&self.extents);
             table.retain(|&reserved| reserved != (start, end));
             self.cache[class].extents[extent].store(start as u64, Ordering::Release);
         }
@@ -1878,25 +1932,16 @@ impl<R: Region> Slab<R> {
         if let Some(count) = self.shared().u32_at(self.layout.extent_count_offset) {
             count.fetch_add(1, Ordering::Relaxed);
         }
-        let first = (extent as u32) << config.slots_per_extent.trailing_zeros();
-        for slot in 1..config.slots_per_extent {
-            let freed =
-                self.free_slot(SlotHandle::from_parts(class as u16, first + slot, 0), false)?;
+        // The first slot is the grower's (in its ledger already); the others leave the ledger
+        // as they are freed.
+        for slot in slots_of(extent).skip(1) {
+            let freed = self.free_slot(slot, true)?;
             if freed.wake_waiters {
                 // R11: an allocator sleeps on the class's word: the caller wakes it.
                 self.wakes.fetch_or(1 << class, Ordering::Release);
             }
         }
-        let handle = SlotHandle::from_parts(class as u16, first, 0);
-        // R4: into the ledger, as a popped slot. Nobody can hold it yet: refusal is impossible
-        // but for a bug, and then the slot is not handed out.
-        if !self.ledger.claim(handle) {
-            return Err(SlabError::Held {
-                class: handle.class,
-                index: handle.index,
-            });
-        }
-        Ok(Some(handle))
+        Ok(slots_of(extent).next())
     }
 
     /// The end of every extent this participant knows and of its reservations in progress,

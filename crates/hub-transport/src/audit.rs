@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use hub_alloc::{ClassAudit, Orphan, OwnerId, RebuildReport};
 
 use crate::host::Core;
-use crate::segment::PeerState;
+use crate::supervisor::Life;
 use crate::supervisor::{PeerEvent, TICK, emit};
 use crate::sync::Ordering;
 
@@ -88,13 +88,13 @@ pub(crate) struct Auditor {
 /// attached then, any of which might have been holding it.
 type Suspect = (Instant, Vec<(u16, u64)>);
 
-/// The peer lives the hub has now: `(id, epoch)` of every entry that is not Empty.
+/// The peer lives the hub has now, as the host's private truth says (R4: never the entries'
+/// shared words, which any peer can write): `(id, epoch)` of every entry that is not empty.
 fn lives(core: &Core) -> Vec<(u16, u64)> {
-    let segment = &core.endpoint.segment;
-    (0..segment.layout().max_peers)
+    (0..core.entries.len() as u16)
         .filter_map(|peer| {
-            let words = segment.peer(peer);
-            (words.state() != PeerState::Empty).then(|| (peer, words.epoch.load(Ordering::Acquire)))
+            let truth = core.truth(peer);
+            (!matches!(truth.life, Life::Empty)).then_some((peer, truth.epoch))
         })
         .collect()
 }
@@ -174,14 +174,13 @@ impl Auditor {
     /// quarantine is not forever). What was done, if anything.
     fn return_orphans(&self, core: &Core, class: u16, now: Instant) -> Option<AllocatorDamage> {
         let slab = &core.endpoint.slab;
-        let segment = &core.endpoint.segment;
+        let lives_now = lives(core);
         let live = |owner: OwnerId| {
             owner
                 .peer_id()
-                .is_some_and(|peer| segment.peer(peer).state() != PeerState::Empty)
+                .is_some_and(|peer| lives_now.iter().any(|&(id, _)| id == peer))
         };
         let orphans = slab.orphans(class, live).ok()?;
-        let lives_now = lives(core);
         let mut suspects = self.suspects.lock().unwrap_or_else(|p| p.into_inner());
         suspects.retain(|orphan, _| orphan.class != class || orphans.contains(orphan));
         let (mut returned, mut wake) = (0u32, false);

@@ -1083,7 +1083,11 @@ impl Core {
         // gone backwards and report the peer's ring as corrupted).
         let mut held = link.lock_both();
         {
-            for (ring, receiver) in [(send, OwnerId::HOST), (recv, OwnerId::peer(peer))] {
+            let rings = [
+                (send, OwnerId::peer(peer), OwnerId::HOST),
+                (recv, OwnerId::HOST, OwnerId::peer(peer)),
+            ];
+            for (ring, sender, receiver) in rings {
                 let view = segment
                     .ring(ring)
                     .map_err(|source| HostError::Ring { peer, source })?;
@@ -1094,7 +1098,7 @@ impl Core {
                     // An inline descriptor's INLINE_PAYLOAD_SLOT decodes to no slot.
                     if let Ok(handle) =
                         SlotHandle::from_slot_ref(desc.payload_slot, desc.payload_generation)
-                        && slab.free_if_in_flight_to(handle, receiver)
+                        && slab.free_if_in_flight_to(handle, sender, receiver)
                     {
                         recovery.ring_slots_freed += 1;
                     }

@@ -961,8 +961,9 @@ impl Frame<'_> {
                 // SAFETY: `ptr + len` lies inside the slot (checked in `Link::check`), which
                 // stays mapped while the frame's endpoint lives; `out` has room for `len` bytes
                 // (reserved above) and is not shared memory, so the two do not overlap. The
-                // copy reads through a raw pointer, never a reference, whatever another process
-                // writes meanwhile.
+                // copy reads through a raw pointer, never a reference; a byte another process
+                // writes meanwhile may come out old or new (as in any copy of shared memory),
+                // but this process reads each byte once, so what it checks is what it uses.
                 unsafe {
                     std::ptr::copy_nonoverlapping(ptr.as_ptr(), out.as_mut_ptr(), self.len);
                     out.set_len(self.len);

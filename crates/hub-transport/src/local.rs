@@ -50,6 +50,20 @@ impl Registration {
     }
 }
 
+impl Registration {
+    /// Withdraw the registration of a life this process did not get after all (its attach's
+    /// compare-and-swap was lost): unlike a drop, it leaves no departed life behind, so the
+    /// host never takes another process's life for one of its own threads.
+    pub fn cancel(mut self) {
+        if let Some(key) = self.key.take() {
+            let mut local = LOCAL.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(at) = local.iter().position(|k| *k == key) {
+                local.swap_remove(at);
+            }
+        }
+    }
+}
+
 impl Drop for Registration {
     fn drop(&mut self) {
         if let Some(key) = self.key {

@@ -74,7 +74,7 @@ fn recovery_racing_a_late_send_leaks_nothing() {
             if let Ok(handle) =
                 SlotHandle::from_slot_ref(desc.payload_slot, desc.payload_generation)
             {
-                host.free_if_in_flight_to(handle, OwnerId::HOST);
+                host.free_if_in_flight_to(handle, PEER, OwnerId::HOST);
             }
         }
         view.reset();

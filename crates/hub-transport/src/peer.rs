@@ -182,12 +182,15 @@ impl Peer {
             .store(crate::segment::monotonic_ns(), Ordering::Relaxed);
         let local = crate::local::Registration::new(&segment, peer, epoch);
         // R9: Reserved -> Active by compare-and-swap: of two processes with one ticket, one wins.
-        words
-            .transition(PeerState::Reserved, PeerState::Active)
-            .map_err(|state| AttachError::NotReserved { peer, state })?;
+        if let Err(state) = words.transition(PeerState::Reserved, PeerState::Active) {
+            // Another process attached with the ticket: that life is not this process's.
+            local.cancel();
+            return Err(AttachError::NotReserved { peer, state });
+        }
         if let Err(error) = check_epoch() {
             // The host recovered and re-reserved the entry between our two looks: give it back.
             let _ = words.transition(PeerState::Active, PeerState::Reserved);
+            local.cancel();
             return Err(error);
         }
         words.pid.store(std::process::id(), Ordering::Relaxed);

@@ -396,3 +396,32 @@ fn an_extent_published_over_another_class_is_never_used() {
     }
     assert!(loans.len() >= 8, "class 3 lends again: {}", loans.len());
 }
+
+/// A dead peer's ring may name another peer's frame that is still waiting in that peer's own
+/// ring: recovery frees only what the dead peer itself sent, so the other peer's frame arrives
+/// intact (and the other peer is not blamed for a stale descriptor).
+#[test]
+fn recovery_never_frees_another_peers_frame_in_flight() {
+    let host = default_host();
+    let named = Named::default_hub();
+    let mut forger = Poker::spawn(&host);
+    let mut honest = Poker::spawn(&host);
+    let dead = forger.peer;
+    honest.send(CLASS_2);
+    let meta = named.slot_meta(2, 0);
+    assert_eq!(honest.r64(named.gen_state(meta)), gen_state(0, IN_FLIGHT));
+    let forged = MsgDescHot {
+        payload_slot: Named::slot_ref(2, 0),
+        payload_generation: 0,
+        payload_len: 100,
+        ..MsgDescHot::empty()
+    };
+    forger.push_desc(&named, dead, &forged);
+    forger.exit(0);
+    wait_recovered(&host, dead);
+    let frame = host
+        .recv_from(honest.peer, Some(WATCHDOG))
+        .expect("the honest peer's frame");
+    assert_eq!(frame.len(), CLASS_2);
+    assert_eq!(pattern::checksum(frame.payload()), frame.meta().msg_id);
+}
