@@ -262,7 +262,7 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
             path.display().to_string(),
         ];
         let mut scribbler = spawn_when_free(&host, &args, || {
-            healing.listen(&host);
+            healing.listen(&host)?;
             std::thread::sleep(Duration::from_millis(5));
             Ok(())
         })?;
@@ -282,7 +282,7 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
                         "scribbler {life} (peer {id}) still runs {STEP:?} after it started: not evicted ({healing:?})"
                     ));
                 }
-                None => healing.listen(&host),
+                None => healing.listen(&host)?,
             }
         }
         wait_healed(&host, &mut healing, &format!("after scribbler {life}"))?;
@@ -298,6 +298,7 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
     )?];
     let fresh_id = ticket.peer_id();
     drop(ticket);
+    healing.honest = Some(fresh_id);
     driver.max_len = 1 << 20;
     driver.sending = true;
     driver.revive(fresh_id);
@@ -312,7 +313,8 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
             ));
         }
         driver.pump()?;
-        healing.listen(&host);
+        healing.listen(&host)?;
+        common::none_exited(&mut fresh, "while it echoed")?;
     }
     driver.drain(Duration::from_secs(30))?;
     driver.stop(&mut fresh, Duration::from_secs(10))?;
@@ -321,6 +323,11 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
         return Err(leak_failure(&settled, "at the end"));
     }
     wait_healed(&host, &mut healing, "at the end")?;
+    // Every slot back, none quarantined (`wait_healed` waited for it; counted here again).
+    let quarantined: u64 = host.stats().iter().map(|c| u64::from(c.corrupt)).sum();
+    if quarantined != 0 {
+        return Err(format!("{quarantined} slots quarantined at the end"));
+    }
     if driver.alloc_errors != 0 {
         return Err(format!(
             "{} honest loans failed with allocator errors",
@@ -336,7 +343,9 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
         .set("scribblers", scribblers)
         .set("words_restored", healing.restored)
         .set("scribble_damage", healing.damage)
-        .set("quarantined", settled.quarantined)
+        .set("scribble_evictions", healing.evictions)
+        .set("failed_recoveries", healing.failed_recoveries)
+        .set("quarantined", quarantined)
         .set("frames", driver.requests + driver.echoes)
         .set("bytes", driver.bytes)
         .set("leaks", settled.leaked);
@@ -351,19 +360,39 @@ struct Healing {
     restored: u64,
     /// `AllocatorDamaged` events.
     damage: u64,
+    /// `Evicted` and `Died` events (the scribbler's own, and those of entries it made look
+    /// alive).
+    evictions: u64,
+    /// `RecoveryFailed` events (garbage in a journal fails one recovery; it is tried again).
+    failed_recoveries: u64,
     /// Other events.
     other: u64,
+    /// A peer that must stay well (the fresh one): its eviction, death or failed recovery fails
+    /// the scenario.
+    honest: Option<u16>,
 }
 
 impl Healing {
-    fn listen(&mut self, host: &Host) {
+    fn listen(&mut self, host: &Host) -> Result<(), String> {
         while let Some(event) = host.try_event() {
             match event {
+                PeerEvent::Evicted { peer, reason } if Some(peer) == self.honest => {
+                    return Err(format!("the fresh peer {peer} was evicted: {reason}"));
+                }
+                PeerEvent::Died { peer, .. } if Some(peer) == self.honest => {
+                    return Err(format!("the fresh peer {peer} died"));
+                }
+                PeerEvent::RecoveryFailed { peer, error } if Some(peer) == self.honest => {
+                    return Err(format!("recovery of the fresh peer {peer} failed: {error}"));
+                }
                 PeerEvent::WordsRestored { .. } => self.restored += 1,
                 PeerEvent::AllocatorDamaged(_) => self.damage += 1,
+                PeerEvent::Evicted { .. } | PeerEvent::Died { .. } => self.evictions += 1,
+                PeerEvent::RecoveryFailed { .. } => self.failed_recoveries += 1,
                 _ => self.other += 1,
             }
         }
+        Ok(())
     }
 }
 
@@ -372,7 +401,7 @@ impl Healing {
 fn wait_healed(host: &Host, healing: &mut Healing, when: &str) -> Result<(), String> {
     let deadline = Instant::now() + 3 * STEP;
     loop {
-        healing.listen(host);
+        healing.listen(host)?;
         let stuck = host
             .peers()
             .into_iter()
