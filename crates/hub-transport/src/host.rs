@@ -1104,8 +1104,8 @@ impl Core {
                     }
                 }
             }
-            // R10: the scans come before the reset. SAFETY: this host is still the only
-            // producer of `recv` and consumer of `send`.
+            // R10: the scans come before the reset.
+            // SAFETY: this host is still the only producer of `recv` and consumer of `send`.
             unsafe { Link::reset(segment, recv, send, &mut held) }
                 .map_err(|source| HostError::Ring { peer, source })?;
             // What the peer sent the host that no frame of the host holds can never be read

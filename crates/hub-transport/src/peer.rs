@@ -136,9 +136,11 @@ impl Peer {
         }
         // SAFETY: the ticket protocol hands this descriptor number to this process for the
         // hub alone (documented on `attach_spec`); it was not taken before in this process
-        // (`TAKEN_FDS`, under its lock) and it is not close-on-exec, so it came through the
-        // `exec` and nothing here opened it. `from_raw_inherited` checks that it is open and a
-        // segment-like file before taking it, and leaves it alone on error.
+        // (`TAKEN_FDS`, under its lock), and it is not close-on-exec, so nothing std or rustix
+        // opened in this process owns it (they open everything close-on-exec). That it is not
+        // some other inherited descriptor, such as stdio, rests on the caller: the contract of
+        // `attach_spec`. `from_raw_inherited` checks that it is open and a segment-like file
+        // before taking it, and leaves it alone on error.
         let file = unsafe { SegmentFile::from_raw_inherited(fd)? };
         // Recorded whatever the attach does next: from here on the number is this process's,
         // and a failed attach closes it.
