@@ -175,7 +175,7 @@ where
 /// # Ok(())
 /// # }
 /// ```
-pub fn next_frame(peer: &Peer) -> Result<Option<Frame<'_>>, RecvError> {
+pub fn next_frame(peer: &Peer) -> Result<Option<Frame>, RecvError> {
     match peer.recv() {
         Ok(frame) => Ok(Some(frame)),
         Err(RecvError::HostGone) => Ok(None),

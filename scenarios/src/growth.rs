@@ -136,7 +136,7 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
 
     // 2. The host takes the initial extent and one slot more: the class grows once.
     let host_seed = common::mix(settings.seed, u64::MAX);
-    let mut own: Vec<(Loan<'_>, FrameMeta)> = Vec::new();
+    let mut own: Vec<(Loan, FrameMeta)> = Vec::new();
     for k in 0..=per_extent {
         let mut loan = host
             .try_loan(SIZE)
@@ -370,7 +370,7 @@ pub fn peer(args: &[String]) -> Result<(), Stop> {
 
     // More slots than the class can ever hold would be a hub bug; stop counting there.
     let capacity = slots_per_extent() as usize * MAX_EXTENTS_PER_CLASS;
-    let mut held: Vec<(Loan<'_>, FrameMeta)> = Vec::new();
+    let mut held: Vec<(Loan, FrameMeta)> = Vec::new();
     let mut late = 0u32;
     loop {
         let mut loan = match peer.try_loan(SIZE) {

@@ -792,6 +792,7 @@ fn try_mutant(image: &Image, mutant: &Mutant, path: &Path, epoch: u64) -> Result
         peer: 0,
         epoch,
         source: SpecSource::Path(path.to_path_buf()),
+        ready: None,
     };
     let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| Peer::attach_spec(&spec))) {
         Err(payload) => Outcome::Panic(payload_text(payload.as_ref())),

@@ -111,7 +111,7 @@ pub fn attach() -> Result<Peer, Stop> {
 
 /// A loan of `len` bytes; an allocator error (shared state a faulty peer damaged, which the
 /// host repairs) is a clean failure: tried again for up to ten seconds.
-pub fn loan(peer: &Peer, len: usize) -> Result<hub_transport::Loan<'_>, Stop> {
+pub fn loan(peer: &Peer, len: usize) -> Result<hub_transport::Loan, Stop> {
     let started = std::time::Instant::now();
     loop {
         match peer.loan(len) {

@@ -1,5 +1,6 @@
 //! The host: creates the hub, admits peers, sends to one, receives from any.
 
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex, mpsc};
@@ -12,6 +13,7 @@ use crate::link::{
 };
 use crate::liveness::{ProcessWatch, WatchError};
 use crate::mapping::MappingError;
+use crate::ready::{EntryFds, ReadySet};
 use crate::ring::RingError;
 use crate::segment::{CreateError, HOST_GONE, HubConfig, PeerState, Segment};
 use crate::signal::{Doorbell, WaitError, WaitMode, wait_any_for};
@@ -20,7 +22,7 @@ use crate::sync::Ordering;
 use crate::ticket::{Source, Ticket};
 
 /// The longest the host sleeps in a receive before it looks at its rings again, whoever rang.
-const WAIT_SLICE: Duration = Duration::from_millis(100);
+pub(crate) const WAIT_SLICE: Duration = Duration::from_millis(100);
 
 /// Errors of the host's peer management.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +37,9 @@ pub enum HostError {
     /// The segment's descriptor could not be duplicated for a ticket.
     #[error(transparent)]
     Mapping(#[from] MappingError),
+    /// The entry's readiness descriptors could not be made (out of descriptors).
+    #[error("cannot make the readiness descriptors: {0}")]
+    Readiness(std::io::Error),
     /// A ring of the peer could not be reached to reset it.
     #[error("ring of peer {peer}: {source}")]
     Ring {
@@ -127,7 +132,9 @@ pub struct Host {
 
 /// What the host's API and its supervisor thread share.
 pub(crate) struct Core {
-    pub endpoint: Endpoint,
+    pub endpoint: Arc<Endpoint>,
+    /// The host's readiness descriptor: every entry's to-host eventfd in one epoll set.
+    pub ready: ReadySet,
     /// One per peer id: pushes to ring 2i + 1, pops from ring 2i.
     pub links: Vec<Link>,
     cursor: AtomicUsize,
@@ -148,6 +155,20 @@ pub(crate) struct Core {
     pub entries: Vec<Mutex<EntryTruth>>,
     /// `(st_dev, st_ino)` of the segment file: the key of this process's own peers (`local`).
     pub file_id: Option<(u64, u64)>,
+}
+
+impl AsFd for Host {
+    /// The [readiness descriptor](Host::ready_fd).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.ready_fd()
+    }
+}
+
+impl AsRawFd for Host {
+    /// The [readiness descriptor](Host::ready_fd).
+    fn as_raw_fd(&self) -> RawFd {
+        self.ready_fd().as_raw_fd()
+    }
 }
 
 impl std::fmt::Debug for Host {
@@ -194,8 +215,10 @@ impl Host {
         }
         let (events, receiver) = mpsc::sync_channel(EVENT_BACKLOG);
         let file_id = crate::local::file_id(&segment);
+        let ready = ReadySet::new(usize::from(config.max_peers)).map_err(CreateError::Readiness)?;
         let core = Arc::new(Core {
-            endpoint: Endpoint::new(segment, slab),
+            endpoint: Arc::new(Endpoint::new(segment, slab)),
+            ready,
             links,
             cursor: AtomicUsize::new(0),
             recover_lock: Mutex::new(()),
@@ -641,7 +664,7 @@ impl Host {
     ///
     /// # Errors
     /// [`SendError::PayloadTooLarge`]; [`SendError::Alloc`].
-    pub fn loan(&self, len: usize) -> Result<Loan<'_>, SendError> {
+    pub fn loan(&self, len: usize) -> Result<Loan, SendError> {
         self.core.endpoint.loan(len, Deadline::Never, &|| None)
     }
 
@@ -649,7 +672,7 @@ impl Host {
     ///
     /// # Errors
     /// As [`loan`](Self::loan), and `NoFreeSlots`.
-    pub fn try_loan(&self, len: usize) -> Result<Loan<'_>, SendError> {
+    pub fn try_loan(&self, len: usize) -> Result<Loan, SendError> {
         self.core.endpoint.loan(len, Deadline::Now, &|| None)
     }
 
@@ -657,7 +680,7 @@ impl Host {
     ///
     /// # Errors
     /// As [`loan`](Self::loan), and `Timeout`.
-    pub fn loan_timeout(&self, len: usize, timeout: Duration) -> Result<Loan<'_>, SendError> {
+    pub fn loan_timeout(&self, len: usize, timeout: Duration) -> Result<Loan, SendError> {
         self.core
             .endpoint
             .loan(len, Deadline::after(timeout), &|| None)
@@ -669,7 +692,7 @@ impl Host {
     /// [`SendError::UnknownPeer`]; [`SendError::PeerNotActive`] when the peer is neither attached
     /// nor reserved (also when it leaves while the call waits); [`SendError::Ring`] when the
     /// peer corrupted its ring (the host evicts it, as for a fault found on receive).
-    pub fn send_loan(&self, peer: u16, meta: FrameMeta, loan: Loan<'_>) -> Result<(), SendError> {
+    pub fn send_loan(&self, peer: u16, meta: FrameMeta, loan: Loan) -> Result<(), SendError> {
         self.send_loan_until(peer, meta, loan, Deadline::Never)
     }
 
@@ -677,12 +700,7 @@ impl Host {
     ///
     /// # Errors
     /// As [`send_loan`](Self::send_loan), and `Full`.
-    pub fn try_send_loan(
-        &self,
-        peer: u16,
-        meta: FrameMeta,
-        loan: Loan<'_>,
-    ) -> Result<(), SendError> {
+    pub fn try_send_loan(&self, peer: u16, meta: FrameMeta, loan: Loan) -> Result<(), SendError> {
         self.send_loan_until(peer, meta, loan, Deadline::Now)
     }
 
@@ -694,7 +712,7 @@ impl Host {
         &self,
         peer: u16,
         meta: FrameMeta,
-        loan: Loan<'_>,
+        loan: Loan,
         timeout: Duration,
     ) -> Result<(), SendError> {
         self.send_loan_until(peer, meta, loan, Deadline::after(timeout))
@@ -704,7 +722,7 @@ impl Host {
         &self,
         peer: u16,
         meta: FrameMeta,
-        loan: Loan<'_>,
+        loan: Loan,
         deadline: Deadline,
     ) -> Result<(), SendError> {
         let link = self.link(peer)?;
@@ -775,7 +793,7 @@ impl Host {
     /// # Errors
     /// [`RecvError::BadDescriptor`] or [`RecvError::Ring`] naming a peer that broke the protocol
     /// (R3); [`RecvError::Futex`].
-    pub fn recv(&self) -> Result<Frame<'_>, RecvError> {
+    pub fn recv(&self) -> Result<Frame, RecvError> {
         self.recv_until(Deadline::Never)
     }
 
@@ -783,7 +801,7 @@ impl Host {
     ///
     /// # Errors
     /// As [`recv`](Self::recv), and `Empty`.
-    pub fn try_recv(&self) -> Result<Frame<'_>, RecvError> {
+    pub fn try_recv(&self) -> Result<Frame, RecvError> {
         self.poll_any().unwrap_or(Err(RecvError::Empty))
     }
 
@@ -791,7 +809,7 @@ impl Host {
     ///
     /// # Errors
     /// As [`recv`](Self::recv), and `Timeout`.
-    pub fn recv_timeout(&self, timeout: Duration) -> Result<Frame<'_>, RecvError> {
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Frame, RecvError> {
         self.recv_until(Deadline::after(timeout))
     }
 
@@ -806,7 +824,7 @@ impl Host {
     /// As [`recv_timeout`](Self::recv_timeout); [`RecvError::PeerNotActive`] when the peer
     /// does not exist, is neither attached, reserved nor leaving, or left (and its frames were
     /// all taken) while the call waits.
-    pub fn recv_from(&self, peer: u16, timeout: Option<Duration>) -> Result<Frame<'_>, RecvError> {
+    pub fn recv_from(&self, peer: u16, timeout: Option<Duration>) -> Result<Frame, RecvError> {
         let Some(link) = self.core.links.get(usize::from(peer)) else {
             return Err(RecvError::PeerNotActive {
                 peer,
@@ -823,7 +841,7 @@ impl Host {
 
     /// One look at `link`'s send ring, if its peer's state lets the host read it (see
     /// [`recv_from`](Self::recv_from)); `None` when there is nothing yet.
-    fn poll_one(&self, link: &Link) -> Option<Result<Frame<'_>, RecvError>> {
+    fn poll_one(&self, link: &Link) -> Option<Result<Frame, RecvError>> {
         let peer = link.peer;
         match self.core.endpoint.segment.peer_state(peer) {
             PeerState::Reserved => None,
@@ -845,7 +863,7 @@ impl Host {
     }
 
     /// One pass over every peer's send ring, starting after the last one served.
-    fn poll_any(&self) -> Option<Result<Frame<'_>, RecvError>> {
+    fn poll_any(&self) -> Option<Result<Frame, RecvError>> {
         let n = self.core.links.len();
         let start = self.core.cursor.fetch_add(1, Ordering::Relaxed) % n;
         for k in 0..n {
@@ -885,7 +903,7 @@ impl Host {
         }
     }
 
-    fn recv_until(&self, deadline: Deadline) -> Result<Frame<'_>, RecvError> {
+    fn recv_until(&self, deadline: Deadline) -> Result<Frame, RecvError> {
         if let Some(result) = self.poll_any() {
             return result;
         }
@@ -930,6 +948,111 @@ impl Host {
         }
     }
 
+    /// The host's readiness descriptor, for an event loop (tokio's
+    /// [`AsyncFd`](https://docs.rs/tokio/latest/tokio/io/unix/struct.AsyncFd.html), mio,
+    /// `epoll`): one descriptor for all peers, which becomes readable when a frame may be
+    /// waiting after the host [armed](Self::arm) itself. The `tokio` feature's
+    /// [`AsyncHost`](crate::aio::AsyncHost) does all of this.
+    ///
+    /// The protocol, in an event loop of your own (R11):
+    ///
+    /// 1. [`try_recv`](Self::try_recv) until it says [`RecvError::Empty`];
+    /// 2. [`arm`](Self::arm), then [`try_recv`](Self::try_recv) once more: a frame that came
+    ///    between the two is found here;
+    /// 3. still empty: wait until the descriptor is readable, [`clear_ready`](Self::clear_ready),
+    ///    and go back to 1.
+    ///
+    /// While the host finds frames it never arms, and no peer makes a system call to wake it.
+    /// Arm again after every wakeup: a peer writes the descriptor once per announcement. Wait
+    /// in slices of at most 100 ms, as [`recv`](Self::recv) does: the announcement lives in
+    /// words any peer can clear, and a peer that attaches or leaves rings no descriptor.
+    ///
+    /// ```
+    /// use hub_transport::{Host, HubConfig, Peer, RecvError, FrameMeta};
+    /// use std::os::fd::AsFd;
+    ///
+    /// let host = Host::create(&HubConfig { max_peers: 1, ..HubConfig::default() })?;
+    /// let peer = Peer::attach(&host.add_peer()?)?;
+    /// assert!(matches!(host.try_recv(), Err(RecvError::Empty)));
+    /// host.arm();
+    /// assert!(matches!(host.try_recv(), Err(RecvError::Empty)));
+    /// peer.send(FrameMeta::default(), b"hi")?; // the host is armed: the descriptor is written
+    /// let mut fds = [rustix::event::PollFd::new(&host, rustix::event::PollFlags::IN)]; // Host: AsFd
+    /// assert_eq!(rustix::event::poll(&mut fds, None)?, 1);
+    /// host.clear_ready();
+    /// assert_eq!(host.try_recv()?.payload(), b"hi");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn ready_fd(&self) -> BorrowedFd<'_> {
+        self.core.ready.as_fd()
+    }
+
+    /// Announce that the host is about to sleep on its [readiness descriptor](Self::ready_fd)
+    /// for frames from any peer: each peer that then sends writes it. Look at the rings once
+    /// more before sleeping.
+    pub fn arm(&self) {
+        let segment = &self.core.endpoint.segment;
+        for link in &self.core.links {
+            link.arm(segment);
+        }
+    }
+
+    /// [`arm`](Self::arm) for `peer`'s frames only (what [`recv_from`](Self::recv_from) waits
+    /// for). An unknown peer is ignored.
+    pub fn arm_peer(&self, peer: u16) {
+        if let Some(link) = self.core.links.get(usize::from(peer)) {
+            link.arm(&self.core.endpoint.segment);
+        }
+    }
+
+    /// Consume the readiness descriptor's pending wakeups (one `epoll_wait` that does not
+    /// wait), after it was found readable and before arming again.
+    pub fn clear_ready(&self) {
+        self.core.ready.drain();
+    }
+
+    /// One attempt to send a filled loan to `peer`: `Ok(None)` when it went, `Ok(Some(loan))`
+    /// with the loan back when the ring is full.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn try_send_loan_back(
+        &self,
+        peer: u16,
+        meta: FrameMeta,
+        loan: Loan,
+    ) -> Result<Option<Loan>, SendError> {
+        let link = self.link(peer)?;
+        let sent = link.try_send(&self.core.endpoint, meta, loan, &|| self.peer_gone(peer));
+        if let Err(SendError::Ring { peer, source }) = &sent {
+            self.core.evict(*peer, EvictReason::Ring(*source));
+        }
+        sent
+    }
+
+    /// One look for a frame from `peer`, as [`recv_from`](Self::recv_from) takes it: `None`
+    /// when there is none yet.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn look_from(&self, peer: u16) -> Option<Result<Frame, RecvError>> {
+        match self.core.links.get(usize::from(peer)) {
+            Some(link) => self.poll_one(link),
+            None => Some(Err(RecvError::PeerNotActive {
+                peer,
+                state: PeerState::Empty,
+            })),
+        }
+    }
+
+    /// One look for a frame from any peer: `None` when there is none yet.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn look_any(&self) -> Option<Result<Frame, RecvError>> {
+        self.poll_any()
+    }
+
+    /// The wait mode of this host.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn wait_mode(&self) -> WaitMode {
+        self.core.endpoint.mode()
+    }
+
     /// Leave the hub: tell every peer (goodbye, R12), so their blocked calls return
     /// [`RecvError::HostGone`] / [`SendError::HostGone`] at once. Dropping the host does the same.
     pub fn close(self) {}
@@ -962,6 +1085,23 @@ impl Core {
         truth.epoch = epoch;
         truth.spawn = None;
         truth.life = Life::Reserved { pid_wait: None };
+        // A new life gets new readiness descriptors: the last one's process may still hold
+        // the old ones.
+        let ready = match EntryFds::new().and_then(|fds| {
+            self.ready
+                .install(usize::from(peer), Arc::clone(&fds.to_host))?;
+            Ok(fds)
+        }) {
+            Ok(fds) => fds,
+            Err(error) => {
+                truth.life = Life::Empty;
+                return Err(HostError::Readiness(error));
+            }
+        };
+        self.links[usize::from(peer)].set_notify(Some(Arc::clone(&ready.to_peer)));
+        segment
+            .peer_word32(peer, crate::segment::pad::READY_WAITERS)
+            .store(0, Ordering::Relaxed);
         words.pid.store(0, Ordering::Relaxed);
         words.epoch.store(epoch, Ordering::Release);
         words
@@ -982,6 +1122,7 @@ impl Core {
                 peer,
                 epoch,
                 source,
+                ready,
             }),
             Err(error) => {
                 words

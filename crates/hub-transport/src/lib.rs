@@ -38,6 +38,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+#[cfg(all(feature = "tokio", not(loom)))]
+pub mod aio;
 pub mod futex;
 pub mod mapping;
 pub mod ring;
@@ -55,6 +57,8 @@ mod liveness;
 mod local;
 #[cfg(not(loom))]
 mod peer;
+#[cfg(not(loom))]
+mod ready;
 #[cfg(not(loom))]
 mod segment;
 #[cfg(not(loom))]
@@ -81,4 +85,4 @@ pub use signal::WaitMode;
 #[cfg(not(loom))]
 pub use supervisor::{EvictReason, PeerEvent};
 #[cfg(not(loom))]
-pub use ticket::{SpecSource, TICKET_ENV, Ticket, TicketSpec};
+pub use ticket::{ReadySpec, SpecSource, TICKET_ENV, Ticket, TicketSpec};

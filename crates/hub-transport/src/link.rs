@@ -18,8 +18,10 @@ use hub_layout::{
 
 use crate::futex::{self, FutexError, WAKE_ALL};
 use crate::mapping::SegmentMapping;
+use crate::ready::EventFd;
 use crate::ring::{Consumer, Producer, PushError, RingError};
 use crate::segment::Segment;
+use crate::segment::pad::{READY_HOST, READY_PEER};
 use crate::signal::{Doorbell, WaitError, WaitMode};
 use crate::sync::AtomicU32;
 
@@ -241,6 +243,9 @@ pub enum RecvError {
     /// The futex system call failed.
     #[error(transparent)]
     Futex(#[from] FutexError),
+    /// The event loop's wait on the readiness descriptor failed (the reactor is gone).
+    #[error("waiting on the readiness descriptor failed: {0}")]
+    Readiness(std::io::Error),
 }
 
 impl From<SlabError> for SendError {
@@ -302,18 +307,34 @@ impl Deadline {
 /// from their allocation until they are sent or dropped, frames from their receipt until they
 /// are dropped. Whatever another process writes into the shared slot metas, this side never
 /// holds one slot twice, and never frees or reclaims a slot it holds.
+///
+/// Frames and loans hold the endpoint (an `Arc`), so they may outlive the `Host` or `Peer`
+/// they came from: the mapping, the allocator handle and its ledger stay until the last goes.
 pub(crate) struct Endpoint {
     pub segment: Arc<Segment>,
     pub slab: HubSlab,
     mode: std::sync::atomic::AtomicU8,
+    /// What ends with the last user of this side: a peer's heartbeat and its goodbye, which
+    /// must not come while one of its frames still holds a slot in flight to it.
+    _life: Option<Box<dyn Send + Sync>>,
 }
 
 impl Endpoint {
     pub fn new(segment: Arc<Segment>, slab: HubSlab) -> Self {
+        Self::with_life(segment, slab, None)
+    }
+
+    /// An endpoint that keeps `life` until the last frame, loan and handle of it are gone.
+    pub fn with_life(
+        segment: Arc<Segment>,
+        slab: HubSlab,
+        life: Option<Box<dyn Send + Sync>>,
+    ) -> Self {
         Self {
             segment,
             slab,
             mode: std::sync::atomic::AtomicU8::new(0),
+            _life: life,
         }
     }
 
@@ -408,14 +429,14 @@ impl Endpoint {
 
     /// A buffer of `len` bytes to fill and send: inline when it fits a descriptor, else a slot.
     pub fn loan(
-        &self,
+        self: &Arc<Self>,
         len: usize,
         deadline: Deadline,
         gone: &dyn Fn() -> Option<SendError>,
-    ) -> Result<Loan<'_>, SendError> {
+    ) -> Result<Loan, SendError> {
         if len <= INLINE_PAYLOAD_SIZE {
             return Ok(Loan {
-                endpoint: self,
+                endpoint: Arc::clone(self),
                 len,
                 storage: LoanStorage::Inline([0; INLINE_PAYLOAD_SIZE]),
             });
@@ -423,7 +444,7 @@ impl Endpoint {
         let handle = self.alloc(len, deadline, gone)?;
         let ptr = self.slab.slot_data(handle).map_err(SendError::Alloc)?;
         Ok(Loan {
-            endpoint: self,
+            endpoint: Arc::clone(self),
             len,
             storage: LoanStorage::Slot { handle, ptr },
         })
@@ -444,6 +465,14 @@ pub(crate) struct Link {
     out_bell: usize,
     /// Rung by the other end; this end waits on it.
     in_bell: usize,
+    /// The bit of the entry's `READY_WAITERS` word that says the other end sleeps on its
+    /// readiness descriptor.
+    their_ready: u32,
+    /// The bit this end sets there when it sleeps on its own.
+    my_ready: u32,
+    /// The other end's readiness descriptor, if this end has it: written when a push finds
+    /// it asleep on it. Locked only then, and when a new life of the entry replaces it.
+    notify: Mutex<Option<Arc<EventFd>>>,
 }
 
 /// Which of a peer entry's two futex words.
@@ -473,6 +502,11 @@ impl Link {
         let in_ring = segment.ring(into)?;
         // SAFETY: the caller's contract: single producer of `out`, single consumer of `into`.
         let (producer, consumer) = unsafe { (out_ring.producer()?, in_ring.consumer()?) };
+        let (their_ready, my_ready) = if out_bell == RECV_BELL {
+            (READY_PEER, READY_HOST)
+        } else {
+            (READY_HOST, READY_PEER)
+        };
         Ok(Self {
             peer,
             receiver,
@@ -481,7 +515,41 @@ impl Link {
             consumer: Mutex::new(consumer),
             out_bell,
             in_bell,
+            their_ready,
+            my_ready,
+            notify: Mutex::new(None),
         })
+    }
+
+    /// The other end's readiness descriptor, from now on (a new life of the entry).
+    pub fn set_notify(&self, fd: Option<Arc<EventFd>>) {
+        *lock(&self.notify) = fd;
+    }
+
+    /// The entry's word in which each end says it sleeps on a readiness descriptor.
+    fn ready_word<'s>(&self, segment: &'s Segment) -> &'s AtomicU32 {
+        segment.peer_word32(self.peer, crate::segment::pad::READY_WAITERS)
+    }
+
+    /// Announce that this end is about to sleep on its readiness descriptor (R11): its bit in
+    /// the entry's ready word, then the waiter bit of its bell. The caller looks at the ring
+    /// once more before it sleeps.
+    pub fn arm(&self, segment: &Segment) {
+        Doorbell::new(self.in_bell(segment)).arm(self.ready_word(segment), self.my_ready);
+    }
+
+    /// R11 after a push: bump the other end's bell; if it announced a sleep, wake its futex
+    /// and, when it sleeps on a descriptor, write that.
+    fn ring_out(&self, segment: &Segment) {
+        Doorbell::new(self.bell(segment, self.out_bell)).ring_ready(
+            self.ready_word(segment),
+            self.their_ready,
+            || {
+                if let Some(fd) = &*lock(&self.notify) {
+                    fd.notify();
+                }
+            },
+        );
     }
 
     fn bell<'s>(&self, segment: &'s Segment, which: usize) -> &'s AtomicU32 {
@@ -496,6 +564,15 @@ impl Link {
     /// The word this end waits on.
     pub fn in_bell<'s>(&self, segment: &'s Segment) -> &'s AtomicU32 {
         self.bell(segment, self.in_bell)
+    }
+
+    /// The peer entry's field this end waits on (a `PeerEntry` offset).
+    pub fn in_bell_field(&self) -> usize {
+        if self.in_bell == SEND_BELL {
+            core::mem::offset_of!(PeerEntry, send_data_futex)
+        } else {
+            core::mem::offset_of!(PeerEntry, recv_data_futex)
+        }
     }
 
     /// Reset both rings and rebuild both handles over them, starting at 0 (R10), under `held`,
@@ -529,19 +606,19 @@ impl Link {
         (lock(&self.producer), lock(&self.consumer))
     }
 
-    /// Send `payload` (a filled loan) with `meta`, waiting for room as `deadline` allows.
+    /// One attempt to send a filled loan with `meta`: `Ok(None)` when it went, `Ok(Some(loan))`
+    /// when the ring is full (the loan comes back, still this end's).
     ///
     /// The slot, if any, is marked in flight to the receiver only once room is certain, so a
-    /// frame that is not sent is never left in flight (R5); on failure the loan is dropped,
+    /// frame that is not sent is never left in flight (R5); on an error the loan is dropped,
     /// which frees its slot.
-    pub fn send(
+    pub fn try_send(
         &self,
         endpoint: &Endpoint,
         meta: FrameMeta,
-        loan: Loan<'_>,
-        deadline: Deadline,
+        loan: Loan,
         gone: &dyn Fn() -> Option<SendError>,
-    ) -> Result<(), SendError> {
+    ) -> Result<Option<Loan>, SendError> {
         let mut desc = meta.to_desc();
         desc.payload_len = loan.len as u32;
         let slot = match &loan.storage {
@@ -559,43 +636,58 @@ impl Link {
             peer: self.peer,
             source,
         };
+        let mut producer = lock(&self.producer);
+        // Under the lock: a recovery of the receiver (R10) that this call waited for has made
+        // it gone; do not publish into its fresh ring.
+        if let Some(error) = gone() {
+            return Err(error);
+        }
+        if !producer.has_room().map_err(ring_error)? {
+            return Ok(Some(loan));
+        }
+        if let Some(handle) = slot {
+            // R5: Allocated -> InFlight before the descriptor is published.
+            endpoint
+                .slab
+                .mark_in_flight(handle, self.receiver)
+                .map_err(SendError::Alloc)?;
+        }
+        loan.forget();
+        match producer.try_push(&desc) {
+            Ok(()) => {
+                drop(producer);
+                // R11: after the Release publication of the head.
+                self.ring_out(&endpoint.segment);
+                Ok(None)
+            }
+            Err(error) => {
+                if let Some(handle) = slot {
+                    endpoint.free(handle);
+                }
+                Err(match error {
+                    PushError::Full => SendError::Full,
+                    PushError::Fault(source) => ring_error(source),
+                })
+            }
+        }
+    }
+
+    /// Send a filled loan with `meta`, waiting for room as `deadline` allows (see
+    /// [`try_send`](Self::try_send)); on failure the loan is dropped, which frees its slot.
+    pub fn send(
+        &self,
+        endpoint: &Endpoint,
+        meta: FrameMeta,
+        mut loan: Loan,
+        deadline: Deadline,
+        gone: &dyn Fn() -> Option<SendError>,
+    ) -> Result<(), SendError> {
         let backoff = Backoff::new();
         let mut nap = Duration::from_micros(50);
         loop {
-            {
-                let mut producer = lock(&self.producer);
-                // Under the lock: a recovery of the receiver (R10) that this call waited for
-                // has made it gone; do not publish into its fresh ring.
-                if let Some(error) = gone() {
-                    return Err(error);
-                }
-                if producer.has_room().map_err(ring_error)? {
-                    if let Some(handle) = slot {
-                        // R5: Allocated -> InFlight before the descriptor is published.
-                        endpoint
-                            .slab
-                            .mark_in_flight(handle, self.receiver)
-                            .map_err(SendError::Alloc)?;
-                    }
-                    loan.forget();
-                    return match producer.try_push(&desc) {
-                        Ok(()) => {
-                            drop(producer);
-                            // R11: after the Release publication of the head.
-                            Doorbell::new(self.bell(&endpoint.segment, self.out_bell)).ring();
-                            Ok(())
-                        }
-                        Err(error) => {
-                            if let Some(handle) = slot {
-                                endpoint.free(handle);
-                            }
-                            Err(match error {
-                                PushError::Full => SendError::Full,
-                                PushError::Fault(source) => ring_error(source),
-                            })
-                        }
-                    };
-                }
+            match self.try_send(endpoint, meta, loan, gone)? {
+                None => return Ok(()),
+                Some(back) => loan = back,
             }
             match deadline {
                 Deadline::Now => return Err(SendError::Full),
@@ -618,7 +710,7 @@ impl Link {
 
     /// Take one frame if there is one (R3: the descriptor is copied out and checked before any
     /// payload is read).
-    pub fn try_recv<'e>(&self, endpoint: &'e Endpoint) -> Result<Option<Frame<'e>>, RecvError> {
+    pub fn try_recv(&self, endpoint: &Arc<Endpoint>) -> Result<Option<Frame>, RecvError> {
         // The consumer stays locked through the check: a recovery of the sender (R10), which
         // holds this lock while it frees what the sender left in flight, never sees a slot
         // between its pop and the claim of its frame.
@@ -634,12 +726,12 @@ impl Link {
     }
 
     /// Wait for one frame, as `deadline` allows, in the endpoint's wait mode (R11).
-    pub fn recv<'e>(
+    pub fn recv(
         &self,
-        endpoint: &'e Endpoint,
+        endpoint: &Arc<Endpoint>,
         deadline: Deadline,
         gone: &dyn Fn() -> Option<RecvError>,
-    ) -> Result<Frame<'e>, RecvError> {
+    ) -> Result<Frame, RecvError> {
         if let Some(frame) = self.try_recv(endpoint)? {
             return Ok(frame);
         }
@@ -674,11 +766,7 @@ impl Link {
     }
 
     /// Check a descriptor copied out of the ring, and make it a frame (R3, R4).
-    pub fn check<'e>(
-        &self,
-        endpoint: &'e Endpoint,
-        desc: &MsgDescHot,
-    ) -> Result<Frame<'e>, RecvError> {
+    pub fn check(&self, endpoint: &Arc<Endpoint>, desc: &MsgDescHot) -> Result<Frame, RecvError> {
         let fault = |fault| RecvError::BadDescriptor {
             peer: self.peer,
             fault,
@@ -691,7 +779,7 @@ impl Link {
                 }));
             }
             return Ok(Frame {
-                endpoint,
+                endpoint: Arc::clone(endpoint),
                 peer: self.peer,
                 meta,
                 len: desc.payload_len as usize,
@@ -755,7 +843,7 @@ impl Link {
         // SAFETY: offset + len <= slot_size (checked above), so the pointer stays in the slot.
         let ptr = unsafe { base.add(desc.payload_offset as usize) };
         Ok(Frame {
-            endpoint,
+            endpoint: Arc::clone(endpoint),
             peer: self.peer,
             meta,
             len: desc.payload_len as usize,
@@ -783,17 +871,17 @@ enum LoanStorage {
 /// A writable buffer for one outgoing frame: inline in the descriptor when the payload fits
 /// 16 bytes, else in a slot of the shared allocator (zero copy: fill it in place, then send
 /// it). Dropping a loan that was not sent gives its slot back.
-pub struct Loan<'e> {
-    endpoint: &'e Endpoint,
+pub struct Loan {
+    endpoint: Arc<Endpoint>,
     len: usize,
     storage: LoanStorage,
 }
 
 // SAFETY: the slot is Allocated and owned by this participant until the loan is sent or dropped;
 // nothing else in this process reaches it, so moving the loan to another thread is fine.
-unsafe impl Send for Loan<'_> {}
+unsafe impl Send for Loan {}
 
-impl std::fmt::Debug for Loan<'_> {
+impl std::fmt::Debug for Loan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Loan")
             .field("len", &self.len)
@@ -802,7 +890,7 @@ impl std::fmt::Debug for Loan<'_> {
     }
 }
 
-impl Loan<'_> {
+impl Loan {
     /// Bytes of the payload.
     pub fn len(&self) -> usize {
         self.len
@@ -847,13 +935,14 @@ impl Loan<'_> {
         self.len = self.len.min(len);
     }
 
-    /// The loan is being sent: its slot is no longer ours to free.
-    fn forget(self) {
-        std::mem::forget(self);
+    /// The loan is being sent: its slot is no longer ours to free (the handle on the endpoint
+    /// is let go as usual).
+    fn forget(mut self) {
+        self.storage = LoanStorage::Inline([0; INLINE_PAYLOAD_SIZE]);
     }
 }
 
-impl Drop for Loan<'_> {
+impl Drop for Loan {
     fn drop(&mut self) {
         if let LoanStorage::Slot { handle, .. } = self.storage {
             self.endpoint.free(handle);
@@ -882,8 +971,8 @@ enum FramePayload {
 /// receiver is never made to read or write outside the slot, but a parser that reads the same
 /// field twice may see two values: parse a private copy ([`copy_payload`](Self::copy_payload))
 /// when that matters.
-pub struct Frame<'e> {
-    endpoint: &'e Endpoint,
+pub struct Frame {
+    endpoint: Arc<Endpoint>,
     peer: u16,
     meta: FrameMeta,
     len: usize,
@@ -892,9 +981,9 @@ pub struct Frame<'e> {
 
 // SAFETY: the slot is in flight to this participant until the frame is dropped; nothing else in
 // this process reaches it.
-unsafe impl Send for Frame<'_> {}
+unsafe impl Send for Frame {}
 
-impl std::fmt::Debug for Frame<'_> {
+impl std::fmt::Debug for Frame {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Frame")
             .field("meta", &self.meta)
@@ -904,7 +993,7 @@ impl std::fmt::Debug for Frame<'_> {
     }
 }
 
-impl Frame<'_> {
+impl Frame {
     /// The peer whose ring the frame came through: the sender on the host's side, the peer
     /// itself on a peer's side.
     pub fn peer(&self) -> u16 {
@@ -988,7 +1077,7 @@ impl Frame<'_> {
     }
 }
 
-impl Drop for Frame<'_> {
+impl Drop for Frame {
     fn drop(&mut self) {
         if let FramePayload::Slot { handle, .. } = self.payload {
             // R5: InFlight -> Free by the receiver, done with it; the ledger lets it go before

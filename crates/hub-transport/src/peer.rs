@@ -1,6 +1,6 @@
 //! A peer: attaches with a ticket, sends to the host, receives from it.
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use crate::link::{
 };
 use crate::liveness::{Heartbeat, HostLife, ProcessWatch, WatchError};
 use crate::mapping::{Access, SegmentFile};
+use crate::ready::{EntryFds, EventFd, ReadyBridge, ReadySet};
 use crate::segment::{AttachError, PeerState, Segment};
 use crate::signal::{Doorbell, WaitMode};
 use crate::sync::Ordering;
@@ -37,19 +38,51 @@ use crate::ticket::{Source, SpecSource, Ticket, TicketSpec};
 /// host's). Once confirmed, "gone" is kept privately for good. A peer that forges the word
 /// costs honest peers one probe per check, never a `HostGone`.
 pub struct Peer {
-    endpoint: Endpoint,
+    /// Shared with every frame and loan of this peer: the peer's life (heartbeat, goodbye)
+    /// ends with the last of them.
+    endpoint: Arc<Endpoint>,
     link: Link,
     id: u16,
     /// The entry's epoch when this peer attached: once the host recovers the entry (and perhaps
     /// hands the id to a new peer, at a higher epoch), the entry is no longer this peer's.
     epoch: u64,
-    /// Beats `last_seen` and watches the host (R12); stopped when the peer drops.
-    _heartbeat: Heartbeat,
     /// Whether the host is gone, decided from the kernel's facts (R12), shared with the
     /// heartbeat thread.
     host: Arc<HostLife>,
+    /// This peer's readiness descriptor: its to-peer eventfd, written by the host (or by the
+    /// waiter thread), and the tick.
+    ready: ReadySet,
+    /// The waiter thread standing in for the host's writes when the ticket brought no
+    /// descriptors; stopped when the peer drops.
+    bridge: Option<ReadyBridge>,
+}
+
+/// What ends when the last handle on a peer's side goes: the heartbeat, this process's record
+/// of the attach, and the goodbye (the entry Active -> Dying), in that order.
+struct PeerLife {
+    segment: Arc<Segment>,
+    id: u16,
+    epoch: u64,
+    /// Beats `last_seen` and watches the host (R12).
+    heartbeat: Option<Heartbeat>,
     /// This process's record of the attach, for a host in the same process (R4, `local`).
-    _local: crate::local::Registration,
+    local: Option<crate::local::Registration>,
+}
+
+impl Drop for PeerLife {
+    fn drop(&mut self) {
+        drop(self.heartbeat.take());
+        let words = self.segment.peer(self.id);
+        // Only this peer's own entry: after an eviction the id may be another peer's (R9).
+        if words.epoch.load(Ordering::Acquire) == self.epoch
+            && words
+                .transition(PeerState::Active, PeerState::Dying)
+                .is_ok()
+        {
+            Doorbell::new(self.segment.host_bell()).ring();
+        }
+        drop(self.local.take());
+    }
 }
 
 /// The descriptor numbers this process took up as inherited segment descriptors
@@ -58,6 +91,20 @@ pub struct Peer {
 /// second take would close a live `Peer`'s file, or, after that `Peer` went, whatever `open`
 /// has since put at that number.
 static TAKEN_FDS: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
+
+impl AsFd for Peer {
+    /// The [readiness descriptor](Peer::ready_fd).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.ready_fd()
+    }
+}
+
+impl AsRawFd for Peer {
+    /// The [readiness descriptor](Peer::ready_fd).
+    fn as_raw_fd(&self) -> RawFd {
+        self.ready_fd().as_raw_fd()
+    }
+}
 
 impl std::fmt::Debug for Peer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -82,7 +129,7 @@ impl Peer {
             )?,
             Source::Path(path) => SegmentFile::open_path(path, Access::ReadWrite)?,
         };
-        Self::attach_file(file, ticket.peer, ticket.epoch)
+        Self::attach_file(file, ticket.peer, ticket.epoch, Some(ticket.ready.clone()))
     }
 
     /// Attach in a child process with the ticket its parent put in [`TICKET_ENV`](crate::TICKET_ENV)
@@ -114,7 +161,38 @@ impl Peer {
             SpecSource::Fd(fd) => Self::take_inherited(*fd)?,
             SpecSource::Path(path) => SegmentFile::open_path(path, Access::ReadWrite)?,
         };
-        Self::attach_file(file, spec.peer, spec.epoch)
+        let ready = spec.ready.and_then(|spec| {
+            Some(EntryFds {
+                to_peer: Self::take_ready(spec.ready)?,
+                to_host: Self::take_ready(spec.notify)?,
+            })
+        });
+        Self::attach_file(file, spec.peer, spec.epoch, ready)
+    }
+
+    /// Take up inherited readiness descriptor `fd`, once per process, if it is one: an open,
+    /// inheritable eventfd not taken before. Anything else is left alone (`None`), and the
+    /// peer's event-loop waits go through a waiter thread instead.
+    fn take_ready(fd: RawFd) -> Option<Arc<EventFd>> {
+        let mut taken = TAKEN_FDS.lock().unwrap_or_else(PoisonError::into_inner);
+        if fd < 0 || taken.contains(&fd) {
+            return None;
+        }
+        // SAFETY: only borrowed for `fcntl` and a `readlink` of its /proc entry, which fail
+        // cleanly when the number is not open; nothing is closed or changed.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let inheritable = rustix::io::fcntl_getfd(borrowed)
+            .is_ok_and(|flags| !flags.contains(rustix::io::FdFlags::CLOEXEC));
+        if !inheritable || !EventFd::is_eventfd(borrowed) {
+            return None;
+        }
+        // SAFETY: as for the segment's descriptor in `take_inherited`: the ticket hands this
+        // number to this process for the hub alone, it was not taken before (`TAKEN_FDS`,
+        // under its lock), it is open, inheritable (so nothing std or rustix opened here owns
+        // it) and an eventfd, as the ticket says.
+        let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        taken.push(fd);
+        EventFd::from_owned(owned).ok()
     }
 
     /// Take up inherited descriptor `fd`, once per process (see [`attach_spec`](Self::attach_spec)).
@@ -148,7 +226,12 @@ impl Peer {
         Ok(file)
     }
 
-    fn attach_file(file: SegmentFile, peer: u16, epoch: u64) -> Result<Self, AttachError> {
+    fn attach_file(
+        file: SegmentFile,
+        peer: u16,
+        epoch: u64,
+        ready: Option<EntryFds>,
+    ) -> Result<Self, AttachError> {
         // R12: the way to ask the kernel whether the host lives, on a description of our own.
         let host = Arc::new(HostLife::new(file.holder_probe()?));
         let (segment, slab) = Segment::attach(file, OwnerId::peer(peer)).map_err(|e| match e {
@@ -231,15 +314,39 @@ impl Peer {
                 let _ = words.transition(PeerState::Active, PeerState::Dying);
                 AttachError::BadTicket(format!("cannot start the heartbeat: {e}"))
             })?;
+        let life = PeerLife {
+            segment: segment.clone(),
+            id: peer,
+            epoch,
+            heartbeat: Some(heartbeat),
+            local: Some(local),
+        };
+        // From here on, dropping `life` says goodbye.
+        let readiness = |e| AttachError::BadTicket(format!("readiness descriptor: {e}"));
+        let set = ReadySet::new(1).map_err(readiness)?;
+        let bridge = match ready {
+            Some(fds) => {
+                link.set_notify(Some(fds.to_host));
+                set.install(0, fds.to_peer).map_err(readiness)?;
+                None
+            }
+            None => {
+                let own = EventFd::new().map_err(readiness)?;
+                set.install(0, Arc::clone(&own)).map_err(readiness)?;
+                let bridge = ReadyBridge::start(&segment, &link, own)
+                    .map_err(|e| AttachError::BadTicket(format!("waiter thread: {e}")))?;
+                Some(bridge)
+            }
+        };
         Doorbell::new(segment.host_bell()).ring();
         Ok(Self {
-            _local: local,
-            _heartbeat: heartbeat,
             host,
-            endpoint: Endpoint::new(segment, slab),
+            endpoint: Arc::new(Endpoint::with_life(segment, slab, Some(Box::new(life)))),
             link,
             id: peer,
             epoch,
+            ready: set,
+            bridge,
         })
     }
 
@@ -301,7 +408,7 @@ impl Peer {
     /// # Errors
     /// [`SendError::PayloadTooLarge`]; [`SendError::HostGone`]; [`SendError::PeerNotActive`] when
     /// the host evicted this peer; [`SendError::Alloc`].
-    pub fn loan(&self, len: usize) -> Result<Loan<'_>, SendError> {
+    pub fn loan(&self, len: usize) -> Result<Loan, SendError> {
         self.loan_until(len, Deadline::Never)
     }
 
@@ -309,7 +416,7 @@ impl Peer {
     ///
     /// # Errors
     /// As [`loan`](Self::loan), and `NoFreeSlots`.
-    pub fn try_loan(&self, len: usize) -> Result<Loan<'_>, SendError> {
+    pub fn try_loan(&self, len: usize) -> Result<Loan, SendError> {
         self.loan_until(len, Deadline::Now)
     }
 
@@ -317,12 +424,12 @@ impl Peer {
     ///
     /// # Errors
     /// As [`loan`](Self::loan), and [`SendError::Timeout`].
-    pub fn loan_timeout(&self, len: usize, timeout: Duration) -> Result<Loan<'_>, SendError> {
+    pub fn loan_timeout(&self, len: usize, timeout: Duration) -> Result<Loan, SendError> {
         self.loan_until(len, Deadline::after(timeout))
     }
 
     /// An evicted peer allocates nothing: its owner id may be another peer's by now (R6, R9).
-    fn loan_until(&self, len: usize, deadline: Deadline) -> Result<Loan<'_>, SendError> {
+    fn loan_until(&self, len: usize, deadline: Deadline) -> Result<Loan, SendError> {
         if let Some(error) = self.send_gone() {
             return Err(error);
         }
@@ -334,7 +441,7 @@ impl Peer {
     /// # Errors
     /// [`SendError::HostGone`]; [`SendError::PeerNotActive`] when the host evicted this peer;
     /// [`SendError::Ring`].
-    pub fn send_loan(&self, meta: FrameMeta, loan: Loan<'_>) -> Result<(), SendError> {
+    pub fn send_loan(&self, meta: FrameMeta, loan: Loan) -> Result<(), SendError> {
         self.send_loan_until(meta, loan, Deadline::Never)
     }
 
@@ -342,7 +449,7 @@ impl Peer {
     ///
     /// # Errors
     /// As [`send_loan`](Self::send_loan), and `Full`.
-    pub fn try_send_loan(&self, meta: FrameMeta, loan: Loan<'_>) -> Result<(), SendError> {
+    pub fn try_send_loan(&self, meta: FrameMeta, loan: Loan) -> Result<(), SendError> {
         self.send_loan_until(meta, loan, Deadline::Now)
     }
 
@@ -353,7 +460,7 @@ impl Peer {
     pub fn send_loan_timeout(
         &self,
         meta: FrameMeta,
-        loan: Loan<'_>,
+        loan: Loan,
         timeout: Duration,
     ) -> Result<(), SendError> {
         self.send_loan_until(meta, loan, Deadline::after(timeout))
@@ -362,7 +469,7 @@ impl Peer {
     fn send_loan_until(
         &self,
         meta: FrameMeta,
-        loan: Loan<'_>,
+        loan: Loan,
         deadline: Deadline,
     ) -> Result<(), SendError> {
         if let Some(error) = self.send_gone() {
@@ -423,7 +530,7 @@ impl Peer {
     /// [`RecvError::HostGone`] when the host left; [`RecvError::PeerNotActive`] when it evicted
     /// this peer; [`RecvError::BadDescriptor`] / [`RecvError::Ring`] when the host broke the
     /// protocol; [`RecvError::Futex`].
-    pub fn recv(&self) -> Result<Frame<'_>, RecvError> {
+    pub fn recv(&self) -> Result<Frame, RecvError> {
         self.recv_until(Deadline::Never)
     }
 
@@ -431,7 +538,7 @@ impl Peer {
     ///
     /// # Errors
     /// As [`recv`](Self::recv), and `Empty`.
-    pub fn try_recv(&self) -> Result<Frame<'_>, RecvError> {
+    pub fn try_recv(&self) -> Result<Frame, RecvError> {
         self.recv_until(Deadline::Now)
     }
 
@@ -439,11 +546,11 @@ impl Peer {
     ///
     /// # Errors
     /// As [`recv`](Self::recv), and [`RecvError::Timeout`].
-    pub fn recv_timeout(&self, timeout: Duration) -> Result<Frame<'_>, RecvError> {
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Frame, RecvError> {
         self.recv_until(Deadline::after(timeout))
     }
 
-    fn recv_until(&self, deadline: Deadline) -> Result<Frame<'_>, RecvError> {
+    fn recv_until(&self, deadline: Deadline) -> Result<Frame, RecvError> {
         // An evicted peer pops nothing: its receive ring may be another peer's by now.
         if let Some(state) = self.evicted() {
             return Err(RecvError::PeerNotActive {
@@ -464,22 +571,88 @@ impl Peer {
     }
 
     /// Leave the hub (goodbye): the entry goes Active -> Dying and the host is told, so it
-    /// recovers the entry (R10) for a new peer. Dropping the peer does the same.
+    /// recovers the entry (R10) for a new peer. Dropping the peer does the same. Frames and
+    /// loans of this peer that are still held keep it attached until the last is dropped: the
+    /// host must not reclaim a slot this process still reads.
     pub fn close(self) {}
+
+    /// This peer's readiness descriptor, for an event loop (tokio's `AsyncFd`, mio, `epoll`):
+    /// it becomes readable when a frame from the host may be waiting, after the peer
+    /// [armed](Self::arm) itself. The `tokio` feature's [`AsyncPeer`](crate::aio::AsyncPeer)
+    /// does all of this. The protocol is the host's ([`Host::ready_fd`](crate::Host::ready_fd)):
+    /// [`try_recv`](Self::try_recv) until empty, [`arm`](Self::arm), `try_recv` once more, then
+    /// wait (in slices of at most 100 ms) until readable, [`clear_ready`](Self::clear_ready),
+    /// and start again.
+    ///
+    /// A peer that attached with a ticket carrying its descriptors (every ticket the host
+    /// hands out, inherited through [`Ticket::apply`](crate::Ticket::apply) or
+    /// [`Host::spawn_peer`](crate::Host::spawn_peer)) is woken by the host itself, and a busy
+    /// peer makes no system call. A peer attached from a [`TicketSpec`] without them (a path
+    /// passed by other means) gets a waiter thread that sleeps on the futex and writes the
+    /// descriptor: then every frame the host sends costs it a wake call.
+    ///
+    /// ```
+    /// use hub_transport::{FrameMeta, Host, HubConfig, Peer};
+    ///
+    /// let host = Host::create(&HubConfig { max_peers: 1, ..HubConfig::default() })?;
+    /// let peer = Peer::attach(&host.add_peer()?)?;
+    /// peer.arm();
+    /// assert!(peer.try_recv().is_err()); // nothing yet: sleep on the descriptor
+    /// host.send(peer.id(), FrameMeta::default(), b"hi")?;
+    /// let mut fds = [rustix::event::PollFd::new(&peer, rustix::event::PollFlags::IN)]; // Peer: AsFd
+    /// assert_eq!(rustix::event::poll(&mut fds, None)?, 1);
+    /// peer.clear_ready();
+    /// assert_eq!(peer.try_recv()?.payload(), b"hi");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn ready_fd(&self) -> BorrowedFd<'_> {
+        self.ready.as_fd()
+    }
+
+    /// Announce that this peer is about to sleep on its [readiness descriptor](Self::ready_fd):
+    /// the host's next send writes it. Look at the ring once more before sleeping.
+    pub fn arm(&self) {
+        // With a waiter thread, the thread announces (it sleeps on the futex).
+        if self.bridge.is_none() {
+            self.link.arm(&self.endpoint.segment);
+        }
+    }
+
+    /// Consume the readiness descriptor's pending wakeups (one `epoll_wait` that does not
+    /// wait), after it was found readable and before arming again.
+    pub fn clear_ready(&self) {
+        self.ready.drain();
+    }
+
+    /// One attempt to send a filled loan: `Ok(None)` when it went, `Ok(Some(loan))` with the
+    /// loan back when the ring is full.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn try_send_loan_back(
+        &self,
+        meta: FrameMeta,
+        loan: Loan,
+    ) -> Result<Option<Loan>, SendError> {
+        if let Some(error) = self.send_gone() {
+            return Err(error);
+        }
+        self.link
+            .try_send(&self.endpoint, meta, loan, &|| self.send_gone())
+    }
+
+    /// The wait mode of this peer.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn wait_mode(&self) -> WaitMode {
+        self.endpoint.mode()
+    }
 }
 
 impl Drop for Peer {
     fn drop(&mut self) {
-        let segment = &self.endpoint.segment;
-        let words = segment.peer(self.id);
-        // Only this peer's own entry: after an eviction the id may be another peer's (R9).
-        if words.epoch.load(Ordering::Acquire) == self.epoch
-            && words
-                .transition(PeerState::Active, PeerState::Dying)
-                .is_ok()
-        {
-            Doorbell::new(segment.host_bell()).ring();
+        if let Some(bridge) = &self.bridge {
+            bridge.stop();
         }
+        // The goodbye comes with the endpoint's last handle (`PeerLife`): now, or when the last
+        // frame or loan of this peer is dropped.
     }
 }
 

@@ -44,6 +44,14 @@ pub mod pad {
     pub const HEARTBEAT_MS: usize = 96;
     /// `u32` within a `PeerEntry`: the peer's process id.
     pub const PEER_PID: usize = 52;
+    /// `u32` within a `PeerEntry`: which side sleeps on a readiness descriptor rather than
+    /// only on the futex ([`READY_PEER`], [`READY_HOST`]); set by that side before it
+    /// announces itself (R11), cleared when the host reserves the entry.
+    pub const READY_WAITERS: usize = 48;
+    /// Bit of [`READY_WAITERS`]: the peer sleeps on its descriptor; the host writes it.
+    pub const READY_PEER: u32 = 1;
+    /// Bit of [`READY_WAITERS`]: the host sleeps on its descriptor; the peer writes it.
+    pub const READY_HOST: u32 = 2;
 }
 
 /// The host's state word: the host left (goodbye).
@@ -108,6 +116,9 @@ pub enum CreateError {
     /// The allocator could not be built in the segment.
     #[error(transparent)]
     Alloc(#[from] SlabError),
+    /// The host's readiness descriptor could not be made (out of descriptors).
+    #[error("cannot make the readiness descriptor: {0}")]
+    Readiness(std::io::Error),
 }
 
 /// Why attaching to a segment failed. Every kind of bad file has its own variant (R2).

@@ -186,6 +186,72 @@ impl<'a> Doorbell<'a> {
         self.clear_waiter_and_wake()
     }
 
+    /// [`ring`](Self::ring) for a word whose waiter may sleep on a readiness descriptor (an
+    /// event loop) instead of the futex: when a waiter announced itself, `notify` runs (it
+    /// writes the descriptor of a waiter that said it sleeps on one) before the `FUTEX_WAKE`.
+    ///
+    /// The sequence step is AcqRel rather than Release: the waiter says how it sleeps in a word
+    /// of its own, written before its [`announce`](Self::announce) (AcqRel), and this RMW, by
+    /// reading the announcement, makes that word visible to `notify`.
+    ///
+    /// ```
+    /// use hub_transport::signal::Doorbell;
+    /// use hub_transport::sync::AtomicU32;
+    ///
+    /// let word = AtomicU32::new(0);
+    /// let bell = Doorbell::new(&word);
+    /// let mut notified = false;
+    /// bell.ring_notify(|| notified = true); // nobody announced: nothing runs
+    /// assert!(!notified);
+    /// bell.announce();
+    /// bell.ring_notify(|| notified = true);
+    /// assert!(notified && !bell.has_waiter());
+    /// ```
+    pub fn ring_notify(&self, notify: impl FnOnce()) -> usize {
+        // R11: as `ring`; Acquire as well, for the waiter's word read by `notify`.
+        let prev = self.word.fetch_add(SEQUENCE_STEP, Ordering::AcqRel);
+        if prev & WAITER_BIT == 0 {
+            return 0;
+        }
+        // R11: Relaxed, as in `clear_waiter_and_wake`.
+        self.word.fetch_and(!WAITER_BIT, Ordering::Relaxed);
+        notify();
+        futex::wake(self.word, WAKE_ALL)
+    }
+
+    /// The announcement of a waiter that sleeps elsewhere than on the futex (a readiness
+    /// descriptor): sets [`WAITER_BIT`]. The caller then checks its condition once more and
+    /// sleeps only if it still fails; a [`ring_notify`](Self::ring_notify) that comes after
+    /// this announcement in the word's order runs its `notify`. Returns the word as it was.
+    pub fn announce(&self) -> u32 {
+        // R11: Acquire as in `wait_any_for`; Release so that the ring that reads it sees the
+        // word the caller wrote before (how it sleeps).
+        self.word.fetch_or(WAITER_BIT, Ordering::AcqRel)
+    }
+
+    /// A waiter's announcement that it sleeps on a readiness descriptor: sets bit `mine` of
+    /// `ready` (the word in which each side says so, sticky), then [`announce`](Self::announce)s.
+    /// The caller checks its condition once more, and sleeps on its descriptor only if it still
+    /// fails: a [`ring_ready`](Self::ring_ready) ordered after the announcement writes it.
+    pub fn arm(&self, ready: &AtomicU32, mine: u32) -> u32 {
+        // R11: Relaxed; the announcement's Release publishes it to the ring that reads it.
+        ready.fetch_or(mine, Ordering::Relaxed);
+        self.announce()
+    }
+
+    /// [`ring_notify`](Self::ring_notify) for a waiter that may sleep on a descriptor: when a
+    /// waiter announced itself, `notify` runs if bit `theirs` of `ready` says the other side
+    /// sleeps on one (see [`arm`](Self::arm)); the futex is woken in any case, for a waiter
+    /// of the same side that sleeps on it. A busy waiter (no announcement) costs nothing.
+    pub fn ring_ready(&self, ready: &AtomicU32, theirs: u32, notify: impl FnOnce()) -> usize {
+        self.ring_notify(|| {
+            // R11: ordered after the waiter's `arm` by the ring's Acquire.
+            if ready.load(Ordering::Relaxed) & theirs != 0 {
+                notify();
+            }
+        })
+    }
+
     /// Clears [`WAITER_BIT`], then wakes every sleeper; the clear comes first so that a waiter
     /// that announces itself after it is either woken here or sees a changed word.
     fn clear_waiter_and_wake(&self) -> usize {
@@ -626,6 +692,50 @@ mod loom_tests {
             let woken = publisher.join().unwrap();
             assert!(woken <= 1);
             assert!(emulation::wake_calls() <= 1);
+        });
+    }
+
+    /// A waiter asleep on a readiness descriptor (modelled by loom's `Notify`, which keeps a
+    /// permit as an eventfd keeps its count) is never lost: it arms (its bit, then the
+    /// announcement), checks, and sleeps; the publisher publishes, then rings with
+    /// `ring_ready`, which writes the descriptor only when the waiter armed. Two rounds, so the
+    /// second arm meets a word the first ring changed. A lost wakeup is a deadlock.
+    #[test]
+    fn readiness_never_loses_a_wakeup() {
+        const MINE: u32 = 1;
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(3);
+        builder.check(|| {
+            emulation::init();
+            let word = Arc::new(AtomicU32::new(0));
+            let ready = Arc::new(AtomicU32::new(0));
+            let data = Arc::new(AtomicU64::new(0));
+            let descriptor = Arc::new(loom::sync::Notify::new());
+            let publisher = {
+                let (word, ready, data, descriptor) = (
+                    Arc::clone(&word),
+                    Arc::clone(&ready),
+                    Arc::clone(&data),
+                    Arc::clone(&descriptor),
+                );
+                thread::spawn(move || {
+                    for v in 1..=2 {
+                        data.store(v, Ordering::Release);
+                        Doorbell::new(&word).ring_ready(&ready, MINE, || descriptor.notify());
+                    }
+                })
+            };
+            let bell = Doorbell::new(&word);
+            for v in 1..=2 {
+                while data.load(Ordering::Acquire) < v {
+                    bell.arm(&ready, MINE);
+                    if data.load(Ordering::Acquire) >= v {
+                        break;
+                    }
+                    descriptor.wait();
+                }
+            }
+            publisher.join().unwrap();
         });
     }
 

@@ -12,9 +12,13 @@
 //! descriptor is close-on-exec, and the flag is cleared in the forked child between `fork` and
 //! `exec` (a `pre_exec` hook), so a process another thread spawns meanwhile never inherits it.
 //!
-//! The environment value reads `peer=3,epoch=7,fd=5` or `peer=3,epoch=7,path=/dev/shm/x`.
+//! The ticket also carries the entry's two readiness descriptors (see [`Host::ready_fd`](
+//! crate::Host::ready_fd)), inherited the same way.
+//!
+//! The environment value reads `peer=3,epoch=7,fd=5` or `peer=3,epoch=7,path=/dev/shm/x`,
+//! followed by `,ready=8,notify=9` when the readiness descriptors come with it.
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
@@ -59,6 +63,8 @@ pub struct Ticket {
     pub(crate) peer: u16,
     pub(crate) epoch: u64,
     pub(crate) source: Source,
+    /// The entry's readiness descriptors for this life (close-on-exec, like the segment's).
+    pub(crate) ready: crate::ready::EntryFds,
 }
 
 impl Ticket {
@@ -76,10 +82,15 @@ impl Ticket {
     /// The value of [`TICKET_ENV`] for a child.
     pub fn env_value(&self) -> String {
         let (peer, epoch) = (self.peer, self.epoch);
-        match &self.source {
-            Source::Fd(fd) => format!("peer={peer},epoch={epoch},fd={}", fd.as_raw_fd()),
-            Source::Path(path) => format!("peer={peer},epoch={epoch},path={}", path.display()),
-        }
+        let (ready, notify) = (
+            self.ready.to_peer.as_fd().as_raw_fd(),
+            self.ready.to_host.as_fd().as_raw_fd(),
+        );
+        let source = match &self.source {
+            Source::Fd(fd) => format!("fd={}", fd.as_raw_fd()),
+            Source::Path(path) => format!("path={}", path.display()),
+        };
+        format!("peer={peer},epoch={epoch},{source},ready={ready},notify={notify}")
     }
 
     /// Put the ticket in `command`'s environment, and have each child the command spawns
@@ -88,18 +99,27 @@ impl Ticket {
     /// command keeps the descriptor open (it shares it with the ticket) until it is dropped.
     pub fn apply<'c>(&self, command: &'c mut Command) -> &'c mut Command {
         command.env(TICKET_ENV, self.env_value());
-        if let Source::Fd(fd) = &self.source {
-            let fd = Arc::clone(fd);
-            // SAFETY: the hook runs in the forked child before `exec`, where only
-            // async-signal-safe calls are allowed: it makes one `fcntl` system call on a
-            // descriptor the closure keeps open (an `Arc` shared with the ticket, read, never
-            // dropped or cloned there), and allocates nothing.
-            unsafe {
-                command.pre_exec(move || {
-                    rustix::io::fcntl_setfd(&*fd, rustix::io::FdFlags::empty())
+        let segment = match &self.source {
+            Source::Fd(fd) => Some(Arc::clone(fd)),
+            Source::Path(_) => None,
+        };
+        let ready = self.ready.clone();
+        // SAFETY: the hook runs in the forked child before `exec`, where only async-signal-safe
+        // calls are allowed: it makes at most three `fcntl` system calls on descriptors the
+        // closure keeps open (`Arc`s shared with the ticket, read, never dropped or cloned
+        // there), and allocates nothing.
+        unsafe {
+            command.pre_exec(move || {
+                let inherit = |fd: BorrowedFd<'_>| {
+                    rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())
                         .map_err(std::io::Error::from)
-                });
-            }
+                };
+                if let Some(fd) = &segment {
+                    inherit(fd.as_fd())?;
+                }
+                inherit(ready.to_peer.as_fd())?;
+                inherit(ready.to_host.as_fd())
+            });
         }
         command
     }
@@ -114,6 +134,19 @@ pub struct TicketSpec {
     pub epoch: u64,
     /// Where the segment is.
     pub source: SpecSource,
+    /// The entry's inherited readiness descriptors, if the ticket carried them; without them
+    /// the peer's event-loop waits fall back to a waiter thread.
+    pub ready: Option<ReadySpec>,
+}
+
+/// The readiness descriptor numbers a [`TicketSpec`] names (see
+/// [`Host::ready_fd`](crate::Host::ready_fd)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadySpec {
+    /// Written by the host when a frame may wait for the peer: the peer's readiness descriptor.
+    pub ready: RawFd,
+    /// Written by the peer when a frame may wait for the host.
+    pub notify: RawFd,
 }
 
 /// Where a [`TicketSpec`] says the segment is.
@@ -135,6 +168,8 @@ impl TicketSpec {
     /// use hub_transport::{SpecSource, TicketSpec};
     /// let spec = TicketSpec::parse("peer=3,epoch=7,fd=5")?;
     /// assert_eq!((spec.peer, spec.epoch, spec.source), (3, 7, SpecSource::Fd(5)));
+    /// let spec = TicketSpec::parse("peer=3,epoch=7,fd=5,ready=8,notify=9")?;
+    /// assert_eq!(spec.ready.map(|r| (r.ready, r.notify)), Some((8, 9)));
     /// assert!(TicketSpec::parse("peer=3").is_err());
     /// # Ok::<(), hub_transport::AttachError>(())
     /// ```
@@ -145,6 +180,22 @@ impl TicketSpec {
         let peer = peer.parse().map_err(|_| bad())?;
         let (epoch, source) = rest.split_once(',').ok_or_else(bad)?;
         let epoch = epoch.parse().map_err(|_| bad())?;
+        // `,ready=R,notify=N` ends the value when present (a path never holds that tail: it is
+        // parsed from the right, and a path that ends so must be given without it).
+        let (source, ready) = match source.rsplit_once(",ready=") {
+            Some((source, fds)) => {
+                let (ready, notify) = fds.split_once(",notify=").ok_or_else(bad)?;
+                let fd = |text: &str| crate::mapping::parse_fd(text).ok_or_else(bad);
+                (
+                    source,
+                    Some(ReadySpec {
+                        ready: fd(ready)?,
+                        notify: fd(notify)?,
+                    }),
+                )
+            }
+            None => (source, None),
+        };
         let source = if let Some(fd) = source.strip_prefix("fd=") {
             SpecSource::Fd(crate::mapping::parse_fd(fd).ok_or_else(bad)?)
         } else if let Some(path) = source.strip_prefix("path=") {
@@ -156,6 +207,7 @@ impl TicketSpec {
             peer,
             epoch,
             source,
+            ready,
         })
     }
 

@@ -120,7 +120,7 @@ fn expect_fault(host: &Host, peer: u16, fault: DescriptorFault) {
 }
 
 #[track_caller]
-fn expect_frame<'h>(host: &'h Host, peer: u16, i: u64) -> Frame<'h> {
+fn expect_frame(host: &Host, peer: u16, i: u64) -> Frame {
     let frame = host.try_recv().expect("a good frame");
     assert_eq!((frame.peer(), *frame.meta()), (peer, meta(i)));
     frame

@@ -118,6 +118,7 @@ fn attach_path(path: PathBuf, peer: u16, epoch: u64) -> Result<Peer, AttachError
         peer,
         epoch,
         source: SpecSource::Path(path),
+        ready: None,
     })
 }
 
@@ -309,6 +310,7 @@ fn files_that_cannot_be_opened() {
             peer: 0,
             epoch: 1,
             source: SpecSource::Fd(fd),
+            ready: None,
         };
         assert!(
             matches!(

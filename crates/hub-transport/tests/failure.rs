@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use hub_alloc::ClassStats;
 use hub_layout::HUB_SIZE_CLASSES;
 use hub_transport::{
-    EvictReason, FrameMeta, Host, HostError, HubConfig, Peer, PeerEvent, PeerState, RecvError,
-    TICKET_ENV, Ticket,
+    EvictReason, Frame, FrameMeta, Host, HostError, HubConfig, Loan, Peer, PeerEvent, PeerState,
+    RecvError, TICKET_ENV, Ticket,
 };
 use pattern::{checksum, expected, payload};
 use rustix::event::{PollFd, PollFlags, Timespec};
@@ -501,6 +501,8 @@ fn a_thousand_peers_come_and_go_and_32_still_fit() {
     let mut events = Events::new(&host);
     let mut processes = 0;
     let started = Instant::now();
+    // The frame and loan of the last peer evicted while holding them (case 1 below).
+    let mut held: Option<(Frame, Loan)> = None;
     for i in 0..1000u64 {
         let size = [5, 100, 3000, 40_000][(i % 4) as usize];
         if i % 125 == 60 {
@@ -532,13 +534,17 @@ fn a_thousand_peers_come_and_go_and_32_still_fit() {
         match i % 4 {
             0 => round_trip(&host, &peer, i, size),
             1 => {
-                // Leave holding a received frame and a loan: the recovery reclaims both.
+                // Evicted while it holds a received frame and a loan: the recovery reclaims
+                // both, and they are dropped only after the entry's next life began (their
+                // frees are then refused: the slots are no longer this life's).
                 let data = payload(size, i);
                 host.send(id, frame_meta(i, checksum(&data)), &data)
                     .expect("send");
                 let frame = peer.recv_timeout(WATCHDOG).expect("recv");
-                std::mem::forget(frame);
-                std::mem::forget(peer.loan(2000).expect("loan"));
+                let loan = peer.loan(2000).expect("loan");
+                host.evict(id, EvictReason::Application("test".into()))
+                    .expect("evict");
+                held = Some((frame, loan));
             }
             2 => {
                 // Leave right after sending: the host still gets the frame.
@@ -574,6 +580,7 @@ fn a_thousand_peers_come_and_go_and_32_still_fit() {
         processes,
         started.elapsed()
     );
+    drop(held.take());
     all_entries_empty_soon(&host);
     assert_all_free_soon(&host);
     events.drain();

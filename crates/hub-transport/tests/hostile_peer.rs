@@ -59,7 +59,7 @@ fn forge_free(
 
 /// The poke peer sends a frame of class 2 and the host holds it: slot 0 of class 2 (a fresh
 /// hub's list starts there), in flight to the host, its payload intact.
-fn hold_a_frame<'h>(host: &'h Host, named: &Named, poker: &mut Poker) -> hub_transport::Frame<'h> {
+fn hold_a_frame(host: &Host, named: &Named, poker: &mut Poker) -> hub_transport::Frame {
     poker.send(CLASS_2);
     let frame = host.recv_timeout(WATCHDOG).unwrap();
     assert_eq!(frame.len(), CLASS_2);

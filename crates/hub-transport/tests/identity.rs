@@ -232,16 +232,21 @@ fn the_tickets_descriptor_is_never_inheritable_in_the_host() {
     let host = host(1);
     let ticket = host.add_peer().expect("add_peer");
     let value = ticket.env_value();
-    let fd: i32 = value
-        .rsplit_once("fd=")
-        .expect("an fd ticket")
-        .1
-        .parse()
-        .unwrap();
-    // SAFETY: the ticket owns this descriptor and lives across the borrow.
-    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    let flags = rustix::io::fcntl_getfd(borrowed).expect("fcntl");
-    assert!(flags.contains(rustix::io::FdFlags::CLOEXEC), "{flags:?}");
+    let number = |key: &str| -> i32 {
+        let rest = value.split_once(key).expect(key).1;
+        rest.split(',').next().unwrap().parse().unwrap()
+    };
+    let fd = number(",fd=");
+    // The segment's descriptor and both readiness descriptors.
+    for fd in [fd, number(",ready="), number(",notify=")] {
+        // SAFETY: the ticket owns this descriptor and lives across the borrow.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let flags = rustix::io::fcntl_getfd(borrowed).expect("fcntl");
+        assert!(
+            flags.contains(rustix::io::FdFlags::CLOEXEC),
+            "{fd}: {flags:?}"
+        );
+    }
     // A process spawned meanwhile without the ticket does not get it: `ls` of its own fds.
     let listing = Command::new("ls")
         .arg("/proc/self/fd")

@@ -172,6 +172,7 @@ fn attach_spec_never_takes_a_descriptor_this_process_owns() {
         peer: 0,
         epoch: 1,
         source: SpecSource::Fd(fd),
+        ready: None,
     };
     for _ in 0..2 {
         match Peer::attach_spec(&spec) {

@@ -84,7 +84,7 @@ fn peer_side(ticket: &Ticket, sizes: &[usize]) {
 
 /// Everything about a received frame.
 #[track_caller]
-fn check(frame: &Frame<'_>, peer: u16, meta: hub_transport::FrameMeta, size: usize, seed: u64) {
+fn check(frame: &Frame, peer: u16, meta: hub_transport::FrameMeta, size: usize, seed: u64) {
     assert_eq!(frame.peer(), peer);
     assert_eq!(*frame.meta(), meta, "size {size}");
     assert_eq!(frame.len(), size);
