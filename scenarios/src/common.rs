@@ -265,7 +265,7 @@ impl ChildProcess {
         let mut command = Self::command(role, args, read_stdout)
             .map_err(|e| HostError::Spawn(std::io::Error::other(e)))?;
         let (peer, child) = host.spawn_peer(&mut command)?;
-        Ok(Self::of(child, Some(peer)))
+        Ok(Self::of(child, Some(peer.index())))
     }
 
     /// The command that runs this binary in `role`.

@@ -53,7 +53,7 @@ use crossbeam_utils::Backoff;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-use crate::{Frame, FrameMeta, Host, Loan, Peer, RecvError, SendError, WaitMode};
+use crate::{Frame, FrameMeta, Host, Loan, Peer, PeerRef, RecvError, SendError, WaitMode};
 
 /// A duplicate of an endpoint's readiness descriptor, owned by the reactor's registration.
 #[derive(Debug)]
@@ -217,7 +217,8 @@ impl AsyncHost {
     ///
     /// # Errors
     /// As [`Host::recv_from`], and [`RecvError::Readiness`].
-    pub async fn recv_from(&self, peer: u16) -> Result<Frame, RecvError> {
+    pub async fn recv_from(&self, peer: impl Into<PeerRef>) -> Result<Frame, RecvError> {
+        let peer = peer.into();
         poll_fn(|cx| self.poll_recv_from(cx, peer)).await
     }
 
@@ -238,8 +239,9 @@ impl AsyncHost {
     pub fn poll_recv_from(
         &self,
         cx: &mut Context<'_>,
-        peer: u16,
+        peer: impl Into<PeerRef>,
     ) -> Poll<Result<Frame, RecvError>> {
+        let peer = peer.into();
         poll_frame(
             cx,
             &self.fd,
@@ -264,7 +266,13 @@ impl AsyncHost {
     ///
     /// # Errors
     /// As [`Host::send_loan`].
-    pub async fn send_loan(&self, peer: u16, meta: FrameMeta, loan: Loan) -> Result<(), SendError> {
+    pub async fn send_loan(
+        &self,
+        peer: impl Into<PeerRef>,
+        meta: FrameMeta,
+        loan: Loan,
+    ) -> Result<(), SendError> {
+        let peer = peer.into();
         send_with(loan, |loan| self.host.try_send_loan_back(peer, meta, loan)).await
     }
 
@@ -273,7 +281,12 @@ impl AsyncHost {
     ///
     /// # Errors
     /// As [`Host::send`].
-    pub async fn send(&self, peer: u16, meta: FrameMeta, payload: &[u8]) -> Result<(), SendError> {
+    pub async fn send(
+        &self,
+        peer: impl Into<PeerRef>,
+        meta: FrameMeta,
+        payload: &[u8],
+    ) -> Result<(), SendError> {
         let mut loan = self.loan(payload.len()).await?;
         loan.as_mut_slice().copy_from_slice(payload);
         self.send_loan(peer, meta, loan).await

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use hub_alloc::{ClassStats, OwnerId, ReclaimReport, SlabError, SlotHandle};
 
 use crate::link::{
+    PeerId, PeerRef,
     Deadline, Endpoint, Frame, FrameMeta, Link, Loan, RECV_BELL, RecvError, SEND_BELL, SendError,
 };
 use crate::liveness::{ProcessWatch, WatchError};
@@ -357,7 +358,8 @@ impl Host {
     /// The process spawned must be the one that attaches: a wrapper that `exec`s the plugin is
     /// fine, one that forks it gets the plugin evicted for a pid that is not the spawned one.
     ///
-    /// Returns the peer id and the child. If the spawn fails the reservation is withdrawn.
+    /// Returns the peer's [`PeerId`] (this life of the entry: frames sent to it never reach a
+    /// later tenant) and the child. If the spawn fails the reservation is withdrawn.
     ///
     /// ```no_run
     /// use std::process::Command;
@@ -376,7 +378,7 @@ impl Host {
     pub fn spawn_peer(
         &self,
         command: &mut std::process::Command,
-    ) -> Result<(u16, std::process::Child), HostError> {
+    ) -> Result<(PeerId, std::process::Child), HostError> {
         use std::os::unix::process::CommandExt;
         let ticket = self.add_peer()?;
         let peer = ticket.peer_id();
@@ -425,7 +427,7 @@ impl Host {
                     pid: child.id(),
                     watch: Arc::new(watch),
                 });
-                Ok((peer, child))
+                Ok((ticket.id(), child))
             }
             Err(error) => {
                 drop(truth);
@@ -638,16 +640,30 @@ impl Host {
         Ok(())
     }
 
-    fn link(&self, peer: u16) -> Result<&Link, SendError> {
+    fn link(&self, peer: PeerRef) -> Result<&Link, SendError> {
         let link = self
             .core
             .links
-            .get(usize::from(peer))
-            .ok_or(SendError::UnknownPeer(peer))?;
-        match self.peer_gone(peer) {
+            .get(usize::from(peer.index))
+            .ok_or(SendError::UnknownPeer(peer.index))?;
+        match self.target_gone(link, peer) {
             None => Ok(link),
             Some(error) => Err(error),
         }
+    }
+
+    /// [`peer_gone`](Self::peer_gone), and for a [`PeerId`], whether its life is over: the
+    /// host's own copy of the entry's epoch moved on (R4). Called under the producer's lock
+    /// by a send, so a send either precedes the rings' reset of a new life or sees its epoch.
+    fn target_gone(&self, link: &Link, peer: PeerRef) -> Option<SendError> {
+        if let Some(epoch) = peer.epoch
+            && link.id().epoch() != epoch
+        {
+            return Some(SendError::PeerGone {
+                peer: PeerId::new(peer.index, epoch),
+            });
+        }
+        self.peer_gone(peer.index)
     }
 
     /// Frames may go to an attached peer, and to a reserved one: its ring exists, and it reads
@@ -692,7 +708,12 @@ impl Host {
     /// [`SendError::UnknownPeer`]; [`SendError::PeerNotActive`] when the peer is neither attached
     /// nor reserved (also when it leaves while the call waits); [`SendError::Ring`] when the
     /// peer corrupted its ring (the host evicts it, as for a fault found on receive).
-    pub fn send_loan(&self, peer: u16, meta: FrameMeta, loan: Loan) -> Result<(), SendError> {
+    pub fn send_loan(
+        &self,
+        peer: impl Into<PeerRef>,
+        meta: FrameMeta,
+        loan: Loan,
+    ) -> Result<(), SendError> {
         self.send_loan_until(peer, meta, loan, Deadline::Never)
     }
 
@@ -700,7 +721,12 @@ impl Host {
     ///
     /// # Errors
     /// As [`send_loan`](Self::send_loan), and `Full`.
-    pub fn try_send_loan(&self, peer: u16, meta: FrameMeta, loan: Loan) -> Result<(), SendError> {
+    pub fn try_send_loan(
+        &self,
+        peer: impl Into<PeerRef>,
+        meta: FrameMeta,
+        loan: Loan,
+    ) -> Result<(), SendError> {
         self.send_loan_until(peer, meta, loan, Deadline::Now)
     }
 
@@ -710,7 +736,7 @@ impl Host {
     /// As [`send_loan`](Self::send_loan), and [`SendError::Timeout`].
     pub fn send_loan_timeout(
         &self,
-        peer: u16,
+        peer: impl Into<PeerRef>,
         meta: FrameMeta,
         loan: Loan,
         timeout: Duration,
@@ -720,14 +746,15 @@ impl Host {
 
     fn send_loan_until(
         &self,
-        peer: u16,
+        peer: impl Into<PeerRef>,
         meta: FrameMeta,
         loan: Loan,
         deadline: Deadline,
     ) -> Result<(), SendError> {
+        let peer = peer.into();
         let link = self.link(peer)?;
         let sent = link.send(&self.core.endpoint, meta, loan, deadline, &|| {
-            self.peer_gone(peer)
+            self.target_gone(link, peer)
         });
         self.evict_on_ring_fault(sent)
     }
@@ -746,7 +773,12 @@ impl Host {
     ///
     /// # Errors
     /// As [`send_loan`](Self::send_loan) and [`loan`](Self::loan).
-    pub fn send(&self, peer: u16, meta: FrameMeta, payload: &[u8]) -> Result<(), SendError> {
+    pub fn send(
+        &self,
+        peer: impl Into<PeerRef>,
+        meta: FrameMeta,
+        payload: &[u8],
+    ) -> Result<(), SendError> {
         self.send_until(peer, meta, payload, Deadline::Never)
     }
 
@@ -754,7 +786,12 @@ impl Host {
     ///
     /// # Errors
     /// As [`send`](Self::send), and those two.
-    pub fn try_send(&self, peer: u16, meta: FrameMeta, payload: &[u8]) -> Result<(), SendError> {
+    pub fn try_send(
+        &self,
+        peer: impl Into<PeerRef>,
+        meta: FrameMeta,
+        payload: &[u8],
+    ) -> Result<(), SendError> {
         self.send_until(peer, meta, payload, Deadline::Now)
     }
 
@@ -764,7 +801,7 @@ impl Host {
     /// As [`send`](Self::send), and [`SendError::Timeout`].
     pub fn send_timeout(
         &self,
-        peer: u16,
+        peer: impl Into<PeerRef>,
         meta: FrameMeta,
         payload: &[u8],
         timeout: Duration,
@@ -774,13 +811,14 @@ impl Host {
 
     fn send_until(
         &self,
-        peer: u16,
+        peer: impl Into<PeerRef>,
         meta: FrameMeta,
         payload: &[u8],
         deadline: Deadline,
     ) -> Result<(), SendError> {
+        let peer = peer.into();
         let link = self.link(peer)?;
-        let gone = || self.peer_gone(peer);
+        let gone = || self.target_gone(link, peer);
         let mut loan = self.core.endpoint.loan(payload.len(), deadline, &gone)?;
         loan.as_mut_slice().copy_from_slice(payload);
         let sent = link.send(&self.core.endpoint, meta, loan, deadline, &gone);
@@ -824,25 +862,37 @@ impl Host {
     /// As [`recv_timeout`](Self::recv_timeout); [`RecvError::PeerNotActive`] when the peer
     /// does not exist, is neither attached, reserved nor leaving, or left (and its frames were
     /// all taken) while the call waits.
-    pub fn recv_from(&self, peer: u16, timeout: Option<Duration>) -> Result<Frame, RecvError> {
-        let Some(link) = self.core.links.get(usize::from(peer)) else {
+    pub fn recv_from(
+        &self,
+        peer: impl Into<PeerRef>,
+        timeout: Option<Duration>,
+    ) -> Result<Frame, RecvError> {
+        let peer = peer.into();
+        let Some(link) = self.core.links.get(usize::from(peer.index)) else {
             return Err(RecvError::PeerNotActive {
-                peer,
+                peer: peer.index,
                 state: PeerState::Empty,
             });
         };
-        if let Some(result) = self.poll_one(link) {
+        if let Some(result) = self.poll_one(link, peer.epoch) {
             return result;
         }
         let until = timeout.map(|timeout| Instant::now() + timeout);
         let bell = [Doorbell::new(link.in_bell(&self.core.endpoint.segment))];
-        self.wait_sliced(&bell, || self.poll_one(link), until)?
+        self.wait_sliced(&bell, || self.poll_one(link, peer.epoch), until)?
     }
 
     /// One look at `link`'s send ring, if its peer's state lets the host read it (see
     /// [`recv_from`](Self::recv_from)); `None` when there is nothing yet.
-    fn poll_one(&self, link: &Link) -> Option<Result<Frame, RecvError>> {
+    fn poll_one(&self, link: &Link, epoch: Option<u64>) -> Option<Result<Frame, RecvError>> {
         let peer = link.peer;
+        if let Some(epoch) = epoch
+            && link.id().epoch() != epoch
+        {
+            return Some(Err(RecvError::PeerGone {
+                peer: PeerId::new(peer, epoch),
+            }));
+        }
         match self.core.endpoint.segment.peer_state(peer) {
             PeerState::Reserved => None,
             state @ (PeerState::Active | PeerState::Dying) => {
@@ -999,8 +1049,8 @@ impl Host {
 
     /// [`arm`](Self::arm) for `peer`'s frames only (what [`recv_from`](Self::recv_from) waits
     /// for). An unknown peer is ignored.
-    pub fn arm_peer(&self, peer: u16) {
-        if let Some(link) = self.core.links.get(usize::from(peer)) {
+    pub fn arm_peer(&self, peer: impl Into<PeerRef>) {
+        if let Some(link) = self.core.links.get(usize::from(peer.into().index)) {
             link.arm(&self.core.endpoint.segment);
         }
     }
@@ -1016,12 +1066,15 @@ impl Host {
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn try_send_loan_back(
         &self,
-        peer: u16,
+        peer: impl Into<PeerRef>,
         meta: FrameMeta,
         loan: Loan,
     ) -> Result<Option<Loan>, SendError> {
+        let peer = peer.into();
         let link = self.link(peer)?;
-        let sent = link.try_send(&self.core.endpoint, meta, loan, &|| self.peer_gone(peer));
+        let sent = link.try_send(&self.core.endpoint, meta, loan, &|| {
+            self.target_gone(link, peer)
+        });
         if let Err(SendError::Ring { peer, source }) = &sent {
             self.core.evict(*peer, EvictReason::Ring(*source));
         }
@@ -1031,11 +1084,12 @@ impl Host {
     /// One look for a frame from `peer`, as [`recv_from`](Self::recv_from) takes it: `None`
     /// when there is none yet.
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
-    pub(crate) fn look_from(&self, peer: u16) -> Option<Result<Frame, RecvError>> {
-        match self.core.links.get(usize::from(peer)) {
-            Some(link) => self.poll_one(link),
+    pub(crate) fn look_from(&self, peer: impl Into<PeerRef>) -> Option<Result<Frame, RecvError>> {
+        let peer = peer.into();
+        match self.core.links.get(usize::from(peer.index)) {
+            Some(link) => self.poll_one(link, peer.epoch),
             None => Some(Err(RecvError::PeerNotActive {
-                peer,
+                peer: peer.index,
                 state: PeerState::Empty,
             })),
         }
@@ -1098,7 +1152,11 @@ impl Core {
                 return Err(HostError::Readiness(error));
             }
         };
-        self.links[usize::from(peer)].set_notify(Some(Arc::clone(&ready.to_peer)));
+        let link = &self.links[usize::from(peer)];
+        link.set_notify(Some(Arc::clone(&ready.to_peer)));
+        // Before the rings' reset below, which takes the producer's lock: a send to the last
+        // life either went before it (and is wiped) or sees this epoch (R4).
+        link.set_life(epoch);
         segment
             .peer_word32(peer, crate::segment::pad::READY_WAITERS)
             .store(0, Ordering::Relaxed);

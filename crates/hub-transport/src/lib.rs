@@ -76,7 +76,7 @@ pub use audit::AllocatorDamage;
 #[cfg(not(loom))]
 pub use host::{Host, HostError, PeerInfo, Recovery};
 #[cfg(not(loom))]
-pub use link::{DescriptorFault, Frame, FrameMeta, Loan, RecvError, SendError};
+pub use link::{DescriptorFault, Frame, FrameMeta, Loan, PeerId, PeerRef, RecvError, SendError};
 #[cfg(not(loom))]
 pub use peer::Peer;
 #[cfg(not(loom))]

@@ -148,6 +148,85 @@ pub enum DescriptorFault {
     },
 }
 
+/// A peer of the hub as one life of its entry: the entry's index and its epoch (the host's
+/// own counter, one more at every reservation).
+///
+/// The host's calls accept a `PeerId` wherever they take a peer (see [`PeerRef`]): a reply
+/// sent to the `PeerId` a frame came from ([`Frame::peer_id`]) fails with
+/// [`SendError::PeerGone`] once that plugin is gone, and never reaches the next tenant of the
+/// same entry. A bare `u16` index means whoever holds the entry now.
+///
+/// ```
+/// use hub_transport::{FrameMeta, Host, HubConfig, Peer, SendError};
+///
+/// let host = Host::create(&HubConfig { max_peers: 1, ..HubConfig::default() })?;
+/// let first = Peer::attach(&host.add_peer()?)?;
+/// first.send(FrameMeta::default(), b"hello")?;
+/// let request = host.recv()?;
+/// let asker = request.peer_id();
+/// drop(request);
+/// first.close();
+/// host.recover_peer(asker.index())?; // (the supervisor does this by itself, soon)
+/// let _second = Peer::attach(&host.add_peer()?)?; // the same entry, a new life
+/// let late = host.send(asker, FrameMeta::default(), b"late reply");
+/// assert!(matches!(late, Err(SendError::PeerGone { peer }) if peer == asker));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId {
+    index: u16,
+    epoch: u64,
+}
+
+impl PeerId {
+    /// The id of life `epoch` of entry `index`.
+    pub const fn new(index: u16, epoch: u64) -> Self {
+        Self { index, epoch }
+    }
+
+    /// The entry's index (0 to `max_peers - 1`).
+    pub const fn index(self) -> u16 {
+        self.index
+    }
+
+    /// The entry's epoch for this life.
+    pub const fn epoch(self) -> u64 {
+        self.epoch
+    }
+}
+
+impl std::fmt::Display for PeerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.index, self.epoch)
+    }
+}
+
+/// Whom one of the host's calls is for: a [`PeerId`] (that life of the entry only) or a bare
+/// `u16` index (whoever holds the entry when the call runs). Every host call that takes a
+/// peer takes `impl Into<PeerRef>`, so both are accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PeerRef {
+    /// The entry's index.
+    pub index: u16,
+    /// The life required, if any.
+    pub epoch: Option<u64>,
+}
+
+impl From<u16> for PeerRef {
+    fn from(index: u16) -> Self {
+        Self { index, epoch: None }
+    }
+}
+
+impl From<PeerId> for PeerRef {
+    fn from(id: PeerId) -> Self {
+        Self {
+            index: id.index,
+            epoch: Some(id.epoch),
+        }
+    }
+}
+
 /// Why a send failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -186,6 +265,13 @@ pub enum SendError {
     /// The host has left the hub.
     #[error("the host has left the hub")]
     HostGone,
+    /// The life of the peer this [`PeerId`] names is over: the entry is another peer's now,
+    /// or nobody's.
+    #[error("peer {peer} is gone (its entry has another life)")]
+    PeerGone {
+        /// The id the call named.
+        peer: PeerId,
+    },
     /// The ring's indices break the protocol (R3); the culprit is the receiving side.
     #[error("the ring to peer {peer} is corrupted: {source}")]
     Ring {
@@ -240,6 +326,13 @@ pub enum RecvError {
     /// The host has left the hub.
     #[error("the host has left the hub")]
     HostGone,
+    /// The life of the peer this [`PeerId`] names is over: the entry is another peer's now,
+    /// or nobody's.
+    #[error("peer {peer} is gone (its entry has another life)")]
+    PeerGone {
+        /// The id the call named.
+        peer: PeerId,
+    },
     /// The futex system call failed.
     #[error(transparent)]
     Futex(#[from] FutexError),
@@ -473,6 +566,9 @@ pub(crate) struct Link {
     /// The other end's readiness descriptor, if this end has it: written when a push finds
     /// it asleep on it. Locked only then, and when a new life of the entry replaces it.
     notify: Mutex<Option<Arc<EventFd>>>,
+    /// The life of the entry this end serves: this process's own copy of its epoch (the
+    /// host's counter, or the ticket's on a peer), never read from the segment (R4).
+    life: std::sync::atomic::AtomicU64,
 }
 
 /// Which of a peer entry's two futex words.
@@ -518,7 +614,23 @@ impl Link {
             their_ready,
             my_ready,
             notify: Mutex::new(None),
+            life: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// The life of the entry this end serves from now on.
+    pub fn set_life(&self, epoch: u64) {
+        // Relaxed: read under the producer lock by sends (`gone`) and taken with the rings'
+        // reset, which holds both locks.
+        self.life.store(epoch, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The id of the life this end serves.
+    pub fn id(&self) -> PeerId {
+        PeerId::new(
+            self.peer,
+            self.life.load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// The other end's readiness descriptor, from now on (a new life of the entry).
@@ -780,7 +892,7 @@ impl Link {
             }
             return Ok(Frame {
                 endpoint: Arc::clone(endpoint),
-                peer: self.peer,
+                peer: self.id(),
                 meta,
                 len: desc.payload_len as usize,
                 payload: FramePayload::Inline(desc.inline_payload),
@@ -844,7 +956,7 @@ impl Link {
         let ptr = unsafe { base.add(desc.payload_offset as usize) };
         Ok(Frame {
             endpoint: Arc::clone(endpoint),
-            peer: self.peer,
+            peer: self.id(),
             meta,
             len: desc.payload_len as usize,
             payload: FramePayload::Slot { handle, ptr },
@@ -973,7 +1085,7 @@ enum FramePayload {
 /// when that matters.
 pub struct Frame {
     endpoint: Arc<Endpoint>,
-    peer: u16,
+    peer: PeerId,
     meta: FrameMeta,
     len: usize,
     payload: FramePayload,
@@ -997,6 +1109,13 @@ impl Frame {
     /// The peer whose ring the frame came through: the sender on the host's side, the peer
     /// itself on a peer's side.
     pub fn peer(&self) -> u16 {
+        self.peer.index
+    }
+
+    /// The life of the peer the frame came through: on the host's side, the sender as it was
+    /// when the frame was received; a reply sent to it fails with [`SendError::PeerGone`]
+    /// once that peer is gone, instead of reaching the entry's next tenant.
+    pub fn peer_id(&self) -> PeerId {
         self.peer
     }
 

@@ -295,6 +295,7 @@ impl Peer {
             )
         }
         .map_err(|e| AttachError::BadTicket(format!("ring: {e}")))?;
+        link.set_life(epoch);
         // R12: the heartbeat waits on the pidfd of the process the header names as the host's,
         // opened now. That pid is a word of the segment: its exit is believed only when the
         // host's lock is found released too (see `HostLife`). No such process while the lock

@@ -73,6 +73,12 @@ impl Ticket {
         self.peer
     }
 
+    /// The life of the entry the ticket reserves: its index and epoch. Frames sent to it
+    /// never reach a later tenant of the entry.
+    pub fn id(&self) -> crate::PeerId {
+        crate::PeerId::new(self.peer, self.epoch)
+    }
+
     /// The epoch of the entry when it was reserved: a ticket of an earlier life of the same id
     /// is refused.
     pub fn epoch(&self) -> u64 {

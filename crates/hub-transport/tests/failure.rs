@@ -70,7 +70,7 @@ impl Chaos {
             .spawn_peer(&mut Self::command(args))
             .expect("spawn_peer");
         let what = format!("hub-chaos-peer {args:?} (spawned peer {peer})");
-        (Self::of(child, what), peer)
+        (Self::of(child, what), peer.index())
     }
 
     fn of(mut child: Child, what: String) -> Chaos {

@@ -79,6 +79,7 @@ fn a_stranger_pid_written_into_an_unused_entry_gets_nobody_signalled() {
     let (honest_id, mut honest) = host
         .spawn_peer(&mut chaos(&["hello", "recv-block"]))
         .expect("spawn the honest peer");
+    let honest_id = honest_id.index();
     echo_hello(&host, honest_id);
     let mut poker = Poker::spawn(&host);
     let unused = (0..3).find(|&p| p != honest_id && p != poker.peer).unwrap();
@@ -296,6 +297,7 @@ fn a_child_that_exits_before_attaching_is_reported_and_its_reservation_freed() {
     let (id, mut child) = host
         .spawn_peer(&mut Command::new("true"))
         .expect("spawn_peer");
+    let id = id.index();
     let pid = child.id();
     assert!(wait_exit(&mut child).success());
     let event = events.wait("ExitedBeforeAttach", |e| {

@@ -83,12 +83,12 @@ fn a_forged_host_state_word_sends_no_honest_peer_away() {
     let mut poker = Poker::spawn(&host);
     poker.w32(pad::HOST_STATE, 1);
     // Make the honest peers look at the word now.
-    poker.wake(recv_bell(&named, blocked_id));
-    poker.wake(recv_bell(&named, echo_id));
+    poker.wake(recv_bell(&named, blocked_id.index()));
+    poker.wake(recv_bell(&named, echo_id.index()));
     for k in 0..ECHOES {
         // Forged again and again, and the echoer's bell rung: each of its looks finds "gone".
         poker.w32(pad::HOST_STATE, 1);
-        poker.wake(recv_bell(&named, echo_id));
+        poker.wake(recv_bell(&named, echo_id.index()));
         let payload = common::pattern::payload(if k % 2 == 0 { 9 } else { 3000 }, k);
         let meta = FrameMeta {
             msg_id: common::pattern::checksum(&payload),
@@ -108,7 +108,7 @@ fn a_forged_host_state_word_sends_no_honest_peer_away() {
     assert!(wait_exit(&mut echo, "the echoer").success());
     // The blocked peer was woken many times meanwhile and is still blocked.
     poker.w32(pad::HOST_STATE, 1);
-    poker.wake(recv_bell(&named, blocked_id));
+    poker.wake(recv_bell(&named, blocked_id.index()));
     std::thread::sleep(Duration::from_millis(300));
     assert!(
         blocked.try_wait().expect("try_wait").is_none(),

@@ -47,7 +47,7 @@ fn a_rewritten_pid_evicts_the_spawned_peer_and_kills_only_it() {
     let header = HeaderSnapshot::read(&*mapping).unwrap();
     let layout = SegmentLayout::new(header.max_peers, header.ring_capacity).unwrap();
     Shared::new(&*mapping)
-        .u32_at(layout.peer_entry_offset(peer) + pad::PEER_PID)
+        .u32_at(layout.peer_entry_offset(peer.index()) + pad::PEER_PID)
         .unwrap()
         .store(innocent.id(), std::sync::atomic::Ordering::Release);
 

@@ -32,7 +32,8 @@ impl Poker {
             .arg("poke")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped());
-        let (peer, mut child) = host.spawn_peer(&mut command).expect("spawn the poke peer");
+        let (id, mut child) = host.spawn_peer(&mut command).expect("spawn the poke peer");
+        let peer = id.index();
         let input = child.stdin.take().expect("stdin");
         let output = BufReader::new(child.stdout.take().expect("stdout"));
         let mut poker = Self {
