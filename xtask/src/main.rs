@@ -14,9 +14,9 @@
 //! | step      | command |
 //! |-----------|---------|
 //! | `fmt`     | `cargo fmt --all -- --check` |
-//! | `clippy`  | `cargo clippy --workspace --all-targets -- -D warnings` |
-//! | `test`    | `cargo nextest run --workspace --no-fail-fast --no-tests=warn` when `cargo nextest --version` works, else `cargo test --workspace --all-targets --no-fail-fast` |
-//! | `doc`     | `cargo test --workspace --doc --no-fail-fast` (nextest does not run doc tests) |
+//! | `clippy`  | `cargo clippy --workspace --all-targets --all-features -- -D warnings` |
+//! | `test`    | `cargo nextest run --workspace --all-features --no-fail-fast --no-tests=warn` when `cargo nextest --version` works, else `cargo test --workspace --all-targets --all-features --no-fail-fast` |
+//! | `doc`     | `cargo test --workspace --doc --all-features --no-fail-fast` (nextest does not run doc tests) |
 //! | `loom`    | `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=target/loom cargo test --release -p hub-alloc -p hub-transport --lib --no-fail-fast` |
 //! | scenarios | `cargo run --release -p hub-scenarios -- NAME` for each of [`SCENARIOS`] (group name `scenarios`); `--seed N` passes a seed to each |
 //!
@@ -233,6 +233,7 @@ fn all_steps(cargo: &OsString, root: &Path, options: &Options) -> Vec<Step> {
                 "clippy",
                 "--workspace",
                 "--all-targets",
+                "--all-features",
                 "--",
                 "-D",
                 "warnings",
@@ -251,6 +252,7 @@ fn all_steps(cargo: &OsString, root: &Path, options: &Options) -> Vec<Step> {
                 "nextest",
                 "run",
                 "--workspace",
+                "--all-features",
                 "--no-fail-fast",
                 "--no-tests=warn",
             ]),
@@ -259,13 +261,25 @@ fn all_steps(cargo: &OsString, root: &Path, options: &Options) -> Vec<Step> {
     } else {
         Step::new(
             "test",
-            cargo_cmd(&["test", "--workspace", "--all-targets", "--no-fail-fast"]),
+            cargo_cmd(&[
+                "test",
+                "--workspace",
+                "--all-targets",
+                "--all-features",
+                "--no-fail-fast",
+            ]),
             Parse::Libtest,
         )
     });
     steps.push(Step::new(
         "doc",
-        cargo_cmd(&["test", "--workspace", "--doc", "--no-fail-fast"]),
+        cargo_cmd(&[
+            "test",
+            "--workspace",
+            "--doc",
+            "--all-features",
+            "--no-fail-fast",
+        ]),
         Parse::Libtest,
     ));
 

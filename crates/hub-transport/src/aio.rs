@@ -90,6 +90,10 @@ fn poll_frame(
         return Poll::Ready(result);
     }
     if mode != WaitMode::Block {
+        // Spin, then yield the thread a few times (crossbeam's `Backoff`, as the blocking
+        // calls do): a reply on its way is found without arming. The yields are system calls,
+        // made only when the other side is slower than the spin; on a machine with a core for
+        // each side a busy exchange makes none.
         let backoff = Backoff::new();
         while !backoff.is_completed() {
             backoff.snooze();

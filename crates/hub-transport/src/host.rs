@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use hub_alloc::{ClassStats, OwnerId, ReclaimReport, SlabError, SlotHandle};
 
 use crate::link::{
-    PeerId, PeerRef,
-    Deadline, Endpoint, Frame, FrameMeta, Link, Loan, RECV_BELL, RecvError, SEND_BELL, SendError,
+    Deadline, Endpoint, Frame, FrameMeta, Link, Loan, PeerId, PeerRef, RECV_BELL, RecvError,
+    SEND_BELL, SendError,
 };
 use crate::liveness::{ProcessWatch, WatchError};
 use crate::mapping::MappingError;
@@ -1013,9 +1013,11 @@ impl Host {
     ///    and go back to 1.
     ///
     /// While the host finds frames it never arms, and no peer makes a system call to wake it.
-    /// Arm again after every wakeup: a peer writes the descriptor once per announcement. Wait
-    /// in slices of at most 100 ms, as [`recv`](Self::recv) does: the announcement lives in
-    /// words any peer can clear, and a peer that attaches or leaves rings no descriptor.
+    /// Arm again after every wakeup: a peer writes the descriptor once per announcement. The
+    /// descriptor also turns readable every 100 ms by itself (a timer in the set), so that the
+    /// loop looks again even if nobody writes, as [`recv`](Self::recv) does in its slices: the
+    /// announcement lives in words any peer can clear, and a peer that leaves or dies writes
+    /// nothing.
     ///
     /// ```
     /// use hub_transport::{Host, HubConfig, Peer, RecvError, FrameMeta};

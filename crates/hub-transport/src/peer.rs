@@ -582,8 +582,8 @@ impl Peer {
     /// [armed](Self::arm) itself. The `tokio` feature's [`AsyncPeer`](crate::aio::AsyncPeer)
     /// does all of this. The protocol is the host's ([`Host::ready_fd`](crate::Host::ready_fd)):
     /// [`try_recv`](Self::try_recv) until empty, [`arm`](Self::arm), `try_recv` once more, then
-    /// wait (in slices of at most 100 ms) until readable, [`clear_ready`](Self::clear_ready),
-    /// and start again.
+    /// wait until readable, [`clear_ready`](Self::clear_ready), and start again. The descriptor
+    /// turns readable every 100 ms by itself too, so that a gone host is noticed.
     ///
     /// A peer that attached with a ticket carrying its descriptors (every ticket the host
     /// hands out, inherited through [`Ticket::apply`](crate::Ticket::apply) or

@@ -93,14 +93,17 @@ impl EntryFds {
 /// or peer that goes writes nothing).
 pub(crate) const READY_TICK: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// The timer's key in a [`ReadySet`].
+const TIMER: u64 = u64::MAX;
+
 /// A readiness descriptor: an `epoll` set of eventfds (the host's: every entry's to-host one;
 /// a peer's: its to-peer one) and a periodic timer ([`READY_TICK`]), all registered
-/// edge-triggered, so nothing is ever read from them: one `epoll_wait` that does not wait
-/// consumes the set's readiness.
+/// edge-triggered, so the eventfds are never read: one `epoll_wait` that does not wait consumes
+/// the set's readiness (and a tick is read from the timer, which re-arms it).
 #[derive(Debug)]
 pub(crate) struct ReadySet {
     epoll: OwnedFd,
-    _timer: OwnedFd,
+    timer: OwnedFd,
     /// Per member slot (a peer id on the host), the eventfd in the set, if any.
     members: Vec<Mutex<Option<Arc<EventFd>>>>,
 }
@@ -132,12 +135,12 @@ impl ReadySet {
         epoll::add(
             &epoll,
             &timer,
-            epoll::EventData::new_u64(u64::MAX),
+            epoll::EventData::new_u64(TIMER),
             epoll::EventFlags::IN | epoll::EventFlags::ET,
         )?;
         Ok(Self {
             epoll,
-            _timer: timer,
+            timer,
             members: (0..slots).map(|_| Mutex::new(None)).collect(),
         })
     }
@@ -175,6 +178,11 @@ impl ReadySet {
         }; 34];
         let now = rustix::time::Timespec::default();
         while let Ok(n) = epoll::wait(&self.epoll, &mut events[..], Some(&now)) {
+            // A periodic timerfd is re-armed only when its expirations are read.
+            if events[..n].iter().any(|event| event.data.u64() == TIMER) {
+                let mut ticks = [0u8; 8];
+                let _ = rustix::io::read(&self.timer, &mut ticks);
+            }
             if n < events.len() {
                 return;
             }

@@ -13,6 +13,7 @@
 //! | `HubHeader` | 96..100 | the heartbeat timeout, in milliseconds (peers beat four times in it) |
 //! | `PeerEntry` | 48..52 | the peer's allocator journal (hub-alloc) |
 //! | `PeerEntry` | 52..56 | the peer's process id |
+//! | `PeerEntry` | 56..60 | which side sleeps on a readiness descriptor (`READY_PEER`, `READY_HOST`) |
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -46,8 +47,9 @@ pub mod pad {
     pub const PEER_PID: usize = 52;
     /// `u32` within a `PeerEntry`: which side sleeps on a readiness descriptor rather than
     /// only on the futex ([`READY_PEER`], [`READY_HOST`]); set by that side before it
-    /// announces itself (R11), cleared when the host reserves the entry.
-    pub const READY_WAITERS: usize = 48;
+    /// announces itself (R11), cleared when the host reserves the entry. (Bytes 48..52 of the
+    /// entry hold the peer's allocator journal, 52..56 its pid.)
+    pub const READY_WAITERS: usize = 56;
     /// Bit of [`READY_WAITERS`]: the peer sleeps on its descriptor; the host writes it.
     pub const READY_PEER: u32 = 1;
     /// Bit of [`READY_WAITERS`]: the host sleeps on its descriptor; the peer writes it.

@@ -1,0 +1,78 @@
+//! The readiness descriptors (R11 extended), checked from outside the code that writes them:
+//! the kernel's count of each eventfd (`/proc/self/fdinfo`), for the descriptors the ticket
+//! names. A side that armed is written once per frame; a busy side is never written.
+
+use hub_transport::{FrameMeta, Host, HubConfig, Peer};
+
+/// The kernel's `eventfd-count` of descriptor `fd` of this process.
+fn count(fd: i32) -> u64 {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).expect("fdinfo");
+    info.lines()
+        .find_map(|line| line.strip_prefix("eventfd-count:"))
+        .expect("an eventfd")
+        .trim()
+        .parse()
+        .expect("a count")
+}
+
+/// The descriptor number the ticket's value names after `key`.
+fn number(value: &str, key: &str) -> i32 {
+    let rest = value.split_once(key).expect(key).1;
+    rest.split(',').next().unwrap().parse().unwrap()
+}
+
+/// Every kind of frame, and a loan taken between the arm and the send (the allocator writes
+/// the sender's journal, which lives beside the entry's readiness word: before, it erased the
+/// host's "I sleep on my descriptor" bit and the host was never woken).
+#[test]
+fn an_armed_side_is_written_once_per_frame_and_a_busy_one_never() {
+    let host = Host::create(&HubConfig {
+        max_peers: 1,
+        ..HubConfig::default()
+    })
+    .expect("create");
+    let ticket = host.add_peer().expect("add_peer");
+    let value = ticket.env_value();
+    let (to_peer, to_host) = (number(&value, ",ready="), number(&value, ",notify="));
+    let peer = Peer::attach(&ticket).expect("attach");
+
+    // Busy: nobody armed, a thousand frames each way, nothing written.
+    for i in 0..1000u64 {
+        let len = [3usize, 100, 4096, 65536][(i % 4) as usize];
+        peer.send(FrameMeta::default(), &vec![1; len])
+            .expect("send");
+        assert_eq!(host.try_recv().expect("frame").len(), len);
+        host.send(0u16, FrameMeta::default(), &vec![2; len])
+            .expect("send");
+        assert_eq!(peer.try_recv().expect("frame").len(), len);
+    }
+    assert_eq!((count(to_peer), count(to_host)), (0, 0));
+
+    let mut expected = 0;
+    for len in [3usize, 100, 4096, 65536] {
+        // Armed, then the sender loans (its allocator runs), then sends: one write.
+        host.arm();
+        let mut loan = peer.loan(len).expect("loan");
+        loan.as_mut_slice().fill(7);
+        peer.send_loan(FrameMeta::default(), loan).expect("send");
+        expected += 1;
+        assert_eq!(count(to_host), expected, "host armed, {len} bytes");
+        assert!(host.try_recv().is_ok());
+
+        peer.arm();
+        let mut loan = host.loan(len).expect("loan");
+        loan.as_mut_slice().fill(8);
+        host.send_loan(0u16, FrameMeta::default(), loan)
+            .expect("send");
+        assert_eq!(count(to_peer), expected, "peer armed, {len} bytes");
+        assert!(peer.try_recv().is_ok());
+
+        // One announcement, one write: a second frame finds nobody armed.
+        peer.send(FrameMeta::default(), &vec![1; len])
+            .expect("send");
+        host.send(0u16, FrameMeta::default(), &vec![1; len])
+            .expect("send");
+        assert_eq!((count(to_host), count(to_peer)), (expected, expected));
+        assert!(host.try_recv().is_ok() && peer.try_recv().is_ok());
+    }
+}
