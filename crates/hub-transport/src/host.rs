@@ -129,6 +129,8 @@ pub struct Host {
     /// the goodbye. Peers believe the host gone only once it is released (or the kernel dropped
     /// it with the process): see [`Peer`](crate::Peer).
     holder: Option<crate::mapping::HolderLock>,
+    /// The bridge thread for peers without the host's descriptor, once one was needed.
+    bridge: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// What the host's API and its supervisor thread share.
@@ -259,6 +261,7 @@ impl Host {
             events: Mutex::new(receiver),
             threads,
             holder: Some(holder),
+            bridge: Mutex::new(None),
         })
     }
 
@@ -1044,9 +1047,31 @@ impl Host {
     /// more before sleeping.
     pub fn arm(&self) {
         let segment = &self.core.endpoint.segment;
+        let mut bridged = false;
         for link in &self.core.links {
             link.arm(segment);
+            bridged |= link.is_bridged(segment);
         }
+        if bridged {
+            self.start_bridge();
+        }
+    }
+
+    /// Start the bridge thread (once) for peers that attached without the host's descriptor.
+    fn start_bridge(&self) {
+        let mut bridge = self
+            .bridge
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if bridge.is_some() {
+            return;
+        }
+        let core = Arc::clone(&self.core);
+        // Without the thread (out of threads), such peers are looked at every tick.
+        *bridge = std::thread::Builder::new()
+            .name("hub-ready-bridge".into())
+            .spawn(move || crate::ready::run_host_bridge(&core))
+            .ok();
     }
 
     /// [`arm`](Self::arm) for `peer`'s frames only (what [`recv_from`](Self::recv_from) waits
@@ -1054,6 +1079,9 @@ impl Host {
     pub fn arm_peer(&self, peer: impl Into<PeerRef>) {
         if let Some(link) = self.core.links.get(usize::from(peer.into().index)) {
             link.arm(&self.core.endpoint.segment);
+            if link.is_bridged(&self.core.endpoint.segment) {
+                self.start_bridge();
+            }
         }
     }
 
@@ -1442,6 +1470,14 @@ impl Drop for Host {
     fn drop(&mut self) {
         self.core.stopping.store(true, Ordering::Release);
         for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+        let bridge = self
+            .bridge
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(thread) = bridge {
             let _ = thread.join();
         }
         // The fact peers check first, released before the word says gone: a peer that sees

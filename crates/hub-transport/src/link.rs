@@ -650,6 +650,16 @@ impl Link {
         Doorbell::new(self.in_bell(segment)).arm(self.ready_word(segment), self.my_ready);
     }
 
+    /// Whether the peer of this entry said it has no descriptor of the host's (and so needs
+    /// the host's bridge thread): a hint any peer can write, costing at most a thread.
+    pub fn is_bridged(&self, segment: &Segment) -> bool {
+        // R11: a hint; the bridge thread re-reads it every round.
+        self.ready_word(segment)
+            .load(std::sync::atomic::Ordering::Relaxed)
+            & crate::segment::pad::READY_BRIDGED
+            != 0
+    }
+
     /// R11 after a push: bump the other end's bell; if it announced a sleep, wake its futex
     /// and, when it sleeps on a descriptor, write that.
     fn ring_out(&self, segment: &Segment) {

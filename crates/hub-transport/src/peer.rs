@@ -332,6 +332,10 @@ impl Peer {
                 None
             }
             None => {
+                // The host's bridge thread stands in for the descriptor this peer lacks.
+                segment
+                    .peer_word32(peer, crate::segment::pad::READY_WAITERS)
+                    .fetch_or(crate::segment::pad::READY_BRIDGED, Ordering::Relaxed);
                 let own = EventFd::new().map_err(readiness)?;
                 set.install(0, Arc::clone(&own)).map_err(readiness)?;
                 let bridge = ReadyBridge::start(&segment, &link, own)

@@ -169,6 +169,15 @@ impl ReadySet {
         Ok(())
     }
 
+    /// Write the eventfd at `slot`, if any (for the host's bridge thread).
+    pub fn notify(&self, slot: usize) {
+        if let Some(member) = self.members.get(slot)
+            && let Some(fd) = &*member.lock().unwrap_or_else(PoisonError::into_inner)
+        {
+            fd.notify();
+        }
+    }
+
     /// Consume the set's pending edges (`epoll_wait` without waiting), so that the descriptor
     /// reads as not ready until a member is written or the timer ticks again.
     pub fn drain(&self) {
@@ -241,5 +250,50 @@ impl ReadyBridge {
     /// Ask the thread to end (within its 100 ms slice); it holds the segment until then.
     pub fn stop(&self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The host's bridge thread, for peers that attached without the host's descriptor (they set
+/// [`READY_BRIDGED`](crate::pad::READY_BRIDGED)): it sleeps on their doorbells and the host's
+/// own (rung when a peer attaches or leaves) with one `futex_waitv`, and writes a peer's
+/// to-host eventfd whenever that peer's doorbell moved (R11, as [`ReadyBridge`]). Started by
+/// the host's first [`arm`](crate::Host::arm) that finds such a peer; it ends with the host.
+pub(crate) fn run_host_bridge(core: &crate::host::Core) {
+    use crate::segment::PeerState;
+    use crate::segment::pad::{READY_BRIDGED, READY_WAITERS};
+    use crate::signal::{Doorbell, WAITER_BIT};
+    use std::sync::atomic::Ordering;
+
+    let segment = &core.endpoint.segment;
+    let max_peers = core.links.len();
+    let mut last = vec![0u32; max_peers];
+    let slice = std::time::Duration::from_millis(100);
+    while !core.stopping.load(Ordering::Acquire) {
+        let host_bell = Doorbell::new(segment.host_bell());
+        let mut expected = vec![(segment.host_bell(), host_bell.announce() | WAITER_BIT)];
+        let mut moved = false;
+        for peer in 0..max_peers as u16 {
+            let bridged = segment
+                .peer_word32(peer, READY_WAITERS)
+                .load(Ordering::Relaxed)
+                & READY_BRIDGED
+                != 0;
+            if !bridged || !matches!(segment.peer_state(peer), PeerState::Active) {
+                continue;
+            }
+            let word = core.links[usize::from(peer)].in_bell(segment);
+            // R11: announce, then compare with the last value seen: any ring since then moved
+            // the sequence, and is passed on before sleeping.
+            let now = Doorbell::new(word).announce();
+            if now >> 1 != last[usize::from(peer)] >> 1 {
+                last[usize::from(peer)] = now;
+                core.ready.notify(usize::from(peer));
+                moved = true;
+            }
+            expected.push((word, now | WAITER_BIT));
+        }
+        if !moved {
+            let _ = crate::futex::wait_any(&expected, Some(slice));
+        }
     }
 }

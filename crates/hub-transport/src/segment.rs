@@ -54,6 +54,9 @@ pub mod pad {
     pub const READY_PEER: u32 = 1;
     /// Bit of [`READY_WAITERS`]: the host sleeps on its descriptor; the peer writes it.
     pub const READY_HOST: u32 = 2;
+    /// Bit of [`READY_WAITERS`]: the peer has no descriptor of the host's (it attached from a
+    /// ticket without them); a host thread sleeps on its doorbell and writes for it.
+    pub const READY_BRIDGED: u32 = 4;
 }
 
 /// The host's state word: the host left (goodbye).

@@ -433,7 +433,7 @@ const BIG: usize = 300 << 10;
 /// The classes a [`BIG`] payload may take.
 const BIG_CLASSES: [usize; 2] = [3, 4];
 /// Frames each producer tries to send.
-const ATTEMPTS: u64 = 1200;
+const ATTEMPTS: u64 = 2000;
 
 /// When a future is dropped: after `n` polls that returned `Pending`, or once a time has
 /// passed (whichever first; it is always polled at least once).
@@ -599,7 +599,7 @@ impl Ends {
     fn recv_call(dir: Dir, k: u64) -> Call {
         match dir {
             Dir::ToPeer => Call::PeerRecv,
-            Dir::ToHost if k % 3 == 0 => Call::HostRecv,
+            Dir::ToHost if k.is_multiple_of(3) => Call::HostRecv,
             Dir::ToHost => Call::HostRecvFrom,
         }
     }
@@ -626,7 +626,7 @@ impl Ends {
         data: &[u8],
     ) -> Result<(), SendError> {
         match dir {
-            Dir::ToPeer if seq % 2 == 0 => self.host.send(self.id, meta, data).await,
+            Dir::ToPeer if seq.is_multiple_of(2) => self.host.send(self.id, meta, data).await,
             Dir::ToPeer => self.host.send(self.id.index(), meta, data).await,
             Dir::ToHost => self.peer.send(meta, data).await,
         }
@@ -640,7 +640,7 @@ impl Ends {
         loan: hub_transport::Loan,
     ) -> Result<(), SendError> {
         match dir {
-            Dir::ToPeer if seq % 2 == 0 => self.host.send_loan(self.id, meta, loan).await,
+            Dir::ToPeer if seq.is_multiple_of(2) => self.host.send_loan(self.id, meta, loan).await,
             Dir::ToPeer => self.host.send_loan(self.id.index(), meta, loan).await,
             Dir::ToHost => self.peer.send_loan(meta, loan).await,
         }
@@ -698,6 +698,10 @@ async fn producer(ends: Ends, dir: Dir, mut rng: Rng, tally: Arc<Tally>) -> Vec<
     let mut buf = vec![0u8; BIG];
     let mut full_by_loan = false;
     for seq in 0..ATTEMPTS {
+        if rng.percent(4) {
+            // A slow moment: the consumer waits on an empty ring.
+            tokio::time::sleep(rng.micros(1500)).await;
+        }
         let full = ends.depth(dir) == CAP;
         let len = match rng.below(10) {
             _ if full => [8, 3000][rng.below(2) as usize],
@@ -785,6 +789,10 @@ async fn consumer(ends: Ends, dir: Dir, mut rng: Rng, tally: Arc<Tally>) -> Vec<
             stall(&ends, dir, &tally).await;
             next_stall = got.len() + 80 + rng.below(120) as usize;
             progress = Instant::now();
+        }
+        if rng.percent(4) {
+            // A slow moment: the producer waits on a full ring.
+            tokio::time::sleep(rng.micros(1500)).await;
         }
         let call = Ends::recv_call(dir, k);
         let plan = Plan::random(&mut rng, Duration::from_millis(5));
@@ -876,7 +884,7 @@ async fn hog(ends: Ends, mut rng: Rng, tally: Arc<Tally>) -> u64 {
         if rounds >= 2 {
             tokio::time::sleep(Duration::from_micros(2000 + rng.below(8000))).await;
         }
-        let dir = if rounds % 2 == 0 {
+        let dir = if rounds.is_multiple_of(2) {
             Dir::ToPeer
         } else {
             Dir::ToHost
@@ -1001,7 +1009,11 @@ fn dropped_futures_lose_no_frame_and_leak_no_slot() {
             Tally::get(&tally.dropped, call),
             Tally::get(&tally.completed, call),
         );
-        eprintln!("{call:?}: {dropped} dropped, {completed} completed");
+        eprintln!(
+            "{call:?}: {dropped} dropped ({} on a full ring, {} on an empty class), {completed} completed",
+            Tally::get(&tally.dropped_on_full, call),
+            Tally::get(&tally.dropped_on_empty_class, call)
+        );
         assert!(dropped > 0, "{call:?} never dropped (seed {seed})");
         assert!(completed > 0, "{call:?} never completed (seed {seed})");
     }
@@ -1072,8 +1084,10 @@ fn recv_from_a_killed_plugin_ends() {
                     }
                 }
             });
-            // The plugin sends nothing more: the await cannot end while it lives.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // The plugin sends nothing more: the await cannot end while it lives. It waits
+            // through a few of its descriptor's 100 ms ticks first, so that what ends it is
+            // not the first tick alone (a timer that stopped after one would hang here).
+            tokio::time::sleep(Duration::from_millis(350)).await;
             assert!(
                 !waiter.is_finished(),
                 "recv_from ended while the plugin lives"
@@ -1140,7 +1154,7 @@ fn a_late_reply_to_a_dead_plugin_never_reaches_the_next() {
         .expect("spawn b");
     assert_eq!(new.index(), old.index(), "the same entry");
     assert_ne!(new, old, "a new life of it");
-    let payload = |i: u32| vec![i as u8; if i % 2 == 0 { 12 } else { 5000 }];
+    let payload = |i: u32| vec![i as u8; if i.is_multiple_of(2) { 12 } else { 5000 }];
     rt.block_on(async {
         hello(&host, new, &child_b).await;
         // B at work: a few round trips.

@@ -76,3 +76,80 @@ fn an_armed_side_is_written_once_per_frame_and_a_busy_one_never() {
         assert!(host.try_recv().is_ok() && peer.try_recv().is_ok());
     }
 }
+
+/// A peer attached from a ticket without the descriptors (a path passed by other means): the
+/// host's bridge thread writes the host's descriptor for it, and the peer's own waiter thread
+/// makes its descriptor readable when the host sends.
+#[test]
+fn a_peer_without_descriptors_is_bridged_on_both_sides() {
+    use hub_transport::{SpecSource, TicketSpec};
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+
+    let dir = std::env::temp_dir().join(format!("hub-ready-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("hub");
+    let host = Host::create(&HubConfig {
+        max_peers: 1,
+        path: Some(path.clone()),
+        ..HubConfig::default()
+    })
+    .expect("create");
+    let ticket = host.add_peer().expect("add_peer");
+    let to_host = number(&ticket.env_value(), ",notify=");
+    let peer = Peer::attach_spec(&TicketSpec {
+        peer: ticket.peer_id(),
+        epoch: ticket.epoch(),
+        source: SpecSource::Path(path),
+        ready: None,
+    })
+    .expect("attach without descriptors");
+
+    // Host side: armed, it starts its bridge; the peer's frames reach its descriptor.
+    let watchdog = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        assert!(
+            std::time::Instant::now() < watchdog,
+            "the host's bridge never wrote"
+        );
+        host.arm();
+        peer.send(FrameMeta::default(), b"ping").expect("send");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let written = count(to_host) > 0;
+        assert_eq!(host.try_recv().expect("frame").payload(), b"ping");
+        if written {
+            break;
+        }
+    }
+
+    // Peer side: its waiter thread writes the eventfd in its readiness set (found through the
+    // set's own fdinfo) when the host sends, and the set turns readable.
+    let set = std::os::fd::AsRawFd::as_raw_fd(&peer);
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{set}")).expect("fdinfo");
+    let own = info
+        .lines()
+        .filter_map(|line| line.strip_prefix("tfd:"))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse::<i32>().ok())
+        .find(|&fd| {
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+                .is_ok_and(|info| info.contains("eventfd-count"))
+        })
+        .expect("an eventfd in the peer's set");
+    peer.arm();
+    assert!(peer.try_recv().is_err());
+    let before = count(own);
+    host.send(0u16, FrameMeta::default(), b"pong")
+        .expect("send");
+    while count(own) == before {
+        assert!(
+            std::time::Instant::now() < watchdog,
+            "the peer's bridge never wrote"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let mut fds = [PollFd::new(&peer, PollFlags::IN)];
+    assert_eq!(poll(&mut fds, Some(&Timespec::default())).expect("poll"), 1);
+    assert_eq!(peer.try_recv().expect("frame").payload(), b"pong");
+    drop(peer);
+    drop(host);
+    let _ = std::fs::remove_dir_all(&dir);
+}
