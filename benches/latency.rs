@@ -34,22 +34,19 @@
 //! ```
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion};
-use hub_benches::{Partner, SIZES, run_child_if_asked, size_name};
+use hub_benches::{Partner, SIZES, inherited_fds, run_child_if_asked, size_name};
 use hub_transport::{FrameMeta, Host, HubConfig, Peer, RecvError, WaitMode, futex};
 use memmap2::MmapRaw;
-use rustix::io::{FdFlags, fcntl_setfd};
 
 /// The bench's name in the children's messages.
 const BENCH: &str = "latency";
-/// The descriptors the child inherits, comma-separated.
-const FDS_ENV: &str = "HUB_BENCH_FDS";
 
 /// The shared mapping of the spin and futex baselines: the control words on their own cache
 /// lines, then the host's buffer and the child's buffer of the largest size.
@@ -153,27 +150,15 @@ fn hub_role(mode: WaitMode) -> &'static str {
     }
 }
 
-/// Starts this binary as the echo child `role` (see `Partner::spawn`), inheriting `fds`, named
-/// in `HUB_BENCH_FDS` (their close-on-exec flag is cleared for the spawn and set again after it).
+/// Starts this binary as the echo child `role`, inheriting `fds` (see
+/// `Partner::spawn_with_fds`).
 fn spawn_partner(
     role: &str,
     size: usize,
     fds: &[&OwnedFd],
     configure: impl FnOnce(&mut Command),
 ) -> Partner {
-    let child = Partner::spawn(BENCH, role, size, |command| {
-        let list: Vec<String> = fds.iter().map(|fd| fd.as_raw_fd().to_string()).collect();
-        command.env(FDS_ENV, list.join(","));
-        configure(command);
-        for fd in fds {
-            fcntl_setfd(fd, FdFlags::empty()).expect("clear FD_CLOEXEC");
-        }
-    })
-    .expect("spawn the echo child");
-    for fd in fds {
-        fcntl_setfd(fd, FdFlags::CLOEXEC).expect("set FD_CLOEXEC");
-    }
-    child
+    Partner::spawn_with_fds(BENCH, role, size, fds, configure).expect("spawn the echo child")
 }
 
 /// The hub: a host with one peer, the child.
@@ -529,25 +514,6 @@ fn stream_child(
         }
         output.write_all(&buffer)?;
     }
-}
-
-/// The descriptors named in `HUB_BENCH_FDS`, owned by this process.
-fn inherited_fds() -> Result<Vec<OwnedFd>, String> {
-    let list = std::env::var(FDS_ENV).map_err(|e| format!("{FDS_ENV}: {e}"))?;
-    list.split(',')
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            let fd: RawFd = s.parse().map_err(|e| format!("{FDS_ENV}: {e}"))?;
-            rustix::io::fcntl_getfd(
-                // SAFETY: only checks that the number is an open descriptor.
-                unsafe { rustix::fd::BorrowedFd::borrow_raw(fd) },
-            )
-            .map_err(|e| format!("descriptor {fd}: {e}"))?;
-            // SAFETY: the parent passed this descriptor for this child alone, it is open (checked
-            // above), and nothing else in this process owns it.
-            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-        })
-        .collect()
 }
 
 /// The child of role `role` (from `HUB_BENCH_CHILD`), for messages of `size` bytes.

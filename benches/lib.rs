@@ -6,12 +6,17 @@
 //! ([`Partner::spawn`]). First thing in `main`, before criterion sees the arguments, the bench
 //! calls [`run_child_if_asked`], which in such a child asks for `SIGKILL` on the parent's death,
 //! reads the size and runs the role instead of criterion. Dropping the [`Partner`] waits for the
-//! child to exit, and kills it if it has not within [`EXIT_TIMEOUT`].
+//! child to exit, and kills it if it has not within [`EXIT_TIMEOUT`]. A child that needs
+//! descriptors of the parent's (a socket, a pipe, a memfd) gets them with
+//! [`Partner::spawn_with_fds`] and takes them with [`inherited_fds`].
 
 #![warn(missing_docs)]
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::process::{Child, Command, ExitCode};
 use std::time::{Duration, Instant};
+
+use rustix::io::{FdFlags, fcntl_setfd};
 
 /// The environment variable naming a child's role; its presence makes the bench binary a child
 /// instead of criterion.
@@ -19,6 +24,9 @@ pub const CHILD_ENV: &str = "HUB_BENCH_CHILD";
 
 /// The environment variable holding a child's message size, in bytes.
 pub const SIZE_ENV: &str = "HUB_BENCH_SIZE";
+
+/// The environment variable listing the descriptors a child inherits, comma-separated.
+pub const FDS_ENV: &str = "HUB_BENCH_FDS";
 
 /// The message sizes the benches measure, smallest first.
 pub const SIZES: [usize; 7] = [8, 64, 1 << 10, 4 << 10, 64 << 10, 1 << 20, 16 << 20];
@@ -111,6 +119,61 @@ impl Partner {
             role: role.to_owned(),
         })
     }
+}
+
+impl Partner {
+    /// [`spawn`](Self::spawn), the child inheriting `fds` and finding their numbers in
+    /// `HUB_BENCH_FDS` (see [`inherited_fds`]). Their close-on-exec flag is cleared for the
+    /// spawn and set again after it.
+    ///
+    /// Fails as [`spawn`](Self::spawn) does, or when a descriptor's flags cannot be changed.
+    pub fn spawn_with_fds(
+        bench: &'static str,
+        role: &str,
+        size: usize,
+        fds: &[&OwnedFd],
+        configure: impl FnOnce(&mut Command),
+    ) -> std::io::Result<Self> {
+        let mut cleared = Ok(());
+        let child = Self::spawn(bench, role, size, |command| {
+            let list: Vec<String> = fds.iter().map(|fd| fd.as_raw_fd().to_string()).collect();
+            command.env(FDS_ENV, list.join(","));
+            configure(command);
+            for fd in fds {
+                if let Err(error) = fcntl_setfd(fd, FdFlags::empty()) {
+                    cleared = Err(error);
+                }
+            }
+        });
+        for fd in fds {
+            fcntl_setfd(fd, FdFlags::CLOEXEC)?;
+        }
+        cleared?;
+        child
+    }
+}
+
+/// In a child started by [`Partner::spawn_with_fds`]: the descriptors named in
+/// `HUB_BENCH_FDS`, owned by this process, in the parent's order.
+///
+/// Fails (with a message) when the variable is missing, a number does not parse or names no
+/// open descriptor. Call it once: the descriptors are owned by what it returns.
+pub fn inherited_fds() -> Result<Vec<OwnedFd>, String> {
+    let list = std::env::var(FDS_ENV).map_err(|e| format!("{FDS_ENV}: {e}"))?;
+    list.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            let fd: RawFd = s.parse().map_err(|e| format!("{FDS_ENV}: {e}"))?;
+            rustix::io::fcntl_getfd(
+                // SAFETY: only checks that the number is an open descriptor.
+                unsafe { rustix::fd::BorrowedFd::borrow_raw(fd) },
+            )
+            .map_err(|e| format!("descriptor {fd}: {e}"))?;
+            // SAFETY: the parent passed this descriptor for this child alone, it is open (checked
+            // above), and nothing else in this process owns it.
+            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        })
+        .collect()
 }
 
 impl Drop for Partner {

@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use hub_transport::{Host, HubConfig, RecvError, SendError};
+use hub_transport::{Host, HubConfig, RecvError, SendError, TrySendError};
 
 use crate::Settings;
 use crate::common::{self, ChildProcess, ECHO, Figures, ORIGIN, REQUEST, Rng, STOP};
@@ -200,8 +200,8 @@ impl<'h> Driver<'h> {
         );
         match self.host.try_send_loan(peer, meta, loan) {
             Ok(()) => {}
-            Err(SendError::Full) => return Ok(false),
-            Err(SendError::PeerNotActive { .. }) => {
+            Err(TrySendError::Full(_)) => return Ok(false),
+            Err(TrySendError::Failed(SendError::PeerNotActive { .. })) => {
                 // It died; whoever killed it calls `forget`.
                 return Ok(false);
             }

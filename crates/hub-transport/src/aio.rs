@@ -2,10 +2,11 @@
 //!
 //! Each wraps a [`Host`] or a [`Peer`] and registers its readiness descriptor
 //! ([`Host::ready_fd`], [`Peer::ready_fd`]) with tokio's reactor through
-//! [`AsyncFd`]. A receive looks at the rings first, spins a bounded moment (as the blocking
-//! calls do, unless the wait mode is [`WaitMode::Block`]), then arms the endpoint (R11), looks
-//! once more and only then waits for the descriptor. While frames keep coming, nothing is
-//! armed and no side makes a system call per frame.
+//! [`AsyncFd`]. A receive looks at the rings first, spins a few microseconds (pause
+//! instructions only, none in [`WaitMode::Block`], longer in [`WaitMode::Spin`]), then arms the
+//! endpoint (R11), looks once more and only then waits for the descriptor. While frames keep
+//! coming, nothing is armed and no side makes a system call per frame. Any number of tasks may
+//! wait on one endpoint at once.
 //!
 //! A full ring or an empty slot class is waited for with short naps (50 µs doubling to 1 ms,
 //! on tokio's timer), as the blocking calls do: the consumer of a ring signals nobody when it
@@ -46,7 +47,8 @@
 use std::future::poll_fn;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use crossbeam_utils::Backoff;
@@ -76,50 +78,94 @@ fn register(fd: BorrowedFd<'_>) -> io::Result<AsyncFd<Readiness>> {
         .map_err(io::Error::from)
 }
 
-/// The receive loop of both sides: look; spin a bounded moment; arm, look again; wait for the
-/// descriptor, consume its readiness, and start over (R11).
-fn poll_frame(
-    cx: &mut Context<'_>,
-    fd: &AsyncFd<Readiness>,
+/// An endpoint's readiness descriptor in the reactor, shared by every task that receives.
+///
+/// Tokio's readiness of a descriptor is one flag for all of them, and a task that consumes it
+/// (`clear_ready`) could hide it from another task that armed but has not started waiting yet:
+/// that task would sleep through a frame meant for it. So a consumer counts its consumption
+/// first (`consumed`), and a waiter that finds no readiness after registering looks at the
+/// count: if it moved since the waiter armed, the waiter looks at its ring again instead of
+/// sleeping (an event count).
+#[derive(Debug)]
+struct Reactor {
+    fd: AsyncFd<Readiness>,
+    consumed: AtomicU64,
+}
+
+impl Reactor {
+    fn new(fd: BorrowedFd<'_>) -> io::Result<Self> {
+        Ok(Self {
+            fd: register(fd)?,
+            consumed: AtomicU64::new(0),
+        })
+    }
+
+    /// The count to give [`wait`](Self::wait), read before arming.
+    fn mark(&self) -> u64 {
+        self.consumed.load(Ordering::SeqCst)
+    }
+
+    /// Wait until the descriptor is readable (consuming it) or another task consumed it since
+    /// `mark`; then the caller looks again. Registration comes before the count is checked, and
+    /// a consumer counts before it clears: a clear this waiter cannot see is one it counts.
+    async fn wait(&self, mark: u64) -> io::Result<()> {
+        let mut readable = std::pin::pin!(self.fd.readable());
+        poll_fn(|cx| match readable.as_mut().poll(cx) {
+            Poll::Ready(Ok(mut guard)) => {
+                self.consumed.fetch_add(1, Ordering::SeqCst);
+                guard.clear_ready();
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+            Poll::Pending if self.consumed.load(Ordering::SeqCst) != mark => Poll::Ready(Ok(())),
+            Poll::Pending => Poll::Pending,
+        })
+        .await
+    }
+}
+
+/// The receive loop of both sides: look; spin a moment (not in `Block`); then arm, look again
+/// and wait for the descriptor, until a look finds something (R11). Cancellation-safe: a frame
+/// is taken only by a look that returns it.
+async fn recv_with(
+    reactor: &Reactor,
     mode: WaitMode,
     mut look: impl FnMut() -> Option<Result<Frame, RecvError>>,
     arm: impl Fn(),
     clear: impl Fn(),
-) -> Poll<Result<Frame, RecvError>> {
+) -> Result<Frame, RecvError> {
     if let Some(result) = look() {
-        return Poll::Ready(result);
+        return result;
     }
-    if mode != WaitMode::Block {
-        // Spin, then yield the thread a few times (crossbeam's `Backoff`, as the blocking
-        // calls do): a reply on its way is found without arming. The yields are system calls,
-        // made only when the other side is slower than the spin; on a machine with a core for
-        // each side a busy exchange makes none.
-        let backoff = Backoff::new();
-        while !backoff.is_completed() {
-            backoff.snooze();
-            if let Some(result) = look() {
-                return Poll::Ready(result);
-            }
+    // A short spin for a reply already on its way: pause instructions only, no system call,
+    // and short, since it runs inside the executor's poll (longer in `Spin` mode).
+    let backoff = Backoff::new();
+    let rounds = match mode {
+        WaitMode::Block => 0,
+        WaitMode::Adaptive => SPIN_ROUNDS,
+        WaitMode::Spin => 4 * SPIN_ROUNDS,
+    };
+    for _ in 0..rounds {
+        backoff.spin();
+        if let Some(result) = look() {
+            return result;
         }
     }
     loop {
+        let mark = reactor.mark();
         arm();
         if let Some(result) = look() {
-            return Poll::Ready(result);
+            return result;
         }
-        let mut guard = match fd.poll_read_ready(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Ok(guard)) => guard,
-            Poll::Ready(Err(error)) => return Poll::Ready(Err(RecvError::Readiness(error))),
-        };
-        // Readiness is consumed before the next arm: a write after the arm sets it again.
-        guard.clear_ready();
+        reactor.wait(mark).await.map_err(RecvError::Readiness)?;
+        // The set's edges are consumed before the next arm: a write after it is a new edge.
         clear();
-        if let Some(result) = look() {
-            return Poll::Ready(result);
-        }
     }
 }
+
+/// Rounds of [`Backoff::spin`] (1, 2, 4 ... 64, 64 ... pause instructions) before arming: a
+/// few microseconds.
+const SPIN_ROUNDS: u32 = 10;
 
 /// Naps while a ring is full or a class has no free slot: yields first, then sleeps 50 µs
 /// doubling to 1 ms.
@@ -183,7 +229,7 @@ async fn send_with(
 #[derive(Debug)]
 pub struct AsyncHost {
     host: Host,
-    fd: AsyncFd<Readiness>,
+    reactor: Reactor,
 }
 
 impl AsyncHost {
@@ -193,8 +239,8 @@ impl AsyncHost {
     /// When called outside a runtime with I/O enabled, or when the descriptor cannot be
     /// duplicated or registered.
     pub fn new(host: Host) -> io::Result<Self> {
-        let fd = register(host.ready_fd())?;
-        Ok(Self { host, fd })
+        let reactor = Reactor::new(host.ready_fd())?;
+        Ok(Self { host, reactor })
     }
 
     /// The host, for everything that does not wait (peers, events, stats, `add_peer`).
@@ -207,53 +253,40 @@ impl AsyncHost {
         self.host
     }
 
-    /// Receive the next frame from any peer; [`Frame::peer`] says whose. Cancellation-safe.
+    /// Receive the next frame from any peer; [`Frame::peer_id`] says whose. Cancellation-safe.
+    /// Any number of tasks may receive at once; each frame goes to one of them.
     ///
     /// # Errors
     /// As [`Host::recv`], and [`RecvError::Readiness`] when the reactor fails.
     pub async fn recv(&self) -> Result<Frame, RecvError> {
-        poll_fn(|cx| self.poll_recv(cx)).await
-    }
-
-    /// Receive the next frame from `peer` only. Cancellation-safe. A peer that leaves, dies
-    /// or is evicted while this waits ends the wait with [`RecvError::PeerNotActive`] once the
-    /// host has noticed (its liveness checks) and the frames it sent are all taken.
-    ///
-    /// # Errors
-    /// As [`Host::recv_from`], and [`RecvError::Readiness`].
-    pub async fn recv_from(&self, peer: impl Into<PeerRef>) -> Result<Frame, RecvError> {
-        let peer = peer.into();
-        poll_fn(|cx| self.poll_recv_from(cx, peer)).await
-    }
-
-    /// [`recv`](Self::recv) as a poll function, for `Stream` implementations: `Pending`
-    /// registers `cx`'s waker.
-    pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Result<Frame, RecvError>> {
-        poll_frame(
-            cx,
-            &self.fd,
+        recv_with(
+            &self.reactor,
             self.host.wait_mode(),
             || self.host.look_any(),
             || self.host.arm(),
             || self.host.clear_ready(),
         )
+        .await
     }
 
-    /// [`recv_from`](Self::recv_from) as a poll function.
-    pub fn poll_recv_from(
-        &self,
-        cx: &mut Context<'_>,
-        peer: impl Into<PeerRef>,
-    ) -> Poll<Result<Frame, RecvError>> {
+    /// Receive the next frame from `peer` only (a [`PeerId`](crate::PeerId): that life of the
+    /// entry; a `u16`: whoever holds it). Cancellation-safe. A peer that leaves, dies or is
+    /// evicted while this waits ends the wait with [`RecvError::PeerNotActive`] once the host
+    /// has noticed (its liveness checks, and the descriptor's 100 ms tick) and the frames it
+    /// sent are all taken; a `PeerId` whose entry has a new life, with [`RecvError::PeerGone`].
+    ///
+    /// # Errors
+    /// As [`Host::recv_from`], and [`RecvError::Readiness`].
+    pub async fn recv_from(&self, peer: impl Into<PeerRef>) -> Result<Frame, RecvError> {
         let peer = peer.into();
-        poll_frame(
-            cx,
-            &self.fd,
+        recv_with(
+            &self.reactor,
             self.host.wait_mode(),
             || self.host.look_from(peer),
             || self.host.arm_peer(peer),
             || self.host.clear_ready(),
         )
+        .await
     }
 
     /// A buffer of `len` bytes to fill in place and send with [`send_loan`](Self::send_loan),
@@ -302,7 +335,7 @@ impl AsyncHost {
 #[derive(Debug)]
 pub struct AsyncPeer {
     peer: Peer,
-    fd: AsyncFd<Readiness>,
+    reactor: Reactor,
 }
 
 impl AsyncPeer {
@@ -311,8 +344,8 @@ impl AsyncPeer {
     /// # Errors
     /// As [`AsyncHost::new`].
     pub fn new(peer: Peer) -> io::Result<Self> {
-        let fd = register(peer.ready_fd())?;
-        Ok(Self { peer, fd })
+        let reactor = Reactor::new(peer.ready_fd())?;
+        Ok(Self { peer, reactor })
     }
 
     /// The peer, for everything that does not wait.
@@ -331,14 +364,8 @@ impl AsyncPeer {
     /// # Errors
     /// As [`Peer::recv`], and [`RecvError::Readiness`].
     pub async fn recv(&self) -> Result<Frame, RecvError> {
-        poll_fn(|cx| self.poll_recv(cx)).await
-    }
-
-    /// [`recv`](Self::recv) as a poll function, for `Stream` implementations.
-    pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Result<Frame, RecvError>> {
-        poll_frame(
-            cx,
-            &self.fd,
+        recv_with(
+            &self.reactor,
             self.peer.wait_mode(),
             || match self.peer.try_recv() {
                 Err(RecvError::Empty) => None,
@@ -347,6 +374,7 @@ impl AsyncPeer {
             || self.peer.arm(),
             || self.peer.clear_ready(),
         )
+        .await
     }
 
     /// A buffer of `len` bytes to fill in place, waiting for a free slot. Cancellation-safe.

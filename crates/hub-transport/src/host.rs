@@ -10,7 +10,7 @@ use hub_alloc::{ClassStats, OwnerId, ReclaimReport, SlabError, SlotHandle};
 
 use crate::link::{
     Deadline, Endpoint, Frame, FrameMeta, Link, Loan, PeerId, PeerRef, RECV_BELL, RecvError,
-    SEND_BELL, SendError,
+    SEND_BELL, SendError, TrySendError,
 };
 use crate::liveness::{ProcessWatch, WatchError};
 use crate::mapping::MappingError;
@@ -720,17 +720,41 @@ impl Host {
         self.send_loan_until(peer, meta, loan, Deadline::Never)
     }
 
-    /// [`send_loan`](Self::send_loan) without waiting: [`SendError::Full`] when the ring is full.
+    /// [`send_loan`](Self::send_loan) without waiting: a full ring gives the loan back,
+    /// unsent and still this host's ([`TrySendError::Full`]), to send later or drop.
+    ///
+    /// ```
+    /// use hub_transport::{FrameMeta, Host, HubConfig, Peer, TrySendError};
+    ///
+    /// let host = Host::create(&HubConfig { max_peers: 1, ring_capacity: 2, ..HubConfig::default() })?;
+    /// let peer = Peer::attach(&host.add_peer()?)?;
+    /// let mut loan = host.loan(1000)?;
+    /// for _ in 0..2 {
+    ///     host.send(peer.id(), FrameMeta::default(), b"fill")?;
+    /// }
+    /// loan = match host.try_send_loan(peer.id(), FrameMeta::default(), loan) {
+    ///     Err(TrySendError::Full(loan)) => loan, // the ring holds 2: ours again
+    ///     other => panic!("{other:?}"),
+    /// };
+    /// drop(peer.recv()?);
+    /// host.try_send_loan(peer.id(), FrameMeta::default(), loan)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
-    /// As [`send_loan`](Self::send_loan), and `Full`.
+    /// [`TrySendError::Full`]; [`TrySendError::Failed`] with what [`send_loan`](
+    /// Self::send_loan) fails with (the loan is dropped then, which frees its slot).
     pub fn try_send_loan(
         &self,
         peer: impl Into<PeerRef>,
         meta: FrameMeta,
         loan: Loan,
-    ) -> Result<(), SendError> {
-        self.send_loan_until(peer, meta, loan, Deadline::Now)
+    ) -> Result<(), TrySendError> {
+        match self.try_send_loan_back(peer, meta, loan) {
+            Ok(None) => Ok(()),
+            Ok(Some(loan)) => Err(TrySendError::Full(loan)),
+            Err(error) => Err(TrySendError::Failed(error)),
+        }
     }
 
     /// [`send_loan`](Self::send_loan), waiting at most `timeout`.
@@ -1093,7 +1117,6 @@ impl Host {
 
     /// One attempt to send a filled loan to `peer`: `Ok(None)` when it went, `Ok(Some(loan))`
     /// with the loan back when the ring is full.
-    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn try_send_loan_back(
         &self,
         peer: impl Into<PeerRef>,

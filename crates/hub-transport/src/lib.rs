@@ -76,7 +76,9 @@ pub use audit::AllocatorDamage;
 #[cfg(not(loom))]
 pub use host::{Host, HostError, PeerInfo, Recovery};
 #[cfg(not(loom))]
-pub use link::{DescriptorFault, Frame, FrameMeta, Loan, PeerId, PeerRef, RecvError, SendError};
+pub use link::{
+    DescriptorFault, Frame, FrameMeta, Loan, PeerId, PeerRef, RecvError, SendError, TrySendError,
+};
 #[cfg(not(loom))]
 pub use peer::Peer;
 #[cfg(not(loom))]

@@ -288,6 +288,28 @@ pub enum SendError {
     Futex(#[from] FutexError),
 }
 
+/// Why a [`try_send_loan`](crate::Host::try_send_loan) did not send.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrySendError {
+    /// The ring to the receiver is full: the loan comes back, unsent and still the sender's.
+    #[error("the ring is full")]
+    Full(Loan),
+    /// The send failed for good; the loan was dropped, which freed its slot.
+    #[error(transparent)]
+    Failed(SendError),
+}
+
+impl TrySendError {
+    /// The loan back, if the ring was full.
+    pub fn into_loan(self) -> Option<Loan> {
+        match self {
+            Self::Full(loan) => Some(loan),
+            Self::Failed(_) => None,
+        }
+    }
+}
+
 /// Why a receive failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -1003,6 +1025,11 @@ pub struct Loan {
 // nothing else in this process reaches it, so moving the loan to another thread is fine.
 unsafe impl Send for Loan {}
 
+// SAFETY: through `&Loan` the payload is only read (`as_slice`, `len`); writing needs
+// `&mut Loan`. Reads of the slot from several threads at once race with nothing in this
+// process.
+unsafe impl Sync for Loan {}
+
 impl std::fmt::Debug for Loan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Loan")
@@ -1104,6 +1131,9 @@ pub struct Frame {
 // SAFETY: the slot is in flight to this participant until the frame is dropped; nothing else in
 // this process reaches it.
 unsafe impl Send for Frame {}
+
+// SAFETY: a frame's payload is only ever read through it, from any number of threads.
+unsafe impl Sync for Frame {}
 
 impl std::fmt::Debug for Frame {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

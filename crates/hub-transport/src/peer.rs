@@ -8,6 +8,7 @@ use hub_alloc::{OwnerId, SlabError};
 
 use crate::link::{
     Deadline, Endpoint, Frame, FrameMeta, Link, Loan, RECV_BELL, RecvError, SEND_BELL, SendError,
+    TrySendError,
 };
 use crate::liveness::{Heartbeat, HostLife, ProcessWatch, WatchError};
 use crate::mapping::{Access, SegmentFile};
@@ -450,12 +451,18 @@ impl Peer {
         self.send_loan_until(meta, loan, Deadline::Never)
     }
 
-    /// [`send_loan`](Self::send_loan) without waiting: [`SendError::Full`].
+    /// [`send_loan`](Self::send_loan) without waiting: a full ring gives the loan back,
+    /// unsent and still this peer's ([`TrySendError::Full`]).
     ///
     /// # Errors
-    /// As [`send_loan`](Self::send_loan), and `Full`.
-    pub fn try_send_loan(&self, meta: FrameMeta, loan: Loan) -> Result<(), SendError> {
-        self.send_loan_until(meta, loan, Deadline::Now)
+    /// [`TrySendError::Full`]; [`TrySendError::Failed`] with what [`send_loan`](
+    /// Self::send_loan) fails with (the loan is dropped then, which frees its slot).
+    pub fn try_send_loan(&self, meta: FrameMeta, loan: Loan) -> Result<(), TrySendError> {
+        match self.try_send_loan_back(meta, loan) {
+            Ok(None) => Ok(()),
+            Ok(Some(loan)) => Err(TrySendError::Full(loan)),
+            Err(error) => Err(TrySendError::Failed(error)),
+        }
     }
 
     /// [`send_loan`](Self::send_loan), waiting at most `timeout`.
@@ -631,7 +638,6 @@ impl Peer {
 
     /// One attempt to send a filled loan: `Ok(None)` when it went, `Ok(Some(loan))` with the
     /// loan back when the ring is full.
-    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn try_send_loan_back(
         &self,
         meta: FrameMeta,

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use common::pattern::{checksum, expected, fill, payload};
 use common::{WATCHDOG, assert_all_free, meta, spin_until};
 use hub_layout::SegmentLayout;
-use hub_transport::{Host, HubConfig, Peer, RecvError, SendError};
+use hub_transport::{Host, HubConfig, Peer, RecvError, SendError, TrySendError};
 
 const CAPACITY: u32 = 4;
 const TIMEOUT: Duration = Duration::from_millis(50);
@@ -68,8 +68,10 @@ fn full_ring_peer_to_host() {
     }
     let mut loan = peer.loan(700).expect("loan");
     fill(loan.as_mut_slice(), 91);
+    let filled = loan.as_slice().to_vec();
     match peer.try_send_loan(meta(91), loan) {
-        Err(SendError::Full) => {}
+        // The loan comes back as it was; dropped here, its slot goes back.
+        Err(TrySendError::Full(back)) => assert_eq!(back.as_slice(), &filled[..]),
         other => panic!("expected Full, got {other:?}"),
     }
     let start = Instant::now();
@@ -137,7 +139,7 @@ fn full_ring_host_to_peer() {
     }
     let loan = host.loan(5).expect("inline loan");
     match host.try_send_loan(id, meta(91), loan) {
-        Err(SendError::Full) => {}
+        Err(TrySendError::Full(back)) => assert_eq!(back.len(), 5),
         other => panic!("expected Full, got {other:?}"),
     }
     let start = Instant::now();
