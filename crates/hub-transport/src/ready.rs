@@ -224,12 +224,15 @@ impl ReadyBridge {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (segment, peer, field) = (Arc::clone(segment), link.peer, link.in_bell_field());
         let stopped = Arc::clone(&stop);
+        // The first announcement is made here, before the attach returns: a ring between the
+        // peer's first look at its ring and the thread's start moves the sequence past it, and
+        // is passed on (announced in the thread, it would be taken as the starting point).
+        let mut last = crate::signal::Doorbell::new(segment.peer_word32(peer, field)).announce();
         std::thread::Builder::new()
             .name("hub-ready-bridge".into())
             .spawn(move || {
                 let word = segment.peer_word32(peer, field);
                 let bell = crate::signal::Doorbell::new(word);
-                let mut last = bell.announce();
                 while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
                     // R11: announce, then compare with the last value seen: any ring since then
                     // moved the sequence, and is passed on before sleeping.

@@ -24,7 +24,7 @@ mod common;
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::pin;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
@@ -38,7 +38,7 @@ use hub_layout::SegmentLayout;
 use hub_transport::aio::{AsyncHost, AsyncPeer};
 use hub_transport::{
     Frame, FrameMeta, Host, HubConfig, Peer, PeerEvent, PeerId, RecvError, SendError, SpecSource,
-    TicketSpec,
+    TicketSpec, WaitMode,
 };
 use tokio::runtime::Runtime;
 use tokio::task::JoinSet;
@@ -380,7 +380,7 @@ fn every_async_call_across_processes() {
                         .expect("send_loan");
                         meta
                     };
-                    let echo = guarded(WATCHDOG, "an echo", inbox.recv())
+                    let echo = guarded(HANG_GUARD, "an echo", inbox.recv())
                         .await
                         .expect("the router lives");
                     assert_eq!(echo.peer_id(), peer, "task {task} round trip {i}");
@@ -1093,9 +1093,15 @@ fn recv_from_a_killed_plugin_ends() {
                 "recv_from ended while the plugin lives"
             );
             child.kill().expect("kill");
-            guarded(HANG_GUARD, "recv_from a killed plugin", waiter)
+            let killed = Instant::now();
+            let ended = guarded(HANG_GUARD, "recv_from a killed plugin", waiter)
                 .await
-                .expect("the waiting task")
+                .expect("the waiting task");
+            eprintln!(
+                "recv_from (by index: {by_index}) ended {:?} after the kill",
+                killed.elapsed()
+            );
+            ended
         });
         match ended {
             Err(RecvError::PeerNotActive { peer, .. }) => assert_eq!(peer, id.index()),
@@ -1169,8 +1175,9 @@ fn a_late_reply_to_a_dead_plugin_never_reaches_the_next() {
         }
 
         // The late reply to A, three ways; and a receive from A.
-        let late = payload(1000);
-        let late_meta = checked_meta(&late, 0, 1000, 0);
+        let late = payload(1001);
+        assert!(late.len() > 16, "a payload in a slot");
+        let late_meta = checked_meta(&late, 0, 1001, 0);
         let gone = |result: Result<(), SendError>, how: &str| match result {
             Err(SendError::PeerGone { peer }) => assert_eq!(peer, old, "{how}"),
             other => panic!("{how} to a dead plugin's id: {other:?}"),
@@ -1372,67 +1379,106 @@ fn eventfd_in_set(set: RawFd) -> RawFd {
         .unwrap_or_else(|| panic!("no member at 0 in {info:?}"))
 }
 
-/// A peer attached from a `TicketSpec` without readiness descriptors (a named hub, by path)
-/// still receives through `AsyncPeer::recv`: each time it waits, the host's frame wakes its
+/// Binds the calling thread to the CPU it runs on, until dropped. Threads it starts meanwhile
+/// inherit the binding (and keep it): they can run only when this one blocks, yields or is
+/// preempted.
+struct OneCpu(rustix::thread::CpuSet);
+
+impl OneCpu {
+    fn bind() -> Self {
+        let all = rustix::thread::sched_getaffinity(None).expect("sched_getaffinity");
+        let mut one = rustix::thread::CpuSet::new();
+        one.set(rustix::thread::sched_getcpu());
+        rustix::thread::sched_setaffinity(None, &one).expect("sched_setaffinity");
+        Self(all)
+    }
+}
+
+impl Drop for OneCpu {
+    fn drop(&mut self) {
+        rustix::thread::sched_setaffinity(None, &self.0).expect("sched_setaffinity");
+    }
+}
+
+/// Peers attached from a `TicketSpec` without readiness descriptors (a named hub, by path)
+/// still receive through `AsyncPeer::recv`: each time one waits, the host's frame wakes its
 /// waiter thread, which writes the peer's own eventfd (its write count, read from outside,
-/// goes up with each frame) and wakes the receive.
+/// goes up with each frame) and so wakes the receive. Sixteen such peers each get a frame as
+/// soon as they are attached and waiting (a frame right after the attach is signalled too),
+/// the last one twenty frames in turn.
 #[test]
 fn a_peer_without_descriptors_receives_through_its_waiter_thread() {
+    const PEERS: u16 = 16;
     let rt = runtime();
     let _enter = rt.enter();
     let mut files = TempFiles::default();
     let host = Host::create(&HubConfig {
-        max_peers: 1,
+        max_peers: PEERS,
         path: Some(files.path("aio-fallback")),
         ..HubConfig::default()
     })
     .expect("create");
-    let ticket = host.add_peer().expect("add_peer");
-    let spec = TicketSpec::parse(&ticket.env_value()).expect("parse");
-    assert!(matches!(spec.source, SpecSource::Path(_)), "{spec:?}");
-    assert!(spec.ready.is_some(), "the ticket names its descriptors");
-    let spec = TicketSpec {
-        ready: None,
-        ..spec
-    };
-    let peer = Peer::attach_spec(&spec).expect("attach");
-    let own = eventfd_in_set(std::os::fd::AsRawFd::as_raw_fd(&peer.ready_fd()));
-    assert_ne!(
-        own,
-        ticket_fd(&ticket.env_value(), "ready"),
-        "its own eventfd"
-    );
-    let peer = AsyncPeer::new(peer).expect("register peer");
     let host = AsyncHost::new(host).expect("register host");
-    assert_eq!(eventfd_count(own), 0);
+    let mut peers = Vec::new();
     rt.block_on(async {
-        for i in 1..=20u64 {
-            let mut waiting = Box::pin(peer.recv());
-            assert!(
-                poll_once(&mut waiting).await.is_pending(),
-                "nothing sent yet"
-            );
-            let data = vec![i as u8; if i % 2 == 0 { 8 } else { 3000 }];
-            let meta = FrameMeta {
-                msg_id: i,
-                ..FrameMeta::default()
+        for n in 0..PEERS {
+            let ticket = host.host().add_peer().expect("add_peer");
+            let spec = TicketSpec::parse(&ticket.env_value()).expect("parse");
+            assert!(matches!(spec.source, SpecSource::Path(_)), "{spec:?}");
+            assert!(spec.ready.is_some(), "the ticket names its descriptors");
+            let spec = TicketSpec {
+                ready: None,
+                ..spec
             };
-            host.send(ticket.id(), meta, &data).await.expect("send");
-            let frame = guarded(HANG_GUARD, "the waiting receive", waiting)
-                .await
-                .expect("recv");
-            assert_eq!((frame.meta().msg_id, frame.payload()), (i, &data[..]));
-            // The waiter thread writes for every frame it sees arrive (the receive may also
-            // have been woken by the descriptor's 100 ms tick: wait for the write itself).
-            guarded(HANG_GUARD, "the waiter thread's write", async {
-                while eventfd_count(own) < i {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            })
-            .await;
+            // The first frame follows the attach at once, with the threads the attach starts
+            // bound to this thread's CPU (so they are unlikely to run before the send).
+            let one_cpu = OneCpu::bind();
+            let mut peer = Peer::attach_spec(&spec).expect("attach");
+            peer.set_wait_mode(WaitMode::Block); // it arms at once, without spinning first
+            let peer = AsyncPeer::new(peer).expect("register peer");
+            let frames = if n == PEERS - 1 { 20 } else { 1 };
+            let mut own = None;
+            let mut one_cpu = Some(one_cpu);
+            for i in 1..=frames {
+                let mut waiting = Box::pin(peer.recv());
+                assert!(
+                    poll_once(&mut waiting).await.is_pending(),
+                    "nothing sent yet"
+                );
+                let data = vec![i as u8; if i % 2 == 0 { 8 } else { 3000 }];
+                let meta = FrameMeta {
+                    msg_id: i,
+                    ..FrameMeta::default()
+                };
+                host.send(ticket.id(), meta, &data).await.expect("send");
+                drop(one_cpu.take());
+                let own = *own.get_or_insert_with(|| {
+                    let own = eventfd_in_set(peer.peer().ready_fd().as_raw_fd());
+                    assert_ne!(own, ticket_fd(&ticket.env_value(), "ready"), "its own");
+                    own
+                });
+                let frame = guarded(HANG_GUARD, "the waiting receive", waiting)
+                    .await
+                    .expect("recv");
+                assert_eq!((frame.meta().msg_id, frame.payload()), (i, &data[..]));
+                // The waiter thread writes for every frame it sees arrive (the receive may
+                // also have been woken by the descriptor's 100 ms tick: wait for the write).
+                let wrote = tokio::time::timeout(HANG_GUARD, async {
+                    while eventfd_count(own) < i {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                })
+                .await;
+                assert!(
+                    wrote.is_ok(),
+                    "peer {n}, frame {i}: the waiter thread wrote its descriptor {} times",
+                    eventfd_count(own)
+                );
+            }
+            peers.push(peer);
         }
     });
-    drop(peer);
+    drop(peers);
     assert_all_free(&host.host().stats());
 }
 
