@@ -31,10 +31,10 @@
 //! **Wait modes.** Give the endpoints under tarpc [`WaitMode::Block`]
 //! ([`Host::set_wait_mode`](hub_transport::Host::set_wait_mode) and
 //! [`Peer::set_wait_mode`] before making them async; [`PeerTransport::from_env`] does it). A
-//! receive in the other modes spins, yielding the thread, before it sleeps, and tarpc polls its
-//! transport's stream each time its task wakes, to send as well: every such poll then holds up
-//! the executor, and the sends queued behind it. In one run of `benches/rpc.rs` a unary call
-//! took 1.3 times as long as over a Unix socket in `Block`, 5 times in `Adaptive`.
+//! receive in the other modes spins a few microseconds before it sleeps, inside the executor's
+//! poll; under tarpc the reply is produced by other tasks of the same executor, which the spin
+//! only delays. In one run of `benches/rpc.rs` a unary call took 2.0 times as long as over a
+//! Unix socket in `Block`, 2.7 times in `Adaptive` (see the README's RPC benchmark).
 //!
 //! ```
 //! use std::sync::Arc;
