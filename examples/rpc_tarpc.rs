@@ -17,9 +17,9 @@
 //! - concurrent: 64 tasks each making `add` calls at once on one client: calls per second;
 //! - large: `checksum` of a 1 MiB argument, each compared with the host's own sum: median.
 //!
-//! Both processes run a current-thread tokio runtime, and the hub's endpoints `WaitMode::Block`
-//! unless `--wait` says otherwise (see hub-tarpc's docs for why). The last line is meant for
-//! scripts:
+//! Both processes run a current-thread tokio runtime, and the hub's endpoints the default
+//! `WaitMode::Adaptive` unless `--wait` says otherwise (see hub-tarpc's docs). The last line
+//! is meant for scripts:
 //!
 //! ```text
 //! rpc_tarpc hub_median_us=… uds_median_us=… ratio=…
@@ -52,8 +52,8 @@ const EXAMPLE: Example = Example {
             \x20 --quick    fewer calls (500 unary, 64 x 10 concurrent, 10 of 1 MiB)\n\
             \x20 --calls N  unary calls per transport (default 5000; concurrent and 1 MiB\n\
             \x20            calls scale with it)\n\
-            \x20 --wait M   the hub's wait mode on both sides (default block: a receive\n\
-            \x20            sleeps at once; adaptive and spin: it spins a moment first)\n\
+            \x20 --wait M   the hub's wait mode on both sides (default adaptive: a receive\n\
+            \x20            spins and yields a moment first; block: it sleeps at once)\n\
             \x20 --help     this text",
 };
 /// Tasks calling at once in the concurrent part.
@@ -122,7 +122,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<Options>, Stri
         unary: 0,
         per_task: 0,
         large: 0,
-        wait: WaitMode::Block,
+        wait: WaitMode::Adaptive,
     }
     .with_unary(5000);
     while let Some(arg) = args.next() {

@@ -28,13 +28,13 @@
 //! or evicted (its entry not yet recovered) ends it with one
 //! [`io::ErrorKind::ConnectionAborted`] error first.
 //!
-//! **Wait modes.** Give the endpoints under tarpc [`WaitMode::Block`]
-//! ([`Host::set_wait_mode`](hub_transport::Host::set_wait_mode) and
-//! [`Peer::set_wait_mode`] before making them async; [`PeerTransport::from_env`] does it). A
-//! receive in the other modes spins a few microseconds before it sleeps, inside the executor's
-//! poll; under tarpc the reply is produced by other tasks of the same executor, which the spin
-//! only delays. In one run of `benches/rpc.rs` a unary call took 2.0 times as long as over a
-//! Unix socket in `Block`, 2.7 times in `Adaptive` (see the README's RPC benchmark).
+//! **Wait modes.** The default, [`WaitMode::Adaptive`], suits tarpc: a receive that finds
+//! nothing spins a few microseconds, then for up to 200 µs gives its turn back to the executor
+//! (the reply is made by other tasks of it, an RPC server's), looking after each turn, and only
+//! then sleeps. [`WaitMode::Block`] sleeps at once: no CPU spent waiting, and two wakeups per
+//! call. In one run of the example (`rpc_tarpc --quick`), a unary call over the hub took 0.54
+//! to 0.60 times as long as over tarpc's Unix-socket transport in `Adaptive`, 1.5 times in
+//! `Block` (see the README's RPC benchmark).
 //!
 //! ```
 //! use std::sync::Arc;
@@ -42,7 +42,7 @@
 //! use futures::StreamExt;
 //! use hub_tarpc::{HostTransport, PeerTransport};
 //! use hub_transport::aio::{AsyncHost, AsyncPeer};
-//! use hub_transport::{Host, HubConfig, Peer, WaitMode};
+//! use hub_transport::{Host, HubConfig, Peer};
 //! use tarpc::server::{BaseChannel, Channel};
 //! use tarpc::{client, context};
 //!
@@ -62,13 +62,10 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let mut host = Host::create(&HubConfig { max_peers: 1, ..HubConfig::default() })?;
-//! host.set_wait_mode(WaitMode::Block);
+//! let host = Host::create(&HubConfig { max_peers: 1, ..HubConfig::default() })?;
 //! let ticket = host.add_peer()?;
 //! // In a plugin process this is `PeerTransport::from_env()`.
-//! let mut peer = Peer::attach(&ticket)?;
-//! peer.set_wait_mode(WaitMode::Block);
-//! let peer = Arc::new(AsyncPeer::new(peer)?);
+//! let peer = Arc::new(AsyncPeer::new(Peer::attach(&ticket)?)?);
 //! let host = Arc::new(AsyncHost::new(host)?);
 //!
 //! // The plugin serves...
@@ -101,7 +98,7 @@ use futures::{Sink, Stream};
 use hub_transport::aio::{AsyncHost, AsyncPeer};
 use hub_transport::{
     AttachError, Frame, FrameMeta, Loan, Peer, PeerRef, PeerState, RecvError, SendError,
-    TrySendError, WaitMode,
+    TrySendError,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -253,15 +250,13 @@ pub struct PeerTransport<Item, SinkItem> {
 /// use std::sync::Arc;
 /// use hub_tarpc::HostTransport;
 /// use hub_transport::aio::AsyncHost;
-/// use hub_transport::{Host, HubConfig, WaitMode};
+/// use hub_transport::{Host, HubConfig};
 /// # #[tarpc::service]
 /// # trait Calc { async fn add(a: i64, b: i64) -> i64; }
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let mut host = Host::create(&HubConfig::default())?;
-/// host.set_wait_mode(WaitMode::Block);
-/// let host = Arc::new(AsyncHost::new(host)?);
+/// let host = Arc::new(AsyncHost::new(Host::create(&HubConfig::default())?)?);
 /// let mut clients = Vec::new();
 /// for _ in 0..4 {
 ///     let (peer, _child) = host.host().spawn_peer(&mut Command::new("calc-plugin"))?;
@@ -288,15 +283,14 @@ impl<Item, SinkItem> PeerTransport<Item, SinkItem> {
     }
 
     /// Attach to the hub named in this process's environment ([`hub_transport::TICKET_ENV`],
-    /// set by the host's `spawn_peer`) in [`WaitMode::Block`] (see the [crate] docs)
-    /// and make a transport over it. Call it inside a tokio runtime.
+    /// set by the host's `spawn_peer`) and make a transport over it. Call it inside a tokio
+    /// runtime.
     ///
     /// # Errors
     /// [`TransportError::Attach`] when attaching fails; the error of [`AsyncPeer::new`] when
     /// the peer cannot be registered with the runtime.
     pub fn from_env() -> io::Result<Self> {
-        let mut peer = Peer::from_env().map_err(TransportError::from)?;
-        peer.set_wait_mode(WaitMode::Block);
+        let peer = Peer::from_env().map_err(TransportError::from)?;
         Ok(Self::new(Arc::new(AsyncPeer::new(peer)?)))
     }
 

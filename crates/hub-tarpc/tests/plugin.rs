@@ -11,7 +11,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use hub_tarpc::{HostTransport, PeerTransport};
 use hub_transport::aio::AsyncHost;
-use hub_transport::{Host, HubConfig, WaitMode};
+use hub_transport::{Host, HubConfig};
 use tarpc::server::{BaseChannel, Channel};
 use tarpc::{client, context};
 
@@ -74,13 +74,11 @@ fn plugin_role() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_a_plugin_process_over_the_hub() {
-    let mut host = Host::create(&HubConfig {
+    let host = Host::create(&HubConfig {
         max_peers: 1,
         ..HubConfig::default()
     })
     .expect("a hub");
-    // As the plugin's `PeerTransport::from_env` (see hub-tarpc's docs on wait modes).
-    host.set_wait_mode(WaitMode::Block);
     let mut plugin = Command::new(std::env::current_exe().expect("this test binary"));
     plugin
         .args(["plugin_role", "--exact", "--ignored", "--nocapture"])

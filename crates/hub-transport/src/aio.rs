@@ -2,11 +2,14 @@
 //!
 //! Each wraps a [`Host`] or a [`Peer`] and registers its readiness descriptor
 //! ([`Host::ready_fd`], [`Peer::ready_fd`]) with tokio's reactor through
-//! [`AsyncFd`]. A receive looks at the rings first, spins a few microseconds (pause
-//! instructions only, none in [`WaitMode::Block`], longer in [`WaitMode::Spin`]), then arms the
-//! endpoint (R11), looks once more and only then waits for the descriptor. While frames keep
-//! coming, nothing is armed and no side makes a system call per frame. Any number of tasks may
-//! wait on one endpoint at once.
+//! [`AsyncFd`]. A receive looks at the rings first; in [`WaitMode::Adaptive`] (the default) it
+//! then spins a few microseconds (pause instructions only) and for up to 200 µs gives its turn
+//! back to the executor, looking after each turn, since the reply may be made by other tasks
+//! of the same executor (an RPC server's); only then does it arm the endpoint (R11), look once
+//! more and wait for the descriptor. [`WaitMode::Block`] arms at once; [`WaitMode::Spin`] keeps
+//! looking for up to 1 ms. While frames keep coming, nothing is armed and no side makes a
+//! system call per frame (a turn in which the executor has nothing else to run costs it one
+//! `epoll_wait` that does not wait). Any number of tasks may wait on one endpoint at once.
 //!
 //! A full ring or an empty slot class is waited for with short naps (50 µs doubling to 1 ms,
 //! on tokio's timer), as the blocking calls do: the consumer of a ring signals nobody when it
@@ -49,7 +52,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_utils::Backoff;
 use tokio::io::Interest;
@@ -151,6 +154,24 @@ async fn recv_with(
             return result;
         }
     }
+    // Then a bounded while of turns given back to the executor, looking after each: the reply
+    // may be produced by other tasks of this executor (an RPC server's), which a spin inside
+    // this poll would only delay. A turn in which the executor has nothing else to run costs
+    // it one `epoll_wait` that does not wait; an endpoint with nothing coming sleeps soon.
+    let turns = match mode {
+        WaitMode::Block => Duration::ZERO,
+        WaitMode::Adaptive => ADAPTIVE_TURNS,
+        WaitMode::Spin => SPIN_TURNS,
+    };
+    if !turns.is_zero() {
+        let until = Instant::now() + turns;
+        while Instant::now() < until {
+            tokio::task::yield_now().await;
+            if let Some(result) = look() {
+                return result;
+            }
+        }
+    }
     loop {
         let mark = reactor.mark();
         arm();
@@ -162,6 +183,12 @@ async fn recv_with(
         clear();
     }
 }
+
+/// How long an `Adaptive` receive keeps giving turns back to the executor before it arms.
+const ADAPTIVE_TURNS: Duration = Duration::from_micros(200);
+
+/// The same for `Spin`.
+const SPIN_TURNS: Duration = Duration::from_millis(1);
 
 /// Rounds of [`Backoff::spin`] (1, 2, 4 ... 64, 64 ... pause instructions) before arming: a
 /// few microseconds.

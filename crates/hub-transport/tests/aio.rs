@@ -1264,7 +1264,13 @@ fn a_busy_receiver_costs_no_descriptor_write() {
         ticket_fd(&ticket.env_value(), "notify"),
     );
     let id = ticket.id();
-    let peer = AsyncPeer::new(Peer::attach(&ticket).expect("attach")).expect("register peer");
+    // `Block`: a receive that finds nothing arms at once, so a pending receive is an armed one
+    // (in `Adaptive` it first gives turns back to the executor, unarmed, for up to 200 µs).
+    let mut peer = Peer::attach(&ticket).expect("attach");
+    peer.set_wait_mode(WaitMode::Block);
+    let peer = AsyncPeer::new(peer).expect("register peer");
+    let mut host = host;
+    host.set_wait_mode(WaitMode::Block);
     let host = AsyncHost::new(host).expect("register host");
     let meta = |i: u64| FrameMeta {
         msg_id: i,
