@@ -127,9 +127,10 @@ impl Reactor {
     }
 }
 
-/// The receive loop of both sides: look; spin a moment (not in `Block`); then arm, look again
-/// and wait for the descriptor, until a look finds something (R11). Cancellation-safe: a frame
-/// is taken only by a look that returns it.
+/// The receive loop of both sides: look; spin a moment and give turns back to the executor
+/// for a while (not in `Block`); then arm, look again and wait for the descriptor, until a
+/// look finds something (R11). Cancellation-safe: a frame is taken only by a look that
+/// returns it.
 async fn recv_with(
     reactor: &Reactor,
     mode: WaitMode,

@@ -288,6 +288,37 @@ pub enum SendError {
     Futex(#[from] FutexError),
 }
 
+impl SendError {
+    /// Whether the other side is gone for good, whichever way: the host left
+    /// ([`HostGone`](Self::HostGone)), the peer is not attached
+    /// ([`PeerNotActive`](Self::PeerNotActive)) or its life is over
+    /// ([`PeerGone`](Self::PeerGone)). Retrying cannot succeed; a new peer needs a new id.
+    ///
+    /// ```
+    /// use hub_transport::{PeerId, SendError};
+    /// assert!(SendError::HostGone.is_disconnected());
+    /// assert!(SendError::PeerGone { peer: PeerId::new(0, 3) }.is_disconnected());
+    /// assert!(!SendError::Full.is_disconnected());
+    /// ```
+    pub fn is_disconnected(&self) -> bool {
+        matches!(
+            self,
+            Self::HostGone | Self::PeerNotActive { .. } | Self::PeerGone { .. }
+        )
+    }
+}
+
+impl RecvError {
+    /// Whether the other side is gone for good (see [`SendError::is_disconnected`]): nothing
+    /// more will come from it.
+    pub fn is_disconnected(&self) -> bool {
+        matches!(
+            self,
+            Self::HostGone | Self::PeerNotActive { .. } | Self::PeerGone { .. }
+        )
+    }
+}
+
 /// Why a [`try_send_loan`](crate::Host::try_send_loan) did not send.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
