@@ -10,7 +10,7 @@ use hub_alloc::{ClassStats, OwnerId, ReclaimReport, SlabError, SlotHandle};
 
 use crate::link::{
     Deadline, Endpoint, Frame, FrameMeta, Link, Loan, PeerId, PeerRef, RECV_BELL, RecvError,
-    SEND_BELL, SendError, TrySendError,
+    SEND_BELL, SendError, SendTimeoutError, TrySendError,
 };
 use crate::liveness::{ProcessWatch, WatchError};
 use crate::mapping::MappingError;
@@ -757,18 +757,32 @@ impl Host {
         }
     }
 
-    /// [`send_loan`](Self::send_loan), waiting at most `timeout`.
+    /// [`send_loan`](Self::send_loan), waiting at most `timeout`: when it passes, the loan
+    /// comes back, unsent and still this host's ([`SendTimeoutError::Timeout`]).
     ///
     /// # Errors
-    /// As [`send_loan`](Self::send_loan), and [`SendError::Timeout`].
+    /// [`SendTimeoutError::Timeout`]; [`SendTimeoutError::Failed`] with what
+    /// [`send_loan`](Self::send_loan) fails with (the loan is dropped then).
     pub fn send_loan_timeout(
         &self,
         peer: impl Into<PeerRef>,
         meta: FrameMeta,
         loan: Loan,
         timeout: Duration,
-    ) -> Result<(), SendError> {
-        self.send_loan_until(peer, meta, loan, Deadline::after(timeout))
+    ) -> Result<(), SendTimeoutError> {
+        let peer = peer.into();
+        let link = self.link(peer).map_err(SendTimeoutError::Failed)?;
+        let sent = link.send(
+            &self.core.endpoint,
+            meta,
+            loan,
+            Deadline::after(timeout),
+            &|| self.target_gone(link, peer),
+        );
+        if let Err(SendTimeoutError::Failed(SendError::Ring { peer, source })) = &sent {
+            self.core.evict(*peer, EvictReason::Ring(*source));
+        }
+        sent
     }
 
     fn send_loan_until(
@@ -783,7 +797,7 @@ impl Host {
         let sent = link.send(&self.core.endpoint, meta, loan, deadline, &|| {
             self.target_gone(link, peer)
         });
-        self.evict_on_ring_fault(sent)
+        self.evict_on_ring_fault(sent.map_err(SendTimeoutError::into_send_error))
     }
 
     /// R3, R4: a peer that broke the indices of its receive ring is evicted, as one that breaks
@@ -849,7 +863,7 @@ impl Host {
         let mut loan = self.core.endpoint.loan(payload.len(), deadline, &gone)?;
         loan.as_mut_slice().copy_from_slice(payload);
         let sent = link.send(&self.core.endpoint, meta, loan, deadline, &gone);
-        self.evict_on_ring_fault(sent)
+        self.evict_on_ring_fault(sent.map_err(SendTimeoutError::into_send_error))
     }
 
     /// Receive the next frame from any peer, waiting as long as it takes; [`Frame::peer`] says

@@ -77,7 +77,8 @@ pub use audit::AllocatorDamage;
 pub use host::{Host, HostError, PeerInfo, Recovery};
 #[cfg(not(loom))]
 pub use link::{
-    DescriptorFault, Frame, FrameMeta, Loan, PeerId, PeerRef, RecvError, SendError, TrySendError,
+    DescriptorFault, Frame, FrameMeta, Loan, PeerId, PeerRef, RecvError, SendError,
+    SendTimeoutError, TrySendError,
 };
 #[cfg(not(loom))]
 pub use peer::Peer;

@@ -341,6 +341,37 @@ impl TrySendError {
     }
 }
 
+/// Why a [`send_loan_timeout`](crate::Host::send_loan_timeout) did not send.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendTimeoutError {
+    /// The deadline passed while the ring was full: the loan comes back, unsent and still the
+    /// sender's.
+    #[error("the deadline passed before the frame could be sent")]
+    Timeout(Loan),
+    /// The send failed for good; the loan was dropped, which freed its slot.
+    #[error(transparent)]
+    Failed(SendError),
+}
+
+impl SendTimeoutError {
+    /// The loan back, if the deadline passed.
+    pub fn into_loan(self) -> Option<Loan> {
+        match self {
+            Self::Timeout(loan) => Some(loan),
+            Self::Failed(_) => None,
+        }
+    }
+
+    /// As a [`SendError`] (the loan, if any, dropped): what the sends that copy report.
+    pub(crate) fn into_send_error(self) -> SendError {
+        match self {
+            Self::Timeout(_) => SendError::Timeout,
+            Self::Failed(error) => error,
+        }
+    }
+}
+
 /// Why a receive failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -848,7 +879,9 @@ impl Link {
     }
 
     /// Send a filled loan with `meta`, waiting for room as `deadline` allows (see
-    /// [`try_send`](Self::try_send)); on failure the loan is dropped, which frees its slot.
+    /// [`try_send`](Self::try_send)). A deadline that passes gives the loan back
+    /// ([`SendTimeoutError::Timeout`]); on any other failure the loan is dropped, which frees
+    /// its slot.
     pub fn send(
         &self,
         endpoint: &Endpoint,
@@ -856,21 +889,22 @@ impl Link {
         mut loan: Loan,
         deadline: Deadline,
         gone: &dyn Fn() -> Option<SendError>,
-    ) -> Result<(), SendError> {
+    ) -> Result<(), SendTimeoutError> {
         let backoff = Backoff::new();
         let mut nap = Duration::from_micros(50);
         loop {
-            match self.try_send(endpoint, meta, loan, gone)? {
-                None => return Ok(()),
-                Some(back) => loan = back,
+            match self.try_send(endpoint, meta, loan, gone) {
+                Ok(None) => return Ok(()),
+                Ok(Some(back)) => loan = back,
+                Err(error) => return Err(SendTimeoutError::Failed(error)),
             }
             match deadline {
-                Deadline::Now => return Err(SendError::Full),
-                _ if deadline.passed() => return Err(SendError::Timeout),
+                Deadline::Now => return Err(SendTimeoutError::Failed(SendError::Full)),
+                _ if deadline.passed() => return Err(SendTimeoutError::Timeout(loan)),
                 _ => {}
             }
             if let Some(error) = gone() {
-                return Err(error);
+                return Err(SendTimeoutError::Failed(error));
             }
             // A full ring: the consumer does not ring a bell when it makes room (that would
             // cost every pop a fence), so the producer backs off, then naps, at most 1 ms.

@@ -8,7 +8,7 @@ use hub_alloc::{OwnerId, SlabError};
 
 use crate::link::{
     Deadline, Endpoint, Frame, FrameMeta, Link, Loan, RECV_BELL, RecvError, SEND_BELL, SendError,
-    TrySendError,
+    SendTimeoutError, TrySendError,
 };
 use crate::liveness::{Heartbeat, HostLife, ProcessWatch, WatchError};
 use crate::mapping::{Access, SegmentFile};
@@ -465,17 +465,28 @@ impl Peer {
         }
     }
 
-    /// [`send_loan`](Self::send_loan), waiting at most `timeout`.
+    /// [`send_loan`](Self::send_loan), waiting at most `timeout`: when it passes, the loan
+    /// comes back, unsent and still this peer's ([`SendTimeoutError::Timeout`]).
     ///
     /// # Errors
-    /// As [`send_loan`](Self::send_loan), and [`SendError::Timeout`].
+    /// [`SendTimeoutError::Timeout`]; [`SendTimeoutError::Failed`] with what
+    /// [`send_loan`](Self::send_loan) fails with (the loan is dropped then).
     pub fn send_loan_timeout(
         &self,
         meta: FrameMeta,
         loan: Loan,
         timeout: Duration,
-    ) -> Result<(), SendError> {
-        self.send_loan_until(meta, loan, Deadline::after(timeout))
+    ) -> Result<(), SendTimeoutError> {
+        if let Some(error) = self.send_gone() {
+            return Err(SendTimeoutError::Failed(error));
+        }
+        self.link.send(
+            &self.endpoint,
+            meta,
+            loan,
+            Deadline::after(timeout),
+            &|| self.send_gone(),
+        )
     }
 
     fn send_loan_until(
@@ -489,6 +500,7 @@ impl Peer {
         }
         self.link
             .send(&self.endpoint, meta, loan, deadline, &|| self.send_gone())
+            .map_err(SendTimeoutError::into_send_error)
     }
 
     /// Copy `payload` into a frame and send it to the host, waiting for a slot and for room as
@@ -533,7 +545,9 @@ impl Peer {
         let gone = || self.send_gone();
         let mut loan = self.endpoint.loan(payload.len(), deadline, &gone)?;
         loan.as_mut_slice().copy_from_slice(payload);
-        self.link.send(&self.endpoint, meta, loan, deadline, &gone)
+        self.link
+            .send(&self.endpoint, meta, loan, deadline, &gone)
+            .map_err(SendTimeoutError::into_send_error)
     }
 
     /// Receive the next frame from the host, waiting as long as it takes.

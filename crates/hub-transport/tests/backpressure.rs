@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use common::pattern::{checksum, expected, fill, payload};
 use common::{WATCHDOG, assert_all_free, meta, spin_until};
 use hub_layout::SegmentLayout;
-use hub_transport::{Host, HubConfig, Peer, RecvError, SendError, TrySendError};
+use hub_transport::{Host, HubConfig, Peer, RecvError, SendError, SendTimeoutError, TrySendError};
 
 const CAPACITY: u32 = 4;
 const TIMEOUT: Duration = Duration::from_millis(50);
@@ -82,7 +82,11 @@ fn full_ring_peer_to_host() {
     let start = Instant::now();
     let loan = peer.loan(2000).expect("loan");
     match peer.send_loan_timeout(meta(93), loan, TIMEOUT) {
-        Err(SendError::Timeout) => assert_took_timeout(start),
+        // The loan comes back; dropped here, its slot goes back.
+        Err(SendTimeoutError::Timeout(back)) => {
+            assert_took_timeout(start);
+            assert_eq!(back.len(), 2000);
+        }
         other => panic!("expected Timeout, got {other:?}"),
     }
     // Only the two slot frames in the ring hold slots.
@@ -150,7 +154,10 @@ fn full_ring_host_to_peer() {
     let start = Instant::now();
     let loan = host.loan(3000).expect("loan");
     match host.send_loan_timeout(id, meta(93), loan, TIMEOUT) {
-        Err(SendError::Timeout) => assert_took_timeout(start),
+        Err(SendTimeoutError::Timeout(back)) => {
+            assert_took_timeout(start);
+            assert_eq!(back.len(), 3000);
+        }
         other => panic!("expected Timeout, got {other:?}"),
     }
     let class0 = host.stats()[0];
