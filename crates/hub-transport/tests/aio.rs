@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
+use common::fdinfo::{eventfd_count, eventfds_in_set, ticket_fd};
 use common::pattern::{checksum, fill};
 use common::{EventLog, TempFiles, WATCHDOG, assert_all_free};
 use hub_layout::SegmentLayout;
@@ -1217,33 +1218,6 @@ fn a_late_reply_to_a_dead_plugin_never_reaches_the_next() {
 // 5. No system call while busy
 // ---------------------------------------------------------------------------------------------
 
-/// The value of `name=` in a ticket's environment value.
-fn ticket_fd(env_value: &str, name: &str) -> RawFd {
-    env_value
-        .split(',')
-        .find_map(|part| part.strip_prefix(name)?.strip_prefix('='))
-        .unwrap_or_else(|| panic!("no {name}= in {env_value:?}"))
-        .parse()
-        .expect("a descriptor number")
-}
-
-/// How many times eventfd `fd` of this process was written (each write adds 1; nothing here
-/// reads them): its `eventfd-count` in `/proc/self/fdinfo`.
-fn eventfd_count(fd: RawFd) -> u64 {
-    let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).expect("readlink");
-    assert_eq!(
-        link.to_str(),
-        Some("anon_inode:[eventfd]"),
-        "descriptor {fd}"
-    );
-    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).expect("fdinfo");
-    let count = info
-        .lines()
-        .find_map(|line| line.strip_prefix("eventfd-count:"))
-        .unwrap_or_else(|| panic!("no eventfd-count in {info:?}"));
-    u64::from_str_radix(count.trim(), 16).expect("a hex count")
-}
-
 /// The busy path makes no system call, observed from outside the transport: the write count
 /// of the readiness eventfds the ticket names. 1000 frames each way, the receiver taking them
 /// by the async `recv` as they come, never arming: nothing written. The receiver arms: the
@@ -1369,20 +1343,12 @@ fn a_busy_receiver_costs_no_descriptor_write() {
 // 6. A peer without readiness descriptors
 // ---------------------------------------------------------------------------------------------
 
-/// The eventfd in `epoll` set `set` of this process registered with data 0 (a peer's readiness
-/// set holds its eventfd at 0 and its timer at `u64::MAX`), from the set's `fdinfo`.
+/// The one eventfd in readiness set `set` (a peer's: its own eventfd beside the timer).
 fn eventfd_in_set(set: RawFd) -> RawFd {
-    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{set}")).expect("fdinfo");
-    info.lines()
-        .filter_map(|line| {
-            let mut words = line.split_whitespace();
-            (words.next()? == "tfd:").then_some(())?;
-            let fd: RawFd = words.next()?.parse().ok()?;
-            let data = words.skip_while(|&w| w != "data:").nth(1)?;
-            (u64::from_str_radix(data, 16).ok()? == 0).then_some(fd)
-        })
-        .next()
-        .unwrap_or_else(|| panic!("no member at 0 in {info:?}"))
+    match eventfds_in_set(set)[..] {
+        [fd] => fd,
+        ref other => panic!("{} eventfds in set {set}", other.len()),
+    }
 }
 
 /// Binds the calling thread to the CPU it runs on, until dropped. Threads it starts meanwhile

@@ -2,24 +2,10 @@
 //! the kernel's count of each eventfd (`/proc/self/fdinfo`), for the descriptors the ticket
 //! names. A side that armed is written once per frame; a busy side is never written.
 
+mod common;
+
+use common::fdinfo::{eventfd_count as count, eventfds_in_set, ticket_fd};
 use hub_transport::{FrameMeta, Host, HubConfig, Peer};
-
-/// The kernel's `eventfd-count` of descriptor `fd` of this process.
-fn count(fd: i32) -> u64 {
-    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).expect("fdinfo");
-    info.lines()
-        .find_map(|line| line.strip_prefix("eventfd-count:"))
-        .expect("an eventfd")
-        .trim()
-        .parse()
-        .expect("a count")
-}
-
-/// The descriptor number the ticket's value names after `key`.
-fn number(value: &str, key: &str) -> i32 {
-    let rest = value.split_once(key).expect(key).1;
-    rest.split(',').next().unwrap().parse().unwrap()
-}
 
 /// Every kind of frame, and a loan taken between the arm and the send (the allocator writes
 /// the sender's journal, which lives beside the entry's readiness word: before, it erased the
@@ -33,7 +19,7 @@ fn an_armed_side_is_written_once_per_frame_and_a_busy_one_never() {
     .expect("create");
     let ticket = host.add_peer().expect("add_peer");
     let value = ticket.env_value();
-    let (to_peer, to_host) = (number(&value, ",ready="), number(&value, ",notify="));
+    let (to_peer, to_host) = (ticket_fd(&value, "ready"), ticket_fd(&value, "notify"));
     let peer = Peer::attach(&ticket).expect("attach");
 
     // Busy: nobody armed, a thousand frames each way, nothing written.
@@ -95,7 +81,7 @@ fn a_peer_without_descriptors_is_bridged_on_both_sides() {
     })
     .expect("create");
     let ticket = host.add_peer().expect("add_peer");
-    let to_host = number(&ticket.env_value(), ",notify=");
+    let to_host = ticket_fd(&ticket.env_value(), "notify");
     let peer = Peer::attach_spec(&TicketSpec {
         peer: ticket.peer_id(),
         epoch: ticket.epoch(),
@@ -123,17 +109,9 @@ fn a_peer_without_descriptors_is_bridged_on_both_sides() {
 
     // Peer side: its waiter thread writes the eventfd in its readiness set (found through the
     // set's own fdinfo) when the host sends, and the set turns readable.
-    let set = std::os::fd::AsRawFd::as_raw_fd(&peer);
-    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{set}")).expect("fdinfo");
-    let own = info
-        .lines()
-        .filter_map(|line| line.strip_prefix("tfd:"))
-        .filter_map(|rest| rest.split_whitespace().next()?.parse::<i32>().ok())
-        .find(|&fd| {
-            std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
-                .is_ok_and(|info| info.contains("eventfd-count"))
-        })
-        .expect("an eventfd in the peer's set");
+    let [own] = eventfds_in_set(std::os::fd::AsRawFd::as_raw_fd(&peer))[..] else {
+        panic!("one eventfd in the peer's set");
+    };
     peer.arm();
     assert!(peer.try_recv().is_err());
     let before = count(own);

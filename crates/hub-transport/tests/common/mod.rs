@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod fdinfo;
 pub mod pattern;
 pub mod poke;
 pub mod sparse;
