@@ -136,7 +136,7 @@ async fn recv_with(
     mode: WaitMode,
     mut look: impl FnMut() -> Option<Result<Frame, RecvError>>,
     arm: impl Fn(),
-    clear: impl Fn(),
+    rearm_tick: impl Fn(),
 ) -> Result<Frame, RecvError> {
     if let Some(result) = look() {
         return result;
@@ -180,8 +180,11 @@ async fn recv_with(
             return result;
         }
         reactor.wait(mark).await.map_err(RecvError::Readiness)?;
-        // The set's edges are consumed before the next arm: a write after it is a new edge.
-        clear();
+        // The set is never drained here: tokio's registration is edge-triggered, and every
+        // write to a member wakes the set's watchers whether or not it was drained, while a
+        // drain by one task could take the edge another task, already asleep, was waiting for.
+        // Only the tick is read, which re-arms it.
+        rearm_tick();
     }
 }
 
@@ -292,7 +295,7 @@ impl AsyncHost {
             self.host.wait_mode(),
             || self.host.look_any(),
             || self.host.arm(),
-            || self.host.clear_ready(),
+            || self.host.rearm_tick(),
         )
         .await
     }
@@ -312,7 +315,7 @@ impl AsyncHost {
             self.host.wait_mode(),
             || self.host.look_from(peer),
             || self.host.arm_peer(peer),
-            || self.host.clear_ready(),
+            || self.host.rearm_tick(),
         )
         .await
     }
@@ -400,7 +403,7 @@ impl AsyncPeer {
                 other => Some(other),
             },
             || self.peer.arm(),
-            || self.peer.clear_ready(),
+            || self.peer.rearm_tick(),
         )
         .await
     }

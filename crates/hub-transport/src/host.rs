@@ -129,8 +129,10 @@ pub struct Host {
     /// the goodbye. Peers believe the host gone only once it is released (or the kernel dropped
     /// it with the process): see [`Peer`](crate::Peer).
     holder: Option<crate::mapping::HolderLock>,
-    /// The bridge thread for peers without the host's descriptor, once one was needed.
+    /// The bridge thread for peers without the host's descriptor, from the host's first arm.
     bridge: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Whether the bridge thread was started (or tried): `arm` checks it without the lock.
+    bridge_started: AtomicBool,
 }
 
 /// What the host's API and its supervisor thread share.
@@ -262,6 +264,7 @@ impl Host {
             threads,
             holder: Some(holder),
             bridge: Mutex::new(None),
+            bridge_started: AtomicBool::new(false),
         })
     }
 
@@ -927,6 +930,8 @@ impl Host {
     /// [`recv_from`](Self::recv_from)); `None` when there is nothing yet.
     fn poll_one(&self, link: &Link, epoch: Option<u64>) -> Option<Result<Frame, RecvError>> {
         let peer = link.peer;
+        // A life that is over, in whatever state the entry is now; checked again under the
+        // consumer's lock by the pop, against a new reservation racing this look.
         if let Some(epoch) = epoch
             && link.id().epoch() != epoch
         {
@@ -937,7 +942,7 @@ impl Host {
         match self.core.endpoint.segment.peer_state(peer) {
             PeerState::Reserved => None,
             state @ (PeerState::Active | PeerState::Dying) => {
-                match link.try_recv(&self.core.endpoint) {
+                match link.try_recv_life(&self.core.endpoint, epoch) {
                     Ok(Some(frame)) => Some(Ok(frame)),
                     Ok(None) if state == PeerState::Dying => {
                         Some(Err(RecvError::PeerNotActive { peer, state }))
@@ -1085,18 +1090,19 @@ impl Host {
     /// more before sleeping.
     pub fn arm(&self) {
         let segment = &self.core.endpoint.segment;
-        let mut bridged = false;
         for link in &self.core.links {
             link.arm(segment);
-            bridged |= link.is_bridged(segment);
         }
-        if bridged {
-            self.start_bridge();
-        }
+        self.start_bridge();
     }
 
-    /// Start the bridge thread (once) for peers that attached without the host's descriptor.
+    /// Start the bridge thread for peers that attached without the host's descriptor, once,
+    /// at the host's first arm: from then on it also serves peers that attach later, while the
+    /// host sleeps (their attach rings the host's bell, which the thread waits on too).
     fn start_bridge(&self) {
+        if self.bridge_started.load(Ordering::Relaxed) {
+            return;
+        }
         let mut bridge = self
             .bridge
             .lock()
@@ -1104,6 +1110,7 @@ impl Host {
         if bridge.is_some() {
             return;
         }
+        self.bridge_started.store(true, Ordering::Relaxed);
         let core = Arc::clone(&self.core);
         // Without the thread (out of threads), such peers are looked at every tick.
         *bridge = std::thread::Builder::new()
@@ -1117,9 +1124,7 @@ impl Host {
     pub fn arm_peer(&self, peer: impl Into<PeerRef>) {
         if let Some(link) = self.core.links.get(usize::from(peer.into().index)) {
             link.arm(&self.core.endpoint.segment);
-            if link.is_bridged(&self.core.endpoint.segment) {
-                self.start_bridge();
-            }
+            self.start_bridge();
         }
     }
 
@@ -1127,6 +1132,12 @@ impl Host {
     /// wait), after it was found readable and before arming again.
     pub fn clear_ready(&self) {
         self.core.ready.drain();
+    }
+
+    /// For an edge-triggered waiter (tokio) that never drains the set: re-arm its tick.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn rearm_tick(&self) {
+        self.core.ready.rearm_tick();
     }
 
     /// One attempt to send a filled loan to `peer`: `Ok(None)` when it went, `Ok(Some(loan))`
@@ -1224,9 +1235,11 @@ impl Core {
         // Before the rings' reset below, which takes the producer's lock: a send to the last
         // life either went before it (and is wiped) or sees this epoch (R4).
         link.set_life(epoch);
+        // The peer's bits go with its life; the host's stays: a host asleep on its descriptor
+        // while this entry is reserved must be written by the new peer's first frame.
         segment
             .peer_word32(peer, crate::segment::pad::READY_WAITERS)
-            .store(0, Ordering::Relaxed);
+            .fetch_and(crate::segment::pad::READY_HOST, Ordering::Relaxed);
         words.pid.store(0, Ordering::Relaxed);
         words.epoch.store(epoch, Ordering::Release);
         words
@@ -1342,6 +1355,10 @@ impl Core {
         words
             .flags
             .store(PeerState::Dead.flags(), Ordering::Release);
+        // The life's descriptors leave the host's set: its process, if it still runs, writes
+        // nothing the host listens to (a new life gets new ones).
+        self.ready.remove(usize::from(peer));
+        link.set_notify(None);
         let mut recovery = Recovery::default();
         let (send, recv) = (2 * usize::from(peer), 2 * usize::from(peer) + 1);
         // Stop both ends here: nobody pushes to or pops from these rings until they are reset

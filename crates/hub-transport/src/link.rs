@@ -920,10 +920,28 @@ impl Link {
     /// Take one frame if there is one (R3: the descriptor is copied out and checked before any
     /// payload is read).
     pub fn try_recv(&self, endpoint: &Arc<Endpoint>) -> Result<Option<Frame>, RecvError> {
+        self.try_recv_life(endpoint, None)
+    }
+
+    /// [`try_recv`](Self::try_recv) from life `epoch` of the entry only, if given: checked
+    /// under the consumer's lock, which a new reservation's ring reset takes after it set the
+    /// new life (R4), so a frame of the next life never goes to a caller that named this one.
+    pub fn try_recv_life(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        epoch: Option<u64>,
+    ) -> Result<Option<Frame>, RecvError> {
         // The consumer stays locked through the check: a recovery of the sender (R10), which
         // holds this lock while it frees what the sender left in flight, never sees a slot
         // between its pop and the claim of its frame.
         let mut consumer = lock(&self.consumer);
+        if let Some(epoch) = epoch
+            && self.id().epoch() != epoch
+        {
+            return Err(RecvError::PeerGone {
+                peer: PeerId::new(self.peer, epoch),
+            });
+        }
         let desc = consumer.try_pop().map_err(|source| RecvError::Ring {
             peer: self.peer,
             source,

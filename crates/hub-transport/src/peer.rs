@@ -650,6 +650,12 @@ impl Peer {
         self.ready.drain();
     }
 
+    /// For an edge-triggered waiter (tokio) that never drains the set: re-arm its tick.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn rearm_tick(&self) {
+        self.ready.rearm_tick();
+    }
+
     /// One attempt to send a filled loan: `Ok(None)` when it went, `Ok(Some(loan))` with the
     /// loan back when the ring is full.
     pub(crate) fn try_send_loan_back(

@@ -18,9 +18,9 @@
 //! that makes a lost wakeup impossible is the doorbell's (see [`crate::signal`]); the loom model
 //! `readiness_never_loses_a_wakeup` checks it on the real code.
 //!
-//! A hostile peer holds only its own entry's two descriptors, and only for its life: it can
-//! wake the host spuriously or silence its own wakeups, nothing else. A new life of the entry
-//! gets new descriptors.
+//! A hostile peer holds only its own entry's two descriptors: it can wake the host spuriously
+//! or silence its own wakeups, nothing else, and only for its life: its recovery takes its
+//! to-host descriptor out of the host's set, and a new life of the entry gets new ones.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -169,6 +169,24 @@ impl ReadySet {
         Ok(())
     }
 
+    /// Take the eventfd at `slot` out of the set (its life is over).
+    pub fn remove(&self, slot: usize) {
+        if let Some(member) = self.members.get(slot) {
+            let mut member = member.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(old) = member.take() {
+                // Only fails if it is not there (NOENT), which is what is wanted.
+                let _ = epoll::delete(&self.epoll, &*old);
+            }
+        }
+    }
+
+    /// Read the timer's expirations if any, which re-arms it (a periodic timerfd fires again
+    /// only once read): for a waiter that does not [`drain`](Self::drain) the set.
+    pub fn rearm_tick(&self) {
+        let mut ticks = [0u8; 8];
+        let _ = rustix::io::read(&self.timer, &mut ticks);
+    }
+
     /// Write the eventfd at `slot`, if any (for the host's bridge thread).
     pub fn notify(&self, slot: usize) {
         if let Some(member) = self.members.get(slot)
@@ -263,7 +281,6 @@ impl ReadyBridge {
 /// the host's first [`arm`](crate::Host::arm) that finds such a peer; it ends with the host.
 pub(crate) fn run_host_bridge(core: &crate::host::Core) {
     use crate::segment::PeerState;
-    use crate::segment::pad::{READY_BRIDGED, READY_WAITERS};
     use crate::signal::{Doorbell, WAITER_BIT};
     use std::sync::atomic::Ordering;
 
@@ -276,15 +293,11 @@ pub(crate) fn run_host_bridge(core: &crate::host::Core) {
         let mut expected = vec![(segment.host_bell(), host_bell.announce() | WAITER_BIT)];
         let mut moved = false;
         for peer in 0..max_peers as u16 {
-            let bridged = segment
-                .peer_word32(peer, READY_WAITERS)
-                .load(Ordering::Relaxed)
-                & READY_BRIDGED
-                != 0;
-            if !bridged || !matches!(segment.peer_state(peer), PeerState::Active) {
+            let link = &core.links[usize::from(peer)];
+            if !link.is_bridged(segment) || !matches!(segment.peer_state(peer), PeerState::Active) {
                 continue;
             }
-            let word = core.links[usize::from(peer)].in_bell(segment);
+            let word = link.in_bell(segment);
             // R11: announce, then compare with the last value seen: any ring since then moved
             // the sequence, and is passed on before sleeping.
             let now = Doorbell::new(word).announce();
@@ -295,8 +308,10 @@ pub(crate) fn run_host_bridge(core: &crate::host::Core) {
             }
             expected.push((word, now | WAITER_BIT));
         }
-        if !moved {
-            let _ = crate::futex::wait_any(&expected, Some(slice));
+        if !moved && crate::futex::wait_any(&expected, Some(slice)).is_err() {
+            // No futex_waitv here (an old kernel, a seccomp filter): look every millisecond
+            // rather than spin.
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
 }

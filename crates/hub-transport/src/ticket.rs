@@ -85,26 +85,45 @@ impl Ticket {
         self.epoch
     }
 
-    /// The value of [`TICKET_ENV`] for a child.
+    /// The value of [`TICKET_ENV`] for a child. A ticket of an anonymous segment names
+    /// descriptors, which the child must inherit ([`apply`](Self::apply)), the readiness
+    /// descriptors with the segment's; a path ticket names none, so it may be passed by any
+    /// means (the peer's event-loop waits then go through a waiter thread).
     pub fn env_value(&self) -> String {
+        match &self.source {
+            Source::Fd(_) => self.value(true),
+            Source::Path(_) => self.value(false),
+        }
+    }
+
+    /// The value, with the readiness descriptors if `with_ready`.
+    fn value(&self, with_ready: bool) -> String {
         let (peer, epoch) = (self.peer, self.epoch);
-        let (ready, notify) = (
-            self.ready.to_peer.as_fd().as_raw_fd(),
-            self.ready.to_host.as_fd().as_raw_fd(),
-        );
         let source = match &self.source {
             Source::Fd(fd) => format!("fd={}", fd.as_raw_fd()),
             Source::Path(path) => format!("path={}", path.display()),
         };
+        if !with_ready {
+            return format!("peer={peer},epoch={epoch},{source}");
+        }
+        let [ready, notify] = self.readiness_fds().map(|fd| fd.as_raw_fd());
         format!("peer={peer},epoch={epoch},{source},ready={ready},notify={notify}")
     }
 
+    /// The entry's two readiness descriptors for this life, which [`apply`](Self::apply)
+    /// hands to the child: the one the host writes (the peer's), then the one the peer writes
+    /// (the host's). Both are close-on-exec here.
+    pub fn readiness_fds(&self) -> [BorrowedFd<'_>; 2] {
+        [self.ready.to_peer.as_fd(), self.ready.to_host.as_fd()]
+    }
+
     /// Put the ticket in `command`'s environment, and have each child the command spawns
-    /// inherit the segment's descriptor: a `pre_exec` hook clears its close-on-exec flag in the
-    /// child, after the fork, so the descriptor is never inheritable in this process. The
-    /// command keeps the descriptor open (it shares it with the ticket) until it is dropped.
+    /// inherit the segment's descriptor and the two readiness descriptors: a `pre_exec` hook
+    /// clears their close-on-exec flags in the child, after the fork, so they are never
+    /// inheritable in this process. The command keeps the descriptors open (it shares them
+    /// with the ticket) until it is dropped.
     pub fn apply<'c>(&self, command: &'c mut Command) -> &'c mut Command {
-        command.env(TICKET_ENV, self.env_value());
+        command.env(TICKET_ENV, self.value(true));
         let segment = match &self.source {
             Source::Fd(fd) => Some(Arc::clone(fd)),
             Source::Path(_) => None,

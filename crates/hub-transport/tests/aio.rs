@@ -1395,13 +1395,10 @@ fn a_peer_without_descriptors_receives_through_its_waiter_thread() {
     rt.block_on(async {
         for n in 0..PEERS {
             let ticket = host.host().add_peer().expect("add_peer");
+            // A path ticket's value names no descriptor: a peer attaching with it has none.
             let spec = TicketSpec::parse(&ticket.env_value()).expect("parse");
             assert!(matches!(spec.source, SpecSource::Path(_)), "{spec:?}");
-            assert!(spec.ready.is_some(), "the ticket names its descriptors");
-            let spec = TicketSpec {
-                ready: None,
-                ..spec
-            };
+            assert!(spec.ready.is_none(), "a path ticket names no descriptor");
             // The first frame follows the attach at once, with the threads the attach starts
             // bound to this thread's CPU (so they are unlikely to run before the send).
             let one_cpu = OneCpu::bind();
@@ -1426,7 +1423,7 @@ fn a_peer_without_descriptors_receives_through_its_waiter_thread() {
                 drop(one_cpu.take());
                 let own = *own.get_or_insert_with(|| {
                     let own = eventfd_in_set(peer.peer().ready_fd().as_raw_fd());
-                    assert_ne!(own, ticket_fd(&ticket.env_value(), "ready"), "its own");
+                    assert_ne!(own, ticket.readiness_fds()[0].as_raw_fd(), "its own");
                     own
                 });
                 let frame = guarded(HANG_GUARD, "the waiting receive", waiting)
@@ -1534,4 +1531,75 @@ fn two_pending_receives_are_both_woken() {
     }
     got.sort_unstable();
     assert_eq!(got, [0, 1]);
+}
+
+/// Another task's wakeup never takes a sleeping receive's: receive A waits for peer 1, receive
+/// B for peer 2; B's wakeup is being handled when peer 1's frame arrives. Before, B drained
+/// the host's readiness set after consuming its wakeup, which took the edge peer 1's write had
+/// just queued, and A slept until the 100 ms tick. Driven step by step on a current-thread
+/// runtime, whose reactor runs only when the test yields to it, with a waker per receive.
+#[test]
+fn a_receive_asleep_keeps_its_wakeup_while_another_handles_its_own() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _enter = rt.enter();
+    let mut host = Host::create(&HubConfig {
+        max_peers: 2,
+        ..HubConfig::default()
+    })
+    .expect("create");
+    host.set_wait_mode(WaitMode::Block); // a receive that finds nothing arms at once
+    let tickets = [0, 1].map(|_| host.add_peer().expect("add_peer"));
+    let peers = [0, 1].map(|i| Peer::attach(&tickets[i]).expect("attach"));
+    let host = AsyncHost::new(host).expect("register");
+    let flags = [0, 1].map(|_| Arc::new(Flag(AtomicBool::new(false))));
+    let wakers = flags.clone().map(Waker::from);
+    type Receive<'h> = std::pin::Pin<Box<dyn Future<Output = Result<Frame, RecvError>> + 'h>>;
+    let mut receives: [Receive<'_>; 2] = [
+        Box::pin(host.recv_from(tickets[0].id())),
+        Box::pin(host.recv_from(tickets[1].id())),
+    ];
+    let mut poll = |which: usize| {
+        flags[which].0.store(false, Ordering::SeqCst);
+        let mut cx = Context::from_waker(&wakers[which]);
+        receives[which]
+            .as_mut()
+            .poll(&mut cx)
+            .map(|frame| frame.expect("recv"))
+    };
+    rt.block_on(async {
+        // Turns of the reactor, without sleeping.
+        let turns = || async {
+            for _ in 0..4 {
+                tokio::task::yield_now().await;
+            }
+        };
+        assert!(poll(1).is_pending(), "nothing from peer 2 yet");
+        peers[1].send(FrameMeta::default(), b"for B").expect("send");
+        turns().await;
+        assert!(
+            flags[1].0.load(Ordering::SeqCst),
+            "B woken by peer 2's frame"
+        );
+        // A waits (it consumes the readiness B's wakeup left, and goes to sleep).
+        assert!(poll(0).is_pending(), "nothing from peer 1 yet");
+        // Peer 1's frame: A is armed, so its write queues an edge for the reactor...
+        peers[0].send(FrameMeta::default(), b"for A").expect("send");
+        // ...and B handles its own wakeup before the reactor runs.
+        match poll(1) {
+            Poll::Ready(frame) => assert_eq!(frame.payload(), b"for B"),
+            Poll::Pending => panic!("B's frame is there"),
+        }
+        turns().await;
+        assert!(
+            flags[0].0.load(Ordering::SeqCst),
+            "A was not woken: B's handling took its wakeup"
+        );
+        match poll(0) {
+            Poll::Ready(frame) => assert_eq!(frame.payload(), b"for A"),
+            Poll::Pending => panic!("A's frame is there"),
+        }
+    });
 }

@@ -81,7 +81,9 @@ fn a_peer_without_descriptors_is_bridged_on_both_sides() {
     })
     .expect("create");
     let ticket = host.add_peer().expect("add_peer");
-    let to_host = ticket_fd(&ticket.env_value(), "notify");
+    // A path ticket's value names no descriptor; the host's own copy of it does.
+    assert!(!ticket.env_value().contains("notify="));
+    let to_host = std::os::fd::AsRawFd::as_raw_fd(&ticket.readiness_fds()[1]);
     let peer = Peer::attach_spec(&TicketSpec {
         peer: ticket.peer_id(),
         epoch: ticket.epoch(),
@@ -130,4 +132,62 @@ fn a_peer_without_descriptors_is_bridged_on_both_sides() {
     drop(peer);
     drop(host);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A host asleep on its descriptor while a peer is admitted hears that peer's first frame.
+/// Before, the reservation reset the entry's ready word, the host's bit with it, and the new
+/// peer's frame (finding the doorbell's waiter bit set) wrote nothing: the host slept on
+/// until its tick.
+#[test]
+fn a_host_asleep_hears_the_first_frame_of_a_peer_admitted_meanwhile() {
+    let host = Host::create(&HubConfig {
+        max_peers: 2,
+        ..HubConfig::default()
+    })
+    .expect("create");
+    let first = Peer::attach(&host.add_peer().expect("add_peer")).expect("attach");
+    host.arm();
+    assert!(host.try_recv().is_err(), "nothing yet: the host sleeps");
+    let ticket = host.add_peer().expect("add_peer");
+    let to_host = ticket_fd(&ticket.env_value(), "notify");
+    let second = Peer::attach(&ticket).expect("attach");
+    second.send(FrameMeta::default(), b"hello").expect("send");
+    assert_eq!(
+        count(to_host),
+        1,
+        "the new peer's frame writes the host's descriptor"
+    );
+    assert_eq!(host.try_recv().expect("frame").payload(), b"hello");
+    drop((first, second));
+}
+
+/// A life's to-host descriptor leaves the host's set when the life is recovered: a process
+/// that still holds it (evicted, or gone with its goodbye but still running) can no longer
+/// wake the host.
+#[test]
+fn a_recovered_life_leaves_the_hosts_set() {
+    use std::os::fd::AsRawFd;
+    let host = Host::create(&HubConfig {
+        max_peers: 1,
+        ..HubConfig::default()
+    })
+    .expect("create");
+    let ticket = host.add_peer().expect("add_peer");
+    let to_host = ticket_fd(&ticket.env_value(), "notify");
+    let set = host.ready_fd().as_raw_fd();
+    assert!(
+        eventfds_in_set(set).contains(&to_host),
+        "the life's descriptor is watched"
+    );
+    let peer = Peer::attach(&ticket).expect("attach");
+    peer.close();
+    let watchdog = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // The supervisor recovers it after the goodbye (or this call does).
+    while eventfds_in_set(set).contains(&to_host) {
+        assert!(std::time::Instant::now() < watchdog, "never recovered");
+        let _ = host.recover_peer(0);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // The ticket still holds the descriptor open: it is out of the set, not merely closed.
+    assert_eq!(count(to_host), 0);
 }
