@@ -32,8 +32,8 @@
 //! nothing spins a few microseconds, then for up to 200 µs gives its turn back to the executor
 //! (the reply is made by other tasks of it, an RPC server's), looking after each turn, and only
 //! then sleeps. [`WaitMode::Block`] sleeps at once: no CPU spent waiting, and two wakeups per
-//! call. In one run of the example (`rpc_tarpc --quick`), a unary call over the hub took 0.54
-//! to 0.60 times as long as over tarpc's Unix-socket transport in `Adaptive`, 1.5 times in
+//! call. In runs of the example (`rpc_tarpc --quick`), a unary call over the hub took 0.53 to
+//! 0.95 times as long as over tarpc's Unix-socket transport in `Adaptive`, 1.4 times in
 //! `Block` (see the README's RPC benchmark).
 //!
 //! ```
