@@ -1,6 +1,6 @@
 //! tarpc over the hub between two processes: the host here, the plugin this test binary run
-//! again (`plugin_role`, an ignored test that serves only when `HUB_TARPC_TEST_PLUGIN` is set,
-//! so `cargo test` and `cargo nextest` skip it and the child runs exactly it).
+//! again, the same test (`--exact calls_a_plugin_process_over_the_hub`) with
+//! `HUB_TARPC_TEST_PLUGIN` set in its environment, which makes it the plugin.
 //!
 //! Every call's result is checked: unary calls, 64 tasks calling at once, 1 MiB arguments;
 //! then the host leaves and the plugin must exit successfully (its stream ended in order).
@@ -15,7 +15,7 @@ use hub_transport::{Host, HubConfig};
 use tarpc::server::{BaseChannel, Channel};
 use tarpc::{client, context};
 
-/// Set in the plugin's environment: run `plugin_role` for real.
+/// Set in the plugin's environment: the test is the plugin.
 const ROLE_ENV: &str = "HUB_TARPC_TEST_PLUGIN";
 /// Tasks calling at once.
 const TASKS: u64 = 64;
@@ -50,19 +50,14 @@ fn digest(data: &[u8]) -> u64 {
     })
 }
 
-#[test]
-#[ignore = "the plugin side of `calls_a_plugin_process_over_the_hub`, run by it in a child"]
+/// The plugin: serve `Calc` until the host leaves (the stream ends, `for_each` returns).
 fn plugin_role() {
-    if std::env::var_os(ROLE_ENV).is_none() {
-        return;
-    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a runtime");
     runtime.block_on(async {
         let transport = PeerTransport::from_env().expect("attach to the hub");
-        // Until the host leaves: the stream ends, `for_each` returns.
         BaseChannel::with_defaults(transport)
             .execute(CalcServer.serve())
             .for_each(|call| async {
@@ -72,8 +67,21 @@ fn plugin_role() {
     });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calls_a_plugin_process_over_the_hub() {
+#[test]
+fn calls_a_plugin_process_over_the_hub() {
+    if std::env::var_os(ROLE_ENV).is_some() {
+        return plugin_role();
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(host_role());
+}
+
+/// The host: spawn the plugin, call it, check every result.
+async fn host_role() {
     let host = Host::create(&HubConfig {
         max_peers: 1,
         ..HubConfig::default()
@@ -81,7 +89,11 @@ async fn calls_a_plugin_process_over_the_hub() {
     .expect("a hub");
     let mut plugin = Command::new(std::env::current_exe().expect("this test binary"));
     plugin
-        .args(["plugin_role", "--exact", "--ignored", "--nocapture"])
+        .args([
+            "calls_a_plugin_process_over_the_hub",
+            "--exact",
+            "--nocapture",
+        ])
         .env(ROLE_ENV, "1")
         .stdout(Stdio::null());
     let (peer, mut child) = host.spawn_peer(&mut plugin).expect("spawn the plugin");
