@@ -58,7 +58,11 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         match arg.as_str() {
             "--size" => options.size = flag_value(&mut args, "--size")?,
             "--iters" => options.iters = flag_value(&mut args, "--iters")?,
-            "--wait" => options.wait = parse_wait(&flag_value::<String>(&mut args, "--wait")?)?,
+            "--wait" => {
+                options.wait = flag_value::<String>(&mut args, "--wait")?
+                    .parse()
+                    .map_err(|e| format!("--wait: {e}"))?
+            }
             PEER_FLAG => options.peer = true,
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -69,23 +73,6 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
     Ok(options)
 }
 
-fn parse_wait(text: &str) -> Result<WaitMode, String> {
-    match text {
-        "spin" => Ok(WaitMode::Spin),
-        "block" => Ok(WaitMode::Block),
-        "adaptive" => Ok(WaitMode::Adaptive),
-        other => Err(format!("--wait: {other:?} is not spin, block or adaptive")),
-    }
-}
-
-fn wait_name(mode: WaitMode) -> &'static str {
-    match mode {
-        WaitMode::Spin => "spin",
-        WaitMode::Block => "block",
-        _ => "adaptive",
-    }
-}
-
 fn run_host(options: &Options) -> Result<()> {
     let mut host = Host::create(&HubConfig {
         max_peers: 1,
@@ -94,13 +81,7 @@ fn run_host(options: &Options) -> Result<()> {
     host.set_wait_mode(options.wait);
     let size = options.size.to_string();
     let (peer_id, mut child) = spawn_self(&host, |_| {
-        [
-            PEER_FLAG,
-            "--size",
-            &size,
-            "--wait",
-            wait_name(options.wait),
-        ]
+        [PEER_FLAG, "--size", &size, "--wait", options.wait.name()]
     })?;
 
     let mut samples = Vec::with_capacity(options.iters);
@@ -141,7 +122,7 @@ fn run_host(options: &Options) -> Result<()> {
         "{} round trips of {} bytes between two processes ({} wait)",
         options.iters,
         options.size,
-        wait_name(options.wait)
+        options.wait.name()
     );
     println!(
         "  min {:>9} ns   median {:>9} ns   p99 {:>9} ns   max {:>9} ns",
@@ -153,7 +134,7 @@ fn run_host(options: &Options) -> Result<()> {
     println!(
         "size={} wait={} iters={} min_ns={} median_ns={} p99_ns={} max_ns={}",
         options.size,
-        wait_name(options.wait),
+        options.wait.name(),
         options.iters,
         samples[0],
         pick(0.5),

@@ -130,7 +130,11 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<Options>, Stri
             "--help" | "-h" => return Ok(None),
             "--quick" => options = options.with_unary(500),
             "--calls" => options = options.with_unary(flag_value(&mut args, "--calls")?),
-            "--wait" => options.wait = parse_wait(&flag_value::<String>(&mut args, "--wait")?)?,
+            "--wait" => {
+                options.wait = flag_value::<String>(&mut args, "--wait")?
+                    .parse()
+                    .map_err(|e| format!("--wait: {e}"))?
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -138,23 +142,6 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<Options>, Stri
         return Err("--calls must be at least 1".into());
     }
     Ok(Some(options))
-}
-
-fn parse_wait(text: &str) -> Result<WaitMode, String> {
-    match text {
-        "spin" => Ok(WaitMode::Spin),
-        "block" => Ok(WaitMode::Block),
-        "adaptive" => Ok(WaitMode::Adaptive),
-        other => Err(format!("--wait: {other:?} is not spin, block or adaptive")),
-    }
-}
-
-fn wait_name(mode: WaitMode) -> &'static str {
-    match mode {
-        WaitMode::Spin => "spin",
-        WaitMode::Block => "block",
-        _ => "adaptive",
-    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -175,7 +162,7 @@ fn run_plugin() -> Result<()> {
     runtime()?.block_on(async {
         let mut peer = Peer::from_env()?;
         let wait = std::env::var(WAIT_ENV).unwrap_or_default();
-        peer.set_wait_mode(parse_wait(&wait)?);
+        peer.set_wait_mode(wait.parse().map_err(|e| format!("--wait: {e}"))?);
         let hub = PeerTransport::new(Arc::new(AsyncPeer::new(peer)?));
         let uds = tarpc::serde_transport::unix::connect(&socket, Bincode::default).await?;
         let uds = tokio::spawn(serve(uds));
@@ -230,7 +217,7 @@ async fn measure_both(socket: &Path, options: Options) -> Result<(Figures, Figur
     })?;
     host.set_wait_mode(options.wait);
     let mut command = Command::new(std::env::current_exe()?);
-    command.arg(socket).env(WAIT_ENV, wait_name(options.wait));
+    command.arg(socket).env(WAIT_ENV, options.wait.name());
     let (peer, child) = host.spawn_peer(&mut command)?;
     let mut child = KillOnDrop(Some(child));
     let host = Arc::new(AsyncHost::new(host)?);
@@ -358,7 +345,7 @@ fn report(options: Options, hub: &Figures, uds: &Figures) -> Result<()> {
             options.unary,
             options.per_task,
             options.large,
-            wait_name(options.wait)
+            options.wait.name()
         ),
         format!("{:<28}{:>14}{:>14}", "", "hub", "unix socket"),
         format!(

@@ -84,7 +84,7 @@ pub use link::{
 pub use peer::Peer;
 #[cfg(not(loom))]
 pub use segment::{AttachError, CreateError, HubConfig, PeerState, monotonic_ns, pad};
-pub use signal::WaitMode;
+pub use signal::{UnknownWaitMode, WaitMode};
 #[cfg(not(loom))]
 pub use supervisor::{EvictReason, PeerEvent};
 #[cfg(not(loom))]

@@ -113,6 +113,48 @@ pub enum WaitMode {
     Adaptive,
 }
 
+impl WaitMode {
+    /// The mode's name: `spin`, `block` or `adaptive` (what [`FromStr`](std::str::FromStr)
+    /// parses).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Spin => "spin",
+            Self::Block => "block",
+            Self::Adaptive => "adaptive",
+        }
+    }
+}
+
+impl std::fmt::Display for WaitMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A name that is not a [`WaitMode`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a wait mode (spin, block or adaptive)")]
+pub struct UnknownWaitMode(pub String);
+
+impl std::str::FromStr for WaitMode {
+    type Err = UnknownWaitMode;
+
+    /// `spin`, `block` or `adaptive`, as a command line would give it.
+    ///
+    /// ```
+    /// use hub_transport::WaitMode;
+    /// assert_eq!("block".parse::<WaitMode>(), Ok(WaitMode::Block));
+    /// assert_eq!(WaitMode::Adaptive.to_string(), "adaptive");
+    /// assert!("sometimes".parse::<WaitMode>().is_err());
+    /// ```
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        [Self::Spin, Self::Block, Self::Adaptive]
+            .into_iter()
+            .find(|mode| mode.name() == text)
+            .ok_or_else(|| UnknownWaitMode(text.to_owned()))
+    }
+}
+
 /// Why a wait ended without its condition holding.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
