@@ -28,10 +28,10 @@
 //! or evicted (its entry not yet recovered) ends it with one
 //! [`io::ErrorKind::ConnectionAborted`] error first.
 //!
-//! **Wait modes.** The default, [`WaitMode::Adaptive`], suits tarpc: a receive that finds
+//! **Wait modes.** The default, [`WaitMode::Adaptive`](hub_transport::WaitMode::Adaptive), suits tarpc: a receive that finds
 //! nothing spins a few microseconds, then for up to 200 µs gives its turn back to the executor
 //! (the reply is made by other tasks of it, an RPC server's), looking after each turn, and only
-//! then sleeps. [`WaitMode::Block`] sleeps at once: no CPU spent waiting, and two wakeups per
+//! then sleeps. [`WaitMode::Block`](hub_transport::WaitMode::Block) sleeps at once: no CPU spent waiting, and two wakeups per
 //! call. In runs of the example (`rpc_tarpc --quick`), a unary call over the hub took 0.53 to
 //! 0.95 times as long as over tarpc's Unix-socket transport in `Adaptive`, 1.4 times in
 //! `Block` (see the README's RPC benchmark).

@@ -1048,7 +1048,7 @@ impl Host {
     /// [`AsyncFd`](https://docs.rs/tokio/latest/tokio/io/unix/struct.AsyncFd.html), mio,
     /// `epoll`): one descriptor for all peers, which becomes readable when a frame may be
     /// waiting after the host [armed](Self::arm) itself. The `tokio` feature's
-    /// [`AsyncHost`](crate::aio::AsyncHost) does all of this.
+    /// `aio::AsyncHost` does all of this.
     ///
     /// The protocol, in an event loop of your own (R11):
     ///

@@ -16,7 +16,11 @@
 //!   makes the wake system call only when a receiver announced that it sleeps (R11); the host
 //!   waits on all its peers with one `futex_waitv`;
 //! - every descriptor, index and offset read from shared memory is copied, checked, then used
-//!   (R3): a faulty peer gets typed errors naming it, never a read outside the segment.
+//!   (R3): a faulty peer gets typed errors naming it, never a read outside the segment;
+//! - frames and loans own a handle on their side: they move into tasks and across threads;
+//! - each side has a readiness descriptor for event loops ([`Host::ready_fd`],
+//!   [`Peer::ready_fd`]), written only when that side announced it sleeps on it; with the
+//!   `tokio` feature, `aio::AsyncHost` and `aio::AsyncPeer` make every call a future.
 //!
 //! ```
 //! use hub_transport::{FrameMeta, Host, HubConfig, Peer};

@@ -604,7 +604,7 @@ impl Peer {
 
     /// This peer's readiness descriptor, for an event loop (tokio's `AsyncFd`, mio, `epoll`):
     /// it becomes readable when a frame from the host may be waiting, after the peer
-    /// [armed](Self::arm) itself. The `tokio` feature's [`AsyncPeer`](crate::aio::AsyncPeer)
+    /// [armed](Self::arm) itself. The `tokio` feature's `aio::AsyncPeer`
     /// does all of this. The protocol is the host's ([`Host::ready_fd`](crate::Host::ready_fd)):
     /// [`try_recv`](Self::try_recv) until empty, [`arm`](Self::arm), `try_recv` once more, then
     /// wait until readable, [`clear_ready`](Self::clear_ready), and start again. The descriptor
