@@ -721,6 +721,7 @@ impl Host {
         loan: Loan,
     ) -> Result<(), SendError> {
         self.send_loan_until(peer, meta, loan, Deadline::Never)
+            .map_err(SendTimeoutError::into_send_error)
     }
 
     /// [`send_loan`](Self::send_loan) without waiting: a full ring gives the loan back,
@@ -773,19 +774,7 @@ impl Host {
         loan: Loan,
         timeout: Duration,
     ) -> Result<(), SendTimeoutError> {
-        let peer = peer.into();
-        let link = self.link(peer).map_err(SendTimeoutError::Failed)?;
-        let sent = link.send(
-            &self.core.endpoint,
-            meta,
-            loan,
-            Deadline::after(timeout),
-            &|| self.target_gone(link, peer),
-        );
-        if let Err(SendTimeoutError::Failed(SendError::Ring { peer, source })) = &sent {
-            self.core.evict(*peer, EvictReason::Ring(*source));
-        }
-        sent
+        self.send_loan_until(peer, meta, loan, Deadline::after(timeout))
     }
 
     fn send_loan_until(
@@ -794,22 +783,24 @@ impl Host {
         meta: FrameMeta,
         loan: Loan,
         deadline: Deadline,
-    ) -> Result<(), SendError> {
+    ) -> Result<(), SendTimeoutError> {
         let peer = peer.into();
-        let link = self.link(peer)?;
+        let link = self.link(peer).map_err(SendTimeoutError::Failed)?;
         let sent = link.send(&self.core.endpoint, meta, loan, deadline, &|| {
             self.target_gone(link, peer)
         });
-        self.evict_on_ring_fault(sent.map_err(SendTimeoutError::into_send_error))
+        if let Err(SendTimeoutError::Failed(error)) = &sent {
+            self.evict_on_ring_fault(error);
+        }
+        sent
     }
 
     /// R3, R4: a peer that broke the indices of its receive ring is evicted, as one that breaks
     /// its send ring is when the host receives; the call that found it reports the fault.
-    fn evict_on_ring_fault(&self, sent: Result<(), SendError>) -> Result<(), SendError> {
-        if let Err(SendError::Ring { peer, source }) = &sent {
+    fn evict_on_ring_fault(&self, error: &SendError) {
+        if let SendError::Ring { peer, source } = error {
             self.core.evict(*peer, EvictReason::Ring(*source));
         }
-        sent
     }
 
     /// Copy `payload` into a frame and send it to `peer`, waiting for a slot and for room as
@@ -865,8 +856,13 @@ impl Host {
         let gone = || self.target_gone(link, peer);
         let mut loan = self.core.endpoint.loan(payload.len(), deadline, &gone)?;
         loan.as_mut_slice().copy_from_slice(payload);
-        let sent = link.send(&self.core.endpoint, meta, loan, deadline, &gone);
-        self.evict_on_ring_fault(sent.map_err(SendTimeoutError::into_send_error))
+        let sent = link
+            .send(&self.core.endpoint, meta, loan, deadline, &gone)
+            .map_err(SendTimeoutError::into_send_error);
+        if let Err(error) = &sent {
+            self.evict_on_ring_fault(error);
+        }
+        sent
     }
 
     /// Receive the next frame from any peer, waiting as long as it takes; [`Frame::peer`] says
@@ -1153,8 +1149,8 @@ impl Host {
         let sent = link.try_send(&self.core.endpoint, meta, loan, &|| {
             self.target_gone(link, peer)
         });
-        if let Err(SendError::Ring { peer, source }) = &sent {
-            self.core.evict(*peer, EvictReason::Ring(*source));
+        if let Err(error) = &sent {
+            self.evict_on_ring_fault(error);
         }
         sent
     }

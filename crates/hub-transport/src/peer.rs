@@ -449,6 +449,7 @@ impl Peer {
     /// [`SendError::Ring`].
     pub fn send_loan(&self, meta: FrameMeta, loan: Loan) -> Result<(), SendError> {
         self.send_loan_until(meta, loan, Deadline::Never)
+            .map_err(SendTimeoutError::into_send_error)
     }
 
     /// [`send_loan`](Self::send_loan) without waiting: a full ring gives the loan back,
@@ -477,30 +478,19 @@ impl Peer {
         loan: Loan,
         timeout: Duration,
     ) -> Result<(), SendTimeoutError> {
-        if let Some(error) = self.send_gone() {
-            return Err(SendTimeoutError::Failed(error));
-        }
-        self.link.send(
-            &self.endpoint,
-            meta,
-            loan,
-            Deadline::after(timeout),
-            &|| self.send_gone(),
-        )
+        self.send_loan_until(meta, loan, Deadline::after(timeout))
     }
 
+    /// The send of a filled loan: whether the host left or evicted this peer is checked under
+    /// the ring's lock, first thing (`Link::try_send`).
     fn send_loan_until(
         &self,
         meta: FrameMeta,
         loan: Loan,
         deadline: Deadline,
-    ) -> Result<(), SendError> {
-        if let Some(error) = self.send_gone() {
-            return Err(error);
-        }
+    ) -> Result<(), SendTimeoutError> {
         self.link
             .send(&self.endpoint, meta, loan, deadline, &|| self.send_gone())
-            .map_err(SendTimeoutError::into_send_error)
     }
 
     /// Copy `payload` into a frame and send it to the host, waiting for a slot and for room as
@@ -663,9 +653,6 @@ impl Peer {
         meta: FrameMeta,
         loan: Loan,
     ) -> Result<Option<Loan>, SendError> {
-        if let Some(error) = self.send_gone() {
-            return Err(error);
-        }
         self.link
             .try_send(&self.endpoint, meta, loan, &|| self.send_gone())
     }
