@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion};
 use hub_benches::{Partner, SIZES, inherited_fds, run_child_if_asked, size_name};
-use hub_transport::{FrameMeta, Host, HubConfig, Peer, RecvError, WaitMode, futex};
+use hub_transport::{Disconnect, FrameMeta, Host, HubConfig, Peer, RecvError, WaitMode, futex};
 use memmap2::MmapRaw;
 
 /// The bench's name in the children's messages.
@@ -555,7 +555,7 @@ fn hub_child(mode: WaitMode, size: usize) -> Result<(), String> {
     loop {
         let frame = match peer.recv() {
             Ok(frame) => frame,
-            Err(RecvError::HostGone) => return Ok(()),
+            Err(RecvError::Disconnected(Disconnect::HostGone)) => return Ok(()),
             Err(error) => return Err(error.to_string()),
         };
         let meta = *frame.meta();

@@ -39,7 +39,7 @@ use futures::StreamExt;
 use hub_benches::{Partner, inherited_fds, run_child_if_asked, size_name};
 use hub_tarpc::{HostTransport, PeerTransport};
 use hub_transport::aio::{AsyncHost, AsyncPeer};
-use hub_transport::{FrameMeta, Host, HubConfig, Peer, PeerId, RecvError, WaitMode};
+use hub_transport::{Disconnect, FrameMeta, Host, HubConfig, Peer, PeerId, RecvError, WaitMode};
 use tarpc::server::{BaseChannel, Channel};
 use tarpc::tokio_serde::formats::Bincode;
 use tarpc::tokio_util::codec::LengthDelimitedCodec;
@@ -221,7 +221,7 @@ async fn hub_echo_child(mode: WaitMode, size: usize) -> Result<(), String> {
     loop {
         let frame = match peer.recv().await {
             Ok(frame) => frame,
-            Err(RecvError::HostGone) => return Ok(()),
+            Err(RecvError::Disconnected(Disconnect::HostGone)) => return Ok(()),
             Err(error) => return Err(error.to_string()),
         };
         if frame.len() != size {

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkGroup, BenchmarkId, Criterion, Throughput, measurement::WallTime};
 use crossbeam_channel::{Receiver, Sender};
 use hub_benches::{Partner, SIZES, run_child_if_asked, size_name};
-use hub_transport::{FrameMeta, Host, HubConfig, Peer, RecvError};
+use hub_transport::{Disconnect, FrameMeta, Host, HubConfig, Peer, RecvError, SendCopyError};
 
 /// The bench's name in the children's messages.
 const BENCH: &str = "throughput";
@@ -264,7 +264,7 @@ fn child_main(size: usize) -> Result<(), String> {
     loop {
         let count = match peer.recv() {
             Ok(order) => order.meta().msg_id,
-            Err(RecvError::HostGone) => return Ok(()),
+            Err(RecvError::Disconnected(Disconnect::HostGone)) => return Ok(()),
             Err(error) => return Err(error.to_string()),
         };
         for _ in 0..count {
@@ -278,7 +278,7 @@ fn child_main(size: usize) -> Result<(), String> {
             } else {
                 let mut loan = peer.loan(size).map_err(|e| e.to_string())?;
                 loan.as_mut_slice()[..8].copy_from_slice(&seq.to_le_bytes());
-                peer.send_loan(meta, loan)
+                peer.send_loan(meta, loan).map_err(SendCopyError::from)
             }
             .map_err(|e| e.to_string())?;
         }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use hub_examples::{
     Example, Result, checksum, expected_checksum, flag_value, next_frame, spawn_self,
 };
-use hub_transport::{FrameMeta, Host, HubConfig, Peer, RecvError};
+use hub_transport::{FrameMeta, Host, HubConfig, Peer, RecvTimeoutError};
 
 /// The flag that makes the program the plugin side.
 const PEER_FLAG: &str = "--peer";
@@ -116,7 +116,7 @@ fn run_host(options: &Options) -> Result<()> {
         }
         let frame = match host.recv_timeout(FRAME_TIMEOUT) {
             Ok(frame) => frame,
-            Err(RecvError::Timeout) => {
+            Err(RecvTimeoutError::Timeout) => {
                 let _ = child.kill();
                 return Err(format!("no frame {i} within {FRAME_TIMEOUT:?}").into());
             }

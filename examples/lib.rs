@@ -7,7 +7,7 @@ use std::fmt::Display;
 use std::process::{Child, Command, ExitCode};
 use std::str::FromStr;
 
-use hub_transport::{Frame, Host, Peer, RecvError};
+use hub_transport::{Disconnect, Frame, Host, Peer, RecvError};
 
 /// The result of the examples' fallible functions: a boxed error unless `E` says otherwise.
 pub type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
@@ -156,7 +156,7 @@ where
 }
 
 /// The plugin side's receive: the next frame from the host, or `None` once the host has said
-/// goodbye ([`RecvError::HostGone`]).
+/// goodbye ([`Disconnect::HostGone`]).
 ///
 /// # Errors
 /// Any other [`RecvError`].
@@ -178,7 +178,7 @@ where
 pub fn next_frame(peer: &Peer) -> Result<Option<Frame>, RecvError> {
     match peer.recv() {
         Ok(frame) => Ok(Some(frame)),
-        Err(RecvError::HostGone) => Ok(None),
+        Err(RecvError::Disconnected(Disconnect::HostGone)) => Ok(None),
         Err(error) => Err(error),
     }
 }

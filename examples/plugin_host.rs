@@ -21,7 +21,10 @@ use std::time::{Duration, Instant};
 use hub_examples::{
     Example, Result, checksum, expected_checksum, flag_value, next_frame, spawn_self,
 };
-use hub_transport::{FrameMeta, Host, HubConfig, Peer, PeerEvent, RecvError, SendError};
+use hub_transport::{
+    Disconnect, FrameMeta, Host, HubConfig, Peer, PeerEvent, RecvError, RecvTimeoutError,
+    SendCopyError, SendError,
+};
 
 /// The flag that makes the program a plugin: `--plugin checksum|transform [CRASH_MS]`.
 const PLUGIN_FLAG: &str = "--plugin";
@@ -265,7 +268,7 @@ fn drive(
                 match host.send_loan(id as u16, meta, loan) {
                     Ok(()) => {}
                     // Died since the last event: the supervisor's event follows.
-                    Err(SendError::PeerNotActive { .. }) => break,
+                    Err(SendError::Disconnected(Disconnect::PeerNotActive { .. })) => break,
                     Err(error) => return Err(error.into()),
                 }
                 plugin.pending.insert(
@@ -303,7 +306,12 @@ fn drive(
                     .latencies_ns
                     .push(pending.sent.elapsed().as_nanos() as u64);
             }
-            Err(RecvError::Timeout | RecvError::PeerNotActive { .. }) => {}
+            Err(
+                RecvTimeoutError::Timeout
+                | RecvTimeoutError::Failed(RecvError::Disconnected(Disconnect::PeerNotActive {
+                    ..
+                })),
+            ) => {}
             Err(error) => return Err(error.into()),
         }
         while let Some(event) = host.try_event() {
@@ -380,13 +388,15 @@ fn run_plugin(args: &[String]) -> Result<()> {
         }
         let meta = *frame.meta();
         let sent = if transform {
-            peer.loan(frame.len()).and_then(|mut loan| {
-                for (out, &b) in loan.as_mut_slice().iter_mut().zip(frame.payload()) {
-                    *out = !b;
-                }
-                drop(frame);
-                peer.send_loan(meta, loan)
-            })
+            peer.loan(frame.len())
+                .map_err(SendCopyError::from)
+                .and_then(|mut loan| {
+                    for (out, &b) in loan.as_mut_slice().iter_mut().zip(frame.payload()) {
+                        *out = !b;
+                    }
+                    drop(frame);
+                    peer.send_loan(meta, loan).map_err(SendCopyError::from)
+                })
         } else {
             let sum = checksum(frame.payload());
             drop(frame);
@@ -395,7 +405,7 @@ fn run_plugin(args: &[String]) -> Result<()> {
         match sent {
             Ok(()) => {}
             // The host left while this reply was on its way: nothing more to do.
-            Err(SendError::HostGone) => return Ok(()),
+            Err(SendCopyError::Disconnected(Disconnect::HostGone)) => return Ok(()),
             Err(error) => return Err(error.into()),
         }
     }

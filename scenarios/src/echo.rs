@@ -13,7 +13,10 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use hub_transport::{Host, HubConfig, RecvError, SendError, TrySendError};
+use hub_transport::{
+    Disconnect, Host, HubConfig, LoanError, RecvError, RecvTimeoutError, SendCopyError, SendError,
+    TryLoanError, TryRecvError, TrySendCopyError, TrySendError,
+};
 
 use crate::Settings;
 use crate::common::{self, ChildProcess, ECHO, Figures, ORIGIN, REQUEST, Rng, STOP};
@@ -125,15 +128,17 @@ impl<'h> Driver<'h> {
                     moved = true;
                     self.check(frame.peer(), frame.meta(), frame.payload())?;
                 }
-                Err(RecvError::Empty) => break,
-                Err(error) => self.fault(error)?,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Failed(error)) => self.fault(error)?,
+                Err(error) => return Err(format!("host recv: {error}")),
             }
         }
         if !moved {
             match self.host.recv_timeout(Duration::from_millis(1)) {
                 Ok(frame) => self.check(frame.peer(), frame.meta(), frame.payload())?,
-                Err(RecvError::Timeout | RecvError::Empty) => {}
-                Err(error) => self.fault(error)?,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Failed(error)) => self.fault(error)?,
+                Err(error) => return Err(format!("host recv: {error}")),
             }
         }
         Ok(())
@@ -165,8 +170,13 @@ impl<'h> Driver<'h> {
             };
             return match self.host.try_send(peer, meta, &[0x5a; 16][..len]) {
                 Ok(()) => Ok(true),
-                Err(SendError::Full | SendError::PeerNotActive { .. }) => Ok(false),
-                Err(SendError::Ring { .. }) => {
+                Err(
+                    TrySendCopyError::Full
+                    | TrySendCopyError::Failed(SendCopyError::Disconnected(
+                        Disconnect::PeerNotActive { .. },
+                    )),
+                ) => Ok(false),
+                Err(TrySendCopyError::Failed(SendCopyError::Ring { .. })) => {
                     self.faults += 1;
                     self.forget(peer);
                     Ok(false)
@@ -184,8 +194,8 @@ impl<'h> Driver<'h> {
         };
         let mut loan = match self.host.try_loan(len) {
             Ok(loan) => loan,
-            Err(SendError::NoFreeSlots { .. }) => return Ok(false),
-            Err(SendError::Alloc(_)) => {
+            Err(TryLoanError::NoFreeSlots { .. }) => return Ok(false),
+            Err(TryLoanError::Failed(LoanError::Alloc(_))) => {
                 self.alloc_errors += 1;
                 return Ok(false);
             }
@@ -201,7 +211,9 @@ impl<'h> Driver<'h> {
         match self.host.try_send_loan(peer, meta, loan) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => return Ok(false),
-            Err(TrySendError::Failed(SendError::PeerNotActive { .. })) => {
+            Err(TrySendError::Failed(SendError::Disconnected(Disconnect::PeerNotActive {
+                ..
+            }))) => {
                 // It died; whoever killed it calls `forget`.
                 return Ok(false);
             }

@@ -33,7 +33,10 @@
 use std::time::{Duration, Instant};
 
 use hub_layout::{HUB_SIZE_CLASSES, MAX_EXTENTS_PER_CLASS};
-use hub_transport::{FrameMeta, Host, HubConfig, Loan, Peer, RecvError, SendError};
+use hub_transport::{
+    Disconnect, FrameMeta, Host, HubConfig, Loan, LoanError, LoanTimeoutError, Peer,
+    RecvTimeoutError, TryLoanError,
+};
 
 use crate::Settings;
 use crate::common::{self, ChildProcess, Figures, GO, ORIGIN, STOP};
@@ -203,7 +206,7 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
     }
     let mut refusals = PEERS as u64;
     match host.try_loan(SIZE) {
-        Err(SendError::NoFreeSlots { class }) if usize::from(class) == CLASS => refusals += 1,
+        Err(TryLoanError::NoFreeSlots { class }) if usize::from(class) == CLASS => refusals += 1,
         Err(error) => return Err(format!("host try_loan at the limit: {error}")),
         Ok(_) => {
             return Err(format!(
@@ -212,7 +215,7 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
         }
     }
     match host.loan_timeout(SIZE, LAST_WAIT) {
-        Err(SendError::Timeout | SendError::NoFreeSlots { .. }) => {}
+        Err(LoanTimeoutError::Timeout) => {}
         Err(error) => return Err(format!("host loan_timeout at the limit: {error}")),
         Ok(_) => {
             return Err(format!(
@@ -295,7 +298,7 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
     loop {
         match host.try_loan(SIZE) {
             Ok(loan) => again.push(loan),
-            Err(SendError::NoFreeSlots { .. }) => break,
+            Err(TryLoanError::NoFreeSlots { .. }) => break,
             Err(error) => return Err(format!("host loan after the peers left: {error}")),
         }
         if again.len() > capacity as usize {
@@ -339,12 +342,13 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
 fn expect_control(peer: &Peer, method_id: u32, what: &str) -> Result<(), Stop> {
     let frame = match peer.recv_timeout(FRAME_WAIT) {
         Ok(frame) => frame,
-        Err(RecvError::Timeout) => {
+        Err(RecvTimeoutError::Timeout) => {
             return Err(Stop::Failed(format!(
                 "no {what} from the host within {FRAME_WAIT:?}"
             )));
         }
-        Err(error) => return Err(error.into()),
+        Err(RecvTimeoutError::Failed(error)) => return Err(error.into()),
+        Err(error) => return Err(Stop::Failed(format!("recv: {error}"))),
     };
     if frame.meta().method_id == method_id {
         Ok(())
@@ -375,7 +379,7 @@ pub fn peer(args: &[String]) -> Result<(), Stop> {
     loop {
         let mut loan = match peer.try_loan(SIZE) {
             Ok(loan) => loan,
-            Err(SendError::NoFreeSlots { class }) if usize::from(class) == CLASS => {
+            Err(TryLoanError::NoFreeSlots { class }) if usize::from(class) == CLASS => {
                 // Refused: a wait must end in a refusal too, unless another peer was just
                 // pushing the slots of an extent it published.
                 match peer.loan_timeout(SIZE, LAST_WAIT) {
@@ -383,7 +387,7 @@ pub fn peer(args: &[String]) -> Result<(), Stop> {
                         late += 1;
                         loan
                     }
-                    Err(SendError::Timeout | SendError::NoFreeSlots { .. }) => break,
+                    Err(LoanTimeoutError::Timeout) => break,
                     Err(error) => {
                         return Err(Stop::Failed(format!(
                             "loan_timeout after NoFreeSlots, with {} slots held: {error}",
@@ -392,7 +396,9 @@ pub fn peer(args: &[String]) -> Result<(), Stop> {
                     }
                 }
             }
-            Err(SendError::HostGone) => return Err(Stop::HostGone),
+            Err(TryLoanError::Failed(LoanError::Disconnected(Disconnect::HostGone))) => {
+                return Err(Stop::HostGone);
+            }
             Err(error) => {
                 return Err(Stop::Failed(format!(
                     "try_loan with {} slots held: expected a slot or NoFreeSlots {{ class: \

@@ -54,7 +54,7 @@ use hub_layout::{
     DescRingHeader, ExtentHeader, HubHeader, HubSlotMeta, MsgDescHot, NUM_SIZE_CLASSES, PeerEntry,
     SegmentLayout, SizeClassHeader,
 };
-use hub_transport::{FrameMeta, Host, HubConfig, Peer, RecvError, SpecSource, TicketSpec, pad};
+use hub_transport::{FrameMeta, Host, HubConfig, Peer, SpecSource, TicketSpec, TryRecvError, pad};
 
 use crate::Settings;
 use crate::common::{self, EXIT_HUNG, Figures, Rng, ScratchDir};
@@ -848,7 +848,7 @@ fn exercise(peer: &Peer) -> u64 {
                 let sum = frame.payload().iter().fold(0u64, |s, &b| s + u64::from(b));
                 std::hint::black_box(sum);
             }
-            Err(RecvError::Empty) => {}
+            Err(TryRecvError::Empty) => {}
             Err(_) => errors += 1,
         }
     }

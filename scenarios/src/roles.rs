@@ -16,7 +16,7 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use hub_transport::{Host, HubConfig, Peer, RecvError, SendError};
+use hub_transport::{Disconnect, Host, HubConfig, LoanError, Peer, RecvError, SendError};
 
 use crate::common::{
     self, ECHO, EXIT_CORRUPT, EXIT_FAILED, EXIT_HOST_GONE, EXIT_HUNG, ORIGIN, REQUEST, Rng, STOP,
@@ -35,10 +35,19 @@ pub enum Stop {
     Failed(String),
 }
 
+impl From<LoanError> for Stop {
+    fn from(error: LoanError) -> Self {
+        match error {
+            LoanError::Disconnected(Disconnect::HostGone) => Stop::HostGone,
+            other => Stop::Failed(format!("loan: {other}")),
+        }
+    }
+}
+
 impl From<SendError> for Stop {
     fn from(error: SendError) -> Self {
         match error {
-            SendError::HostGone => Stop::HostGone,
+            SendError::Disconnected(Disconnect::HostGone) => Stop::HostGone,
             other => Stop::Failed(format!("send: {other}")),
         }
     }
@@ -47,7 +56,7 @@ impl From<SendError> for Stop {
 impl From<RecvError> for Stop {
     fn from(error: RecvError) -> Self {
         match error {
-            RecvError::HostGone => Stop::HostGone,
+            RecvError::Disconnected(Disconnect::HostGone) => Stop::HostGone,
             other => Stop::Failed(format!("recv: {other}")),
         }
     }
@@ -116,7 +125,7 @@ pub fn loan(peer: &Peer, len: usize) -> Result<hub_transport::Loan, Stop> {
     loop {
         match peer.loan(len) {
             Ok(loan) => return Ok(loan),
-            Err(SendError::Alloc(_)) if started.elapsed() < Duration::from_secs(10) => {
+            Err(LoanError::Alloc(_)) if started.elapsed() < Duration::from_secs(10) => {
                 std::thread::sleep(Duration::from_millis(1));
             }
             Err(error) => return Err(error.into()),
@@ -223,7 +232,7 @@ fn host_load(args: &[String]) -> Result<(), Stop> {
         let (to, meta) = (frame.peer(), *frame.meta());
         drop(frame);
         match host.send_loan(to, meta, loan) {
-            Ok(()) | Err(SendError::PeerNotActive { .. }) => {}
+            Ok(()) | Err(SendError::Disconnected(Disconnect::PeerNotActive { .. })) => {}
             Err(error) => return Err(error.into()),
         }
     }

@@ -23,8 +23,8 @@
 //! [`TransportError`], which says what failed; [`TransportError::kind`] says how it maps. A
 //! frame that does not decode is an [`io::ErrorKind::InvalidData`] error and the stream goes
 //! on. The stream ends (`None`) when the other side leaves in order: the host's goodbye on the
-//! plugin's end ([`RecvError::HostGone`]), the peer's goodbye on the host's end, or the end of
-//! the peer's life the host transport is bound to ([`RecvError::PeerGone`]). A peer found dead
+//! plugin's end ([`Disconnect::HostGone`]), the peer's goodbye on the host's end, or the end of
+//! the peer's life the host transport is bound to ([`Disconnect::PeerGone`]). A peer found dead
 //! or evicted (its entry not yet recovered) ends it with one
 //! [`io::ErrorKind::ConnectionAborted`] error first.
 //!
@@ -97,8 +97,8 @@ use bincode::Options;
 use futures::{Sink, Stream};
 use hub_transport::aio::{AsyncHost, AsyncPeer};
 use hub_transport::{
-    AttachError, Frame, FrameMeta, Loan, Peer, PeerRef, PeerState, RecvError, SendError,
-    TrySendError,
+    AttachError, Disconnect, Frame, FrameMeta, Loan, LoanError, Peer, PeerRef, PeerState,
+    RecvError, SendError, TryLoanError, TrySendError,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -109,12 +109,16 @@ use serde::de::DeserializeOwned;
 /// ```
 /// use std::io;
 /// use hub_tarpc::TransportError;
-/// use hub_transport::SendError;
+/// use hub_transport::{Disconnect, SendError};
 ///
-/// let error = io::Error::from(TransportError::Send(SendError::HostGone));
+/// let error = io::Error::from(TransportError::Send(Disconnect::HostGone.into()));
 /// assert_eq!(error.kind(), io::ErrorKind::BrokenPipe);
 /// let inner = error.get_ref().and_then(|e| e.downcast_ref::<TransportError>());
-/// assert!(matches!(inner, Some(TransportError::Send(SendError::HostGone))));
+/// assert!(matches!(
+///     inner,
+///     Some(TransportError::Send(SendError::Disconnected(Disconnect::HostGone)))
+/// ));
+/// assert_eq!(inner.and_then(TransportError::disconnect), Some(&Disconnect::HostGone));
 /// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -122,7 +126,10 @@ pub enum TransportError {
     /// Receiving a frame failed.
     #[error("receiving from the hub failed: {0}")]
     Recv(#[source] RecvError),
-    /// Loaning a slot for an item, or sending it, failed.
+    /// Loaning a slot for an item failed.
+    #[error("loaning a slot for an item failed: {0}")]
+    Loan(#[source] LoanError),
+    /// Sending an item's frame failed.
     #[error("sending over the hub failed: {0}")]
     Send(#[source] SendError),
     /// A received frame is not the encoding of one item (or has bytes after it).
@@ -153,37 +160,46 @@ impl TransportError {
     /// - `InvalidData`: a frame that does not decode, a descriptor or ring that breaks the
     ///   protocol;
     /// - `InvalidInput`: an item that does not encode, or is larger than the largest slot;
-    /// - `BrokenPipe`: a send to a host or peer that left; `ConnectionAborted`: a receive from
-    ///   a peer that died or was evicted; `NotFound`: a peer id the host does not have;
-    /// - `WouldBlock` and `TimedOut` for the hub's non-blocking and deadline errors (the
-    ///   transports never ask for those), `Other` for the rest (a failed futex call, a damaged
-    ///   allocator, a misused sink, a failed attach).
+    /// - `BrokenPipe`: a loan or a send when the host or peer left; `ConnectionAborted`: a
+    ///   receive from a peer that died or was evicted; `NotFound`: a peer id the host does not
+    ///   have;
+    /// - `Other` for the rest (a failed futex call, a damaged allocator, a misused sink, a
+    ///   failed attach).
     pub fn kind(&self) -> io::ErrorKind {
         use io::ErrorKind as K;
         match self {
             Self::Recv(error) => match error {
                 RecvError::BadDescriptor { .. } | RecvError::Ring { .. } => K::InvalidData,
-                RecvError::PeerNotActive { .. }
-                | RecvError::PeerGone { .. }
-                | RecvError::HostGone => K::ConnectionAborted,
-                RecvError::Empty => K::WouldBlock,
-                RecvError::Timeout => K::TimedOut,
+                RecvError::Disconnected(_) => K::ConnectionAborted,
+                _ => K::Other,
+            },
+            Self::Loan(error) => match error {
+                LoanError::PayloadTooLarge { .. } => K::InvalidInput,
+                LoanError::Disconnected(_) => K::BrokenPipe,
                 _ => K::Other,
             },
             Self::Send(error) => match error {
-                SendError::PayloadTooLarge { .. } => K::InvalidInput,
-                SendError::HostGone
-                | SendError::PeerNotActive { .. }
-                | SendError::PeerGone { .. } => K::BrokenPipe,
+                SendError::Disconnected(_) => K::BrokenPipe,
                 SendError::UnknownPeer(_) => K::NotFound,
                 SendError::Ring { .. } => K::InvalidData,
-                SendError::Full | SendError::NoFreeSlots { .. } => K::WouldBlock,
-                SendError::Timeout => K::TimedOut,
                 _ => K::Other,
             },
             Self::Decode { .. } => K::InvalidData,
             Self::Encode(_) => K::InvalidInput,
             Self::NotReady | Self::Attach(_) => K::Other,
+        }
+    }
+}
+
+impl TransportError {
+    /// How the other side is gone for good, if that is what this error says: a receive, a loan
+    /// or a send that found the host or the peer gone ([`Disconnect`]).
+    pub fn disconnect(&self) -> Option<&Disconnect> {
+        match self {
+            Self::Recv(error) => error.disconnect(),
+            Self::Loan(error) => error.disconnect(),
+            Self::Send(error) => error.disconnect(),
+            _ => None,
         }
     }
 }
@@ -403,7 +419,7 @@ fn codec() -> impl Options {
 }
 
 type RecvFuture = Pin<Box<dyn Future<Output = Result<Frame, RecvError>> + Send>>;
-type LoanFuture = Pin<Box<dyn Future<Output = Result<Loan, SendError>> + Send>>;
+type LoanFuture = Pin<Box<dyn Future<Output = Result<Loan, LoanError>> + Send>>;
 type SendFuture = Pin<Box<dyn Future<Output = Result<(), SendError>> + Send>>;
 
 /// What a transport needs of its endpoint: the two ends' differences.
@@ -413,8 +429,8 @@ trait End {
     fn recv(&self) -> RecvFuture;
     /// Send `loan` now, or have it back if the ring is full.
     fn try_send(&self, meta: FrameMeta, loan: Loan) -> Result<(), TrySendError>;
-    /// A loan without waiting (`SendError::NoFreeSlots` when the class is empty).
-    fn try_loan(&self, len: usize) -> Result<Loan, SendError>;
+    /// A loan without waiting (`TryLoanError::NoFreeSlots` when the class is empty).
+    fn try_loan(&self, len: usize) -> Result<Loan, TryLoanError>;
     /// A loan, waiting for a slot; the future owns what it needs.
     fn loan(&self, len: usize) -> LoanFuture;
     /// Send `loan`, waiting for room; the future owns what it needs.
@@ -433,7 +449,7 @@ impl End for PeerEnd {
         self.0.peer().try_send_loan(meta, loan)
     }
 
-    fn try_loan(&self, len: usize) -> Result<Loan, SendError> {
+    fn try_loan(&self, len: usize) -> Result<Loan, TryLoanError> {
         self.0.peer().try_loan(len)
     }
 
@@ -463,7 +479,7 @@ impl End for HostEnd {
         self.host.host().try_send_loan(self.peer, meta, loan)
     }
 
-    fn try_loan(&self, len: usize) -> Result<Loan, SendError> {
+    fn try_loan(&self, len: usize) -> Result<Loan, TryLoanError> {
         self.host.host().try_loan(len)
     }
 
@@ -512,13 +528,15 @@ fn ending(error: &RecvError) -> Ending {
     match error {
         // The host left, or the life of the peer this transport is bound to is over (its
         // frames all taken): nothing more will come.
-        RecvError::HostGone | RecvError::PeerGone { .. } => Ending::Orderly,
-        RecvError::PeerNotActive {
+        RecvError::Disconnected(Disconnect::HostGone | Disconnect::PeerGone { .. }) => {
+            Ending::Orderly
+        }
+        RecvError::Disconnected(Disconnect::PeerNotActive {
             state: PeerState::Dying | PeerState::Empty,
             ..
-        } => Ending::Orderly,
-        RecvError::PeerNotActive { .. } => Ending::Lost,
-        RecvError::BadDescriptor { .. } | RecvError::Empty | RecvError::Timeout => Ending::No,
+        }) => Ending::Orderly,
+        RecvError::Disconnected(_) => Ending::Lost,
+        RecvError::BadDescriptor { .. } => Ending::No,
         _ => Ending::Lost,
     }
 }
@@ -599,7 +617,7 @@ impl<E: End, Item, SinkItem> Core<E, Item, SinkItem> {
                         return Poll::Pending;
                     }
                     Poll::Ready(loan) => {
-                        let loan = loan.map_err(TransportError::Send)?;
+                        let loan = loan.map_err(TransportError::Loan)?;
                         self.encode_and_send(loan, &item)?;
                     }
                 },
@@ -628,12 +646,13 @@ impl<E: End, Item, SinkItem> Core<E, Item, SinkItem> {
         let len = usize::try_from(len).unwrap_or(usize::MAX);
         match self.end.try_loan(len) {
             Ok(loan) => self.encode_and_send(loan, &item),
-            Err(SendError::NoFreeSlots { .. }) => {
+            Err(TryLoanError::NoFreeSlots { .. }) => {
                 let loan = self.end.loan(len);
                 self.outgoing = Outgoing::Loaning { item, loan };
                 Ok(())
             }
-            Err(error) => Err(TransportError::Send(error).into()),
+            Err(TryLoanError::Failed(error)) => Err(TransportError::Loan(error).into()),
+            Err(error) => Err(io::Error::other(error)),
         }
     }
 

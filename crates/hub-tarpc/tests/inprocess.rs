@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use hub_tarpc::{HostTransport, PeerTransport, TransportError};
 use hub_transport::aio::{AsyncHost, AsyncPeer};
-use hub_transport::{FrameMeta, Host, HubConfig, Loan, Peer};
+use hub_transport::{FrameMeta, Host, HubConfig, Loan, LoanError, Peer};
 use tarpc::server::{BaseChannel, Channel};
 use tarpc::{client, context};
 
@@ -195,7 +195,10 @@ async fn an_item_larger_than_the_largest_slot_is_refused() {
         .await
         .expect_err("16 MiB and its length do not fit a slot");
     assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{error}");
-    assert!(matches!(inner(&error), Some(TransportError::Send(_))));
+    assert!(matches!(
+        inner(&error),
+        Some(TransportError::Loan(LoanError::PayloadTooLarge { .. }))
+    ));
     // The transport goes on.
     sender.send(vec![1; 100]).await.expect("a small item");
     let frame = host.recv_from(0).await.expect("the small item");

@@ -58,7 +58,10 @@ use crossbeam_utils::Backoff;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-use crate::{Frame, FrameMeta, Host, Loan, Peer, PeerRef, RecvError, SendError, WaitMode};
+use crate::{
+    Frame, FrameMeta, Host, Loan, LoanError, Peer, PeerRef, RecvError, SendCopyError, SendError,
+    TryLoanError, TryRecvError, WaitMode,
+};
 
 /// A duplicate of an endpoint's readiness descriptor, owned by the reactor's registration.
 #[derive(Debug)]
@@ -225,12 +228,13 @@ impl Nap {
 }
 
 /// `loan` on either side: a slot now, or naps until one is free.
-async fn loan_with(try_loan: impl Fn() -> Result<Loan, SendError>) -> Result<Loan, SendError> {
+async fn loan_with(try_loan: impl Fn() -> Result<Loan, TryLoanError>) -> Result<Loan, LoanError> {
     let mut nap = Nap::new();
     loop {
         match try_loan() {
-            Err(SendError::NoFreeSlots { .. }) => nap.take().await,
-            other => return other,
+            Ok(loan) => return Ok(loan),
+            Err(TryLoanError::NoFreeSlots { .. }) => nap.take().await,
+            Err(TryLoanError::Failed(error)) => return Err(error),
         }
     }
 }
@@ -302,9 +306,12 @@ impl AsyncHost {
 
     /// Receive the next frame from `peer` only (a [`PeerId`](crate::PeerId): that life of the
     /// entry; a `u16`: whoever holds it). Cancellation-safe. A peer that leaves, dies or is
-    /// evicted while this waits ends the wait with [`RecvError::PeerNotActive`] once the host
-    /// has noticed (its liveness checks, and the descriptor's 100 ms tick) and the frames it
-    /// sent are all taken; a `PeerId` whose entry has a new life, with [`RecvError::PeerGone`].
+    /// evicted while this waits ends the wait with
+    /// [`Disconnect::PeerNotActive`](crate::Disconnect::PeerNotActive) once the host has noticed
+    /// (its liveness checks, and the descriptor's 100 ms tick) and the frames it sent are all
+    /// taken; a `PeerId` whose entry has a new life, with
+    /// [`Disconnect::PeerGone`](crate::Disconnect::PeerGone) (each in
+    /// [`RecvError::Disconnected`]).
     ///
     /// # Errors
     /// As [`Host::recv_from`], and [`RecvError::Readiness`].
@@ -325,7 +332,7 @@ impl AsyncHost {
     ///
     /// # Errors
     /// As [`Host::loan`].
-    pub async fn loan(&self, len: usize) -> Result<Loan, SendError> {
+    pub async fn loan(&self, len: usize) -> Result<Loan, LoanError> {
         loan_with(|| self.host.try_loan(len)).await
     }
 
@@ -354,10 +361,10 @@ impl AsyncHost {
         peer: impl Into<PeerRef>,
         meta: FrameMeta,
         payload: &[u8],
-    ) -> Result<(), SendError> {
+    ) -> Result<(), SendCopyError> {
         let mut loan = self.loan(payload.len()).await?;
         loan.as_mut_slice().copy_from_slice(payload);
-        self.send_loan(peer, meta, loan).await
+        Ok(self.send_loan(peer, meta, loan).await?)
     }
 }
 
@@ -390,7 +397,8 @@ impl AsyncPeer {
     }
 
     /// Receive the next frame from the host. Cancellation-safe. Frames the host sent before
-    /// it left are delivered, then [`RecvError::HostGone`].
+    /// it left are delivered, then [`Disconnect::HostGone`](crate::Disconnect::HostGone) (in
+    /// [`RecvError::Disconnected`]).
     ///
     /// # Errors
     /// As [`Peer::recv`], and [`RecvError::Readiness`].
@@ -399,8 +407,9 @@ impl AsyncPeer {
             &self.reactor,
             self.peer.wait_mode(),
             || match self.peer.try_recv() {
-                Err(RecvError::Empty) => None,
-                other => Some(other),
+                Ok(frame) => Some(Ok(frame)),
+                Err(TryRecvError::Empty) => None,
+                Err(TryRecvError::Failed(error)) => Some(Err(error)),
             },
             || self.peer.arm(),
             || self.peer.rearm_tick(),
@@ -412,7 +421,7 @@ impl AsyncPeer {
     ///
     /// # Errors
     /// As [`Peer::loan`].
-    pub async fn loan(&self, len: usize) -> Result<Loan, SendError> {
+    pub async fn loan(&self, len: usize) -> Result<Loan, LoanError> {
         loan_with(|| self.peer.try_loan(len)).await
     }
 
@@ -429,9 +438,9 @@ impl AsyncPeer {
     ///
     /// # Errors
     /// As [`Peer::send`].
-    pub async fn send(&self, meta: FrameMeta, payload: &[u8]) -> Result<(), SendError> {
+    pub async fn send(&self, meta: FrameMeta, payload: &[u8]) -> Result<(), SendCopyError> {
         let mut loan = self.loan(payload.len()).await?;
         loan.as_mut_slice().copy_from_slice(payload);
-        self.send_loan(meta, loan).await
+        Ok(self.send_loan(meta, loan).await?)
     }
 }

@@ -8,9 +8,13 @@ use std::time::{Duration, Instant};
 
 use hub_alloc::{ClassStats, OwnerId, ReclaimReport, SlabError, SlotHandle};
 
+use crate::error::{
+    Disconnect, LoanError, LoanTimeoutError, RecvError, RecvTimeoutError, SendCopyError,
+    SendCopyTimeoutError, SendError, SendTimeoutError, TryLoanError, TryRecvError,
+    TrySendCopyError, TrySendError,
+};
 use crate::link::{
-    Deadline, Endpoint, Frame, FrameMeta, Link, Loan, PeerId, PeerRef, RECV_BELL, RecvError,
-    SEND_BELL, SendError, SendTimeoutError, TrySendError,
+    Deadline, Endpoint, Frame, FrameMeta, Link, Loan, PeerId, PeerRef, RECV_BELL, SEND_BELL,
 };
 use crate::liveness::{ProcessWatch, WatchError};
 use crate::mapping::MappingError;
@@ -521,7 +525,7 @@ impl Host {
     }
 
     /// Rebuild size class `class`'s free list from its slot metas, after a call reported the
-    /// class's shared state corrupted ([`SendError::Alloc`] with a corruption, or a list held
+    /// class's shared state corrupted ([`LoanError::Alloc`] with a corruption, or a list held
     /// for over a second): the host's repair of what a faulty peer scribbled (R3). Pops and
     /// pushes of the class wait meanwhile, for microseconds.
     ///
@@ -654,18 +658,18 @@ impl Host {
             .ok_or(SendError::UnknownPeer(peer.index))?;
         match self.target_gone(link, peer) {
             None => Ok(link),
-            Some(error) => Err(error),
+            Some(disconnect) => Err(SendError::Disconnected(disconnect)),
         }
     }
 
     /// [`peer_gone`](Self::peer_gone), and for a [`PeerId`], whether its life is over: the
     /// host's own copy of the entry's epoch moved on (R4). Called under the producer's lock
     /// by a send, so a send either precedes the rings' reset of a new life or sees its epoch.
-    fn target_gone(&self, link: &Link, peer: PeerRef) -> Option<SendError> {
+    fn target_gone(&self, link: &Link, peer: PeerRef) -> Option<Disconnect> {
         if let Some(epoch) = peer.epoch
             && link.id().epoch() != epoch
         {
-            return Some(SendError::PeerGone {
+            return Some(Disconnect::PeerGone {
                 peer: PeerId::new(peer.index, epoch),
             });
         }
@@ -674,10 +678,10 @@ impl Host {
 
     /// Frames may go to an attached peer, and to a reserved one: its ring exists, and it reads
     /// them once it attaches (or recovery frees them if it never does).
-    fn peer_gone(&self, peer: u16) -> Option<SendError> {
+    fn peer_gone(&self, peer: u16) -> Option<Disconnect> {
         match self.core.endpoint.segment.peer_state(peer) {
             PeerState::Active | PeerState::Reserved => None,
-            state => Some(SendError::PeerNotActive { peer, state }),
+            state => Some(Disconnect::PeerNotActive { peer, state }),
         }
     }
 
@@ -685,43 +689,67 @@ impl Host {
     /// zero copy. Waits for a free slot as long as it takes.
     ///
     /// # Errors
-    /// [`SendError::PayloadTooLarge`]; [`SendError::Alloc`].
-    pub fn loan(&self, len: usize) -> Result<Loan, SendError> {
-        self.core.endpoint.loan(len, Deadline::Never, &|| None)
+    /// [`LoanError::PayloadTooLarge`]; [`LoanError::Alloc`]; [`LoanError::Futex`]. (The
+    /// host's loans are never [`Disconnected`](LoanError::Disconnected).)
+    pub fn loan(&self, len: usize) -> Result<Loan, LoanError> {
+        loop {
+            match self.core.endpoint.loan(len, Deadline::Never, &|| None) {
+                Ok(loan) => return Ok(loan),
+                Err(TryLoanError::Failed(error)) => return Err(error),
+                // No deadline passes: not reached, and would mean waiting on.
+                Err(TryLoanError::NoFreeSlots { .. }) => {}
+            }
+        }
     }
 
-    /// [`loan`](Self::loan) without waiting: [`SendError::NoFreeSlots`] when none is free.
+    /// [`loan`](Self::loan) without waiting.
     ///
     /// # Errors
-    /// As [`loan`](Self::loan), and `NoFreeSlots`.
-    pub fn try_loan(&self, len: usize) -> Result<Loan, SendError> {
+    /// [`TryLoanError::NoFreeSlots`] when no slot is free; [`TryLoanError::Failed`] with what
+    /// [`loan`](Self::loan) fails with.
+    pub fn try_loan(&self, len: usize) -> Result<Loan, TryLoanError> {
         self.core.endpoint.loan(len, Deadline::Now, &|| None)
     }
 
-    /// [`loan`](Self::loan), waiting at most `timeout`: [`SendError::Timeout`] after it.
+    /// [`loan`](Self::loan), waiting at most `timeout`.
     ///
     /// # Errors
-    /// As [`loan`](Self::loan), and `Timeout`.
-    pub fn loan_timeout(&self, len: usize, timeout: Duration) -> Result<Loan, SendError> {
+    /// [`LoanTimeoutError::Timeout`] after it; [`LoanTimeoutError::Failed`] with what
+    /// [`loan`](Self::loan) fails with.
+    pub fn loan_timeout(&self, len: usize, timeout: Duration) -> Result<Loan, LoanTimeoutError> {
         self.core
             .endpoint
             .loan(len, Deadline::after(timeout), &|| None)
+            .map_err(|error| match error {
+                TryLoanError::NoFreeSlots { .. } => LoanTimeoutError::Timeout,
+                TryLoanError::Failed(error) => LoanTimeoutError::Failed(error),
+            })
     }
 
     /// Send a filled loan to `peer`, waiting for room in its ring as long as it takes.
     ///
     /// # Errors
-    /// [`SendError::UnknownPeer`]; [`SendError::PeerNotActive`] when the peer is neither attached
-    /// nor reserved (also when it leaves while the call waits); [`SendError::Ring`] when the
-    /// peer corrupted its ring (the host evicts it, as for a fault found on receive).
+    /// [`SendError::UnknownPeer`]; [`SendError::Disconnected`] with
+    /// [`Disconnect::PeerNotActive`] when the peer is neither attached nor reserved (also when
+    /// it leaves while the call waits), with [`Disconnect::PeerGone`] when `peer` is a
+    /// [`PeerId`] whose life is over; [`SendError::Ring`] when the peer corrupted its ring
+    /// (the host evicts it, as for a fault found on receive); [`SendError::Alloc`] when the
+    /// loan's slot was changed under the host.
     pub fn send_loan(
         &self,
         peer: impl Into<PeerRef>,
         meta: FrameMeta,
-        loan: Loan,
+        mut loan: Loan,
     ) -> Result<(), SendError> {
-        self.send_loan_until(peer, meta, loan, Deadline::Never)
-            .map_err(SendTimeoutError::into_send_error)
+        let peer = peer.into();
+        loop {
+            match self.send_loan_until(peer, meta, loan, Deadline::Never) {
+                Ok(()) => return Ok(()),
+                Err(SendTimeoutError::Failed(error)) => return Err(error),
+                // No deadline passes: not reached, and would mean sending again.
+                Err(SendTimeoutError::Timeout(back)) => loan = back,
+            }
+        }
     }
 
     /// [`send_loan`](Self::send_loan) without waiting: a full ring gives the loan back,
@@ -807,62 +835,83 @@ impl Host {
     /// long as it takes. Payloads of at most 16 bytes travel inline.
     ///
     /// # Errors
-    /// As [`send_loan`](Self::send_loan) and [`loan`](Self::loan).
+    /// [`SendCopyError`]: what [`loan`](Self::loan) and [`send_loan`](Self::send_loan) fail
+    /// with, in one list.
     pub fn send(
         &self,
         peer: impl Into<PeerRef>,
         meta: FrameMeta,
         payload: &[u8],
-    ) -> Result<(), SendError> {
-        self.send_until(peer, meta, payload, Deadline::Never)
+    ) -> Result<(), SendCopyError> {
+        let peer = peer.into();
+        loop {
+            match self.send_until(peer, meta, payload, Deadline::Never) {
+                Ok(()) => return Ok(()),
+                Err(TrySendCopyError::Failed(error)) => return Err(error),
+                // No deadline passes: not reached, and would mean sending again.
+                Err(TrySendCopyError::Full | TrySendCopyError::NoFreeSlots { .. }) => {}
+            }
+        }
     }
 
-    /// [`send`](Self::send) without waiting: [`SendError::Full`] or [`SendError::NoFreeSlots`].
+    /// [`send`](Self::send) without waiting.
     ///
     /// # Errors
-    /// As [`send`](Self::send), and those two.
+    /// [`TrySendCopyError::Full`] when the ring is full; [`TrySendCopyError::NoFreeSlots`] when
+    /// the payload needs a slot and none is free; [`TrySendCopyError::Failed`] with what
+    /// [`send`](Self::send) fails with.
     pub fn try_send(
         &self,
         peer: impl Into<PeerRef>,
         meta: FrameMeta,
         payload: &[u8],
-    ) -> Result<(), SendError> {
-        self.send_until(peer, meta, payload, Deadline::Now)
+    ) -> Result<(), TrySendCopyError> {
+        self.send_until(peer.into(), meta, payload, Deadline::Now)
     }
 
     /// [`send`](Self::send), waiting at most `timeout` (for a slot and for room together).
     ///
     /// # Errors
-    /// As [`send`](Self::send), and [`SendError::Timeout`].
+    /// [`SendCopyTimeoutError::Timeout`] after it; [`SendCopyTimeoutError::Failed`] with what
+    /// [`send`](Self::send) fails with.
     pub fn send_timeout(
         &self,
         peer: impl Into<PeerRef>,
         meta: FrameMeta,
         payload: &[u8],
         timeout: Duration,
-    ) -> Result<(), SendError> {
-        self.send_until(peer, meta, payload, Deadline::after(timeout))
+    ) -> Result<(), SendCopyTimeoutError> {
+        self.send_until(peer.into(), meta, payload, Deadline::after(timeout))
+            .map_err(|error| match error {
+                TrySendCopyError::Failed(error) => SendCopyTimeoutError::Failed(error),
+                TrySendCopyError::Full | TrySendCopyError::NoFreeSlots { .. } => {
+                    SendCopyTimeoutError::Timeout
+                }
+            })
     }
 
+    /// The sends of a copy: [`TrySendCopyError::NoFreeSlots`] when `deadline` passes
+    /// (`Deadline::Now`: at once) with the class empty, [`TrySendCopyError::Full`] when it
+    /// passes with the ring full.
     fn send_until(
         &self,
-        peer: impl Into<PeerRef>,
+        peer: PeerRef,
         meta: FrameMeta,
         payload: &[u8],
         deadline: Deadline,
-    ) -> Result<(), SendError> {
-        let peer = peer.into();
-        let link = self.link(peer)?;
+    ) -> Result<(), TrySendCopyError> {
+        let link = self.link(peer).map_err(SendCopyError::from)?;
         let gone = || self.target_gone(link, peer);
         let mut loan = self.core.endpoint.loan(payload.len(), deadline, &gone)?;
         loan.as_mut_slice().copy_from_slice(payload);
-        let sent = link
-            .send(&self.core.endpoint, meta, loan, deadline, &gone)
-            .map_err(SendTimeoutError::into_send_error);
-        if let Err(error) = &sent {
-            self.evict_on_ring_fault(error);
+        match link.send(&self.core.endpoint, meta, loan, deadline, &gone) {
+            Ok(()) => Ok(()),
+            Err(SendTimeoutError::Timeout(_)) => Err(TrySendCopyError::Full),
+            Err(SendTimeoutError::Failed(error)) => {
+                self.evict_on_ring_fault(&error);
+                Err(SendCopyError::from(error).into())
+            }
         }
-        sent
     }
 
     /// Receive the next frame from any peer, waiting as long as it takes; [`Frame::peer`] says
@@ -870,24 +919,37 @@ impl Host {
     ///
     /// # Errors
     /// [`RecvError::BadDescriptor`] or [`RecvError::Ring`] naming a peer that broke the protocol
-    /// (R3); [`RecvError::Futex`].
+    /// (R3); [`RecvError::Futex`]. (A receive from any peer is never
+    /// [`Disconnected`](RecvError::Disconnected): peers come and go.)
     pub fn recv(&self) -> Result<Frame, RecvError> {
-        self.recv_until(Deadline::Never)
+        loop {
+            match self.recv_until(Deadline::Never) {
+                Ok(frame) => return Ok(frame),
+                Err(RecvTimeoutError::Failed(error)) => return Err(error),
+                // No deadline passes: not reached, and would mean waiting on.
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+        }
     }
 
-    /// [`recv`](Self::recv) without waiting: [`RecvError::Empty`] when nothing is there.
+    /// [`recv`](Self::recv) without waiting.
     ///
     /// # Errors
-    /// As [`recv`](Self::recv), and `Empty`.
-    pub fn try_recv(&self) -> Result<Frame, RecvError> {
-        self.poll_any().unwrap_or(Err(RecvError::Empty))
+    /// [`TryRecvError::Empty`] when nothing is there; [`TryRecvError::Failed`] with what
+    /// [`recv`](Self::recv) fails with.
+    pub fn try_recv(&self) -> Result<Frame, TryRecvError> {
+        match self.poll_any() {
+            Some(result) => Ok(result?),
+            None => Err(TryRecvError::Empty),
+        }
     }
 
-    /// [`recv`](Self::recv), waiting at most `timeout`: [`RecvError::Timeout`] after it.
+    /// [`recv`](Self::recv), waiting at most `timeout`.
     ///
     /// # Errors
-    /// As [`recv`](Self::recv), and `Timeout`.
-    pub fn recv_timeout(&self, timeout: Duration) -> Result<Frame, RecvError> {
+    /// [`RecvTimeoutError::Timeout`] after it; [`RecvTimeoutError::Failed`] with what
+    /// [`recv`](Self::recv) fails with.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Frame, RecvTimeoutError> {
         self.recv_until(Deadline::after(timeout))
     }
 
@@ -899,27 +961,30 @@ impl Host {
     /// its ring is taken, since no process of the host's is its producer yet.
     ///
     /// # Errors
-    /// As [`recv_timeout`](Self::recv_timeout); [`RecvError::PeerNotActive`] when the peer
+    /// As [`recv_timeout`](Self::recv_timeout) ([`RecvTimeoutError::Timeout`] only with a
+    /// timeout); [`RecvError::Disconnected`] with [`Disconnect::PeerNotActive`] when the peer
     /// does not exist, is neither attached, reserved nor leaving, or left (and its frames were
-    /// all taken) while the call waits.
+    /// all taken) while the call waits, with [`Disconnect::PeerGone`] when `peer` is a
+    /// [`PeerId`] whose life is over.
     pub fn recv_from(
         &self,
         peer: impl Into<PeerRef>,
         timeout: Option<Duration>,
-    ) -> Result<Frame, RecvError> {
+    ) -> Result<Frame, RecvTimeoutError> {
         let peer = peer.into();
         let Some(link) = self.core.links.get(usize::from(peer.index)) else {
-            return Err(RecvError::PeerNotActive {
+            return Err(RecvError::Disconnected(Disconnect::PeerNotActive {
                 peer: peer.index,
                 state: PeerState::Empty,
-            });
+            })
+            .into());
         };
         if let Some(result) = self.poll_one(link, peer.epoch) {
-            return result;
+            return Ok(result?);
         }
         let until = timeout.map(|timeout| Instant::now() + timeout);
         let bell = [Doorbell::new(link.in_bell(&self.core.endpoint.segment))];
-        self.wait_sliced(&bell, || self.poll_one(link, peer.epoch), until)?
+        Ok(self.wait_sliced(&bell, || self.poll_one(link, peer.epoch), until)??)
     }
 
     /// One look at `link`'s send ring, if its peer's state lets the host read it (see
@@ -931,9 +996,9 @@ impl Host {
         if let Some(epoch) = epoch
             && link.id().epoch() != epoch
         {
-            return Some(Err(RecvError::PeerGone {
+            return Some(Err(RecvError::Disconnected(Disconnect::PeerGone {
                 peer: PeerId::new(peer, epoch),
-            }));
+            })));
         }
         match self.core.endpoint.segment.peer_state(peer) {
             PeerState::Reserved => None,
@@ -941,7 +1006,10 @@ impl Host {
                 match link.try_recv_life(&self.core.endpoint, epoch) {
                     Ok(Some(frame)) => Some(Ok(frame)),
                     Ok(None) if state == PeerState::Dying => {
-                        Some(Err(RecvError::PeerNotActive { peer, state }))
+                        Some(Err(RecvError::Disconnected(Disconnect::PeerNotActive {
+                            peer,
+                            state,
+                        })))
                     }
                     Ok(None) => None,
                     Err(error) => {
@@ -950,7 +1018,10 @@ impl Host {
                     }
                 }
             }
-            state => Some(Err(RecvError::PeerNotActive { peer, state })),
+            state => Some(Err(RecvError::Disconnected(Disconnect::PeerNotActive {
+                peer,
+                state,
+            }))),
         }
     }
 
@@ -995,12 +1066,13 @@ impl Host {
         }
     }
 
-    fn recv_until(&self, deadline: Deadline) -> Result<Frame, RecvError> {
+    /// The receives from any peer: [`RecvTimeoutError::Timeout`] when `deadline` passes.
+    fn recv_until(&self, deadline: Deadline) -> Result<Frame, RecvTimeoutError> {
         if let Some(result) = self.poll_any() {
-            return result;
+            return Ok(result?);
         }
         let until = match deadline {
-            Deadline::Now => return Err(RecvError::Empty),
+            Deadline::Now => return Err(RecvTimeoutError::Timeout),
             Deadline::Never => None,
             Deadline::At(at) => Some(at),
         };
@@ -1011,10 +1083,10 @@ impl Host {
             .map(|p| Doorbell::new(segment.peer(p).send_bell))
             .collect();
         bells.push(Doorbell::new(segment.host_bell()));
-        self.wait_sliced(&bells, || self.poll_any(), until)?
+        Ok(self.wait_sliced(&bells, || self.poll_any(), until)??)
     }
 
-    /// Wait on `bells` until `poll` yields or `until` passes ([`RecvError::Timeout`]), in
+    /// Wait on `bells` until `poll` yields or `until` passes ([`RecvTimeoutError::Timeout`]), in
     /// slices of at most [`WAIT_SLICE`], looking again after each (R4): the waiter bits are
     /// words any peer can clear, and a peer that clears one after the host announced itself
     /// makes the next ring skip its wake. The host then finds the frame at its next look
@@ -1024,7 +1096,7 @@ impl Host {
         bells: &[Doorbell<'_>],
         mut poll: impl FnMut() -> Option<T>,
         until: Option<Instant>,
-    ) -> Result<T, RecvError> {
+    ) -> Result<T, RecvTimeoutError> {
         loop {
             let slice_end = Instant::now() + WAIT_SLICE;
             let slice = until.map_or(slice_end, |at| at.min(slice_end));
@@ -1032,10 +1104,10 @@ impl Host {
                 Ok(value) => return Ok(value),
                 Err(WaitError::TimedOut) => {
                     if until.is_some_and(|at| Instant::now() >= at) {
-                        return Err(RecvError::Timeout);
+                        return Err(RecvTimeoutError::Timeout);
                     }
                 }
-                Err(WaitError::Futex(error)) => return Err(error.into()),
+                Err(WaitError::Futex(error)) => return Err(RecvError::Futex(error).into()),
             }
         }
     }
@@ -1048,7 +1120,7 @@ impl Host {
     ///
     /// The protocol, in an event loop of your own (R11):
     ///
-    /// 1. [`try_recv`](Self::try_recv) until it says [`RecvError::Empty`];
+    /// 1. [`try_recv`](Self::try_recv) until it says [`TryRecvError::Empty`];
     /// 2. [`arm`](Self::arm), then [`try_recv`](Self::try_recv) once more: a frame that came
     ///    between the two is found here;
     /// 3. still empty: wait until the descriptor is readable, [`clear_ready`](Self::clear_ready),
@@ -1062,14 +1134,14 @@ impl Host {
     /// nothing.
     ///
     /// ```
-    /// use hub_transport::{Host, HubConfig, Peer, RecvError, FrameMeta};
+    /// use hub_transport::{Host, HubConfig, Peer, TryRecvError, FrameMeta};
     /// use std::os::fd::AsFd;
     ///
     /// let host = Host::create(&HubConfig { max_peers: 1, ..HubConfig::default() })?;
     /// let peer = Peer::attach(&host.add_peer()?)?;
-    /// assert!(matches!(host.try_recv(), Err(RecvError::Empty)));
+    /// assert!(matches!(host.try_recv(), Err(TryRecvError::Empty)));
     /// host.arm();
-    /// assert!(matches!(host.try_recv(), Err(RecvError::Empty)));
+    /// assert!(matches!(host.try_recv(), Err(TryRecvError::Empty)));
     /// peer.send(FrameMeta::default(), b"hi")?; // the host is armed: the descriptor is written
     /// let mut fds = [rustix::event::PollFd::new(&host, rustix::event::PollFlags::IN)]; // Host: AsFd
     /// assert_eq!(rustix::event::poll(&mut fds, None)?, 1);
@@ -1162,10 +1234,10 @@ impl Host {
         let peer = peer.into();
         match self.core.links.get(usize::from(peer.index)) {
             Some(link) => self.poll_one(link, peer.epoch),
-            None => Some(Err(RecvError::PeerNotActive {
+            None => Some(Err(RecvError::Disconnected(Disconnect::PeerNotActive {
                 peer: peer.index,
                 state: PeerState::Empty,
-            })),
+            }))),
         }
     }
 
@@ -1182,7 +1254,7 @@ impl Host {
     }
 
     /// Leave the hub: tell every peer (goodbye, R12), so their blocked calls return
-    /// [`RecvError::HostGone`] / [`SendError::HostGone`] at once. Dropping the host does the same.
+    /// [`Disconnect::HostGone`] at once. Dropping the host does the same.
     pub fn close(self) {}
 
     fn say_goodbye(&self) {

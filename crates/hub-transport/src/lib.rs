@@ -38,6 +38,33 @@
 //! assert!(frame.payload().iter().all(|&b| b == 0xab));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! # Errors
+//!
+//! Each kind of call has its error type, with the variants that call can fail with, in the
+//! style of crossbeam-channel: the `try_` and `_timeout` forms wrap the error of the blocking
+//! form in `Failed`, beside what they add (a full ring, an empty class, a deadline), and give
+//! the loan back when a send of one did not happen.
+//!
+//! | calls | error |
+//! |-------|-------|
+//! | `loan` | [`LoanError`] |
+//! | `try_loan` | [`TryLoanError`]: [`NoFreeSlots`](TryLoanError::NoFreeSlots), or [`Failed`](TryLoanError::Failed) with a [`LoanError`] |
+//! | `loan_timeout` | [`LoanTimeoutError`]: [`Timeout`](LoanTimeoutError::Timeout), or `Failed` |
+//! | `send_loan` | [`SendError`] |
+//! | `try_send_loan` | [`TrySendError`]: [`Full`](TrySendError::Full) with the loan back, or `Failed` with a [`SendError`] |
+//! | `send_loan_timeout` | [`SendTimeoutError`]: [`Timeout`](SendTimeoutError::Timeout) with the loan back, or `Failed` |
+//! | `send` (a copy) | [`SendCopyError`]: what a loan and the send of a loan can fail with, in one list |
+//! | `try_send` | [`TrySendCopyError`]: [`Full`](TrySendCopyError::Full), [`NoFreeSlots`](TrySendCopyError::NoFreeSlots), or `Failed` |
+//! | `send_timeout` | [`SendCopyTimeoutError`]: [`Timeout`](SendCopyTimeoutError::Timeout), or `Failed` |
+//! | `recv` | [`RecvError`] |
+//! | `try_recv` | [`TryRecvError`]: [`Empty`](TryRecvError::Empty), or `Failed` with a [`RecvError`] |
+//! | `recv_timeout`, the host's `recv_from` | [`RecvTimeoutError`]: [`Timeout`](RecvTimeoutError::Timeout), or `Failed` |
+//!
+//! The `aio` futures fail as the blocking forms do. The other side gone for good is one
+//! variant in each, `Disconnected`, holding a [`Disconnect`] that says how (the host left, the
+//! peer is not attached, a [`PeerId`]'s life is over); every type answers `is_disconnected()`
+//! and `disconnect()`, looking through `Failed`.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -51,6 +78,8 @@ pub mod signal;
 
 #[cfg(not(loom))]
 mod audit;
+#[cfg(not(loom))]
+mod error;
 #[cfg(not(loom))]
 mod host;
 #[cfg(not(loom))]
@@ -78,12 +107,15 @@ mod loom_recovery;
 #[cfg(not(loom))]
 pub use audit::AllocatorDamage;
 #[cfg(not(loom))]
+pub use error::{
+    Disconnect, LoanError, LoanTimeoutError, RecvError, RecvTimeoutError, SendCopyError,
+    SendCopyTimeoutError, SendError, SendTimeoutError, TryLoanError, TryRecvError,
+    TrySendCopyError, TrySendError,
+};
+#[cfg(not(loom))]
 pub use host::{Host, HostError, PeerInfo, Recovery};
 #[cfg(not(loom))]
-pub use link::{
-    DescriptorFault, Frame, FrameMeta, Loan, PeerId, PeerRef, RecvError, SendError,
-    SendTimeoutError, TrySendError,
-};
+pub use link::{DescriptorFault, Frame, FrameMeta, Loan, PeerId, PeerRef};
 #[cfg(not(loom))]
 pub use peer::Peer;
 #[cfg(not(loom))]

@@ -16,7 +16,10 @@ use hub_layout::{
     INLINE_PAYLOAD_SIZE, INLINE_PAYLOAD_SLOT, MsgDescHot, NO_DEADLINE, PeerEntry, SlotState,
 };
 
-use crate::futex::{self, FutexError, WAKE_ALL};
+use crate::error::{
+    Disconnect, LoanError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryLoanError,
+};
+use crate::futex::{self, WAKE_ALL};
 use crate::mapping::SegmentMapping;
 use crate::ready::EventFd;
 use crate::ring::{Consumer, Producer, PushError, RingError};
@@ -153,11 +156,11 @@ pub enum DescriptorFault {
 ///
 /// The host's calls accept a `PeerId` wherever they take a peer (see [`PeerRef`]): a reply
 /// sent to the `PeerId` a frame came from ([`Frame::peer_id`]) fails with
-/// [`SendError::PeerGone`] once that plugin is gone, and never reaches the next tenant of the
+/// [`Disconnect::PeerGone`] once that plugin is gone, and never reaches the next tenant of the
 /// same entry. A bare `u16` index means whoever holds the entry now.
 ///
 /// ```
-/// use hub_transport::{FrameMeta, Host, HubConfig, Peer, SendError};
+/// use hub_transport::{Disconnect, FrameMeta, Host, HubConfig, Peer, SendCopyError};
 ///
 /// let host = Host::create(&HubConfig { max_peers: 1, ..HubConfig::default() })?;
 /// let first = Peer::attach(&host.add_peer()?)?;
@@ -169,7 +172,10 @@ pub enum DescriptorFault {
 /// host.recover_peer(asker.index())?; // (the supervisor does this by itself, soon)
 /// let _second = Peer::attach(&host.add_peer()?)?; // the same entry, a new life
 /// let late = host.send(asker, FrameMeta::default(), b"late reply");
-/// assert!(matches!(late, Err(SendError::PeerGone { peer }) if peer == asker));
+/// assert!(matches!(
+///     late,
+///     Err(SendCopyError::Disconnected(Disconnect::PeerGone { peer })) if peer == asker
+/// ));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -223,214 +229,6 @@ impl From<PeerId> for PeerRef {
         Self {
             index: id.index,
             epoch: Some(id.epoch),
-        }
-    }
-}
-
-/// Why a send failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum SendError {
-    /// `try_send`: the ring to the receiver is full.
-    #[error("the ring is full")]
-    Full,
-    /// `try_send`: the payload needs a slot and its class (and every larger one) is empty.
-    #[error("no free slot of class {class} or larger")]
-    NoFreeSlots {
-        /// The smallest class that fits.
-        class: u16,
-    },
-    /// `send_timeout`: the deadline passed while the ring was full or the class empty.
-    #[error("the deadline passed before the frame could be sent")]
-    Timeout,
-    /// The payload is larger than the largest slot (16 MiB).
-    #[error("payload of {len} bytes is larger than the largest slot ({max} bytes)")]
-    PayloadTooLarge {
-        /// Bytes to send.
-        len: usize,
-        /// The largest slot size.
-        max: usize,
-    },
-    /// The host has no peer entry with this id.
-    #[error("no peer {0}")]
-    UnknownPeer(u16),
-    /// The receiving peer is not attached (its entry is in another state).
-    #[error("peer {peer} is {state}")]
-    PeerNotActive {
-        /// The peer.
-        peer: u16,
-        /// Its state.
-        state: crate::PeerState,
-    },
-    /// The host has left the hub.
-    #[error("the host has left the hub")]
-    HostGone,
-    /// The life of the peer this [`PeerId`] names is over: the entry is another peer's now,
-    /// or nobody's.
-    #[error("peer {peer} is gone (its entry has another life)")]
-    PeerGone {
-        /// The id the call named.
-        peer: PeerId,
-    },
-    /// The ring's indices break the protocol (R3); the culprit is the receiving side.
-    #[error("the ring to peer {peer} is corrupted: {source}")]
-    Ring {
-        /// The peer whose ring it is.
-        peer: u16,
-        /// What is wrong.
-        source: RingError,
-    },
-    /// The allocator failed (corruption, growth refused, ...).
-    #[error(transparent)]
-    Alloc(SlabError),
-    /// The futex system call failed.
-    #[error(transparent)]
-    Futex(#[from] FutexError),
-}
-
-impl SendError {
-    /// Whether the other side is gone for good, whichever way: the host left
-    /// ([`HostGone`](Self::HostGone)), the peer is not attached
-    /// ([`PeerNotActive`](Self::PeerNotActive)) or its life is over
-    /// ([`PeerGone`](Self::PeerGone)). Retrying cannot succeed; a new peer needs a new id.
-    ///
-    /// ```
-    /// use hub_transport::{PeerId, SendError};
-    /// assert!(SendError::HostGone.is_disconnected());
-    /// assert!(SendError::PeerGone { peer: PeerId::new(0, 3) }.is_disconnected());
-    /// assert!(!SendError::Full.is_disconnected());
-    /// ```
-    pub fn is_disconnected(&self) -> bool {
-        matches!(
-            self,
-            Self::HostGone | Self::PeerNotActive { .. } | Self::PeerGone { .. }
-        )
-    }
-}
-
-impl RecvError {
-    /// Whether the other side is gone for good (see [`SendError::is_disconnected`]): nothing
-    /// more will come from it.
-    pub fn is_disconnected(&self) -> bool {
-        matches!(
-            self,
-            Self::HostGone | Self::PeerNotActive { .. } | Self::PeerGone { .. }
-        )
-    }
-}
-
-/// Why a [`try_send_loan`](crate::Host::try_send_loan) did not send.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum TrySendError {
-    /// The ring to the receiver is full: the loan comes back, unsent and still the sender's.
-    #[error("the ring is full")]
-    Full(Loan),
-    /// The send failed for good; the loan was dropped, which freed its slot.
-    #[error(transparent)]
-    Failed(SendError),
-}
-
-impl TrySendError {
-    /// The loan back, if the ring was full.
-    pub fn into_loan(self) -> Option<Loan> {
-        match self {
-            Self::Full(loan) => Some(loan),
-            Self::Failed(_) => None,
-        }
-    }
-}
-
-/// Why a [`send_loan_timeout`](crate::Host::send_loan_timeout) did not send.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum SendTimeoutError {
-    /// The deadline passed while the ring was full: the loan comes back, unsent and still the
-    /// sender's.
-    #[error("the deadline passed before the frame could be sent")]
-    Timeout(Loan),
-    /// The send failed for good; the loan was dropped, which freed its slot.
-    #[error(transparent)]
-    Failed(SendError),
-}
-
-impl SendTimeoutError {
-    /// The loan back, if the deadline passed.
-    pub fn into_loan(self) -> Option<Loan> {
-        match self {
-            Self::Timeout(loan) => Some(loan),
-            Self::Failed(_) => None,
-        }
-    }
-
-    /// As a [`SendError`] (the loan, if any, dropped): what the sends that copy report.
-    pub(crate) fn into_send_error(self) -> SendError {
-        match self {
-            Self::Timeout(_) => SendError::Timeout,
-            Self::Failed(error) => error,
-        }
-    }
-}
-
-/// Why a receive failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum RecvError {
-    /// `try_recv`: nothing to receive.
-    #[error("nothing to receive")]
-    Empty,
-    /// `recv_timeout`: the deadline passed with nothing to receive.
-    #[error("the deadline passed with nothing to receive")]
-    Timeout,
-    /// A descriptor broke the protocol (R3); `peer` is the sender at fault (on a peer's end,
-    /// the peer's own id: the fault is the host's).
-    #[error("bad descriptor on the ring of peer {peer}: {fault}")]
-    BadDescriptor {
-        /// The peer whose ring it came through.
-        peer: u16,
-        /// What is wrong.
-        fault: DescriptorFault,
-    },
-    /// The ring's indices break the protocol (R3).
-    #[error("the ring of peer {peer} is corrupted: {source}")]
-    Ring {
-        /// The peer whose ring it is.
-        peer: u16,
-        /// What is wrong.
-        source: RingError,
-    },
-    /// The peer this call waits on is not attached.
-    #[error("peer {peer} is {state}")]
-    PeerNotActive {
-        /// The peer.
-        peer: u16,
-        /// Its state.
-        state: crate::PeerState,
-    },
-    /// The host has left the hub.
-    #[error("the host has left the hub")]
-    HostGone,
-    /// The life of the peer this [`PeerId`] names is over: the entry is another peer's now,
-    /// or nobody's.
-    #[error("peer {peer} is gone (its entry has another life)")]
-    PeerGone {
-        /// The id the call named.
-        peer: PeerId,
-    },
-    /// The futex system call failed.
-    #[error(transparent)]
-    Futex(#[from] FutexError),
-    /// The event loop's wait on the readiness descriptor failed (the reactor is gone).
-    #[error("waiting on the readiness descriptor failed: {0}")]
-    Readiness(std::io::Error),
-}
-
-impl From<SlabError> for SendError {
-    fn from(error: SlabError) -> Self {
-        match error {
-            SlabError::NoFreeSlots { class } => SendError::NoFreeSlots { class },
-            SlabError::PayloadTooLarge { len, max } => SendError::PayloadTooLarge { len, max },
-            other => SendError::Alloc(other),
         }
     }
 }
@@ -535,13 +333,14 @@ impl Endpoint {
     }
 
     /// A slot of at least `len` bytes, waiting for one as `deadline` allows (R11: an empty
-    /// class blocks and wakes when a slot is freed).
+    /// class blocks and wakes when a slot is freed). [`TryLoanError::NoFreeSlots`] when the
+    /// deadline passes (`Deadline::Now`: at once) with the class still empty.
     fn alloc(
         &self,
         len: usize,
         deadline: Deadline,
-        gone: &dyn Fn() -> Option<SendError>,
-    ) -> Result<SlotHandle, SendError> {
+        gone: &dyn Fn() -> Option<Disconnect>,
+    ) -> Result<SlotHandle, TryLoanError> {
         let backoff = Backoff::new();
         loop {
             let class = match self.slab.alloc(len) {
@@ -552,13 +351,11 @@ impl Endpoint {
                 Err(SlabError::NoFreeSlots { class }) => class,
                 Err(error) => return Err(error.into()),
             };
-            match deadline {
-                Deadline::Now => return Err(SendError::NoFreeSlots { class }),
-                _ if deadline.passed() => return Err(SendError::Timeout),
-                _ => {}
+            if deadline.passed() {
+                return Err(TryLoanError::NoFreeSlots { class });
             }
-            if let Some(error) = gone() {
-                return Err(error);
+            if let Some(disconnect) = gone() {
+                return Err(LoanError::Disconnected(disconnect).into());
             }
             if self.mode() == WaitMode::Spin
                 || (self.mode() == WaitMode::Adaptive && !backoff.is_completed())
@@ -572,12 +369,14 @@ impl Endpoint {
                 self.slab.slot_available_word(class),
                 self.slab.announce_waiter(class),
             ) else {
-                return Err(SendError::NoFreeSlots { class });
+                // The class the allocator named has no word to wait on: it cannot wait.
+                return Err(LoanError::Alloc(SlabError::NoFreeSlots { class }).into());
             };
             if self.slab.has_free_slot(class) {
                 continue;
             }
-            futex::wait(word, seen, Some(deadline.slice(Duration::from_millis(20))))?;
+            futex::wait(word, seen, Some(deadline.slice(Duration::from_millis(20))))
+                .map_err(LoanError::Futex)?;
         }
     }
 
@@ -604,13 +403,14 @@ impl Endpoint {
         }
     }
 
-    /// A buffer of `len` bytes to fill and send: inline when it fits a descriptor, else a slot.
+    /// A buffer of `len` bytes to fill and send: inline when it fits a descriptor, else a slot,
+    /// waiting for one as `deadline` allows ([`TryLoanError::NoFreeSlots`] when it passes).
     pub fn loan(
         self: &Arc<Self>,
         len: usize,
         deadline: Deadline,
-        gone: &dyn Fn() -> Option<SendError>,
-    ) -> Result<Loan, SendError> {
+        gone: &dyn Fn() -> Option<Disconnect>,
+    ) -> Result<Loan, TryLoanError> {
         if len <= INLINE_PAYLOAD_SIZE {
             return Ok(Loan {
                 endpoint: Arc::clone(self),
@@ -619,7 +419,7 @@ impl Endpoint {
             });
         }
         let handle = self.alloc(len, deadline, gone)?;
-        let ptr = self.slab.slot_data(handle).map_err(SendError::Alloc)?;
+        let ptr = self.slab.slot_data(handle).map_err(LoanError::Alloc)?;
         Ok(Loan {
             endpoint: Arc::clone(self),
             len,
@@ -823,7 +623,7 @@ impl Link {
         endpoint: &Endpoint,
         meta: FrameMeta,
         loan: Loan,
-        gone: &dyn Fn() -> Option<SendError>,
+        gone: &dyn Fn() -> Option<Disconnect>,
     ) -> Result<Option<Loan>, SendError> {
         let mut desc = meta.to_desc();
         desc.payload_len = loan.len as u32;
@@ -845,8 +645,8 @@ impl Link {
         let mut producer = lock(&self.producer);
         // Under the lock: a recovery of the receiver (R10) that this call waited for has made
         // it gone; do not publish into its fresh ring.
-        if let Some(error) = gone() {
-            return Err(error);
+        if let Some(disconnect) = gone() {
+            return Err(SendError::Disconnected(disconnect));
         }
         if !producer.has_room().map_err(ring_error)? {
             return Ok(Some(loan));
@@ -870,25 +670,27 @@ impl Link {
                 if let Some(handle) = slot {
                     endpoint.free(handle);
                 }
-                Err(match error {
-                    PushError::Full => SendError::Full,
-                    PushError::Fault(source) => ring_error(source),
-                })
+                match error {
+                    PushError::Fault(source) => Err(ring_error(source)),
+                    // `has_room` said yes under this lock, from this handle's private indices
+                    // alone, and nothing but this push moves them.
+                    PushError::Full => unreachable!("a push after has_room found the ring full"),
+                }
             }
         }
     }
 
     /// Send a filled loan with `meta`, waiting for room as `deadline` allows (see
-    /// [`try_send`](Self::try_send)). A deadline that passes gives the loan back
-    /// ([`SendTimeoutError::Timeout`]); on any other failure the loan is dropped, which frees
-    /// its slot.
+    /// [`try_send`](Self::try_send)). A deadline that passes (`Deadline::Now`: at once, the
+    /// ring being full) gives the loan back ([`SendTimeoutError::Timeout`]); on any other
+    /// failure the loan is dropped, which frees its slot.
     pub fn send(
         &self,
         endpoint: &Endpoint,
         meta: FrameMeta,
         mut loan: Loan,
         deadline: Deadline,
-        gone: &dyn Fn() -> Option<SendError>,
+        gone: &dyn Fn() -> Option<Disconnect>,
     ) -> Result<(), SendTimeoutError> {
         let backoff = Backoff::new();
         let mut nap = Duration::from_micros(50);
@@ -898,13 +700,11 @@ impl Link {
                 Ok(Some(back)) => loan = back,
                 Err(error) => return Err(SendTimeoutError::Failed(error)),
             }
-            match deadline {
-                Deadline::Now => return Err(SendTimeoutError::Failed(SendError::Full)),
-                _ if deadline.passed() => return Err(SendTimeoutError::Timeout(loan)),
-                _ => {}
+            if deadline.passed() {
+                return Err(SendTimeoutError::Timeout(loan));
             }
-            if let Some(error) = gone() {
-                return Err(SendTimeoutError::Failed(error));
+            if let Some(disconnect) = gone() {
+                return Err(SendError::Disconnected(disconnect).into());
             }
             // A full ring: the consumer does not ring a bell when it makes room (that would
             // cost every pop a fence), so the producer backs off, then naps, at most 1 ms.
@@ -938,9 +738,9 @@ impl Link {
         if let Some(epoch) = epoch
             && self.id().epoch() != epoch
         {
-            return Err(RecvError::PeerGone {
+            return Err(RecvError::Disconnected(Disconnect::PeerGone {
                 peer: PeerId::new(self.peer, epoch),
-            });
+            }));
         }
         let desc = consumer.try_pop().map_err(|source| RecvError::Ring {
             peer: self.peer,
@@ -952,18 +752,20 @@ impl Link {
         }
     }
 
-    /// Wait for one frame, as `deadline` allows, in the endpoint's wait mode (R11).
+    /// Wait for one frame, as `deadline` allows, in the endpoint's wait mode (R11):
+    /// [`RecvTimeoutError::Timeout`] when it passes (`Deadline::Now`: at once, the ring being
+    /// empty).
     pub fn recv(
         &self,
         endpoint: &Arc<Endpoint>,
         deadline: Deadline,
-        gone: &dyn Fn() -> Option<RecvError>,
-    ) -> Result<Frame, RecvError> {
+        gone: &dyn Fn() -> Option<Disconnect>,
+    ) -> Result<Frame, RecvTimeoutError> {
         if let Some(frame) = self.try_recv(endpoint)? {
             return Ok(frame);
         }
         if let Deadline::Now = deadline {
-            return Err(RecvError::Empty);
+            return Err(RecvTimeoutError::Timeout);
         }
         let bell = Doorbell::new(self.in_bell(&endpoint.segment));
         loop {
@@ -974,20 +776,20 @@ impl Link {
                 _ => Some(slice_end),
             };
             let poll = || match self.try_recv(endpoint) {
-                Ok(None) => gone().map(Err),
+                Ok(None) => gone().map(|disconnect| Err(RecvError::Disconnected(disconnect))),
                 other => other.transpose(),
             };
             match bell.wait_for(poll, until, endpoint.mode()) {
-                Ok(result) => return result,
+                Ok(result) => return Ok(result?),
                 Err(WaitError::TimedOut) => {
                     if deadline.passed() {
-                        return Err(RecvError::Timeout);
+                        return Err(RecvTimeoutError::Timeout);
                     }
-                    if let Some(error) = gone() {
-                        return Err(error);
+                    if let Some(disconnect) = gone() {
+                        return Err(RecvError::Disconnected(disconnect).into());
                     }
                 }
-                Err(WaitError::Futex(error)) => return Err(error.into()),
+                Err(WaitError::Futex(error)) => return Err(RecvError::Futex(error).into()),
             }
         }
     }
@@ -1236,7 +1038,7 @@ impl Frame {
     }
 
     /// The life of the peer the frame came through: on the host's side, the sender as it was
-    /// when the frame was received; a reply sent to it fails with [`SendError::PeerGone`]
+    /// when the frame was received; a reply sent to it fails with [`Disconnect::PeerGone`]
     /// once that peer is gone, instead of reaching the entry's next tenant.
     pub fn peer_id(&self) -> PeerId {
         self.peer

@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use hub_alloc::{OwnerId, SlabError};
 
-use crate::link::{
-    Deadline, Endpoint, Frame, FrameMeta, Link, Loan, RECV_BELL, RecvError, SEND_BELL, SendError,
-    SendTimeoutError, TrySendError,
+use crate::error::{
+    Disconnect, LoanError, LoanTimeoutError, RecvError, RecvTimeoutError, SendCopyError,
+    SendCopyTimeoutError, SendError, SendTimeoutError, TryLoanError, TryRecvError,
+    TrySendCopyError, TrySendError,
 };
+use crate::link::{Deadline, Endpoint, Frame, FrameMeta, Link, Loan, RECV_BELL, SEND_BELL};
 use crate::liveness::{Heartbeat, HostLife, ProcessWatch, WatchError};
 use crate::mapping::{Access, SegmentFile};
 use crate::ready::{EntryFds, EventFd, ReadyBridge, ReadySet};
@@ -32,12 +34,12 @@ use crate::ticket::{Source, SpecSource, Ticket, TicketSpec};
 /// file description of its own ([`HolderLock`](crate::mapping::HolderLock)) from creation
 /// until it is dropped or its process dies, and the kernel drops it then. The host-state word
 /// in the header is a hint: when it says "gone", the peer probes the lock on a description of
-/// its own (one non-blocking `flock`), and reports [`RecvError::HostGone`] /
-/// [`SendError::HostGone`] only when the probe succeeds, i.e. the lock is released. The
-/// heartbeat thread also waits on a pidfd of the host's process; its exit is believed only
-/// when the probe confirms it (the pid was read from the segment, so it may not be the
-/// host's). Once confirmed, "gone" is kept privately for good. A peer that forges the word
-/// costs honest peers one probe per check, never a `HostGone`.
+/// its own (one non-blocking `flock`), and reports [`Disconnect::HostGone`] only when the
+/// probe succeeds, i.e. the lock is released. The heartbeat thread also waits on a pidfd of
+/// the host's process; its exit is believed only when the probe confirms it (the pid was read
+/// from the segment, so it may not be the host's). Once confirmed, "gone" is kept privately
+/// for good. A peer that forges the word costs honest peers one probe per check, never a
+/// `HostGone`.
 pub struct Peer {
     /// Shared with every frame and loan of this peer: the peer's life (heartbeat, goodbye)
     /// ends with the last of them.
@@ -391,20 +393,15 @@ impl Peer {
         }
     }
 
-    fn send_gone(&self) -> Option<SendError> {
+    /// Whether the other side is gone for good: the host left ([`Disconnect::HostGone`]), or
+    /// evicted this peer ([`Disconnect::PeerNotActive`]).
+    fn gone(&self) -> Option<Disconnect> {
         if self.host.is_gone(&self.endpoint.segment) {
-            return Some(SendError::HostGone);
+            return Some(Disconnect::HostGone);
         }
-        self.evicted().map(|state| SendError::PeerNotActive {
+        self.evicted().map(|state| Disconnect::PeerNotActive {
             peer: self.id,
             state,
-        })
-    }
-
-    fn recv_gone(&self) -> Option<RecvError> {
-        self.send_gone().map(|error| match error {
-            SendError::PeerNotActive { peer, state } => RecvError::PeerNotActive { peer, state },
-            _ => RecvError::HostGone,
         })
     }
 
@@ -412,44 +409,66 @@ impl Peer {
     /// zero copy. Waits for a free slot as long as it takes.
     ///
     /// # Errors
-    /// [`SendError::PayloadTooLarge`]; [`SendError::HostGone`]; [`SendError::PeerNotActive`] when
-    /// the host evicted this peer; [`SendError::Alloc`].
-    pub fn loan(&self, len: usize) -> Result<Loan, SendError> {
-        self.loan_until(len, Deadline::Never)
+    /// [`LoanError::PayloadTooLarge`]; [`LoanError::Disconnected`] with
+    /// [`Disconnect::HostGone`] when the host left, with [`Disconnect::PeerNotActive`] when it
+    /// evicted this peer; [`LoanError::Alloc`]; [`LoanError::Futex`].
+    pub fn loan(&self, len: usize) -> Result<Loan, LoanError> {
+        loop {
+            match self.loan_until(len, Deadline::Never) {
+                Ok(loan) => return Ok(loan),
+                Err(TryLoanError::Failed(error)) => return Err(error),
+                // No deadline passes: not reached, and would mean waiting on.
+                Err(TryLoanError::NoFreeSlots { .. }) => {}
+            }
+        }
     }
 
-    /// [`loan`](Self::loan) without waiting: [`SendError::NoFreeSlots`] when none is free.
+    /// [`loan`](Self::loan) without waiting.
     ///
     /// # Errors
-    /// As [`loan`](Self::loan), and `NoFreeSlots`.
-    pub fn try_loan(&self, len: usize) -> Result<Loan, SendError> {
+    /// [`TryLoanError::NoFreeSlots`] when no slot is free; [`TryLoanError::Failed`] with what
+    /// [`loan`](Self::loan) fails with.
+    pub fn try_loan(&self, len: usize) -> Result<Loan, TryLoanError> {
         self.loan_until(len, Deadline::Now)
     }
 
     /// [`loan`](Self::loan), waiting at most `timeout`.
     ///
     /// # Errors
-    /// As [`loan`](Self::loan), and [`SendError::Timeout`].
-    pub fn loan_timeout(&self, len: usize, timeout: Duration) -> Result<Loan, SendError> {
+    /// [`LoanTimeoutError::Timeout`] after it; [`LoanTimeoutError::Failed`] with what
+    /// [`loan`](Self::loan) fails with.
+    pub fn loan_timeout(&self, len: usize, timeout: Duration) -> Result<Loan, LoanTimeoutError> {
         self.loan_until(len, Deadline::after(timeout))
+            .map_err(|error| match error {
+                TryLoanError::NoFreeSlots { .. } => LoanTimeoutError::Timeout,
+                TryLoanError::Failed(error) => LoanTimeoutError::Failed(error),
+            })
     }
 
     /// An evicted peer allocates nothing: its owner id may be another peer's by now (R6, R9).
-    fn loan_until(&self, len: usize, deadline: Deadline) -> Result<Loan, SendError> {
-        if let Some(error) = self.send_gone() {
-            return Err(error);
+    /// [`TryLoanError::NoFreeSlots`] when `deadline` passes with the class empty.
+    fn loan_until(&self, len: usize, deadline: Deadline) -> Result<Loan, TryLoanError> {
+        if let Some(disconnect) = self.gone() {
+            return Err(LoanError::Disconnected(disconnect).into());
         }
-        self.endpoint.loan(len, deadline, &|| self.send_gone())
+        self.endpoint.loan(len, deadline, &|| self.gone())
     }
 
     /// Send a filled loan to the host, waiting for room as long as it takes.
     ///
     /// # Errors
-    /// [`SendError::HostGone`]; [`SendError::PeerNotActive`] when the host evicted this peer;
-    /// [`SendError::Ring`].
-    pub fn send_loan(&self, meta: FrameMeta, loan: Loan) -> Result<(), SendError> {
-        self.send_loan_until(meta, loan, Deadline::Never)
-            .map_err(SendTimeoutError::into_send_error)
+    /// [`SendError::Disconnected`] with [`Disconnect::HostGone`] when the host left, with
+    /// [`Disconnect::PeerNotActive`] when it evicted this peer; [`SendError::Ring`];
+    /// [`SendError::Alloc`] when the loan's slot was changed under this peer.
+    pub fn send_loan(&self, meta: FrameMeta, mut loan: Loan) -> Result<(), SendError> {
+        loop {
+            match self.send_loan_until(meta, loan, Deadline::Never) {
+                Ok(()) => return Ok(()),
+                Err(SendTimeoutError::Failed(error)) => return Err(error),
+                // No deadline passes: not reached, and would mean sending again.
+                Err(SendTimeoutError::Timeout(back)) => loan = back,
+            }
+        }
     }
 
     /// [`send_loan`](Self::send_loan) without waiting: a full ring gives the loan back,
@@ -490,100 +509,137 @@ impl Peer {
         deadline: Deadline,
     ) -> Result<(), SendTimeoutError> {
         self.link
-            .send(&self.endpoint, meta, loan, deadline, &|| self.send_gone())
+            .send(&self.endpoint, meta, loan, deadline, &|| self.gone())
     }
 
     /// Copy `payload` into a frame and send it to the host, waiting for a slot and for room as
     /// long as it takes. Payloads of at most 16 bytes travel inline.
     ///
     /// # Errors
-    /// As [`send_loan`](Self::send_loan) and [`loan`](Self::loan).
-    pub fn send(&self, meta: FrameMeta, payload: &[u8]) -> Result<(), SendError> {
-        self.send_until(meta, payload, Deadline::Never)
+    /// [`SendCopyError`]: what [`loan`](Self::loan) and [`send_loan`](Self::send_loan) fail
+    /// with, in one list.
+    pub fn send(&self, meta: FrameMeta, payload: &[u8]) -> Result<(), SendCopyError> {
+        loop {
+            match self.send_until(meta, payload, Deadline::Never) {
+                Ok(()) => return Ok(()),
+                Err(TrySendCopyError::Failed(error)) => return Err(error),
+                // No deadline passes: not reached, and would mean sending again.
+                Err(TrySendCopyError::Full | TrySendCopyError::NoFreeSlots { .. }) => {}
+            }
+        }
     }
 
-    /// [`send`](Self::send) without waiting: [`SendError::Full`] or [`SendError::NoFreeSlots`].
+    /// [`send`](Self::send) without waiting.
     ///
     /// # Errors
-    /// As [`send`](Self::send), and those two.
-    pub fn try_send(&self, meta: FrameMeta, payload: &[u8]) -> Result<(), SendError> {
+    /// [`TrySendCopyError::Full`] when the ring is full; [`TrySendCopyError::NoFreeSlots`] when
+    /// the payload needs a slot and none is free; [`TrySendCopyError::Failed`] with what
+    /// [`send`](Self::send) fails with.
+    pub fn try_send(&self, meta: FrameMeta, payload: &[u8]) -> Result<(), TrySendCopyError> {
         self.send_until(meta, payload, Deadline::Now)
     }
 
-    /// [`send`](Self::send), waiting at most `timeout`.
+    /// [`send`](Self::send), waiting at most `timeout` (for a slot and for room together).
     ///
     /// # Errors
-    /// As [`send`](Self::send), and [`SendError::Timeout`].
+    /// [`SendCopyTimeoutError::Timeout`] after it; [`SendCopyTimeoutError::Failed`] with what
+    /// [`send`](Self::send) fails with.
     pub fn send_timeout(
         &self,
         meta: FrameMeta,
         payload: &[u8],
         timeout: Duration,
-    ) -> Result<(), SendError> {
+    ) -> Result<(), SendCopyTimeoutError> {
         self.send_until(meta, payload, Deadline::after(timeout))
+            .map_err(|error| match error {
+                TrySendCopyError::Failed(error) => SendCopyTimeoutError::Failed(error),
+                TrySendCopyError::Full | TrySendCopyError::NoFreeSlots { .. } => {
+                    SendCopyTimeoutError::Timeout
+                }
+            })
     }
 
+    /// The sends of a copy: [`TrySendCopyError::NoFreeSlots`] when `deadline` passes
+    /// (`Deadline::Now`: at once) with the class empty, [`TrySendCopyError::Full`] when it
+    /// passes with the ring full.
     fn send_until(
         &self,
         meta: FrameMeta,
         payload: &[u8],
         deadline: Deadline,
-    ) -> Result<(), SendError> {
-        if let Some(error) = self.send_gone() {
-            return Err(error);
+    ) -> Result<(), TrySendCopyError> {
+        if let Some(disconnect) = self.gone() {
+            return Err(SendCopyError::Disconnected(disconnect).into());
         }
-        let gone = || self.send_gone();
+        let gone = || self.gone();
         let mut loan = self.endpoint.loan(payload.len(), deadline, &gone)?;
         loan.as_mut_slice().copy_from_slice(payload);
-        self.link
-            .send(&self.endpoint, meta, loan, deadline, &gone)
-            .map_err(SendTimeoutError::into_send_error)
+        match self.link.send(&self.endpoint, meta, loan, deadline, &gone) {
+            Ok(()) => Ok(()),
+            Err(SendTimeoutError::Timeout(_)) => Err(TrySendCopyError::Full),
+            Err(SendTimeoutError::Failed(error)) => Err(SendCopyError::from(error).into()),
+        }
     }
 
     /// Receive the next frame from the host, waiting as long as it takes.
     ///
     /// # Errors
-    /// [`RecvError::HostGone`] when the host left; [`RecvError::PeerNotActive`] when it evicted
+    /// [`RecvError::Disconnected`] with [`Disconnect::HostGone`] when the host left (once the
+    /// frames it sent before are taken), with [`Disconnect::PeerNotActive`] when it evicted
     /// this peer; [`RecvError::BadDescriptor`] / [`RecvError::Ring`] when the host broke the
     /// protocol; [`RecvError::Futex`].
     pub fn recv(&self) -> Result<Frame, RecvError> {
-        self.recv_until(Deadline::Never)
+        loop {
+            match self.recv_until(Deadline::Never) {
+                Ok(frame) => return Ok(frame),
+                Err(RecvTimeoutError::Failed(error)) => return Err(error),
+                // No deadline passes: not reached, and would mean waiting on.
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+        }
     }
 
-    /// [`recv`](Self::recv) without waiting: [`RecvError::Empty`].
+    /// [`recv`](Self::recv) without waiting.
     ///
     /// # Errors
-    /// As [`recv`](Self::recv), and `Empty`.
-    pub fn try_recv(&self) -> Result<Frame, RecvError> {
-        self.recv_until(Deadline::Now)
+    /// [`TryRecvError::Empty`] when nothing is there; [`TryRecvError::Failed`] with what
+    /// [`recv`](Self::recv) fails with.
+    pub fn try_recv(&self) -> Result<Frame, TryRecvError> {
+        self.recv_until(Deadline::Now).map_err(|error| match error {
+            RecvTimeoutError::Timeout => TryRecvError::Empty,
+            RecvTimeoutError::Failed(error) => TryRecvError::Failed(error),
+        })
     }
 
     /// [`recv`](Self::recv), waiting at most `timeout`.
     ///
     /// # Errors
-    /// As [`recv`](Self::recv), and [`RecvError::Timeout`].
-    pub fn recv_timeout(&self, timeout: Duration) -> Result<Frame, RecvError> {
+    /// [`RecvTimeoutError::Timeout`] after it; [`RecvTimeoutError::Failed`] with what
+    /// [`recv`](Self::recv) fails with.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Frame, RecvTimeoutError> {
         self.recv_until(Deadline::after(timeout))
     }
 
-    fn recv_until(&self, deadline: Deadline) -> Result<Frame, RecvError> {
+    /// The receives: [`RecvTimeoutError::Timeout`] when `deadline` passes (`Deadline::Now`: at
+    /// once) with nothing to receive.
+    fn recv_until(&self, deadline: Deadline) -> Result<Frame, RecvTimeoutError> {
         // An evicted peer pops nothing: its receive ring may be another peer's by now.
         if let Some(state) = self.evicted() {
-            return Err(RecvError::PeerNotActive {
+            return Err(RecvError::Disconnected(Disconnect::PeerNotActive {
                 peer: self.id,
                 state,
-            });
+            })
+            .into());
         }
         // Frames the host sent before it left are still delivered; then HostGone.
         match self.link.recv(&self.endpoint, Deadline::Now, &|| None) {
-            Err(RecvError::Empty) => {}
+            Err(RecvTimeoutError::Timeout) => {}
             other => return other,
         }
-        if let Some(error) = self.recv_gone() {
-            return Err(error);
+        if let Some(disconnect) = self.gone() {
+            return Err(RecvError::Disconnected(disconnect).into());
         }
-        self.link
-            .recv(&self.endpoint, deadline, &|| self.recv_gone())
+        self.link.recv(&self.endpoint, deadline, &|| self.gone())
     }
 
     /// Leave the hub (goodbye): the entry goes Active -> Dying and the host is told, so it
@@ -654,7 +710,7 @@ impl Peer {
         loan: Loan,
     ) -> Result<Option<Loan>, SendError> {
         self.link
-            .try_send(&self.endpoint, meta, loan, &|| self.send_gone())
+            .try_send(&self.endpoint, meta, loan, &|| self.gone())
     }
 
     /// The wait mode of this peer.

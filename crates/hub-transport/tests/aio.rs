@@ -38,8 +38,8 @@ use common::{EventLog, TempFiles, WATCHDOG, assert_all_free};
 use hub_layout::SegmentLayout;
 use hub_transport::aio::{AsyncHost, AsyncPeer};
 use hub_transport::{
-    Frame, FrameMeta, Host, HubConfig, Peer, PeerEvent, PeerId, RecvError, SendError, SpecSource,
-    TicketSpec, WaitMode,
+    Disconnect, Frame, FrameMeta, Host, HubConfig, LoanError, Peer, PeerEvent, PeerId, RecvError,
+    SendCopyError, SendError, SpecSource, TicketSpec, TryLoanError, TryRecvError, WaitMode,
 };
 use tokio::runtime::Runtime;
 use tokio::task::JoinSet;
@@ -605,14 +605,14 @@ impl Ends {
         }
     }
 
-    async fn loan(&self, dir: Dir, len: usize) -> Result<hub_transport::Loan, SendError> {
+    async fn loan(&self, dir: Dir, len: usize) -> Result<hub_transport::Loan, LoanError> {
         match dir {
             Dir::ToPeer => self.host.loan(len).await,
             Dir::ToHost => self.peer.loan(len).await,
         }
     }
 
-    fn try_loan(&self, dir: Dir, len: usize) -> Result<hub_transport::Loan, SendError> {
+    fn try_loan(&self, dir: Dir, len: usize) -> Result<hub_transport::Loan, TryLoanError> {
         match dir {
             Dir::ToPeer => self.host.host().try_loan(len),
             Dir::ToHost => self.peer.peer().try_loan(len),
@@ -625,7 +625,7 @@ impl Ends {
         seq: u64,
         meta: FrameMeta,
         data: &[u8],
-    ) -> Result<(), SendError> {
+    ) -> Result<(), SendCopyError> {
         match dir {
             Dir::ToPeer if seq.is_multiple_of(2) => self.host.send(self.id, meta, data).await,
             Dir::ToPeer => self.host.send(self.id.index(), meta, data).await,
@@ -741,7 +741,9 @@ async fn producer(ends: Ends, dir: Dir, mut rng: Rng, tally: Arc<Tally>) -> Vec<
             if rng.percent(3) {
                 continue; // a loan given back unsent
             }
-            run(plan, ends.send_loan(dir, seq, meta, loan)).await
+            run(plan, ends.send_loan(dir, seq, meta, loan))
+                .await
+                .map(|sent| sent.map_err(SendCopyError::from))
         } else {
             stamp(&mut buf[..len], seq);
             run(plan, ends.send(dir, seq, meta, &buf[..len])).await
@@ -1003,8 +1005,14 @@ fn dropped_futures_lose_no_frame_and_leak_no_slot() {
     });
 
     // Nothing else is waiting, in either ring.
-    assert!(matches!(ends.host.host().try_recv(), Err(RecvError::Empty)));
-    assert!(matches!(ends.peer.peer().try_recv(), Err(RecvError::Empty)));
+    assert!(matches!(
+        ends.host.host().try_recv(),
+        Err(TryRecvError::Empty)
+    ));
+    assert!(matches!(
+        ends.peer.peer().try_recv(),
+        Err(TryRecvError::Empty)
+    ));
     for call in CALLS {
         let (dropped, completed) = (
             Tally::get(&tally.dropped, call),
@@ -1105,8 +1113,12 @@ fn recv_from_a_killed_plugin_ends() {
             ended
         });
         match ended {
-            Err(RecvError::PeerNotActive { peer, .. }) => assert_eq!(peer, id.index()),
-            Err(RecvError::PeerGone { peer }) if !by_index => assert_eq!(peer, id),
+            Err(RecvError::Disconnected(Disconnect::PeerNotActive { peer, .. })) => {
+                assert_eq!(peer, id.index());
+            }
+            Err(RecvError::Disconnected(Disconnect::PeerGone { peer })) if !by_index => {
+                assert_eq!(peer, id);
+            }
             other => panic!("recv_from a killed plugin (by index: {by_index}): {other:?}"),
         }
         let status = wait_exit(&mut child);
@@ -1179,17 +1191,24 @@ fn a_late_reply_to_a_dead_plugin_never_reaches_the_next() {
         let late = payload(1001);
         assert!(late.len() > 16, "a payload in a slot");
         let late_meta = checked_meta(&late, 0, 1001, 0);
-        let gone = |result: Result<(), SendError>, how: &str| match result {
-            Err(SendError::PeerGone { peer }) => assert_eq!(peer, old, "{how}"),
+        let gone = |result: Result<(), SendCopyError>, how: &str| match result {
+            Err(SendCopyError::Disconnected(Disconnect::PeerGone { peer })) => {
+                assert_eq!(peer, old, "{how}");
+            }
             other => panic!("{how} to a dead plugin's id: {other:?}"),
         };
         gone(host.send(old, late_meta, &late).await, "send");
         let mut loan = host.loan(late.len()).await.expect("loan");
         loan.as_mut_slice().copy_from_slice(&late);
-        gone(host.send_loan(old, late_meta, loan).await, "send_loan");
+        match host.send_loan(old, late_meta, loan).await {
+            Err(SendError::Disconnected(Disconnect::PeerGone { peer })) => {
+                assert_eq!(peer, old, "send_loan");
+            }
+            other => panic!("send_loan to a dead plugin's id: {other:?}"),
+        }
         gone(host.host().send(old, late_meta, &late), "a blocking send");
         match host.recv_from(old).await {
-            Err(RecvError::PeerGone { peer }) => assert_eq!(peer, old),
+            Err(RecvError::Disconnected(Disconnect::PeerGone { peer })) => assert_eq!(peer, old),
             other => panic!("recv_from a dead plugin's id: {other:?}"),
         }
 

@@ -20,7 +20,10 @@ use std::time::{Duration, Instant};
 use common::pattern::{checksum, expected, fill, payload};
 use common::{WATCHDOG, assert_all_free, meta, spin_until};
 use hub_layout::SegmentLayout;
-use hub_transport::{Host, HubConfig, Peer, RecvError, SendError, SendTimeoutError, TrySendError};
+use hub_transport::{
+    Host, HubConfig, LoanTimeoutError, Peer, RecvTimeoutError, SendCopyTimeoutError,
+    SendTimeoutError, TryLoanError, TryRecvError, TrySendCopyError, TrySendError,
+};
 
 const CAPACITY: u32 = 4;
 const TIMEOUT: Duration = Duration::from_millis(50);
@@ -59,11 +62,11 @@ fn full_ring_peer_to_host() {
     assert_eq!(host.peers()[0].to_host, CAPACITY);
     // A slot payload that finds the ring full leaks nothing: its slot goes back.
     match peer.try_send(meta(90), &payload(600, 90)) {
-        Err(SendError::Full) => {}
+        Err(TrySendCopyError::Full) => {}
         other => panic!("expected Full, got {other:?}"),
     }
     match peer.try_send(meta(90), &[1, 2, 3]) {
-        Err(SendError::Full) => {}
+        Err(TrySendCopyError::Full) => {}
         other => panic!("expected Full, got {other:?}"),
     }
     let mut loan = peer.loan(700).expect("loan");
@@ -76,7 +79,7 @@ fn full_ring_peer_to_host() {
     }
     let start = Instant::now();
     match peer.send_timeout(meta(92), &payload(600, 92), TIMEOUT) {
-        Err(SendError::Timeout) => assert_took_timeout(start),
+        Err(SendCopyTimeoutError::Timeout) => assert_took_timeout(start),
         other => panic!("expected Timeout, got {other:?}"),
     }
     let start = Instant::now();
@@ -120,7 +123,7 @@ fn full_ring_peer_to_host() {
         assert_eq!(checksum(frame.payload()), expected(len, i));
     }
     match host.try_recv() {
-        Err(RecvError::Empty) => {}
+        Err(TryRecvError::Empty) => {}
         other => panic!("expected Empty, got {other:?}"),
     }
     drop(peer);
@@ -138,7 +141,7 @@ fn full_ring_host_to_peer() {
     }
     assert_eq!(host.peers()[0].to_peer, CAPACITY);
     match host.try_send(id, meta(90), &payload(300, 90)) {
-        Err(SendError::Full) => {}
+        Err(TrySendCopyError::Full) => {}
         other => panic!("expected Full, got {other:?}"),
     }
     let loan = host.loan(5).expect("inline loan");
@@ -148,7 +151,7 @@ fn full_ring_host_to_peer() {
     }
     let start = Instant::now();
     match host.send_timeout(id, meta(92), &payload(300, 92), TIMEOUT) {
-        Err(SendError::Timeout) => assert_took_timeout(start),
+        Err(SendCopyTimeoutError::Timeout) => assert_took_timeout(start),
         other => panic!("expected Timeout, got {other:?}"),
     }
     let start = Instant::now();
@@ -187,7 +190,7 @@ fn full_ring_host_to_peer() {
         assert_eq!(checksum(frame.payload()), expected(300, i));
     }
     match peer.try_recv() {
-        Err(RecvError::Empty) => {}
+        Err(TryRecvError::Empty) => {}
         other => panic!("expected Empty, got {other:?}"),
     }
     drop(peer);
@@ -234,22 +237,25 @@ fn empty_class_blocks_until_a_slot_is_freed() {
     );
 
     // Nothing larger to fall back to, no room to grow: no 16 MiB slot for anyone.
-    let no_slot = |result: Result<_, SendError>| match result {
-        Err(SendError::NoFreeSlots { class }) => assert_eq!(class, 4),
+    let no_slot = |result: Result<_, TryLoanError>| match result {
+        Err(TryLoanError::NoFreeSlots { class }) => assert_eq!(class, 4),
         other => panic!("expected NoFreeSlots, got {other:?}"),
     };
     no_slot(host.try_loan(BIG).map(drop));
     no_slot(host.try_loan((4 << 20) + 1).map(drop));
     no_slot(peer.try_loan(BIG).map(drop));
-    no_slot(peer.try_send(meta(5), &vec![0; BIG]));
+    match peer.try_send(meta(5), &vec![0; BIG]) {
+        Err(TrySendCopyError::NoFreeSlots { class }) => assert_eq!(class, 4),
+        other => panic!("expected NoFreeSlots, got {other:?}"),
+    }
     let start = Instant::now();
     match host.loan_timeout(BIG, TIMEOUT) {
-        Err(SendError::Timeout) => assert_took_timeout(start),
+        Err(LoanTimeoutError::Timeout) => assert_took_timeout(start),
         other => panic!("expected Timeout, got {other:?}"),
     }
     let start = Instant::now();
     match peer.send_timeout(meta(6), &vec![0; BIG], TIMEOUT) {
-        Err(SendError::Timeout) => assert_took_timeout(start),
+        Err(SendCopyTimeoutError::Timeout) => assert_took_timeout(start),
         other => panic!("expected Timeout, got {other:?}"),
     }
     // The smaller classes are not affected.
@@ -307,12 +313,12 @@ fn nothing_to_receive() {
     let host = small_hub();
     let ticket = host.add_peer().expect("add_peer");
     let peer = Peer::attach(&ticket).expect("attach");
-    let empty = |result: Result<_, RecvError>| match result {
-        Err(RecvError::Empty) => {}
+    let empty = |result: Result<_, TryRecvError>| match result {
+        Err(TryRecvError::Empty) => {}
         other => panic!("expected Empty, got {other:?}"),
     };
-    let timeout = |start: Instant, result: Result<_, RecvError>| match result {
-        Err(RecvError::Timeout) => assert_took_timeout(start),
+    let timeout = |start: Instant, result: Result<_, RecvTimeoutError>| match result {
+        Err(RecvTimeoutError::Timeout) => assert_took_timeout(start),
         other => panic!("expected Timeout, got {other:?}"),
     };
     empty(host.try_recv().map(drop));

@@ -22,8 +22,8 @@ use hub_layout::{
 use hub_transport::mapping::{Access, SegmentFile, SegmentMapping};
 use hub_transport::ring::{Producer, RawRing};
 use hub_transport::{
-    DescriptorFault, EvictReason, Frame, Host, HubConfig, Peer, PeerEvent, Recovery, RecvError,
-    SendError,
+    DescriptorFault, Disconnect, EvictReason, Frame, Host, HubConfig, Peer, PeerEvent, Recovery,
+    RecvError, SendCopyError, TryRecvError,
 };
 
 const MAX_PEERS: u16 = 3;
@@ -112,7 +112,7 @@ fn handle_desc(i: u64, handle: SlotHandle, offset: u32, len: u32) -> MsgDescHot 
 #[track_caller]
 fn expect_fault(host: &Host, peer: u16, fault: DescriptorFault) {
     match host.try_recv() {
-        Err(RecvError::BadDescriptor { peer: p, fault: f }) => {
+        Err(TryRecvError::Failed(RecvError::BadDescriptor { peer: p, fault: f })) => {
             assert_eq!((p, f), (peer, fault));
         }
         other => panic!("expected BadDescriptor({peer}, {fault:?}), got {other:?}"),
@@ -186,7 +186,9 @@ fn expect_eviction(
     let recovery = events.recovery(p);
     assert!(matches!(
         idle.send(meta(1), b"me?"),
-        Err(SendError::PeerNotActive { .. })
+        Err(SendCopyError::Disconnected(
+            Disconnect::PeerNotActive { .. }
+        ))
     ));
     drop(faulty);
     drop(idle);
@@ -453,7 +455,7 @@ fn good_descriptors_pushed_the_same_way_are_delivered() {
     assert_eq!(frame.payload(), &whole_slot[(16 << 10) - 500..]);
     drop(frame);
 
-    assert!(matches!(host.try_recv(), Err(RecvError::Empty)));
+    assert!(matches!(host.try_recv(), Err(TryRecvError::Empty)));
     assert_eq!(
         host.peers()[usize::from(p)].state,
         hub_transport::PeerState::Active
@@ -487,10 +489,10 @@ fn a_duplicated_descriptor_is_refused() {
     let second = host.try_recv();
     let refused = matches!(
         second,
-        Err(RecvError::BadDescriptor {
+        Err(TryRecvError::Failed(RecvError::BadDescriptor {
             fault: DescriptorFault::AlreadyReceived { .. },
             ..
-        })
+        }))
     );
     drop(second);
     drop(first);

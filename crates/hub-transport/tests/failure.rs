@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use hub_alloc::ClassStats;
 use hub_layout::HUB_SIZE_CLASSES;
 use hub_transport::{
-    EvictReason, Frame, FrameMeta, Host, HostError, HubConfig, Loan, Peer, PeerEvent, PeerState,
-    RecvError, TICKET_ENV, Ticket,
+    Disconnect, EvictReason, Frame, FrameMeta, Host, HostError, HubConfig, Loan, Peer, PeerEvent,
+    PeerState, RecvError, RecvTimeoutError, TICKET_ENV, Ticket,
 };
 use pattern::{checksum, expected, payload};
 use rustix::event::{PollFd, PollFlags, Timespec};
@@ -566,7 +566,9 @@ fn a_thousand_peers_come_and_go_and_32_still_fit() {
                 assert!(
                     matches!(
                         peer.recv_timeout(WATCHDOG),
-                        Err(RecvError::PeerNotActive { peer: p, .. }) if p == id
+                        Err(RecvTimeoutError::Failed(RecvError::Disconnected(
+                            Disconnect::PeerNotActive { peer: p, .. }
+                        ))) if p == id
                     ),
                     "an evicted peer's recv"
                 );
@@ -835,11 +837,9 @@ fn scribbler_among_honest_streams(seed: u64, first: &str) -> EvictReason {
         if recovered {
             match &result {
                 Ok(frame) if frame.peer() == bad => after_recovery.push(format!("{frame:?}")),
-                Err(RecvError::BadDescriptor { peer, .. } | RecvError::Ring { peer, .. })
-                    if *peer == bad =>
-                {
-                    after_recovery.push(format!("{result:?}"))
-                }
+                Err(RecvTimeoutError::Failed(
+                    RecvError::BadDescriptor { peer, .. } | RecvError::Ring { peer, .. },
+                )) if *peer == bad => after_recovery.push(format!("{result:?}")),
                 _ => {}
             }
         }
@@ -856,9 +856,13 @@ fn scribbler_among_honest_streams(seed: u64, first: &str) -> EvictReason {
                 assert_eq!(frame.meta().msg_id, expected(frame.len(), i), "stream {c}");
                 got[c] += 1;
             }
-            Err(RecvError::BadDescriptor { peer, .. }) if peer == bad => faults += 1,
-            Err(RecvError::Ring { peer, .. }) if peer == bad => ring_faults += 1,
-            Err(RecvError::Timeout) => {}
+            Err(RecvTimeoutError::Failed(RecvError::BadDescriptor { peer, .. })) if peer == bad => {
+                faults += 1
+            }
+            Err(RecvTimeoutError::Failed(RecvError::Ring { peer, .. })) if peer == bad => {
+                ring_faults += 1
+            }
+            Err(RecvTimeoutError::Timeout) => {}
             Err(error) => panic!("the host's recv: {error}"),
         }
         while let Some(event) = host.try_event() {

@@ -13,7 +13,7 @@ use std::thread;
 
 use common::{Rendezvous, WATCHDOG, assert_all_free, meta};
 use hub_layout::{HUB_SIZE_CLASSES, MAX_EXTENTS_PER_CLASS};
-use hub_transport::{Host, HubConfig, Peer, PeerState, SendError};
+use hub_transport::{Host, HubConfig, Peer, PeerState, TryLoanError};
 
 const PEERS: usize = 4;
 const CLASS: usize = 2;
@@ -71,7 +71,7 @@ fn class_grows_to_its_capacity_under_concurrent_load() {
         all_held.wait();
         // Everything the hub can give for 256 KiB is out: the next loan is refused.
         match host.try_loan(SIZE) {
-            Err(SendError::NoFreeSlots { class }) => assert_eq!(usize::from(class), CLASS),
+            Err(TryLoanError::NoFreeSlots { class }) => assert_eq!(usize::from(class), CLASS),
             other => panic!("expected NoFreeSlots, got {other:?}"),
         }
         let stats = host.stats();
@@ -141,7 +141,7 @@ fn peers_attach_while_another_grows() {
                 loop {
                     match peer.try_loan(size) {
                         Ok(loan) => held.push(loan),
-                        Err(SendError::NoFreeSlots { .. }) => break,
+                        Err(TryLoanError::NoFreeSlots { .. }) => break,
                         Err(error) => {
                             done.store(true, Ordering::SeqCst);
                             panic!("loan of {size}: {error}");

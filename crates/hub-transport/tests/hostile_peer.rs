@@ -15,7 +15,9 @@ use common::WATCHDOG;
 use common::pattern;
 use common::poke::{Named, Poker};
 use hub_layout::{HOST_OWNER, MsgDescHot, NO_OWNER, pack_free_head, unpack_free_head};
-use hub_transport::{DescriptorFault, EvictReason, Host, HubConfig, PeerEvent, RecvError};
+use hub_transport::{
+    DescriptorFault, EvictReason, Host, HubConfig, PeerEvent, RecvError, RecvTimeoutError,
+};
 
 const FREE: u32 = 0;
 const ALLOCATED: u32 = 1;
@@ -203,17 +205,17 @@ fn a_second_descriptor_for_a_held_slot_is_refused() {
                 second.payload().as_ptr(),
                 frame.payload().as_ptr()
             ),
-            Err(RecvError::Timeout) if Instant::now() < deadline => {}
+            Err(RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
             Err(error) => break error,
         }
     };
     assert!(
         matches!(
             error,
-            RecvError::BadDescriptor {
+            RecvTimeoutError::Failed(RecvError::BadDescriptor {
                 peer: p,
                 fault: DescriptorFault::AlreadyReceived { .. }
-            } if p == peer
+            }) if p == peer
         ),
         "{error:?}"
     );
@@ -387,7 +389,10 @@ fn an_extent_published_over_another_class_is_never_used() {
                 // The forged slot is refused with a typed error, and the audit repairs the
                 // list (the auditor thread would within 250 ms).
                 assert!(
-                    matches!(error, hub_transport::SendError::Alloc(_)),
+                    matches!(
+                        error,
+                        hub_transport::TryLoanError::Failed(hub_transport::LoanError::Alloc(_))
+                    ),
                     "{error}"
                 );
                 host.check_allocator();

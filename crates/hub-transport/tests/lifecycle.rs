@@ -23,8 +23,9 @@ use common::{EventLog, TempFiles, WATCHDOG, assert_all_free, meta, spin_until};
 use hub_layout::{PeerEntry, SegmentBytes, SegmentLayout, SizeClassHeader};
 use hub_transport::mapping::{Access, ReadOnlyMapping, SegmentFile};
 use hub_transport::{
-    AttachError, EvictReason, Host, HostError, HubConfig, Peer, PeerEvent, PeerState, RecvError,
-    SendError,
+    AttachError, Disconnect, EvictReason, Host, HostError, HubConfig, LoanError, Peer, PeerEvent,
+    PeerState, RecvError, RecvTimeoutError, SendCopyError, TryLoanError, TryRecvError,
+    TrySendCopyError,
 };
 
 /// How soon after the host's goodbye a blocked call must return: R12's bound for a host that
@@ -77,22 +78,34 @@ fn peer_blocked_in_recv_gets_host_gone_promptly() {
     let goodbye = Instant::now();
     drop(host);
     let (result, returned, peer) = blocked.join().expect("peer thread");
-    assert!(matches!(result, Err(RecvError::HostGone)), "{result:?}");
+    assert!(
+        matches!(result, Err(RecvError::Disconnected(Disconnect::HostGone))),
+        "{result:?}"
+    );
     let took = returned.duration_since(goodbye);
     assert!(took < PROMPT, "HostGone after {took:?}");
     // Every later call says so too, without waiting.
-    assert!(matches!(peer.try_recv(), Err(RecvError::HostGone)));
+    assert!(matches!(
+        peer.try_recv(),
+        Err(TryRecvError::Failed(RecvError::Disconnected(
+            Disconnect::HostGone
+        )))
+    ));
     assert!(matches!(
         peer.recv_timeout(WATCHDOG),
-        Err(RecvError::HostGone)
+        Err(RecvTimeoutError::Failed(RecvError::Disconnected(
+            Disconnect::HostGone
+        )))
     ));
     assert!(matches!(
         peer.send(meta(1), b"hello?"),
-        Err(SendError::HostGone)
+        Err(SendCopyError::Disconnected(Disconnect::HostGone))
     ));
     assert!(matches!(
         peer.try_send(meta(1), &[0; 5000]),
-        Err(SendError::HostGone)
+        Err(TrySendCopyError::Failed(SendCopyError::Disconnected(
+            Disconnect::HostGone
+        )))
     ));
     // A ticket not used yet cannot attach any more (the named file is gone: by path it fails
     // to open).
@@ -117,14 +130,18 @@ fn peer_blocked_in_recv_learns_it_was_evicted() {
         .expect("evict");
     let (result, returned, peer) = blocked.join().expect("peer thread");
     match result {
-        Err(RecvError::PeerNotActive { peer: p, .. }) => assert_eq!(p, id),
+        Err(RecvError::Disconnected(Disconnect::PeerNotActive { peer: p, .. })) => {
+            assert_eq!(p, id);
+        }
         other => panic!("expected PeerNotActive, got {other:?}"),
     }
     let took = returned.duration_since(evicted);
     assert!(took < PROMPT, "PeerNotActive after {took:?}");
     assert!(matches!(
         peer.send(meta(1), b"still here"),
-        Err(SendError::PeerNotActive { .. })
+        Err(SendCopyError::Disconnected(
+            Disconnect::PeerNotActive { .. }
+        ))
     ));
     // The supervisor reports the eviction and recovers the entry.
     let event = events.wait("Evicted", |e| matches!(e, PeerEvent::Evicted { .. }));
@@ -158,17 +175,19 @@ fn an_evicted_peer_leaves_its_successor_alone() {
     let old = Peer::attach(&host.add_peer().expect("add_peer")).expect("attach");
     round_trip(&host, &old, 60);
     host.recover_peer(0).expect("evict");
-    let evicted = |state| move |error: &SendError| matches!(error, SendError::PeerNotActive { peer: 0, state: s } if *s == state);
+    let evicted = |state| move |gone: Option<&Disconnect>| matches!(gone, Some(Disconnect::PeerNotActive { peer: 0, state: s }) if *s == state);
     assert!(
         old.send(meta(1), b"x")
-            .is_err_and(|e| evicted(PeerState::Empty)(&e))
+            .is_err_and(|e| evicted(PeerState::Empty)(e.disconnect()))
     );
     assert!(matches!(
         old.try_recv(),
-        Err(RecvError::PeerNotActive {
-            peer: 0,
-            state: PeerState::Empty
-        })
+        Err(TryRecvError::Failed(RecvError::Disconnected(
+            Disconnect::PeerNotActive {
+                peer: 0,
+                state: PeerState::Empty
+            }
+        )))
     ));
 
     let ticket = host.add_peer().expect("add_peer");
@@ -179,22 +198,26 @@ fn an_evicted_peer_leaves_its_successor_alone() {
     // The old peer sees its entry is gone, though it is Active again (for the new peer).
     assert!(
         old.send(meta(4), b"from the old one")
-            .is_err_and(|e| evicted(PeerState::Dead)(&e))
+            .is_err_and(|e| evicted(PeerState::Dead)(e.disconnect()))
     );
     assert!(
         old.try_loan(5000)
-            .is_err_and(|e| evicted(PeerState::Dead)(&e))
+            .is_err_and(|e| evicted(PeerState::Dead)(e.disconnect()))
     );
     assert!(matches!(
         old.try_recv(),
-        Err(RecvError::PeerNotActive {
-            peer: 0,
-            state: PeerState::Dead
-        })
+        Err(TryRecvError::Failed(RecvError::Disconnected(
+            Disconnect::PeerNotActive {
+                peer: 0,
+                state: PeerState::Dead
+            }
+        )))
     ));
     assert!(matches!(
         old.recv_timeout(WATCHDOG),
-        Err(RecvError::PeerNotActive { .. })
+        Err(RecvTimeoutError::Failed(RecvError::Disconnected(
+            Disconnect::PeerNotActive { .. }
+        )))
     ));
     drop(old);
     assert_eq!(
@@ -211,7 +234,7 @@ fn an_evicted_peer_leaves_its_successor_alone() {
     let second = new.try_recv().expect("second");
     assert_eq!(checksum(second.payload()), expected(5000, 3));
     drop((first, second));
-    assert!(matches!(host.try_recv(), Err(RecvError::Empty)));
+    assert!(matches!(host.try_recv(), Err(TryRecvError::Empty)));
     round_trip(&host, &new, 70);
     drop(new);
     host.recover_peer(0).expect("recover");
@@ -243,7 +266,7 @@ fn peer_blocked_in_loan_gets_host_gone_promptly() {
     let held: Vec<_> = (0..4).map(|_| holder.loan(big).expect("loan")).collect();
     assert!(matches!(
         waiter.try_loan(big),
-        Err(SendError::NoFreeSlots { class: 4 })
+        Err(TryLoanError::NoFreeSlots { class: 4 })
     ));
     let word = layout.class_header_offset(4) + offset_of!(SizeClassHeader, slot_available_futex);
     let blocked = std::thread::spawn(move || {
@@ -254,7 +277,10 @@ fn peer_blocked_in_loan_gets_host_gone_promptly() {
     let goodbye = Instant::now();
     drop(host);
     let (result, returned) = blocked.join().expect("peer thread");
-    assert!(matches!(result, Err(SendError::HostGone)), "{result:?}");
+    assert!(
+        matches!(result, Err(LoanError::Disconnected(Disconnect::HostGone))),
+        "{result:?}"
+    );
     let took = returned.duration_since(goodbye);
     assert!(took < PROMPT, "HostGone after {took:?}");
     drop(held);
@@ -277,7 +303,10 @@ fn frames_sent_before_goodbye_are_delivered_first() {
     let second = peer.recv().expect("second");
     assert_eq!(*second.meta(), meta(2));
     assert_eq!(checksum(second.payload()), expected(70_000, 2));
-    assert!(matches!(peer.recv(), Err(RecvError::HostGone)));
+    assert!(matches!(
+        peer.recv(),
+        Err(RecvError::Disconnected(Disconnect::HostGone))
+    ));
 }
 
 /// A frame each way, to show an attached peer works.

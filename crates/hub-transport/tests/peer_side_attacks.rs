@@ -21,8 +21,8 @@ use common::WATCHDOG;
 use common::poke::{Named, Poker};
 use hub_layout::{DescRingHeader, INLINE_PAYLOAD_SLOT, MsgDescHot, PeerEntry};
 use hub_transport::{
-    AttachError, FrameMeta, Host, HubConfig, Peer, PeerState, RecvError, SpecSource, TicketSpec,
-    pad,
+    AttachError, Disconnect, FrameMeta, Host, HubConfig, Peer, PeerState, RecvError,
+    RecvTimeoutError, SpecSource, TicketSpec, TryRecvError, pad,
 };
 
 /// `msg_id` of the greeting the test peers send first (`hub-test-peer`, `hub-chaos-peer hello`).
@@ -248,16 +248,19 @@ fn recv_from_takes_nothing_from_a_peer_that_is_not_attached() {
         poker.w64(ring + offset_of!(DescRingHeader, visible_head), 1);
     }
     match host.recv_from(reserved_id, Some(Duration::from_millis(300))) {
-        Err(RecvError::Timeout) => {}
+        Err(RecvTimeoutError::Timeout) => {}
         other => panic!("from the reserved peer: expected Timeout, got {other:?}"),
     }
     match host.recv_from(empty_id, Some(Duration::from_millis(300))) {
-        Err(RecvError::PeerNotActive { peer, state }) => {
+        Err(RecvTimeoutError::Failed(RecvError::Disconnected(Disconnect::PeerNotActive {
+            peer,
+            state,
+        }))) => {
             assert_eq!((peer, state), (empty_id, PeerState::Empty));
         }
         other => panic!("from the empty entry: expected PeerNotActive, got {other:?}"),
     }
     // The host's `recv` takes neither either, and the attached poke peer is still served.
-    assert!(matches!(host.try_recv(), Err(RecvError::Empty)));
+    assert!(matches!(host.try_recv(), Err(TryRecvError::Empty)));
     drop(reserved);
 }

@@ -11,7 +11,9 @@ use std::thread;
 
 use common::pattern::{checksum, expected, fill, payload};
 use common::{WATCHDOG, assert_all_free, class_of, meta};
-use hub_transport::{Frame, Host, HubConfig, Peer, SendError, Ticket};
+use hub_transport::{
+    Frame, Host, HubConfig, LoanError, Peer, SendCopyError, Ticket, TrySendCopyError,
+};
 
 /// Inline sizes, then each class boundary from both sides, then the largest slot.
 fn sizes() -> Vec<usize> {
@@ -188,16 +190,18 @@ fn payload_larger_than_the_largest_slot_is_refused() {
     let peer = Peer::attach(&ticket).expect("attach");
     let max = 16 << 20;
     match host.loan(max + 1) {
-        Err(SendError::PayloadTooLarge { len, max: m }) => assert_eq!((len, m), (max + 1, max)),
+        Err(LoanError::PayloadTooLarge { len, max: m }) => assert_eq!((len, m), (max + 1, max)),
         other => panic!("expected PayloadTooLarge, got {other:?}"),
     }
     let big = vec![0u8; max + 1];
     match peer.try_send(meta(2), &big) {
-        Err(SendError::PayloadTooLarge { len, max: m }) => assert_eq!((len, m), (max + 1, max)),
+        Err(TrySendCopyError::Failed(SendCopyError::PayloadTooLarge { len, max: m })) => {
+            assert_eq!((len, m), (max + 1, max))
+        }
         other => panic!("expected PayloadTooLarge, got {other:?}"),
     }
     match host.send(peer.id(), meta(2), &big) {
-        Err(SendError::PayloadTooLarge { len, .. }) => assert_eq!(len, max + 1),
+        Err(SendCopyError::PayloadTooLarge { len, .. }) => assert_eq!(len, max + 1),
         other => panic!("expected PayloadTooLarge, got {other:?}"),
     }
     // Nothing was sent, nothing leaked.

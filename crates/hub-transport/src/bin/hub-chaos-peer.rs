@@ -74,7 +74,8 @@ use hub_transport::mapping::{SegmentFile, SegmentMapping};
 use hub_transport::ring::RawRing;
 use hub_transport::signal::Doorbell;
 use hub_transport::{
-    FrameMeta, Host, HubConfig, Peer, RecvError, SendError, SpecSource, TicketSpec,
+    Disconnect, FrameMeta, Host, HubConfig, Peer, RecvError, SendCopyError, SpecSource, TicketSpec,
+    TryRecvError, TrySendCopyError,
 };
 
 /// `msg_id` of the greeting.
@@ -203,8 +204,8 @@ fn hold(peer: &Peer, keep: u64) -> Result<u8, String> {
 fn recv_block(peer: &Peer) -> u8 {
     ready();
     match peer.recv() {
-        Err(RecvError::HostGone) => 0,
-        Err(RecvError::PeerNotActive { .. }) => 10,
+        Err(RecvError::Disconnected(Disconnect::HostGone)) => 0,
+        Err(RecvError::Disconnected(Disconnect::PeerNotActive { .. })) => 10,
         Err(error) => {
             eprintln!("hub-chaos-peer recv-block: {error}");
             11
@@ -222,7 +223,7 @@ fn send_block(peer: &Peer) -> Result<u8, String> {
     loop {
         match peer.try_send(FrameMeta::default(), &payload) {
             Ok(()) => sent += 1,
-            Err(SendError::Full) => break,
+            Err(TrySendCopyError::Full) => break,
             Err(error) => return Err(format!("try_send after {sent}: {error}")),
         }
     }
@@ -232,7 +233,7 @@ fn send_block(peer: &Peer) -> Result<u8, String> {
     loop {
         match peer.send(FrameMeta::default(), &payload) {
             Ok(()) => sent += 1,
-            Err(SendError::HostGone) => return Ok(0),
+            Err(SendCopyError::Disconnected(Disconnect::HostGone)) => return Ok(0),
             Err(error) => {
                 eprintln!("hub-chaos-peer send-block: after {sent} frames, {error}");
                 return Ok(11);
@@ -565,7 +566,12 @@ fn garbage(seed: u64, head_first: bool) -> Result<u8, String> {
         if !evicted {
             // The first fault alone until the host has seen it, so that the eviction names it:
             // poll this peer's own state (an evicted peer's calls say so).
-            while !matches!(own.peer.try_recv(), Err(RecvError::PeerNotActive { .. })) {
+            while !matches!(
+                own.peer.try_recv(),
+                Err(TryRecvError::Failed(RecvError::Disconnected(
+                    Disconnect::PeerNotActive { .. }
+                )))
+            ) {
                 std::thread::sleep(Duration::from_millis(1));
             }
             evicted = true;

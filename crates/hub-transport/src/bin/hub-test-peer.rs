@@ -7,7 +7,7 @@
 //!   each back with the same metadata and payload (inline, or copied into a loaned slot).
 //! - `send SIZE N`: send N frames of SIZE bytes, frame `i` filled from seed `i`, with
 //!   `msg_id` = the payload's checksum and `channel_id` = `i`, zero copy (loan, fill, send).
-//! - `wait-gone`: block in `recv` until the host leaves; succeed on `RecvError::HostGone`.
+//! - `wait-gone`: block in `recv` until the host leaves; succeed on `Disconnect::HostGone`.
 //!
 //! Exit status 0 on success, 2 with a message on standard error otherwise. Every wait has a
 //! watchdog, so the process never outlives a test that forgot it.
@@ -19,7 +19,7 @@ mod pattern;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use hub_transport::{FrameMeta, Peer, RecvError, SendError};
+use hub_transport::{Disconnect, FrameMeta, Peer, RecvError, RecvTimeoutError, SendCopyError};
 
 /// `msg_id` of the greeting.
 const HELLO: u64 = u64::MAX - 1;
@@ -90,7 +90,7 @@ fn echo(peer: &Peer, n: u64) -> Result<(), String> {
             let mut loan = peer.loan(frame.len()).map_err(|e| format!("loan: {e}"))?;
             loan.as_mut_slice().copy_from_slice(frame.payload());
             drop(frame);
-            peer.send_loan(meta, loan)
+            peer.send_loan(meta, loan).map_err(SendCopyError::from)
         }
         .map_err(|e| format!("echo {k}: {e}"))?;
     }
@@ -114,11 +114,11 @@ fn send(peer: &Peer, size: usize, n: u64) -> Result<(), String> {
 
 fn wait_gone(peer: &Peer) -> Result<(), String> {
     match peer.recv_timeout(WATCHDOG) {
-        Err(RecvError::HostGone) => {}
+        Err(RecvTimeoutError::Failed(RecvError::Disconnected(Disconnect::HostGone))) => {}
         other => return Err(format!("expected HostGone, got {other:?}")),
     }
     match peer.send(FrameMeta::default(), b"anyone?") {
-        Err(SendError::HostGone) => Ok(()),
+        Err(SendCopyError::Disconnected(Disconnect::HostGone)) => Ok(()),
         other => Err(format!(
             "send after goodbye: expected HostGone, got {other:?}"
         )),
