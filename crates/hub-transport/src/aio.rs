@@ -3,13 +3,15 @@
 //! Each wraps a [`Host`] or a [`Peer`] and registers its readiness descriptor
 //! ([`Host::ready_fd`], [`Peer::ready_fd`]) with tokio's reactor through
 //! [`AsyncFd`]. A receive looks at the rings first; in [`WaitMode::Adaptive`] (the default) it
-//! then spins a few microseconds (pause instructions only) and for up to 200 µs gives its turn
-//! back to the executor, looking after each turn, since the reply may be made by other tasks
-//! of the same executor (an RPC server's); only then does it arm the endpoint (R11), look once
-//! more and wait for the descriptor. [`WaitMode::Block`] arms at once; [`WaitMode::Spin`] keeps
-//! looking for up to 1 ms. While frames keep coming, nothing is armed and no side makes a
-//! system call per frame (a turn in which the executor has nothing else to run costs it one
-//! `epoll_wait` that does not wait). Any number of tasks may wait on one endpoint at once.
+//! then spins a few microseconds (pause instructions only; skipped while spins of this endpoint
+//! keep running out) and for up to 200 µs gives its turn back to
+//! the executor, looking after each turn, since the reply may be made by other tasks of the
+//! same executor (an RPC server's), which a spin inside the poll would only delay; only then
+//! does it arm the endpoint (R11), look once more and wait for the descriptor.
+//! [`WaitMode::Block`] arms at once; [`WaitMode::Spin`] keeps looking for up to 1 ms. While
+//! frames keep coming, nothing is armed and no side makes a system call per frame (a turn in
+//! which the executor has nothing else to run costs it one `epoll_wait` that does not wait).
+//! Any number of tasks may wait on one endpoint at once.
 //!
 //! A full ring or an empty slot class is waited for with short naps (50 µs doubling to 1 ms,
 //! on tokio's timer), as the blocking calls do: the consumer of a ring signals nobody when it
@@ -50,7 +52,7 @@
 use std::future::poll_fn;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -60,7 +62,7 @@ use tokio::io::unix::AsyncFd;
 
 use crate::{
     Frame, FrameMeta, Host, Loan, LoanError, Peer, PeerRef, RecvError, SendCopyError, SendError,
-    TryLoanError, TryRecvError, WaitMode,
+    TryLoanError, TryRecvError, TrySendError, WaitMode,
 };
 
 /// A duplicate of an endpoint's readiness descriptor, owned by the reactor's registration.
@@ -92,10 +94,13 @@ fn register(fd: BorrowedFd<'_>) -> io::Result<AsyncFd<Readiness>> {
 /// first (`consumed`), and a waiter that finds no readiness after registering looks at the
 /// count: if it moved since the waiter armed, the waiter looks at its ring again instead of
 /// sleeping (an event count).
+///
+/// It also keeps the endpoint's spin budget ([`SpinBudget`]).
 #[derive(Debug)]
 struct Reactor {
     fd: AsyncFd<Readiness>,
     consumed: AtomicU64,
+    spin: SpinBudget,
 }
 
 impl Reactor {
@@ -103,6 +108,7 @@ impl Reactor {
         Ok(Self {
             fd: register(fd)?,
             consumed: AtomicU64::new(0),
+            spin: SpinBudget::new(),
         })
     }
 
@@ -137,6 +143,21 @@ impl Reactor {
 async fn recv_with(
     reactor: &Reactor,
     mode: WaitMode,
+    look: impl FnMut() -> Option<Result<Frame, RecvError>>,
+    arm: impl Fn(),
+    rearm_tick: impl Fn(),
+) -> Result<Frame, RecvError> {
+    let result = look_and_wait(reactor, mode, look, arm, rearm_tick).await;
+    if result.is_ok() {
+        reactor.spin.received();
+    }
+    result
+}
+
+/// [`recv_with`] but for noting what it received.
+async fn look_and_wait(
+    reactor: &Reactor,
+    mode: WaitMode,
     mut look: impl FnMut() -> Option<Result<Frame, RecvError>>,
     arm: impl Fn(),
     rearm_tick: impl Fn(),
@@ -144,19 +165,23 @@ async fn recv_with(
     if let Some(result) = look() {
         return result;
     }
-    // A short spin for a reply already on its way: pause instructions only, no system call,
-    // and short, since it runs inside the executor's poll (longer in `Spin` mode).
-    let backoff = Backoff::new();
+    // A short spin for a reply already on its way: pause instructions only, no system call.
+    // It runs inside the executor's poll, where it delays every other task of the executor, so
+    // it is skipped while spins of this endpoint keep running out (`SpinBudget`).
     let rounds = match mode {
         WaitMode::Block => 0,
-        WaitMode::Adaptive => SPIN_ROUNDS,
-        WaitMode::Spin => 4 * SPIN_ROUNDS,
+        WaitMode::Adaptive | WaitMode::Spin => reactor.spin.rounds(),
     };
+    let backoff = Backoff::new();
     for _ in 0..rounds {
         backoff.spin();
         if let Some(result) = look() {
+            reactor.spin.caught();
             return result;
         }
+    }
+    if rounds > 0 {
+        reactor.spin.missed();
     }
     // Then a bounded while of turns given back to the executor, looking after each: the reply
     // may be produced by other tasks of this executor (an RPC server's), which a spin inside
@@ -197,9 +222,81 @@ const ADAPTIVE_TURNS: Duration = Duration::from_micros(200);
 /// The same for `Spin`.
 const SPIN_TURNS: Duration = Duration::from_millis(1);
 
-/// Rounds of [`Backoff::spin`] (1, 2, 4 ... 64, 64 ... pause instructions) before arming: a
-/// few microseconds.
+/// Whether a receive of this endpoint spins before it gives turns back.
+///
+/// A spin runs inside the executor's poll. In a ping-pong with another process it catches the
+/// reply without a system call; but where the next frame needs other tasks of the same
+/// executor to run first (an RPC server's handlers, or a caller that must be handed its
+/// response before it makes the next request), the spin cannot catch it and only delays them,
+/// by the whole spin ([`SPIN_ROUNDS`], several microseconds). So a receive spins only
+///
+/// - when this endpoint sent a frame since it last received one: a reply may be on its way
+///   (a receive right after a receive is how a task drains frames, or waits for work its own
+///   executor makes); and
+/// - when spins have been catching: after a spin that ran out, the next receive does not
+///   spin; after another, the next two do not, then four, up to [`MAX_SKIPPED_SPINS`]; one
+///   spin that catches its frame makes every receive spin again.
+#[derive(Debug)]
+struct SpinBudget {
+    /// A frame was sent since a receive last returned one.
+    sent: AtomicBool,
+    /// Receives left that skip their spin.
+    skip: AtomicU32,
+    /// How many receives skip their spin after the next spin that runs out.
+    after_miss: AtomicU32,
+}
+
+impl SpinBudget {
+    fn new() -> Self {
+        Self {
+            sent: AtomicBool::new(false),
+            skip: AtomicU32::new(0),
+            after_miss: AtomicU32::new(1),
+        }
+    }
+
+    /// Rounds to spin for this receive: [`SPIN_ROUNDS`], or none.
+    fn rounds(&self) -> u32 {
+        // Relaxed, here and below: a hint, kept by whichever tasks send and receive; a lost
+        // update only makes one receive more or less spin.
+        if !self.sent.load(Ordering::Relaxed) {
+            return 0;
+        }
+        let skip = self.skip.load(Ordering::Relaxed);
+        if skip == 0 {
+            return SPIN_ROUNDS;
+        }
+        self.skip.store(skip - 1, Ordering::Relaxed);
+        0
+    }
+
+    fn sent(&self) {
+        self.sent.store(true, Ordering::Relaxed);
+    }
+
+    fn received(&self) {
+        self.sent.store(false, Ordering::Relaxed);
+    }
+
+    fn caught(&self) {
+        self.after_miss.store(1, Ordering::Relaxed);
+    }
+
+    fn missed(&self) {
+        let skip = self.after_miss.load(Ordering::Relaxed);
+        self.skip.store(skip, Ordering::Relaxed);
+        self.after_miss
+            .store((skip * 2).min(MAX_SKIPPED_SPINS), Ordering::Relaxed);
+    }
+}
+
+/// Rounds of [`Backoff::spin`] (1, 2, 4 ... 64, 64 ... pause instructions) in a receive's spin:
+/// 319 pause instructions, 2 to 10 µs depending on the processor.
 const SPIN_ROUNDS: u32 = 10;
+
+/// The most receives in a row that skip their spin after spins ran out: one spin in so many
+/// receives is what an endpoint whose spins never catch anything pays for finding out.
+const MAX_SKIPPED_SPINS: u32 = 256;
 
 /// Naps while a ring is full or a class has no free slot: yields first, then sleeps 50 µs
 /// doubling to 1 ms.
@@ -242,13 +339,17 @@ async fn loan_with(try_loan: impl Fn() -> Result<Loan, TryLoanError>) -> Result<
 /// `send_loan` on either side: the loan goes now, or comes back from a full ring and is tried
 /// again after a nap. Dropped while it naps, the future drops the loan (its slot is freed).
 async fn send_with(
+    reactor: &Reactor,
     mut loan: Loan,
     try_send: impl Fn(Loan) -> Result<Option<Loan>, SendError>,
 ) -> Result<(), SendError> {
     let mut nap = Nap::new();
     loop {
         match try_send(loan)? {
-            None => return Ok(()),
+            None => {
+                reactor.spin.sent();
+                return Ok(());
+            }
             Some(back) => loan = back,
         }
         nap.take().await;
@@ -348,7 +449,29 @@ impl AsyncHost {
         loan: Loan,
     ) -> Result<(), SendError> {
         let peer = peer.into();
-        send_with(loan, |loan| self.host.try_send_loan_back(peer, meta, loan)).await
+        send_with(&self.reactor, loan, |loan| {
+            self.host.try_send_loan_back(peer, meta, loan)
+        })
+        .await
+    }
+
+    /// Send a filled loan to `peer` if its ring has room, without waiting: the loan comes back
+    /// in [`TrySendError::Full`] when it has not. Use this rather than
+    /// `host().try_send_loan`, which works too, but leaves the next receive of this endpoint
+    /// unaware that a reply may be on its way (it then gives turns back at once rather than
+    /// spinning a moment first).
+    ///
+    /// # Errors
+    /// As [`Host::try_send_loan`].
+    pub fn try_send_loan(
+        &self,
+        peer: impl Into<PeerRef>,
+        meta: FrameMeta,
+        loan: Loan,
+    ) -> Result<(), TrySendError> {
+        self.host.try_send_loan(peer, meta, loan)?;
+        self.reactor.spin.sent();
+        Ok(())
     }
 
     /// Copy `payload` into a frame and send it to `peer` (inline up to 16 bytes), waiting for
@@ -431,7 +554,22 @@ impl AsyncPeer {
     /// # Errors
     /// As [`Peer::send_loan`].
     pub async fn send_loan(&self, meta: FrameMeta, loan: Loan) -> Result<(), SendError> {
-        send_with(loan, |loan| self.peer.try_send_loan_back(meta, loan)).await
+        send_with(&self.reactor, loan, |loan| {
+            self.peer.try_send_loan_back(meta, loan)
+        })
+        .await
+    }
+
+    /// Send a filled loan to the host if the ring has room, without waiting: the loan comes
+    /// back in [`TrySendError::Full`] when it has not. Use this rather than
+    /// `peer().try_send_loan` (see [`AsyncHost::try_send_loan`]).
+    ///
+    /// # Errors
+    /// As [`Peer::try_send_loan`].
+    pub fn try_send_loan(&self, meta: FrameMeta, loan: Loan) -> Result<(), TrySendError> {
+        self.peer.try_send_loan(meta, loan)?;
+        self.reactor.spin.sent();
+        Ok(())
     }
 
     /// Copy `payload` into a frame and send it to the host. Cancellation-safe.
@@ -442,5 +580,65 @@ impl AsyncPeer {
         let mut loan = self.loan(payload.len()).await?;
         loan.as_mut_slice().copy_from_slice(payload);
         Ok(self.send_loan(meta, loan).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MAX_SKIPPED_SPINS, SPIN_ROUNDS, SpinBudget};
+
+    /// The spins of `n` receives in a row that all run out.
+    fn misses(budget: &SpinBudget, n: usize) -> Vec<u32> {
+        (0..n)
+            .map(|_| {
+                let rounds = budget.rounds();
+                if rounds > 0 {
+                    budget.missed();
+                }
+                rounds
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_receive_spins_only_after_a_send() {
+        let budget = SpinBudget::new();
+        assert_eq!(budget.rounds(), 0, "nothing sent yet: no reply to wait for");
+        budget.sent();
+        assert_eq!(budget.rounds(), SPIN_ROUNDS);
+        budget.received();
+        assert_eq!(
+            budget.rounds(),
+            0,
+            "a receive after a receive does not spin"
+        );
+    }
+
+    #[test]
+    fn spins_that_run_out_are_skipped_ever_longer_and_one_catch_restores_them() {
+        let budget = SpinBudget::new();
+        budget.sent();
+        let s = SPIN_ROUNDS;
+        // Spin, skip 1, spin, skip 2, spin, skip 4, spin.
+        assert_eq!(
+            misses(&budget, 11),
+            [s, 0, s, 0, 0, s, 0, 0, 0, 0, s].to_vec()
+        );
+        // The skips stop growing at MAX_SKIPPED_SPINS.
+        let long = misses(&budget, 4 * MAX_SKIPPED_SPINS as usize);
+        let gaps: Vec<usize> = long
+            .split(|&rounds| rounds > 0)
+            .skip(1)
+            .map(<[u32]>::len)
+            .collect();
+        assert!(
+            gaps.iter().all(|&gap| gap <= MAX_SKIPPED_SPINS as usize),
+            "{gaps:?}"
+        );
+        assert!(gaps.contains(&(MAX_SKIPPED_SPINS as usize)), "{gaps:?}");
+        // A spin that catches its frame: the next receives spin again, and one miss skips one.
+        while budget.rounds() == 0 {}
+        budget.caught();
+        assert_eq!(misses(&budget, 4), [s, 0, s, 0].to_vec());
     }
 }

@@ -1027,10 +1027,12 @@ impl Host {
 
     /// One pass over every peer's send ring, starting after the last one served.
     fn poll_any(&self) -> Option<Result<Frame, RecvError>> {
-        let n = self.core.links.len();
-        let start = self.core.cursor.fetch_add(1, Ordering::Relaxed) % n;
-        for k in 0..n {
-            let link = &self.core.links[(start + k) % n];
+        let links = &self.core.links;
+        // Round robin: start after the ring that gave the last frame. Relaxed load and store,
+        // not an RMW: the cursor is a fairness hint, private to this process.
+        let start = self.core.cursor.load(Ordering::Relaxed).min(links.len());
+        let (after, before) = links.split_at(start);
+        for link in after.iter().chain(before) {
             // R10: only an attached peer's ring, or a leaving one's (frames sent before its
             // goodbye), is read. An evicted, recovered or reserved entry has no producer the
             // host listens to: what a process writes there after its eviction is not a frame.
@@ -1041,7 +1043,11 @@ impl Host {
                 continue;
             }
             match link.try_recv(&self.core.endpoint) {
-                Ok(Some(frame)) => return Some(Ok(frame)),
+                Ok(Some(frame)) => {
+                    let next = usize::from(link.peer) + 1;
+                    self.core.cursor.store(next, Ordering::Relaxed);
+                    return Some(Ok(frame));
+                }
                 Ok(None) => {}
                 Err(error) => {
                     self.evict_on_recv_fault(&error);

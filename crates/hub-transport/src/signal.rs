@@ -13,52 +13,54 @@
 //! [        sequence (31 bits)          ] [ W ]
 //! ```
 //!
-//! - The sequence goes up by one (the word by [`SEQUENCE_STEP`]) on every [`Doorbell::ring`],
-//!   wrapping around.
+//! - The sequence goes up by one (the word by [`SEQUENCE_STEP`]) on every [`Doorbell::ring`]
+//!   that finds a waiter announced, wrapping around.
 //! - `W` ([`WAITER_BIT`]) says "a waiter may be asleep or about to sleep". A waiter sets it before
-//!   its last check of the condition; a publisher that finds it set clears it and makes the
-//!   `FUTEX_WAKE` system call. A publisher that finds it clear makes no system call at all: a
-//!   ring costs one atomic read-modify-write when nobody sleeps.
+//!   its last check of the condition; a publisher that finds it set bumps the sequence, clears
+//!   it and makes the `FUTEX_WAKE` system call. A publisher that finds it clear does not write
+//!   the word at all: a ring costs one fence and one load when nobody sleeps, and the word's
+//!   cache line (which shares the peer entry with words both sides read on every operation)
+//!   stays where it is.
 //!
 //! # The protocol
 //!
 //! Publisher ([`Doorbell::ring`]):
 //!
 //! 1. publish the data (Release store, done by the caller);
-//! 2. `prev = word.fetch_add(2)` (Release);
-//! 3. if `prev` has `W`: `word.fetch_and(!W)`, then `futex_wake(word, all)`.
+//! 2. `fence(SeqCst)`, then `w = word.load()`; if `w` has no `W`, stop;
+//! 3. `prev = word.fetch_add(2)` (Release); if `prev` has `W`: `word.fetch_and(!W)`, then
+//!    `futex_wake(word, all)`.
 //!
 //! Waiter ([`Doorbell::wait_for`], park step):
 //!
-//! 1. `seen = word.fetch_or(W)` (Acquire) — the announcement;
+//! 1. `seen = word.fetch_or(W)` (Acquire), then `fence(SeqCst)`: the announcement;
 //! 2. check the condition; if it holds, return;
 //! 3. `futex_wait(word, seen | W)`; whatever its outcome, go back to checking the condition.
 //!
 //! # Why no wakeup is lost
 //!
-//! Both sides write the *same* word with read-modify-writes, so the word's single modification
-//! order puts the waiter's `fetch_or` (F) and the publisher's `fetch_add` (A) one before the
-//! other, and a read-modify-write always reads the value just before it in that order. This is
-//! what makes SeqCst unnecessary: a Dekker-style handshake needs sequential consistency only when
-//! each side writes one location and reads *another*. Release on A and Acquire on F are all the
-//! proof below uses, and the loom models fail (with a deadlock) if either is weakened to Relaxed.
-//! The publisher needs no Acquire: nothing flows from the waiter to it but the bit `W` itself.
+//! Each side writes one location and then reads the other's (the publisher the data, then the
+//! word; the waiter the word, then the data): store buffering, which only sequentially
+//! consistent fences settle. The two fences, F(p) of the publisher and F(w) of the waiter, are
+//! ordered one before the other in the single total order of SeqCst operations:
 //!
-//! - **A before F.** F reads A's value or a later one, and every later value comes from a
-//!   read-modify-write, which continues A's release sequence. So A (Release) synchronises with F
-//!   (Acquire), the data store that precedes A happens before the condition check of step 2, and
-//!   the waiter sees the data and returns without sleeping.
-//! - **F before A.** A reads F's value or a later one. Either `W` is still set in what A reads,
-//!   and this publisher clears it and wakes; or another ring (or [`Doorbell::clear`]) cleared it
-//!   between F and A, and *that* caller wakes after clearing. Either way some wake W' comes after
-//!   a write R that changed the word after F. The waiter sleeps on `seen | W`, the value F wrote.
-//!   The kernel compares the word and sleeps atomically with respect to `FUTEX_WAKE`: if it
-//!   compares after R, the word differs (the sequence moved on) and the waiter does not sleep; if
-//!   it compares before R, the waiter is queued before W' and W' wakes it. Then the waiter loops,
-//!   checks the condition and, if needed, announces again — which falls in the first case.
+//! - **F(p) before F(w).** The data store comes before F(p), the waiter's check after F(w), so
+//!   the check reads that store or a later one, and returns without sleeping.
+//! - **F(w) before F(p).** The announcement comes before F(w), the publisher's load after
+//!   F(p), so the load reads the announcement or a later value of the word. If `W` is still set
+//!   there, this publisher bumps the sequence and wakes. If another ring (or
+//!   [`Doorbell::clear`]) cleared it in between, *that* caller changed the word and wakes after
+//!   clearing. Either way some wake W' comes after a write R that changed the word after the
+//!   announcement. The waiter sleeps on `seen | W`, the value its announcement wrote. The
+//!   kernel compares the word and sleeps atomically with respect to `FUTEX_WAKE`: if it
+//!   compares after R, the word differs and the waiter does not sleep; if before, the waiter is
+//!   queued before W' and W' wakes it. Then the waiter loops and checks again; its next
+//!   announcement (Acquire) reads the sequence step (Release) or a later value, so the data is
+//!   visible to that check.
 //!
-//! The only way a wait could miss a change is the word coming back to exactly `seen | W` before
-//! the kernel compares it: 2^31 rings plus a new announcement within one system call's window.
+//! The loom models fail (with a deadlock) without either fence. The only way a wait could miss a
+//! change is the word coming back to exactly `seen | W` before the kernel compares it: 2^31
+//! woken rings plus a new announcement within one system call's window.
 //!
 //! The cost of this scheme: a waiter that finds its condition true at step 2 leaves `W` set, so
 //! the next ring makes one `FUTEX_WAKE` that wakes nobody. It never makes a wakeup lost, and `W`
@@ -91,7 +93,7 @@
 //! ```
 
 use crate::futex::{self, FutexError, MAX_WAIT_ANY, WAKE_ALL};
-use crate::sync::{AtomicU32, Ordering};
+use crate::sync::{AtomicU32, Ordering, fence};
 use std::time::{Duration, Instant};
 
 /// The bit of a doorbell word that says a waiter announced itself.
@@ -189,8 +191,8 @@ impl<'a> Doorbell<'a> {
         self.word
     }
 
-    /// The current sequence number: how many times the doorbell rang since it was last cleared,
-    /// modulo 2^31. For inspection; the protocol never needs it.
+    /// The current sequence number: how many times the doorbell rang for an announced waiter
+    /// since it was last cleared, modulo 2^31. For inspection; the protocol never needs it.
     pub fn sequence(&self) -> u32 {
         // R11: inspection only, orders nothing.
         self.word.load(Ordering::Relaxed) >> 1
@@ -203,8 +205,9 @@ impl<'a> Doorbell<'a> {
         self.word.load(Ordering::Relaxed) & WAITER_BIT != 0
     }
 
-    /// Tells the waiters that data was published: bumps the sequence and, only if a waiter has
-    /// announced itself, makes the `FUTEX_WAKE` system call for all sleepers of the word.
+    /// Tells the waiters that data was published: only if a waiter has announced itself, bumps
+    /// the sequence and makes the `FUTEX_WAKE` system call for all sleepers of the word;
+    /// otherwise the word is not written.
     ///
     /// Call it *after* the Release store that publishes the data. Returns how many sleepers the
     /// system call woke (0 without a system call).
@@ -215,10 +218,16 @@ impl<'a> Doorbell<'a> {
     ///
     /// let word = AtomicU32::new(0);
     /// let bell = Doorbell::new(&word);
-    /// assert_eq!(bell.ring(), 0); // nobody announced: no system call
-    /// assert_eq!(bell.sequence(), 1);
+    /// assert_eq!(bell.ring(), 0); // nobody announced: no system call, the word untouched
+    /// assert_eq!(bell.sequence(), 0);
+    /// bell.announce();
+    /// bell.ring(); // a waiter announced (none asleep here): the sequence moves, the bit clears
+    /// assert_eq!((bell.sequence(), bell.has_waiter()), (1, false));
     /// ```
     pub fn ring(&self) -> usize {
+        if !self.waiter_announced() {
+            return 0;
+        }
         // R11: Release publishes the caller's data to a waiter whose announcement (Acquire)
         // reads this value or a later one; as an RMW it reads the latest WAITER_BIT.
         let prev = self.word.fetch_add(SEQUENCE_STEP, Ordering::Release);
@@ -250,6 +259,9 @@ impl<'a> Doorbell<'a> {
     /// assert!(notified && !bell.has_waiter());
     /// ```
     pub fn ring_notify(&self, notify: impl FnOnce()) -> usize {
+        if !self.waiter_announced() {
+            return 0;
+        }
         // R11: as `ring`; Acquire as well, for the waiter's word read by `notify`.
         let prev = self.word.fetch_add(SEQUENCE_STEP, Ordering::AcqRel);
         if prev & WAITER_BIT == 0 {
@@ -268,7 +280,10 @@ impl<'a> Doorbell<'a> {
     pub fn announce(&self) -> u32 {
         // R11: Acquire as in `wait_any_for`; Release so that the ring that reads it sees the
         // word the caller wrote before (how it sleeps).
-        self.word.fetch_or(WAITER_BIT, Ordering::AcqRel)
+        let seen = self.word.fetch_or(WAITER_BIT, Ordering::AcqRel);
+        // R11: pairs with the ring's fence (`waiter_announced`), before the caller's check.
+        fence(Ordering::SeqCst);
+        seen
     }
 
     /// A waiter's announcement that it sleeps on a readiness descriptor: sets bit `mine` of
@@ -292,6 +307,17 @@ impl<'a> Doorbell<'a> {
                 notify();
             }
         })
+    }
+
+    /// Whether a waiter has announced itself, as seen after the caller's publication: the
+    /// first step of every ring, and when it says no, the last (the word is not written).
+    #[inline]
+    fn waiter_announced(&self) -> bool {
+        // R11: the SeqCst fence pairs with the one a waiter makes after its announcement:
+        // either the waiter's check sees what the caller published before this fence, or the
+        // load below sees the announcement (store-buffering, settled by the fences' total order).
+        fence(Ordering::SeqCst);
+        self.word.load(Ordering::Relaxed) & WAITER_BIT != 0
     }
 
     /// Clears [`WAITER_BIT`], then wakes every sleeper; the clear comes first so that a waiter
@@ -388,11 +414,16 @@ fn spin<T>(
     bounded: bool,
 ) -> Result<Option<T>, WaitError> {
     let backoff = crossbeam_utils::Backoff::new();
+    let mut round: u32 = 0;
     loop {
         if let Some(value) = poll() {
             return Ok(Some(value));
         }
-        remaining(deadline)?;
+        // The clock every few rounds only: a look at it costs about what a poll does.
+        if round.is_multiple_of(DEADLINE_CHECK_ROUNDS) {
+            remaining(deadline)?;
+        }
+        round = round.wrapping_add(1);
         if backoff.is_completed() {
             if bounded {
                 return Ok(None);
@@ -404,6 +435,10 @@ fn spin<T>(
         }
     }
 }
+
+/// How many rounds of a spin go between two looks at the clock.
+#[cfg(not(loom))]
+const DEADLINE_CHECK_ROUNDS: u32 = 8;
 
 /// Under loom: the spin phase of `Adaptive` is one yield and one check, and `Spin` yields to the
 /// model's scheduler between checks, so that models stay small and terminate.
@@ -502,6 +537,9 @@ pub fn wait_any_for<T>(
             let seen = bell.word.fetch_or(WAITER_BIT, Ordering::Acquire);
             *slot = (bell.word, seen | WAITER_BIT);
         }
+        // R11: pairs with the fence of every ring (`waiter_announced`): a ring whose load of
+        // the word missed these announcements published its data before the check below.
+        fence(Ordering::SeqCst);
         if let Some(value) = poll() {
             return Ok(value);
         }
@@ -527,15 +565,14 @@ mod tests {
     use std::thread;
 
     #[test]
-    fn ring_without_waiter_makes_no_wake_and_bumps_the_sequence() {
-        let word = AtomicU32::new(0);
+    fn ring_without_waiter_makes_no_wake_and_leaves_the_word() {
+        let word = AtomicU32::new(7 * SEQUENCE_STEP);
         let bell = Doorbell::new(&word);
-        for i in 1..=5 {
+        for _ in 1..=5 {
             assert_eq!(bell.ring(), 0);
-            assert_eq!(bell.sequence(), i);
             assert!(!bell.has_waiter());
         }
-        assert_eq!(word.load(Ordering::Relaxed), 5 * SEQUENCE_STEP);
+        assert_eq!(word.load(Ordering::Relaxed), 7 * SEQUENCE_STEP);
     }
 
     #[test]
@@ -549,8 +586,8 @@ mod tests {
     }
 
     #[test]
-    fn sequence_wraps_without_touching_the_waiter_bit() {
-        let word = AtomicU32::new(u32::MAX - 1); // sequence at its maximum, no waiter
+    fn sequence_wraps_into_the_cleared_waiter_bit() {
+        let word = AtomicU32::new(u32::MAX); // sequence at its maximum, a waiter announced
         let bell = Doorbell::new(&word);
         bell.ring();
         assert_eq!(word.load(Ordering::Relaxed), 0);
@@ -865,7 +902,8 @@ mod loom_tests {
         });
     }
 
-    /// Nobody sleeps (the waiter only spins): the publisher never makes a wake call.
+    /// Nobody sleeps (the waiter only spins): the publisher never makes a wake call, nor writes
+    /// the word.
     #[test]
     fn no_wake_call_when_nobody_sleeps() {
         loom::model(|| {
@@ -885,7 +923,8 @@ mod loom_tests {
                 .unwrap();
             publisher.join().unwrap();
             assert_eq!(emulation::wake_calls(), 0);
-            assert_eq!(Doorbell::new(&word).sequence(), 2);
+            // Rings that find no waiter do not write the word.
+            assert_eq!(word.load(Ordering::Relaxed), 0);
         });
     }
 
