@@ -31,11 +31,11 @@
 //! **Wait modes.** The default, [`WaitMode::Adaptive`](hub_transport::WaitMode::Adaptive), suits tarpc: a receive that finds
 //! nothing gives its turn back to the executor for up to 200 µs (the reply is made by other
 //! tasks of it, an RPC server's), looking after each turn, and only then sleeps; it spins
-//! inside its poll only while such spins keep catching frames, which in tarpc they do not.
-//! [`WaitMode::Block`](hub_transport::WaitMode::Block) sleeps at once: no CPU spent waiting,
-//! and two wakeups per call. In runs of the example (`rpc_tarpc --quick`), a unary call over
-//! the hub took 0.16 to 0.26 times as long as over tarpc's Unix-socket transport in
-//! `Adaptive` (6 µs), 1.2 times in `Block` (see the README's RPC benchmark).
+//! inside its poll only after its end sent something and while such spins keep catching
+//! frames. [`WaitMode::Block`](hub_transport::WaitMode::Block) sleeps at once: no CPU spent
+//! waiting, and two wakeups per call. In runs of the example (`rpc_tarpc --quick`), a unary
+//! call over the hub took 0.14 to 0.29 times as long as over tarpc's Unix-socket transport in
+//! `Adaptive` (6 to 9 µs), 1.2 to 1.3 times in `Block` (see the README's RPC benchmark).
 //!
 //! ```
 //! use std::sync::Arc;

@@ -2,11 +2,12 @@
 //!
 //! Each wraps a [`Host`] or a [`Peer`] and registers its readiness descriptor
 //! ([`Host::ready_fd`], [`Peer::ready_fd`]) with tokio's reactor through
-//! [`AsyncFd`]. A receive looks at the rings first; in [`WaitMode::Adaptive`] (the default) it
-//! then spins a few microseconds (pause instructions only; skipped while spins of this endpoint
-//! keep running out) and for up to 200 µs gives its turn back to
-//! the executor, looking after each turn, since the reply may be made by other tasks of the
-//! same executor (an RPC server's), which a spin inside the poll would only delay; only then
+//! [`AsyncFd`]. A receive looks at the rings first. In [`WaitMode::Adaptive`] (the default) it
+//! then spins a few microseconds (pause instructions only), but only when the endpoint sent a
+//! frame since it last received one (a reply may be on its way) and while such spins keep
+//! catching their frame: a spin runs inside the executor's poll, where it would only delay
+//! other tasks of the executor that make the next frame (an RPC server's handlers). Then, for
+//! up to 200 µs, it gives its turn back to the executor, looking after each turn; only then
 //! does it arm the endpoint (R11), look once more and wait for the descriptor.
 //! [`WaitMode::Block`] arms at once; [`WaitMode::Spin`] keeps looking for up to 1 ms. While
 //! frames keep coming, nothing is armed and no side makes a system call per frame (a turn in
