@@ -36,6 +36,7 @@ use hub_layout::{
 use crate::error::{Corruption, Refusal, SlabError};
 use crate::layout::{OwnerId, SlabLayout};
 use crate::ledger::Ledger;
+use crate::magazine::Magazine;
 use crate::region::Region;
 use crate::shared::{ClassHeader, Shared, SlotMeta, join, split};
 use crate::sync::{AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering, lock};
@@ -179,6 +180,9 @@ pub struct ClassStats {
 pub struct ReclaimReport {
     /// Slots freed per class: the owner's allocated and in-flight slots.
     pub freed: Vec<u32>,
+    /// Free slots the owner kept for itself (see [`Slab::kept_count`]), put back on their
+    /// lists: not counted in `freed`, since nothing was held.
+    pub kept: u32,
     /// A slot the owner had popped or freed but not yet recorded, put back on its list.
     pub recovered_from_journal: bool,
     /// The journal named a slot another participant is still busy with; it was left for a
@@ -320,6 +324,8 @@ pub struct Slab<R: Region> {
     cache: std::sync::Arc<[ClassCache]>,
     /// The slots this handle's owner holds, as it knows privately (R4).
     ledger: std::sync::Arc<Ledger>,
+    /// Free slots this handle's owner keeps for itself, per class (see [`crate::magazine`]).
+    magazines: std::sync::Arc<[Magazine]>,
     /// This owner's threads take turns in their journal windows under this private lock, so
     /// that whatever another process writes into the shared journal word never makes them wait.
     journal_lock: std::sync::Arc<Mutex<()>>,
@@ -466,6 +472,7 @@ impl<R: Region> Slab<R> {
             journal_offset: self.layout.journal_offsets[journal],
             cache: self.cache.clone(),
             ledger: std::sync::Arc::new(Ledger::new(&self.layout)),
+            magazines: magazines(&self.layout),
             journal_lock: std::sync::Arc::new(Mutex::new(())),
             extents: self.extents.clone(),
             wakes: std::sync::Arc::new(AtomicU32::new(0)),
@@ -490,6 +497,7 @@ impl<R: Region> Slab<R> {
         let slab = Self {
             journal_offset: layout.journal_offsets[journal],
             ledger: std::sync::Arc::new(Ledger::new(&layout)),
+            magazines: magazines(&layout),
             layout: std::sync::Arc::new(layout),
             region,
             me,
@@ -554,6 +562,9 @@ impl<R: Region> Slab<R> {
                     .max()
                     .unwrap_or(0),
             })?;
+        if let Some(handle) = self.take_kept(fits) {
+            return Ok(handle);
+        }
         for class in fits..self.layout.classes.len() {
             if let Some(handle) = self.pop(class)? {
                 return Ok(handle);
@@ -571,6 +582,9 @@ impl<R: Region> Slab<R> {
     /// As [`alloc`](Self::alloc); [`SlabError::BadHandle`] when there is no such class.
     pub fn alloc_in(&self, class: u16) -> Result<SlotHandle, SlabError> {
         let c = self.class_index(class, 0)?;
+        if let Some(handle) = self.take_kept(c) {
+            return Ok(handle);
+        }
         if let Some(handle) = self.pop(c)? {
             return Ok(handle);
         }
@@ -583,6 +597,9 @@ impl<R: Region> Slab<R> {
     /// As [`alloc_in`](Self::alloc_in), but `Ok(None)` where it would grow.
     pub fn try_alloc_in(&self, class: u16) -> Result<Option<SlotHandle>, SlabError> {
         let c = self.class_index(class, 0)?;
+        if let Some(handle) = self.take_kept(c) {
+            return Ok(Some(handle));
+        }
         self.pop(c)
     }
 
@@ -689,6 +706,16 @@ impl<R: Region> Slab<R> {
         self.ledger.holds_handle(handle)
     }
 
+    /// How many free slots of `class` this participant keeps for itself now: slots it freed
+    /// and will allocate again before it pops the shared list. They count as Free in
+    /// [`stats`](Self::stats); a participant that leaves or dies has them taken back by its
+    /// [`reclaim`](Self::reclaim). Classes of fewer than 16 slots per extent keep none.
+    pub fn kept_count(&self, class: u16) -> u32 {
+        self.magazines
+            .get(usize::from(class))
+            .map_or(0, |magazine| magazine.len() as u32)
+    }
+
     /// How many slots of `class` this participant holds (its private ledger, R4).
     pub fn held_count(&self, class: u16) -> u32 {
         self.ledger.count(class)
@@ -708,7 +735,7 @@ impl<R: Region> Slab<R> {
     /// [`SlabError::Corrupt`] when its state word is garbage; [`SlabError::ListHeld`].
     pub fn free(&self, handle: SlotHandle) -> Result<Freed, SlabError> {
         self.check_not_held_otherwise(handle)?;
-        self.free_slot(handle, true)
+        self.free_slot(handle, true, true)
     }
 
     /// Free a slot this participant does not hold (R4): reclaim's and recovery's frees of what
@@ -721,7 +748,7 @@ impl<R: Region> Slab<R> {
                 index: handle.index,
             });
         }
-        self.free_slot(handle, false)
+        self.free_slot(handle, false, false)
     }
 
     /// `Err(StaleHandle)` when this participant holds `handle`'s slot at another generation:
@@ -739,16 +766,74 @@ impl<R: Region> Slab<R> {
     /// [`free`](Self::free)'s work. With `release`, the slot leaves this participant's ledger
     /// whether or not the shared state agrees: the holder is done with it either way, and a
     /// slot whose state another process rewrote is the auditor's to find.
-    fn free_slot(&self, handle: SlotHandle, release: bool) -> Result<Freed, SlabError> {
+    fn free_slot(&self, handle: SlotHandle, release: bool, keep: bool) -> Result<Freed, SlabError> {
         let class = self.class_index(handle.class, handle.index)?;
         let meta = self.handle_meta(class, handle)?;
         let header = self.header(class)?;
+        // The holder's own free keeps the slot (see `crate::magazine`) when its class keeps
+        // slots, nobody waits for one, and the slot is this participant's by its owner word:
+        // then whenever it dies, the slot is Allocated, InFlight or Free, and its own, and its
+        // reclaim finds it.
+        if keep
+            && self.magazines[class].enabled()
+            && !has_waiter(header)
+            && meta.owner.load(Ordering::Relaxed) == self.me.raw()
+        {
+            self.free_state(meta, handle, release)?;
+            // R4: out of the ledger before it is kept: a take by another thread of this
+            // participant claims it anew.
+            self.ledger.release(handle);
+            let generation = handle.generation.wrapping_add(1);
+            if self.magazines[class].put(handle.index, generation) {
+                return Ok(Freed {
+                    class: handle.class,
+                    wake_waiters: false,
+                });
+            }
+            // Every cell is full: on the list after all, the second half of an ordinary free.
+            // Until the journal names it, it is Free, off the list and this participant's:
+            // kept, as far as a reclaim can tell.
+            let journal = self.enter_journal()?;
+            journal.name(handle.slot_ref());
+            meta.owner.store(NO_OWNER, Ordering::Relaxed);
+            self.push(header, class, handle.index, meta)?;
+            drop(journal);
+            return Ok(Freed {
+                class: handle.class,
+                wake_waiters: notify_waiters(header),
+            });
+        }
         let journal = self.enter_journal()?;
         // R5: say which slot before touching it, so a crash between the state change and the
         // push leaves a trace reclaim follows. Release, as every journal store: whoever reads
         // the journal (Acquire) sees what this participant did before, such as recording a
         // slot it popped as Allocated (see `resolve_journal`).
         journal.name(handle.slot_ref());
+        self.free_state(meta, handle, release)?;
+        meta.owner.store(NO_OWNER, Ordering::Relaxed);
+        // R4: out of the ledger before the push: once on the list, a pop of this process may
+        // take it, and must not find it held.
+        if release {
+            self.ledger.release(handle);
+        }
+        self.push(header, class, handle.index, meta)?;
+        drop(journal);
+        Ok(Freed {
+            class: handle.class,
+            wake_waiters: notify_waiters(header),
+        })
+    }
+
+    /// A free's state change: `(generation, Allocated | InFlight) -> (generation + 1, Free)`
+    /// for `handle`'s generation, or the error that says why not (the slot leaves the ledger
+    /// then too, with `release`).
+    #[inline(always)]
+    fn free_state(
+        &self,
+        meta: &SlotMeta,
+        handle: SlotHandle,
+        release: bool,
+    ) -> Result<(), SlabError> {
         let mut current = meta.gen_state.load(Ordering::Relaxed);
         loop {
             let (generation, state) = split(current);
@@ -765,22 +850,50 @@ impl<R: Region> Slab<R> {
                 Ordering::AcqRel,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => break,
+                Ok(_) => return Ok(()),
                 Err(found) => current = found,
             }
         }
-        meta.owner.store(NO_OWNER, Ordering::Relaxed);
-        // R4: out of the ledger before the push: once on the list, a pop of this process may
-        // take it, and must not find it held.
-        if release {
-            self.ledger.release(handle);
+    }
+
+    /// A slot this participant kept (see `crate::magazine`), taken back: `(generation, Free)
+    /// -> (generation, Allocated)` by compare-and-swap, which settles it against anybody else
+    /// who claims the slot meanwhile (a reclaim, a pop after a forged push). Kept slots a CAS
+    /// loses, or that this participant holds otherwise, are dropped from the magazine.
+    #[inline]
+    fn take_kept(&self, class: usize) -> Option<SlotHandle> {
+        let magazine = &self.magazines[class];
+        if !magazine.enabled() {
+            return None;
         }
-        self.push(header, class, handle.index, meta)?;
-        drop(journal);
-        Ok(Freed {
-            class: handle.class,
-            wake_waiters: notify_waiters(header),
-        })
+        while let Some((index, generation)) = magazine.take() {
+            let handle = SlotHandle::from_parts(class as u16, index, generation);
+            let Ok(meta) = self.meta(class, index) else {
+                continue;
+            };
+            // R4: the private claim first, as a pop's.
+            if !self.ledger.claim(handle) {
+                continue;
+            }
+            // R5: Free -> Allocated at the generation the keeper wrote; AcqRel as a pop's.
+            if meta
+                .gen_state
+                .compare_exchange(
+                    join(generation, FREE),
+                    join(generation, ALLOCATED),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+            {
+                self.ledger.release(handle);
+                continue;
+            }
+            // R6: the keeper's already; written again over whatever another process wrote.
+            meta.owner.store(self.me.raw(), Ordering::Relaxed);
+            return Some(handle);
+        }
+        None
     }
 
     /// The start of a slot's bytes ([`slot_size`](Self::slot_size) of them), for the holder of
@@ -953,23 +1066,53 @@ impl<R: Region> Slab<R> {
         for class in 0..self.layout.classes.len() {
             mine.clear();
             self.for_each_meta(class, |index, meta| {
-                let (generation, state) = split(meta.gen_state.load(Ordering::Acquire));
+                let word = meta.gen_state.load(Ordering::Acquire);
+                let (generation, state) = split(word);
+                // Kept by the owner (see `crate::magazine`): taken from it by the state CAS a
+                // keeper's own take makes, so of the two exactly one has it; freed below.
+                if state == FREE
+                    && meta.owner.load(Ordering::Acquire) == owner.raw()
+                    && !self.ledger.holds(class as u16, index)
+                    && meta
+                        .gen_state
+                        .compare_exchange(
+                            word,
+                            join(generation, ALLOCATED),
+                            Ordering::AcqRel,
+                            Ordering::Relaxed,
+                        )
+                        .is_ok()
+                {
+                    mine.push((
+                        SlotHandle::from_parts(class as u16, index, generation),
+                        true,
+                    ));
+                    return;
+                }
                 // R4: the owner word is a claim another process wrote; a slot this participant
                 // holds is not freed whatever it says (unless this participant reclaims its own).
                 if (state == ALLOCATED || state == IN_FLIGHT)
                     && meta.owner.load(Ordering::Acquire) == owner.raw()
                     && (mine_too || !self.ledger.holds(class as u16, index))
                 {
-                    mine.push(SlotHandle::from_parts(class as u16, index, generation));
+                    mine.push((
+                        SlotHandle::from_parts(class as u16, index, generation),
+                        false,
+                    ));
                 }
             });
-            for &handle in &mine {
-                let freed = if mine_too {
-                    self.free(handle)
+            for &(handle, kept) in &mine {
+                let freed = if mine_too && self.ledger.holds_handle(handle) {
+                    self.check_not_held_otherwise(handle)
+                        .and_then(|()| self.free_slot(handle, true, false))
                 } else {
                     self.free_unheld(handle)
                 };
                 match freed {
+                    Ok(freed) if kept => {
+                        report.kept += 1;
+                        report.wake_waiters |= freed.wake_waiters;
+                    }
                     Ok(freed) => {
                         report.freed[class] += 1;
                         report.wake_waiters |= freed.wake_waiters;
@@ -1118,6 +1261,9 @@ impl<R: Region> Slab<R> {
             match split(seen).1 {
                 // R4: a slot this participant holds is never chained, whatever its state says.
                 FREE if self.ledger.holds(class, index) => {}
+                // Kept by a participant (see `crate::magazine`), or by a dead one whose
+                // reclaim takes it back: not lost.
+                FREE if meta.owner.load(Ordering::Acquire) != NO_OWNER => {}
                 FREE => {
                     let entry = encode_slot_ref(class, index) + 1;
                     // And the state again after the journals: a pop that won before the hold
@@ -1145,7 +1291,7 @@ impl<R: Region> Slab<R> {
         // A slot a journal named may have been on the old list, which is gone: once its
         // participant has moved on, put it back unless it is taken or on the new list.
         for (index, meta) in unsure {
-            match self.resolve_slot(c, index, meta, None)? {
+            match self.resolve_slot(c, index, meta, None, None)? {
                 Resolution::Recovered(wake) => {
                     report.free += 1;
                     report.wake_waiters |= wake;
@@ -1190,10 +1336,16 @@ impl<R: Region> Slab<R> {
         // slot before the CAS), or its state change does, from its journal's clear onwards.
         let mut journals = self.journal_entries();
         let mut states = Vec::new();
+        let mut kept = Vec::new();
         self.for_each_meta(c, |index, meta| {
             // Acquire: a state a pop or free wrote (AcqRel) brings its earlier head CAS with it,
             // so the last head load below cannot take that list for the one of `before`.
-            states.push((index, meta.gen_state.load(Ordering::Acquire)));
+            let word = meta.gen_state.load(Ordering::Acquire);
+            states.push((index, word));
+            // A Free slot that names an owner is kept (see `crate::magazine`), not lost.
+            if split(word).1 == FREE && meta.owner.load(Ordering::Acquire) != NO_OWNER {
+                kept.push(index);
+            }
         });
         audit.bad_states = states
             .iter()
@@ -1266,6 +1418,7 @@ impl<R: Region> Slab<R> {
                             && !listed
                             && !journals.contains(&(encode_slot_ref(class, index) + 1))
                             && !self.ledger.holds(class, index)
+                            && !kept.contains(&index)
                     })
                     .map(|(&(index, word), _)| (index, split(word).0))
                     .collect();
@@ -1716,18 +1869,25 @@ impl<R: Region> Slab<R> {
             return Err(bad_journal());
         }
         let meta = self.meta(c, index).map_err(|_| bad_journal())?;
-        self.resolve_slot(c, index, meta, self.layout.journal_index(owner))
+        self.resolve_slot(
+            c,
+            index,
+            meta,
+            self.layout.journal_index(owner),
+            Some(owner),
+        )
     }
 
     /// Whether slot `index` of class `c`, which some journal named while it was Free, is lost
-    /// (Free, off the list, and named by no journal but the `skip`ped one's), and if so put it
-    /// back on the list.
+    /// (Free, off the list, named by no journal but the `skip`ped one's, and kept by nobody
+    /// but the `dead` one, see `crate::magazine`), and if so put it back on the list.
     fn resolve_slot(
         &self,
         c: usize,
         index: u32,
         meta: &SlotMeta,
         skip: Option<usize>,
+        dead: Option<OwnerId>,
     ) -> Result<Resolution, SlabError> {
         let entry = encode_slot_ref(c as u16, index) + 1;
         for _ in 0..RESOLVE_ATTEMPTS {
@@ -1752,7 +1912,11 @@ impl<R: Region> Slab<R> {
                     return Err(error);
                 }
             };
-            if on_list {
+            // Acquire, as the state's loads: a keeper's owner word came before its state CAS.
+            let owner = meta.owner.load(Ordering::Acquire);
+            if on_list || (owner != NO_OWNER && dead.is_none_or(|dead| owner != dead.raw())) {
+                // On the list; or kept by a participant (the owner scan of the dead one's
+                // reclaim takes back what the dead one kept).
                 self.release(c, held, held.first);
                 return Ok(Resolution::NothingLost);
             }
@@ -1935,7 +2099,7 @@ impl<R: Region> Slab<R> {
         // The first slot is the grower's (in its ledger already); the others leave the ledger
         // as they are freed.
         for slot in slots_of(extent).skip(1) {
-            let freed = self.free_slot(slot, true)?;
+            let freed = self.free_slot(slot, true, false)?;
             if freed.wake_waiters {
                 // R11: an allocator sleeps on the class's word: the caller wakes it.
                 self.wakes.fetch_or(1 << class, Ordering::Release);
@@ -2291,6 +2455,14 @@ fn yield_now() {
     loom::thread::yield_now();
 }
 
+/// Whether an allocator announced that it waits for a slot of the class (a hint: a free that
+/// finds one pushes its slot and wakes it rather than keep the slot).
+#[inline]
+fn has_waiter(header: ClassHeader<'_>) -> bool {
+    // Relaxed: a stale answer keeps one slot more or less; the push path's wake is R11's.
+    header.slot_available_futex.load(Ordering::Relaxed) & WAITER_BIT != 0
+}
+
 /// After a push on `header`'s list: bump the class's futex word when an allocator announced it
 /// sleeps (R11), and say whether one did.
 #[inline(always)]
@@ -2328,6 +2500,15 @@ fn give_back(current_size: &AtomicU64, start: usize, end: usize) {
         Ordering::AcqRel,
         Ordering::Relaxed,
     );
+}
+
+/// An empty magazine per class of `layout`.
+fn magazines(layout: &SlabLayout) -> std::sync::Arc<[Magazine]> {
+    layout
+        .classes
+        .iter()
+        .map(|class| Magazine::for_class(class.slots_per_extent))
+        .collect()
 }
 
 fn corrupt(class: usize, corruption: Corruption) -> SlabError {

@@ -1737,10 +1737,30 @@ fn a_slot_between_its_free_and_its_push_is_not_off_the_list() {
     let audit = slab.audit(0).unwrap();
     assert!(healthy(&audit), "{audit:?}");
     // Once the journal no longer names it (P1 died and its journal was cleared without a
-    // reclaim), the slot is lost, and the audit says so.
+    // reclaim), the slot still names P1 as its owner: Free, off the list and P1's is what a
+    // slot P1 keeps for itself looks like (see `magazine`), so it is not lost, and a rebuild
+    // leaves it alone; P1's reclaim takes it back.
     slab.clear_journal(P1).unwrap();
     let audit = slab.audit(0).unwrap();
-    assert_eq!(audit.off_list, [(handle.index(), 1)], "{audit:?}");
+    assert!(audit.off_list.is_empty(), "{audit:?}");
+    assert_eq!(slab.rebuild_free_list(0).unwrap().free, 3);
+    let report = slab.reclaim(P1).unwrap();
+    assert_eq!((report.freed[0], report.kept), (0, 1), "{report:?}");
+    assert_eq!(slab.free_list_len(0).unwrap(), 4);
+    assert!(healthy(&slab.audit(0).unwrap()));
+
+    // A slot that names no owner, off the list and in no journal, is lost, and the audit says
+    // so. (P2 this time: P1's own ledger, in this process, still holds the slot it "died" with.)
+    let p2 = slab.with_owner(P2).unwrap();
+    let handle = p2.alloc_in(0).unwrap();
+    raw.crash_after_free_cas(P2, handle, true);
+    slab.clear_journal(P2).unwrap();
+    let audit = slab.audit(0).unwrap();
+    assert_eq!(
+        audit.off_list,
+        [(handle.index(), handle.generation() + 1)],
+        "{audit:?}"
+    );
     assert_eq!(slab.rebuild_free_list(0).unwrap().free, 4);
     assert!(healthy(&slab.audit(0).unwrap()));
 }
@@ -2317,4 +2337,150 @@ fn a_growth_reports_the_wakeups_its_frees_owe() {
     for handle in held.into_iter().chain([grown]) {
         free_ok(&slab, handle);
     }
+}
+
+// ----- magazines: free slots a participant keeps for itself -----
+
+/// One class of 64 slots an extent: large enough to keep slots (four cells).
+fn keeping_slab() -> TestSlab {
+    let layout = SlabLayout::standalone(
+        &[ClassConfig {
+            slot_size: 64,
+            slots_per_extent: 64,
+        }],
+        1,
+        MAX_PEERS_HERE,
+    )
+    .unwrap();
+    init_on(heap(&layout), layout)
+}
+
+#[test]
+fn a_free_keeps_the_slot_and_the_next_alloc_takes_it_back_without_the_list() {
+    let slab = keeping_slab();
+    let p1 = slab.with_owner(P1).unwrap();
+    let handle = p1.alloc_in(0).unwrap();
+    assert_eq!(slab.free_list_len(0).unwrap(), 63);
+    free_ok(&p1, handle);
+    // Kept: Free in the shared state (so it counts as free), off the list, named as P1's.
+    assert_eq!(p1.kept_count(0), 1);
+    assert_eq!(slab.free_list_len(0).unwrap(), 63);
+    assert_eq!(slab.stats()[0].free, 64);
+    let status = slab.slot_status(0, handle.index()).unwrap();
+    assert_eq!(
+        (status.state, status.owner, status.generation),
+        (Some(SlotState::Free), P1.raw(), handle.generation() + 1)
+    );
+    assert!(healthy(&slab.audit(0).unwrap()), "a kept slot is not lost");
+    // The next alloc takes it back: the same slot, its next life, and the list untouched.
+    let again = p1.alloc_in(0).unwrap();
+    assert_eq!(
+        (again.index(), again.generation()),
+        (handle.index(), handle.generation() + 1)
+    );
+    assert!(p1.holds(again));
+    assert_eq!((p1.kept_count(0), slab.free_list_len(0).unwrap()), (0, 63));
+    // The old handle is stale: a double free is still an error.
+    assert!(matches!(
+        p1.free(handle),
+        Err(SlabError::StaleHandle { .. } | SlabError::DoubleFree { .. })
+    ));
+    free_ok(&p1, again);
+}
+
+#[test]
+fn the_cells_full_a_free_goes_to_the_list() {
+    let slab = keeping_slab();
+    let p1 = slab.with_owner(P1).unwrap();
+    let handles: Vec<_> = (0..6).map(|_| p1.alloc_in(0).unwrap()).collect();
+    for &handle in &handles {
+        free_ok(&p1, handle);
+    }
+    assert_eq!(p1.kept_count(0), 4);
+    assert_eq!(slab.free_list_len(0).unwrap(), 64 - 4);
+    assert_eq!(slab.stats()[0].free, 64);
+}
+
+#[test]
+fn a_free_keeps_nothing_while_an_allocator_waits() {
+    let slab = keeping_slab();
+    let p1 = slab.with_owner(P1).unwrap();
+    let handle = p1.alloc_in(0).unwrap();
+    slab.announce_waiter(0).unwrap();
+    let freed = p1.free(handle).unwrap();
+    assert!(freed.wake_waiters, "pushed, and the waiter told");
+    assert_eq!((p1.kept_count(0), slab.free_list_len(0).unwrap()), (0, 64));
+}
+
+#[test]
+fn a_received_slot_is_kept_by_its_receiver() {
+    let slab = keeping_slab();
+    let p1 = slab.with_owner(P1).unwrap();
+    let sent = p1.alloc_in(0).unwrap();
+    p1.mark_in_flight(sent, HOST).unwrap();
+    slab.accept(sent, P1).unwrap();
+    free_ok(&slab, sent);
+    assert_eq!((slab.kept_count(0), p1.kept_count(0)), (1, 0));
+    // The host's next alloc is that slot; P1's comes from the list.
+    assert_eq!(slab.alloc_in(0).unwrap().index(), sent.index());
+    assert_ne!(p1.alloc_in(0).unwrap().index(), sent.index());
+}
+
+#[test]
+fn reclaim_puts_back_what_a_participant_kept_and_counts_it_apart() {
+    let slab = keeping_slab();
+    let p1 = slab.with_owner(P1).unwrap();
+    let handles: Vec<_> = (0..5).map(|_| p1.alloc_in(0).unwrap()).collect();
+    for &handle in &handles[..3] {
+        free_ok(&p1, handle);
+    }
+    // P1 dies holding two and keeping three.
+    let report = slab.reclaim(P1).unwrap();
+    assert_eq!((report.freed[0], report.kept), (2, 3), "{report:?}");
+    assert_eq!(slab.free_list_len(0).unwrap(), 64);
+    assert!(healthy(&slab.audit(0).unwrap()));
+
+    // A participant reclaimed while it keeps slots (evicted, say) finds what its magazine
+    // names gone: its takes fail their state CAS, and it pops instead.
+    let p2 = slab.with_owner(P2).unwrap();
+    let handles: Vec<_> = (0..3).map(|_| p2.alloc_in(0).unwrap()).collect();
+    for &handle in &handles {
+        free_ok(&p2, handle);
+    }
+    assert_eq!(slab.reclaim(P2).unwrap().kept, 3);
+    let next = p2.alloc_in(0).unwrap();
+    assert_eq!(p2.kept_count(0), 0);
+    assert!(p2.holds(next));
+    assert_eq!(slab.free_list_len(0).unwrap(), 63);
+}
+
+#[test]
+fn a_rebuild_leaves_kept_slots_to_their_keeper() {
+    let slab = keeping_slab();
+    let p1 = slab.with_owner(P1).unwrap();
+    let handle = p1.alloc_in(0).unwrap();
+    free_ok(&p1, handle);
+    let report = slab.rebuild_free_list(0).unwrap();
+    assert_eq!(report.free, 63, "the kept slot is not chained: {report:?}");
+    assert_eq!(p1.alloc_in(0).unwrap().index(), handle.index());
+    assert!(healthy(&slab.audit(0).unwrap()));
+}
+
+#[test]
+fn a_kept_slot_someone_else_took_is_dropped_from_the_magazine() {
+    let slab = keeping_slab();
+    let raw = Raw::new(&slab);
+    let p1 = slab.with_owner(P1).unwrap();
+    let handle = p1.alloc_in(0).unwrap();
+    free_ok(&p1, handle);
+    // Another process moves the kept slot on (a claim P1 does not know of).
+    raw.set_gen_state(0, handle.index(), handle.generation() + 1, ALLOCATED);
+    let next = p1.alloc_in(0).unwrap();
+    assert_ne!(next.index(), handle.index(), "not handed out again");
+    assert_eq!(p1.kept_count(0), 0);
+    assert!(!p1.holds(SlotHandle::from_parts(
+        0,
+        handle.index(),
+        handle.generation() + 1
+    )));
 }
