@@ -23,6 +23,14 @@
 //! Growth has no such window: a new extent's slots are created allocated and owned by the
 //! grower, and the grower frees them one by one after publishing the extent, so a grower that
 //! dies halfway leaves slots its reclaim finds.
+//!
+//! # Kept slots: no list traffic in steady state (R7)
+//!
+//! A holder's own free may *keep* its slot instead of pushing it, and its next alloc of the
+//! class takes it back (see [`crate::magazine`]): the slot is then Free, off the list, and its
+//! owner word says "kept by" the keeper. Reclaim of a participant puts back what it kept; audit
+//! and rebuild leave kept slots alone. Neither step needs the journal: the owner word says
+//! "kept by" before the state changes, so a keeper that dies leaves a slot its reclaim finds.
 
 use core::mem::size_of;
 use core::ptr::NonNull;
@@ -292,8 +300,10 @@ impl ClassCache {
 /// The type is `Send + Sync`; all operations take `&self`. Across processes they are
 /// lock-free, except that a pop or push waits while the host holds a class's list during
 /// [`reclaim`](Self::reclaim) or [`rebuild_free_list`](Self::rebuild_free_list); within one
-/// owner, its threads take turns over a pop's or free's few-instruction window under a private
-/// mutex (the journal's, R5).
+/// owner, its threads take turns over a pop's or push's few-instruction window under a private
+/// mutex (the journal's, R5). A free of a slot the participant holds keeps it for the next
+/// alloc of its class when the class has room for that ([`kept_count`](Self::kept_count)):
+/// then neither touches the shared list nor the mutex.
 ///
 /// ```
 /// use hub_alloc::{ClassConfig, HeapRegion, OwnerId, Slab, SlabLayout};
@@ -771,15 +781,34 @@ impl<R: Region> Slab<R> {
         let meta = self.handle_meta(class, handle)?;
         let header = self.header(class)?;
         // The holder's own free keeps the slot (see `crate::magazine`) when its class keeps
-        // slots, nobody waits for one, and the slot is this participant's by its owner word:
-        // then whenever it dies, the slot is Allocated, InFlight or Free, and its own, and its
+        // slots, nobody waits for one, and the slot is this participant's by its owner word,
+        // which says "kept by" it from before the state change: whenever this participant
+        // dies, the slot is Allocated or InFlight and its own, or Free and kept by it, and its
         // reclaim finds it.
         if keep
             && self.magazines[class].enabled()
             && !has_waiter(header)
-            && meta.owner.load(Ordering::Relaxed) == self.me.raw()
+            && meta
+                .owner
+                .compare_exchange(
+                    self.me.raw(),
+                    kept_by(self.me),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
         {
-            self.free_state(meta, handle, release)?;
+            // The state CAS (AcqRel) publishes the owner word with it.
+            if let Err(error) = self.free_state(meta, handle, release) {
+                // Not freed: the owner word back, unless someone has written it since.
+                let _ = meta.owner.compare_exchange(
+                    kept_by(self.me),
+                    self.me.raw(),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+                return Err(error);
+            }
             // R4: out of the ledger before it is kept: a take by another thread of this
             // participant claims it anew.
             self.ledger.release(handle);
@@ -791,8 +820,8 @@ impl<R: Region> Slab<R> {
                 });
             }
             // Every cell is full: on the list after all, the second half of an ordinary free.
-            // Until the journal names it, it is Free, off the list and this participant's:
-            // kept, as far as a reclaim can tell.
+            // Until the journal names it, it is Free and kept by this participant, as far as a
+            // reclaim can tell.
             let journal = self.enter_journal()?;
             journal.name(handle.slot_ref());
             meta.owner.store(NO_OWNER, Ordering::Relaxed);
@@ -890,7 +919,9 @@ impl<R: Region> Slab<R> {
                 continue;
             }
             // R6: the keeper's already; written again over whatever another process wrote.
-            meta.owner.store(self.me.raw(), Ordering::Relaxed);
+            // Release: a rebuild that reads this owner word (no longer "kept by") sees the
+            // state change before it too, and leaves the slot alone.
+            meta.owner.store(self.me.raw(), Ordering::Release);
             return Some(handle);
         }
         None
@@ -1071,7 +1102,7 @@ impl<R: Region> Slab<R> {
                 // Kept by the owner (see `crate::magazine`): taken from it by the state CAS a
                 // keeper's own take makes, so of the two exactly one has it; freed below.
                 if state == FREE
-                    && meta.owner.load(Ordering::Acquire) == owner.raw()
+                    && meta.owner.load(Ordering::Acquire) == kept_by(owner)
                     && !self.ledger.holds(class as u16, index)
                     && meta
                         .gen_state
@@ -1091,8 +1122,10 @@ impl<R: Region> Slab<R> {
                 }
                 // R4: the owner word is a claim another process wrote; a slot this participant
                 // holds is not freed whatever it says (unless this participant reclaims its own).
+                let named = meta.owner.load(Ordering::Acquire);
+                // (Kept by it: a keep or a take of a kept slot between its two writes.)
                 if (state == ALLOCATED || state == IN_FLIGHT)
-                    && meta.owner.load(Ordering::Acquire) == owner.raw()
+                    && (named == owner.raw() || named == kept_by(owner))
                     && (mine_too || !self.ledger.holds(class as u16, index))
                 {
                     mine.push((
@@ -1263,7 +1296,7 @@ impl<R: Region> Slab<R> {
                 FREE if self.ledger.holds(class, index) => {}
                 // Kept by a participant (see `crate::magazine`), or by a dead one whose
                 // reclaim takes it back: not lost.
-                FREE if meta.owner.load(Ordering::Acquire) != NO_OWNER => {}
+                FREE if keeper(meta.owner.load(Ordering::Acquire)).is_some() => {}
                 FREE => {
                     let entry = encode_slot_ref(class, index) + 1;
                     // And the state again after the journals: a pop that won before the hold
@@ -1343,7 +1376,7 @@ impl<R: Region> Slab<R> {
             let word = meta.gen_state.load(Ordering::Acquire);
             states.push((index, word));
             // A Free slot that names an owner is kept (see `crate::magazine`), not lost.
-            if split(word).1 == FREE && meta.owner.load(Ordering::Acquire) != NO_OWNER {
+            if split(word).1 == FREE && keeper(meta.owner.load(Ordering::Acquire)).is_some() {
                 kept.push(index);
             }
         });
@@ -1547,7 +1580,9 @@ impl<R: Region> Slab<R> {
             }
             let word = meta.gen_state.load(Ordering::Acquire);
             let owner = meta.owner.load(Ordering::Acquire);
-            let named = OwnerId::from_raw(owner).filter(|&o| self.layout.admits(o));
+            let named = OwnerId::from_raw(owner)
+                .or_else(|| keeper(owner))
+                .filter(|&o| self.layout.admits(o));
             let orphan = match split(word).1 {
                 FREE => false,
                 ALLOCATED => match named {
@@ -1914,7 +1949,7 @@ impl<R: Region> Slab<R> {
             };
             // Acquire, as the state's loads: a keeper's owner word came before its state CAS.
             let owner = meta.owner.load(Ordering::Acquire);
-            if on_list || (owner != NO_OWNER && dead.is_none_or(|dead| owner != dead.raw())) {
+            if on_list || keeper(owner).is_some_and(|keeper| dead != Some(keeper)) {
                 // On the list; or kept by a participant (the owner scan of the dead one's
                 // reclaim takes back what the dead one kept).
                 self.release(c, held, held.first);
@@ -2500,6 +2535,21 @@ fn give_back(current_size: &AtomicU64, start: usize, end: usize) {
         Ordering::AcqRel,
         Ordering::Relaxed,
     );
+}
+
+/// The bit by which a slot's owner word says "kept by" rather than "owned by" (see
+/// `crate::magazine`): flipped in an [`OwnerId`]'s value, it gives a value that is no
+/// `OwnerId` and not `NO_OWNER`.
+const KEPT: u32 = 0x4000_0000;
+
+/// The owner word of a slot `owner` keeps.
+pub(crate) const fn kept_by(owner: OwnerId) -> u32 {
+    owner.raw() ^ KEPT
+}
+
+/// Who keeps a slot whose owner word is `word`, if it says "kept by" anyone.
+fn keeper(word: u32) -> Option<OwnerId> {
+    OwnerId::from_raw(word ^ KEPT)
 }
 
 /// An empty magazine per class of `layout`.
