@@ -85,6 +85,14 @@ impl Magazine {
         })
     }
 
+    /// Whether a cell names slot `index` at `generation` now (a snapshot).
+    pub(crate) fn contains(&self, index: u32, generation: u32) -> bool {
+        let entry = pack(index, generation);
+        self.cells[..self.capacity]
+            .iter()
+            .any(|cell| cell.load(Ordering::Relaxed) == entry)
+    }
+
     /// How many slots the cells name now (a snapshot).
     pub(crate) fn len(&self) -> usize {
         self.cells[..self.capacity]

@@ -1557,7 +1557,9 @@ impl<R: Region> Slab<R> {
 
     /// Slots of `class` that no participant can be holding by the protocol, as this handle
     /// sees them now: a state word that is no state; allocated by, or in flight to, an owner
-    /// that `live` says is gone (or an owner word that names nobody); allocated by this
+    /// that `live` says is gone (or an owner word that names nobody); Free and kept (see
+    /// [`kept_count`](Self::kept_count)) by an owner `live` says is gone, or by this
+    /// participant while its own cells do not name the slot; allocated by this
     /// participant but not in its ledger (R4); in flight to this participant from a sender
     /// that `live` says is gone, and not in its ledger. Slots this handle's ledger holds are
     /// never listed. A busy hub shows some for a moment (a grower's new slots, a pop between
@@ -1584,7 +1586,13 @@ impl<R: Region> Slab<R> {
                 .or_else(|| keeper(owner))
                 .filter(|&o| self.layout.admits(o));
             let orphan = match split(word).1 {
-                FREE => false,
+                // Kept (see `crate::magazine`): by this participant only if its cells say so
+                // (R4: its private truth), by another only while that one lives.
+                FREE => match keeper(owner).filter(|&k| self.layout.admits(k)) {
+                    Some(k) if k == self.me => !self.magazines[c].contains(index, split(word).0),
+                    Some(k) => !live(k),
+                    None => keeper(owner).is_some(),
+                },
                 ALLOCATED => match named {
                     Some(o) if o == self.me => true,
                     Some(o) => !live(o),

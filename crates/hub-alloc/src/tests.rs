@@ -2468,3 +2468,47 @@ fn a_kept_slot_someone_else_took_is_dropped_from_the_magazine() {
         handle.generation() + 1
     )));
 }
+
+#[test]
+fn kept_slots_are_orphans_once_their_keeper_is_gone_or_never_kept_them() {
+    let slab = keeping_slab();
+    let raw = Raw::new(&slab);
+    let everyone_lives = |_: OwnerId| true;
+    // The host's own kept slot, and a live peer's: nobody's orphans.
+    let mine = slab.alloc_in(0).unwrap();
+    free_ok(&slab, mine);
+    let p1 = slab.with_owner(P1).unwrap();
+    let theirs = p1.alloc_in(0).unwrap();
+    free_ok(&p1, theirs);
+    assert!(slab.orphans(0, everyone_lives).unwrap().is_empty());
+
+    // A slot another process marked as kept by the host, which the host's cells do not name:
+    // an orphan, and it goes back.
+    let forged = slab.with_owner(P2).unwrap().alloc_in(0).unwrap();
+    raw.set_gen_state(0, forged.index(), forged.generation() + 1, FREE);
+    raw.meta(0, forged.index())
+        .owner
+        .store(crate::slab::kept_by(HOST), Ordering::Relaxed);
+    let orphans = slab.orphans(0, everyone_lives).unwrap();
+    assert_eq!(
+        orphans.iter().map(|o| o.index).collect::<Vec<_>>(),
+        [forged.index()]
+    );
+    assert!(slab.return_orphan(&orphans[0]).unwrap().is_some());
+    assert_eq!(
+        slab.free_list_len(0).unwrap(),
+        62,
+        "two kept, the forged one back"
+    );
+
+    // P1 gone: what it kept is an orphan too.
+    let orphans = slab.orphans(0, |owner| owner != P1).unwrap();
+    assert_eq!(
+        orphans.iter().map(|o| o.index).collect::<Vec<_>>(),
+        [theirs.index()]
+    );
+    assert!(slab.return_orphan(&orphans[0]).unwrap().is_some());
+    assert_eq!(slab.free_list_len(0).unwrap(), 63);
+    // The host still takes its own kept slot back.
+    assert_eq!(slab.alloc_in(0).unwrap().index(), mine.index());
+}
