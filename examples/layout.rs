@@ -8,29 +8,36 @@
 //! Every number comes from `hub_layout::SegmentLayout`, the same code a host uses to build a
 //! segment and a peer uses to validate one (R2), so the printout cannot drift from the crate.
 
+use std::fmt::Write;
 use std::process::ExitCode;
 
-use hub_examples::Example;
+use hub_examples::{Example, print_quietly};
 use hub_layout::{HUB_PROTOCOL_VERSION, HUB_SIZE_CLASSES, MAX_EXTENTS_PER_CLASS, SegmentLayout};
 
 const EXAMPLE: Example = Example {
     name: "layout",
-    usage: "usage: layout [MAX_PEERS RING_CAPACITY]   (defaults: 32 256)",
+    usage: "usage: layout [MAX_PEERS RING_CAPACITY]   (defaults: 32 256)\n\
+            \n\
+            Prints the segment layout a hub of MAX_PEERS peers and rings of RING_CAPACITY\n\
+            descriptors has: every region's offset and size, and the size classes.\n\
+            \n\
+            \x20 --help  this text",
 };
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    EXAMPLE.run(parse_args(&args).map(Some), |(max_peers, ring_capacity)| {
+    EXAMPLE.run(parse_args(&args), |(max_peers, ring_capacity)| {
         let layout = SegmentLayout::new(max_peers, ring_capacity)
             .map_err(|error| format!("invalid configuration: {error}"))?;
-        print_layout(&layout);
-        Ok(())
+        print_quietly(&describe(&layout))
     })
 }
 
-fn parse_args(args: &[String]) -> Result<(u16, u32), String> {
+/// `(max_peers, ring_capacity)`, or `None` for `--help`.
+fn parse_args(args: &[String]) -> Result<Option<(u16, u32)>, String> {
     match args {
-        [] => Ok((32, 256)),
+        [help] if help == "--help" || help == "-h" => Ok(None),
+        [] => Ok(Some((32, 256))),
         [peers, capacity] => {
             let peers = peers
                 .parse()
@@ -38,27 +45,31 @@ fn parse_args(args: &[String]) -> Result<(u16, u32), String> {
             let capacity = capacity
                 .parse()
                 .map_err(|e| format!("RING_CAPACITY {capacity:?}: {e}"))?;
-            Ok((peers, capacity))
+            Ok(Some((peers, capacity)))
         }
         _ => Err("expected no arguments or exactly two".to_owned()),
     }
 }
 
-fn print_layout(layout: &SegmentLayout) {
+/// The layout as text, one region a row.
+fn describe(layout: &SegmentLayout) -> String {
+    let mut out = String::new();
     let major = HUB_PROTOCOL_VERSION >> 16;
     let minor = HUB_PROTOCOL_VERSION & 0xffff;
-    println!(
-        "hub segment, protocol {major}.{minor}: {} peers, rings of {} descriptors",
+    let _ = writeln!(
+        out,
+        "hub segment, protocol {major}.{minor}: {} peers, rings of {} descriptors\n",
         layout.max_peers, layout.ring_capacity
     );
-    println!();
-    println!(
+    let _ = writeln!(
+        out,
         "{:>13}  {:>10}  {:<48}  {:>13}",
         "offset", "hex", "region", "size"
     );
-    let row = |offset: usize, region: &str, size: Option<usize>| {
+    let mut row = |offset: usize, region: &str, size: Option<usize>| {
         let size = size.map(group).unwrap_or_default();
-        println!(
+        let _ = writeln!(
+            out,
             "{:>13}  {offset:#010x}  {region:<48}  {size:>13}",
             group(offset)
         );
@@ -113,15 +124,16 @@ fn print_layout(layout: &SegmentLayout) {
         );
     }
     row(layout.initial_size(), "end of a new segment", None);
-    println!();
-    println!(
-        "initial size {} ({}); reservation for growth to {} extents per class: {} ({})",
+    let _ = writeln!(
+        out,
+        "\ninitial size {} ({}); reservation for growth to {} extents per class: {} ({})",
         group(layout.initial_size()),
         bytes(layout.initial_size()),
         MAX_EXTENTS_PER_CLASS,
         group(layout.max_size()),
         bytes(layout.max_size()),
     );
+    out
 }
 
 /// `1234567` -> `1,234,567`.

@@ -76,6 +76,23 @@ impl Example {
     }
 }
 
+/// Writes `text` to standard output. A reader that closed the pipe early (`layout | head`)
+/// is not an error: the program ends quietly, as command-line tools do.
+///
+/// # Errors
+/// Any other write error.
+pub fn print_quietly(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(error.into()),
+        _ => Ok(()),
+    }
+}
+
 /// Takes the value of `flag` from `args` (the argument after the flag) and parses it.
 ///
 /// # Errors

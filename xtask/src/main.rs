@@ -15,6 +15,7 @@
 //! |-----------|---------|
 //! | `fmt`     | `cargo fmt --all -- --check` |
 //! | `clippy`  | `cargo clippy --workspace --all-targets --all-features -- -D warnings` |
+//! | `examples` | `cargo build --workspace --examples --all-features` (for the examples' CLI tests) |
 //! | `test`    | `cargo nextest run --workspace --all-features --no-fail-fast --no-tests=warn` when `cargo nextest --version` works, else `cargo test --workspace --all-targets --all-features --no-fail-fast` |
 //! | `doc`     | `cargo test --workspace --doc --all-features --no-fail-fast` (nextest does not run doc tests) |
 //! | `loom`    | `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=target/loom cargo test --release -p hub-alloc -p hub-transport --lib --no-fail-fast` |
@@ -84,7 +85,7 @@ const USAGE: &str = "\
 usage: cargo xtask <task> [options]
 
 tasks:
-  test    every check: fmt, clippy, test, doc, loom, then the scenarios
+  test    every check: fmt, clippy, examples, test, doc, loom, then the scenarios
   lint    fmt and clippy only
   loom    the loom models only
   soak --minutes N [--seed N]
@@ -238,6 +239,13 @@ fn all_steps(cargo: &OsString, root: &Path, options: &Options) -> Vec<Step> {
                 "-D",
                 "warnings",
             ]),
+            Parse::Exit,
+        ),
+        // The examples' own tests (examples/tests/cli.rs) run the example binaries, which
+        // neither nextest nor `cargo test` rebuilds by default.
+        Step::new(
+            "examples",
+            cargo_cmd(&["build", "--workspace", "--examples", "--all-features"]),
             Parse::Exit,
         ),
     ];

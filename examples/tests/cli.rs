@@ -1,0 +1,85 @@
+//! The examples behave like command-line tools: `--help` prints the usage text and succeeds,
+//! an unknown argument fails with the usage text, and output into a closed pipe ends quietly.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+/// Every example program; each must answer `--help`.
+const EXAMPLES: [&str; 7] = [
+    "crash_recovery",
+    "inspect",
+    "large_payload",
+    "layout",
+    "ping_pong",
+    "plugin_host",
+    "rpc_tarpc",
+];
+
+/// An example's binary, in the target directory this test binary is in (built by `cargo build
+/// --examples`, the `examples` step of `cargo xtask test`).
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let target = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    let path = target.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} not built: `cargo build --examples` first (`cargo xtask test` does)",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn help_prints_the_usage_and_succeeds() {
+    for name in EXAMPLES {
+        let output = Command::new(example(name))
+            .arg("--help")
+            .output()
+            .expect("run the example");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{name} --help: {output:?}");
+        assert!(
+            stdout.starts_with(&format!("usage: {name}")),
+            "{name} --help printed {stdout:?}"
+        );
+        assert!(output.stderr.is_empty(), "{name} --help wrote to stderr");
+    }
+}
+
+#[test]
+fn an_unknown_argument_fails_with_the_usage_on_stderr() {
+    for name in EXAMPLES {
+        let output = Command::new(example(name))
+            .arg("--no-such-flag")
+            .output()
+            .expect("run the example");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{name} accepted a bogus flag");
+        assert!(
+            stderr.starts_with(&format!("{name}: ")) && stderr.contains("usage:"),
+            "{name} said {stderr:?}"
+        );
+        assert!(!stderr.contains("panicked"), "{name} panicked: {stderr}");
+    }
+}
+
+#[test]
+fn layout_into_a_closed_pipe_ends_without_a_panic() {
+    let mut child = Command::new(example("layout"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run layout");
+    // Read one byte, then close the pipe: what `layout | head -c 1` does.
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut first = [0u8; 1];
+    stdout.read_exact(&mut first).expect("some output");
+    drop(stdout);
+    let output = child.wait_with_output().expect("wait for layout");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "layout panicked: {stderr}");
+}
