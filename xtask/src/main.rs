@@ -538,7 +538,7 @@ mod tests {
         };
         let steps = all_steps(&"cargo".into(), &root, &options);
         let all = select(&steps, &options).unwrap();
-        let mut want = vec!["fmt", "clippy", "test", "doc", "loom"];
+        let mut want = vec!["fmt", "clippy", "examples", "test", "doc", "loom"];
         want.extend(SCENARIOS);
         assert_eq!(names(&all), want);
 
