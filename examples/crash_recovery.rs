@@ -14,8 +14,8 @@
 use std::process::{Child, ExitCode};
 use std::time::{Duration, Instant};
 
-use hub_alloc::ClassStats;
 use hub_examples::{Example, Result, next_frame, size_text, spawn_self};
+use hub_transport::ClassStats;
 use hub_transport::{FrameMeta, Host, HubConfig, Peer, PeerEvent};
 
 /// The flag that makes the program a plugin: `--plugin stream` or `--plugin echo`.

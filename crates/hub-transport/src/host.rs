@@ -531,7 +531,7 @@ impl Host {
     ///
     /// # Errors
     /// [`HostError::Alloc`] when there is no such class or the rebuilt list is corrupted again.
-    pub fn rebuild_free_list(&self, class: u16) -> Result<hub_alloc::RebuildReport, HostError> {
+    pub fn rebuild_free_list(&self, class: u16) -> Result<crate::RebuildReport, HostError> {
         let report = self.core.endpoint.slab.rebuild_free_list(class)?;
         if report.wake_waiters {
             self.core.wake_all_allocators();

@@ -101,6 +101,11 @@ mod ticket;
 
 pub use hub_layout::sync;
 
+/// Types of hub-alloc and hub-layout that this crate's API returns or takes, so that a user
+/// needs no other crate to name them.
+pub use hub_alloc::{ClassStats, Corruption, RebuildReport, ReclaimReport, SlabError};
+pub use hub_layout::{INLINE_PAYLOAD_SIZE, NO_DEADLINE};
+
 #[cfg(all(test, loom))]
 mod loom_recovery;
 

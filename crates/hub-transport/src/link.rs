@@ -36,7 +36,7 @@ pub(crate) type HubSlab = Slab<Arc<SegmentMapping>>;
 /// ```
 /// use hub_transport::FrameMeta;
 /// let meta = FrameMeta { msg_id: 42, method_id: 7, ..FrameMeta::default() };
-/// assert_eq!(meta.deadline_ns, hub_layout::NO_DEADLINE);
+/// assert_eq!(meta.deadline_ns, hub_transport::NO_DEADLINE);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FrameMeta {

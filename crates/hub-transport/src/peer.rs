@@ -375,7 +375,7 @@ impl Peer {
     }
 
     /// Per-class slot counts of the hub's allocator.
-    pub fn stats(&self) -> Vec<hub_alloc::ClassStats> {
+    pub fn stats(&self) -> Vec<crate::ClassStats> {
         self.endpoint.slab.stats()
     }
 
