@@ -377,10 +377,11 @@ fn to_json(report: &Report) -> String {
         })
         .collect();
     format!(
-        "{{\"path\":{},\"version\":{},\"max_peers\":{},\"ring_capacity\":{},\"current_size\":{},\
+        "{{\"path\":{},\"version\":\"{}.{}\",\"max_peers\":{},\"ring_capacity\":{},\"current_size\":{},\
          \"mapped_len\":{},\"resident\":{},\"peers\":[{}],\"classes\":[{}]}}",
         json_string(&report.path.to_string_lossy()),
-        h.version,
+        h.version >> 16,
+        h.version & 0xffff,
         h.max_peers,
         h.ring_capacity,
         h.current_size,

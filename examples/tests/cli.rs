@@ -83,3 +83,14 @@ fn layout_into_a_closed_pipe_ends_without_a_panic() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("panicked"), "layout panicked: {stderr}");
 }
+
+#[test]
+fn inspect_says_the_version_as_major_dot_minor() {
+    let output = Command::new(example("inspect"))
+        .args(["--json", "--demo"])
+        .output()
+        .expect("run inspect");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(stdout.contains("\"version\":\"1.0\""), "{stdout}");
+}
