@@ -62,8 +62,8 @@ enum InspectError {
 impl std::fmt::Display for InspectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            InspectError::Mapping(e) => write!(f, "cannot map it: {e} (MappingError::{e:?})"),
-            InspectError::Layout(e) => write!(f, "not a valid hub: {e} (HubLayoutError::{e:?})"),
+            InspectError::Mapping(e) => write!(f, "{e}"),
+            InspectError::Layout(e) => write!(f, "not a valid hub: {e}"),
             InspectError::Truncated { offset } => {
                 write!(
                     f,
@@ -130,6 +130,8 @@ fn main() -> ExitCode {
                 print_report(&report, json);
                 Ok(())
             }
+            // A mapping error names the path itself.
+            Err(error @ InspectError::Mapping(_)) => return EXAMPLE.exit(Err(error.into())),
             Err(error) => {
                 return EXAMPLE.exit(Err(format!("{}: {error}", path.display()).into()));
             }

@@ -12,7 +12,9 @@ use std::fmt::Write;
 use std::process::ExitCode;
 
 use hub_examples::{Example, print_quietly};
-use hub_layout::{HUB_PROTOCOL_VERSION, HUB_SIZE_CLASSES, MAX_EXTENTS_PER_CLASS, SegmentLayout};
+use hub_layout::{
+    HUB_PROTOCOL_VERSION, HUB_SIZE_CLASSES, MAX_EXTENTS_PER_CLASS, MAX_PEERS, SegmentLayout,
+};
 
 const EXAMPLE: Example = Example {
     name: "layout",
@@ -27,8 +29,15 @@ const EXAMPLE: Example = Example {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     EXAMPLE.run(parse_args(&args), |(max_peers, ring_capacity)| {
-        let layout = SegmentLayout::new(max_peers, ring_capacity)
-            .map_err(|error| format!("invalid configuration: {error}"))?;
+        if !(1..=MAX_PEERS).contains(&max_peers) {
+            return Err(format!("MAX_PEERS must be 1 to {MAX_PEERS}, not {max_peers}").into());
+        }
+        if !ring_capacity.is_power_of_two() {
+            return Err(
+                format!("RING_CAPACITY must be a power of two, not {ring_capacity}").into(),
+            );
+        }
+        let layout = SegmentLayout::new(max_peers, ring_capacity)?;
         print_quietly(&describe(&layout))
     })
 }

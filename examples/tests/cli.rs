@@ -94,3 +94,27 @@ fn inspect_says_the_version_as_major_dot_minor() {
     assert!(output.status.success(), "{output:?}");
     assert!(stdout.contains("\"version\":\"1.0\""), "{stdout}");
 }
+
+#[test]
+fn errors_name_what_was_wrong_once_and_in_the_users_words() {
+    let output = Command::new(example("layout"))
+        .args(["0", "7"])
+        .output()
+        .expect("run layout");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert_eq!(
+        stderr.trim_end(),
+        "layout: MAX_PEERS must be 1 to 32, not 0"
+    );
+
+    let output = Command::new(example("inspect"))
+        .arg("/nonexistent/hub")
+        .output()
+        .expect("run inspect");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert_eq!(stderr.matches("inspect:").count(), 1, "{stderr}");
+    assert_eq!(stderr.matches("/nonexistent/hub").count(), 1, "{stderr}");
+    assert!(!stderr.contains("::") && !stderr.contains('{'), "{stderr}");
+}
