@@ -172,11 +172,7 @@ struct HubEcho {
 
 impl HubEcho {
     fn spawn(mode: WaitMode, size: usize) -> Self {
-        let mut host = Host::create(&HubConfig {
-            max_peers: 1,
-            ..HubConfig::default()
-        })
-        .expect("create a hub");
+        let mut host = Host::create(&HubConfig::new().max_peers(1)).expect("create a hub");
         host.set_wait_mode(mode);
         let ticket = host.add_peer().expect("a peer entry");
         let child = spawn_partner(hub_role(mode), size, &[], |command| {

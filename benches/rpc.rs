@@ -149,11 +149,7 @@ struct HubEcho {
 
 impl HubEcho {
     fn spawn(runtime: &Runtime, size: usize, mode: WaitMode, name: &str) -> Self {
-        let mut host = Host::create(&HubConfig {
-            max_peers: 1,
-            ..HubConfig::default()
-        })
-        .expect("create a hub");
+        let mut host = Host::create(&HubConfig::new().max_peers(1)).expect("create a hub");
         host.set_wait_mode(mode);
         let ticket = host.add_peer().expect("a peer entry");
         let child = Partner::spawn(BENCH, &format!("hub-echo-{name}"), size, |command| {
@@ -317,11 +313,7 @@ struct TarpcCalls {
 
 impl TarpcCalls {
     fn hub(runtime: &Runtime, mode: WaitMode, name: &str) -> Self {
-        let mut host = Host::create(&HubConfig {
-            max_peers: 1,
-            ..HubConfig::default()
-        })
-        .expect("create a hub");
+        let mut host = Host::create(&HubConfig::new().max_peers(1)).expect("create a hub");
         host.set_wait_mode(mode);
         let ticket = host.add_peer().expect("a peer entry");
         let child = Partner::spawn(BENCH, &format!("hub-tarpc-{name}"), 0, |command| {

@@ -114,10 +114,9 @@ struct HubFanIn {
 
 impl HubFanIn {
     fn spawn(senders: usize, size: usize) -> Self {
-        let host = Host::create(&HubConfig {
-            max_peers: u16::try_from(senders).expect("at most 32 peers"),
-            ..HubConfig::default()
-        })
+        let host = Host::create(
+            &HubConfig::new().max_peers(u16::try_from(senders).expect("at most 32 peers")),
+        )
         .expect("create a hub");
         let children = (0..senders)
             .map(|_| {

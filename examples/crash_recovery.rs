@@ -126,11 +126,7 @@ fn describe(event: &PeerEvent) -> String {
 
 fn run_host() -> Result<()> {
     let started = Instant::now();
-    let host = Host::create(&HubConfig {
-        max_peers: 1,
-        ring_capacity: RING_CAPACITY,
-        ..HubConfig::default()
-    })?;
+    let host = Host::create(&HubConfig::new().max_peers(1).ring_capacity(RING_CAPACITY))?;
     let (peer_id, child) = spawn_self(&host, |_| [PLUGIN_FLAG, "stream"])?;
     let pid = child.id();
     let mut plugin = Reaper(Some(child));

@@ -399,11 +399,7 @@ fn to_json(report: &Report) -> String {
 /// Build a named hub with some traffic in flight, inspect it, and clean up.
 fn run_demo(json: bool) -> hub_examples::Result<()> {
     let path = std::env::temp_dir().join(format!("hub-inspect-demo-{}", std::process::id()));
-    let host = Host::create(&HubConfig {
-        max_peers: 4,
-        path: Some(path.clone()),
-        ..HubConfig::default()
-    })?;
+    let host = Host::create(&HubConfig::new().max_peers(4).path(path.clone()))?;
     // Two peers in this process (threads stand in for plugins), and an entry reserved for a
     // third that never attaches.
     let first = Peer::attach(&host.add_peer()?)?;

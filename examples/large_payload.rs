@@ -100,10 +100,7 @@ fn gbps(bytes: usize, elapsed: Duration) -> f64 {
 }
 
 fn run_host(options: &Options) -> Result<()> {
-    let host = Host::create(&HubConfig {
-        max_peers: 1,
-        ..HubConfig::default()
-    })?;
+    let host = Host::create(&HubConfig::new().max_peers(1))?;
     let (size, iters) = (options.size.to_string(), options.iters.to_string());
     let (_, mut child) = spawn_self(&host, |_| [PEER_FLAG, "--size", &size, "--iters", &iters])?;
 

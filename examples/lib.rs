@@ -183,7 +183,7 @@ where
 /// use hub_transport::{FrameMeta, Host, HubConfig, Peer};
 ///
 /// # fn main() -> hub_examples::Result<()> {
-/// let host = Host::create(&HubConfig { max_peers: 1, ..HubConfig::default() })?;
+/// let host = Host::create(&HubConfig::new().max_peers(1))?;
 /// let peer = Peer::attach(&host.add_peer()?)?;
 /// host.send(peer.id(), FrameMeta::default(), b"hello")?;
 /// assert_eq!(next_frame(&peer)?.map(|frame| frame.payload().to_vec()), Some(b"hello".to_vec()));

@@ -85,10 +85,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<Options>, Stri
 }
 
 fn run_host(options: &Options) -> Result<()> {
-    let mut host = Host::create(&HubConfig {
-        max_peers: 1,
-        ..HubConfig::default()
-    })?;
+    let mut host = Host::create(&HubConfig::new().max_peers(1))?;
     host.set_wait_mode(options.wait);
     let size = options.size.to_string();
     let (peer_id, mut child) = spawn_self(&host, |_| {

@@ -192,10 +192,7 @@ fn print_table(at: Duration, plugins: &mut [Option<Plugin>], interval: Duration)
 }
 
 fn run_host(options: &Options) -> Result<()> {
-    let host = Host::create(&HubConfig {
-        max_peers: options.plugins,
-        ..HubConfig::default()
-    })?;
+    let host = Host::create(&HubConfig::new().max_peers(options.plugins))?;
     let started = Instant::now();
     let mut plugins: Vec<Option<Plugin>> = (0..options.plugins).map(|_| None).collect();
     // The plugin that crashes: the second one if there are two or more.

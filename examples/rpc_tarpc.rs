@@ -211,10 +211,7 @@ fn run_host(options: Options) -> Result<()> {
 /// Spawn the plugin, then run the calls over the hub and then over the socket.
 async fn measure_both(socket: &Path, options: Options) -> Result<(Figures, Figures, Child)> {
     let mut incoming = tarpc::serde_transport::unix::listen(socket, Bincode::default).await?;
-    let mut host = Host::create(&HubConfig {
-        max_peers: 1,
-        ..HubConfig::default()
-    })?;
+    let mut host = Host::create(&HubConfig::new().max_peers(1))?;
     host.set_wait_mode(options.wait);
     let mut command = Command::new(std::env::current_exe()?);
     command.arg(socket).env(WAIT_ENV, options.wait.name());

@@ -412,11 +412,8 @@ pub fn leaks_in(message: &str) -> u64 {
 /// Run the scenario.
 pub fn run(settings: &Settings) -> Result<Figures, String> {
     let target = settings.scale(100_000, 10_000);
-    let host = Host::create(&HubConfig {
-        max_peers: PEERS,
-        ..HubConfig::default()
-    })
-    .map_err(|e| format!("create: {e}"))?;
+    let host =
+        Host::create(&HubConfig::new().max_peers(PEERS)).map_err(|e| format!("create: {e}"))?;
     let mut children = Vec::new();
     let mut driver = Driver::new(&host, common::mix(settings.seed, 0));
     for i in 0..PEERS {

@@ -109,11 +109,8 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
     }
     let per_extent = slots_per_extent();
     let capacity = per_extent * MAX_EXTENTS_PER_CLASS as u32;
-    let host = Host::create(&HubConfig {
-        max_peers: 4,
-        ..HubConfig::default()
-    })
-    .map_err(|e| format!("create the hub: {e}"))?;
+    let host =
+        Host::create(&HubConfig::new().max_peers(4)).map_err(|e| format!("create the hub: {e}"))?;
     let initial = host.stats()[CLASS];
     if (initial.extents, initial.total) != (1, per_extent) {
         return Err(format!(

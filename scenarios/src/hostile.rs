@@ -129,12 +129,8 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
     let lives = settings.scale(2 * ATTACKS.len() as u64, ATTACKS.len() as u64);
     let dir = ScratchDir::new("hostile")?;
     let path = dir.0.join("hub");
-    let host = Host::create(&HubConfig {
-        max_peers: HONEST + 1,
-        path: Some(path.clone()),
-        ..HubConfig::default()
-    })
-    .map_err(|e| format!("create: {e}"))?;
+    let host = Host::create(&HubConfig::new().max_peers(HONEST + 1).path(path.clone()))
+        .map_err(|e| format!("create: {e}"))?;
     let mut rng = Rng::new(settings.seed);
     let mut driver = Driver::new(&host, rng.next_u64());
     driver.max_len = HONEST_MAX;

@@ -862,12 +862,12 @@ pub fn run(settings: &Settings) -> Result<Figures, String> {
     let trace = std::env::var_os(TRACE_ENV).is_some();
     let dir = ScratchDir::new("mutants")?;
     let hub_path = dir.0.join("hub");
-    let host = Host::create(&HubConfig {
-        max_peers: MAX_PEERS,
-        ring_capacity: RING_CAPACITY,
-        path: Some(hub_path.clone()),
-        ..HubConfig::default()
-    })
+    let host = Host::create(
+        &HubConfig::new()
+            .max_peers(MAX_PEERS)
+            .ring_capacity(RING_CAPACITY)
+            .path(hub_path.clone()),
+    )
     .map_err(|e| format!("create the hub: {e}"))?;
     let ticket = host.add_peer().map_err(|e| format!("add_peer: {e}"))?;
     if ticket.peer_id() != 0 {

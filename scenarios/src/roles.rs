@@ -212,12 +212,8 @@ fn stream(args: &[String]) -> Result<(), Stop> {
 fn host_load(args: &[String]) -> Result<(), Stop> {
     let path: String = arg(args, 0)?;
     let peers: u16 = arg(args, 1)?;
-    let host = Host::create(&HubConfig {
-        max_peers: peers,
-        path: Some(path.into()),
-        ..HubConfig::default()
-    })
-    .map_err(|e| Stop::Failed(format!("create: {e}")))?;
+    let host = Host::create(&HubConfig::new().max_peers(peers).path(path))
+        .map_err(|e| Stop::Failed(format!("create: {e}")))?;
     for _ in 0..peers {
         let ticket = host
             .add_peer()

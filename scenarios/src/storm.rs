@@ -36,11 +36,8 @@ const MAX_PAUSE: Duration = Duration::from_millis(30);
 /// Run the scenario.
 pub fn run(settings: &Settings) -> Result<Figures, String> {
     let kills_wanted = settings.scale(200, 20);
-    let host = Host::create(&HubConfig {
-        max_peers: PEERS,
-        ..HubConfig::default()
-    })
-    .map_err(|e| format!("create: {e}"))?;
+    let host =
+        Host::create(&HubConfig::new().max_peers(PEERS)).map_err(|e| format!("create: {e}"))?;
     let mut rng = Rng::new(settings.seed);
     let mut driver = Driver::new(&host, rng.next_u64());
     let mut children: Vec<ChildProcess> = Vec::new();

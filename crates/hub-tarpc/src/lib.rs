@@ -63,7 +63,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let host = Host::create(&HubConfig { max_peers: 1, ..HubConfig::default() })?;
+//! let host = Host::create(&HubConfig::new().max_peers(1))?;
 //! let ticket = host.add_peer()?;
 //! // In a plugin process this is `PeerTransport::from_env()`.
 //! let peer = Arc::new(AsyncPeer::new(Peer::attach(&ticket)?)?);

@@ -29,17 +29,14 @@ impl Calc for CalcServer {
 /// A host with `peers` peers attached in this process, all made async. With `no_growth`, the
 /// segment may not grow, so a slot class runs dry once its first extent is loaned out.
 fn hub(peers: u16, no_growth: bool) -> (Arc<AsyncHost>, Vec<Arc<AsyncPeer>>) {
-    let max_size = no_growth.then(|| {
-        hub_layout::SegmentLayout::new(peers, hub_layout::DEFAULT_HUB_RING_CAPACITY)
+    let mut config = HubConfig::new().max_peers(peers);
+    if no_growth {
+        let initial = hub_layout::SegmentLayout::new(peers, hub_layout::DEFAULT_HUB_RING_CAPACITY)
             .expect("a layout")
-            .initial_size()
-    });
-    let host = Host::create(&HubConfig {
-        max_peers: peers,
-        max_size,
-        ..HubConfig::default()
-    })
-    .expect("a hub");
+            .initial_size();
+        config = config.max_size(initial);
+    }
+    let host = Host::create(&config).expect("a hub");
     let attached: Vec<_> = (0..peers)
         .map(|_| {
             let ticket = host.add_peer().expect("a peer entry");

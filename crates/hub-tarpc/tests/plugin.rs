@@ -82,11 +82,7 @@ fn calls_a_plugin_process_over_the_hub() {
 
 /// The host: spawn the plugin, call it, check every result.
 async fn host_role() {
-    let host = Host::create(&HubConfig {
-        max_peers: 1,
-        ..HubConfig::default()
-    })
-    .expect("a hub");
+    let host = Host::create(&HubConfig::new().max_peers(1)).expect("a hub");
     let mut plugin = Command::new(std::env::current_exe().expect("this test binary"));
     plugin
         .args([

@@ -30,7 +30,7 @@
 //! use hub_transport::{FrameMeta, Host, HubConfig, Peer};
 //!
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
-//! let host = Host::create(&HubConfig { max_peers: 1, ..HubConfig::default() })?;
+//! let host = Host::create(&HubConfig::new().max_peers(1))?;
 //! let ticket = host.add_peer()?;
 //! let host = AsyncHost::new(host)?;
 //! let peer = AsyncPeer::new(Peer::attach(&ticket)?)?; // in a plugin: Peer::from_env()

@@ -20,7 +20,7 @@ use crate::segment::PeerState;
 /// ```
 /// use hub_transport::{Disconnect, FrameMeta, Host, HubConfig, Peer, RecvError, SendCopyError};
 ///
-/// let host = Host::create(&HubConfig { max_peers: 1, ..HubConfig::default() })?;
+/// let host = Host::create(&HubConfig::new().max_peers(1))?;
 /// let peer = Peer::attach(&host.add_peer()?)?;
 /// host.close(); // the goodbye
 /// let error = peer.recv().unwrap_err();
@@ -38,7 +38,7 @@ use crate::segment::PeerState;
 /// ```
 /// use hub_transport::{Disconnect, FrameMeta, Host, HubConfig, Peer, PeerState};
 ///
-/// let host = Host::create(&HubConfig { max_peers: 1, ..HubConfig::default() })?;
+/// let host = Host::create(&HubConfig::new().max_peers(1))?;
 /// let ticket = host.add_peer()?;
 /// Peer::attach(&ticket)?.close(); // the peer's goodbye: its entry is no longer Active
 /// let error = host.send(ticket.id(), FrameMeta::default(), b"hello?").unwrap_err();

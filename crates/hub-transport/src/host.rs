@@ -106,7 +106,7 @@ pub struct Recovery {
 /// ```
 /// use hub_transport::{FrameMeta, Host, HubConfig, Peer};
 ///
-/// let host = Host::create(&HubConfig { max_peers: 2, ..HubConfig::default() })?;
+/// let host = Host::create(&HubConfig::new().max_peers(2))?;
 /// let ticket = host.add_peer()?;
 /// let peer = Peer::attach(&ticket)?; // a thread stands in for a plugin process
 /// std::thread::scope(|s| {
@@ -458,7 +458,7 @@ impl Host {
     ///
     /// ```
     /// use hub_transport::{Host, HubConfig, Peer};
-    /// let host = Host::create(&HubConfig { max_peers: 1, ..HubConfig::default() })?;
+    /// let host = Host::create(&HubConfig::new().max_peers(1))?;
     /// let ticket = host.add_peer()?;
     /// assert!(host.withdraw(ticket.peer_id())?);
     /// assert!(Peer::attach(&ticket).is_err(), "the ticket is void");
@@ -551,7 +551,7 @@ impl Host {
     ///
     /// ```
     /// use hub_transport::{Host, HubConfig};
-    /// let host = Host::create(&HubConfig { max_peers: 1, ..HubConfig::default() })?;
+    /// let host = Host::create(&HubConfig::new().max_peers(1))?;
     /// assert!(host.check_allocator().is_empty(), "a healthy hub");
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -758,7 +758,7 @@ impl Host {
     /// ```
     /// use hub_transport::{FrameMeta, Host, HubConfig, Peer, TrySendError};
     ///
-    /// let host = Host::create(&HubConfig { max_peers: 1, ring_capacity: 2, ..HubConfig::default() })?;
+    /// let host = Host::create(&HubConfig::new().max_peers(1).ring_capacity(2))?;
     /// let peer = Peer::attach(&host.add_peer()?)?;
     /// let mut loan = host.loan(1000)?;
     /// for _ in 0..2 {
@@ -1143,7 +1143,7 @@ impl Host {
     /// use hub_transport::{Host, HubConfig, Peer, TryRecvError, FrameMeta};
     /// use std::os::fd::AsFd;
     ///
-    /// let host = Host::create(&HubConfig { max_peers: 1, ..HubConfig::default() })?;
+    /// let host = Host::create(&HubConfig::new().max_peers(1))?;
     /// let peer = Peer::attach(&host.add_peer()?)?;
     /// assert!(matches!(host.try_recv(), Err(TryRecvError::Empty)));
     /// host.arm();

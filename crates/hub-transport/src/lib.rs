@@ -25,7 +25,7 @@
 //! ```
 //! use hub_transport::{FrameMeta, Host, HubConfig, Peer};
 //!
-//! let host = Host::create(&HubConfig { max_peers: 1, ..HubConfig::default() })?;
+//! let host = Host::create(&HubConfig::new().max_peers(1))?;
 //! let ticket = host.add_peer()?;
 //! let peer = Peer::attach(&ticket)?; // in a child process: Peer::from_env()
 //!

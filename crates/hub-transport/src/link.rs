@@ -162,7 +162,7 @@ pub enum DescriptorFault {
 /// ```
 /// use hub_transport::{Disconnect, FrameMeta, Host, HubConfig, Peer, SendCopyError};
 ///
-/// let host = Host::create(&HubConfig { max_peers: 1, ..HubConfig::default() })?;
+/// let host = Host::create(&HubConfig::new().max_peers(1))?;
 /// let first = Peer::attach(&host.add_peer()?)?;
 /// first.send(FrameMeta::default(), b"hello")?;
 /// let request = host.recv()?;
@@ -1076,7 +1076,7 @@ impl Frame {
     /// ```
     /// use hub_transport::{FrameMeta, Host, HubConfig, Peer};
     ///
-    /// let host = Host::create(&HubConfig { max_peers: 1, ..HubConfig::default() })?;
+    /// let host = Host::create(&HubConfig::new().max_peers(1))?;
     /// let peer = Peer::attach(&host.add_peer()?)?;
     /// peer.send(FrameMeta::default(), &[7u8; 5000])?;
     /// let frame = host.recv()?;

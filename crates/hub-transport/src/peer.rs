@@ -666,7 +666,7 @@ impl Peer {
     /// ```
     /// use hub_transport::{FrameMeta, Host, HubConfig, Peer};
     ///
-    /// let host = Host::create(&HubConfig { max_peers: 1, ..HubConfig::default() })?;
+    /// let host = Host::create(&HubConfig::new().max_peers(1))?;
     /// let peer = Peer::attach(&host.add_peer()?)?;
     /// peer.arm();
     /// assert!(peer.try_recv().is_err()); // nothing yet: sleep on the descriptor

@@ -64,12 +64,18 @@ pub(crate) const HOST_GONE: u32 = 1;
 
 /// How to build a hub.
 ///
+/// Start from [`HubConfig::new`] (the defaults) and change what you need with the builder
+/// methods, one per field; the fields stay public to read. The struct is `#[non_exhaustive]`:
+/// outside this crate it cannot be written as a literal, so fields added later break nobody.
+///
 /// ```
 /// use hub_transport::HubConfig;
-/// let config = HubConfig { max_peers: 4, ..HubConfig::default() };
+/// let config = HubConfig::new().max_peers(4);
+/// assert_eq!(config.max_peers, 4);
 /// assert_eq!(config.ring_capacity, 256);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HubConfig {
     /// Peers the hub admits at once, 1 to 32.
     pub max_peers: u16,
@@ -105,6 +111,106 @@ impl Default for HubConfig {
             heartbeat_timeout: std::time::Duration::from_secs(2),
             kill_evicted: true,
         }
+    }
+}
+
+/// The builder: each method takes the configuration by value, sets one field and gives it
+/// back, so calls chain. Nothing is checked here; [`Host::create`](crate::Host::create)
+/// checks the whole and says what it rejects.
+///
+/// ```
+/// use std::time::Duration;
+/// use hub_transport::HubConfig;
+///
+/// let config = HubConfig::new()
+///     .max_peers(2)
+///     .ring_capacity(64)
+///     .max_size(64 << 20)
+///     .path("/dev/shm/my-hub")
+///     .heartbeat_timeout(Duration::from_millis(500))
+///     .kill_evicted(false);
+/// assert_eq!(config.max_peers, 2);
+/// assert_eq!(config.ring_capacity, 64);
+/// assert_eq!(config.max_size, Some(64 << 20));
+/// assert_eq!(config.path.as_deref(), Some(std::path::Path::new("/dev/shm/my-hub")));
+/// assert_eq!(config.heartbeat_timeout, Duration::from_millis(500));
+/// assert!(!config.kill_evicted);
+/// assert_eq!(HubConfig::new(), HubConfig::default());
+/// ```
+impl HubConfig {
+    /// The default configuration, the same as [`HubConfig::default`]: 32 peers
+    /// ([`MAX_PEERS`](hub_layout::MAX_PEERS)), rings of 256 descriptors, room to grow to the
+    /// layout's largest size, an anonymous memfd, a heartbeat timeout of 2 s, and evicted
+    /// spawned peers killed.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets [`max_peers`](HubConfig#structfield.max_peers), the peers the hub admits at once:
+    /// 1 to 32 ([`MAX_PEERS`](hub_layout::MAX_PEERS), the default). Each costs a peer entry
+    /// and two rings in the segment. Outside that range [`Host::create`](crate::Host::create)
+    /// fails with [`CreateError::Config`].
+    #[must_use]
+    pub fn max_peers(mut self, max_peers: u16) -> Self {
+        self.max_peers = max_peers;
+        self
+    }
+
+    /// Sets [`ring_capacity`](HubConfig#structfield.ring_capacity), the descriptors each ring
+    /// holds (the frames in flight one way between the host and one peer): a non-zero power
+    /// of two, 256 by default. A descriptor is 64 bytes, and each peer has two rings. Any
+    /// other value makes [`Host::create`](crate::Host::create) fail with
+    /// [`CreateError::Config`].
+    #[must_use]
+    pub fn ring_capacity(mut self, ring_capacity: u32) -> Self {
+        self.ring_capacity = ring_capacity;
+        self
+    }
+
+    /// Sets [`max_size`](HubConfig#structfield.max_size) to `Some(max_size)`: the largest
+    /// size, in bytes, growth may bring the segment to (it is reserved as address space at
+    /// creation). By default (`None`) there is room for every extent of every class. It must
+    /// lie between the layout's initial size (what the segment holds at creation) and its
+    /// largest; otherwise [`Host::create`](crate::Host::create) fails with
+    /// [`CreateError::Config`], which names the range.
+    #[must_use]
+    pub fn max_size(mut self, max_size: usize) -> Self {
+        self.max_size = Some(max_size);
+        self
+    }
+
+    /// Sets [`path`](HubConfig#structfield.path) to `Some(path)`: create the segment as a file
+    /// at `path` (mode 0600, removed again when the host is dropped), for peers that attach by
+    /// path. By default (`None`) the segment is an anonymous memfd that peers inherit (R14).
+    /// Nothing may exist at `path` yet, and its directory must be writable; otherwise
+    /// [`Host::create`](crate::Host::create) fails with [`CreateError::Mapping`].
+    #[must_use]
+    pub fn path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.path = Some(path.into());
+        self
+    }
+
+    /// Sets [`heartbeat_timeout`](HubConfig#structfield.heartbeat_timeout): how long a peer
+    /// may go without a heartbeat before the host evicts it as hung (R12); 2 s by default.
+    /// Peers beat four times per timeout. Every duration is accepted: peers read it in whole
+    /// milliseconds, at least 1 and at most `u32::MAX`. One too short evicts peers that are
+    /// only busy or descheduled.
+    #[must_use]
+    pub fn heartbeat_timeout(mut self, heartbeat_timeout: std::time::Duration) -> Self {
+        self.heartbeat_timeout = heartbeat_timeout;
+        self
+    }
+
+    /// Sets [`kill_evicted`](HubConfig#structfield.kill_evicted): whether the host kills
+    /// (SIGKILL, through its pidfd) the process of a peer it spawned
+    /// ([`Host::spawn_peer`](crate::Host::spawn_peer)) and evicts; `true` by default. Either
+    /// value is valid; with `false` the evicted peer's entry stays fenced until its process
+    /// exits by itself.
+    #[must_use]
+    pub fn kill_evicted(mut self, kill_evicted: bool) -> Self {
+        self.kill_evicted = kill_evicted;
+        self
     }
 }
 

@@ -309,11 +309,7 @@ fn round_trip_size(task: u32, i: u32) -> usize {
 fn every_async_call_across_processes() {
     let rt = runtime();
     let _enter = rt.enter();
-    let host = Host::create(&HubConfig {
-        max_peers: 2,
-        ..HubConfig::default()
-    })
-    .expect("create");
+    let host = Host::create(&HubConfig::new().max_peers(2)).expect("create");
     let (a, mut child_a) = host.spawn_peer(&mut plugin("echo")).expect("spawn a");
     let (b, mut child_b) = host.spawn_peer(&mut plugin("echo")).expect("spawn b");
     let host = Arc::new(AsyncHost::new(host).expect("register"));
@@ -932,12 +928,12 @@ fn dropped_futures_lose_no_frame_and_leak_no_slot() {
     let initial = SegmentLayout::new(max_peers, ring_capacity)
         .expect("layout")
         .initial_size();
-    let host = Host::create(&HubConfig {
-        max_peers,
-        ring_capacity,
-        max_size: Some(initial),
-        ..HubConfig::default()
-    })
+    let host = Host::create(
+        &HubConfig::new()
+            .max_peers(max_peers)
+            .ring_capacity(ring_capacity)
+            .max_size(initial),
+    )
     .expect("create");
     let ticket = host.add_peer().expect("add_peer");
     let id = ticket.id();
@@ -1073,11 +1069,7 @@ fn dropped_futures_lose_no_frame_and_leak_no_slot() {
 fn recv_from_a_killed_plugin_ends() {
     let rt = runtime();
     let _enter = rt.enter();
-    let host = Host::create(&HubConfig {
-        max_peers: 1,
-        ..HubConfig::default()
-    })
-    .expect("create");
+    let host = Host::create(&HubConfig::new().max_peers(1)).expect("create");
     let host = Arc::new(AsyncHost::new(host).expect("register"));
     for by_index in [false, true] {
         let (id, mut child) = host.host().spawn_peer(&mut plugin("echo")).expect("spawn");
@@ -1146,11 +1138,7 @@ fn recv_from_a_killed_plugin_ends() {
 fn a_late_reply_to_a_dead_plugin_never_reaches_the_next() {
     let rt = runtime();
     let _enter = rt.enter();
-    let host = Host::create(&HubConfig {
-        max_peers: 1,
-        ..HubConfig::default()
-    })
-    .expect("create");
+    let host = Host::create(&HubConfig::new().max_peers(1)).expect("create");
     let host = AsyncHost::new(host).expect("register");
     let (_, mut child_a) = host
         .host()
@@ -1246,11 +1234,7 @@ fn a_late_reply_to_a_dead_plugin_never_reaches_the_next() {
 fn a_busy_receiver_costs_no_descriptor_write() {
     let rt = runtime();
     let _enter = rt.enter();
-    let host = Host::create(&HubConfig {
-        max_peers: 1,
-        ..HubConfig::default()
-    })
-    .expect("create");
+    let host = Host::create(&HubConfig::new().max_peers(1)).expect("create");
     let ticket = host.add_peer().expect("add_peer");
     let (to_peer, to_host) = (
         ticket_fd(&ticket.env_value(), "ready"),
@@ -1403,11 +1387,11 @@ fn a_peer_without_descriptors_receives_through_its_waiter_thread() {
     let rt = runtime();
     let _enter = rt.enter();
     let mut files = TempFiles::default();
-    let host = Host::create(&HubConfig {
-        max_peers: PEERS,
-        path: Some(files.path("aio-fallback")),
-        ..HubConfig::default()
-    })
+    let host = Host::create(
+        &HubConfig::new()
+            .max_peers(PEERS)
+            .path(files.path("aio-fallback")),
+    )
     .expect("create");
     let host = AsyncHost::new(host).expect("register host");
     let mut peers = Vec::new();
@@ -1490,11 +1474,7 @@ impl Wake for Flag {
 fn two_pending_receives_are_both_woken() {
     let rt = runtime();
     let _enter = rt.enter();
-    let host = Host::create(&HubConfig {
-        max_peers: 1,
-        ..HubConfig::default()
-    })
-    .expect("create");
+    let host = Host::create(&HubConfig::new().max_peers(1)).expect("create");
     let ticket = host.add_peer().expect("add_peer");
     let peer = Peer::attach(&ticket).expect("attach");
     let host = AsyncHost::new(host).expect("register");
@@ -1564,11 +1544,7 @@ fn a_receive_asleep_keeps_its_wakeup_while_another_handles_its_own() {
         .build()
         .expect("runtime");
     let _enter = rt.enter();
-    let mut host = Host::create(&HubConfig {
-        max_peers: 2,
-        ..HubConfig::default()
-    })
-    .expect("create");
+    let mut host = Host::create(&HubConfig::new().max_peers(2)).expect("create");
     host.set_wait_mode(WaitMode::Block); // a receive that finds nothing arms at once
     let tickets = [0, 1].map(|_| host.add_peer().expect("add_peer"));
     let peers = [0, 1].map(|i| Peer::attach(&tickets[i]).expect("attach"));

@@ -23,12 +23,12 @@ use hub_transport::{AllocatorDamage, Host, HubConfig, Peer, PeerEvent};
 /// A named hub, and a writable mapping of it with its layout.
 fn hub(files: &mut TempFiles) -> (Host, Arc<SegmentMapping>, SegmentLayout) {
     let path = files.path("audit");
-    let host = Host::create(&HubConfig {
-        max_peers: 2,
-        ring_capacity: 16,
-        path: Some(path.clone()),
-        ..HubConfig::default()
-    })
+    let host = Host::create(
+        &HubConfig::new()
+            .max_peers(2)
+            .ring_capacity(16)
+            .path(path.clone()),
+    )
     .unwrap();
     let file = SegmentFile::open_path(&path, Access::ReadWrite).unwrap();
     let len = file.len().unwrap() as usize;

@@ -30,12 +30,7 @@ const TIMEOUT: Duration = Duration::from_millis(50);
 const BIG: usize = 16 << 20;
 
 fn small_hub() -> Host {
-    Host::create(&HubConfig {
-        max_peers: 1,
-        ring_capacity: CAPACITY,
-        ..HubConfig::default()
-    })
-    .expect("create")
+    Host::create(&HubConfig::new().max_peers(1).ring_capacity(CAPACITY)).expect("create")
 }
 
 /// A timed-out call took at least the timeout, and not absurdly longer.
@@ -203,12 +198,12 @@ fn empty_class_blocks_until_a_slot_is_freed() {
     let initial = SegmentLayout::new(max_peers, ring_capacity)
         .expect("layout")
         .initial_size();
-    let host = Host::create(&HubConfig {
-        max_peers,
-        ring_capacity,
-        max_size: Some(initial),
-        ..HubConfig::default()
-    })
+    let host = Host::create(
+        &HubConfig::new()
+            .max_peers(max_peers)
+            .ring_capacity(ring_capacity)
+            .max_size(initial),
+    )
     .expect("create");
     let ticket = host.add_peer().expect("add_peer");
     let peer = Peer::attach(&ticket).expect("attach");

@@ -136,12 +136,12 @@ struct Bench {
 fn bench() -> Bench {
     let mut files = TempFiles::default();
     let path = files.path("hub");
-    let host = Host::create(&HubConfig {
-        max_peers: MAX_PEERS,
-        ring_capacity: RING_CAPACITY,
-        path: Some(path.clone()),
-        ..HubConfig::default()
-    })
+    let host = Host::create(
+        &HubConfig::new()
+            .max_peers(MAX_PEERS)
+            .ring_capacity(RING_CAPACITY)
+            .path(path.clone()),
+    )
     .expect("create");
     Bench {
         host,

@@ -86,12 +86,12 @@ struct Fixture {
 fn fixture() -> Fixture {
     let mut files = TempFiles::default();
     let path = files.path("hub");
-    let host = Host::create(&HubConfig {
-        max_peers: MAX_PEERS,
-        ring_capacity: RING_CAPACITY,
-        path: Some(path.clone()),
-        ..HubConfig::default()
-    })
+    let host = Host::create(
+        &HubConfig::new()
+            .max_peers(MAX_PEERS)
+            .ring_capacity(RING_CAPACITY)
+            .path(path.clone()),
+    )
     .expect("create");
     let ticket = host.add_peer().expect("add_peer");
     assert_eq!((ticket.peer_id(), ticket.epoch()), (0, 1));
@@ -330,12 +330,12 @@ fn files_that_cannot_be_opened() {
 fn tickets_that_cannot_be_used() {
     let mut files = TempFiles::default();
     let path = files.path("hub");
-    let host = Host::create(&HubConfig {
-        max_peers: MAX_PEERS,
-        ring_capacity: RING_CAPACITY,
-        path: Some(path.clone()),
-        ..HubConfig::default()
-    })
+    let host = Host::create(
+        &HubConfig::new()
+            .max_peers(MAX_PEERS)
+            .ring_capacity(RING_CAPACITY)
+            .path(path.clone()),
+    )
     .expect("create");
     let ticket = host.add_peer().expect("add_peer");
     let id = ticket.peer_id();

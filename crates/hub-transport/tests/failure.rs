@@ -370,12 +370,7 @@ fn round_trip(host: &Host, peer: &Peer, k: u64, size: usize) {
 /// free again, and a new peer takes the same id and works.
 #[test]
 fn peer_killed_holding_slots_in_every_state() {
-    let host = Host::create(&HubConfig {
-        max_peers: 1,
-        ring_capacity: 16,
-        ..HubConfig::default()
-    })
-    .expect("create");
+    let host = Host::create(&HubConfig::new().max_peers(1).ring_capacity(16)).expect("create");
     let mut events = Events::new(&host);
     let ticket = host.add_peer().expect("add_peer");
     let id = ticket.peer_id();
@@ -449,12 +444,12 @@ fn peer_killed_holding_slots_in_every_state() {
 /// or send) while the host reads; after each death every slot is free again.
 #[test]
 fn streaming_peer_killed_at_random_points_leaks_nothing() {
-    let host = Host::create(&HubConfig {
-        max_peers: 2,
-        ring_capacity: 8,
-        heartbeat_timeout: Duration::from_millis(500),
-        ..HubConfig::default()
-    })
+    let host = Host::create(
+        &HubConfig::new()
+            .max_peers(2)
+            .ring_capacity(8)
+            .heartbeat_timeout(Duration::from_millis(500)),
+    )
     .expect("create");
     let mut events = Events::new(&host);
     for kill_after in [None, Some(1), Some(7), Some(40), Some(150)] {
@@ -492,12 +487,7 @@ fn streaming_peer_killed_at_random_points_leaks_nothing() {
 /// end the hub still admits 32 at once, and every slot is free.
 #[test]
 fn a_thousand_peers_come_and_go_and_32_still_fit() {
-    let host = Host::create(&HubConfig {
-        max_peers: 32,
-        ring_capacity: 16,
-        ..HubConfig::default()
-    })
-    .expect("create");
+    let host = Host::create(&HubConfig::new().max_peers(32).ring_capacity(16)).expect("create");
     let mut events = Events::new(&host);
     let mut processes = 0;
     let started = Instant::now();
@@ -613,12 +603,8 @@ fn a_thousand_peers_come_and_go_and_32_still_fit() {
 #[test]
 fn stopped_peer_is_evicted_after_its_heartbeat_timeout_and_fenced_until_it_exits() {
     let timeout = Duration::from_millis(500);
-    let host = Host::create(&HubConfig {
-        max_peers: 1,
-        heartbeat_timeout: timeout,
-        ..HubConfig::default()
-    })
-    .expect("create");
+    let host =
+        Host::create(&HubConfig::new().max_peers(1).heartbeat_timeout(timeout)).expect("create");
     let mut events = Events::new(&host);
     let (mut chaos, id) = Chaos::peer(&host, &["recv-block"]);
     chaos.expect_line("READY");
@@ -680,11 +666,11 @@ fn stopped_peer_is_evicted_after_its_heartbeat_timeout_and_fenced_until_it_exits
 /// operation on state the recovery gave back), and then recovered.
 #[test]
 fn an_evicted_process_is_killed_before_its_recovery() {
-    let host = Host::create(&HubConfig {
-        max_peers: 1,
-        heartbeat_timeout: Duration::from_millis(300),
-        ..HubConfig::default()
-    })
+    let host = Host::create(
+        &HubConfig::new()
+            .max_peers(1)
+            .heartbeat_timeout(Duration::from_millis(300)),
+    )
     .expect("create");
     let mut events = Events::new(&host);
     // Spawned by the host: the only kind of process it signals (R4).
@@ -713,11 +699,7 @@ fn an_evicted_process_is_killed_before_its_recovery() {
 /// watched the old process's pidfd, never reports the new peer Died or evicts it.
 #[test]
 fn an_old_process_exit_is_not_the_new_peers_death() {
-    let host = Host::create(&HubConfig {
-        max_peers: 1,
-        ..HubConfig::default()
-    })
-    .expect("create");
+    let host = Host::create(&HubConfig::new().max_peers(1)).expect("create");
     let mut events = Events::new(&host);
     let (mut old, id) = Chaos::peer(&host, &["recv-block"]);
     old.expect_line("READY");
@@ -808,12 +790,7 @@ fn head_scribbler_is_evicted_while_honest_streams_complete() {
 /// full set of new peers (the scribbler's id too) and every slot is free. The reason.
 fn scribbler_among_honest_streams(seed: u64, first: &str) -> EvictReason {
     const N: u64 = 300;
-    let host = Host::create(&HubConfig {
-        max_peers: 3,
-        ring_capacity: 32,
-        ..HubConfig::default()
-    })
-    .expect("create");
+    let host = Host::create(&HubConfig::new().max_peers(3).ring_capacity(32)).expect("create");
     let mut events = Events::new(&host);
     let (garbage, bad) = Chaos::peer(&host, &["garbage", &seed.to_string(), first]);
     let (mut honest_a, a) = Chaos::peer(&host, &["stream", &N.to_string()]);
@@ -919,11 +896,7 @@ fn scribbler_among_honest_streams(seed: u64, first: &str) -> EvictReason {
 /// checks it against the ring the descriptor came through.
 #[test]
 fn forged_descriptor_does_not_steal_another_peers_frame() {
-    let host = Host::create(&HubConfig {
-        max_peers: 2,
-        ..HubConfig::default()
-    })
-    .expect("create");
+    let host = Host::create(&HubConfig::new().max_peers(2)).expect("create");
     let honest = Peer::attach(&host.add_peer().expect("add_peer")).expect("attach");
     let data = payload(1000, 7);
     let sum = checksum(&data);

@@ -21,11 +21,7 @@ const SIZE: usize = 256 << 10;
 
 #[test]
 fn class_grows_to_its_capacity_under_concurrent_load() {
-    let host = Host::create(&HubConfig {
-        max_peers: PEERS as u16,
-        ..HubConfig::default()
-    })
-    .expect("create");
+    let host = Host::create(&HubConfig::new().max_peers(PEERS as u16)).expect("create");
     let before = host.stats();
     assert_eq!(before[CLASS].extents, 1);
     let per_extent = HUB_SIZE_CLASSES[CLASS].1.next_power_of_two();
@@ -124,12 +120,7 @@ fn class_grows_to_its_capacity_under_concurrent_load() {
 /// measured the file before and reads the offset after must look again, not refuse the hub.
 #[test]
 fn peers_attach_while_another_grows() {
-    let host = Host::create(&HubConfig {
-        max_peers: 2,
-        ring_capacity: 16,
-        ..HubConfig::default()
-    })
-    .expect("create");
+    let host = Host::create(&HubConfig::new().max_peers(2).ring_capacity(16)).expect("create");
     let grower = host.add_peer().expect("add_peer");
     let done = AtomicBool::new(false);
     let mut attaches = 0;

@@ -23,11 +23,11 @@ const TIMEOUT: Duration = Duration::from_millis(400);
 const TICK: Duration = Duration::from_millis(20);
 
 fn host(max_peers: u16) -> Host {
-    Host::create(&HubConfig {
-        max_peers,
-        heartbeat_timeout: TIMEOUT,
-        ..HubConfig::default()
-    })
+    Host::create(
+        &HubConfig::new()
+            .max_peers(max_peers)
+            .heartbeat_timeout(TIMEOUT),
+    )
     .expect("create")
 }
 

@@ -39,11 +39,9 @@ fn named_hub(
 ) -> (Host, SegmentLayout, ReadOnlyMapping) {
     let path = files.path("hub");
     let ring_capacity = 16;
-    let mut config = HubConfig {
-        max_peers,
-        ring_capacity,
-        ..HubConfig::default()
-    };
+    let mut config = HubConfig::new()
+        .max_peers(max_peers)
+        .ring_capacity(ring_capacity);
     config.max_size = max_size;
     config.path = Some(path.clone());
     let host = Host::create(&config).expect("create");
@@ -166,12 +164,7 @@ fn peer_blocked_in_recv_learns_it_was_evicted() {
 /// must not touch the new peer's rings, slots or entry (R9): every call says it was evicted.
 #[test]
 fn an_evicted_peer_leaves_its_successor_alone() {
-    let host = Host::create(&HubConfig {
-        max_peers: 1,
-        ring_capacity: 16,
-        ..HubConfig::default()
-    })
-    .expect("create");
+    let host = Host::create(&HubConfig::new().max_peers(1).ring_capacity(16)).expect("create");
     let old = Peer::attach(&host.add_peer().expect("add_peer")).expect("attach");
     round_trip(&host, &old, 60);
     host.recover_peer(0).expect("evict");
@@ -243,11 +236,7 @@ fn an_evicted_peer_leaves_its_successor_alone() {
 
 #[test]
 fn ticket_of_an_anonymous_hub_after_goodbye() {
-    let host = Host::create(&HubConfig {
-        max_peers: 1,
-        ..HubConfig::default()
-    })
-    .expect("create");
+    let host = Host::create(&HubConfig::new().max_peers(1)).expect("create");
     let ticket = host.add_peer().expect("add_peer");
     host.close();
     // The ticket still holds the memfd: the hub is readable, and says its host left.
@@ -288,11 +277,7 @@ fn peer_blocked_in_loan_gets_host_gone_promptly() {
 
 #[test]
 fn frames_sent_before_goodbye_are_delivered_first() {
-    let host = Host::create(&HubConfig {
-        max_peers: 1,
-        ..HubConfig::default()
-    })
-    .expect("create");
+    let host = Host::create(&HubConfig::new().max_peers(1)).expect("create");
     let peer = Peer::attach(&host.add_peer().expect("add_peer")).expect("attach");
     host.send(peer.id(), meta(1), b"inline").expect("send");
     host.send(peer.id(), meta(2), &payload(70_000, 2))
@@ -325,11 +310,7 @@ fn round_trip(host: &Host, peer: &Peer, i: u64) {
 
 #[test]
 fn goodbye_makes_the_entry_dying_and_the_id_is_reused() {
-    let host = Host::create(&HubConfig {
-        max_peers: 1,
-        ..HubConfig::default()
-    })
-    .expect("create");
+    let host = Host::create(&HubConfig::new().max_peers(1)).expect("create");
     let mut events = EventLog::new(&host);
     let first = host.add_peer().expect("add_peer");
     assert_eq!((first.peer_id(), first.epoch()), (0, 1));
@@ -449,11 +430,7 @@ fn goodbye_makes_the_entry_dying_and_the_id_is_reused() {
 /// has read them, then the supervisor recovers it.
 #[test]
 fn frames_sent_before_a_peer_goodbye_are_delivered() {
-    let host = Host::create(&HubConfig {
-        max_peers: 2,
-        ..HubConfig::default()
-    })
-    .expect("create");
+    let host = Host::create(&HubConfig::new().max_peers(2)).expect("create");
     let mut events = EventLog::new(&host);
     let peer = Peer::attach(&host.add_peer().expect("add_peer")).expect("attach");
     let id = peer.id();
@@ -482,12 +459,7 @@ fn frames_sent_before_a_peer_goodbye_are_delivered() {
 
 #[test]
 fn a_hundred_plugins_come_and_go() {
-    let host = Host::create(&HubConfig {
-        max_peers: 2,
-        ring_capacity: 16,
-        ..HubConfig::default()
-    })
-    .expect("create");
+    let host = Host::create(&HubConfig::new().max_peers(2).ring_capacity(16)).expect("create");
     let mut epochs = [0u64; 2];
     for i in 0..100u64 {
         let ticket = host.add_peer().expect("add_peer");
@@ -517,11 +489,7 @@ fn a_hundred_plugins_come_and_go() {
 /// attached, `withdraw` leaves it alone.
 #[test]
 fn a_reservation_nobody_used_is_withdrawn() {
-    let host = Host::create(&HubConfig {
-        max_peers: 1,
-        ..HubConfig::default()
-    })
-    .unwrap();
+    let host = Host::create(&HubConfig::new().max_peers(1)).unwrap();
     let ticket = host.add_peer().unwrap();
     let id = ticket.peer_id();
     // Frames to a reserved peer wait in its ring, in slots in flight to it (R9).

@@ -8,11 +8,7 @@ const ROUND_TRIPS: u64 = 2000;
 
 #[test]
 fn round_trips_between_awake_ends_make_no_system_call() {
-    let mut host = Host::create(&HubConfig {
-        max_peers: 1,
-        ..HubConfig::default()
-    })
-    .expect("create");
+    let mut host = Host::create(&HubConfig::new().max_peers(1)).expect("create");
     host.set_wait_mode(WaitMode::Spin);
     let ticket = host.add_peer().expect("add_peer");
     let mut peer = Peer::attach(&ticket).expect("attach");

@@ -29,10 +29,7 @@ use hub_transport::{
 const HELLO: u64 = u64::MAX - 1;
 
 fn hub(max_peers: u16) -> (Host, Named) {
-    let config = HubConfig {
-        max_peers,
-        ..HubConfig::default()
-    };
+    let config = HubConfig::new().max_peers(max_peers);
     let host = Host::create(&config).expect("create the hub");
     (host, Named::new(max_peers, config.ring_capacity))
 }

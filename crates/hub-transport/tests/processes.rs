@@ -128,11 +128,7 @@ fn send_checked(host: &Host, peer: u16, k: u64, size: usize, zero_copy: bool) ->
 
 #[test]
 fn child_echoes_inline_slot_and_16mib_frames() {
-    let host = Host::create(&HubConfig {
-        max_peers: 2,
-        ..HubConfig::default()
-    })
-    .expect("create");
+    let host = Host::create(&HubConfig::new().max_peers(2)).expect("create");
     let sizes = [
         0,
         1,
@@ -167,11 +163,7 @@ fn child_echoes_inline_slot_and_16mib_frames() {
 
 #[test]
 fn child_sends_checksummed_frames() {
-    let host = Host::create(&HubConfig {
-        max_peers: 1,
-        ..HubConfig::default()
-    })
-    .expect("create");
+    let host = Host::create(&HubConfig::new().max_peers(1)).expect("create");
     let (size, n) = (70_000, 20u64);
     let child = ChildGuard::spawn(&host, &["send", &size.to_string(), &n.to_string()]);
     for i in 0..n {
@@ -190,11 +182,7 @@ fn child_sends_checksummed_frames() {
 
 #[test]
 fn several_children_at_once() {
-    let host = Host::create(&HubConfig {
-        max_peers: 4,
-        ..HubConfig::default()
-    })
-    .expect("create");
+    let host = Host::create(&HubConfig::new().max_peers(4)).expect("create");
     const ECHOES: u64 = 30;
     const SMALL: (usize, u64) = (16, 100);
     const LARGE: (usize, u64) = (16 << 20, 4);
@@ -262,12 +250,12 @@ fn child_blocked_in_recv_sees_host_gone() {
     let mut files = TempFiles::default();
     let path = files.path("hub");
     let (max_peers, ring_capacity) = (1, 16);
-    let host = Host::create(&HubConfig {
-        max_peers,
-        ring_capacity,
-        path: Some(path.clone()),
-        ..HubConfig::default()
-    })
+    let host = Host::create(
+        &HubConfig::new()
+            .max_peers(max_peers)
+            .ring_capacity(ring_capacity)
+            .path(path.clone()),
+    )
     .expect("create");
     // Watch the child's receive doorbell through a read-only mapping of our own.
     let view = ReadOnlyMapping::new(

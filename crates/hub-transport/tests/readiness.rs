@@ -12,11 +12,7 @@ use hub_transport::{FrameMeta, Host, HubConfig, Peer};
 /// host's "I sleep on my descriptor" bit and the host was never woken).
 #[test]
 fn an_armed_side_is_written_once_per_frame_and_a_busy_one_never() {
-    let host = Host::create(&HubConfig {
-        max_peers: 1,
-        ..HubConfig::default()
-    })
-    .expect("create");
+    let host = Host::create(&HubConfig::new().max_peers(1)).expect("create");
     let ticket = host.add_peer().expect("add_peer");
     let value = ticket.env_value();
     let (to_peer, to_host) = (ticket_fd(&value, "ready"), ticket_fd(&value, "notify"));
@@ -74,12 +70,7 @@ fn a_peer_without_descriptors_is_bridged_on_both_sides() {
     let dir = std::env::temp_dir().join(format!("hub-ready-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let path = dir.join("hub");
-    let host = Host::create(&HubConfig {
-        max_peers: 1,
-        path: Some(path.clone()),
-        ..HubConfig::default()
-    })
-    .expect("create");
+    let host = Host::create(&HubConfig::new().max_peers(1).path(path.clone())).expect("create");
     let ticket = host.add_peer().expect("add_peer");
     // A path ticket's value names no descriptor; the host's own copy of it does.
     assert!(!ticket.env_value().contains("notify="));
@@ -140,11 +131,7 @@ fn a_peer_without_descriptors_is_bridged_on_both_sides() {
 /// until its tick.
 #[test]
 fn a_host_asleep_hears_the_first_frame_of_a_peer_admitted_meanwhile() {
-    let host = Host::create(&HubConfig {
-        max_peers: 2,
-        ..HubConfig::default()
-    })
-    .expect("create");
+    let host = Host::create(&HubConfig::new().max_peers(2)).expect("create");
     let first = Peer::attach(&host.add_peer().expect("add_peer")).expect("attach");
     host.arm();
     assert!(host.try_recv().is_err(), "nothing yet: the host sleeps");
@@ -167,11 +154,7 @@ fn a_host_asleep_hears_the_first_frame_of_a_peer_admitted_meanwhile() {
 #[test]
 fn a_recovered_life_leaves_the_hosts_set() {
     use std::os::fd::AsRawFd;
-    let host = Host::create(&HubConfig {
-        max_peers: 1,
-        ..HubConfig::default()
-    })
-    .expect("create");
+    let host = Host::create(&HubConfig::new().max_peers(1)).expect("create");
     let ticket = host.add_peer().expect("add_peer");
     let to_host = ticket_fd(&ticket.env_value(), "notify");
     let set = host.ready_fd().as_raw_fd();

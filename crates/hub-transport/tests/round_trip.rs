@@ -138,11 +138,7 @@ fn host_side(host: &Host, peer: u16, sizes: &[usize]) {
 
 #[test]
 fn every_size_both_ways_copying_and_zero_copy() {
-    let host = Host::create(&HubConfig {
-        max_peers: 2,
-        ..HubConfig::default()
-    })
-    .expect("create");
+    let host = Host::create(&HubConfig::new().max_peers(2)).expect("create");
     let ticket = host.add_peer().expect("add_peer");
     let peer = ticket.peer_id();
     let sizes = sizes();
@@ -156,11 +152,7 @@ fn every_size_both_ways_copying_and_zero_copy() {
 
 #[test]
 fn truncated_loan_sends_the_prefix() {
-    let host = Host::create(&HubConfig {
-        max_peers: 1,
-        ..HubConfig::default()
-    })
-    .expect("create");
+    let host = Host::create(&HubConfig::new().max_peers(1)).expect("create");
     let ticket = host.add_peer().expect("add_peer");
     let peer = Peer::attach(&ticket).expect("attach");
     for (loaned, sent) in [(4096, 100), (4096, 16), (20, 3), (4096, 4096)] {
@@ -181,11 +173,7 @@ fn truncated_loan_sends_the_prefix() {
 
 #[test]
 fn payload_larger_than_the_largest_slot_is_refused() {
-    let host = Host::create(&HubConfig {
-        max_peers: 1,
-        ..HubConfig::default()
-    })
-    .expect("create");
+    let host = Host::create(&HubConfig::new().max_peers(1)).expect("create");
     let ticket = host.add_peer().expect("add_peer");
     let peer = Peer::attach(&ticket).expect("attach");
     let max = 16 << 20;

@@ -19,12 +19,12 @@ use hub_transport::{EvictReason, Host, HostError, HubConfig, PeerEvent, PeerStat
 fn a_rewritten_pid_evicts_the_spawned_peer_and_kills_only_it() {
     let mut files = TempFiles::default();
     let path = files.path("spawned");
-    let host = Host::create(&HubConfig {
-        max_peers: 1,
-        ring_capacity: 16,
-        path: Some(path.clone()),
-        ..HubConfig::default()
-    })
+    let host = Host::create(
+        &HubConfig::new()
+            .max_peers(1)
+            .ring_capacity(16)
+            .path(path.clone()),
+    )
     .unwrap();
     // An innocent process of the same user, whose pid the peer will write into its entry.
     let mut innocent = Command::new("sleep").arg("30").spawn().unwrap();
@@ -79,11 +79,7 @@ fn a_rewritten_pid_evicts_the_spawned_peer_and_kills_only_it() {
 
 #[test]
 fn a_spawn_that_fails_gives_the_reservation_back() {
-    let host = Host::create(&HubConfig {
-        max_peers: 1,
-        ..HubConfig::default()
-    })
-    .unwrap();
+    let host = Host::create(&HubConfig::new().max_peers(1)).unwrap();
     let error = host
         .spawn_peer(&mut Command::new("/nonexistent/hub-plugin"))
         .unwrap_err();

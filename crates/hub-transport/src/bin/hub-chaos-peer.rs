@@ -297,12 +297,12 @@ fn echo_then(peer: Peer, how: &str) -> Result<u8, String> {
 /// A named hub at `path` with `n` reserved peers; the tickets on standard output.
 fn host(path: &str, n: u64, capacity: u64) -> Result<u8, String> {
     let n = u16::try_from(n).map_err(|e| format!("N: {e}"))?;
-    let host = Host::create(&HubConfig {
-        max_peers: n,
-        ring_capacity: u32::try_from(capacity).map_err(|e| format!("capacity: {e}"))?,
-        path: Some(path.into()),
-        ..HubConfig::default()
-    })
+    let host = Host::create(
+        &HubConfig::new()
+            .max_peers(n)
+            .ring_capacity(u32::try_from(capacity).map_err(|e| format!("capacity: {e}"))?)
+            .path(path),
+    )
     .map_err(|e| format!("create: {e}"))?;
     {
         let mut out = std::io::stdout().lock();
