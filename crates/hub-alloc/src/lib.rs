@@ -55,7 +55,6 @@
 mod error;
 mod layout;
 mod ledger;
-mod magazine;
 mod region;
 pub mod shared;
 mod slab;

@@ -42,15 +42,7 @@ const LIVE: OwnerId = OwnerId::peer(1);
 /// Run `f` under loom, with a preemption bound of 2 unless `LOOM_MAX_PREEMPTIONS` says
 /// otherwise, and print how many executions it explored and how long that took.
 fn model(name: &str, f: impl Fn() + Sync + Send + 'static) {
-    model_with_branches(name, loom::model::Builder::new().max_branches, f);
-}
-
-/// [`model`] with room for `max_branches` atomic operations per execution: for the models of
-/// a class large enough to keep slots (16 of them), whose setup and checks alone take more
-/// than loom's default.
-fn model_with_branches(name: &str, max_branches: usize, f: impl Fn() + Sync + Send + 'static) {
     let mut builder = loom::model::Builder::new();
-    builder.max_branches = max_branches;
     if builder.preemption_bound.is_none() {
         builder.preemption_bound = Some(2);
     }
@@ -876,81 +868,5 @@ fn restore_racing_the_hosts_own_growth() {
             let _ = host.free(handle).unwrap();
         }
         check_quiet(&host, 4);
-    });
-}
-
-/// Loom's branch limit for the models of a 16-slot class.
-const KEPT_BRANCHES: usize = 20_000;
-
-/// A keeper's magazine (see `crate::magazine`) in a class of 16 slots: one cell. The keeper
-/// (`owner`) allocates a slot and frees it, and keeps it.
-fn keeper_with_a_kept_slot(host: &Slab<Heap>, owner: OwnerId) -> Slab<Heap> {
-    let keeper = host.with_owner(owner).unwrap();
-    let handle = keeper.try_alloc_in(0).unwrap().expect("a slot");
-    let _ = keeper.free(handle).unwrap();
-    assert_eq!(keeper.kept_count(0), 1, "the free kept the slot");
-    keeper
-}
-
-/// Model 16: a peer dies keeping a slot (Free, off the list, its own) while a live one
-/// allocates and frees (and keeps) and the host reclaims the dead one: the reclaim puts the
-/// kept slot back on the list once, and nothing is handed out twice. Once the live one has
-/// stopped too and its kept slots are swept, every slot is on the list exactly once.
-#[test]
-fn kept_slot_of_a_dead_peer_racing_alloc() {
-    model_with_branches(
-        "kept_slot_of_a_dead_peer_racing_alloc",
-        KEPT_BRANCHES,
-        || {
-            let host = slab(16, 1);
-            drop(keeper_with_a_kept_slot(&host, DEAD));
-            let live = thread::spawn({
-                let live = host.with_owner(LIVE).unwrap();
-                move || {
-                    let a = live.try_alloc_in(0).unwrap().expect("a slot");
-                    let b = live.try_alloc_in(0).unwrap().expect("a slot");
-                    assert_distinct(&[a, b]);
-                    let _ = live.free(a).unwrap();
-                    let _ = live.free(b).unwrap();
-                }
-            });
-            let reclaimer = {
-                let host = host.with_owner(OwnerId::HOST).unwrap();
-                thread::spawn(move || host.reclaim(DEAD).unwrap())
-            };
-            live.join().unwrap();
-            let report = reclaim_until_done(&host, reclaimer.join().unwrap());
-            assert_eq!((report.freed[0], report.kept), (0, 1), "{report:?}");
-            host.reclaim(LIVE).unwrap();
-            check_quiet(&host, 16);
-        },
-    );
-}
-
-/// Model 17: a rebuild of the list while a keeper takes its kept slot and keeps it again: a
-/// rebuild never chains a kept slot, so the rebuilt list and the magazine never share one.
-#[test]
-fn kept_slot_racing_rebuild() {
-    model_with_branches("kept_slot_racing_rebuild", KEPT_BRANCHES, || {
-        let host = slab(16, 1);
-        let keeper = keeper_with_a_kept_slot(&host, LIVE);
-        let keeping = thread::spawn(move || {
-            let handle = keeper.try_alloc_in(0).unwrap().expect("a slot");
-            let _ = keeper.free(handle).unwrap();
-            keeper
-        });
-        let rebuilder = {
-            let host = host.with_owner(OwnerId::HOST).unwrap();
-            thread::spawn(move || {
-                let report = host.rebuild_free_list(0).unwrap();
-                rebuild_until_settled(&host, report)
-            })
-        };
-        let keeper = keeping.join().unwrap();
-        let report = rebuilder.join().unwrap();
-        assert!(report.free <= 15, "a kept slot chained: {report:?}");
-        assert_eq!(keeper.kept_count(0), 1);
-        host.reclaim(LIVE).unwrap();
-        check_quiet(&host, 16);
     });
 }

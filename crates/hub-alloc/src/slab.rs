@@ -23,14 +23,6 @@
 //! Growth has no such window: a new extent's slots are created allocated and owned by the
 //! grower, and the grower frees them one by one after publishing the extent, so a grower that
 //! dies halfway leaves slots its reclaim finds.
-//!
-//! # Kept slots: no list traffic in steady state (R7)
-//!
-//! A holder's own free may *keep* its slot instead of pushing it, and its next alloc of the
-//! class takes it back (see [`crate::magazine`]): the slot is then Free, off the list, and its
-//! owner word says "kept by" the keeper. Reclaim of a participant puts back what it kept; audit
-//! and rebuild leave kept slots alone. Neither step needs the journal: the owner word says
-//! "kept by" before the state changes, so a keeper that dies leaves a slot its reclaim finds.
 
 use core::mem::size_of;
 use core::ptr::NonNull;
@@ -44,7 +36,6 @@ use hub_layout::{
 use crate::error::{Corruption, Refusal, SlabError};
 use crate::layout::{OwnerId, SlabLayout};
 use crate::ledger::Ledger;
-use crate::magazine::Magazine;
 use crate::region::Region;
 use crate::shared::{ClassHeader, Shared, SlotMeta, join, split};
 use crate::sync::{AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering, lock};
@@ -188,9 +179,6 @@ pub struct ClassStats {
 pub struct ReclaimReport {
     /// Slots freed per class: the owner's allocated and in-flight slots.
     pub freed: Vec<u32>,
-    /// Free slots the owner kept for itself (see [`Slab::kept_count`]), put back on their
-    /// lists: not counted in `freed`, since nothing was held.
-    pub kept: u32,
     /// A slot the owner had popped or freed but not yet recorded, put back on its list.
     pub recovered_from_journal: bool,
     /// The journal named a slot another participant is still busy with; it was left for a
@@ -300,10 +288,8 @@ impl ClassCache {
 /// The type is `Send + Sync`; all operations take `&self`. Across processes they are
 /// lock-free, except that a pop or push waits while the host holds a class's list during
 /// [`reclaim`](Self::reclaim) or [`rebuild_free_list`](Self::rebuild_free_list); within one
-/// owner, its threads take turns over a pop's or push's few-instruction window under a private
-/// mutex (the journal's, R5). A free of a slot the participant holds keeps it for the next
-/// alloc of its class when the class has room for that ([`kept_count`](Self::kept_count)):
-/// then neither touches the shared list nor the mutex.
+/// owner, its threads take turns over a pop's or free's few-instruction window under a private
+/// mutex (the journal's, R5).
 ///
 /// ```
 /// use hub_alloc::{ClassConfig, HeapRegion, OwnerId, Slab, SlabLayout};
@@ -334,8 +320,6 @@ pub struct Slab<R: Region> {
     cache: std::sync::Arc<[ClassCache]>,
     /// The slots this handle's owner holds, as it knows privately (R4).
     ledger: std::sync::Arc<Ledger>,
-    /// Free slots this handle's owner keeps for itself, per class (see [`crate::magazine`]).
-    magazines: std::sync::Arc<[Magazine]>,
     /// This owner's threads take turns in their journal windows under this private lock, so
     /// that whatever another process writes into the shared journal word never makes them wait.
     journal_lock: std::sync::Arc<Mutex<()>>,
@@ -482,7 +466,6 @@ impl<R: Region> Slab<R> {
             journal_offset: self.layout.journal_offsets[journal],
             cache: self.cache.clone(),
             ledger: std::sync::Arc::new(Ledger::new(&self.layout)),
-            magazines: magazines(&self.layout),
             journal_lock: std::sync::Arc::new(Mutex::new(())),
             extents: self.extents.clone(),
             wakes: std::sync::Arc::new(AtomicU32::new(0)),
@@ -507,7 +490,6 @@ impl<R: Region> Slab<R> {
         let slab = Self {
             journal_offset: layout.journal_offsets[journal],
             ledger: std::sync::Arc::new(Ledger::new(&layout)),
-            magazines: magazines(&layout),
             layout: std::sync::Arc::new(layout),
             region,
             me,
@@ -572,9 +554,6 @@ impl<R: Region> Slab<R> {
                     .max()
                     .unwrap_or(0),
             })?;
-        if let Some(handle) = self.take_kept(fits) {
-            return Ok(handle);
-        }
         for class in fits..self.layout.classes.len() {
             if let Some(handle) = self.pop(class)? {
                 return Ok(handle);
@@ -592,9 +571,6 @@ impl<R: Region> Slab<R> {
     /// As [`alloc`](Self::alloc); [`SlabError::BadHandle`] when there is no such class.
     pub fn alloc_in(&self, class: u16) -> Result<SlotHandle, SlabError> {
         let c = self.class_index(class, 0)?;
-        if let Some(handle) = self.take_kept(c) {
-            return Ok(handle);
-        }
         if let Some(handle) = self.pop(c)? {
             return Ok(handle);
         }
@@ -607,9 +583,6 @@ impl<R: Region> Slab<R> {
     /// As [`alloc_in`](Self::alloc_in), but `Ok(None)` where it would grow.
     pub fn try_alloc_in(&self, class: u16) -> Result<Option<SlotHandle>, SlabError> {
         let c = self.class_index(class, 0)?;
-        if let Some(handle) = self.take_kept(c) {
-            return Ok(Some(handle));
-        }
         self.pop(c)
     }
 
@@ -716,16 +689,6 @@ impl<R: Region> Slab<R> {
         self.ledger.holds_handle(handle)
     }
 
-    /// How many free slots of `class` this participant keeps for itself now: slots it freed
-    /// and will allocate again before it pops the shared list. They count as Free in
-    /// [`stats`](Self::stats); a participant that leaves or dies has them taken back by its
-    /// [`reclaim`](Self::reclaim). Classes of fewer than 16 slots per extent keep none.
-    pub fn kept_count(&self, class: u16) -> u32 {
-        self.magazines
-            .get(usize::from(class))
-            .map_or(0, |magazine| magazine.len() as u32)
-    }
-
     /// How many slots of `class` this participant holds (its private ledger, R4).
     pub fn held_count(&self, class: u16) -> u32 {
         self.ledger.count(class)
@@ -745,7 +708,7 @@ impl<R: Region> Slab<R> {
     /// [`SlabError::Corrupt`] when its state word is garbage; [`SlabError::ListHeld`].
     pub fn free(&self, handle: SlotHandle) -> Result<Freed, SlabError> {
         self.check_not_held_otherwise(handle)?;
-        self.free_slot(handle, true, true)
+        self.free_slot(handle, true)
     }
 
     /// Free a slot this participant does not hold (R4): reclaim's and recovery's frees of what
@@ -758,7 +721,7 @@ impl<R: Region> Slab<R> {
                 index: handle.index,
             });
         }
-        self.free_slot(handle, false, false)
+        self.free_slot(handle, false)
     }
 
     /// `Err(StaleHandle)` when this participant holds `handle`'s slot at another generation:
@@ -776,93 +739,16 @@ impl<R: Region> Slab<R> {
     /// [`free`](Self::free)'s work. With `release`, the slot leaves this participant's ledger
     /// whether or not the shared state agrees: the holder is done with it either way, and a
     /// slot whose state another process rewrote is the auditor's to find.
-    fn free_slot(&self, handle: SlotHandle, release: bool, keep: bool) -> Result<Freed, SlabError> {
+    fn free_slot(&self, handle: SlotHandle, release: bool) -> Result<Freed, SlabError> {
         let class = self.class_index(handle.class, handle.index)?;
         let meta = self.handle_meta(class, handle)?;
         let header = self.header(class)?;
-        // The holder's own free keeps the slot (see `crate::magazine`) when its class keeps
-        // slots, nobody waits for one, and the slot is this participant's by its owner word,
-        // which says "kept by" it from before the state change: whenever this participant
-        // dies, the slot is Allocated or InFlight and its own, or Free and kept by it, and its
-        // reclaim finds it.
-        if keep
-            && self.magazines[class].enabled()
-            && !has_waiter(header)
-            && meta
-                .owner
-                .compare_exchange(
-                    self.me.raw(),
-                    kept_by(self.me),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-        {
-            // The state CAS (AcqRel) publishes the owner word with it.
-            if let Err(error) = self.free_state(meta, handle, release) {
-                // Not freed: the owner word back, unless someone has written it since.
-                let _ = meta.owner.compare_exchange(
-                    kept_by(self.me),
-                    self.me.raw(),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
-                return Err(error);
-            }
-            // R4: out of the ledger before it is kept: a take by another thread of this
-            // participant claims it anew.
-            self.ledger.release(handle);
-            let generation = handle.generation.wrapping_add(1);
-            if self.magazines[class].put(handle.index, generation) {
-                return Ok(Freed {
-                    class: handle.class,
-                    wake_waiters: false,
-                });
-            }
-            // Every cell is full: on the list after all, the second half of an ordinary free.
-            // Until the journal names it, it is Free and kept by this participant, as far as a
-            // reclaim can tell.
-            let journal = self.enter_journal()?;
-            journal.name(handle.slot_ref());
-            meta.owner.store(NO_OWNER, Ordering::Relaxed);
-            self.push(header, class, handle.index, meta)?;
-            drop(journal);
-            return Ok(Freed {
-                class: handle.class,
-                wake_waiters: notify_waiters(header),
-            });
-        }
         let journal = self.enter_journal()?;
         // R5: say which slot before touching it, so a crash between the state change and the
         // push leaves a trace reclaim follows. Release, as every journal store: whoever reads
         // the journal (Acquire) sees what this participant did before, such as recording a
         // slot it popped as Allocated (see `resolve_journal`).
         journal.name(handle.slot_ref());
-        self.free_state(meta, handle, release)?;
-        meta.owner.store(NO_OWNER, Ordering::Relaxed);
-        // R4: out of the ledger before the push: once on the list, a pop of this process may
-        // take it, and must not find it held.
-        if release {
-            self.ledger.release(handle);
-        }
-        self.push(header, class, handle.index, meta)?;
-        drop(journal);
-        Ok(Freed {
-            class: handle.class,
-            wake_waiters: notify_waiters(header),
-        })
-    }
-
-    /// A free's state change: `(generation, Allocated | InFlight) -> (generation + 1, Free)`
-    /// for `handle`'s generation, or the error that says why not (the slot leaves the ledger
-    /// then too, with `release`).
-    #[inline(always)]
-    fn free_state(
-        &self,
-        meta: &SlotMeta,
-        handle: SlotHandle,
-        release: bool,
-    ) -> Result<(), SlabError> {
         let mut current = meta.gen_state.load(Ordering::Relaxed);
         loop {
             let (generation, state) = split(current);
@@ -879,52 +765,22 @@ impl<R: Region> Slab<R> {
                 Ordering::AcqRel,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return Ok(()),
+                Ok(_) => break,
                 Err(found) => current = found,
             }
         }
-    }
-
-    /// A slot this participant kept (see `crate::magazine`), taken back: `(generation, Free)
-    /// -> (generation, Allocated)` by compare-and-swap, which settles it against anybody else
-    /// who claims the slot meanwhile (a reclaim, a pop after a forged push). Kept slots a CAS
-    /// loses, or that this participant holds otherwise, are dropped from the magazine.
-    #[inline]
-    fn take_kept(&self, class: usize) -> Option<SlotHandle> {
-        let magazine = &self.magazines[class];
-        if !magazine.enabled() {
-            return None;
+        meta.owner.store(NO_OWNER, Ordering::Relaxed);
+        // R4: out of the ledger before the push: once on the list, a pop of this process may
+        // take it, and must not find it held.
+        if release {
+            self.ledger.release(handle);
         }
-        while let Some((index, generation)) = magazine.take() {
-            let handle = SlotHandle::from_parts(class as u16, index, generation);
-            let Ok(meta) = self.meta(class, index) else {
-                continue;
-            };
-            // R4: the private claim first, as a pop's.
-            if !self.ledger.claim(handle) {
-                continue;
-            }
-            // R5: Free -> Allocated at the generation the keeper wrote; AcqRel as a pop's.
-            if meta
-                .gen_state
-                .compare_exchange(
-                    join(generation, FREE),
-                    join(generation, ALLOCATED),
-                    Ordering::AcqRel,
-                    Ordering::Relaxed,
-                )
-                .is_err()
-            {
-                self.ledger.release(handle);
-                continue;
-            }
-            // R6: the keeper's already; written again over whatever another process wrote.
-            // Release: a rebuild that reads this owner word (no longer "kept by") sees the
-            // state change before it too, and leaves the slot alone.
-            meta.owner.store(self.me.raw(), Ordering::Release);
-            return Some(handle);
-        }
-        None
+        self.push(header, class, handle.index, meta)?;
+        drop(journal);
+        Ok(Freed {
+            class: handle.class,
+            wake_waiters: notify_waiters(header),
+        })
     }
 
     /// The start of a slot's bytes ([`slot_size`](Self::slot_size) of them), for the holder of
@@ -1097,55 +953,23 @@ impl<R: Region> Slab<R> {
         for class in 0..self.layout.classes.len() {
             mine.clear();
             self.for_each_meta(class, |index, meta| {
-                let word = meta.gen_state.load(Ordering::Acquire);
-                let (generation, state) = split(word);
-                // Kept by the owner (see `crate::magazine`): taken from it by the state CAS a
-                // keeper's own take makes, so of the two exactly one has it; freed below.
-                if state == FREE
-                    && meta.owner.load(Ordering::Acquire) == kept_by(owner)
-                    && !self.ledger.holds(class as u16, index)
-                    && meta
-                        .gen_state
-                        .compare_exchange(
-                            word,
-                            join(generation, ALLOCATED),
-                            Ordering::AcqRel,
-                            Ordering::Relaxed,
-                        )
-                        .is_ok()
-                {
-                    mine.push((
-                        SlotHandle::from_parts(class as u16, index, generation),
-                        true,
-                    ));
-                    return;
-                }
+                let (generation, state) = split(meta.gen_state.load(Ordering::Acquire));
                 // R4: the owner word is a claim another process wrote; a slot this participant
                 // holds is not freed whatever it says (unless this participant reclaims its own).
-                let named = meta.owner.load(Ordering::Acquire);
-                // (Kept by it: a keep or a take of a kept slot between its two writes.)
                 if (state == ALLOCATED || state == IN_FLIGHT)
-                    && (named == owner.raw() || named == kept_by(owner))
+                    && meta.owner.load(Ordering::Acquire) == owner.raw()
                     && (mine_too || !self.ledger.holds(class as u16, index))
                 {
-                    mine.push((
-                        SlotHandle::from_parts(class as u16, index, generation),
-                        false,
-                    ));
+                    mine.push(SlotHandle::from_parts(class as u16, index, generation));
                 }
             });
-            for &(handle, kept) in &mine {
-                let freed = if mine_too && self.ledger.holds_handle(handle) {
-                    self.check_not_held_otherwise(handle)
-                        .and_then(|()| self.free_slot(handle, true, false))
+            for &handle in &mine {
+                let freed = if mine_too {
+                    self.free(handle)
                 } else {
                     self.free_unheld(handle)
                 };
                 match freed {
-                    Ok(freed) if kept => {
-                        report.kept += 1;
-                        report.wake_waiters |= freed.wake_waiters;
-                    }
                     Ok(freed) => {
                         report.freed[class] += 1;
                         report.wake_waiters |= freed.wake_waiters;
@@ -1294,9 +1118,6 @@ impl<R: Region> Slab<R> {
             match split(seen).1 {
                 // R4: a slot this participant holds is never chained, whatever its state says.
                 FREE if self.ledger.holds(class, index) => {}
-                // Kept by a participant (see `crate::magazine`), or by a dead one whose
-                // reclaim takes it back: not lost.
-                FREE if keeper(meta.owner.load(Ordering::Acquire)).is_some() => {}
                 FREE => {
                     let entry = encode_slot_ref(class, index) + 1;
                     // And the state again after the journals: a pop that won before the hold
@@ -1324,7 +1145,7 @@ impl<R: Region> Slab<R> {
         // A slot a journal named may have been on the old list, which is gone: once its
         // participant has moved on, put it back unless it is taken or on the new list.
         for (index, meta) in unsure {
-            match self.resolve_slot(c, index, meta, None, None)? {
+            match self.resolve_slot(c, index, meta, None)? {
                 Resolution::Recovered(wake) => {
                     report.free += 1;
                     report.wake_waiters |= wake;
@@ -1369,16 +1190,10 @@ impl<R: Region> Slab<R> {
         // slot before the CAS), or its state change does, from its journal's clear onwards.
         let mut journals = self.journal_entries();
         let mut states = Vec::new();
-        let mut kept = Vec::new();
         self.for_each_meta(c, |index, meta| {
             // Acquire: a state a pop or free wrote (AcqRel) brings its earlier head CAS with it,
             // so the last head load below cannot take that list for the one of `before`.
-            let word = meta.gen_state.load(Ordering::Acquire);
-            states.push((index, word));
-            // A Free slot that names an owner is kept (see `crate::magazine`), not lost.
-            if split(word).1 == FREE && keeper(meta.owner.load(Ordering::Acquire)).is_some() {
-                kept.push(index);
-            }
+            states.push((index, meta.gen_state.load(Ordering::Acquire)));
         });
         audit.bad_states = states
             .iter()
@@ -1451,7 +1266,6 @@ impl<R: Region> Slab<R> {
                             && !listed
                             && !journals.contains(&(encode_slot_ref(class, index) + 1))
                             && !self.ledger.holds(class, index)
-                            && !kept.contains(&index)
                     })
                     .map(|(&(index, word), _)| (index, split(word).0))
                     .collect();
@@ -1557,9 +1371,7 @@ impl<R: Region> Slab<R> {
 
     /// Slots of `class` that no participant can be holding by the protocol, as this handle
     /// sees them now: a state word that is no state; allocated by, or in flight to, an owner
-    /// that `live` says is gone (or an owner word that names nobody); Free and kept (see
-    /// [`kept_count`](Self::kept_count)) by an owner `live` says is gone, or by this
-    /// participant while its own cells do not name the slot; allocated by this
+    /// that `live` says is gone (or an owner word that names nobody); allocated by this
     /// participant but not in its ledger (R4); in flight to this participant from a sender
     /// that `live` says is gone, and not in its ledger. Slots this handle's ledger holds are
     /// never listed. A busy hub shows some for a moment (a grower's new slots, a pop between
@@ -1582,17 +1394,9 @@ impl<R: Region> Slab<R> {
             }
             let word = meta.gen_state.load(Ordering::Acquire);
             let owner = meta.owner.load(Ordering::Acquire);
-            let named = OwnerId::from_raw(owner)
-                .or_else(|| keeper(owner))
-                .filter(|&o| self.layout.admits(o));
+            let named = OwnerId::from_raw(owner).filter(|&o| self.layout.admits(o));
             let orphan = match split(word).1 {
-                // Kept (see `crate::magazine`): by this participant only if its cells say so
-                // (R4: its private truth), by another only while that one lives.
-                FREE => match keeper(owner).filter(|&k| self.layout.admits(k)) {
-                    Some(k) if k == self.me => !self.magazines[c].contains(index, split(word).0),
-                    Some(k) => !live(k),
-                    None => keeper(owner).is_some(),
-                },
+                FREE => false,
                 ALLOCATED => match named {
                     Some(o) if o == self.me => true,
                     Some(o) => !live(o),
@@ -1912,25 +1716,18 @@ impl<R: Region> Slab<R> {
             return Err(bad_journal());
         }
         let meta = self.meta(c, index).map_err(|_| bad_journal())?;
-        self.resolve_slot(
-            c,
-            index,
-            meta,
-            self.layout.journal_index(owner),
-            Some(owner),
-        )
+        self.resolve_slot(c, index, meta, self.layout.journal_index(owner))
     }
 
     /// Whether slot `index` of class `c`, which some journal named while it was Free, is lost
-    /// (Free, off the list, named by no journal but the `skip`ped one's, and kept by nobody
-    /// but the `dead` one, see `crate::magazine`), and if so put it back on the list.
+    /// (Free, off the list, and named by no journal but the `skip`ped one's), and if so put it
+    /// back on the list.
     fn resolve_slot(
         &self,
         c: usize,
         index: u32,
         meta: &SlotMeta,
         skip: Option<usize>,
-        dead: Option<OwnerId>,
     ) -> Result<Resolution, SlabError> {
         let entry = encode_slot_ref(c as u16, index) + 1;
         for _ in 0..RESOLVE_ATTEMPTS {
@@ -1955,11 +1752,7 @@ impl<R: Region> Slab<R> {
                     return Err(error);
                 }
             };
-            // Acquire, as the state's loads: a keeper's owner word came before its state CAS.
-            let owner = meta.owner.load(Ordering::Acquire);
-            if on_list || keeper(owner).is_some_and(|keeper| dead != Some(keeper)) {
-                // On the list; or kept by a participant (the owner scan of the dead one's
-                // reclaim takes back what the dead one kept).
+            if on_list {
                 self.release(c, held, held.first);
                 return Ok(Resolution::NothingLost);
             }
@@ -2142,7 +1935,7 @@ impl<R: Region> Slab<R> {
         // The first slot is the grower's (in its ledger already); the others leave the ledger
         // as they are freed.
         for slot in slots_of(extent).skip(1) {
-            let freed = self.free_slot(slot, true, false)?;
+            let freed = self.free_slot(slot, true)?;
             if freed.wake_waiters {
                 // R11: an allocator sleeps on the class's word: the caller wakes it.
                 self.wakes.fetch_or(1 << class, Ordering::Release);
@@ -2498,14 +2291,6 @@ fn yield_now() {
     loom::thread::yield_now();
 }
 
-/// Whether an allocator announced that it waits for a slot of the class (a hint: a free that
-/// finds one pushes its slot and wakes it rather than keep the slot).
-#[inline]
-fn has_waiter(header: ClassHeader<'_>) -> bool {
-    // Relaxed: a stale answer keeps one slot more or less; the push path's wake is R11's.
-    header.slot_available_futex.load(Ordering::Relaxed) & WAITER_BIT != 0
-}
-
 /// After a push on `header`'s list: bump the class's futex word when an allocator announced it
 /// sleeps (R11), and say whether one did.
 #[inline(always)]
@@ -2543,30 +2328,6 @@ fn give_back(current_size: &AtomicU64, start: usize, end: usize) {
         Ordering::AcqRel,
         Ordering::Relaxed,
     );
-}
-
-/// The bit by which a slot's owner word says "kept by" rather than "owned by" (see
-/// `crate::magazine`): flipped in an [`OwnerId`]'s value, it gives a value that is no
-/// `OwnerId` and not `NO_OWNER`.
-const KEPT: u32 = 0x4000_0000;
-
-/// The owner word of a slot `owner` keeps.
-pub(crate) const fn kept_by(owner: OwnerId) -> u32 {
-    owner.raw() ^ KEPT
-}
-
-/// Who keeps a slot whose owner word is `word`, if it says "kept by" anyone.
-fn keeper(word: u32) -> Option<OwnerId> {
-    OwnerId::from_raw(word ^ KEPT)
-}
-
-/// An empty magazine per class of `layout`.
-fn magazines(layout: &SlabLayout) -> std::sync::Arc<[Magazine]> {
-    layout
-        .classes
-        .iter()
-        .map(|class| Magazine::for_class(class.slots_per_extent))
-        .collect()
 }
 
 fn corrupt(class: usize, corruption: Corruption) -> SlabError {

@@ -1489,7 +1489,6 @@ impl Core {
             }
             recovery.reclaimed.recovered_from_journal |= again.recovered_from_journal;
             recovery.reclaimed.wake_waiters |= again.wake_waiters;
-            recovery.reclaimed.kept += again.kept;
             recovery.reclaimed.journal_pending = again.journal_pending;
         }
         if recovery.reclaimed.journal_pending {
