@@ -18,6 +18,8 @@
 //! | `examples` | `cargo build --workspace --examples --all-features` (for the examples' CLI tests) |
 //! | `test`    | `cargo nextest run --workspace --all-features --no-fail-fast --no-tests=warn` when `cargo nextest --version` works, else `cargo test --workspace --all-targets --all-features --no-fail-fast` |
 //! | `doc`     | `cargo test --workspace --doc --all-features --no-fail-fast` (nextest does not run doc tests) |
+//! | `rustdoc` | `RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features` |
+//! | `package` | `cargo publish --workspace --dry-run --allow-dirty` (the four library crates) |
 //! | `loom`    | `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=target/loom cargo test --release -p hub-alloc -p hub-transport --lib --no-fail-fast` |
 //! | scenarios | `cargo run --release -p hub-scenarios -- NAME` for each of [`SCENARIOS`] (group name `scenarios`); `--seed N` passes a seed to each |
 //!
@@ -85,7 +87,8 @@ const USAGE: &str = "\
 usage: cargo xtask <task> [options]
 
 tasks:
-  test    every check: fmt, clippy, examples, test, doc, loom, then the scenarios
+  test    every check: fmt, clippy, examples, test, doc, rustdoc, package, loom, then the
+          scenarios
   lint    fmt and clippy only
   loom    the loom models only
   soak --minutes N [--seed N]
@@ -289,6 +292,22 @@ fn all_steps(cargo: &OsString, root: &Path, options: &Options) -> Vec<Step> {
             "--no-fail-fast",
         ]),
         Parse::Libtest,
+    ));
+    // The API documentation builds without a warning (dead links, private items named).
+    steps.push(
+        Step::new(
+            "rustdoc",
+            cargo_cmd(&["doc", "--workspace", "--no-deps", "--all-features"]),
+            Parse::Exit,
+        )
+        .env("RUSTDOCFLAGS", "-D warnings"),
+    );
+    // The library crates package and build as crates.io would have them (nothing uploaded);
+    // `--allow-dirty` so that a working tree with changes can be checked before a commit.
+    steps.push(Step::new(
+        "package",
+        cargo_cmd(&["publish", "--workspace", "--dry-run", "--allow-dirty"]),
+        Parse::Exit,
     ));
 
     let mut loom_args = vec!["test", "--release"];
@@ -538,7 +557,9 @@ mod tests {
         };
         let steps = all_steps(&"cargo".into(), &root, &options);
         let all = select(&steps, &options).unwrap();
-        let mut want = vec!["fmt", "clippy", "examples", "test", "doc", "loom"];
+        let mut want = vec![
+            "fmt", "clippy", "examples", "test", "doc", "rustdoc", "package", "loom",
+        ];
         want.extend(SCENARIOS);
         assert_eq!(names(&all), want);
 
