@@ -103,6 +103,8 @@ struct Report {
     header: HeaderSnapshot,
     mapped_len: usize,
     resident: Option<u64>,
+    /// Nobody holds the hub's lock: its creator is gone.
+    stale: bool,
     peers: Vec<PeerRow>,
     classes: Vec<ClassRow>,
 }
@@ -149,6 +151,11 @@ fn main() -> ExitCode {
 /// Attach read-only to the hub at `path` and copy out what the report shows.
 fn inspect(path: &Path) -> Result<Report, InspectError> {
     let file = SegmentFile::open_path(path, Access::ReadOnly).map_err(InspectError::Mapping)?;
+    // The creator holds the hub's lock for as long as it lives (R12).
+    let stale = !file
+        .holder_probe()
+        .map_err(InspectError::Mapping)?
+        .is_held();
     let info = file.info().ok();
     let len = file.len().map_err(InspectError::Mapping)?;
     // Map at least a page, so that a file too short for a header is reported by validation
@@ -168,6 +175,7 @@ fn inspect(path: &Path) -> Result<Report, InspectError> {
         header: segment.header,
         mapped_len: view.len(),
         resident: info.map(|i| i.allocated),
+        stale,
         peers,
         classes,
     })
@@ -264,6 +272,12 @@ fn print_report(report: &Report, json: bool) {
     }
     let h = &report.header;
     println!("hub {}", report.path.display());
+    if report.stale {
+        println!(
+            "  STALE: its creator is gone (nobody holds the hub's lock); \
+             Host::create with take_over_stale(true) replaces it"
+        );
+    }
     println!(
         "  version {}.{}, {} peer entries, rings of {} descriptors, {} of {} mapped{}",
         h.version >> 16,
@@ -379,9 +393,10 @@ fn to_json(report: &Report) -> String {
         })
         .collect();
     format!(
-        "{{\"path\":{},\"version\":\"{}.{}\",\"max_peers\":{},\"ring_capacity\":{},\"current_size\":{},\
+        "{{\"path\":{},\"stale\":{},\"version\":\"{}.{}\",\"max_peers\":{},\"ring_capacity\":{},\"current_size\":{},\
          \"mapped_len\":{},\"resident\":{},\"peers\":[{}],\"classes\":[{}]}}",
         json_string(&report.path.to_string_lossy()),
+        report.stale,
         h.version >> 16,
         h.version & 0xffff,
         h.max_peers,

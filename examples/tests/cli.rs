@@ -118,3 +118,51 @@ fn errors_name_what_was_wrong_once_and_in_the_users_words() {
     assert_eq!(stderr.matches("/nonexistent/hub").count(), 1, "{stderr}");
     assert!(!stderr.contains("::") && !stderr.contains('{'), "{stderr}");
 }
+
+/// Set in the environment of this test binary run as a host that creates a hub at the path
+/// and waits to be killed.
+const STALE_CHILD_ENV: &str = "HUB_EXAMPLES_STALE_CHILD";
+
+#[test]
+fn inspect_reports_a_hub_whose_creator_was_killed_as_stale() {
+    use std::io::BufRead;
+    if let Ok(path) = std::env::var(STALE_CHILD_ENV) {
+        let config = hub_transport::HubConfig::new().max_peers(1).path(path);
+        let _host = hub_transport::Host::create(&config).expect("create the hub");
+        println!("ready");
+        loop {
+            std::thread::park();
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("hub-cli-stale-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("hub");
+    let mut creator = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "inspect_reports_a_hub_whose_creator_was_killed_as_stale",
+            "--exact",
+            "--nocapture",
+        ])
+        .env(STALE_CHILD_ENV, &path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn the creator");
+    let ready = std::io::BufReader::new(creator.stdout.take().unwrap())
+        .lines()
+        .any(|line| line.is_ok_and(|line| line == "ready"));
+    assert!(ready, "the creator's hub is up");
+    let inspect = |path: &std::path::Path| {
+        let output = Command::new(example("inspect"))
+            .args(["--json".as_ref(), path.as_os_str()])
+            .output()
+            .expect("run inspect");
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    assert!(inspect(&path).contains("\"stale\":false"));
+    creator.kill().unwrap();
+    creator.wait().unwrap();
+    let json = inspect(&path);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(json.contains("\"stale\":true"), "{json}");
+}

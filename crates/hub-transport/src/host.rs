@@ -199,9 +199,8 @@ impl Host {
     /// exists already, say), or the host's lock on it cannot be taken
     /// ([`HolderLock`](crate::mapping::HolderLock)); [`CreateError::Alloc`].
     pub fn create(config: &HubConfig) -> Result<Self, CreateError> {
-        let (segment, slab) = Segment::create(config)?;
-        // R12: taken before any peer can attach, held until drop.
-        let holder = segment.mapping().file().lock_as_holder()?;
+        // R12: the holder's lock, taken as the file was made, held until drop.
+        let (segment, slab, holder) = Segment::create(config)?;
         let mut links = Vec::with_capacity(usize::from(config.max_peers));
         for peer in 0..config.max_peers {
             let (send, recv) = (2 * usize::from(peer), 2 * usize::from(peer) + 1);

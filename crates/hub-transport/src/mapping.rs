@@ -323,6 +323,48 @@ impl SegmentFile {
         }
     }
 
+    /// Whether the hub file at `path` is *stale*: its creator is gone. The creator holds its
+    /// [`HolderLock`] from the moment it created the file for as long as it lives, and the
+    /// kernel drops the lock when it exits however it exits; so a file nobody holds the lock
+    /// on was left by a host that died (SIGKILL, a crash) before it could remove it.
+    ///
+    /// # Errors
+    /// As [`open_path`](Self::open_path) (no file there: [`MappingError::OpenFailed`]).
+    pub fn is_stale_at(path: impl AsRef<Path>) -> Result<bool, MappingError> {
+        let file = Self::open_path(path, Access::ReadOnly)?;
+        Ok(!file.holder_probe()?.is_held())
+    }
+
+    /// Take over the stale hub file at `path` (see [`is_stale_at`](Self::is_stale_at)): take
+    /// its holder's lock, which succeeds only while nobody holds it, remove the path while the
+    /// lock is held (so that no other process takes the same file over at the same time), and
+    /// return the lock. Keep it until the new file at `path` is created and locked.
+    ///
+    /// # Errors
+    /// [`MappingError::Lock`] when a live holder has the lock (the hub is in use);
+    /// [`MappingError::OpenFailed`]; [`MappingError::CreateFailed`] when the path cannot be
+    /// removed.
+    pub fn take_over_stale(path: impl AsRef<Path>) -> Result<HolderLock, MappingError> {
+        let path = path.as_ref();
+        let file = Self::open_path(path, Access::ReadOnly)?;
+        let lock = file.lock_as_holder()?;
+        // Only while the path still names the file whose lock is ours.
+        let ours =
+            rustix::fs::fstat(&file.fd).map_err(|e| MappingError::Stat { source: io_err(e) })?;
+        let now = rustix::fs::stat(path).map_err(|e| MappingError::Stat { source: io_err(e) })?;
+        if (ours.st_dev, ours.st_ino) != (now.st_dev, now.st_ino) {
+            return Err(MappingError::Lock {
+                what: "take over the stale hub",
+                source: io::Error::other("the path names another file now"),
+            });
+        }
+        rustix::fs::unlink(path).map_err(|e| MappingError::CreateFailed {
+            what: format!("{} (unlink the stale hub)", path.display()),
+            source: io_err(e),
+        })?;
+        Ok(lock)
+    }
+
     /// Open an existing segment file by path (attach by path, or an inspector with
     /// [`Access::ReadOnly`]). The result never unlinks the file.
     ///

@@ -15,7 +15,7 @@
 //! | `PeerEntry` | 52..56 | the peer's process id |
 //! | `PeerEntry` | 56..60 | which side sleeps on a readiness descriptor (`READY_PEER`, `READY_HOST`) |
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use hub_alloc::shared::Shared;
@@ -26,7 +26,7 @@ use hub_layout::{
     SegmentLayout, validate_segment,
 };
 
-use crate::mapping::{MappingError, SegmentFile, SegmentMapping};
+use crate::mapping::{HolderLock, MappingError, SegmentFile, SegmentMapping};
 use crate::ring::{RawRing, RingError};
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
@@ -99,6 +99,12 @@ pub struct HubConfig {
     /// the recovery has given back; without the kill that is when it exits by itself. The host
     /// never signals a process it did not spawn, nor a peer of its own process.
     pub kill_evicted: bool,
+    /// Whether [`Host::create`](crate::Host::create) replaces a *stale* hub file at
+    /// [`path`](Self::path): one whose creator died without removing it (nobody holds its
+    /// lock, see [`SegmentFile::is_stale_at`](crate::mapping::SegmentFile::is_stale_at)).
+    /// Off by default: then such a file makes `create` fail with [`CreateError::Stale`]. A
+    /// file whose creator lives is never replaced.
+    pub take_over_stale: bool,
 }
 
 impl Default for HubConfig {
@@ -110,6 +116,7 @@ impl Default for HubConfig {
             path: None,
             heartbeat_timeout: std::time::Duration::from_secs(2),
             kill_evicted: true,
+            take_over_stale: false,
         }
     }
 }
@@ -212,6 +219,16 @@ impl HubConfig {
         self.kill_evicted = kill_evicted;
         self
     }
+
+    /// Sets [`take_over_stale`](HubConfig#structfield.take_over_stale): whether
+    /// [`Host::create`](crate::Host::create) replaces a hub file at the path whose creator died
+    /// without removing it (off by default: [`CreateError::Stale`] then). A hub whose creator
+    /// lives is never replaced, whatever this says.
+    #[must_use]
+    pub fn take_over_stale(mut self, take_over_stale: bool) -> Self {
+        self.take_over_stale = take_over_stale;
+        self
+    }
 }
 
 /// Why a hub could not be created.
@@ -227,6 +244,14 @@ pub enum CreateError {
     /// The allocator could not be built in the segment.
     #[error(transparent)]
     Alloc(#[from] SlabError),
+    /// A hub file is at the path already, and its creator is gone (it died without removing
+    /// it): [`HubConfig::take_over_stale`] replaces it. A file whose creator lives is a
+    /// [`Mapping`](Self::Mapping) error (`AlreadyExists`).
+    #[error("a stale hub is at {}: its creator is gone (take_over_stale(true) replaces it)", .path.display())]
+    Stale {
+        /// The path.
+        path: PathBuf,
+    },
     /// The host's readiness descriptor could not be made (out of descriptors).
     #[error("cannot make the readiness descriptor: {0}")]
     Readiness(std::io::Error),
@@ -437,6 +462,36 @@ fn fixed_fields(layout: &SegmentLayout) -> Vec<(usize, bool, &'static str)> {
     fields
 }
 
+/// A new hub file at `path` and its holder's lock, taken at once; with `take_over`, in place of
+/// a stale one (see [`SegmentFile::is_stale_at`]), whose lock is held until the new file's is.
+fn create_named(
+    path: &Path,
+    initial: u64,
+    take_over: bool,
+) -> Result<(SegmentFile, HolderLock), CreateError> {
+    let locked = |file: SegmentFile| -> Result<_, CreateError> {
+        let holder = file.lock_as_holder()?;
+        Ok((file, holder))
+    };
+    match SegmentFile::create_named(path, initial) {
+        Err(MappingError::CreateFailed { source, .. })
+            if source.kind() == std::io::ErrorKind::AlreadyExists
+                && SegmentFile::is_stale_at(path).unwrap_or(false) =>
+        {
+            if !take_over {
+                return Err(CreateError::Stale {
+                    path: path.to_path_buf(),
+                });
+            }
+            let old = SegmentFile::take_over_stale(path)?;
+            let new = locked(SegmentFile::create_named(path, initial)?);
+            drop(old);
+            new
+        }
+        other => locked(other?),
+    }
+}
+
 impl std::fmt::Debug for Segment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Segment")
@@ -447,12 +502,14 @@ impl std::fmt::Debug for Segment {
     }
 }
 
+/// What [`Segment::create`] makes: the segment, the host's allocator handle, and the host's
+/// lock on the file (R12), taken as the file was made.
+pub(crate) type Created = (Arc<Segment>, Slab<Arc<SegmentMapping>>, HolderLock);
+
 impl Segment {
     /// Build a new hub (R1): header without magic, peer table, rings, allocator, then the magic
     /// with Release. Returns the segment and the host's allocator handle.
-    pub fn create(
-        config: &HubConfig,
-    ) -> Result<(Arc<Segment>, Slab<Arc<SegmentMapping>>), CreateError> {
+    pub fn create(config: &HubConfig) -> Result<Created, CreateError> {
         let layout = SegmentLayout::new(config.max_peers, config.ring_capacity)
             .map_err(|e| CreateError::Config(e.to_string()))?;
         let mut slab_layout = SlabLayout::for_hub(&layout);
@@ -462,9 +519,15 @@ impl Segment {
                 .map_err(|e| CreateError::Config(e.to_string()))?;
         }
         let initial = layout.initial_size() as u64;
-        let file = match &config.path {
-            Some(path) => SegmentFile::create_named(path, initial)?,
-            None => SegmentFile::create_anonymous("hub", initial)?,
+        // R12: the holder's lock from the first moment, before the hub is built: a file
+        // nobody holds the lock on is stale, and may be taken over.
+        let (file, holder) = match &config.path {
+            Some(path) => create_named(path, initial, config.take_over_stale)?,
+            None => {
+                let file = SegmentFile::create_anonymous("hub", initial)?;
+                let holder = file.lock_as_holder()?;
+                (file, holder)
+            }
         };
         let mapping = Arc::new(SegmentMapping::new(file, slab_layout.max_size())?);
         let mut segment = Segment {
@@ -503,7 +566,7 @@ impl Segment {
             });
         }
         segment.fixed = fixed;
-        Ok((Arc::new(segment), slab))
+        Ok((Arc::new(segment), slab, holder))
     }
 
     /// Header (without magic), peer entries and rings.
