@@ -323,7 +323,8 @@ impl SegmentFile {
         }
     }
 
-    /// Whether the hub file at `path` is *stale*: its creator is gone. The creator holds its
+    /// Whether the hub file at `path` is *stale*: a finished hub (it starts with the magic)
+    /// whose creator is gone. The creator holds its
     /// [`HolderLock`] from the moment it created the file for as long as it lives, and the
     /// kernel drops the lock when it exits however it exits; so a file nobody holds the lock
     /// on was left by a host that died (SIGKILL, a crash) before it could remove it.
@@ -332,7 +333,16 @@ impl SegmentFile {
     /// As [`open_path`](Self::open_path) (no file there: [`MappingError::OpenFailed`]).
     pub fn is_stale_at(path: impl AsRef<Path>) -> Result<bool, MappingError> {
         let file = Self::open_path(path, Access::ReadOnly)?;
-        Ok(!file.holder_probe()?.is_held())
+        Ok(file.is_finished_hub() && !file.holder_probe()?.is_held())
+    }
+
+    /// Whether the file starts with the hub's magic: a hub whose creator finished building
+    /// it (R1). Anything else (another kind of file, a hub left half-built) is never stale:
+    /// no hub code removes a file it cannot tell is a hub.
+    fn is_finished_hub(&self) -> bool {
+        let mut magic = [0u8; 8];
+        matches!(rustix::io::pread(&self.fd, &mut magic, 0), Ok(8))
+            && magic == hub_layout::HUB_MAGIC
     }
 
     /// Take over the stale hub file at `path` (see [`is_stale_at`](Self::is_stale_at)): take
@@ -347,6 +357,12 @@ impl SegmentFile {
     pub fn take_over_stale(path: impl AsRef<Path>) -> Result<HolderLock, MappingError> {
         let path = path.as_ref();
         let file = Self::open_path(path, Access::ReadOnly)?;
+        if !file.is_finished_hub() {
+            return Err(MappingError::Lock {
+                what: "take over the stale hub",
+                source: io::Error::other("the file is not a finished hub"),
+            });
+        }
         let lock = file.lock_as_holder()?;
         // Only while the path still names the file whose lock is ours.
         let ours =

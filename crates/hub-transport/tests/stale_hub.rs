@@ -114,3 +114,19 @@ fn a_hub_whose_host_lives_is_never_taken_over() {
     peer.send(FrameMeta::default(), b"still here").unwrap();
     assert_eq!(host.recv().unwrap().payload(), b"still here");
 }
+
+#[test]
+fn a_file_that_is_not_a_hub_is_never_stale_nor_removed() {
+    let dir = TempDir::new("other");
+    let path = dir.path("not-a-hub");
+    std::fs::write(&path, b"someone else's data").unwrap();
+    assert!(!SegmentFile::is_stale_at(&path).unwrap());
+    match Host::create(&config(&path).take_over_stale(true)) {
+        Err(CreateError::Mapping(MappingError::CreateFailed { source, .. })) => {
+            assert_eq!(source.kind(), std::io::ErrorKind::AlreadyExists)
+        }
+        other => panic!("expected AlreadyExists, got {other:?}"),
+    }
+    assert!(SegmentFile::take_over_stale(&path).is_err());
+    assert_eq!(std::fs::read(&path).unwrap(), b"someone else's data");
+}
