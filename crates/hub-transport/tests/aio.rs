@@ -26,7 +26,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::pin;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use common::fdinfo::{eventfd_count, eventfds_in_set, ticket_fd};
 use common::pattern::{checksum, fill};
-use common::{EventLog, TempFiles, WATCHDOG, assert_all_free};
+use common::{EventLog, TempFiles, WATCHDOG, assert_all_free, wait_exit};
 use hub_layout::SegmentLayout;
 use hub_transport::aio::{AsyncHost, AsyncPeer};
 use hub_transport::{
@@ -85,19 +85,6 @@ fn plugin(role: &str) -> Command {
         // and they go to standard error.
         .stdout(Stdio::null());
     command
-}
-
-/// Wait until `child` exits, at most [`WATCHDOG`].
-#[track_caller]
-fn wait_exit(child: &mut Child) -> ExitStatus {
-    let deadline = Instant::now() + WATCHDOG;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "the plugin did not exit");
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// `fut`, or a panic naming `what` if it takes longer than `limit` (a hang guard).
@@ -411,8 +398,14 @@ fn every_async_call_across_processes() {
     );
 
     let host = Arc::try_unwrap(host).expect("the last handle").into_host();
-    assert!(wait_exit(&mut child_a).success(), "plugin a failed");
-    assert!(wait_exit(&mut child_b).success(), "plugin b failed");
+    assert!(
+        wait_exit(&mut child_a, "plugin a").success(),
+        "plugin a failed"
+    );
+    assert!(
+        wait_exit(&mut child_b, "plugin b").success(),
+        "plugin b failed"
+    );
     let mut events = EventLog::new(&host);
     assert_recovered_clean(&mut events, a.index());
     assert_recovered_clean(&mut events, b.index());
@@ -1113,7 +1106,7 @@ fn recv_from_a_killed_plugin_ends() {
             }
             other => panic!("recv_from a killed plugin (by index: {by_index}): {other:?}"),
         }
-        let status = wait_exit(&mut child);
+        let status = wait_exit(&mut child, "the plugin");
         assert_eq!(
             std::os::unix::process::ExitStatusExt::signal(&status),
             Some(9)
@@ -1152,7 +1145,7 @@ fn a_late_reply_to_a_dead_plugin_never_reaches_the_next() {
         request.peer_id()
     });
     child_a.kill().expect("kill a");
-    wait_exit(&mut child_a);
+    wait_exit(&mut child_a, "plugin a");
     EventLog::new(host.host()).recovery(old.index());
 
     let (new, mut child_b) = host
@@ -1214,7 +1207,10 @@ fn a_late_reply_to_a_dead_plugin_never_reaches_the_next() {
         );
         assert_eq!(quit(&host, new).await, 11, "frames B received");
     });
-    assert!(wait_exit(&mut child_b).success(), "plugin b failed");
+    assert!(
+        wait_exit(&mut child_b, "plugin b").success(),
+        "plugin b failed"
+    );
     let host = host.into_host();
     let mut events = EventLog::new(&host);
     assert_recovered_clean(&mut events, new.index());

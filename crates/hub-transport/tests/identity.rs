@@ -10,11 +10,11 @@
 mod common;
 
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use common::poke::{Named, Poker};
-use common::{EventLog, WATCHDOG, meta};
+use common::{EventLog, WATCHDOG, meta, wait_exit};
 use hub_transport::{FrameMeta, Host, HostError, HubConfig, Peer, PeerEvent, PeerState};
 
 const TIMEOUT: Duration = Duration::from_millis(400);
@@ -42,19 +42,6 @@ fn chaos(args: &[&str]) -> Command {
         .stdin(Stdio::null())
         .stdout(Stdio::null());
     command
-}
-
-/// Wait until `child` exits, at most [`WATCHDOG`]; its status.
-#[track_caller]
-fn wait_exit(child: &mut Child) -> ExitStatus {
-    let deadline = Instant::now() + WATCHDOG;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "the process did not exit");
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// The host sends `peer` a frame and gets its echo back (the `hello` round trip a chaos peer
@@ -114,7 +101,7 @@ fn a_stranger_pid_written_into_an_unused_entry_gets_nobody_signalled() {
     let frame = fresh.recv_timeout(WATCHDOG).expect("recv");
     assert_eq!(frame.payload(), &[5; 3000]);
     host.send(honest_id, meta(2), b"wake up").expect("send");
-    assert_eq!(wait_exit(&mut honest).code(), Some(12));
+    assert_eq!(wait_exit(&mut honest, "the child").code(), Some(12));
     drop(events.wait("no failure", |_| true));
 }
 
@@ -163,7 +150,7 @@ fn escape(state: PeerState) -> ExitStatus {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    let status = wait_exit(&mut poker.child);
+    let status = wait_exit(&mut poker.child, "the child");
     // The hub heals: the id is free again (the supervisor recovers it, or `add_peer` itself
     // once the process is gone), and no loan aliases the one the host holds.
     while ticket.is_none() {
@@ -267,7 +254,7 @@ fn the_tickets_descriptor_is_never_inheritable_in_the_host() {
     let mut child = command.spawn().expect("spawn");
     echo_hello(&host, ticket.peer_id());
     host.send(ticket.peer_id(), meta(4), b"bye").expect("send");
-    assert_eq!(wait_exit(&mut child).code(), Some(12));
+    assert_eq!(wait_exit(&mut child, "the child").code(), Some(12));
 }
 
 /// Item 9: a spawned child asks for SIGKILL when its parent goes (PR_SET_PDEATHSIG), which
@@ -283,7 +270,7 @@ fn a_spawned_child_is_killed_when_the_spawning_thread_exits() {
         .join()
         .expect("the spawning thread")
     });
-    let status = wait_exit(&mut child);
+    let status = wait_exit(&mut child, "the child");
     assert_eq!(status.signal(), Some(9), "{status}");
 }
 
@@ -299,7 +286,7 @@ fn a_child_that_exits_before_attaching_is_reported_and_its_reservation_freed() {
         .expect("spawn_peer");
     let id = id.index();
     let pid = child.id();
-    assert!(wait_exit(&mut child).success());
+    assert!(wait_exit(&mut child, "the child").success());
     let event = events.wait("ExitedBeforeAttach", |e| {
         matches!(e, PeerEvent::ExitedBeforeAttach { .. })
     });

@@ -13,12 +13,12 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::mem::{offset_of, size_of};
 use std::os::fd::AsRawFd;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use common::WATCHDOG;
 use common::poke::{Named, Poker};
+use common::{WATCHDOG, wait_exit};
 use hub_layout::{DescRingHeader, INLINE_PAYLOAD_SLOT, MsgDescHot, PeerEntry};
 use hub_transport::{
     AttachError, Disconnect, FrameMeta, Host, HubConfig, Peer, PeerState, RecvError,
@@ -37,21 +37,6 @@ fn hub(max_peers: u16) -> (Host, Named) {
 /// The receive bell (host to peer) of peer `peer`'s entry.
 fn recv_bell(named: &Named, peer: u16) -> usize {
     named.layout.peer_entry_offset(peer) + offset_of!(PeerEntry, recv_data_futex)
-}
-
-/// Wait for `child` to exit, for at most [`WATCHDOG`].
-fn wait_exit(child: &mut Child, what: &str) -> ExitStatus {
-    let deadline = Instant::now() + WATCHDOG;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            panic!("{what} did not exit within {WATCHDOG:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Attack 6: a peer writes "gone" into the host-state word while the host runs. Honest peers,

@@ -19,6 +19,23 @@ use hub_transport::FrameMeta;
 /// A guard against a lost wakeup or a deadlock, never a measure of speed.
 pub const WATCHDOG: Duration = Duration::from_secs(30);
 
+/// Wait until `child` exits, at most [`WATCHDOG`]; its status. A child still running then is
+/// killed and the test fails, naming it as `what`.
+#[track_caller]
+pub fn wait_exit(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + WATCHDOG;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("{what} did not exit within {WATCHDOG:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// A path under the system's temporary directory that no other test (in this or another
 /// process) uses. Nothing is created.
 pub fn temp_path(tag: &str) -> PathBuf {
