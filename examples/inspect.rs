@@ -15,11 +15,12 @@
 //! There is no public read-only attach for a whole hub yet, so this example builds one from the
 //! public lower layers: `hub_transport::mapping` and `hub_layout`'s validation and offsets.
 
+use std::fmt::Write;
 use std::mem::offset_of;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use hub_examples::{Example, size_text};
+use hub_examples::{Example, print_quietly, size_text};
 use hub_layout::{
     DescRingHeader, ExtentHeader, HUB_SIZE_CLASSES, HeaderSnapshot, HubLayoutError, HubSlotMeta,
     PeerEntry, SegmentBytes, SlotState, ValidatedSegment, validate_segment,
@@ -128,10 +129,7 @@ fn main() -> ExitCode {
     let result = match (demo, path) {
         (true, None) => run_demo(json),
         (false, Some(path)) => match inspect(&path) {
-            Ok(report) => {
-                print_report(&report, json);
-                Ok(())
-            }
+            Ok(report) => print_quietly(&describe(&report, json)),
             // A mapping error names the path itself.
             Err(error @ InspectError::Mapping(_)) => return EXAMPLE.exit(Err(error.into())),
             Err(error) => {
@@ -265,20 +263,24 @@ fn age_text(age: Option<u64>) -> String {
     }
 }
 
-fn print_report(report: &Report, json: bool) {
+/// The report as text (or JSON), for one write to standard output.
+fn describe(report: &Report, json: bool) -> String {
+    let mut out = String::new();
     if json {
-        println!("{}", to_json(report));
-        return;
+        let _ = writeln!(out, "{}", to_json(report));
+        return out;
     }
     let h = &report.header;
-    println!("hub {}", report.path.display());
+    let _ = writeln!(out, "hub {}", report.path.display());
     if report.stale {
-        println!(
+        let _ = writeln!(
+            out,
             "  STALE: its creator is gone (nobody holds the hub's lock); \
              Host::create with take_over_stale(true) replaces it"
         );
     }
-    println!(
+    let _ = writeln!(
+        out,
         "  version {}.{}, {} peer entries, rings of {} descriptors, {} of {} mapped{}",
         h.version >> 16,
         h.version & 0xffff,
@@ -291,8 +293,9 @@ fn print_report(report: &Report, json: bool) {
             .map(|r| format!(", {} resident", size_text(r)))
             .unwrap_or_default()
     );
-    println!();
-    println!(
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
         "  {:>4}  {:<8}  {:>8}  {:>5}  {:>9}  {:>7}  {:>7}",
         "peer", "state", "pid", "epoch", "heartbeat", "to host", "to peer"
     );
@@ -302,7 +305,8 @@ fn print_report(report: &Report, json: bool) {
             empty += 1;
             continue;
         }
-        println!(
+        let _ = writeln!(
+            out,
             "  {:>4}  {:<8}  {:>8}  {:>5}  {:>9}  {:>7}  {:>7}",
             p.id,
             p.state.to_string(),
@@ -318,15 +322,17 @@ fn print_report(report: &Report, json: bool) {
         );
     }
     if empty > 0 {
-        println!("  ({empty} empty entries not shown)");
+        let _ = writeln!(out, "  ({empty} empty entries not shown)");
     }
-    println!();
-    println!(
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
         "  {:>5}  {:>9}  {:>7}  {:>6}  {:>6}  {:>9}  {:>9}  {:>7}",
         "class", "slot size", "extents", "total", "free", "allocated", "in flight", "corrupt"
     );
     for c in &report.classes {
-        println!(
+        let _ = writeln!(
+            out,
             "  {:>5}  {:>9}  {:>7}  {:>6}  {:>6}  {:>9}  {:>9}  {:>7}",
             c.class,
             size_text(u64::from(c.slot_size)),
@@ -338,6 +344,7 @@ fn print_report(report: &Report, json: bool) {
             c.corrupt
         );
     }
+    out
 }
 
 fn json_string(text: &str) -> String {
@@ -437,30 +444,33 @@ fn run_demo(json: bool) -> hub_examples::Result<()> {
     // Let the heartbeat threads beat once.
     std::thread::sleep(std::time::Duration::from_millis(50));
 
+    let mut text = String::new();
     if !json {
-        println!(
+        text.push_str(
             "demo: a named hub with 2 in-process peers, 1 reserved entry, 5 frames in flight \
-             and 1 slot allocated\n"
+             and 1 slot allocated\n\n",
         );
     }
     let report = inspect(&path)?;
-    print_report(&report, json);
+    text.push_str(&describe(&report, json));
     // The inspector's counts, from the slot metas, against the host's own.
     let agree = host.stats().iter().zip(&report.classes).all(|(s, c)| {
         (s.extents, s.total, s.free, s.allocated, s.in_flight)
             == (c.extents, c.total, c.free, c.allocated, c.in_flight)
     });
     if !json {
-        println!(
+        let _ = writeln!(
+            text,
             "\n  the slot counts {} Host::stats() of the same moment",
             if agree { "match" } else { "differ from" }
         );
     }
+    let printed = print_quietly(&text);
 
     drop(loan);
     drop(first);
     drop(second);
     drop(host); // unlinks the file
     let _ = std::fs::remove_file(&path);
-    Ok(())
+    printed
 }

@@ -68,20 +68,24 @@ fn an_unknown_argument_fails_with_the_usage_on_stderr() {
 }
 
 #[test]
-fn layout_into_a_closed_pipe_ends_without_a_panic() {
-    let mut child = Command::new(example("layout"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run layout");
-    // Read one byte, then close the pipe: what `layout | head -c 1` does.
-    let mut stdout = child.stdout.take().expect("piped stdout");
-    let mut first = [0u8; 1];
-    stdout.read_exact(&mut first).expect("some output");
-    drop(stdout);
-    let output = child.wait_with_output().expect("wait for layout");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!stderr.contains("panicked"), "layout panicked: {stderr}");
+fn output_into_a_closed_pipe_ends_without_a_panic() {
+    for (name, args) in [("layout", &[][..]), ("inspect", &["--demo"][..])] {
+        let mut child = Command::new(example(name))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run the example");
+        // Read one byte, then close the pipe: what `NAME | head -c 1` does.
+        let mut stdout = child.stdout.take().expect("piped stdout");
+        let mut first = [0u8; 1];
+        stdout.read_exact(&mut first).expect("some output");
+        drop(stdout);
+        let output = child.wait_with_output().expect("wait for the example");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("panicked"), "{name} panicked: {stderr}");
+        assert!(output.status.success(), "{name}: {output:?}");
+    }
 }
 
 #[test]
