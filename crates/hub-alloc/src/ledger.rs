@@ -23,6 +23,35 @@ use crate::sync::{AtomicU64, Ordering};
 /// A cell's value while its slot is held: the generation, with a bit that tells it from the
 /// empty cell whatever the generation.
 const HELD: u64 = 1 << 32;
+/// A cell's value while its slot is kept (see [`crate::magazine`]): the generation the slot
+/// will be handed out at, with a bit that tells it from a held cell. A kept slot is no
+/// handle's: it is this participant's, Allocated in shared memory, and free for its next alloc.
+/// Only one thread at a time writes a kept cell other than by a compare-and-swap from another
+/// value: the free that made it so, or the taker of its magazine entry.
+const KEPT: u64 = 1 << 33;
+
+/// What a ledger cell says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cell {
+    /// The slot is not this participant's.
+    Empty,
+    /// Held at this generation.
+    Held(u32),
+    /// Kept, to be handed out at this generation (or being freed by one thread).
+    Kept(u32),
+}
+
+impl Cell {
+    fn of(value: u64) -> Self {
+        if value & HELD != 0 {
+            Self::Held(value as u32)
+        } else if value & KEPT != 0 {
+            Self::Kept(value as u32)
+        } else {
+            Self::Empty
+        }
+    }
+}
 
 /// The private record of the slots one participant holds: one cell per slot of every extent a
 /// class may ever have (R8), so growth needs no new memory here.
@@ -81,16 +110,70 @@ impl Ledger {
             })
     }
 
-    /// The generation at which this participant holds slot `index` of `class`, if it does.
+    /// Start freeing or keeping `handle`'s slot, to be handed out next at generation `next`
+    /// (see [`crate::magazine`]): held at the handle's generation -> kept, by
+    /// compare-and-swap, so of two threads of this participant freeing one handle exactly one
+    /// goes on. Otherwise what the cell says.
+    pub fn begin_keep(&self, handle: SlotHandle, next: u32) -> Result<(), Cell> {
+        let Some(cell) = self.cell(handle.class(), handle.index()) else {
+            return Err(Cell::Empty);
+        };
+        // Acquire: pairs with the claim's; Release: with the taker's `unkeep`.
+        match cell.compare_exchange(
+            HELD | u64::from(handle.generation()),
+            KEPT | u64::from(next),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => Ok(()),
+            Err(value) => Err(Cell::of(value)),
+        }
+    }
+
+    /// Empty the cell of slot `index` of `class`, for the thread that owns it since its
+    /// [`begin_keep`](Self::begin_keep): the slot is out of this participant's hands.
+    pub fn forget(&self, class: u16, index: u32) {
+        if let Some(cell) = self.cell(class, index) {
+            // Release: the next claim of the slot in this process (AcqRel) sees this free.
+            cell.store(0, Ordering::Release);
+        }
+    }
+
+    /// Turn the kept slot `index` of `class` back into a held one, for the taker of its
+    /// magazine entry (the entry's only owner, see [`crate::magazine`]): its handle, or `None`
+    /// when the cell does not say "kept" (an entry of a slot given back since).
+    pub fn unkeep(&self, class: u16, index: u32) -> Option<SlotHandle> {
+        let cell = self.cell(class, index)?;
+        // Acquire: pairs with `begin_keep`, through the magazine cell's Release and Acquire.
+        let value = cell.load(Ordering::Acquire);
+        if value & KEPT == 0 {
+            return None;
+        }
+        let generation = value as u32;
+        // Relaxed: the cell is this thread's, as the entry's taker (see `KEPT`).
+        cell.store(HELD | u64::from(generation), Ordering::Relaxed);
+        Some(SlotHandle::from_parts(class, index, generation))
+    }
+
+    /// The generation at which this participant keeps slot `index` of `class`, if it does.
+    pub fn kept(&self, class: u16, index: u32) -> Option<u32> {
+        let value = self.cell(class, index)?.load(Ordering::Acquire);
+        (value & KEPT != 0).then_some(value as u32)
+    }
+
+    /// The generation at which this participant holds slot `index` of `class`, if it does (a
+    /// kept slot is not held: no handle to it is valid).
     pub fn held(&self, class: u16, index: u32) -> Option<u32> {
         // Acquire: pairs with the claim's AcqRel, for a scan on another thread of this process.
         let value = self.cell(class, index)?.load(Ordering::Acquire);
         (value & HELD != 0).then_some(value as u32)
     }
 
-    /// Whether this participant holds slot `index` of `class`, at any generation.
+    /// Whether this participant holds or keeps slot `index` of `class`, at any generation:
+    /// either way the slot is its own, and nobody else's to free, chain or count as lost.
     pub fn holds(&self, class: u16, index: u32) -> bool {
-        self.held(class, index).is_some()
+        self.cell(class, index)
+            .is_some_and(|cell| cell.load(Ordering::Acquire) != 0)
     }
 
     /// Whether this participant holds exactly `handle` (its slot at its generation).
@@ -103,7 +186,7 @@ impl Ledger {
         self.cells.get(usize::from(class)).map_or(0, |cells| {
             cells
                 .iter()
-                .filter(|cell| cell.load(Ordering::Relaxed) != 0)
+                .filter(|cell| cell.load(Ordering::Relaxed) & HELD != 0)
                 .count() as u32
         })
     }

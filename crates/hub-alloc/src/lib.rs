@@ -55,6 +55,7 @@
 mod error;
 mod layout;
 mod ledger;
+mod magazine;
 mod region;
 pub mod shared;
 mod slab;

@@ -46,6 +46,9 @@ fn model(name: &str, f: impl Fn() + Sync + Send + 'static) {
     if builder.preemption_bound.is_none() {
         builder.preemption_bound = Some(2);
     }
+    // The magazine models' classes have 16 slots, and their checks pop every one after the
+    // threads joined: many accesses, few of them with a choice to explore.
+    builder.max_branches = builder.max_branches.max(20_000);
     let executions = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let count = Arc::clone(&executions);
     let start = std::time::Instant::now();
@@ -868,5 +871,183 @@ fn restore_racing_the_hosts_own_growth() {
             let _ = host.free(handle).unwrap();
         }
         check_quiet(&host, 4);
+    });
+}
+
+/// Slots an extent in the magazine models: the fewest with which a class keeps slots (one
+/// cell).
+const KEEPING: u32 = 16;
+
+/// Model 17, R5 and R4 with the magazine: two threads of one participant free the same handle
+/// at once. The ledger's compare-and-swap lets exactly one go on (and keep the slot); the
+/// other is a `DoubleFree` or a `StaleHandle`. The slot is kept once, not held, and comes back
+/// to the list once.
+#[test]
+fn keep_racing_double_free_in_one_participant() {
+    model("keep_racing_double_free_in_one_participant", || {
+        let host = slab(KEEPING, 1);
+        let owner = Arc::new(host.with_owner(LIVE).unwrap());
+        let handle = owner.try_alloc_in(0).unwrap().expect("a slot");
+        let freers: Vec<_> = (0..2)
+            .map(|_| {
+                let owner = Arc::clone(&owner);
+                thread::spawn(move || owner.free(handle))
+            })
+            .collect();
+        let results: Vec<_> = freers.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(
+            results.iter().filter(|r| r.is_ok()).count(),
+            1,
+            "{results:?}"
+        );
+        for result in &results {
+            match result {
+                Ok(freed) => assert!(!freed.wake_waiters),
+                Err(SlabError::DoubleFree { .. } | SlabError::StaleHandle { .. }) => {}
+                Err(error) => panic!("the losing free failed with {error:?}"),
+            }
+        }
+        assert_eq!(owner.held_count(0), 0, "the slot is held after its free");
+        assert!(!owner.holds(handle));
+        assert_eq!(owner.kept_count(0), 1, "{results:?}");
+        assert_eq!(owner.give_back_kept().unwrap(), 1);
+        check_quiet(&host, KEEPING);
+    });
+}
+
+/// Model 18, as model 17 while an allocator of the class announces that it waits: the racing
+/// frees may then take different paths (one keeps, one frees onto the list). Still exactly one
+/// wins, the slot is never both listed and kept, and it comes back to the list once.
+#[test]
+fn keep_and_list_free_racing_in_one_participant() {
+    model("keep_and_list_free_racing_in_one_participant", || {
+        let host = slab(KEEPING, 1);
+        let owner = Arc::new(host.with_owner(LIVE).unwrap());
+        let handle = owner.try_alloc_in(0).unwrap().expect("a slot");
+        let waiter = host.with_owner(DEAD).unwrap();
+        let freers: Vec<_> = (0..2)
+            .map(|_| {
+                let owner = Arc::clone(&owner);
+                thread::spawn(move || owner.free(handle))
+            })
+            .collect();
+        let _ = waiter.announce_waiter(0).unwrap();
+        let results: Vec<_> = freers.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(
+            results.iter().filter(|r| r.is_ok()).count(),
+            1,
+            "{results:?}"
+        );
+        assert_eq!(owner.held_count(0), 0, "the slot is held after its free");
+        // On the list or kept, not both and not neither.
+        let listed = host.free_list_len(0).unwrap();
+        let kept = owner.kept_count(0);
+        assert_eq!(listed + kept, KEEPING, "listed {listed}, kept {kept}");
+        let _ = owner.give_back_kept().unwrap();
+        check_quiet(&host, KEEPING);
+    });
+}
+
+/// Model 19, the magazine's cells and the ledger's "kept": two threads of one participant each
+/// free a slot they hold (keeping it) and allocate again, while a third gives every kept slot
+/// back. No slot is handed out twice or lost; every handle the allocs return is held, and the
+/// slots come back to the list once each.
+#[test]
+fn keep_take_and_give_back_on_three_threads() {
+    model("keep_take_and_give_back_on_three_threads", || {
+        let host = slab(KEEPING, 1);
+        let owner = Arc::new(host.with_owner(LIVE).unwrap());
+        let first = owner.try_alloc_in(0).unwrap().expect("a slot");
+        let second = owner.try_alloc_in(0).unwrap().expect("a slot");
+        let workers: Vec<_> = [first, second]
+            .into_iter()
+            .map(|handle| {
+                let owner = Arc::clone(&owner);
+                thread::spawn(move || {
+                    let _ = owner.free(handle).unwrap();
+                    owner.try_alloc_in(0).unwrap().expect("a slot")
+                })
+            })
+            .collect();
+        let giver = {
+            let owner = Arc::clone(&owner);
+            thread::spawn(move || owner.give_back_kept().unwrap())
+        };
+        let held: Vec<_> = workers.into_iter().map(|t| t.join().unwrap()).collect();
+        let _ = giver.join().unwrap();
+        assert_distinct(&held);
+        for &handle in &held {
+            assert!(owner.holds(handle), "{handle:?} handed out but not held");
+        }
+        assert_eq!(owner.held_count(0), 2);
+        for handle in held {
+            let _ = owner.free(handle).unwrap();
+        }
+        let _ = owner.give_back_kept().unwrap();
+        assert_eq!(owner.kept_count(0), 0);
+        check_quiet(&host, KEEPING);
+    });
+}
+
+/// Model 20, R11 with the magazine: an allocator finds the class empty, announces itself,
+/// checks again and sleeps, while the holder of a slot frees it (and may keep it, if it missed
+/// the announcement) and then gives its kept slots back, as an endpoint does before it sleeps.
+/// Either the allocator sees the slot, or the free or the give-back reports a waiter to wake
+/// and the word no longer holds the value the sleeper waits on.
+#[test]
+fn kept_slot_and_a_waiting_allocator() {
+    model("kept_slot_and_a_waiting_allocator", || {
+        let host = slab(KEEPING, 1);
+        let holder = host.with_owner(DEAD).unwrap();
+        let mine = holder.try_alloc_in(0).unwrap().expect("a slot");
+        // The others, so that the class is empty.
+        let rest: Vec<_> = (1..KEEPING)
+            .map(|_| host.try_alloc_in(0).unwrap().expect("a slot"))
+            .collect();
+        let freer = thread::spawn(move || {
+            let freed = holder.free(mine).unwrap();
+            let _ = holder.give_back_kept().unwrap();
+            let wakes = holder.take_wakes();
+            (freed.wake_waiters || wakes & 1 != 0, holder)
+        });
+        let waiter = {
+            let slab = host.with_owner(LIVE).unwrap();
+            thread::spawn(move || {
+                if let Some(handle) = slab.try_alloc_in(0).unwrap() {
+                    return (Some(Ok(handle)), slab);
+                }
+                let seen = slab.announce_waiter(0).unwrap();
+                if slab.has_free_slot(0) {
+                    (None, slab)
+                } else {
+                    // Asleep on `seen`.
+                    (Some(Err(seen)), slab)
+                }
+            })
+        };
+        let (woken, holder) = freer.join().unwrap();
+        let (outcome, waiter) = waiter.join().unwrap();
+        assert_eq!(holder.kept_count(0), 0);
+        match outcome {
+            Some(Ok(handle)) => {
+                let _ = waiter.free(handle).unwrap();
+                let _ = waiter.give_back_kept().unwrap();
+            }
+            None => {}
+            Some(Err(seen)) => {
+                assert!(woken, "lost wakeup: nobody wakes the sleeper");
+                let word = host.slot_available_word(0).unwrap();
+                assert_ne!(
+                    word.load(Ordering::Relaxed),
+                    seen,
+                    "lost wakeup: the wait blocks"
+                );
+            }
+        }
+        for handle in rest {
+            let _ = host.free(handle).unwrap();
+        }
+        let _ = host.give_back_kept().unwrap();
+        check_quiet(&host, KEEPING);
     });
 }

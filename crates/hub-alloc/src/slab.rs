@@ -29,13 +29,14 @@ use core::ptr::NonNull;
 
 use crossbeam_utils::Backoff;
 use hub_layout::{
-    ExtentHeader, FREE_LIST_END, NO_OWNER, SizeClassHeader, SlotState, encode_slot_ref,
-    pack_free_head, try_decode_slot_ref, unpack_free_head,
+    ExtentHeader, FREE_LIST_END, KEPT_SLOT_MARK, NO_OWNER, SizeClassHeader, SlotState,
+    encode_slot_ref, pack_free_head, try_decode_slot_ref, unpack_free_head,
 };
 
 use crate::error::{Corruption, Refusal, SlabError};
 use crate::layout::{OwnerId, SlabLayout};
-use crate::ledger::Ledger;
+use crate::ledger::{Cell, Ledger};
+use crate::magazine::Magazine;
 use crate::region::Region;
 use crate::shared::{ClassHeader, Shared, SlotMeta, join, split};
 use crate::sync::{AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering, lock};
@@ -162,9 +163,14 @@ pub struct ClassStats {
     pub extents: u32,
     /// Slots in the published extents.
     pub total: u32,
-    /// Slots whose state is Free.
+    /// Slots whose state is Free, and the slots this handle keeps ([`kept`](Self::kept)).
     pub free: u32,
-    /// Slots whose state is Allocated.
+    /// Of [`free`](Self::free), the slots their owners keep for their own next alloc
+    /// ([`Slab::kept_count`]): Allocated in shared memory, and marked so there (a hint, see
+    /// [`KEPT_SLOT_MARK`](hub_layout::KEPT_SLOT_MARK)) except for this handle's own, which
+    /// its private ledger names.
+    pub kept: u32,
+    /// Slots whose state is Allocated, but for the kept ones.
     pub allocated: u32,
     /// Slots whose state is InFlight.
     pub in_flight: u32,
@@ -177,8 +183,12 @@ pub struct ClassStats {
 /// What [`Slab::reclaim`] did.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ReclaimReport {
-    /// Slots freed per class: the owner's allocated and in-flight slots.
+    /// Slots freed per class: the owner's allocated and in-flight slots, but for the kept ones.
     pub freed: Vec<u32>,
+    /// Slots freed that the owner kept for its own next alloc (see [`Slab::kept_count`]), as
+    /// their [hint](hub_layout::KEPT_SLOT_MARK) said: free for every purpose already, so not
+    /// counted in `freed`.
+    pub kept: u32,
     /// A slot the owner had popped or freed but not yet recorded, put back on its list.
     pub recovered_from_journal: bool,
     /// The journal named a slot another participant is still busy with; it was left for a
@@ -320,6 +330,9 @@ pub struct Slab<R: Region> {
     cache: std::sync::Arc<[ClassCache]>,
     /// The slots this handle's owner holds, as it knows privately (R4).
     ledger: std::sync::Arc<Ledger>,
+    /// Slots this handle's owner freed and keeps for its next alloc, per class (see
+    /// [`crate::magazine`]).
+    magazines: std::sync::Arc<[Magazine]>,
     /// This owner's threads take turns in their journal windows under this private lock, so
     /// that whatever another process writes into the shared journal word never makes them wait.
     journal_lock: std::sync::Arc<Mutex<()>>,
@@ -466,6 +479,7 @@ impl<R: Region> Slab<R> {
             journal_offset: self.layout.journal_offsets[journal],
             cache: self.cache.clone(),
             ledger: std::sync::Arc::new(Ledger::new(&self.layout)),
+            magazines: magazines(&self.layout),
             journal_lock: std::sync::Arc::new(Mutex::new(())),
             extents: self.extents.clone(),
             wakes: std::sync::Arc::new(AtomicU32::new(0)),
@@ -490,6 +504,7 @@ impl<R: Region> Slab<R> {
         let slab = Self {
             journal_offset: layout.journal_offsets[journal],
             ledger: std::sync::Arc::new(Ledger::new(&layout)),
+            magazines: magazines(&layout),
             layout: std::sync::Arc::new(layout),
             region,
             me,
@@ -555,6 +570,9 @@ impl<R: Region> Slab<R> {
                     .unwrap_or(0),
             })?;
         for class in fits..self.layout.classes.len() {
+            if let Some(handle) = self.take_kept(class) {
+                return Ok(handle);
+            }
             if let Some(handle) = self.pop(class)? {
                 return Ok(handle);
             }
@@ -571,6 +589,9 @@ impl<R: Region> Slab<R> {
     /// As [`alloc`](Self::alloc); [`SlabError::BadHandle`] when there is no such class.
     pub fn alloc_in(&self, class: u16) -> Result<SlotHandle, SlabError> {
         let c = self.class_index(class, 0)?;
+        if let Some(handle) = self.take_kept(c) {
+            return Ok(handle);
+        }
         if let Some(handle) = self.pop(c)? {
             return Ok(handle);
         }
@@ -583,6 +604,9 @@ impl<R: Region> Slab<R> {
     /// As [`alloc_in`](Self::alloc_in), but `Ok(None)` where it would grow.
     pub fn try_alloc_in(&self, class: u16) -> Result<Option<SlotHandle>, SlabError> {
         let c = self.class_index(class, 0)?;
+        if let Some(handle) = self.take_kept(c) {
+            return Ok(Some(handle));
+        }
         self.pop(c)
     }
 
@@ -689,13 +713,78 @@ impl<R: Region> Slab<R> {
         self.ledger.holds_handle(handle)
     }
 
-    /// How many slots of `class` this participant holds (its private ledger, R4).
+    /// How many slots of `class` this participant holds (its private ledger, R4). Slots it
+    /// keeps ([`kept_count`](Self::kept_count)) are not counted: no handle to them is valid.
     pub fn held_count(&self, class: u16) -> u32 {
         self.ledger.count(class)
     }
 
+    /// How many slots of `class` this participant keeps for its next alloc now: slots it freed
+    /// that stayed its own (see [`free`](Self::free)). Classes of fewer than 16 slots per
+    /// extent keep none.
+    pub fn kept_count(&self, class: u16) -> u32 {
+        self.magazines
+            .get(usize::from(class))
+            .map_or(0, |magazine| magazine.len() as u32)
+    }
+
+    /// Give back every slot this participant keeps (see [`free`](Self::free)): each is freed
+    /// the ordinary way, onto its class's free list. A participant does this before it sleeps,
+    /// so that nobody waits for a slot it keeps; classes whose allocators must be woken are
+    /// then named by [`take_wakes`](Self::take_wakes). Returns how many slots went back.
+    ///
+    /// ```
+    /// use hub_alloc::{ClassConfig, HeapRegion, OwnerId, Slab, SlabLayout};
+    ///
+    /// let layout = SlabLayout::standalone(&[ClassConfig { slot_size: 64, slots_per_extent: 64 }], 1, 1)?;
+    /// let region = HeapRegion::new(layout.initial_size(), layout.max_size());
+    /// // SAFETY: a fresh region nobody else uses.
+    /// let slab = unsafe { Slab::init(&region, layout, OwnerId::HOST)? };
+    /// let slot = slab.alloc_in(0)?;
+    /// let _ = slab.free(slot)?;
+    /// assert_eq!(slab.kept_count(0), 1); // freed, and kept for the next alloc
+    /// assert_eq!(slab.give_back_kept()?, 1);
+    /// assert_eq!((slab.kept_count(0), slab.free_list_len(0)?), (0, 64));
+    /// # Ok::<(), hub_alloc::SlabError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`free`](Self::free), for a slot whose meta another process rewrote meanwhile (the
+    /// slot leaves the ledger all the same) or a list held too long; the other kept slots are
+    /// given back first.
+    pub fn give_back_kept(&self) -> Result<u32, SlabError> {
+        let mut given = 0;
+        let mut first_error = None;
+        for class in 0..self.magazines.len() {
+            while let Some(handle) = self.take_kept(class) {
+                match self.free_owned(handle, false) {
+                    Ok(freed) => {
+                        given += 1;
+                        if freed.wake_waiters {
+                            // R11: the caller wakes the class's sleepers (`take_wakes`).
+                            self.wakes.fetch_or(1 << class, Ordering::Release);
+                        }
+                    }
+                    Err(error) => {
+                        first_error.get_or_insert(error);
+                    }
+                }
+            }
+        }
+        first_error.map_or(Ok(given), Err)
+    }
+
     /// Give a slot back (Allocated or InFlight -> Free, generation + 1, R5, R7) and push it on
     /// its class's free list. Of two racing frees of one handle exactly one succeeds.
+    ///
+    /// A slot this participant holds may instead be *kept* for its next alloc of the class
+    /// (see [`kept_count`](Self::kept_count)): its generation moves on as in any free, so the
+    /// handle is stale from then on, but in shared memory it stays Allocated and this
+    /// participant's, off the list, until an alloc of this participant takes it again, it is
+    /// [given back](Self::give_back_kept), or the participant's [reclaim](Self::reclaim)
+    /// frees it. A free keeps its slot only when the class keeps slots, a cell of this
+    /// participant's magazine is empty, and no allocator has announced that it waits for the
+    /// class.
     ///
     /// A slot this participant holds (its ledger, R4) leaves the ledger, whether or not the
     /// shared state agrees: the holder is done with it either way (a slot whose meta another
@@ -707,8 +796,125 @@ impl<R: Region> Slab<R> {
     /// the slot at another generation; [`SlabError::WrongState`] when the slot is free;
     /// [`SlabError::Corrupt`] when its state word is garbage; [`SlabError::ListHeld`].
     pub fn free(&self, handle: SlotHandle) -> Result<Freed, SlabError> {
-        self.check_not_held_otherwise(handle)?;
-        self.free_slot(handle, true)
+        self.free_owned(handle, true)
+    }
+
+    /// [`free`](Self::free), keeping the slot for this participant's next alloc of the class
+    /// when `may_keep` and the class allows (see [`crate::magazine`]).
+    ///
+    /// The private ledger decides first, by a compare-and-swap from "held at the handle's
+    /// generation" (R4): of two threads of this participant freeing one handle, one goes on, and
+    /// the other's free fails without touching shared memory. The shared state's CAS (R5)
+    /// then decides against every other process. Until the slot is on its list or in the
+    /// magazine the ledger cell says "kept", so no pop or receive of this participant takes it.
+    /// A slot the ledger does not name at all is not this participant's: only the shared
+    /// state's CAS decides.
+    fn free_owned(&self, handle: SlotHandle, may_keep: bool) -> Result<Freed, SlabError> {
+        let next = handle.generation.wrapping_add(1);
+        match self.ledger.begin_keep(handle, next) {
+            Ok(()) => {}
+            Err(Cell::Empty) => return self.free_slot(handle, Ledgered::Untouched),
+            // Freed (and kept) by another thread of this participant, or held at another
+            // generation: the handle is not the one it holds (R4).
+            Err(Cell::Kept(generation)) if generation == next => {
+                return Err(SlabError::DoubleFree {
+                    class: handle.class,
+                    index: handle.index,
+                });
+            }
+            Err(Cell::Kept(generation) | Cell::Held(generation)) => {
+                return Err(SlabError::StaleHandle {
+                    handle: handle.generation,
+                    slot: generation,
+                });
+            }
+        }
+        let class = match self.class_index(handle.class, handle.index) {
+            Ok(class) => class,
+            Err(error) => {
+                self.ledger.forget(handle.class, handle.index);
+                return Err(error);
+            }
+        };
+        let magazine = &self.magazines[class];
+        let keep = may_keep
+            && magazine.enabled()
+            // R11: an allocator waits for a slot of the class: it goes on the list, and is woken.
+            && self.header(class).is_ok_and(|header| !has_waiter(header));
+        if !keep {
+            return self.free_slot(handle, Ledgered::Forget);
+        }
+        let meta = match self.handle_meta(class, handle) {
+            Ok(meta) => meta,
+            Err(error) => {
+                self.ledger.forget(handle.class, handle.index);
+                return Err(error);
+            }
+        };
+        let current = meta.gen_state.load(Ordering::Relaxed);
+        let (generation, state) = split(current);
+        // R5: a free's CAS on (generation, state), to Allocated rather than Free: of this free
+        // and any other process's claim on the slot exactly one wins, and the handle is stale
+        // from here on.
+        let kept = if generation == handle.generation && (state == ALLOCATED || state == IN_FLIGHT)
+        {
+            meta.gen_state.compare_exchange(
+                current,
+                join(next, ALLOCATED),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+        } else {
+            Err(current)
+        };
+        if let Err(found) = kept {
+            // The slot leaves the ledger whatever the shared state says (see `free`).
+            self.ledger.forget(handle.class, handle.index);
+            return Err(free_error(handle, found));
+        }
+        // R6: the keeper owns it (a received slot was in flight to it, so this writes nothing
+        // unless another process rewrote the word).
+        if meta.owner.load(Ordering::Relaxed) != self.me.raw() {
+            meta.owner.store(self.me.raw(), Ordering::Relaxed);
+        }
+        // A hint for everybody's counts (`stats`): the link word means nothing off the list.
+        meta.next_free.store(KEPT_SLOT_MARK, Ordering::Relaxed);
+        if magazine.put(handle.index) {
+            return Ok(Freed {
+                class: handle.class,
+                wake_waiters: false,
+            });
+        }
+        // Every cell is full: freed onto the list after all, at its new generation.
+        match self.ledger.unkeep(handle.class, handle.index) {
+            Some(handle) => self.free_owned(handle, false),
+            None => Err(SlabError::DoubleFree {
+                class: handle.class,
+                index: handle.index,
+            }),
+        }
+    }
+
+    /// A slot this participant kept (see [`crate::magazine`]), taken from its magazine and held
+    /// again. Nothing in shared memory changes: the slot is Allocated and this participant's
+    /// already, at the generation the keep gave it.
+    #[inline]
+    fn take_kept(&self, class: usize) -> Option<SlotHandle> {
+        let magazine = &self.magazines[class];
+        if !magazine.enabled() {
+            return None;
+        }
+        while let Some(index) = magazine.take() {
+            // The entry is the only right to the slot: whoever empties its cell unkeeps it.
+            if let Some(handle) = self.ledger.unkeep(class as u16, index) {
+                // In use again: the hint goes.
+                if let Ok(meta) = self.meta(class, index) {
+                    meta.next_free.store(FREE_LIST_END, Ordering::Relaxed);
+                }
+                return Some(handle);
+            }
+        }
+        None
     }
 
     /// Free a slot this participant does not hold (R4): reclaim's and recovery's frees of what
@@ -721,12 +927,26 @@ impl<R: Region> Slab<R> {
                 index: handle.index,
             });
         }
-        self.free_slot(handle, false)
+        self.free_slot(handle, Ledgered::Untouched)
     }
 
     /// `Err(StaleHandle)` when this participant holds `handle`'s slot at another generation:
     /// the handle is not the one it holds (R4).
     fn check_not_held_otherwise(&self, handle: SlotHandle) -> Result<(), SlabError> {
+        // Kept (see `crate::magazine`): freed already, and no handle to it is valid.
+        if let Some(generation) = self.ledger.kept(handle.class, handle.index) {
+            return Err(if generation == handle.generation.wrapping_add(1) {
+                SlabError::DoubleFree {
+                    class: handle.class,
+                    index: handle.index,
+                }
+            } else {
+                SlabError::StaleHandle {
+                    handle: handle.generation,
+                    slot: generation,
+                }
+            });
+        }
         match self.ledger.held(handle.class, handle.index) {
             Some(generation) if generation != handle.generation => Err(SlabError::StaleHandle {
                 handle: handle.generation,
@@ -736,14 +956,33 @@ impl<R: Region> Slab<R> {
         }
     }
 
-    /// [`free`](Self::free)'s work. With `release`, the slot leaves this participant's ledger
-    /// whether or not the shared state agrees: the holder is done with it either way, and a
-    /// slot whose state another process rewrote is the auditor's to find.
-    fn free_slot(&self, handle: SlotHandle, release: bool) -> Result<Freed, SlabError> {
-        let class = self.class_index(handle.class, handle.index)?;
-        let meta = self.handle_meta(class, handle)?;
-        let header = self.header(class)?;
-        let journal = self.enter_journal()?;
+    /// [`free`](Self::free)'s work, onto the list. Unless `ledgered` is
+    /// [`Untouched`](Ledgered::Untouched), the slot leaves this participant's ledger whether or
+    /// not the shared state agrees: the holder is done with it either way, and a slot whose
+    /// state another process rewrote is the auditor's to find.
+    fn free_slot(&self, handle: SlotHandle, ledgered: Ledgered) -> Result<Freed, SlabError> {
+        let leave = || match ledgered {
+            Ledgered::Untouched => {}
+            Ledgered::Release => {
+                self.ledger.release(handle);
+            }
+            Ledgered::Forget => self.ledger.forget(handle.class, handle.index),
+        };
+        let ready = self
+            .class_index(handle.class, handle.index)
+            .and_then(|class| {
+                let meta = self.handle_meta(class, handle)?;
+                let header = self.header(class)?;
+                let journal = self.enter_journal()?;
+                Ok((class, meta, header, journal))
+            });
+        let (class, meta, header, journal) = match ready {
+            Ok(ready) => ready,
+            Err(error) => {
+                leave();
+                return Err(error);
+            }
+        };
         // R5: say which slot before touching it, so a crash between the state change and the
         // push leaves a trace reclaim follows. Release, as every journal store: whoever reads
         // the journal (Acquire) sees what this participant did before, such as recording a
@@ -753,9 +992,7 @@ impl<R: Region> Slab<R> {
         loop {
             let (generation, state) = split(current);
             if generation != handle.generation || !(state == ALLOCATED || state == IN_FLIGHT) {
-                if release {
-                    self.ledger.release(handle);
-                }
+                leave();
                 return Err(free_error(handle, current));
             }
             // R5: the CAS on (generation, state) is what makes one of two racing frees win.
@@ -772,9 +1009,7 @@ impl<R: Region> Slab<R> {
         meta.owner.store(NO_OWNER, Ordering::Relaxed);
         // R4: out of the ledger before the push: once on the list, a pop of this process may
         // take it, and must not find it held.
-        if release {
-            self.ledger.release(handle);
-        }
+        leave();
         self.push(header, class, handle.index, meta)?;
         drop(journal);
         Ok(Freed {
@@ -876,10 +1111,21 @@ impl<R: Region> Slab<R> {
                 if let Ok(header) = self.header(class) {
                     stats.header_total = header.total_slots.load(Ordering::Relaxed);
                 }
-                self.for_each_meta(class, |_, meta| {
+                self.for_each_meta(class, |index, meta| {
                     stats.total += 1;
                     match split(meta.gen_state.load(Ordering::Relaxed)).1 {
                         FREE => stats.free += 1,
+                        // Kept by its owner (see `crate::magazine`): as free as a listed slot.
+                        // This participant's private word, or the owner's hint for the others.
+                        ALLOCATED
+                            if self.ledger.kept(class as u16, index).is_some()
+                                || (!self.ledger.holds(class as u16, index)
+                                    && meta.next_free.load(Ordering::Relaxed)
+                                        == KEPT_SLOT_MARK) =>
+                        {
+                            stats.free += 1;
+                            stats.kept += 1;
+                        }
                         ALLOCATED => stats.allocated += 1,
                         IN_FLIGHT => stats.in_flight += 1,
                         _ => stats.corrupt += 1,
@@ -947,8 +1193,12 @@ impl<R: Region> Slab<R> {
                 }
             }
         }
-        // A participant that reclaims its own slots gives up what its ledger holds too.
+        // A participant that reclaims its own slots gives up what its ledger holds too, and
+        // what it keeps.
         let mine_too = owner == self.me;
+        if mine_too {
+            self.give_back_kept()?;
+        }
         let mut mine = Vec::new();
         for class in 0..self.layout.classes.len() {
             mine.clear();
@@ -960,16 +1210,27 @@ impl<R: Region> Slab<R> {
                     && meta.owner.load(Ordering::Acquire) == owner.raw()
                     && (mine_too || !self.ledger.holds(class as u16, index))
                 {
-                    mine.push(SlotHandle::from_parts(class as u16, index, generation));
+                    // Kept (see `crate::magazine`), as the owner's hint says: counted apart.
+                    let kept = state == ALLOCATED
+                        && meta.next_free.load(Ordering::Relaxed) == KEPT_SLOT_MARK;
+                    mine.push((
+                        SlotHandle::from_parts(class as u16, index, generation),
+                        kept,
+                    ));
                 }
             });
-            for &handle in &mine {
+            for &(handle, kept) in &mine {
                 let freed = if mine_too {
-                    self.free(handle)
+                    // Freed onto the list, never kept again.
+                    self.free_owned(handle, false)
                 } else {
                     self.free_unheld(handle)
                 };
                 match freed {
+                    Ok(freed) if kept => {
+                        report.kept += 1;
+                        report.wake_waiters |= freed.wake_waiters;
+                    }
                     Ok(freed) => {
                         report.freed[class] += 1;
                         report.wake_waiters |= freed.wake_waiters;
@@ -1935,7 +2196,7 @@ impl<R: Region> Slab<R> {
         // The first slot is the grower's (in its ledger already); the others leave the ledger
         // as they are freed.
         for slot in slots_of(extent).skip(1) {
-            let freed = self.free_slot(slot, true)?;
+            let freed = self.free_slot(slot, Ledgered::Release)?;
             if freed.wake_waiters {
                 // R11: an allocator sleeps on the class's word: the caller wakes it.
                 self.wakes.fetch_or(1 << class, Ordering::Release);
@@ -2289,6 +2550,35 @@ fn yield_now() {
     std::thread::yield_now();
     #[cfg(loom)]
     loom::thread::yield_now();
+}
+
+/// What a free does with the freeing participant's ledger cell of the slot.
+#[derive(Clone, Copy)]
+enum Ledgered {
+    /// Nothing: the participant does not hold the slot (reclaim's and recovery's frees).
+    Untouched,
+    /// Release the cell if it holds the handle at its generation.
+    Release,
+    /// Empty the cell: it is the free's own since [`Ledger::begin_keep`].
+    Forget,
+}
+
+/// Whether an allocator announced that it waits for a slot of the class: a free that finds one
+/// puts its slot on the list and wakes it rather than keep the slot.
+#[inline]
+fn has_waiter(header: ClassHeader<'_>) -> bool {
+    // Relaxed: a stale answer keeps one slot more (given back before its keeper sleeps) or
+    // pushes one more; the push path's wake is R11's, with its own ordering.
+    header.slot_available_futex.load(Ordering::Relaxed) & WAITER_BIT != 0
+}
+
+/// An empty magazine per class of `layout`.
+fn magazines(layout: &SlabLayout) -> std::sync::Arc<[Magazine]> {
+    layout
+        .classes
+        .iter()
+        .map(|class| Magazine::for_class(class.slots_per_extent))
+        .collect()
 }
 
 /// After a push on `header`'s list: bump the class's futex word when an allocator announced it

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use hub_layout::{
-    FREE_LIST_END, HOST_OWNER, NO_OWNER, SizeClassHeader, SlotState, encode_slot_ref,
-    pack_free_head, unpack_free_head,
+    FREE_LIST_END, HOST_OWNER, KEPT_SLOT_MARK, NO_OWNER, SizeClassHeader, SlotState,
+    encode_slot_ref, pack_free_head, unpack_free_head,
 };
 use proptest::prelude::*;
 
@@ -2316,5 +2316,237 @@ fn a_growth_reports_the_wakeups_its_frees_owe() {
     );
     for handle in held.into_iter().chain([grown]) {
         free_ok(&slab, handle);
+    }
+}
+
+/// The magazine (see `crate::magazine`): what a kept slot is to its keeper, to the others and
+/// to reclaim.
+mod kept_slots {
+    use super::*;
+
+    /// One class of 64 slots an extent (a magazine of 4 cells) and one of 8 (none).
+    fn keeping() -> TestSlab {
+        let layout = SlabLayout::standalone(
+            &[
+                ClassConfig {
+                    slot_size: 64,
+                    slots_per_extent: 64,
+                },
+                ClassConfig {
+                    slot_size: 256,
+                    slots_per_extent: 8,
+                },
+            ],
+            2,
+            MAX_PEERS_HERE,
+        )
+        .unwrap();
+        init_on(heap(&layout), layout)
+    }
+
+    #[test]
+    fn a_freed_slot_is_kept_and_handed_out_again_at_the_next_generation() {
+        let slab = keeping();
+        let raw = Raw::new(&slab);
+        let slot = slab.alloc_in(0).unwrap();
+        let freed = slab.free(slot).unwrap();
+        assert!(!freed.wake_waiters);
+        assert_eq!((slab.kept_count(0), slab.held_count(0)), (1, 0));
+        assert!(!slab.holds(slot));
+        // Shared memory: Allocated, ours, the next generation, marked kept; off the list.
+        let meta = raw.meta(0, slot.index());
+        assert_eq!(
+            split(meta.gen_state.load(Ordering::Relaxed)),
+            (slot.generation() + 1, ALLOCATED)
+        );
+        assert_eq!(meta.owner.load(Ordering::Relaxed), HOST.raw());
+        assert_eq!(meta.next_free.load(Ordering::Relaxed), KEPT_SLOT_MARK);
+        assert_eq!(slab.free_list_len(0).unwrap(), 63);
+        // Counted free (and kept), by its keeper and by another participant alike.
+        for view in [&slab, &slab.with_owner(P0).unwrap()] {
+            let stats = view.stats()[0];
+            assert_eq!(
+                (stats.free, stats.kept, stats.allocated),
+                (64, 1, 0),
+                "{stats:?}"
+            );
+        }
+        // The next alloc takes it back, held, at the new generation, without the list.
+        let again = slab.alloc_in(0).unwrap();
+        assert_eq!(
+            (again.index(), again.generation()),
+            (slot.index(), slot.generation() + 1)
+        );
+        assert!(slab.holds(again));
+        assert_eq!(slab.kept_count(0), 0);
+        assert_ne!(meta.next_free.load(Ordering::Relaxed), KEPT_SLOT_MARK);
+        free_ok(&slab, again);
+        assert_eq!(slab.give_back_kept().unwrap(), 1);
+        all_kept_back(&slab);
+    }
+
+    /// Every slot free, on its list, and none kept.
+    fn all_kept_back(slab: &TestSlab) {
+        for (class, stats) in slab.stats().iter().enumerate() {
+            assert_eq!((stats.free, stats.kept), (stats.total, 0), "{stats:?}");
+            assert_eq!(slab.free_list_len(class as u16).unwrap(), stats.total);
+        }
+    }
+
+    #[test]
+    fn a_second_free_of_a_kept_handle_is_a_double_free_and_a_forged_one_is_stale() {
+        let slab = keeping();
+        let slot = slab.alloc_in(0).unwrap();
+        free_ok(&slab, slot);
+        assert_eq!(
+            slab.free(slot),
+            Err(SlabError::DoubleFree {
+                class: 0,
+                index: slot.index()
+            })
+        );
+        // The handle the next alloc will return, forged before it does: refused, and the slot
+        // stays kept (it is no handle's yet).
+        let forged = SlotHandle::from_parts(0, slot.index(), slot.generation() + 1);
+        assert!(matches!(
+            slab.free(forged),
+            Err(SlabError::StaleHandle { .. } | SlabError::DoubleFree { .. })
+        ));
+        assert!(slab.mark_in_flight(forged, P0).is_err());
+        let status = slab.slot_status(0, slot.index()).unwrap();
+        assert_eq!(
+            (status.state, status.owner),
+            (Some(SlotState::Allocated), HOST.raw())
+        );
+        assert_eq!(slab.kept_count(0), 1);
+        assert_eq!(slab.give_back_kept().unwrap(), 1);
+        all_kept_back(&slab);
+    }
+
+    #[test]
+    fn a_received_slot_is_kept_by_its_receiver() {
+        let host = keeping();
+        let peer = host.with_owner(P0).unwrap();
+        let slot = peer.alloc_in(0).unwrap();
+        peer.mark_in_flight(slot, HOST).unwrap();
+        host.accept(slot, P0).unwrap();
+        free_ok(&host, slot);
+        assert_eq!((host.kept_count(0), peer.kept_count(0)), (1, 0));
+        let status = host.slot_status(0, slot.index()).unwrap();
+        assert_eq!(
+            (status.state, status.owner, status.generation),
+            (
+                Some(SlotState::Allocated),
+                HOST.raw(),
+                slot.generation() + 1
+            )
+        );
+        // The host sends it back out: the receiver's reuse is the sender's next loan.
+        let reused = host.alloc_in(0).unwrap();
+        assert_eq!(reused.index(), slot.index());
+        host.mark_in_flight(reused, P0).unwrap();
+        peer.accept(reused, HOST).unwrap();
+        free_ok(&peer, reused);
+        assert_eq!(peer.kept_count(0), 1);
+        assert_eq!(peer.give_back_kept().unwrap(), 1);
+        all_kept_back(&host);
+    }
+
+    #[test]
+    fn small_classes_and_waited_for_classes_keep_nothing() {
+        let slab = keeping();
+        let small = slab.alloc_in(1).unwrap();
+        free_ok(&slab, small);
+        assert_eq!(slab.kept_count(1), 0);
+        assert_eq!(slab.free_list_len(1).unwrap(), 8);
+        // An allocator announced that it waits for class 0: the free goes to the list, and
+        // says so.
+        let slot = slab.alloc_in(0).unwrap();
+        let waiter = slab.with_owner(P1).unwrap();
+        let _ = waiter.announce_waiter(0).unwrap();
+        let freed = slab.free(slot).unwrap();
+        assert!(freed.wake_waiters);
+        assert_eq!(slab.kept_count(0), 0);
+        all_kept_back(&slab);
+    }
+
+    #[test]
+    fn the_cells_fill_then_frees_go_to_the_list() {
+        let slab = keeping();
+        let slots: Vec<_> = (0..6).map(|_| slab.alloc_in(0).unwrap()).collect();
+        for &slot in &slots {
+            free_ok(&slab, slot);
+        }
+        assert_eq!(slab.kept_count(0), 4);
+        assert_eq!(slab.free_list_len(0).unwrap(), 60);
+        assert_eq!(slab.held_count(0), 0);
+        let again: Vec<_> = (0..6).map(|_| slab.alloc_in(0).unwrap()).collect();
+        let indices: HashSet<u32> = again.iter().map(|h| h.index()).collect();
+        assert_eq!(indices.len(), 6);
+        for slot in again {
+            free_ok(&slab, slot);
+        }
+        assert_eq!(slab.give_back_kept().unwrap(), 4);
+        all_kept_back(&slab);
+    }
+
+    #[test]
+    fn reclaim_of_a_dead_keeper_frees_its_kept_slots_and_counts_them_apart() {
+        let host = keeping();
+        let peer = host.with_owner(P2).unwrap();
+        let kept: Vec<_> = (0..3).map(|_| peer.alloc_in(0).unwrap()).collect();
+        let in_use = peer.alloc_in(0).unwrap();
+        for &slot in &kept {
+            free_ok(&peer, slot);
+        }
+        assert_eq!(peer.kept_count(0), 3);
+        // The host never frees or counts as lost what a live peer keeps.
+        assert!(host.orphans(0, |_| true).unwrap().is_empty());
+        drop(peer); // dies with its kept slots and one in use
+        let report = host.reclaim(P2).unwrap();
+        assert_eq!((report.freed[0], report.kept), (1, 3), "{report:?}");
+        assert_eq!(report.total(), 1);
+        let _ = in_use;
+        all_kept_back(&host);
+    }
+
+    #[test]
+    fn the_hosts_own_reclaim_gives_back_what_it_keeps() {
+        let host = keeping();
+        let slot = host.alloc_in(0).unwrap();
+        free_ok(&host, slot);
+        assert_eq!(host.kept_count(0), 1);
+        // A slot the host keeps is its own (R4): never an orphan, whatever the others say.
+        assert!(host.orphans(0, |_| false).unwrap().is_empty());
+        let _ = host.reclaim(HOST).unwrap();
+        assert_eq!(host.kept_count(0), 0);
+        all_kept_back(&host);
+    }
+
+    #[test]
+    fn threads_of_one_participant_keep_and_take_without_losing_a_slot() {
+        let slab = Arc::new(keeping());
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let slab = Arc::clone(&slab);
+                std::thread::spawn(move || {
+                    for round in 0..2_000 {
+                        let batch: Vec<_> = (0..1 + round % 5)
+                            .map(|_| slab.alloc_in(0).unwrap())
+                            .collect();
+                        for slot in batch {
+                            assert!(slab.holds(slot));
+                            free_ok(&slab, slot);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        assert_eq!(slab.held_count(0), 0);
+        let _ = slab.give_back_kept().unwrap();
+        all_kept_back(&slab);
     }
 }

@@ -39,6 +39,8 @@ extern "C" {
 #define HUB_FREE_LIST_END 0xFFFFFFFFu
 #define HUB_NO_OWNER 0xFFFFFFFFu
 #define HUB_HOST_OWNER 0xFFFFFFFEu
+/* next_free of an Allocated slot its owner keeps for its next allocation (a hint) */
+#define HUB_KEPT_SLOT_MARK 0xFFFFFFFDu
 #define HUB_INLINE_PAYLOAD_SIZE 16u
 #define HUB_INLINE_PAYLOAD_SLOT 0xFFFFFFFFu
 #define HUB_NO_DEADLINE 0xFFFFFFFFFFFFFFFFull

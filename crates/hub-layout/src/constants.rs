@@ -46,6 +46,12 @@ pub const PEER_FLAG_RESERVED: u32 = 1 << 3;
 /// (`0..MAX_PEERS`) and from [`NO_OWNER`].
 pub const HOST_OWNER: u32 = u32::MAX - 1;
 
+/// `HubSlotMeta::next_free` of an Allocated slot that its owner freed and keeps for its own next
+/// allocation (protocol 1.0, a use of a word that means nothing off the free list): such a slot
+/// is as free as a listed one for every count, but only its owner takes it again, and its
+/// owner's reclaim frees it. A hint for statistics and inspection only: nothing trusts it.
+pub const KEPT_SLOT_MARK: u32 = u32::MAX - 2;
+
 /// Number of bits of a slot reference that hold the global index.
 pub const SLOT_INDEX_BITS: u32 = 29;
 

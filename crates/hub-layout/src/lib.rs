@@ -44,7 +44,7 @@
 //!
 //! | version | what it added |
 //! |---------|---------------|
-//! | 1.0     | the seed layout; `SizeClassHeader::slot_available_futex` in former padding; in `HubHeader::_pad2` the host's allocator journal (bytes 72..76), pid (76..80), state (80..84), doorbell (84..88), the size growth may reach (88..96) and the heartbeat timeout in milliseconds (96..100); in `PeerEntry::_pad` the peer's allocator journal (48..52), pid (52..56) and the readiness word, which side sleeps on a descriptor (56..60); the doorbell words' sequence counts only the rings that found a waiter announced (a ring without a waiter writes nothing) |
+//! | 1.0     | the seed layout; `SizeClassHeader::slot_available_futex` in former padding; in `HubHeader::_pad2` the host's allocator journal (bytes 72..76), pid (76..80), state (80..84), doorbell (84..88), the size growth may reach (88..96) and the heartbeat timeout in milliseconds (96..100); in `PeerEntry::_pad` the peer's allocator journal (48..52), pid (52..56) and the readiness word, which side sleeps on a descriptor (56..60); the doorbell words' sequence counts only the rings that found a waiter announced (a ring without a waiter writes nothing); `HubSlotMeta::next_free` of an Allocated slot may read [`KEPT_SLOT_MARK`]: its owner keeps it for its own next allocation (a hint for counts; the slot is its owner's, as any Allocated one) |
 //!
 //! Version 1.0 is the first the hub ships, so the padding words hub-alloc and hub-transport
 //! use belong to it: a seed-only reader ignores them (it never reads padding), and nothing older
@@ -141,4 +141,11 @@ mod layout_asserts {
         }
     };
     const _: () = assert!(HOST_OWNER != NO_OWNER && HOST_OWNER >= MAX_PEERS as u32);
+    // The kept mark is no slot index, no owner and no list end.
+    const _: () = assert!(
+        KEPT_SLOT_MARK >= SLOT_INDEX_LIMIT
+            && KEPT_SLOT_MARK != HOST_OWNER
+            && KEPT_SLOT_MARK != NO_OWNER
+            && KEPT_SLOT_MARK != FREE_LIST_END
+    );
 }

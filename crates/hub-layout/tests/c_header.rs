@@ -50,6 +50,7 @@ fn rust_figures() -> Vec<(String, u64)> {
     constant("HUB_FREE_LIST_END", u64::from(FREE_LIST_END));
     constant("HUB_NO_OWNER", u64::from(NO_OWNER));
     constant("HUB_HOST_OWNER", u64::from(HOST_OWNER));
+    constant("HUB_KEPT_SLOT_MARK", u64::from(KEPT_SLOT_MARK));
     constant("HUB_INLINE_PAYLOAD_SIZE", INLINE_PAYLOAD_SIZE as u64);
     constant("HUB_INLINE_PAYLOAD_SLOT", u64::from(INLINE_PAYLOAD_SLOT));
     constant("HUB_NO_DEADLINE", NO_DEADLINE);

@@ -21,7 +21,7 @@ use crate::mapping::MappingError;
 use crate::ready::{EntryFds, ReadySet};
 use crate::ring::RingError;
 use crate::segment::{CreateError, HOST_GONE, HubConfig, PeerState, Segment};
-use crate::signal::{Doorbell, WaitError, WaitMode, wait_any_for};
+use crate::signal::{Doorbell, WaitError, WaitMode, wait_any_before_sleep};
 use crate::supervisor::{EVENT_BACKLOG, EntryTruth, EvictReason, Identity, Life, PeerEvent, Spawn};
 use crate::sync::Ordering;
 use crate::ticket::{Source, Ticket};
@@ -1105,9 +1105,19 @@ impl Host {
         loop {
             let slice_end = Instant::now() + WAIT_SLICE;
             let slice = until.map_or(slice_end, |at| at.min(slice_end));
-            match wait_any_for(bells, &mut poll, Some(slice), self.core.endpoint.mode()) {
+            let endpoint = &self.core.endpoint;
+            let before_sleep = || endpoint.give_back_kept();
+            match wait_any_before_sleep(
+                bells,
+                &mut poll,
+                Some(slice),
+                endpoint.mode(),
+                before_sleep,
+            ) {
                 Ok(value) => return Ok(value),
                 Err(WaitError::TimedOut) => {
+                    // A whole slice without a frame (a spinning host never sleeps): idle.
+                    endpoint.give_back_kept();
                     if until.is_some_and(|at| Instant::now() >= at) {
                         return Err(RecvTimeoutError::Timeout);
                     }
@@ -1160,8 +1170,10 @@ impl Host {
 
     /// Announce that the host is about to sleep on its [readiness descriptor](Self::ready_fd)
     /// for frames from any peer: each peer that then sends writes it. Look at the rings once
-    /// more before sleeping.
+    /// more before sleeping. The slots the host keeps for its next loans go back first (see
+    /// hub-alloc's `Slab::give_back_kept`), so that no peer waits for one while it sleeps.
     pub fn arm(&self) {
+        self.core.endpoint.give_back_kept();
         let segment = &self.core.endpoint.segment;
         for link in &self.core.links {
             link.arm(segment);

@@ -25,7 +25,7 @@ use crate::ready::EventFd;
 use crate::ring::{Consumer, Producer, PushError, RingError};
 use crate::segment::Segment;
 use crate::segment::pad::{READY_HOST, READY_PEER};
-use crate::signal::{Doorbell, WaitError, WaitMode};
+use crate::signal::{Doorbell, WaitError, WaitMode, wait_any_before_sleep};
 use crate::sync::AtomicU32;
 
 /// The allocator handle of a participant.
@@ -313,6 +313,18 @@ impl Endpoint {
         }
     }
 
+    /// Give back the slots this side keeps for its next loans (hub-alloc's kept slots), and
+    /// wake allocators asleep on their classes: before this side sleeps, so that nobody waits
+    /// for a slot it keeps while it sleeps, and when its last handle goes. Errors are the
+    /// auditor's to find (a kept slot whose meta another process rewrote).
+    pub fn give_back_kept(&self) {
+        if let Ok(given) = self.slab.give_back_kept()
+            && given > 0
+        {
+            self.wake_after_growth();
+        }
+    }
+
     /// How this side waits.
     pub fn mode(&self) -> WaitMode {
         match self.mode.load(std::sync::atomic::Ordering::Relaxed) {
@@ -380,8 +392,8 @@ impl Endpoint {
         }
     }
 
-    /// R11: a growth of this side freed the new extent's slots while allocators slept on the
-    /// class: wake them (one relaxed load when nothing grew).
+    /// R11: a growth of this side (or a give-back of its kept slots) freed slots while
+    /// allocators slept on their class: wake them (one relaxed load when nothing did).
     fn wake_after_growth(&self) {
         let mut classes = self.slab.take_wakes();
         while classes != 0 {
@@ -779,9 +791,18 @@ impl Link {
                 Ok(None) => gone().map(|disconnect| Err(RecvError::Disconnected(disconnect))),
                 other => other.transpose(),
             };
-            match bell.wait_for(poll, until, endpoint.mode()) {
+            let before_sleep = || endpoint.give_back_kept();
+            match wait_any_before_sleep(
+                std::slice::from_ref(&bell),
+                poll,
+                until,
+                endpoint.mode(),
+                before_sleep,
+            ) {
                 Ok(result) => return Ok(result?),
                 Err(WaitError::TimedOut) => {
+                    // A whole slice without a frame (a spinning side never sleeps): idle.
+                    endpoint.give_back_kept();
                     if deadline.passed() {
                         return Err(RecvTimeoutError::Timeout);
                     }
@@ -973,6 +994,14 @@ impl Loan {
     /// is let go as usual).
     fn forget(mut self) {
         self.storage = LoanStorage::Inline([0; INLINE_PAYLOAD_SIZE]);
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        // The side's last handle: its kept slots go back before its life ends (a peer's goodbye
+        // comes after, with `_life`), so that a peer that leaves leaves nothing to reclaim.
+        self.give_back_kept();
     }
 }
 

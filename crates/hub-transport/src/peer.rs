@@ -682,8 +682,11 @@ impl Peer {
     }
 
     /// Announce that this peer is about to sleep on its [readiness descriptor](Self::ready_fd):
-    /// the host's next send writes it. Look at the ring once more before sleeping.
+    /// the host's next send writes it. Look at the ring once more before sleeping. The slots
+    /// the peer keeps for its next loans go back first (see hub-alloc's
+    /// `Slab::give_back_kept`), so that nobody waits for one while it sleeps.
     pub fn arm(&self) {
+        self.endpoint.give_back_kept();
         // With a waiter thread, the thread announces (it sleeps on the futex).
         if self.bridge.is_none() {
             self.link.arm(&self.endpoint.segment);

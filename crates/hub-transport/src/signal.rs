@@ -496,9 +496,22 @@ fn spin<T>(
 /// ```
 pub fn wait_any_for<T>(
     bells: &[Doorbell<'_>],
+    poll: impl FnMut() -> Option<T>,
+    deadline: Option<Instant>,
+    mode: WaitMode,
+) -> Result<T, WaitError> {
+    wait_any_before_sleep(bells, poll, deadline, mode, || {})
+}
+
+/// [`wait_any_for`], running `before_sleep` once if the wait gets as far as announcing itself
+/// to sleep (never in [`WaitMode::Spin`], after the spin in [`WaitMode::Adaptive`]): the place
+/// for an endpoint to give back what it keeps for its own use, such as its kept slots.
+pub(crate) fn wait_any_before_sleep<T>(
+    bells: &[Doorbell<'_>],
     mut poll: impl FnMut() -> Option<T>,
     deadline: Option<Instant>,
     mode: WaitMode,
+    before_sleep: impl FnOnce(),
 ) -> Result<T, WaitError> {
     let Some(first) = bells.first() else {
         return Err(FutexError::NoWords.into());
@@ -527,6 +540,7 @@ pub fn wait_any_for<T>(
         }
         WaitMode::Block => {}
     }
+    before_sleep();
     // The (word, announced value) pairs for futex_waitv; the unused tail is never passed.
     let mut expected: [(&AtomicU32, u32); MAX_WAIT_ANY] = [(first.word, 0); MAX_WAIT_ANY];
     loop {

@@ -1,0 +1,176 @@
+//! A participant's magazine: a few slots per class that it freed and keeps for its next alloc,
+//! so that in steady traffic (a frame's slot freed, the next frame's allocated) it touches
+//! neither the shared free list nor its journal, and takes no lock.
+//!
+//! # What a kept slot is
+//!
+//! A kept slot never leaves its keeper, in shared memory or in private:
+//!
+//! - **In shared memory it stays Allocated and owned by the keeper.** Keeping is one state CAS,
+//!   `(g, Allocated | InFlight) -> (g + 1, Allocated)` (R5), so the handle that was freed is
+//!   stale from then on, as after an ordinary free; of two racing frees of one handle exactly
+//!   one wins it. No word of the layout changes meaning: to every other participant, to the
+//!   host's audit and to reclaim, a kept slot is one its keeper holds, and a keeper that dies
+//!   has its kept slots freed by its reclaim like all it held (R10), with no journal.
+//! - **In the keeper's ledger (R4) it is *kept*,** at its new generation: not held (no handle
+//!   to it is valid, so a free of a forged handle is refused), but the keeper's (so no pop,
+//!   accept, reclaim or audit of this process takes, frees or counts it).
+//! - **In the magazine** (this module) its index sits in one cell. The cell's entry is the only
+//!   right to the slot: whoever empties the cell (an alloc of this participant, or
+//!   [`Slab::give_back_kept`](crate::Slab::give_back_kept)) turns the ledger's "kept" back into
+//!   "held" and has the slot.
+//!
+//! # When slots are kept, and when given back
+//!
+//! Only classes of 16 slots or more per extent keep any: one cell per 16 slots, at most
+//! [`CELLS`]. A free keeps its slot only when no allocator has announced that it waits for the
+//! class (R11); otherwise the slot goes on the list and the waiter is woken. A participant
+//! gives its kept slots back before it sleeps in the hub (hub-transport does so before every
+//! futex wait), and its reclaim frees them when it leaves or dies. So a participant withholds
+//! at most [`CELLS`] slots per class from the others, and only while it is busy.
+
+use crate::sync::{AtomicU32, Ordering};
+
+/// Cells per class, at most.
+pub(crate) const CELLS: usize = 4;
+
+/// Slots per extent a class needs for each cell of its magazine.
+const SLOTS_PER_CELL: u32 = 16;
+
+/// A cell that names no slot. A cell holds `index + 1`: zero never names a slot.
+const EMPTY: u32 = 0;
+
+/// The slots one participant keeps for one class.
+pub(crate) struct Magazine {
+    cells: [AtomicU32; CELLS],
+    /// Cells in use: fewer for classes with few slots, none for the smallest ones.
+    capacity: usize,
+}
+
+impl Magazine {
+    /// A magazine for a class of `slots_per_extent` slots per extent.
+    pub(crate) fn for_class(slots_per_extent: u32) -> Self {
+        Self {
+            cells: std::array::from_fn(|_| AtomicU32::new(EMPTY)),
+            capacity: ((slots_per_extent / SLOTS_PER_CELL) as usize).min(CELLS),
+        }
+    }
+
+    /// Whether this class keeps slots at all.
+    #[inline]
+    pub(crate) fn enabled(&self) -> bool {
+        self.capacity > 0
+    }
+
+    /// Put slot `index` in an empty cell; `false` when every cell is full.
+    #[inline]
+    pub(crate) fn put(&self, index: u32) -> bool {
+        let Some(entry) = index.checked_add(1) else {
+            return false;
+        };
+        self.cells[..self.capacity].iter().any(|cell| {
+            // Release: the taker of the entry sees what the keeper did before (its ledger's
+            // "kept", its state CAS).
+            cell.load(Ordering::Relaxed) == EMPTY
+                && cell
+                    .compare_exchange(EMPTY, entry, Ordering::Release, Ordering::Relaxed)
+                    .is_ok()
+        })
+    }
+
+    /// Take one kept slot's index out of its cell, if any cell names one.
+    #[inline]
+    pub(crate) fn take(&self) -> Option<u32> {
+        self.cells[..self.capacity].iter().find_map(|cell| {
+            if cell.load(Ordering::Relaxed) == EMPTY {
+                return None;
+            }
+            // Acquire: pairs with `put`. A swap, so of two takers of one cell one gets it.
+            match cell.swap(EMPTY, Ordering::Acquire) {
+                EMPTY => None,
+                entry => Some(entry - 1),
+            }
+        })
+    }
+
+    /// How many slots the cells name now (a snapshot).
+    pub(crate) fn len(&self) -> usize {
+        self.cells[..self.capacity]
+            .iter()
+            .filter(|cell| cell.load(Ordering::Relaxed) != EMPTY)
+            .count()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_class_of_few_slots_keeps_none() {
+        assert!(!Magazine::for_class(8).enabled());
+        assert!(!Magazine::for_class(15).enabled());
+        assert_eq!(Magazine::for_class(16).capacity, 1);
+        assert_eq!(Magazine::for_class(32).capacity, 2);
+        assert_eq!(Magazine::for_class(1024).capacity, CELLS);
+    }
+
+    #[test]
+    fn slots_come_back_as_they_were_put_until_the_cells_are_full() {
+        let magazine = Magazine::for_class(1024);
+        for index in 0..CELLS as u32 {
+            assert!(magazine.put(index * 7));
+        }
+        assert!(!magazine.put(99), "every cell is full");
+        assert_eq!(magazine.len(), CELLS);
+        let mut taken: Vec<_> = std::iter::from_fn(|| magazine.take()).collect();
+        taken.sort_unstable();
+        let expected: Vec<_> = (0..CELLS as u32).map(|i| i * 7).collect();
+        assert_eq!(taken, expected);
+        assert_eq!(magazine.len(), 0);
+        assert_eq!(magazine.take(), None);
+    }
+
+    #[test]
+    fn extreme_indices() {
+        let magazine = Magazine::for_class(64);
+        assert!(magazine.put(0));
+        assert!(magazine.put(u32::MAX - 1));
+        assert!(!magazine.put(u32::MAX), "no cell value names it: refused");
+        let mut taken: Vec<_> = std::iter::from_fn(|| magazine.take()).collect();
+        taken.sort_unstable();
+        assert_eq!(taken, vec![0, u32::MAX - 1]);
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    /// Two threads of one participant keep and take slots at once: every slot put is taken
+    /// exactly once, none is lost or handed out twice.
+    #[test]
+    fn concurrent_puts_and_takes_lose_and_duplicate_nothing() {
+        loom::model(|| {
+            let magazine = Arc::new(Magazine::for_class(32)); // two cells
+            assert!(magazine.put(1));
+            let other = {
+                let magazine = Arc::clone(&magazine);
+                thread::spawn(move || {
+                    let taken = magazine.take();
+                    let kept = magazine.put(2);
+                    (taken, kept)
+                })
+            };
+            let mine = magazine.take();
+            let (theirs, kept) = other.join().unwrap();
+            assert!(kept, "two cells, at most two slots: room for the second");
+            let mut all: Vec<_> = [mine, theirs].into_iter().flatten().collect();
+            all.extend(std::iter::from_fn(|| magazine.take()));
+            all.sort_unstable();
+            assert_eq!(all, vec![1, 2]);
+        });
+    }
+}
