@@ -39,10 +39,10 @@
 //! the whole metadata (the header, every other peer entry, every ring header, the class headers
 //! and the slot metas of every class's first extent), including every word attach validates,
 //! then over their own entry, for which they are evicted and killed. In one segment every peer
-//! can write every word, so honest peers cannot be shielded from such a peer's bytes (DESIGN
-//! §4); the host can, and once the scribbler is gone the hub must heal by itself, within
-//! seconds: the words the host wrote restored from its private copies, lists rebuilt, slots no
-//! live participant can hold returned, every entry Empty, every slot free. Last, a fresh peer
+//! can write every word, so honest peers cannot be shielded from such a peer's bytes
+//! (PROTOCOL.md §5); the host can, and once the scribbler is gone the hub must heal by itself,
+//! within seconds: the words the host wrote restored from its private copies, lists rebuilt, slots
+//! no live participant can hold returned, every entry Empty, every slot free. Last, a fresh peer
 //! attaches and echoes 1000 checked frames up to 1 MiB, and at the end every slot is free,
 //! none quarantined (`leaks=0 quarantined=0`).
 

@@ -4,6 +4,7 @@
 //! cargo xtask test [--skip-loom] [--skip STEP]... [--only STEP]... [--no-nextest] [--seed N]
 //! cargo xtask lint          # the fmt and clippy steps of `test`
 //! cargo xtask loom          # the loom step of `test`
+//! cargo xtask protocol      # the protocol step of `test`: docs/PROTOCOL.md against the code
 //! cargo xtask soak --minutes N [--seed N]   # crash storm and hostile peer for N minutes
 //! cargo xtask bench-report NAME   # Markdown table of a bench's ratios, from criterion's results
 //! cargo xtask help
@@ -15,6 +16,7 @@
 //! |-----------|---------|
 //! | `fmt`     | `cargo fmt --all -- --check` |
 //! | `clippy`  | `cargo clippy --workspace --all-targets --all-features -- -D warnings` |
+//! | `protocol` | `cargo run --quiet -p xtask -- protocol`: `docs/PROTOCOL.md` against the code, citations and layout tables (see [`protocol`]) |
 //! | `examples` | `cargo build --workspace --examples --all-features` (for the examples' CLI tests) |
 //! | `test`    | `cargo nextest run --workspace --all-features --no-fail-fast --no-tests=warn` when `cargo nextest --version` works, else `cargo test --workspace --all-targets --all-features --no-fail-fast` |
 //! | `doc`     | `cargo test --workspace --doc --all-features --no-fail-fast` (nextest does not run doc tests) |
@@ -40,6 +42,7 @@
 
 mod bench_report;
 mod counts;
+mod protocol;
 mod run;
 
 use std::env;
@@ -87,10 +90,13 @@ const USAGE: &str = "\
 usage: cargo xtask <task> [options]
 
 tasks:
-  test    every check: fmt, clippy, examples, test, doc, rustdoc, package, loom, then the
-          scenarios
+  test    every check: fmt, clippy, protocol, examples, test, doc, rustdoc, package, loom,
+          then the scenarios
   lint    fmt and clippy only
   loom    the loom models only
+  protocol
+          docs/PROTOCOL.md against the code: every rule and section cited resolves, and
+          the layout tables hold hub-layout's figures
   soak --minutes N [--seed N]
           crash storm and hostile peer in turns for N minutes, then the totals
   bench-report NAME
@@ -115,6 +121,13 @@ fn main() -> ExitCode {
                 eprintln!("xtask: {message}");
                 ExitCode::FAILURE
             }
+        };
+    }
+    if args.first().is_some_and(|a| a == "protocol") {
+        return if protocol::run(&workspace_root(), &mut io::stdout()) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
         };
     }
     if args.first().is_some_and(|a| a == "soak") {
@@ -242,6 +255,12 @@ fn all_steps(cargo: &OsString, root: &Path, options: &Options) -> Vec<Step> {
                 "-D",
                 "warnings",
             ]),
+            Parse::Exit,
+        ),
+        // docs/PROTOCOL.md against the code (this program's `protocol` task).
+        Step::new(
+            "protocol",
+            cargo_cmd(&["run", "--quiet", "-p", "xtask", "--", "protocol"]),
             Parse::Exit,
         ),
         // The examples' own tests (examples/tests/cli.rs) run the example binaries, which
@@ -558,7 +577,7 @@ mod tests {
         let steps = all_steps(&"cargo".into(), &root, &options);
         let all = select(&steps, &options).unwrap();
         let mut want = vec![
-            "fmt", "clippy", "examples", "test", "doc", "rustdoc", "package", "loom",
+            "fmt", "clippy", "protocol", "examples", "test", "doc", "rustdoc", "package", "loom",
         ];
         want.extend(SCENARIOS);
         assert_eq!(names(&all), want);

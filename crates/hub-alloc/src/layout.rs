@@ -107,7 +107,7 @@ pub(crate) struct Geometry {
 
 impl Geometry {
     /// The geometry of an extent of `class`, with the metas the allocator really writes (their
-    /// size differs under loom, DESIGN §6); `None` when it overflows.
+    /// size differs under loom, see `hub_layout::sync`); `None` when it overflows.
     fn of(class: ClassConfig) -> Option<Self> {
         let slots = class.slots_per_extent as usize;
         let meta_offset = size_of::<ExtentHeader>().next_multiple_of(64);

@@ -1,6 +1,9 @@
 //! hub-alloc: a lock-free size-class slab allocator over a shared region that grows without
 //! remapping and never loses a slot.
 //!
+//! Rule numbers (R1 to R14) in these docs and comments name sections of the hub's protocol,
+//! `docs/PROTOCOL.md` in the hub's repository: the normative layout, rules and threat model.
+//!
 //! Every process of a hub maps one segment; large frame payloads live in its slots. This crate
 //! is the allocator of those slots, shared by all the processes at once:
 //!

@@ -644,7 +644,7 @@ impl<R: Region> Slab<R> {
         // The sender, in `next_free`, which means nothing while the slot is off the free list
         // (and only now is it sure to be: the CAS above won). A receiver checks it
         // (SlotStatus::sender), so no third participant can forge a descriptor for this slot
-        // and take the frame (DESIGN §4). The ring's Release publication of the descriptor,
+        // and take the frame (R6). The ring's Release publication of the descriptor,
         // which comes after this call, publishes it.
         meta.next_free.store(self.me.raw(), Ordering::Release);
         // R4: the slot is the receiver's from here on, no longer ours: out of the ledger once

@@ -4,8 +4,12 @@
 //! This crate owns bytes, not behaviour. It holds the `repr(C)` structs of the seed layout
 //! (rapace-core 0.5.0's hub layout) byte for byte, the descriptor and ring header, the encoders of
 //! slot references and free-list heads, the offsets of every region, and the validation a
-//! participant runs before it trusts a segment it did not build (rule R2 of the design). It does
+//! participant runs before it trusts a segment it did not build (rule R2). It does
 //! no I/O and makes no system call.
+//!
+//! Rule numbers (R1 to R14) in these docs and comments name sections of the hub's protocol,
+//! `docs/PROTOCOL.md` in the hub's repository: the normative layout (a table per struct of the
+//! figures this crate compiles to), rules and threat model.
 //!
 //! # A segment
 //!
@@ -31,7 +35,7 @@
 //!
 //! # Reading shared memory
 //!
-//! Other processes write the segment, and they may be wrong (the design's threat model). So
+//! Other processes write the segment, and they may be wrong (PROTOCOL.md §5). So
 //! nothing here hands out a reference to a plain field of a segment: validation reads through
 //! [`SegmentBytes`], which copies integers out bounds-checked, and only checked copies reach a
 //! [`ValidatedSegment`] (R3). The atomics of the structs are the only shared state the other

@@ -1,4 +1,4 @@
-//! The descriptor and the descriptor ring header (DESIGN §2).
+//! The descriptor and the descriptor ring header (PROTOCOL.md §4).
 
 use crate::sync::AtomicU64;
 

@@ -3,7 +3,7 @@
 //! hub-alloc and hub-transport import their atomics from here, never from `std` directly, so the
 //! same protocol code runs over a real mapping and inside a loom model. Under loom the atomic types
 //! are larger than the layout expects, so loom models run over heap regions built with
-//! constructors, never over bytes of a real segment (DESIGN §6).
+//! constructors, never over bytes of a real segment (see Loom in the crate docs).
 
 #[cfg(not(loom))]
 pub use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering, fence};

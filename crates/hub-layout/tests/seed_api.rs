@@ -199,7 +199,7 @@ fn seed_struct_sizes() {
     assert_eq!(size_of::<PeerEntry>(), 64);
     assert_eq!(size_of::<HubSlotMeta>(), 16);
     assert_eq!(size_of::<ExtentHeader>(), 64);
-    // The seed's comment says 128; DESIGN.md decides 192 (what its fields and align(64) give).
+    // The seed's comment says 128; PROTOCOL.md §2.6 says 192 (what its fields and align(64) give).
     assert_eq!(size_of::<SizeClassHeader>(), 192);
     // repr(C, align(64)) as in the seed.
     assert_eq!(align_of::<HubHeader>(), 64);

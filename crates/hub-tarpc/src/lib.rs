@@ -1,5 +1,8 @@
 //! hub-tarpc: [tarpc](https://docs.rs/tarpc) over the hub.
 //!
+//! The frames follow the hub's protocol, `docs/PROTOCOL.md` in the hub's repository, whose
+//! rules (R1 to R14) the other hub crates' docs cite by number.
+//!
 //! Two transports, one for each end of a host-peer pair:
 //!
 //! - [`PeerTransport`], the plugin's end, over an [`AsyncPeer`];

@@ -1,6 +1,9 @@
 //! hub-transport: a shared-memory transport between one host process and up to 32 peer
 //! (plugin) processes on one Linux machine.
 //!
+//! Rule numbers (R1 to R14) in these docs and comments name sections of the hub's protocol,
+//! `docs/PROTOCOL.md` in the hub's repository: the normative layout, rules and threat model.
+//!
 //! The host [creates](Host::create) a hub: one segment (an anonymous memfd by default) holding a
 //! header, a table of peer entries, two descriptor rings per peer and a slab of payload slots
 //! (see hub-layout). It [reserves](Host::add_peer) a peer entry and hands the child the

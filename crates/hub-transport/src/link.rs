@@ -126,7 +126,7 @@ pub enum DescriptorFault {
         owner: u32,
     },
     /// The slot is in flight to the receiver, but from another sender: a forged descriptor for
-    /// a frame someone else sent (DESIGN §4: a frame never goes to the wrong peer).
+    /// a frame someone else sent (R6: a frame never goes to the wrong peer).
     #[error("the slot was sent by {sender:?}, not by this ring's sender")]
     WrongSender {
         /// The sender the slot records.
@@ -848,7 +848,7 @@ impl Link {
             .slot_size(handle.class())
             .ok_or_else(bad_ref)?;
         debug_assert_eq!(endpoint.slab.owner(), self.me, "the endpoint of this end");
-        // R4, R5: in flight to us at this generation, from this ring's sender (DESIGN §4: only
+        // R4, R5: in flight to us at this generation, from this ring's sender (R6: only
         // the slot's sender may hand it over, through its own ring), and claimed in our ledger
         // by compare-and-swap: a slot we hold already (a frame of an earlier descriptor, at
         // any generation, or a loan) is refused and left to its holder.
@@ -1092,7 +1092,7 @@ impl Frame {
     }
 
     /// A private copy of the payload, taken once: what a parser should read when it must not
-    /// be fooled by a hostile sender (DESIGN §4, R4).
+    /// be fooled by a hostile sender (PROTOCOL.md §5, R4).
     ///
     /// [`payload`](Self::payload) lends the bytes where they lie, in a slot that the host's
     /// ledger says is this frame's: no other frame or loan of this process ever covers them.

@@ -102,7 +102,7 @@ fn wait_for_exit_or_wake(watch: Option<&ProcessWatch>, wake: &OwnedFd, timeout: 
 /// What a peer knows of its host's life (R12), and how it decides that the host is gone.
 ///
 /// A peer concludes "the host is gone" only from a fact the kernel keeps, never from a word of
-/// the segment alone: every peer can write every word (DESIGN §4), so a hostile one could
+/// the segment alone: every peer can write every word (PROTOCOL.md §5), so a hostile one could
 /// otherwise tell honest peers that a running host left. The facts:
 ///
 /// - the host's [holder lock](crate::mapping::HolderLock), an exclusive `flock` the host takes

@@ -1,4 +1,4 @@
-//! A loom model of R10's recovery racing a late send from the dying peer (DESIGN §3, issue 5).
+//! A loom model of R10's recovery racing a late send from the dying peer (issue 5).
 //!
 //! The host's recovery is a fixed sequence over two lock-free structures (the peer's send ring
 //! and the shared allocator); the rest of `Host::recover_peer` is locks and bookkeeping. This

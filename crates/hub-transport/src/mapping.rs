@@ -59,7 +59,7 @@
 //! holds as a slice.
 //!
 //! The atomics here are always `std`'s, even under `cfg(loom)`: they act on a real mapping,
-//! which loom cannot model (loom models run over heap regions, DESIGN §6).
+//! which loom cannot model (loom models run over heap regions).
 
 use std::ffi::OsString;
 use std::fmt;

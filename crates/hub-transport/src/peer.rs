@@ -30,7 +30,7 @@ use crate::ticket::{Source, SpecSource, Ticket, TicketSpec};
 /// # When a peer concludes that the host is gone
 ///
 /// Only from a fact the kernel keeps (R12), never from a word of the segment alone, because
-/// every peer can write every word (DESIGN §4): the host holds an exclusive `flock` on an open
+/// every peer can write every word (PROTOCOL.md §5): the host holds an exclusive `flock` on an open
 /// file description of its own ([`HolderLock`](crate::mapping::HolderLock)) from creation
 /// until it is dropped or its process dies, and the kernel drops it then. The host-state word
 /// in the header is a hint: when it says "gone", the peer probes the lock on a description of

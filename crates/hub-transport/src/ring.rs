@@ -1,4 +1,4 @@
-//! The single-producer single-consumer descriptor ring over shared memory (DESIGN §2).
+//! The single-producer single-consumer descriptor ring over shared memory (PROTOCOL.md §4).
 //!
 //! A ring is a [`DescRingHeader`] (`visible_head` at 0, `tail` at 64, `capacity` at 128)
 //! followed by `capacity` [`MsgDescHot`] of 64 bytes each. `visible_head` counts the descriptors
@@ -258,12 +258,12 @@ impl RawRing {
     pub fn len(&self) -> Result<u32, RingError> {
         let capacity = u64::from(self.capacity);
         for _ in 0..4 {
-            // §2: Acquire pairs with the consumer's Release store of tail, so the head read next
-            // is at least the head the consumer had seen (a smaller one is a fault).
+            // PROTOCOL.md §4: Acquire pairs with the consumer's Release store of tail, so the head
+            // read next is at least the head the consumer had seen (a smaller one is a fault).
             let tail = self.tail().load(Ordering::Acquire);
-            // §2: Acquire, pairs with the producer's Release store of visible_head.
+            // PROTOCOL.md §4: Acquire, pairs with the producer's Release store of visible_head.
             let head = self.visible_head().load(Ordering::Acquire);
-            // §2: re-read to tell a moving consumer from a corrupt head.
+            // PROTOCOL.md §4: re-read to tell a moving consumer from a corrupt head.
             let tail_again = self.tail().load(Ordering::Acquire);
             if tail_again < tail {
                 return Err(RingError::TailWentBackwards {
@@ -312,9 +312,9 @@ impl RawRing {
     ///
     /// As [`len`](Self::len), when the indices break the protocol.
     pub fn pending(&self) -> Result<Vec<MsgDescHot>, RingError> {
-        // §2: Acquire, as in `len`.
+        // PROTOCOL.md §4: Acquire, as in `len`.
         let tail = self.tail().load(Ordering::Acquire);
-        // §2: Acquire: the descriptors up to head are visible.
+        // PROTOCOL.md §4: Acquire: the descriptors up to head are visible.
         let head = self.visible_head().load(Ordering::Acquire);
         if head < tail {
             return Err(RingError::TailPastHead { tail, head });
@@ -337,9 +337,10 @@ impl RawRing {
     /// after a reset sees indices that went backwards and reports a [`RingError`]; memory safety
     /// does not depend on it.
     pub fn reset(&self) {
-        // §2: Release, so new handles that read the zeros with Acquire start after the reset.
+        // PROTOCOL.md §4: Release, so new handles that read the zeros with Acquire start after
+        // the reset.
         self.tail().store(0, Ordering::Release);
-        // §2: Release, as above.
+        // PROTOCOL.md §4: Release, as above.
         self.visible_head().store(0, Ordering::Release);
     }
 
@@ -386,12 +387,13 @@ impl RawRing {
     /// # Safety
     ///
     /// No other [`Producer`] of this ring exists, in this or any other process, while the
-    /// returned one exists (single producer, DESIGN §2): two producers would write the same slot
-    /// at once.
+    /// returned one exists (single producer, PROTOCOL.md §4): two producers would write the same
+    /// slot at once.
     pub unsafe fn producer(&self) -> Result<Producer, RingError> {
-        // §2: Acquire: the consumer's reads of the slots it freed happen before our writes.
+        // PROTOCOL.md §4: Acquire: the consumer's reads of the slots it freed happen before our
+        // writes.
         let tail = self.tail().load(Ordering::Acquire);
-        // §2: our own published count, from a previous handle of ours or the reset.
+        // PROTOCOL.md §4: our own published count, from a previous handle of ours or the reset.
         let head = self.visible_head().load(Ordering::Acquire);
         self.check_indices(head, tail)?;
         Ok(Producer {
@@ -411,11 +413,11 @@ impl RawRing {
     /// # Safety
     ///
     /// No other [`Consumer`] of this ring exists, in this or any other process, while the
-    /// returned one exists (single consumer, DESIGN §2).
+    /// returned one exists (single consumer, PROTOCOL.md §4).
     pub unsafe fn consumer(&self) -> Result<Consumer, RingError> {
-        // §2: Acquire, pairs with the previous consumer's Release (or the reset).
+        // PROTOCOL.md §4: Acquire, pairs with the previous consumer's Release (or the reset).
         let tail = self.tail().load(Ordering::Acquire);
-        // §2: Acquire, pairs with the producer's Release store of visible_head.
+        // PROTOCOL.md §4: Acquire, pairs with the producer's Release store of visible_head.
         let head = self.visible_head().load(Ordering::Acquire);
         self.check_indices(head, tail)?;
         Ok(Consumer {
@@ -563,7 +565,8 @@ impl Producer {
         // SAFETY: we are the only producer (contract of the constructor); the slot of `head` is
         // not published, and the consumer is done with it since head - tail < capacity.
         unsafe { self.ring.write_slot(self.head, desc) };
-        // §2: Release publishes the descriptor written above to the consumer's Acquire load.
+        // PROTOCOL.md §4: Release publishes the descriptor written above to the consumer's
+        // Acquire load.
         self.ring.visible_head().store(next, Ordering::Release);
         self.head = next;
         Ok(())
@@ -580,8 +583,8 @@ impl Producer {
         let capacity = u64::from(self.ring.capacity);
         // Invariant: cached_tail <= head and head - cached_tail <= capacity.
         if self.head - self.cached_tail >= capacity {
-            // §2: Acquire pairs with the consumer's Release store of tail: its copies out of the
-            // slots it freed happen before we overwrite them.
+            // PROTOCOL.md §4: Acquire pairs with the consumer's Release store of tail: its copies
+            // out of the slots it freed happen before we overwrite them.
             let tail = self.ring.tail().load(Ordering::Acquire);
             if tail < self.cached_tail {
                 return Err(RingError::TailWentBackwards {
@@ -642,8 +645,8 @@ impl Consumer {
     /// the same way until the head is sane again.
     pub fn try_pop(&mut self) -> Result<Option<MsgDescHot>, RingError> {
         if self.tail == self.cached_head {
-            // §2: Acquire pairs with the producer's Release store: the descriptors below this
-            // head are fully written before we copy them.
+            // PROTOCOL.md §4: Acquire pairs with the producer's Release store: the descriptors
+            // below this head are fully written before we copy them.
             let head = self.ring.visible_head().load(Ordering::Acquire);
             if head < self.cached_head {
                 return Err(RingError::HeadWentBackwards {
@@ -668,8 +671,8 @@ impl Consumer {
         let desc = unsafe { self.ring.read_slot(self.tail) };
         // tail < cached_head <= u64::MAX, so this cannot overflow.
         self.tail += 1;
-        // §2: Release: our copy of the slot happens before the producer's Acquire load of this
-        // tail, and so before it overwrites the slot.
+        // PROTOCOL.md §4: Release: our copy of the slot happens before the producer's Acquire
+        // load of this tail, and so before it overwrites the slot.
         self.ring.tail().store(self.tail, Ordering::Release);
         Ok(Some(desc))
     }
@@ -725,7 +728,7 @@ impl std::fmt::Debug for HeapRing {
 
 impl HeapRing {
     /// An empty ring of `capacity` descriptors, built with constructors and `ptr::write` (so it
-    /// also works with loom's atomics, DESIGN §6).
+    /// also works with loom's atomics).
     ///
     /// # Errors
     ///

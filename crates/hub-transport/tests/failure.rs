@@ -1,4 +1,4 @@
-//! The failure path (R9, R10, R12, and the threat model of DESIGN §4), with real processes: the
+//! The failure path (R9, R10, R12, and the threat model, PROTOCOL.md §5), with real processes: the
 //! helper binary `hub-chaos-peer` (src/bin) plays plugins that hold slots and get SIGKILLed, stop,
 //! leave without goodbye, scribble garbage on their ring, or block while their host is killed.
 //!
@@ -765,8 +765,8 @@ fn host_killed_under_blocked_peers() {
     eprintln!("host SIGKILL -> every peer out with HostGone: {worst:?}");
 }
 
-/// DESIGN §4: a peer that scribbles garbage on its ring, a descriptor first, is evicted for a bad
-/// descriptor while two honest peers' checksummed streams go on to completion.
+/// PROTOCOL.md §5: a peer that scribbles garbage on its ring, a descriptor first, is evicted for a
+/// bad descriptor while two honest peers' checksummed streams go on to completion.
 #[test]
 fn descriptor_scribbler_is_evicted_while_honest_streams_complete() {
     let reason = scribbler_among_honest_streams(0x5EED_0001, "descriptor");
@@ -776,7 +776,7 @@ fn descriptor_scribbler_is_evicted_while_honest_streams_complete() {
     );
 }
 
-/// DESIGN §4: as above, the ring's head first: evicted for a corrupted ring.
+/// PROTOCOL.md §5: as above, the ring's head first: evicted for a corrupted ring.
 #[test]
 fn head_scribbler_is_evicted_while_honest_streams_complete() {
     let reason = scribbler_among_honest_streams(0x5EED_0002, "head");
@@ -888,7 +888,7 @@ fn scribbler_among_honest_streams(seed: u64, first: &str) -> EvictReason {
     reason
 }
 
-/// DESIGN §4 ("never hand a frame to the wrong peer"): a peer that forges descriptors naming
+/// PROTOCOL.md §5 ("never hand a frame to the wrong peer"): a peer that forges descriptors naming
 /// slots another peer has in flight to the host, at their current generation, must not get
 /// that peer's frame, nor get it evicted.
 ///

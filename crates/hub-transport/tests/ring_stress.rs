@@ -1,5 +1,5 @@
 //! Two threads push and pop millions of descriptors through one ring; every descriptor must
-//! arrive once, in order, with every field intact (DESIGN §2).
+//! arrive once, in order, with every field intact (PROTOCOL.md §4).
 
 use hub_layout::MsgDescHot;
 use hub_transport::ring::{HeapRing, PushError};

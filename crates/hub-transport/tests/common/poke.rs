@@ -1,7 +1,7 @@
 //! A hostile plugin under a test's remote control: `hub-chaos-peer poke`, spawned by the host
 //! with [`Host::spawn_peer`], writes raw words at the byte offsets the test names, through a
-//! mapping of its own (DESIGN §4: an attack from outside the host's own helpers). The test then
-//! checks from the host's side. [`Named`] computes the offsets from hub-layout's definitions.
+//! mapping of its own (PROTOCOL.md §5: an attack from outside the host's own helpers). The test
+//! then checks from the host's side. [`Named`] computes the offsets from hub-layout's definitions.
 
 use std::io::{BufRead, BufReader, Write};
 use std::mem::offset_of;
