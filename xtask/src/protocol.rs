@@ -567,6 +567,7 @@ pub fn layout_constants() -> Vec<(&'static str, Value)> {
         ("FREE_LIST_END", int(FREE_LIST_END.into())),
         ("NO_OWNER", int(NO_OWNER.into())),
         ("HOST_OWNER", int(HOST_OWNER.into())),
+        ("KEPT_SLOT_MARK", int(KEPT_SLOT_MARK.into())),
         ("SLOT_INDEX_BITS", int(SLOT_INDEX_BITS.into())),
         ("SLOT_INDEX_LIMIT", int(SLOT_INDEX_LIMIT.into())),
         ("MAX_ENCODABLE_CLASS", int(MAX_ENCODABLE_CLASS.into())),
