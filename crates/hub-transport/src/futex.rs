@@ -6,7 +6,10 @@
 //! - [`wait`] is `FUTEX_WAIT`: sleep while a word still holds an expected value;
 //! - [`wake`] is `FUTEX_WAKE`: wake up to `n` sleepers of a word;
 //! - [`wait_any`] is `futex_waitv` (Linux 5.16+): sleep while *every* word of a list holds its
-//!   expected value, so the host waits on all of its peers with one call (R11).
+//!   expected value, so the host waits on all of its peers with one call (R11);
+//! - [`wake_then_wait`] wakes one word and sleeps on another in one system call (an io_uring of
+//!   the calling thread, Linux 6.7+), or in two where that is not available: a request and its
+//!   reply then cost each side one system call instead of two.
 //!
 //! All three use the *shared* futex flavour (no `FUTEX_PRIVATE_FLAG`, no `FUTEX2_PRIVATE`): the
 //! words live in a segment that several processes map, and a private futex would only match
@@ -91,10 +94,10 @@ pub enum FutexError {
 }
 
 #[cfg(not(loom))]
-pub use self::os::{system_calls, wait, wait_any, wake};
+pub use self::os::{system_calls, wait, wait_any, wake, wake_then_wait};
 
 #[cfg(loom)]
-pub use self::emulation::{wait, wait_any, wake};
+pub use self::emulation::{wait, wait_any, wake, wake_then_wait};
 
 /// Converts a relative timeout to a `Timespec`, saturating instead of overflowing.
 #[cfg(not(loom))]
@@ -194,6 +197,53 @@ mod os {
             Err(errno) => {
                 debug_assert!(false, "FUTEX_WAKE failed: {errno}");
                 0
+            }
+        }
+    }
+
+    /// Wakes up to `n` sleepers of `wake` ([`wake`]), then sleeps while `wait` holds `expected`
+    /// for at most `timeout` ([`wait`]): in **one** system call, through an io_uring of the
+    /// calling thread (created at its first call; Linux 6.7+), or in the two plain calls where
+    /// io_uring or its futex operations are not available. Returns how many sleepers the wake
+    /// woke and how the wait ended.
+    ///
+    /// This is the step of a side that has just published something for the other side and now
+    /// waits for the answer: the wake for what it published, the wait for what comes back.
+    ///
+    /// # Errors
+    ///
+    /// As [`wait`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use hub_transport::futex::{self, WaitOutcome};
+    /// use hub_transport::sync::AtomicU32;
+    /// use std::time::Duration;
+    ///
+    /// let (theirs, mine) = (AtomicU32::new(0), AtomicU32::new(7));
+    /// // Nobody sleeps on `theirs`; `mine` is not 6, so the call returns at once.
+    /// assert_eq!(futex::wake_then_wait(&theirs, 1, &mine, 6, None)?, (0, WaitOutcome::ValueChanged));
+    /// let (_, outcome) = futex::wake_then_wait(&theirs, 1, &mine, 7, Some(Duration::from_millis(1)))?;
+    /// assert!(matches!(outcome, WaitOutcome::TimedOut | WaitOutcome::Interrupted));
+    /// # Ok::<(), futex::FutexError>(())
+    /// ```
+    pub fn wake_then_wait(
+        wake_word: &AtomicU32,
+        n: u32,
+        wait_word: &AtomicU32,
+        expected: u32,
+        timeout: Option<Duration>,
+    ) -> Result<(usize, WaitOutcome), FutexError> {
+        let n = n.min(WAKE_ALL);
+        match crate::uring::wake_then_wait(wake_word, n, wait_word, expected, timeout) {
+            Some(result) => {
+                count_call();
+                result.map_err(FutexError::Os)
+            }
+            None => {
+                let woken = wake(wake_word, n);
+                Ok((woken, wait(wait_word, expected, timeout)?))
             }
         }
     }
@@ -405,6 +455,22 @@ pub mod emulation {
         }
     }
 
+    /// The emulation of [`wake_then_wait`](super::wake_then_wait): the wake, then the wait.
+    ///
+    /// # Errors
+    ///
+    /// None in the emulation; the signature matches the real call.
+    pub fn wake_then_wait(
+        wake_word: &AtomicU32,
+        n: u32,
+        wait_word: &AtomicU32,
+        expected: u32,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<(usize, WaitOutcome), FutexError> {
+        let woken = wake(wake_word, n);
+        Ok((woken, wait(wait_word, expected, timeout)?))
+    }
+
     /// The emulation of `FUTEX_WAKE`: picks up to `n` sleepers of `word` (oldest first), wakes
     /// them, and counts the call.
     pub fn wake(word: &AtomicU32, n: u32) -> usize {
@@ -460,6 +526,98 @@ mod tests {
             // A timeout never ends before it elapsed.
             assert!(start.elapsed() >= Duration::from_millis(20));
         }
+    }
+
+    /// Two threads hand a turn back and forth, each with one `wake_then_wait` per turn: the
+    /// wake for the turn it gives, the wait for the turn it gets back. No turn is lost (a lost
+    /// wakeup would sleep until the watchdog and fail the test).
+    #[test]
+    fn wake_then_wait_hands_turns_back_and_forth() {
+        const TURNS: u32 = 2_000;
+        let watchdog = Some(Duration::from_secs(10));
+        // `words[side]`: how many turns that side has been given.
+        let words = Arc::new([AtomicU32::new(0), AtomicU32::new(0)]);
+        // Wake the other side (for the turn just given) and sleep until this side's word
+        // reaches `target`.
+        let wait_for = move |words: &[AtomicU32; 2], me: usize, target: u32| {
+            loop {
+                let seen = words[me].load(Ordering::Acquire);
+                if seen >= target {
+                    return;
+                }
+                let (_, outcome) =
+                    wake_then_wait(&words[1 - me], 1, &words[me], seen, watchdog).unwrap();
+                assert_ne!(outcome, WaitOutcome::TimedOut, "a lost wakeup, side {me}");
+            }
+        };
+        let second = {
+            let words = Arc::clone(&words);
+            thread::spawn(move || {
+                for turn in 1..=TURNS {
+                    while words[1].load(Ordering::Acquire) < turn {
+                        let _ = wait(&words[1], turn - 1, watchdog).unwrap();
+                    }
+                    words[0].store(turn, Ordering::Release);
+                    if turn < TURNS {
+                        wait_for(&words, 1, turn + 1);
+                    } else {
+                        wake(&words[0], 1);
+                    }
+                }
+            })
+        };
+        for turn in 1..=TURNS {
+            words[1].store(turn, Ordering::Release);
+            wait_for(&words, 0, turn);
+        }
+        second.join().unwrap();
+        assert_eq!(words[0].load(Ordering::Relaxed), TURNS);
+        assert_eq!(words[1].load(Ordering::Relaxed), TURNS);
+    }
+
+    #[test]
+    fn wake_then_wait_times_out_and_works_again_after() {
+        let (theirs, mine) = (AtomicU32::new(0), AtomicU32::new(3));
+        let start = Instant::now();
+        let (woken, outcome) =
+            wake_then_wait(&theirs, 1, &mine, 3, Some(Duration::from_millis(20))).unwrap();
+        assert_eq!(woken, 0);
+        assert!(matches!(
+            outcome,
+            WaitOutcome::TimedOut | WaitOutcome::Interrupted
+        ));
+        if outcome == WaitOutcome::TimedOut {
+            assert!(start.elapsed() >= Duration::from_millis(20));
+        }
+        // The timed-out wait was cancelled and reaped: the next call sees a changed value.
+        mine.store(4, Ordering::Relaxed);
+        assert_eq!(
+            wake_then_wait(&theirs, 1, &mine, 3, None).unwrap(),
+            (0, WaitOutcome::ValueChanged)
+        );
+    }
+
+    #[test]
+    fn wake_then_wait_wakes_a_sleeper() {
+        let words = Arc::new([AtomicU32::new(0), AtomicU32::new(0)]);
+        let sleeper = {
+            let words = Arc::clone(&words);
+            thread::spawn(move || {
+                while words[0].load(Ordering::Acquire) == 0 {
+                    let _ = wait(&words[0], 0, Some(Duration::from_secs(10))).unwrap();
+                }
+                words[1].store(1, Ordering::Release);
+                wake(&words[1], 1)
+            })
+        };
+        thread::sleep(Duration::from_millis(20));
+        words[0].store(1, Ordering::Release);
+        while words[1].load(Ordering::Acquire) == 0 {
+            let (_, outcome) =
+                wake_then_wait(&words[0], 1, &words[1], 0, Some(Duration::from_secs(10))).unwrap();
+            assert_ne!(outcome, WaitOutcome::TimedOut);
+        }
+        sleeper.join().unwrap();
     }
 
     #[test]

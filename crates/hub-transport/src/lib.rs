@@ -101,6 +101,8 @@ mod segment;
 mod supervisor;
 #[cfg(not(loom))]
 mod ticket;
+#[cfg(not(loom))]
+mod uring;
 
 pub use hub_layout::sync;
 
