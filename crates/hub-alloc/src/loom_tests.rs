@@ -7,7 +7,7 @@
 //! handed out twice ([`check_quiet`]). A crash is simulated before the threads start, by taking
 //! the first steps of `Slab::pop` by hand ([`Private::crash_in_pop`]).
 //!
-//! What slab.rs does differently under loom, so that these models can run and mean something:
+//! What the slab module does differently under loom, so that these models can run and mean something:
 //! `loom_seqcst` puts a SeqCst fence beside R11's SeqCst accesses (loom models SeqCst accesses
 //! as AcqRel only); `RESOLVE_ATTEMPTS` is 3, not 64 (a schedule in which the other participant
 //! never gets through would otherwise exceed loom's branch limit: the models run reclaim or
@@ -80,7 +80,7 @@ fn slab(slots: u32, max_extents: u32) -> Slab<Heap> {
     unsafe { Slab::init(region, layout, OwnerId::HOST) }.unwrap()
 }
 
-/// Shared-memory words the public API does not show, reached the way slab.rs reaches them.
+/// Shared-memory words the public API does not show, reached the way the slab module reaches them.
 struct Private<'s> {
     slab: &'s Slab<Heap>,
     shared: Shared<'s, Heap>,
