@@ -64,6 +64,7 @@ pub mod shared;
 mod slab;
 #[cfg(all(test, not(loom)))]
 mod tests;
+pub mod wake;
 
 #[cfg(all(test, loom))]
 mod loom_tests;
@@ -73,6 +74,7 @@ pub use hub_layout::sync;
 pub use layout::{ClassConfig, OwnerId, SlabLayout};
 pub use region::{GrowError, HeapRegion, Region};
 pub use slab::{
-    ClassAudit, ClassStats, Freed, Orphan, RebuildReport, ReclaimReport, SEQUENCE_STEP, Slab,
-    SlotHandle, SlotStatus, WAITER_BIT,
+    ClassAudit, ClassStats, Freed, Orphan, RebuildReport, ReclaimReport, Slab, SlotHandle,
+    SlotStatus,
 };
+pub use wake::{SEQUENCE_STEP, WAITER_BIT};

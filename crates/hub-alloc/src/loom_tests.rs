@@ -8,7 +8,7 @@
 //! the first steps of `Slab::pop` by hand ([`Private::crash_in_pop`]).
 //!
 //! What the slab module does differently under loom, so that these models can run and mean something:
-//! `loom_seqcst` puts a SeqCst fence beside R11's SeqCst accesses (loom models SeqCst accesses
+//! `wake::loom_seqcst` puts a SeqCst fence beside R11's SeqCst accesses (loom models SeqCst accesses
 //! as AcqRel only); `RESOLVE_ATTEMPTS` is 3, not 64 (a schedule in which the other participant
 //! never gets through would otherwise exceed loom's branch limit: the models run reclaim or
 //! rebuild again when it reports a pending slot, as the caller is told to); and each class's

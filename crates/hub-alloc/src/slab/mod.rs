@@ -48,6 +48,7 @@ use crate::magazine::Magazine;
 use crate::region::Region;
 use crate::shared::{ClassHeader, Shared, SlotMeta, join, split};
 use crate::sync::{AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering, lock};
+use crate::wake::{self, WAITER_BIT};
 
 mod audit;
 mod free;
@@ -76,12 +77,6 @@ const JOURNAL_EMPTY: u32 = 0;
 /// classes stay below `0xa000_0000`): what a journal taken but not yet named held in earlier
 /// versions, where the shared word was also the owner's lock.
 const JOURNAL_BUSY: u32 = u32::MAX;
-
-/// The bit of `slot_available_futex` that says an allocator may be asleep on it, and the step
-/// of its sequence: the same encoding as hub-transport's doorbells (R11).
-pub const WAITER_BIT: u32 = 1;
-/// See [`WAITER_BIT`].
-pub const SEQUENCE_STEP: u32 = 2;
 
 /// How often reclaim looks again at a journaled slot another participant is in the middle of
 /// taking or freeing, before it leaves the journal for a later reclaim.
@@ -658,12 +653,8 @@ impl<R: Region> Slab<R> {
     /// Say that an allocator of `class` is about to sleep on its futex word, and return the
     /// value to sleep on. `None` when there is no such class.
     pub fn announce_waiter(&self, class: u16) -> Option<u32> {
-        let word = self.slot_available_word(class)?;
-        // R11: SeqCst, against the SeqCst push and load of `free`: either this sees the push
-        // in `has_free_slot`, or the freer sees this bit.
-        let seen = word.fetch_or(WAITER_BIT, Ordering::SeqCst) | WAITER_BIT;
-        loom_seqcst();
-        Some(seen)
+        // R11: the protocol's announcement; the caller checks `has_free_slot` next.
+        Some(wake::announce(self.slot_available_word(class)?))
     }
 
     /// Whether `class`'s free list looks non-empty (or is held, which means it soon may be).
@@ -990,28 +981,9 @@ fn magazines(layout: &SlabLayout) -> std::sync::Arc<[Magazine]> {
 #[inline(always)]
 fn notify_waiters(header: ClassHeader<'_>) -> bool {
     let word = &header.slot_available_futex;
-    loom_seqcst();
-    // R11: SeqCst, after the SeqCst push: see `announce_waiter`.
-    if word.load(Ordering::SeqCst) & WAITER_BIT == 0 {
-        return false;
-    }
-    // Clear the bit and move the sequence on in one step, so a sleeper's FUTEX_WAIT on the
-    // old value fails or is woken.
-    let _ = word.fetch_update(Ordering::Release, Ordering::Relaxed, |w| {
-        Some((w | WAITER_BIT).wrapping_add(SEQUENCE_STEP) & !WAITER_BIT)
-    });
-    true
-}
-
-/// Nothing, except under loom: a SeqCst fence. Loom treats SeqCst loads, stores and
-/// read-modify-writes as AcqRel (see its README), so it would not give R11's handshake (a SeqCst
-/// write of one word, then a SeqCst load of the other, on each side) the single total order the
-/// real accesses have, and would report lost wakeups that cannot happen. A fence between the two
-/// accesses of each side gives the model that order.
-#[inline(always)]
-fn loom_seqcst() {
-    #[cfg(loom)]
-    crate::sync::fence(Ordering::SeqCst);
+    // R11: the push was a SeqCst RMW; the sequence step (Release) publishes the slot to the
+    // waiter that reads the new value.
+    wake::waiter_announced_after_rmw(word) && wake::take_announcement(word, Ordering::Release)
 }
 
 /// Undo a reservation of `[start, end)` when it is still the last one.
