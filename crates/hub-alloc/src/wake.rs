@@ -136,7 +136,7 @@ mod tests {
     #[test]
     fn one_announcement_is_taken_once() {
         let word = AtomicU32::new(3 * SEQUENCE_STEP);
-        assert_eq!(announce(&word), 3 * SEQUENCE_STEP | WAITER_BIT);
+        assert_eq!(announce(&word), (3 * SEQUENCE_STEP) | WAITER_BIT);
         assert!(take_announcement(&word, Ordering::Release));
         assert_eq!(word.load(Ordering::Relaxed), 4 * SEQUENCE_STEP);
         // A second publisher that also saw the bit finds it gone: no second wake, no step.
