@@ -65,6 +65,14 @@
 //! variant in each, `Disconnected`, holding a [`Disconnect`] that says how (the host left, the
 //! peer is not attached, a [`PeerId`]'s life is over); every type answers `is_disconnected()`
 //! and `disconnect()`, looking through `Failed`.
+//!
+//! # Features
+//!
+//! - `tokio`: the async endpoints, `aio::AsyncHost` and `aio::AsyncPeer`.
+//! - `fault-injection` (off by default, for tests only): write access to a ring's indices in
+//!   shared memory ([`ring::RawRing`]'s `visible_head` and `tail`), with which a test's plugin
+//!   corrupts its own ring; a consumer reports such a store as a [`ring::RingError`]. The
+//!   integration tests of this crate enable it (through a dev-dependency on the crate itself).
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
