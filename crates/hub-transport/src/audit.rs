@@ -39,11 +39,11 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use hub_alloc::{ClassAudit, Orphan, OwnerId, RebuildReport};
+use hub_alloc::{ClassAudit, Orphan, OwnerId};
 
-use crate::host::Core;
-use crate::supervisor::Life;
-use crate::supervisor::{PeerEvent, TICK, emit};
+use crate::event::{AllocatorDamage, PeerEvent};
+use crate::host_core::{Core, Life};
+use crate::supervisor::TICK;
 use crate::sync::Ordering;
 
 /// How often the auditor looks, when no eviction asks it to look sooner.
@@ -52,19 +52,6 @@ pub(crate) const AUDIT_PERIOD: Duration = Duration::from_millis(250);
 /// The least time between two looks that together show a lost slot or a stuck marker: far
 /// longer than any window of a healthy participant (microseconds).
 pub(crate) const MIN_GAP: Duration = Duration::from_millis(100);
-
-/// Damage the host found in the allocator's shared state, and what it did about it.
-///
-/// Which participant wrote it cannot be told: shared memory keeps no record of its writers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AllocatorDamage {
-    /// The size class.
-    pub class: u16,
-    /// What was found, in words.
-    pub found: String,
-    /// The rebuild of the class's free list, when one was made.
-    pub rebuilt: Option<RebuildReport>,
-}
 
 /// What the last settled look at a class saw, and when.
 #[derive(Debug, Default, Clone)]
@@ -235,19 +222,19 @@ fn judge(audit: &ClassAudit, last: &LastLook, now: Instant) -> Option<String> {
 
 /// The auditor thread's loop, until the host is dropped: a look every [`AUDIT_PERIOD`], or
 /// within a tick of the supervisor's asking (`audit_now`, after an eviction).
-pub(crate) fn run(core: &Core) {
+pub(crate) fn run(core: &Core, auditor: &Auditor) {
     let mut last = Instant::now();
     while !core.stopping.load(Ordering::Acquire) {
         std::thread::sleep(TICK);
         // R4: within a tick of any scribble, the words attach validates are the host's again.
-        let words = core.auditor.restore(core);
+        let words = auditor.restore(core);
         if !words.is_empty() {
-            emit(core, PeerEvent::WordsRestored { words });
+            core.emit(PeerEvent::WordsRestored { words });
         }
         let asked = core.audit_now.swap(false, Ordering::AcqRel);
         if asked || last.elapsed() >= AUDIT_PERIOD {
-            for damage in core.auditor.check(core) {
-                emit(core, PeerEvent::AllocatorDamaged(damage));
+            for damage in auditor.check(core) {
+                core.emit(PeerEvent::AllocatorDamaged(damage));
             }
             last = Instant::now();
         }

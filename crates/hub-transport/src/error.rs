@@ -5,8 +5,8 @@ use std::io;
 
 use hub_alloc::SlabError;
 
+use crate::frame::{DescriptorFault, Loan, PeerId};
 use crate::futex::FutexError;
-use crate::link::{DescriptorFault, Loan, PeerId};
 use crate::ring::RingError;
 use crate::segment::PeerState;
 

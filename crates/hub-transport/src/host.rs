@@ -6,69 +6,27 @@ use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use hub_alloc::{ClassStats, OwnerId, ReclaimReport, SlabError, SlotHandle};
+use hub_alloc::{ClassStats, OwnerId};
 
+use crate::audit::Auditor;
 use crate::error::{
     Disconnect, LoanError, LoanTimeoutError, RecvError, RecvTimeoutError, SendCopyError,
     SendCopyTimeoutError, SendError, SendTimeoutError, TryLoanError, TryRecvError,
     TrySendCopyError, TrySendError,
 };
-use crate::link::{
-    Deadline, Endpoint, Frame, FrameMeta, Link, Loan, PeerId, PeerRef, RECV_BELL, SEND_BELL,
-};
+use crate::event::{EVENT_BACKLOG, EvictReason, PeerEvent, Recovery};
+use crate::frame::{Endpoint, Frame, FrameMeta, Loan, PeerId, PeerRef};
+use crate::host_core::{Core, EntryTruth, HostError, Identity, Life, Spawn};
+use crate::link::{Deadline, Link, RECV_BELL, SEND_BELL};
 use crate::liveness::{ProcessWatch, WatchError};
-use crate::mapping::MappingError;
-use crate::ready::{EntryFds, ReadySet};
-use crate::ring::RingError;
+use crate::ready::ReadySet;
 use crate::segment::{CreateError, HOST_GONE, HubConfig, PeerState, Segment};
 use crate::signal::{Doorbell, WaitError, WaitMode, wait_any_before_sleep};
-use crate::supervisor::{EVENT_BACKLOG, EntryTruth, EvictReason, Identity, Life, PeerEvent, Spawn};
 use crate::sync::Ordering;
-use crate::ticket::{Source, Ticket};
+use crate::ticket::Ticket;
 
 /// The longest the host sleeps in a receive before it looks at its rings again, whoever rang.
 pub(crate) const WAIT_SLICE: Duration = Duration::from_millis(100);
-
-/// Errors of the host's peer management.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum HostError {
-    /// Every peer entry is in use (`max_peers` peers attached or reserved).
-    #[error("all {0} peer entries are in use")]
-    NoFreePeer(u16),
-    /// No peer with this id.
-    #[error("no peer {0}")]
-    UnknownPeer(u16),
-    /// The segment's descriptor could not be duplicated for a ticket.
-    #[error(transparent)]
-    Mapping(#[from] MappingError),
-    /// The entry's readiness descriptors could not be made (out of descriptors).
-    #[error("cannot make the readiness descriptors: {0}")]
-    Readiness(std::io::Error),
-    /// A ring of the peer could not be reached to reset it.
-    #[error("ring of peer {peer}: {source}")]
-    Ring {
-        /// The peer.
-        peer: u16,
-        /// What is wrong.
-        source: RingError,
-    },
-    /// The allocator failed while reclaiming the peer's slots.
-    #[error(transparent)]
-    Alloc(#[from] SlabError),
-    /// [`Host::spawn_peer`] could not start the process.
-    #[error("cannot spawn the peer process: {0}")]
-    Spawn(std::io::Error),
-    /// The peer's process may still run: its entry is fenced until the host knows the
-    /// process is gone ([`Host::recover_peer`]).
-    #[error("peer {peer}'s process (pid word {pid}) may still run: its entry is fenced")]
-    ProcessAlive {
-        /// The peer.
-        peer: u16,
-        /// Its entry's pid word (information: any peer can write it).
-        pid: u32,
-    },
-}
 
 /// What [`Host::peers`] says of one peer entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,15 +43,6 @@ pub struct PeerInfo {
     pub to_host: u32,
     /// Descriptors waiting in the peer's receive ring (from the host).
     pub to_peer: u32,
-}
-
-/// What [`Host::recover_peer`] did (R10).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Recovery {
-    /// Slots that descriptors left in the peer's two rings referenced, freed.
-    pub ring_slots_freed: u32,
-    /// The allocator's reclaim of what the peer owned.
-    pub reclaimed: ReclaimReport,
 }
 
 /// The host of a hub: the process that creates it, admits up to `max_peers` peers, sends to any
@@ -126,6 +75,9 @@ pub struct Recovery {
 /// ```
 pub struct Host {
     core: Arc<Core>,
+    /// The allocator's watch (R3): what the last look at each class saw; shared with the
+    /// auditor thread.
+    auditor: Arc<Auditor>,
     events: Mutex<mpsc::Receiver<PeerEvent>>,
     /// The supervisor and auditor threads, joined on drop.
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -137,33 +89,6 @@ pub struct Host {
     bridge: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Whether the bridge thread was started (or tried): `arm` checks it without the lock.
     bridge_started: AtomicBool,
-}
-
-/// What the host's API and its supervisor thread share.
-pub(crate) struct Core {
-    pub endpoint: Arc<Endpoint>,
-    /// The host's readiness descriptor: every entry's to-host eventfd in one epoll set.
-    pub ready: ReadySet,
-    /// One per peer id: pushes to ring 2i + 1, pops from ring 2i.
-    pub links: Vec<Link>,
-    cursor: AtomicUsize,
-    /// One recovery at a time (R10: once, idempotently).
-    recover_lock: Mutex<()>,
-    pub events: mpsc::SyncSender<PeerEvent>,
-    pub stopping: AtomicBool,
-    pub heartbeat_timeout: Duration,
-    pub kill_evicted: bool,
-    /// The allocator's watch (R3): what the last look at each class saw.
-    pub auditor: crate::audit::Auditor,
-    /// Set by the supervisor after an eviction: the auditor thread looks at once.
-    pub audit_now: AtomicBool,
-    /// Per peer id, the host's private truth about the entry (R4): its life as the host knows
-    /// it, its epoch (the host's own counter), and the process the host spawned for it with
-    /// its pidfd. No peer can rewrite it, unlike every word of the entry; the supervisor
-    /// checks the entry's words against it.
-    pub entries: Vec<Mutex<EntryTruth>>,
-    /// `(st_dev, st_ino)` of the segment file: the key of this process's own peers (`local`).
-    pub file_id: Option<(u64, u64)>,
 }
 
 impl AsFd for Host {
@@ -234,7 +159,6 @@ impl Host {
             stopping: AtomicBool::new(false),
             heartbeat_timeout: config.heartbeat_timeout,
             kill_evicted: config.kill_evicted,
-            auditor: crate::audit::Auditor::default(),
             audit_now: AtomicBool::new(false),
             entries: (0..config.max_peers)
                 .map(|_| Mutex::new(EntryTruth::new()))
@@ -242,10 +166,15 @@ impl Host {
             file_id,
         });
         let mut threads = Vec::new();
-        type Body = fn(&Core);
+        let auditor = Arc::new(Auditor::default());
+        type Body = Box<dyn FnOnce(&Core) + Send>;
+        let audited = Arc::clone(&auditor);
         let bodies: [(&str, Body); 2] = [
-            ("hub-supervisor", crate::supervisor::run),
-            ("hub-auditor", crate::audit::run),
+            ("hub-supervisor", Box::new(crate::supervisor::run)),
+            (
+                "hub-auditor",
+                Box::new(move |core: &Core| crate::audit::run(core, &audited)),
+            ),
         ];
         for (name, body) in bodies {
             let shared = core.clone();
@@ -263,6 +192,7 @@ impl Host {
         }
         Ok(Self {
             core,
+            auditor,
             events: Mutex::new(receiver),
             threads,
             holder: Some(holder),
@@ -555,7 +485,7 @@ impl Host {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn check_allocator(&self) -> Vec<crate::AllocatorDamage> {
-        self.core.auditor.check(&self.core)
+        self.auditor.check(&self.core)
     }
 
     /// Recover peer `peer` (R10), once its process left or died: mark it Dead, stop consuming
@@ -585,7 +515,7 @@ impl Host {
                 match words.transition(PeerState::Reserved, PeerState::Dead) {
                     // Attached before the supervisor looked: reported first (R9).
                     Err(PeerState::Active | PeerState::Dying) => {
-                        crate::supervisor::observe_attach(&self.core, peer, &mut truth, false);
+                        self.core.observe_attach(peer, &mut truth, false);
                         match &truth.life {
                             Life::Attached(identity) => identity.clone(),
                             _ => Identity::Exited { pid: 0 },
@@ -1200,7 +1130,7 @@ impl Host {
         // Without the thread (out of threads), such peers are looked at every tick.
         *bridge = std::thread::Builder::new()
             .name("hub-ready-bridge".into())
-            .spawn(move || crate::ready::run_host_bridge(&core))
+            .spawn(move || crate::host_core::run_host_bridge(&core))
             .ok();
     }
 
@@ -1281,327 +1211,6 @@ impl Host {
             Doorbell::new(segment.peer(peer).recv_bell).ring();
         }
         self.core.wake_all_allocators();
-    }
-}
-
-impl Core {
-    /// The host's private truth about `peer`'s entry (`peer < max_peers`), locked.
-    pub fn truth(&self, peer: u16) -> std::sync::MutexGuard<'_, EntryTruth> {
-        self.entries[usize::from(peer)]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Reserve `peer`'s entry, empty in `truth` (R9): the next epoch of the host's own counter
-    /// (item 9 of issue 13: never an increment of the shared word, which a peer may have set
-    /// to anything), stored over the entry's words, then the rings reset, then the ticket.
-    fn reserve(&self, peer: u16, truth: &mut EntryTruth) -> Result<Ticket, HostError> {
-        let segment = &self.endpoint.segment;
-        let words = segment.peer(peer);
-        let epoch = truth.epoch.wrapping_add(1);
-        truth.epoch = epoch;
-        truth.spawn = None;
-        truth.life = Life::Reserved { pid_wait: None };
-        // A new life gets new readiness descriptors: the last one's process may still hold
-        // the old ones.
-        let ready = match EntryFds::new().and_then(|fds| {
-            self.ready
-                .install(usize::from(peer), Arc::clone(&fds.to_host))?;
-            Ok(fds)
-        }) {
-            Ok(fds) => fds,
-            Err(error) => {
-                truth.life = Life::Empty;
-                return Err(HostError::Readiness(error));
-            }
-        };
-        let link = &self.links[usize::from(peer)];
-        link.set_notify(Some(Arc::clone(&ready.to_peer)));
-        // Before the rings' reset below, which takes the producer's lock: a send to the last
-        // life either went before it (and is wiped) or sees this epoch (R4).
-        link.set_life(epoch);
-        // The peer's bits go with its life; the host's stays: a host asleep on its descriptor
-        // while this entry is reserved must be written by the new peer's first frame.
-        segment
-            .peer_word32(peer, crate::segment::pad::READY_WAITERS)
-            .fetch_and(crate::segment::pad::READY_HOST, Ordering::Relaxed);
-        words.pid.store(0, Ordering::Relaxed);
-        words.epoch.store(epoch, Ordering::Release);
-        words
-            .flags
-            .store(PeerState::Reserved.flags(), Ordering::Release);
-        let source = match self.reset_rings(peer) {
-            Err(error) => Err(error),
-            Ok(()) => match segment.mapping().file().path() {
-                Some(path) => Ok(Source::Path(path.to_path_buf())),
-                // Close-on-exec: a child inherits it only through `Ticket::apply`.
-                None => rustix::io::fcntl_dupfd_cloexec(segment.mapping().file().fd(), 0)
-                    .map(|fd| Source::Fd(Arc::new(fd)))
-                    .map_err(|e| HostError::Mapping(MappingError::Dup { source: e.into() })),
-            },
-        };
-        match source {
-            Ok(source) => Ok(Ticket {
-                peer,
-                epoch,
-                source,
-                ready,
-            }),
-            Err(error) => {
-                words
-                    .flags
-                    .store(PeerState::Empty.flags(), Ordering::Release);
-                truth.life = Life::Empty;
-                Err(error)
-            }
-        }
-    }
-
-    /// Whether the process of `peer`'s life known as `identity` is gone, as far as the host
-    /// can know (R4): its spawn's pidfd, this process's registry of its own peers (a thread's
-    /// peer counts as gone once it left or was evicted, even while its `Peer` lives), a pidfd
-    /// opened on the pid word at the first look (information), or, without any, a heartbeat
-    /// silent for the heartbeat timeout.
-    pub fn is_gone(&self, peer: u16, truth: &EntryTruth, identity: &Identity) -> bool {
-        match identity {
-            Identity::Spawned => truth
-                .spawn
-                .as_ref()
-                .is_none_or(|spawn| spawn.watch.has_exited()),
-            // Trusted as the host is: once it left or was evicted, at once; while attached,
-            // when its `Peer` is dropped.
-            Identity::Local => {
-                !matches!(truth.life, Life::Attached(_))
-                    || !crate::local::is_attached(self.file_id, peer, truth.epoch)
-            }
-            Identity::Named { watch, .. } => watch.has_exited(),
-            Identity::Exited { .. } => true,
-            Identity::Unknown { .. } => {
-                let seen = self
-                    .endpoint
-                    .segment
-                    .peer(peer)
-                    .last_seen
-                    .load(Ordering::Relaxed);
-                let silent = crate::segment::monotonic_ns().saturating_sub(seen);
-                u128::from(silent) > self.heartbeat_timeout.as_nanos()
-            }
-        }
-    }
-
-    /// Recover `peer`'s current life (R10), its process gone, and empty its entry in `truth`:
-    /// whether it did. The words recovery checks are the host's first (the epoch, and Dead
-    /// unless Dying), so no peer's write makes it skip the recovery and free the id.
-    /// With `report`, a [`PeerEvent::Recovered`] says so (the supervisor's recoveries; not
-    /// those the application asked for, which return what they did).
-    pub fn finish(&self, peer: u16, truth: &mut EntryTruth, report: bool) -> bool {
-        let words = self.endpoint.segment.peer(peer);
-        words.epoch.store(truth.epoch, Ordering::Release);
-        if words.state() != PeerState::Dying {
-            words
-                .flags
-                .store(PeerState::Dead.flags(), Ordering::Release);
-        }
-        if crate::supervisor::recover(self, peer, truth.epoch, report) {
-            crate::local::forget(self.file_id, peer, truth.epoch);
-            truth.life = Life::Empty;
-            truth.spawn = None;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// R10 for `peer`. With `life`, only that epoch of the entry and only when it is Dying,
-    /// Dead or invalid (the supervisor's case: the entry may have been recovered and handed out
-    /// again while it waited for the lock); without, whatever its state but Empty (the
-    /// application's). `None` when there was nothing to do.
-    pub fn recover_peer(
-        &self,
-        peer: u16,
-        life: Option<u64>,
-    ) -> Result<Option<Recovery>, HostError> {
-        let link = self
-            .links
-            .get(usize::from(peer))
-            .ok_or(HostError::UnknownPeer(peer))?;
-        let segment = &self.endpoint.segment;
-        let slab = &self.endpoint.slab;
-        let words = segment.peer(peer);
-        let _one_at_a_time = self.recover_lock.lock().unwrap_or_else(|p| p.into_inner());
-        if life.is_some_and(|life| words.epoch.load(Ordering::Acquire) != life) {
-            return Ok(None);
-        }
-        match words.state() {
-            PeerState::Empty => return Ok(None),
-            PeerState::Active | PeerState::Reserved if life.is_some() => return Ok(None),
-            _ => {}
-        }
-        words
-            .flags
-            .store(PeerState::Dead.flags(), Ordering::Release);
-        // The life's descriptors leave the host's set: its process, if it still runs, writes
-        // nothing the host listens to (a new life gets new ones).
-        self.ready.remove(usize::from(peer));
-        link.set_notify(None);
-        let mut recovery = Recovery::default();
-        let (send, recv) = (2 * usize::from(peer), 2 * usize::from(peer) + 1);
-        // Stop both ends here: nobody pushes to or pops from these rings until they are reset
-        // and the host's handles rebuilt over them (a pop in between would find the indices
-        // gone backwards and report the peer's ring as corrupted).
-        let mut held = link.lock_both();
-        {
-            let rings = [
-                (send, OwnerId::peer(peer), OwnerId::HOST),
-                (recv, OwnerId::HOST, OwnerId::peer(peer)),
-            ];
-            for (ring, sender, receiver) in rings {
-                let view = segment
-                    .ring(ring)
-                    .map_err(|source| HostError::Ring { peer, source })?;
-                // A ring whose indices the peer corrupted yields nothing to scan: the reclaim
-                // below still finds every slot in flight to the peer, and the sweep after the
-                // reset every slot it sent the host.
-                for desc in view.pending().unwrap_or_default() {
-                    // An inline descriptor's INLINE_PAYLOAD_SLOT decodes to no slot.
-                    if let Ok(handle) =
-                        SlotHandle::from_slot_ref(desc.payload_slot, desc.payload_generation)
-                        && slab.free_if_in_flight_to(handle, sender, receiver)
-                    {
-                        recovery.ring_slots_freed += 1;
-                    }
-                }
-            }
-            // R10: the scans come before the reset.
-            // SAFETY: this host is still the only producer of `recv` and consumer of `send`.
-            unsafe { Link::reset(segment, recv, send, &mut held) }
-                .map_err(|source| HostError::Ring { peer, source })?;
-            // What the peer sent the host that no frame of the host holds can never be read
-            // now: a descriptor it published after the scan, or one in a ring it corrupted.
-            // The consumer lock (held) keeps a receive from being between pop and claim.
-            // R4: never a slot the host holds, whatever the shared words say (the ledger).
-            let (swept, wake) = slab.reclaim_sent(OwnerId::peer(peer), OwnerId::HOST)?;
-            recovery.ring_slots_freed += swept;
-            if wake {
-                self.wake_all_allocators();
-            }
-        }
-        recovery.reclaimed = slab.reclaim(OwnerId::peer(peer))?;
-        // A slot the dead peer was taking or freeing that a live participant is busy with
-        // too: look again while that one finishes, then give up on it rather than on the id.
-        for _ in 0..100 {
-            if !recovery.reclaimed.journal_pending {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-            let again = slab.reclaim(OwnerId::peer(peer))?;
-            for (total, more) in recovery.reclaimed.freed.iter_mut().zip(&again.freed) {
-                *total += more;
-            }
-            recovery.reclaimed.recovered_from_journal |= again.recovered_from_journal;
-            recovery.reclaimed.wake_waiters |= again.wake_waiters;
-            recovery.reclaimed.journal_pending = again.journal_pending;
-        }
-        if recovery.reclaimed.journal_pending {
-            slab.clear_journal(OwnerId::peer(peer))?;
-        }
-
-        if recovery.reclaimed.wake_waiters {
-            self.wake_all_allocators();
-        }
-        drop(held);
-        Doorbell::new(words.send_bell).clear();
-        Doorbell::new(words.recv_bell).clear();
-        words.pid.store(0, Ordering::Relaxed);
-        words
-            .flags
-            .store(PeerState::Empty.flags(), Ordering::Release);
-        Ok(Some(recovery))
-    }
-
-    /// Empty both rings of `peer`, a freshly reserved entry, and rebuild the host's handles
-    /// over them. Whatever a process evicted from this entry wrote into them after its
-    /// recovery (R10) is not the new peer's: neither frames the host would take from it, nor
-    /// indices its attach would refuse. Nothing in them is freed by descriptor (one written
-    /// there may name anyone's slot); but a slot the id's previous life sent the host after its
-    /// recovery swept (a late send, R10) is freed now, while no new life can have sent any.
-    fn reset_rings(&self, peer: u16) -> Result<(), HostError> {
-        let link = self
-            .links
-            .get(usize::from(peer))
-            .ok_or(HostError::UnknownPeer(peer))?;
-        let segment = &self.endpoint.segment;
-        let (send, recv) = (2 * usize::from(peer), 2 * usize::from(peer) + 1);
-        let mut held = link.lock_both();
-        // SAFETY: this host is the only producer of `recv` and consumer of `send`; the entry
-        // is Reserved, so no peer uses the other ends yet.
-        unsafe { Link::reset(segment, recv, send, &mut held) }
-            .map_err(|source| HostError::Ring { peer, source })?;
-        let (_, wake) = self
-            .endpoint
-            .slab
-            .reclaim_sent(OwnerId::peer(peer), OwnerId::HOST)?;
-        if wake {
-            self.wake_all_allocators();
-        }
-        Ok(())
-    }
-
-    pub fn wake_all_allocators(&self) {
-        for class in 0..self.endpoint.slab.layout().class_count() as u16 {
-            if let Some(word) = self.endpoint.slab.slot_available_word(class) {
-                crate::futex::wake(word, crate::futex::WAKE_ALL);
-            }
-        }
-    }
-
-    /// Evict `peer` for `reason` (R3, R4): mark it Dead, report [`PeerEvent::Evicted`], and
-    /// fence its entry until its process is gone, when the supervisor recovers it. A process
-    /// the host spawned is killed (through the spawn's pidfd) if `kill_evicted`; no other is
-    /// ever signalled. Nothing for an empty or already fenced entry.
-    pub fn evict(&self, peer: u16, reason: EvictReason) {
-        if usize::from(peer) < self.entries.len() {
-            let mut truth = self.truth(peer);
-            self.evict_locked(peer, &mut truth, reason);
-        }
-    }
-
-    /// [`evict`](Self::evict), with `peer`'s truth locked by the caller.
-    pub fn evict_locked(&self, peer: u16, truth: &mut EntryTruth, reason: EvictReason) {
-        let words = self.endpoint.segment.peer(peer);
-        let identity = match &truth.life {
-            Life::Empty | Life::Fenced { .. } => return,
-            Life::Reserved { .. } => {
-                match words.transition(PeerState::Reserved, PeerState::Dead) {
-                    // Attached before the supervisor looked: reported first (R9).
-                    Err(PeerState::Active | PeerState::Dying) => {
-                        crate::supervisor::observe_attach(self, peer, truth, false);
-                        match &truth.life {
-                            Life::Attached(identity) => identity.clone(),
-                            _ => return,
-                        }
-                    }
-                    _ if truth.spawn.is_some() => Identity::Spawned,
-                    // Nobody attached and no process known: its heartbeat says when.
-                    _ => Identity::Unknown { pid: 0 },
-                }
-            }
-            Life::Attached(identity) | Life::Leaving { identity, .. } => identity.clone(),
-        };
-        words
-            .flags
-            .store(PeerState::Dead.flags(), Ordering::Release);
-        crate::supervisor::emit(self, PeerEvent::Evicted { peer, reason });
-        // R4: only a process the host spawned, through the pidfd taken in the spawn.
-        if self.kill_evicted
-            && matches!(identity, Identity::Spawned)
-            && let Some(spawn) = &truth.spawn
-        {
-            spawn.watch.kill();
-        }
-        truth.life = Life::Fenced { identity };
-        // Wake the peer's own sleeping calls, so they see the eviction.
-        Doorbell::new(words.recv_bell).ring();
     }
 }
 

@@ -68,9 +68,39 @@
 //! variant in each, `Disconnected`, holding a [`Disconnect`] that says how (the host left, the
 //! peer is not attached, a [`PeerId`]'s life is over); every type answers `is_disconnected()`
 //! and `disconnect()`, looking through `Failed`.
+//!
+//! # Features
+//!
+//! - `tokio`: the async endpoints, `aio::AsyncHost` and `aio::AsyncPeer`.
+//! - `fault-injection` (off by default, for tests only): write access to a ring's indices in
+//!   shared memory ([`ring::RawRing`]'s `visible_head` and `tail`), with which a test's plugin
+//!   corrupts its own ring; a consumer reports such a store as a [`ring::RingError`]. The
+//!   integration tests of this crate enable it (through a dev-dependency on the crate itself).
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
+
+// The modules, each after every module it uses (`use crate::...`): no circle.
+//
+//   layer 0  futex, mapping, ring                      (public lower layers)
+//   layer 1  signal -> futex                           (public: the doorbell)
+//            segment -> mapping, ring
+//   layer 2  frame -> futex, mapping, segment, signal  (FrameMeta, PeerId, Loan, Frame, Endpoint)
+//            ready -> futex, segment, signal
+//            liveness -> mapping, segment, signal
+//            local -> segment
+//   layer 3  error -> frame, futex, ring, segment
+//            event -> frame, ring                      (PeerEvent, EvictReason, Recovery, ...)
+//            ticket -> frame, mapping, ready, segment
+//   layer 4  link -> error, frame, futex, ready, ring, segment, signal
+//   layer 5  host_core -> event, frame, futex, link, liveness, local, mapping, ready, ring,
+//                         segment, signal, ticket      (Core: what the host's threads share)
+//   layer 6  supervisor -> event, host_core, liveness, segment
+//            peer -> error, frame, link, liveness, local, mapping, ready, segment, signal, ticket
+//   layer 7  audit -> event, host_core, supervisor
+//   layer 8  host -> audit, error, event, frame, host_core, link, liveness, local, mapping,
+//                    ready, segment, signal, supervisor, ticket
+//   layer 9  aio -> host, peer and the types they use (feature `tokio`)
 
 #[cfg(all(feature = "tokio", not(loom)))]
 pub mod aio;
@@ -84,7 +114,13 @@ mod audit;
 #[cfg(not(loom))]
 mod error;
 #[cfg(not(loom))]
+mod event;
+#[cfg(not(loom))]
+mod frame;
+#[cfg(not(loom))]
 mod host;
+#[cfg(not(loom))]
+mod host_core;
 #[cfg(not(loom))]
 mod link;
 #[cfg(not(loom))]
@@ -115,23 +151,23 @@ pub use hub_layout::{INLINE_PAYLOAD_SIZE, NO_DEADLINE};
 mod loom_recovery;
 
 #[cfg(not(loom))]
-pub use audit::AllocatorDamage;
-#[cfg(not(loom))]
 pub use error::{
     Disconnect, LoanError, LoanTimeoutError, RecvError, RecvTimeoutError, SendCopyError,
     SendCopyTimeoutError, SendError, SendTimeoutError, TryLoanError, TryRecvError,
     TrySendCopyError, TrySendError,
 };
 #[cfg(not(loom))]
-pub use host::{Host, HostError, PeerInfo, Recovery};
+pub use event::{AllocatorDamage, EvictReason, PeerEvent, Recovery};
 #[cfg(not(loom))]
-pub use link::{DescriptorFault, Frame, FrameMeta, Loan, PeerId, PeerRef};
+pub use frame::{DescriptorFault, Frame, FrameMeta, Loan, PeerId, PeerRef};
+#[cfg(not(loom))]
+pub use host::{Host, PeerInfo};
+#[cfg(not(loom))]
+pub use host_core::HostError;
 #[cfg(not(loom))]
 pub use peer::Peer;
 #[cfg(not(loom))]
 pub use segment::{AttachError, CreateError, HubConfig, PeerState, monotonic_ns, pad};
 pub use signal::{UnknownWaitMode, WaitMode};
-#[cfg(not(loom))]
-pub use supervisor::{EvictReason, PeerEvent};
 #[cfg(not(loom))]
 pub use ticket::{ReadySpec, SpecSource, TICKET_ENV, Ticket, TicketSpec};

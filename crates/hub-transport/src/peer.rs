@@ -11,7 +11,8 @@ use crate::error::{
     SendCopyTimeoutError, SendError, SendTimeoutError, TryLoanError, TryRecvError,
     TrySendCopyError, TrySendError,
 };
-use crate::link::{Deadline, Endpoint, Frame, FrameMeta, Link, Loan, RECV_BELL, SEND_BELL};
+use crate::frame::{Endpoint, Frame, FrameMeta, Loan};
+use crate::link::{Deadline, Link, RECV_BELL, SEND_BELL};
 use crate::liveness::{Heartbeat, HostLife, ProcessWatch, WatchError};
 use crate::mapping::{Access, SegmentFile};
 use crate::ready::{EntryFds, EventFd, ReadyBridge, ReadySet};
@@ -341,7 +342,7 @@ impl Peer {
                     .fetch_or(crate::segment::pad::READY_BRIDGED, Ordering::Relaxed);
                 let own = EventFd::new().map_err(readiness)?;
                 set.install(0, Arc::clone(&own)).map_err(readiness)?;
-                let bridge = ReadyBridge::start(&segment, &link, own)
+                let bridge = ReadyBridge::start(&segment, link.peer, link.in_bell_field(), own)
                     .map_err(|e| AttachError::BadTicket(format!("waiter thread: {e}")))?;
                 Some(bridge)
             }

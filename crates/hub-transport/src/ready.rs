@@ -233,14 +233,16 @@ pub(crate) struct ReadyBridge {
 }
 
 impl ReadyBridge {
-    /// Start the thread for `link`'s incoming bell, writing `fd`.
+    /// Start the thread for `peer`'s incoming bell, the word at byte `field` of its entry (a
+    /// link's `in_bell_field`), writing `fd`.
     pub fn start(
         segment: &Arc<crate::segment::Segment>,
-        link: &crate::link::Link,
+        peer: u16,
+        field: usize,
         fd: Arc<EventFd>,
     ) -> io::Result<Self> {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (segment, peer, field) = (Arc::clone(segment), link.peer, link.in_bell_field());
+        let segment = Arc::clone(segment);
         let stopped = Arc::clone(&stop);
         // The first announcement is made here, before the attach returns: a ring between the
         // peer's first look at its ring and the thread's start moves the sequence past it, and
@@ -271,47 +273,5 @@ impl ReadyBridge {
     /// Ask the thread to end (within its 100 ms slice); it holds the segment until then.
     pub fn stop(&self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-/// The host's bridge thread, for peers that attached without the host's descriptor (they set
-/// [`READY_BRIDGED`](crate::pad::READY_BRIDGED)): it sleeps on their doorbells and the host's
-/// own (rung when a peer attaches or leaves) with one `futex_waitv`, and writes a peer's
-/// to-host eventfd whenever that peer's doorbell moved (R11, as [`ReadyBridge`]). Started by
-/// the host's first [`arm`](crate::Host::arm) that finds such a peer; it ends with the host.
-pub(crate) fn run_host_bridge(core: &crate::host::Core) {
-    use crate::segment::PeerState;
-    use crate::signal::{Doorbell, WAITER_BIT};
-    use std::sync::atomic::Ordering;
-
-    let segment = &core.endpoint.segment;
-    let max_peers = core.links.len();
-    let mut last = vec![0u32; max_peers];
-    let slice = std::time::Duration::from_millis(100);
-    while !core.stopping.load(Ordering::Acquire) {
-        let host_bell = Doorbell::new(segment.host_bell());
-        let mut expected = vec![(segment.host_bell(), host_bell.announce() | WAITER_BIT)];
-        let mut moved = false;
-        for peer in 0..max_peers as u16 {
-            let link = &core.links[usize::from(peer)];
-            if !link.is_bridged(segment) || !matches!(segment.peer_state(peer), PeerState::Active) {
-                continue;
-            }
-            let word = link.in_bell(segment);
-            // R11: announce, then compare with the last value seen: any ring since then moved
-            // the sequence, and is passed on before sleeping.
-            let now = Doorbell::new(word).announce();
-            if now >> 1 != last[usize::from(peer)] >> 1 {
-                last[usize::from(peer)] = now;
-                core.ready.notify(usize::from(peer));
-                moved = true;
-            }
-            expected.push((word, now | WAITER_BIT));
-        }
-        if !moved && crate::futex::wait_any(&expected, Some(slice)).is_err() {
-            // No futex_waitv here (an old kernel, a seccomp filter): look every millisecond
-            // rather than spin.
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
     }
 }

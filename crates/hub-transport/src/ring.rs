@@ -230,19 +230,32 @@ impl RawRing {
         self.capacity
     }
 
-    /// The producer's published count, `visible_head`. For inspection and fault injection:
-    /// storing into it breaks the protocol, which the consumer reports as a [`RingError`].
-    pub fn visible_head(&self) -> &AtomicU64 {
+    /// The producer's published count, `visible_head`, in shared memory.
+    fn head_word(&self) -> &AtomicU64 {
         // SAFETY: the header is valid (contract of `new`); this projects to the atomic field
         // only, and a reference to an atomic in shared memory is allowed (R4).
         unsafe { &(*self.header.as_ptr()).visible_head }
     }
 
-    /// The consumer's count, `tail`. For inspection and fault injection, like
-    /// [`visible_head`](Self::visible_head).
-    pub fn tail(&self) -> &AtomicU64 {
-        // SAFETY: as in `visible_head`.
+    /// The consumer's count, `tail`, in shared memory.
+    fn tail_word(&self) -> &AtomicU64 {
+        // SAFETY: as in `head_word`.
         unsafe { &(*self.header.as_ptr()).tail }
+    }
+
+    /// The producer's published count, `visible_head`, for a test to store into (feature
+    /// `fault-injection`): a store breaks the protocol, which the consumer reports as a
+    /// [`RingError`] naming the producer.
+    #[cfg(feature = "fault-injection")]
+    pub fn visible_head(&self) -> &AtomicU64 {
+        self.head_word()
+    }
+
+    /// The consumer's count, `tail`, for a test to store into (feature `fault-injection`), like
+    /// [`visible_head`](Self::visible_head).
+    #[cfg(feature = "fault-injection")]
+    pub fn tail(&self) -> &AtomicU64 {
+        self.tail_word()
     }
 
     /// Number of descriptors in the ring now: published and not yet consumed.
@@ -258,13 +271,13 @@ impl RawRing {
     pub fn len(&self) -> Result<u32, RingError> {
         let capacity = u64::from(self.capacity);
         for _ in 0..4 {
-            // PROTOCOL.md §4: Acquire pairs with the consumer's Release store of tail, so the head
-            // read next is at least the head the consumer had seen (a smaller one is a fault).
-            let tail = self.tail().load(Ordering::Acquire);
+            // PROTOCOL.md §4: Acquire pairs with the consumer's Release store of tail, so the head read next
+            // is at least the head the consumer had seen (a smaller one is a fault).
+            let tail = self.tail_word().load(Ordering::Acquire);
             // PROTOCOL.md §4: Acquire, pairs with the producer's Release store of visible_head.
-            let head = self.visible_head().load(Ordering::Acquire);
+            let head = self.head_word().load(Ordering::Acquire);
             // PROTOCOL.md §4: re-read to tell a moving consumer from a corrupt head.
-            let tail_again = self.tail().load(Ordering::Acquire);
+            let tail_again = self.tail_word().load(Ordering::Acquire);
             if tail_again < tail {
                 return Err(RingError::TailWentBackwards {
                     tail: tail_again,
@@ -313,9 +326,9 @@ impl RawRing {
     /// As [`len`](Self::len), when the indices break the protocol.
     pub fn pending(&self) -> Result<Vec<MsgDescHot>, RingError> {
         // PROTOCOL.md §4: Acquire, as in `len`.
-        let tail = self.tail().load(Ordering::Acquire);
+        let tail = self.tail_word().load(Ordering::Acquire);
         // PROTOCOL.md §4: Acquire: the descriptors up to head are visible.
-        let head = self.visible_head().load(Ordering::Acquire);
+        let head = self.head_word().load(Ordering::Acquire);
         if head < tail {
             return Err(RingError::TailPastHead { tail, head });
         }
@@ -337,11 +350,10 @@ impl RawRing {
     /// after a reset sees indices that went backwards and reports a [`RingError`]; memory safety
     /// does not depend on it.
     pub fn reset(&self) {
-        // PROTOCOL.md §4: Release, so new handles that read the zeros with Acquire start after
-        // the reset.
-        self.tail().store(0, Ordering::Release);
+        // PROTOCOL.md §4: Release, so new handles that read the zeros with Acquire start after the reset.
+        self.tail_word().store(0, Ordering::Release);
         // PROTOCOL.md §4: Release, as above.
-        self.visible_head().store(0, Ordering::Release);
+        self.head_word().store(0, Ordering::Release);
     }
 
     /// [`reset`](Self::reset)s the ring and returns its producer handle, starting at 0 whatever
@@ -390,11 +402,10 @@ impl RawRing {
     /// returned one exists (single producer, PROTOCOL.md §4): two producers would write the same
     /// slot at once.
     pub unsafe fn producer(&self) -> Result<Producer, RingError> {
-        // PROTOCOL.md §4: Acquire: the consumer's reads of the slots it freed happen before our
-        // writes.
-        let tail = self.tail().load(Ordering::Acquire);
+        // PROTOCOL.md §4: Acquire: the consumer's reads of the slots it freed happen before our writes.
+        let tail = self.tail_word().load(Ordering::Acquire);
         // PROTOCOL.md §4: our own published count, from a previous handle of ours or the reset.
-        let head = self.visible_head().load(Ordering::Acquire);
+        let head = self.head_word().load(Ordering::Acquire);
         self.check_indices(head, tail)?;
         Ok(Producer {
             ring: self.clone(),
@@ -416,9 +427,9 @@ impl RawRing {
     /// returned one exists (single consumer, PROTOCOL.md §4).
     pub unsafe fn consumer(&self) -> Result<Consumer, RingError> {
         // PROTOCOL.md §4: Acquire, pairs with the previous consumer's Release (or the reset).
-        let tail = self.tail().load(Ordering::Acquire);
+        let tail = self.tail_word().load(Ordering::Acquire);
         // PROTOCOL.md §4: Acquire, pairs with the producer's Release store of visible_head.
-        let head = self.visible_head().load(Ordering::Acquire);
+        let head = self.head_word().load(Ordering::Acquire);
         self.check_indices(head, tail)?;
         Ok(Consumer {
             ring: self.clone(),
@@ -565,9 +576,8 @@ impl Producer {
         // SAFETY: we are the only producer (contract of the constructor); the slot of `head` is
         // not published, and the consumer is done with it since head - tail < capacity.
         unsafe { self.ring.write_slot(self.head, desc) };
-        // PROTOCOL.md §4: Release publishes the descriptor written above to the consumer's
-        // Acquire load.
-        self.ring.visible_head().store(next, Ordering::Release);
+        // PROTOCOL.md §4: Release publishes the descriptor written above to the consumer's Acquire load.
+        self.ring.head_word().store(next, Ordering::Release);
         self.head = next;
         Ok(())
     }
@@ -583,9 +593,9 @@ impl Producer {
         let capacity = u64::from(self.ring.capacity);
         // Invariant: cached_tail <= head and head - cached_tail <= capacity.
         if self.head - self.cached_tail >= capacity {
-            // PROTOCOL.md §4: Acquire pairs with the consumer's Release store of tail: its copies
-            // out of the slots it freed happen before we overwrite them.
-            let tail = self.ring.tail().load(Ordering::Acquire);
+            // PROTOCOL.md §4: Acquire pairs with the consumer's Release store of tail: its copies out of the
+            // slots it freed happen before we overwrite them.
+            let tail = self.ring.tail_word().load(Ordering::Acquire);
             if tail < self.cached_tail {
                 return Err(RingError::TailWentBackwards {
                     tail,
@@ -645,9 +655,9 @@ impl Consumer {
     /// the same way until the head is sane again.
     pub fn try_pop(&mut self) -> Result<Option<MsgDescHot>, RingError> {
         if self.tail == self.cached_head {
-            // PROTOCOL.md §4: Acquire pairs with the producer's Release store: the descriptors
-            // below this head are fully written before we copy them.
-            let head = self.ring.visible_head().load(Ordering::Acquire);
+            // PROTOCOL.md §4: Acquire pairs with the producer's Release store: the descriptors below this
+            // head are fully written before we copy them.
+            let head = self.ring.head_word().load(Ordering::Acquire);
             if head < self.cached_head {
                 return Err(RingError::HeadWentBackwards {
                     head,
@@ -671,9 +681,9 @@ impl Consumer {
         let desc = unsafe { self.ring.read_slot(self.tail) };
         // tail < cached_head <= u64::MAX, so this cannot overflow.
         self.tail += 1;
-        // PROTOCOL.md §4: Release: our copy of the slot happens before the producer's Acquire
-        // load of this tail, and so before it overwrites the slot.
-        self.ring.tail().store(self.tail, Ordering::Release);
+        // PROTOCOL.md §4: Release: our copy of the slot happens before the producer's Acquire load of this
+        // tail, and so before it overwrites the slot.
+        self.ring.tail_word().store(self.tail, Ordering::Release);
         Ok(Some(desc))
     }
 
@@ -763,8 +773,7 @@ impl HeapRing {
         Ok(Self { ring })
     }
 
-    /// A view of the ring, for `len`, `pending`, `reset` and fault injection. The view keeps the
-    /// allocation alive.
+    /// A view of the ring, for `len`, `pending` and `reset`. The view keeps the allocation alive.
     pub fn ring(&self) -> &RawRing {
         &self.ring
     }
@@ -864,8 +873,8 @@ mod tests {
             }
         }
         assert_eq!(next_pop, 100);
-        assert_eq!(producer.ring().visible_head().load(Ordering::Relaxed), 100);
-        assert_eq!(consumer.ring().tail().load(Ordering::Relaxed), 100);
+        assert_eq!(producer.ring().head_word().load(Ordering::Relaxed), 100);
+        assert_eq!(consumer.ring().tail_word().load(Ordering::Relaxed), 100);
     }
 
     #[test]
@@ -874,7 +883,7 @@ mod tests {
         let ring = heap.ring().clone();
         let (mut producer, _consumer) = heap.split();
         // Garbage in the tail is not looked at while the ring has room...
-        ring.tail().store(u64::MAX, Ordering::Relaxed);
+        ring.tail_word().store(u64::MAX, Ordering::Relaxed);
         for i in 0..4 {
             producer.try_push(&desc(i)).unwrap();
         }
@@ -893,7 +902,7 @@ mod tests {
         let heap = HeapRing::new(4).unwrap();
         let ring = heap.ring().clone();
         let (_producer, mut consumer) = heap.split();
-        ring.visible_head().store(5, Ordering::Release);
+        ring.head_word().store(5, Ordering::Release);
         let err = consumer.try_pop().unwrap_err();
         assert_eq!(
             err,
@@ -907,7 +916,7 @@ mod tests {
         // The error sticks; nothing was consumed.
         assert_eq!(consumer.try_pop(), Err(err));
         assert_eq!(consumer.tail(), 0);
-        ring.visible_head().store(u64::MAX, Ordering::Release);
+        ring.head_word().store(u64::MAX, Ordering::Release);
         assert!(matches!(
             consumer.try_pop(),
             Err(RingError::HeadPastCapacity { head: u64::MAX, .. })
@@ -924,7 +933,7 @@ mod tests {
         }
         assert_eq!(consumer.try_pop(), Ok(Some(desc(0))));
         // The consumer saw head 3; it drains 1 and 2 from its cache without reloading.
-        ring.visible_head().store(1, Ordering::Release);
+        ring.head_word().store(1, Ordering::Release);
         assert_eq!(consumer.try_pop(), Ok(Some(desc(1))));
         assert_eq!(consumer.try_pop(), Ok(Some(desc(2))));
         assert_eq!(
@@ -947,7 +956,7 @@ mod tests {
         assert_eq!(consumer.try_pop(), Ok(Some(desc(0))));
         producer.try_push(&desc(2)).unwrap(); // reloads tail = 1
         assert_eq!(consumer.try_pop(), Ok(Some(desc(1))));
-        ring.tail().store(0, Ordering::Release);
+        ring.tail_word().store(0, Ordering::Release);
         let err = producer.try_push(&desc(3)).unwrap_err();
         assert_eq!(
             err,
@@ -960,7 +969,7 @@ mod tests {
             unreachable!()
         };
         assert_eq!(fault.culprit(), Some(RingSide::Consumer));
-        ring.tail().store(7, Ordering::Release);
+        ring.tail_word().store(7, Ordering::Release);
         assert_eq!(
             producer.try_push(&desc(3)),
             Err(PushError::Fault(RingError::TailPastHead {
@@ -969,15 +978,15 @@ mod tests {
             }))
         );
         // Nothing was published by the failed pushes.
-        assert_eq!(ring.visible_head().load(Ordering::Relaxed), 3);
+        assert_eq!(ring.head_word().load(Ordering::Relaxed), 3);
     }
 
     #[test]
     fn handles_check_the_indices_they_start_from() {
         let heap = HeapRing::new(4).unwrap();
         let ring = heap.ring().clone();
-        ring.visible_head().store(10, Ordering::Relaxed);
-        ring.tail().store(2, Ordering::Relaxed);
+        ring.head_word().store(10, Ordering::Relaxed);
+        ring.tail_word().store(2, Ordering::Relaxed);
         // SAFETY: no other producer or consumer of this ring exists (`heap` is not split).
         let (p, c) = unsafe { (ring.producer(), ring.consumer()) };
         let expected = RingError::HeadPastCapacity {
@@ -987,7 +996,7 @@ mod tests {
         };
         assert_eq!(p.unwrap_err(), expected);
         assert_eq!(c.unwrap_err(), expected);
-        ring.tail().store(11, Ordering::Relaxed);
+        ring.tail_word().store(11, Ordering::Relaxed);
         // SAFETY: as above.
         let p = unsafe { ring.producer() };
         assert_eq!(
@@ -995,7 +1004,7 @@ mod tests {
             RingError::TailPastHead { tail: 11, head: 10 }
         );
         // A sane state: the handles resume from it.
-        ring.tail().store(8, Ordering::Relaxed);
+        ring.tail_word().store(8, Ordering::Relaxed);
         // SAFETY: as above; each handle is dropped at the end of the block.
         let (mut p, mut c) = unsafe { (ring.producer().unwrap(), ring.consumer().unwrap()) };
         assert_eq!(ring.len(), Ok(2));
@@ -1016,13 +1025,13 @@ mod tests {
     fn len_reports_faults() {
         let heap = HeapRing::new(4).unwrap();
         let ring = heap.ring();
-        ring.visible_head().store(3, Ordering::Relaxed);
-        ring.tail().store(5, Ordering::Relaxed);
+        ring.head_word().store(3, Ordering::Relaxed);
+        ring.tail_word().store(5, Ordering::Relaxed);
         assert_eq!(
             ring.len(),
             Err(RingError::TailPastHead { tail: 5, head: 3 })
         );
-        ring.visible_head().store(100, Ordering::Relaxed);
+        ring.head_word().store(100, Ordering::Relaxed);
         assert_eq!(
             ring.len(),
             Err(RingError::HeadPastCapacity {
@@ -1062,15 +1071,15 @@ mod tests {
         let heap = HeapRing::new(4).unwrap();
         let ring = heap.ring().clone();
         drop(heap.split());
-        ring.visible_head().store(u64::MAX - 3, Ordering::Relaxed);
-        ring.tail().store(7, Ordering::Relaxed);
+        ring.head_word().store(u64::MAX - 3, Ordering::Relaxed);
+        ring.tail_word().store(7, Ordering::Relaxed);
         // SAFETY: the split handles were dropped; these are the only ones.
         let (mut p, mut c) = unsafe { (ring.reset_producer(), ring.reset_consumer()) };
         assert_eq!((p.head(), c.tail(), ring.len()), (0, 0, Ok(0)));
         p.try_push(&desc(1)).unwrap();
         assert_eq!(c.try_pop(), Ok(Some(desc(1))));
         // A writer that still scribbles after the reset: the next use reports it.
-        ring.visible_head().store(1000, Ordering::Relaxed);
+        ring.head_word().store(1000, Ordering::Relaxed);
         assert_eq!(
             c.try_pop(),
             Err(RingError::HeadPastCapacity {
@@ -1106,8 +1115,8 @@ mod tests {
     fn head_overflow_is_an_error_not_a_panic() {
         let heap = HeapRing::new(2).unwrap();
         let ring = heap.ring().clone();
-        ring.visible_head().store(u64::MAX, Ordering::Relaxed);
-        ring.tail().store(u64::MAX - 1, Ordering::Relaxed);
+        ring.head_word().store(u64::MAX, Ordering::Relaxed);
+        ring.tail_word().store(u64::MAX - 1, Ordering::Relaxed);
         // SAFETY: `heap` is not split; this is the only producer.
         let mut producer = unsafe { ring.producer() }.unwrap();
         assert_eq!(

@@ -38,221 +38,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::host::{Core, Recovery};
-use crate::link::DescriptorFault;
-use crate::liveness::{ProcessWatch, WatchError, wait_for_exits};
-use crate::ring::RingError;
+use crate::event::{EvictReason, PeerEvent};
+use crate::host_core::{Core, EntryTruth, Identity, Life, identity_pid};
+use crate::liveness::{ProcessWatch, wait_for_exits};
 use crate::segment::{PeerState, monotonic_ns};
 use crate::sync::Ordering;
 
 /// The supervisor's period: a dead peer is found within it (R12 asks for 100 ms).
 pub(crate) const TICK: Duration = Duration::from_millis(20);
-
-/// Events the application has not read yet, at most.
-pub(crate) const EVENT_BACKLOG: usize = 1024;
-
-/// Why the host evicted a peer (R3, R4).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum EvictReason {
-    /// No heartbeat for longer than the hub's heartbeat timeout: the peer hangs or is stopped.
-    HeartbeatTimeout {
-        /// How long it had been silent.
-        silent_for: Duration,
-    },
-    /// It sent a descriptor that breaks the protocol.
-    BadDescriptor(DescriptorFault),
-    /// It broke a ring's indices (a head that jumped or went backwards, a tail past the head).
-    Ring(RingError),
-    /// Its peer entry was rewritten under it: a flags word that is no state, or another pid.
-    EntryRewritten {
-        /// What was found.
-        what: String,
-    },
-    /// The application evicted it ([`Host::evict`](crate::Host::evict)).
-    Application(String),
-}
-
-impl std::fmt::Display for EvictReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            EvictReason::HeartbeatTimeout { silent_for } => {
-                write!(f, "no heartbeat for {silent_for:?}")
-            }
-            EvictReason::BadDescriptor(fault) => write!(f, "bad descriptor: {fault}"),
-            EvictReason::Ring(error) => write!(f, "corrupted ring: {error}"),
-            EvictReason::EntryRewritten { what } => write!(f, "peer entry rewritten: {what}"),
-            EvictReason::Application(why) => write!(f, "evicted by the application: {why}"),
-        }
-    }
-}
-
-/// A change in a peer's life, as the host's supervisor saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum PeerEvent {
-    /// A peer attached (R9).
-    Attached {
-        /// Its id.
-        peer: u16,
-        /// Its process id.
-        pid: u32,
-    },
-    /// A peer said goodbye.
-    Goodbye {
-        /// Its id.
-        peer: u16,
-    },
-    /// A peer's process exited without saying goodbye (R12).
-    Died {
-        /// Its id.
-        peer: u16,
-        /// Its process id.
-        pid: u32,
-    },
-    /// A child the host spawned for a peer ([`Host::spawn_peer`](crate::Host::spawn_peer))
-    /// exited before it attached; its reservation was withdrawn (what the host sent it is
-    /// freed, and a [`Recovered`](Self::Recovered) follows).
-    ExitedBeforeAttach {
-        /// The id it was reserved.
-        peer: u16,
-        /// The child's process id.
-        pid: u32,
-    },
-    /// A peer was evicted.
-    Evicted {
-        /// Its id.
-        peer: u16,
-        /// Why.
-        reason: EvictReason,
-    },
-    /// A peer's entry was recovered (R10) and is free for a new peer.
-    Recovered {
-        /// Its id.
-        peer: u16,
-        /// What the recovery freed.
-        recovery: Recovery,
-    },
-    /// Recovering a peer failed (corruption in shared state); the entry stays as it was.
-    RecoveryFailed {
-        /// Its id.
-        peer: u16,
-        /// The error, as text.
-        error: String,
-    },
-    /// The supervisor found the allocator's shared state damaged, and repaired what it could
-    /// (see [`Host::check_allocator`](crate::Host::check_allocator)). Not one peer's event:
-    /// which participant wrote the damage cannot be told.
-    AllocatorDamaged(crate::AllocatorDamage),
-    /// Words the host wrote once and no participant may change (what attach validates, the
-    /// host's state and pid, the allocator's class constants, extent offsets and
-    /// `current_size`) were found changed and put back from the host's private copies (R4).
-    /// Not one peer's event: which participant wrote them cannot be told.
-    WordsRestored {
-        /// What was restored.
-        words: Vec<&'static str>,
-    },
-}
-
-/// How the host knows the process of one life of a peer entry (R4): from its own spawn, from
-/// this process's registry of its own peers, or (information only) from the pid word.
-#[derive(Debug, Clone)]
-pub(crate) enum Identity {
-    /// The process the host spawned for the reservation ([`Host::spawn_peer`]): the pidfd is
-    /// the one taken in the spawn ([`EntryTruth::spawn`]). The only kind the host signals.
-    ///
-    /// [`Host::spawn_peer`]: crate::Host::spawn_peer
-    Spawned,
-    /// A thread of the host's own process (`local`): trusted as the host is, never signalled.
-    Local,
-    /// Attached from another process by ticket: a pidfd opened on the pid word at the first
-    /// look. Information, never authority: it is never signalled; its exit ends the fence.
-    Named {
-        /// The pid word at the first look.
-        pid: u32,
-        /// A watch on that process.
-        watch: Arc<ProcessWatch>,
-    },
-    /// As `Named`, but no process had that pid at the first look: gone already.
-    Exited {
-        /// The pid word at the first look.
-        pid: u32,
-    },
-    /// No pidfd could be opened (no pid written, or none available): the heartbeat is all the
-    /// host knows of the process, and its silence for the heartbeat timeout counts as gone.
-    Unknown {
-        /// The pid word at the first look.
-        pid: u32,
-    },
-}
-
-/// The process the host spawned for a reservation: its pid and the pidfd taken in the spawn,
-/// before the `Child` was handed out (so before it could be reaped and its pid reused).
-#[derive(Debug)]
-pub(crate) struct Spawn {
-    pub pid: u32,
-    pub watch: Arc<ProcessWatch>,
-}
-
-/// A life of a peer entry as the host knows it (R4, R9), whatever the shared flags say.
-#[derive(Debug)]
-pub(crate) enum Life {
-    /// Free for `add_peer`.
-    Empty,
-    /// Reserved by `add_peer`; no attach seen yet.
-    Reserved {
-        /// Since when an attach (the entry Active) has been seen with no pid written yet.
-        pid_wait: Option<Instant>,
-    },
-    /// Attached.
-    Attached(Identity),
-    /// The peer said goodbye (the entry Dying): the session ends when its process is gone.
-    Leaving {
-        identity: Identity,
-        since: Instant,
-        killed: bool,
-    },
-    /// Evicted (or found dead): fenced, the id kept, until its process is gone.
-    Fenced { identity: Identity },
-}
-
-/// The host's private truth about one peer entry: what no peer can rewrite (R4).
-#[derive(Debug)]
-pub(crate) struct EntryTruth {
-    /// The epoch of the entry's current (or last) life: the host's own counter, stored into
-    /// the shared word, never read back from it.
-    pub epoch: u64,
-    pub life: Life,
-    /// The process the host spawned for the current reservation, if it did.
-    pub spawn: Option<Spawn>,
-}
-
-impl EntryTruth {
-    /// An empty entry at epoch 0.
-    pub fn new() -> Self {
-        Self {
-            epoch: 0,
-            life: Life::Empty,
-            spawn: None,
-        }
-    }
-
-    /// The watch whose exit the supervisor waits for: the spawn's, or a named process's.
-    fn watch(&self) -> Option<&Arc<ProcessWatch>> {
-        let identity = match &self.life {
-            Life::Empty => return None,
-            Life::Reserved { .. } => return self.spawn.as_ref().map(|s| &s.watch),
-            Life::Attached(identity)
-            | Life::Leaving { identity, .. }
-            | Life::Fenced { identity } => identity,
-        };
-        match identity {
-            Identity::Spawned => self.spawn.as_ref().map(|s| &s.watch),
-            Identity::Named { watch, .. } => Some(watch),
-            _ => None,
-        }
-    }
-}
 
 /// The supervisor's loop, until the host is dropped.
 pub(crate) fn run(core: &Core) {
@@ -294,12 +87,9 @@ pub(crate) fn look(core: &Core, peer: u16, truth: &mut EntryTruth) {
                         .store(PeerState::Empty.flags(), Ordering::Release);
                     words.pid.store(0, Ordering::Relaxed);
                     words.epoch.store(truth.epoch, Ordering::Release);
-                    emit(
-                        core,
-                        PeerEvent::WordsRestored {
-                            words: vec!["unused peer entry"],
-                        },
-                    );
+                    core.emit(PeerEvent::WordsRestored {
+                        words: vec!["unused peer entry"],
+                    });
                 }
                 return;
             }
@@ -308,7 +98,7 @@ pub(crate) fn look(core: &Core, peer: u16, truth: &mut EntryTruth) {
                     // The peer attached (and perhaps left at once): Attached first.
                     let waited = pid_wait.get_or_insert_with(Instant::now).elapsed();
                     let patient = state == PeerState::Active && waited < core.heartbeat_timeout;
-                    if !observe_attach(core, peer, truth, patient) {
+                    if !core.observe_attach(peer, truth, patient) {
                         return;
                     }
                 }
@@ -329,7 +119,7 @@ pub(crate) fn look(core: &Core, peer: u16, truth: &mut EntryTruth) {
                     {
                         // Its spawned child exited before it attached: the reservation is
                         // withdrawn, what the host sent it freed.
-                        emit(core, PeerEvent::ExitedBeforeAttach { peer, pid });
+                        core.emit(PeerEvent::ExitedBeforeAttach { peer, pid });
                         truth.life = Life::Fenced {
                             identity: Identity::Spawned,
                         };
@@ -343,7 +133,7 @@ pub(crate) fn look(core: &Core, peer: u16, truth: &mut EntryTruth) {
                 // reservation is evicted (its spawned child killed).
                 state => {
                     if words.pid.load(Ordering::Acquire) != 0 {
-                        observe_attach(core, peer, truth, false);
+                        core.observe_attach(peer, truth, false);
                         continue;
                     }
                     let what = format!("flags {:#x} over a reserved entry", state.flags());
@@ -359,7 +149,7 @@ pub(crate) fn look(core: &Core, peer: u16, truth: &mut EntryTruth) {
                             .flags
                             .store(PeerState::Dead.flags(), Ordering::Release);
                         let pid = identity_pid(truth, &identity);
-                        emit(core, PeerEvent::Died { peer, pid });
+                        core.emit(PeerEvent::Died { peer, pid });
                         truth.life = Life::Fenced { identity };
                     }
                     PeerState::Active => {
@@ -370,7 +160,7 @@ pub(crate) fn look(core: &Core, peer: u16, truth: &mut EntryTruth) {
                     }
                     PeerState::Dying => {
                         // A goodbye ends the session only once the process is gone (R4).
-                        emit(core, PeerEvent::Goodbye { peer });
+                        core.emit(PeerEvent::Goodbye { peer });
                         truth.life = Life::Leaving {
                             identity,
                             since: Instant::now(),
@@ -448,51 +238,6 @@ pub(crate) fn look(core: &Core, peer: u16, truth: &mut EntryTruth) {
     }
 }
 
-/// The supervisor saw `peer`, reserved in its truth, attached: learn its process and report
-/// `Attached`. With `patient`, a peer attached from another process whose pid word is still 0
-/// (it writes it right after its compare-and-swap) is looked at again next tick; `false` then.
-pub(crate) fn observe_attach(
-    core: &Core,
-    peer: u16,
-    truth: &mut EntryTruth,
-    patient: bool,
-) -> bool {
-    let words = core.endpoint.segment.peer(peer);
-    let pid = words.pid.load(Ordering::Acquire);
-    let identity = if truth.spawn.is_some() {
-        Identity::Spawned
-    } else if crate::local::was_attached(core.file_id, peer, truth.epoch) {
-        Identity::Local
-    } else if pid == 0 {
-        if patient {
-            return false;
-        }
-        Identity::Unknown { pid }
-    } else {
-        match ProcessWatch::open(pid) {
-            Ok(watch) => Identity::Named {
-                pid,
-                watch: Arc::new(watch),
-            },
-            Err(WatchError::NoSuchProcess) => Identity::Exited { pid },
-            Err(WatchError::Unavailable(_)) => Identity::Unknown { pid },
-        }
-    };
-    let pid = identity_pid(truth, &identity);
-    emit(core, PeerEvent::Attached { peer, pid });
-    truth.life = Life::Attached(identity);
-    true
-}
-
-/// The pid to report for a life known as `identity`.
-fn identity_pid(truth: &EntryTruth, identity: &Identity) -> u32 {
-    match identity {
-        Identity::Spawned => truth.spawn.as_ref().map_or(0, |spawn| spawn.pid),
-        Identity::Local => std::process::id(),
-        Identity::Named { pid, .. } | Identity::Exited { pid } | Identity::Unknown { pid } => *pid,
-    }
-}
-
 /// An attached, live peer's words against the host's truth: its epoch, its pid, its heartbeat.
 fn check_attached(core: &Core, peer: u16, truth: &mut EntryTruth, identity: &Identity) {
     let words = core.endpoint.segment.peer(peer);
@@ -522,34 +267,4 @@ fn check_attached(core: &Core, peer: u16, truth: &mut EntryTruth, identity: &Ide
             },
         );
     }
-}
-
-/// Recover life `life` of `peer`, reported as [`PeerEvent::Recovered`] with `report`; whether
-/// it did.
-pub(crate) fn recover(core: &Core, peer: u16, life: u64, report: bool) -> bool {
-    match core.recover_peer(peer, Some(life)) {
-        Ok(Some(recovery)) => {
-            if report {
-                emit(core, PeerEvent::Recovered { peer, recovery });
-            }
-            true
-        }
-        // A word changed under it: the next look tries again.
-        Ok(None) => false,
-        Err(error) => {
-            emit(
-                core,
-                PeerEvent::RecoveryFailed {
-                    peer,
-                    error: error.to_string(),
-                },
-            );
-            false
-        }
-    }
-}
-
-pub(crate) fn emit(core: &Core, event: PeerEvent) {
-    // A full backlog drops the event: the application is not reading them.
-    let _ = core.events.try_send(event);
 }

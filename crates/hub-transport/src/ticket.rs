@@ -75,8 +75,8 @@ impl Ticket {
 
     /// The life of the entry the ticket reserves: its index and epoch. Frames sent to it
     /// never reach a later tenant of the entry.
-    pub fn id(&self) -> crate::PeerId {
-        crate::PeerId::new(self.peer, self.epoch)
+    pub fn id(&self) -> crate::frame::PeerId {
+        crate::frame::PeerId::new(self.peer, self.epoch)
     }
 
     /// The epoch of the entry when it was reserved: a ticket of an earlier life of the same id

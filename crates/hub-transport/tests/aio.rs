@@ -13,10 +13,10 @@
 //! - several tasks awaiting a receive on one `AsyncHost` at once.
 //!
 //! A plugin process here is this test binary run again (`async_peer_child`, which does nothing
-//! unless [`ROLE_ENV`] is set): the `src/bin` plugins have no tokio. The parent runs it as
-//! `<this binary> --exact async_peer_child --nocapture`, which libtest (`cargo test`) and the
-//! binary under `cargo nextest run` both accept, through `Host::spawn_peer` so that it inherits
-//! the ticket. It exits non-zero (libtest's failure status) on any failure.
+//! unless [`ROLE_ENV`] is set), as the blocking plugins of tests/plugin are, with a tokio of its
+//! own. The parent runs it as `<this binary> --exact async_peer_child --nocapture`, which libtest
+//! (`cargo test`) and the binary under `cargo nextest run` both accept, through
+//! `Host::spawn_peer` so that it inherits the ticket. It exits non-zero (libtest's failure status) on any failure.
 
 #![cfg(feature = "tokio")]
 

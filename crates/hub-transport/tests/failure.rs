@@ -1,14 +1,13 @@
-//! The failure path (R9, R10, R12, and the threat model, PROTOCOL.md §5), with real processes: the
-//! helper binary `hub-chaos-peer` (src/bin) plays plugins that hold slots and get SIGKILLed, stop,
+//! The failure path (R9, R10, R12, and the threat model of PROTOCOL.md §5), with real processes: the
+//! chaos peer (tests/plugin: this test binary run again) plays plugins that hold slots and get SIGKILLed, stop,
 //! leave without goodbye, scribble garbage on their ring, or block while their host is killed.
 //!
 //! Every child is in a [`Chaos`] guard that kills and reaps it when the guard drops, also when a
 //! test fails; every wait has a deadline whose expiry fails the test with a message. Exits are
 //! waited for on a pidfd, never by sleeping.
 
-#[path = "common/pattern.rs"]
-#[allow(dead_code)]
-mod pattern;
+mod common;
+mod plugin;
 
 use std::io::BufRead;
 use std::os::fd::OwnedFd;
@@ -17,13 +16,13 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::pattern::{checksum, expected, payload};
 use hub_alloc::ClassStats;
 use hub_layout::HUB_SIZE_CLASSES;
 use hub_transport::{
     Disconnect, EvictReason, Frame, FrameMeta, Host, HostError, HubConfig, Loan, Peer, PeerEvent,
     PeerState, RecvError, RecvTimeoutError, TICKET_ENV, Ticket,
 };
-use pattern::{checksum, expected, payload};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::process::{Pid, PidfdFlags, Signal, kill_process, pidfd_open};
 
@@ -37,7 +36,13 @@ const TICK: Duration = Duration::from_millis(20);
 // ---------------------------------------------------------------------------------------------
 // Children
 
-/// A `hub-chaos-peer` process, killed and reaped when the guard drops. Its standard output is
+/// A plugin process when `plugin::ROLE_ENV` says so (see tests/plugin); otherwise nothing.
+#[test]
+fn plugin_process() {
+    plugin::run_if_asked();
+}
+
+/// A chaos peer process (`plugin::chaos`), killed and reaped when the guard drops. Its standard output is
 /// read line by line by a thread of its own.
 struct Chaos {
     child: Option<Child>,
@@ -47,9 +52,8 @@ struct Chaos {
 
 impl Chaos {
     fn command(args: &[&str]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_hub-chaos-peer"));
+        let mut command = plugin::chaos(args);
         command
-            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -69,15 +73,15 @@ impl Chaos {
         let (peer, child) = host
             .spawn_peer(&mut Self::command(args))
             .expect("spawn_peer");
-        let what = format!("hub-chaos-peer {args:?} (spawned peer {peer})");
+        let what = format!("chaos peer {args:?} (spawned peer {peer})");
         (Self::of(child, what), peer.index())
     }
 
     fn of(mut child: Child, what: String) -> Chaos {
-        let stdout = child.stdout.take().expect("piped stdout");
+        let stdout = plugin::stdout(&mut child);
         let (send, lines) = mpsc::channel();
         std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines() {
+            for line in stdout.lines() {
                 let Ok(line) = line else { break };
                 if send.send(line).is_err() {
                     break;
@@ -103,7 +107,7 @@ impl Chaos {
         ticket.apply(&mut command);
         Self::start(
             command,
-            format!("hub-chaos-peer {args:?} (peer {})", ticket.peer_id()),
+            format!("chaos peer {args:?} (peer {})", ticket.peer_id()),
         )
     }
 
@@ -111,7 +115,7 @@ impl Chaos {
     fn with_env(ticket: &str, args: &[&str]) -> Chaos {
         let mut command = Self::command(args);
         command.env(TICKET_ENV, ticket);
-        Self::start(command, format!("hub-chaos-peer {args:?} ({ticket})"))
+        Self::start(command, format!("chaos peer {args:?} ({ticket})"))
     }
 
     fn child(&self) -> &Child {
@@ -737,7 +741,7 @@ fn host_killed_under_blocked_peers() {
             &n.to_string(),
             "8",
         ]),
-        "hub-chaos-peer host".into(),
+        "chaos host".into(),
     );
     let tickets: Vec<String> = (0..n).map(|_| host.line()).collect();
     host.expect_line("HOST READY");

@@ -8,16 +8,17 @@
 //! it knows. Each test failed before the ledger and the private extent table.
 
 mod common;
+mod plugin;
 
 use std::time::{Duration, Instant};
 
 use common::WATCHDOG;
 use common::pattern;
-use common::poke::{Named, Poker};
 use hub_layout::{HOST_OWNER, MsgDescHot, NO_OWNER, pack_free_head, unpack_free_head};
 use hub_transport::{
     DescriptorFault, EvictReason, Host, HubConfig, PeerEvent, RecvError, RecvTimeoutError,
 };
+use plugin::poke::{Named, Poker};
 
 const FREE: u32 = 0;
 const ALLOCATED: u32 = 1;
@@ -429,4 +430,10 @@ fn recovery_never_frees_another_peers_frame_in_flight() {
         .expect("the honest peer's frame");
     assert_eq!(frame.len(), CLASS_2);
     assert_eq!(pattern::checksum(frame.payload()), frame.meta().msg_id);
+}
+
+/// A plugin process when `plugin::ROLE_ENV` says so (see tests/plugin); otherwise nothing.
+#[test]
+fn plugin_process() {
+    plugin::run_if_asked();
 }

@@ -6,19 +6,19 @@
 //! Then a fresh peer attaches and echoes 1000 checked frames up to 1 MiB, and every slot is free.
 
 mod common;
+mod plugin;
 
 use std::mem::size_of;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::poke::{Named, Poker};
 use common::{WATCHDOG, pattern};
 use hub_layout::{
     DescRingHeader, HubHeader, PEER_FLAG_ACTIVE, PEER_FLAG_RESERVED, PeerEntry, SizeClassHeader,
 };
 use hub_transport::{FrameMeta, Host, HubConfig, PeerState};
+use plugin::poke::{Named, Poker};
 
-/// `msg_id` of hub-test-peer's greeting.
+/// `msg_id` of the test peer's greeting.
 const HELLO: u64 = u64::MAX - 1;
 
 /// Why the hub is not healed yet, if it is not: an entry not Empty, or a class whose slots are
@@ -109,7 +109,7 @@ fn after_200_000_random_writes_over_the_metadata_the_hub_heals() {
 
     // A fresh peer attaches and echoes 1000 checked frames, up to 1 MiB.
     let (peer, mut child) = host
-        .spawn_peer(Command::new(env!("CARGO_BIN_EXE_hub-test-peer")).args(["echo", "1000"]))
+        .spawn_peer(&mut plugin::test_peer(&["echo", "1000"]))
         .expect("spawn a fresh peer");
     let hello = host.recv_from(peer, Some(WATCHDOG)).expect("hello");
     assert_eq!(hello.meta().msg_id, HELLO);
@@ -132,4 +132,10 @@ fn after_200_000_random_writes_over_the_metadata_the_hub_heals() {
     let status = child.wait().expect("wait");
     assert!(status.success(), "the fresh peer: {status}");
     wait_healed(&host, "after the fresh peer");
+}
+
+/// A plugin process when `plugin::ROLE_ENV` says so (see tests/plugin); otherwise nothing.
+#[test]
+fn plugin_process() {
+    plugin::run_if_asked();
 }

@@ -8,14 +8,15 @@
 //! failed before that truth (see each one).
 
 mod common;
+mod plugin;
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::poke::{Named, Poker};
 use common::{EventLog, WATCHDOG, meta, wait_exit};
 use hub_transport::{FrameMeta, Host, HostError, HubConfig, Peer, PeerEvent, PeerState};
+use plugin::poke::{Named, Poker};
 
 const TIMEOUT: Duration = Duration::from_millis(400);
 
@@ -36,11 +37,8 @@ fn named(max_peers: u16) -> Named {
 }
 
 fn chaos(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_hub-chaos-peer"));
-    command
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
+    let mut command = plugin::chaos(args);
+    command.stdin(Stdio::null()).stdout(Stdio::null());
     command
 }
 
@@ -316,4 +314,10 @@ fn attached_comes_before_goodbye_for_a_short_life() {
             "round {round}: {life:?}"
         );
     }
+}
+
+/// A plugin process when `plugin::ROLE_ENV` says so (see tests/plugin); otherwise nothing.
+#[test]
+fn plugin_process() {
+    plugin::run_if_asked();
 }

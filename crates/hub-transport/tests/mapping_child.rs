@@ -1,7 +1,8 @@
 //! A segment handed to a child process by inheritance: the child grows it and writes in the
 //! grown part; the parent sees the bytes after a refresh, at the same address (R8, R14).
 
-use std::process::Command;
+mod common;
+mod plugin;
 
 use hub_alloc::shared::Shared;
 use hub_layout::SegmentBytes;
@@ -38,11 +39,10 @@ fn child_process_grows_and_parent_sees_it() {
     );
 
     let fd = fd_to_env(&inheritable);
-    let output = Command::new(env!("CARGO_BIN_EXE_hub-test-peer"))
-        .arg("grow-mapping")
-        .arg(&fd)
-        .args([RESERVATION, GROWN, MARK_AT].map(|n| n.to_string()))
-        .arg(CHILD_MARK.to_string())
+    let fd = fd.to_str().expect("a number");
+    let [reservation, grown, at] = [RESERVATION, GROWN, MARK_AT].map(|n| n.to_string());
+    let mark = CHILD_MARK.to_string();
+    let output = plugin::test_peer(&["grow-mapping", fd, &reservation, &grown, &at, &mark])
         .output()
         .expect("spawn the test peer");
     drop(inheritable);
@@ -63,4 +63,10 @@ fn child_process_grows_and_parent_sees_it() {
     assert_eq!(mapping.read_u64(MARK_AT), Some(CHILD_MARK));
     assert_eq!(mapping.read_u64(0), Some(PARENT_MARK));
     assert_eq!(mapping.base(), base, "growth never remaps");
+}
+
+/// A plugin process when `plugin::ROLE_ENV` says so (see tests/plugin); otherwise nothing.
+#[test]
+fn plugin_process() {
+    plugin::run_if_asked();
 }

@@ -1,4 +1,4 @@
-//! Issue 13, the peer side and the host's receive: a real peer process (`hub-chaos-peer poke`)
+//! Issue 13, the peer side and the host's receive: a real peer process (the chaos peer's `poke`)
 //! writes raw words at named offsets, and the test checks what honest participants do.
 //!
 //! - Attack 6: a forged host-state word sends no honest peer away while the host runs; the
@@ -9,23 +9,24 @@
 //!   `Host::recv_from` takes nothing from the ring of a peer that is not attached.
 
 mod common;
+mod plugin;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, Write};
 use std::mem::{offset_of, size_of};
 use std::os::fd::AsRawFd;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use common::poke::{Named, Poker};
 use common::{WATCHDOG, wait_exit};
 use hub_layout::{DescRingHeader, INLINE_PAYLOAD_SLOT, MsgDescHot, PeerEntry};
 use hub_transport::{
     AttachError, Disconnect, FrameMeta, Host, HubConfig, Peer, PeerState, RecvError,
     RecvTimeoutError, SpecSource, TicketSpec, TryRecvError, pad,
 };
+use plugin::poke::{Named, Poker};
 
-/// `msg_id` of the greeting the test peers send first (`hub-test-peer`, `hub-chaos-peer hello`).
+/// `msg_id` of the greeting the test peers send first (the test peer, the chaos peer's `hello`).
 const HELLO: u64 = u64::MAX - 1;
 
 fn hub(max_peers: u16) -> (Host, Named) {
@@ -47,16 +48,15 @@ fn recv_bell(named: &Named, peer: u16) -> usize {
 fn a_forged_host_state_word_sends_no_honest_peer_away() {
     const ECHOES: u64 = 40;
     let (host, named) = hub(4);
-    let mut blocked = Command::new(env!("CARGO_BIN_EXE_hub-chaos-peer"));
-    blocked.arg("recv-block").stdout(Stdio::piped());
+    let mut blocked = plugin::chaos(&["recv-block"]);
+    blocked.stdout(Stdio::piped());
     let (blocked_id, mut blocked) = host.spawn_peer(&mut blocked).expect("spawn recv-block");
-    let mut lines = BufReader::new(blocked.stdout.take().expect("stdout"));
+    let mut lines = plugin::stdout(&mut blocked);
     let mut line = String::new();
     lines.read_line(&mut line).expect("READY");
     assert_eq!(line.trim(), "READY");
 
-    let mut echo = Command::new(env!("CARGO_BIN_EXE_hub-test-peer"));
-    echo.args(["echo", &ECHOES.to_string()]);
+    let mut echo = plugin::test_peer(&["echo", &ECHOES.to_string()]);
     let (echo_id, mut echo) = host.spawn_peer(&mut echo).expect("spawn echo");
     let hello = host.recv_from(echo_id, Some(WATCHDOG)).expect("hello");
     assert_eq!(hello.meta().msg_id, HELLO);
@@ -117,12 +117,11 @@ fn a_forged_host_state_word_sends_no_honest_peer_away() {
 /// Attack 8: a second `Peer::from_env` in a process whose first `Peer` lives is a typed error
 /// that leaves the descriptor open (no `open` afterwards gets its number), the first `Peer`
 /// goes on working, and a third after the first left is refused as well. The checks run in
-/// the child (`hub-chaos-peer from-env-twice`), which exits 0 when they all hold.
+/// the child (the chaos peer's `from-env-twice`), which exits 0 when they all hold.
 #[test]
 fn a_second_from_env_is_a_typed_error_and_closes_nothing() {
     let (host, _) = hub(1);
-    let mut command = Command::new(env!("CARGO_BIN_EXE_hub-chaos-peer"));
-    command.arg("from-env-twice");
+    let mut command = plugin::chaos(&["from-env-twice"]);
     let (id, mut child) = host.spawn_peer(&mut command).expect("spawn");
     match host.recv_from(id, Some(WATCHDOG)) {
         Ok(hello) => {
@@ -245,4 +244,10 @@ fn recv_from_takes_nothing_from_a_peer_that_is_not_attached() {
     // The host's `recv` takes neither either, and the attached poke peer is still served.
     assert!(matches!(host.try_recv(), Err(TryRecvError::Empty)));
     drop(reserved);
+}
+
+/// A plugin process when `plugin::ROLE_ENV` says so (see tests/plugin); otherwise nothing.
+#[test]
+fn plugin_process() {
+    plugin::run_if_asked();
 }

@@ -1,4 +1,4 @@
-//! Across processes: the helper binary `hub-test-peer` (src/bin) attaches with
+//! Across processes: the test peer (tests/plugin: this test binary run again) attaches with
 //! `Peer::from_env()` from the ticket its parent put in its environment (`Ticket::apply`; the
 //! anonymous memfd is inherited, the ticket dropped after spawn), and echoes or sends checksummed
 //! frames: inline, slot and 16 MiB payloads. Several children run at once in one test. Every
@@ -6,8 +6,9 @@
 //! its test.
 
 mod common;
+mod plugin;
 
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use common::pattern::{checksum, expected, fill, payload};
@@ -27,23 +28,20 @@ struct ChildGuard {
 }
 
 impl ChildGuard {
-    /// Reserve a peer, spawn `hub-test-peer ARGS` with its ticket, drop the ticket, and wait
+    /// Reserve a peer, spawn the test peer with ARGS with its ticket, drop the ticket, and wait
     /// for the child's greeting (so it is attached when this returns).
     fn spawn(host: &Host, args: &[&str]) -> ChildGuard {
         let ticket = host.add_peer().expect("add_peer");
         let peer = ticket.peer_id();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_hub-test-peer"));
-        command
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
+        let mut command = plugin::test_peer(args);
+        command.stdin(Stdio::null()).stdout(Stdio::null());
         ticket.apply(&mut command);
-        let child = command.spawn().expect("spawn hub-test-peer");
+        let child = command.spawn().expect("spawn the test peer");
         drop(ticket); // the child has its own copy of the descriptor now
         let guard = ChildGuard {
             child: Some(child),
             peer,
-            what: format!("hub-test-peer {args:?} (peer {peer})"),
+            what: format!("test peer {args:?} (peer {peer})"),
         };
         let hello = host.recv_from(peer, Some(WATCHDOG)).expect("hello");
         assert_eq!(hello.meta().msg_id, HELLO);
@@ -277,4 +275,10 @@ fn child_blocked_in_recv_sees_host_gone() {
     });
     drop(host);
     child.assert_success();
+}
+
+/// A plugin process when `plugin::ROLE_ENV` says so (see tests/plugin); otherwise nothing.
+#[test]
+fn plugin_process() {
+    plugin::run_if_asked();
 }

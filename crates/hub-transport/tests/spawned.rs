@@ -4,6 +4,7 @@
 //! gives the reservation back.
 
 mod common;
+mod plugin;
 
 use std::process::Command;
 use std::sync::Arc;
@@ -32,7 +33,7 @@ fn a_rewritten_pid_evicts_the_spawned_peer_and_kills_only_it() {
     // A peer that, once it has said hello, holds what it has until it is killed: it does not
     // exit by itself when it learns of its eviction.
     let (peer, mut child) = host
-        .spawn_peer(Command::new(env!("CARGO_BIN_EXE_hub-chaos-peer")).args(["hello", "hold", "0"]))
+        .spawn_peer(&mut plugin::chaos(&["hello", "hold", "0"]))
         .unwrap();
     // Its greeting: it has attached and written its own pid; it waits for the echo.
     let hello = host.recv_timeout(WATCHDOG).unwrap();
@@ -86,4 +87,10 @@ fn a_spawn_that_fails_gives_the_reservation_back() {
     assert!(matches!(error, HostError::Spawn(_)), "{error:?}");
     assert_eq!(host.peers()[0].state, PeerState::Empty);
     assert_eq!(host.add_peer().unwrap().peer_id(), 0);
+}
+
+/// A plugin process when `plugin::ROLE_ENV` says so (see tests/plugin); otherwise nothing.
+#[test]
+fn plugin_process() {
+    plugin::run_if_asked();
 }

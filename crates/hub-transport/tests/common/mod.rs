@@ -4,7 +4,6 @@
 
 pub mod fdinfo;
 pub mod pattern;
-pub mod poke;
 pub mod sparse;
 
 use std::path::PathBuf;

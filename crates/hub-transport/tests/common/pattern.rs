@@ -1,5 +1,5 @@
 //! Deterministic payloads and a checksum, with no dependency: shared by the integration tests
-//! and the `hub-test-peer` helper binary, which includes this file with `#[path]`.
+//! and the plugin processes (`tests/plugin`).
 //!
 //! Both work eight bytes at a time, so that a 16 MiB payload costs little even in a debug build.
 

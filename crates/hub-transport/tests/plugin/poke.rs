@@ -1,11 +1,11 @@
-//! A hostile plugin under a test's remote control: `hub-chaos-peer poke`, spawned by the host
+//! A hostile plugin under a test's remote control: the chaos peer's `poke` (tests/plugin), spawned by the host
 //! with [`Host::spawn_peer`], writes raw words at the byte offsets the test names, through a
 //! mapping of its own (PROTOCOL.md §5: an attack from outside the host's own helpers). The test
 //! then checks from the host's side. [`Named`] computes the offsets from hub-layout's definitions.
 
 use std::io::{BufRead, BufReader, Write};
 use std::mem::offset_of;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 
 use hub_alloc::shared::SlotMeta;
 use hub_layout::{
@@ -27,15 +27,12 @@ pub struct Poker {
 impl Poker {
     /// Spawn a `poke` peer of `host` (with [`Host::spawn_peer`]).
     pub fn spawn(host: &Host) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_hub-chaos-peer"));
-        command
-            .arg("poke")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
+        let mut command = super::chaos(&["poke"]);
+        command.stdin(Stdio::piped()).stdout(Stdio::piped());
         let (id, mut child) = host.spawn_peer(&mut command).expect("spawn the poke peer");
         let peer = id.index();
         let input = child.stdin.take().expect("stdin");
-        let output = BufReader::new(child.stdout.take().expect("stdout"));
+        let output = super::stdout(&mut child);
         let mut poker = Self {
             peer,
             child,

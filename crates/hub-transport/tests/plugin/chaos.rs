@@ -1,5 +1,5 @@
-//! `hub-chaos-peer`: a badly behaved plugin (and a killable host) for hub-transport's failure
-//! tests (`tests/failure.rs`; not installed, not documented beyond this).
+//! The chaos peer (`plugin::chaos`): a badly behaved plugin (and a killable host) for
+//! hub-transport's failure and attack tests, run as the test binary itself (see `super`).
 //!
 //! A peer attaches with [`Peer::from_env`]. With `hello` as its first argument it first makes a
 //! round trip (an inline frame, `msg_id` [`HELLO`], payload its process id, little endian, which
@@ -56,15 +56,11 @@
 //! Exit status 0 on success, 2 with a message on standard error otherwise; 3 when the watchdog
 //! fires (a process no test killed in time), so that none outlives a test run that forgot it.
 
-#[path = "../../tests/common/pattern.rs"]
-#[allow(dead_code)]
-mod pattern;
-
 use std::io::Write;
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::pattern;
 use hub_alloc::shared::Shared;
 use hub_layout::{
     DescRingHeader, HeaderSnapshot, INLINE_PAYLOAD_SLOT, MsgDescHot, PeerEntry, SegmentLayout,
@@ -83,19 +79,19 @@ const HELLO: u64 = u64::MAX - 1;
 /// How long any chaos process lives at most.
 const WATCHDOG: Duration = Duration::from_secs(60);
 
-fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+/// Run the mode `args` names; the process's exit status.
+pub fn main(args: &[String]) -> i32 {
     // A safety net, not a synchronisation: a process that no test killed ends by itself.
     std::thread::spawn(|| {
         std::thread::sleep(WATCHDOG);
-        eprintln!("hub-chaos-peer: watchdog fired after {WATCHDOG:?}");
+        eprintln!("chaos peer: watchdog fired after {WATCHDOG:?}");
         std::process::exit(3);
     });
-    match run(&args) {
-        Ok(code) => ExitCode::from(code),
+    match run(args) {
+        Ok(code) => i32::from(code),
         Err(message) => {
-            eprintln!("hub-chaos-peer {args:?}: {message}");
-            ExitCode::from(2)
+            eprintln!("chaos peer {args:?}: {message}");
+            2
         }
     }
 }
@@ -207,11 +203,11 @@ fn recv_block(peer: &Peer) -> u8 {
         Err(RecvError::Disconnected(Disconnect::HostGone)) => 0,
         Err(RecvError::Disconnected(Disconnect::PeerNotActive { .. })) => 10,
         Err(error) => {
-            eprintln!("hub-chaos-peer recv-block: {error}");
+            eprintln!("chaos peer recv-block: {error}");
             11
         }
         Ok(frame) => {
-            eprintln!("hub-chaos-peer recv-block: a frame came: {frame:?}");
+            eprintln!("chaos peer recv-block: a frame came: {frame:?}");
             12
         }
     }
@@ -235,7 +231,7 @@ fn send_block(peer: &Peer) -> Result<u8, String> {
             Ok(()) => sent += 1,
             Err(SendCopyError::Disconnected(Disconnect::HostGone)) => return Ok(0),
             Err(error) => {
-                eprintln!("hub-chaos-peer send-block: after {sent} frames, {error}");
+                eprintln!("chaos peer send-block: after {sent} frames, {error}");
                 return Ok(11);
             }
         }

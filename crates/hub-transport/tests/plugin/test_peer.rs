@@ -1,5 +1,5 @@
-//! `hub-test-peer`: a plugin process for hub-transport's integration tests (not installed, not
-//! documented beyond this). It attaches with [`Peer::from_env`], greets the host with an inline
+//! The test peer (`plugin::test_peer`): a well-behaved plugin process for hub-transport's
+//! integration tests, run as the test binary itself (see `super`). It attaches with [`Peer::from_env`], greets the host with an inline
 //! frame (`msg_id` [`HELLO`], payload its process id, little endian), then runs the mode its
 //! command line names:
 //!
@@ -12,12 +12,9 @@
 //! Exit status 0 on success, 2 with a message on standard error otherwise. Every wait has a
 //! watchdog, so the process never outlives a test that forgot it.
 
-#[path = "../../tests/common/pattern.rs"]
-#[allow(dead_code)]
-mod pattern;
-
-use std::process::ExitCode;
 use std::time::Duration;
+
+use super::pattern;
 
 use hub_transport::{Disconnect, FrameMeta, Peer, RecvError, RecvTimeoutError, SendCopyError};
 
@@ -26,13 +23,13 @@ const HELLO: u64 = u64::MAX - 1;
 /// The longest any single wait may take.
 const WATCHDOG: Duration = Duration::from_secs(30);
 
-fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
+/// Run the mode `args` names; the process's exit status.
+pub fn main(args: &[String]) -> i32 {
+    match run(args) {
+        Ok(()) => 0,
         Err(message) => {
-            eprintln!("hub-test-peer {args:?}: {message}");
-            ExitCode::from(2)
+            eprintln!("test peer {args:?}: {message}");
+            2
         }
     }
 }
