@@ -67,13 +67,28 @@ pub fn announce(word: &AtomicU32) -> u32 {
 /// it sleeps, for a waiter on a readiness descriptor).
 #[inline]
 pub fn announce_with(word: &AtomicU32, order: Ordering) -> u32 {
+    let seen = mark_waiter(word, order);
+    after_marking();
+    seen
+}
+
+/// The first half of an announcement, for a waiter that sleeps on several words at once: sets
+/// [`WAITER_BIT`] with `order` (at least Acquire) and returns the value to sleep on. Mark every
+/// word, then call [`after_marking`] once, then check the condition.
+#[inline]
+pub fn mark_waiter(word: &AtomicU32, order: Ordering) -> u32 {
     // R11: Acquire: if a publication's RMW came before this in the word's order, the data it
     // published is visible to the check that follows.
-    let seen = word.fetch_or(WAITER_BIT, order) | WAITER_BIT;
+    word.fetch_or(WAITER_BIT, order) | WAITER_BIT
+}
+
+/// The second half of an announcement: a SeqCst fence, between the marks and the waiter's
+/// check (see the module documentation).
+#[inline]
+pub fn after_marking() {
     // R11: orders the announcement before the caller's check, against the publisher's fence
-    // or SeqCst load (see the module documentation).
+    // or SeqCst load.
     fence(Ordering::SeqCst);
-    seen
 }
 
 /// Whether a waiter has announced itself, for a publisher whose publication was a plain store

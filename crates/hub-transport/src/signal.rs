@@ -24,16 +24,23 @@
 //!
 //! # The protocol
 //!
+//! The protocol's atomics are hub-alloc's [`wake`] module, the one
+//! implementation every futex word of the hub uses (the allocator's too); this module adds the
+//! futex system calls and the waiting policy.
+//!
 //! Publisher ([`Doorbell::ring`]):
 //!
 //! 1. publish the data (Release store, done by the caller);
-//! 2. `fence(SeqCst)`, then `w = word.load()`; if `w` has no `W`, stop;
-//! 3. `prev = word.fetch_add(2)` (Release); if `prev` has `W`: `word.fetch_and(!W)`, then
+//! 2. `fence(SeqCst)`, then `w = word.load()`; if `w` has no `W`, stop
+//!    ([`wake::waiter_announced`]);
+//! 3. in one RMW (Release), if `W` is still set: add 2 and clear `W`
+//!    ([`wake::take_announcement`]); if it was set,
 //!    `futex_wake(word, all)`.
 //!
 //! Waiter ([`Doorbell::wait_for`], park step):
 //!
-//! 1. `seen = word.fetch_or(W)` (Acquire), then `fence(SeqCst)`: the announcement;
+//! 1. `seen = word.fetch_or(W)` (Acquire), then `fence(SeqCst)`: the announcement
+//!    ([`wake::announce`]);
 //! 2. check the condition; if it holds, return;
 //! 3. `futex_wait(word, seen | W)`; whatever its outcome, go back to checking the condition.
 //!
@@ -93,14 +100,17 @@
 //! ```
 
 use crate::futex::{self, FutexError, MAX_WAIT_ANY, WAKE_ALL};
-use crate::sync::{AtomicU32, Ordering, fence};
+use crate::sync::{AtomicU32, Ordering};
+use hub_alloc::wake;
 use std::time::{Duration, Instant};
 
-/// The bit of a doorbell word that says a waiter announced itself.
-pub const WAITER_BIT: u32 = 1;
+/// The bit of a doorbell word that says a waiter announced itself (hub-alloc's
+/// [`wake::WAITER_BIT`]: one protocol for every futex word).
+pub const WAITER_BIT: u32 = wake::WAITER_BIT;
 
-/// What one [`Doorbell::ring`] adds to the word: one step of the sequence in bits 1 to 31.
-pub const SEQUENCE_STEP: u32 = 2;
+/// What one [`Doorbell::ring`] that finds a waiter adds to the word: one step of the sequence
+/// in bits 1 to 31.
+pub const SEQUENCE_STEP: u32 = wake::SEQUENCE_STEP;
 
 /// How a waiter waits for its condition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -225,16 +235,14 @@ impl<'a> Doorbell<'a> {
     /// assert_eq!((bell.sequence(), bell.has_waiter()), (1, false));
     /// ```
     pub fn ring(&self) -> usize {
-        if !self.waiter_announced() {
-            return 0;
-        }
         // R11: Release publishes the caller's data to a waiter whose announcement (Acquire)
-        // reads this value or a later one; as an RMW it reads the latest WAITER_BIT.
-        let prev = self.word.fetch_add(SEQUENCE_STEP, Ordering::Release);
-        if prev & WAITER_BIT == 0 {
+        // reads the new value or a later one.
+        if !wake::waiter_announced(self.word)
+            || !wake::take_announcement(self.word, Ordering::Release)
+        {
             return 0;
         }
-        self.clear_waiter_and_wake()
+        futex::wake(self.word, WAKE_ALL)
     }
 
     /// [`ring`](Self::ring) for a word whose waiter may sleep on a readiness descriptor (an
@@ -259,16 +267,12 @@ impl<'a> Doorbell<'a> {
     /// assert!(notified && !bell.has_waiter());
     /// ```
     pub fn ring_notify(&self, notify: impl FnOnce()) -> usize {
-        if !self.waiter_announced() {
-            return 0;
-        }
         // R11: as `ring`; Acquire as well, for the waiter's word read by `notify`.
-        let prev = self.word.fetch_add(SEQUENCE_STEP, Ordering::AcqRel);
-        if prev & WAITER_BIT == 0 {
+        if !wake::waiter_announced(self.word)
+            || !wake::take_announcement(self.word, Ordering::AcqRel)
+        {
             return 0;
         }
-        // R11: Relaxed, as in `clear_waiter_and_wake`.
-        self.word.fetch_and(!WAITER_BIT, Ordering::Relaxed);
         notify();
         futex::wake(self.word, WAKE_ALL)
     }
@@ -276,14 +280,12 @@ impl<'a> Doorbell<'a> {
     /// The announcement of a waiter that sleeps elsewhere than on the futex (a readiness
     /// descriptor): sets [`WAITER_BIT`]. The caller then checks its condition once more and
     /// sleeps only if it still fails; a [`ring_notify`](Self::ring_notify) that comes after
-    /// this announcement in the word's order runs its `notify`. Returns the word as it was.
+    /// this announcement in the word's order runs its `notify`. Returns the value to sleep on:
+    /// the word as it was, with [`WAITER_BIT`] set.
     pub fn announce(&self) -> u32 {
         // R11: Acquire as in `wait_any_for`; Release so that the ring that reads it sees the
         // word the caller wrote before (how it sleeps).
-        let seen = self.word.fetch_or(WAITER_BIT, Ordering::AcqRel);
-        // R11: pairs with the ring's fence (`waiter_announced`), before the caller's check.
-        fence(Ordering::SeqCst);
-        seen
+        wake::announce_with(self.word, Ordering::AcqRel)
     }
 
     /// A waiter's announcement that it sleeps on a readiness descriptor: sets bit `mine` of
@@ -307,26 +309,6 @@ impl<'a> Doorbell<'a> {
                 notify();
             }
         })
-    }
-
-    /// Whether a waiter has announced itself, as seen after the caller's publication: the
-    /// first step of every ring, and when it says no, the last (the word is not written).
-    #[inline]
-    fn waiter_announced(&self) -> bool {
-        // R11: the SeqCst fence pairs with the one a waiter makes after its announcement:
-        // either the waiter's check sees what the caller published before this fence, or the
-        // load below sees the announcement (store-buffering, settled by the fences' total order).
-        fence(Ordering::SeqCst);
-        self.word.load(Ordering::Relaxed) & WAITER_BIT != 0
-    }
-
-    /// Clears [`WAITER_BIT`], then wakes every sleeper; the clear comes first so that a waiter
-    /// that announces itself after it is either woken here or sees a changed word.
-    fn clear_waiter_and_wake(&self) -> usize {
-        // R11: Relaxed: an RMW continues the release sequence of the ring before it, and it
-        // publishes nothing itself; only its place in the word's order matters.
-        self.word.fetch_and(!WAITER_BIT, Ordering::Relaxed);
-        futex::wake(self.word, WAKE_ALL)
     }
 
     /// Resets the word to 0 and wakes every sleeper, for the host's recovery of a dead peer (R10:
@@ -548,12 +530,11 @@ pub(crate) fn wait_any_before_sleep<T>(
         for (slot, bell) in expected.iter_mut().zip(bells) {
             // R11: the announcement. Acquire: if a ring came before it in the word's order, the
             // data published before that ring is visible to the check below.
-            let seen = bell.word.fetch_or(WAITER_BIT, Ordering::Acquire);
-            *slot = (bell.word, seen | WAITER_BIT);
+            *slot = (bell.word, wake::mark_waiter(bell.word, Ordering::Acquire));
         }
         // R11: pairs with the fence of every ring (`waiter_announced`): a ring whose load of
         // the word missed these announcements published its data before the check below.
-        fence(Ordering::SeqCst);
+        wake::after_marking();
         if let Some(value) = poll() {
             return Ok(value);
         }
