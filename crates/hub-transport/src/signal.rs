@@ -235,14 +235,31 @@ impl<'a> Doorbell<'a> {
     /// assert_eq!((bell.sequence(), bell.has_waiter()), (1, false));
     /// ```
     pub fn ring(&self) -> usize {
+        self.ring_deferred().map_or(0, PendingWake::wake_now)
+    }
+
+    /// [`ring`](Self::ring), keeping its system call for later: `Some` when a waiter had
+    /// announced itself, with the wake still to be made (see [`PendingWake`]). The word moved
+    /// on already, as in `ring`.
+    ///
+    /// ```
+    /// use hub_transport::signal::Doorbell;
+    /// use hub_transport::sync::AtomicU32;
+    ///
+    /// let word = AtomicU32::new(0);
+    /// let bell = Doorbell::new(&word);
+    /// assert!(bell.ring_deferred().is_none()); // nobody announced: nothing to wake
+    /// bell.announce();
+    /// let pending = bell.ring_deferred().expect("a waiter announced");
+    /// assert_eq!((bell.sequence(), bell.has_waiter()), (1, false));
+    /// assert_eq!(pending.wake_now(), 0); // none asleep here
+    /// ```
+    pub fn ring_deferred(&self) -> Option<PendingWake<'a>> {
         // R11: Release publishes the caller's data to a waiter whose announcement (Acquire)
         // reads the new value or a later one.
-        if !wake::waiter_announced(self.word)
-            || !wake::take_announcement(self.word, Ordering::Release)
-        {
-            return 0;
-        }
-        futex::wake(self.word, WAKE_ALL)
+        (wake::waiter_announced(self.word) && wake::take_announcement(self.word, Ordering::Release))
+            // (Lazily: a `PendingWake` made and dropped would make its wake.)
+            .then(|| PendingWake { word: self.word })
     }
 
     /// [`ring`](Self::ring) for a word whose waiter may sleep on a readiness descriptor (an
@@ -267,14 +284,21 @@ impl<'a> Doorbell<'a> {
     /// assert!(notified && !bell.has_waiter());
     /// ```
     pub fn ring_notify(&self, notify: impl FnOnce()) -> usize {
+        self.ring_notify_deferred(notify)
+            .map_or(0, PendingWake::wake_now)
+    }
+
+    /// [`ring_notify`](Self::ring_notify), keeping the futex's system call for later (see
+    /// [`ring_deferred`](Self::ring_deferred)); `notify` runs at once.
+    pub fn ring_notify_deferred(&self, notify: impl FnOnce()) -> Option<PendingWake<'a>> {
         // R11: as `ring`; Acquire as well, for the waiter's word read by `notify`.
         if !wake::waiter_announced(self.word)
             || !wake::take_announcement(self.word, Ordering::AcqRel)
         {
-            return 0;
+            return None;
         }
         notify();
-        futex::wake(self.word, WAKE_ALL)
+        Some(PendingWake { word: self.word })
     }
 
     /// The announcement of a waiter that sleeps elsewhere than on the futex (a readiness
@@ -303,7 +327,19 @@ impl<'a> Doorbell<'a> {
     /// sleeps on one (see [`arm`](Self::arm)); the futex is woken in any case, for a waiter
     /// of the same side that sleeps on it. A busy waiter (no announcement) costs nothing.
     pub fn ring_ready(&self, ready: &AtomicU32, theirs: u32, notify: impl FnOnce()) -> usize {
-        self.ring_notify(|| {
+        self.ring_ready_deferred(ready, theirs, notify)
+            .map_or(0, PendingWake::wake_now)
+    }
+
+    /// [`ring_ready`](Self::ring_ready), keeping the futex's system call for later (see
+    /// [`ring_deferred`](Self::ring_deferred)); a descriptor is written at once.
+    pub fn ring_ready_deferred(
+        &self,
+        ready: &AtomicU32,
+        theirs: u32,
+        notify: impl FnOnce(),
+    ) -> Option<PendingWake<'a>> {
+        self.ring_notify_deferred(|| {
             // R11: ordered after the waiter's `arm` by the ring's Acquire.
             if ready.load(Ordering::Relaxed) & theirs != 0 {
                 notify();
@@ -369,6 +405,44 @@ impl<'a> Doorbell<'a> {
         mode: WaitMode,
     ) -> Result<T, WaitError> {
         wait_any_for(std::slice::from_ref(self), poll, deadline, mode)
+    }
+}
+
+/// A ring whose `FUTEX_WAKE` is still to be made: the word already moved on and its waiter
+/// bit is clear (a waiter that has not slept yet sees the change and does not sleep), so only
+/// the system call is left for a sleeper. The next wait of the ringing thread makes it together
+/// with its own sleep, in one system call ([`futex::wake_then_wait`]); dropping it makes it
+/// alone. Either way it is made exactly once, and before the ringing thread sleeps.
+#[must_use = "dropping a pending wake makes its system call at once"]
+#[derive(Debug)]
+pub struct PendingWake<'a> {
+    word: &'a AtomicU32,
+}
+
+impl<'a> PendingWake<'a> {
+    /// The word whose sleepers are to be woken.
+    pub fn word(&self) -> &'a AtomicU32 {
+        self.word
+    }
+
+    /// Make the wake now; how many sleepers it woke.
+    pub fn wake_now(self) -> usize {
+        let word = self.word;
+        std::mem::forget(self);
+        futex::wake(word, WAKE_ALL)
+    }
+
+    /// The word, for a caller that makes the wake itself: the pending wake is spent.
+    fn take(self) -> &'a AtomicU32 {
+        let word = self.word;
+        std::mem::forget(self);
+        word
+    }
+}
+
+impl Drop for PendingWake<'_> {
+    fn drop(&mut self) {
+        futex::wake(self.word, WAKE_ALL);
     }
 }
 
@@ -490,10 +564,26 @@ pub fn wait_any_for<T>(
 /// for an endpoint to give back what it keeps for its own use, such as its kept slots.
 pub(crate) fn wait_any_before_sleep<T>(
     bells: &[Doorbell<'_>],
+    poll: impl FnMut() -> Option<T>,
+    deadline: Option<Instant>,
+    mode: WaitMode,
+    before_sleep: impl FnOnce(),
+) -> Result<T, WaitError> {
+    wait_any_after_ring(bells, poll, deadline, mode, before_sleep, None)
+}
+
+/// [`wait_any_before_sleep`] for a thread that just rang another side's bell with its wake
+/// still `pending` (the send of a request, a reply): the wake is made before anything that
+/// could take time, and together with the first sleep when there is one bell, in one system
+/// call ([`futex::wake_then_wait`]). With a pending wake the spin of [`WaitMode::Adaptive`] is
+/// skipped: the other side sleeps until that wake, so nothing can come back before it.
+pub(crate) fn wait_any_after_ring<T>(
+    bells: &[Doorbell<'_>],
     mut poll: impl FnMut() -> Option<T>,
     deadline: Option<Instant>,
     mode: WaitMode,
     before_sleep: impl FnOnce(),
+    mut pending: Option<PendingWake<'_>>,
 ) -> Result<T, WaitError> {
     let Some(first) = bells.first() else {
         return Err(FutexError::NoWords.into());
@@ -508,7 +598,12 @@ pub(crate) fn wait_any_before_sleep<T>(
     if let Some(value) = poll() {
         return Ok(value);
     }
+    if mode == WaitMode::Spin || bells.len() > 1 {
+        // A spin never sleeps, and futex_waitv has no io_uring twin here: wake now.
+        drop(pending.take());
+    }
     match mode {
+        WaitMode::Adaptive if pending.is_some() => {}
         WaitMode::Spin => loop {
             // An unbounded spin returns only with a value or an error.
             if let Some(value) = spin(&mut poll, deadline, false)? {
@@ -542,7 +637,14 @@ pub(crate) fn wait_any_before_sleep<T>(
         // wakeups may be spurious, and the deadline is checked at the top of the loop.
         if bells.len() == 1 {
             let (word, value) = expected[0];
-            futex::wait(word, value, timeout)?;
+            match pending.take() {
+                Some(ring) => {
+                    futex::wake_then_wait(ring.take(), WAKE_ALL, word, value, timeout)?;
+                }
+                None => {
+                    futex::wait(word, value, timeout)?;
+                }
+            }
         } else {
             futex::wait_any(&expected[..bells.len()], timeout)?;
         }
@@ -766,6 +868,42 @@ mod loom_tests {
             let woken = publisher.join().unwrap();
             assert!(woken <= 1);
             assert!(emulation::wake_calls() <= 1);
+        });
+    }
+
+    /// A request and its reply, each side ringing the other with its wake deferred into its
+    /// own next wait (`ring_deferred`, then `wait_any_after_ring`: one system call a side in
+    /// the real run). Neither side is ever left asleep (a deadlock, which loom reports), each
+    /// sees the other's data, and each side makes at most one wake.
+    #[test]
+    fn deferred_wakes_lose_no_request_and_no_reply() {
+        loom::model(|| {
+            emulation::init();
+            let words = Arc::new([AtomicU32::new(0), AtomicU32::new(0)]);
+            let data = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+            let server = {
+                let (words, data) = (Arc::clone(&words), Arc::clone(&data));
+                thread::spawn(move || {
+                    let bell = [Doorbell::new(&words[1])];
+                    let poll = || (data[1].load(Ordering::Acquire) == 1).then_some(());
+                    wait_any_before_sleep(&bell, poll, None, WaitMode::Block, || {}).unwrap();
+                    data[0].store(2, Ordering::Release);
+                    // The reply, its wake carried into the wait for the next request.
+                    let pending = Doorbell::new(&words[0]).ring_deferred();
+                    let poll = || (data[1].load(Ordering::Acquire) == 3).then_some(());
+                    wait_any_after_ring(&bell, poll, None, WaitMode::Block, || {}, pending)
+                        .unwrap();
+                })
+            };
+            let mine = [Doorbell::new(&words[0])];
+            data[1].store(1, Ordering::Release);
+            let pending = Doorbell::new(&words[1]).ring_deferred();
+            let poll = || (data[0].load(Ordering::Acquire) == 2).then_some(());
+            wait_any_after_ring(&mine, poll, None, WaitMode::Block, || {}, pending).unwrap();
+            data[1].store(3, Ordering::Release);
+            Doorbell::new(&words[1]).ring();
+            server.join().unwrap();
+            assert!(emulation::wake_calls() <= 3);
         });
     }
 
