@@ -70,6 +70,23 @@ extern "C" {
 #define HUB_CLASS_4_SLOT_SIZE 16777216u
 #define HUB_CLASS_4_SLOTS 4u
 
+/* Words of 1.0 in the padding (R13): byte offsets from the start of the struct. In
+ * HubHeader._pad2: */
+#define HUB_HEADER_HOST_JOURNAL_OFFSET 72u  /* uint32_t: the host's allocator journal */
+#define HUB_HEADER_HOST_PID_OFFSET 76u      /* uint32_t: the host's process id */
+#define HUB_HEADER_HOST_STATE_OFFSET 80u    /* uint32_t: 0 running, 1 gone */
+#define HUB_HEADER_HOST_BELL_OFFSET 84u     /* uint32_t: the host's doorbell */
+#define HUB_HEADER_SIZE_LIMIT_OFFSET 88u    /* uint64_t: the size growth may reach */
+#define HUB_HEADER_HEARTBEAT_MS_OFFSET 96u  /* uint32_t: the heartbeat timeout, ms */
+/* In PeerEntry._pad: */
+#define HUB_PEER_JOURNAL_OFFSET 48u         /* uint32_t: the peer's allocator journal */
+#define HUB_PEER_PID_OFFSET 52u             /* uint32_t: the peer's process id */
+#define HUB_PEER_READY_WAITERS_OFFSET 56u   /* uint32_t: HUB_READY_* bits */
+/* Bits of the readiness word: who sleeps on a readiness descriptor. */
+#define HUB_READY_PEER (1u << 0)
+#define HUB_READY_HOST (1u << 1)
+#define HUB_READY_BRIDGED (1u << 2)
+
 /* A slot reference: class in the top 3 bits, the slot's global index in the low 29. */
 #define HUB_ENCODE_SLOT_REF(class_, index) (((uint32_t)(class_) << 29) | ((uint32_t)(index) & 0x1FFFFFFFu))
 
@@ -174,7 +191,11 @@ HUB_STATIC_ASSERT(sizeof(HubHeader) == 256, "HubHeader is 256 bytes");
 HUB_STATIC_ASSERT(offsetof(HubHeader, current_size) == 24, "HubHeader.current_size");
 HUB_STATIC_ASSERT(offsetof(HubHeader, peer_table_offset) == 40, "HubHeader.peer_table_offset");
 HUB_STATIC_ASSERT(offsetof(HubHeader, extent_region_offset) == 64, "HubHeader.extent_region_offset");
+HUB_STATIC_ASSERT(offsetof(HubHeader, _pad2) == HUB_HEADER_HOST_JOURNAL_OFFSET,
+               "HubHeader._pad2 holds the padding words");
 HUB_STATIC_ASSERT(sizeof(PeerEntry) == 64, "PeerEntry is 64 bytes");
+HUB_STATIC_ASSERT(offsetof(PeerEntry, _pad) == HUB_PEER_JOURNAL_OFFSET,
+               "PeerEntry._pad holds the padding words");
 HUB_STATIC_ASSERT(offsetof(PeerEntry, epoch) == 8, "PeerEntry.epoch");
 HUB_STATIC_ASSERT(offsetof(PeerEntry, send_data_futex) == 40, "PeerEntry.send_data_futex");
 HUB_STATIC_ASSERT(offsetof(PeerEntry, recv_data_futex) == 44, "PeerEntry.recv_data_futex");

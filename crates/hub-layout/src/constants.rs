@@ -60,3 +60,12 @@ pub const MAX_ENCODABLE_CLASS: u16 = 7;
 
 /// One past the largest global index a slot reference can encode (2^29).
 pub const SLOT_INDEX_LIMIT: u32 = 1 << SLOT_INDEX_BITS;
+
+/// Bit of a peer entry's readiness word ([`PeerEntry::READY_WAITERS_OFFSET`](crate::PeerEntry::READY_WAITERS_OFFSET)):
+/// the peer sleeps on its readiness descriptor; the host writes it.
+pub const READY_PEER: u32 = 1;
+/// Bit of the readiness word: the host sleeps on its readiness descriptor; the peer writes it.
+pub const READY_HOST: u32 = 2;
+/// Bit of the readiness word: the peer has no descriptor of the host's (it attached from a
+/// ticket without them); a host thread sleeps on its doorbell and writes for it.
+pub const READY_BRIDGED: u32 = 4;

@@ -92,6 +92,25 @@ impl HubHeader {
     }
 }
 
+/// The words version 1.0 keeps in the header's padding (R13): byte offsets from the start of
+/// the header, each inside `_pad2`, whose name and size stay the seed's.
+impl HubHeader {
+    /// Where `_pad2` starts, the first of the words below.
+    pub const PAD2_OFFSET: usize = 72;
+    /// `u32`: the host's allocator journal (hub-alloc).
+    pub const HOST_JOURNAL_OFFSET: usize = 72;
+    /// `u32`: the host's process id.
+    pub const HOST_PID_OFFSET: usize = 76;
+    /// `u32`: the host's state, 0 running, 1 gone (it said goodbye).
+    pub const HOST_STATE_OFFSET: usize = 80;
+    /// `u32`: the host's doorbell, rung when a peer attaches or leaves.
+    pub const HOST_BELL_OFFSET: usize = 84;
+    /// `u64`: the size growth may reach, in bytes (0: the layout's largest).
+    pub const SIZE_LIMIT_OFFSET: usize = 88;
+    /// `u32`: the heartbeat timeout, in milliseconds.
+    pub const HEARTBEAT_MS_OFFSET: usize = 96;
+}
+
 /// The major version check of R2.
 pub(crate) fn check_version(version: u32) -> Result<(), HubLayoutError> {
     if version >> 16 != HUB_PROTOCOL_VERSION >> 16 {
@@ -145,6 +164,20 @@ pub struct PeerEntry {
 
     /// Padding to 64 bytes.
     pub _pad: [u8; 16],
+}
+
+/// The words version 1.0 keeps in a peer entry's padding (R13): byte offsets from the start of
+/// the entry, each inside `_pad`, whose name and size stay the seed's.
+impl PeerEntry {
+    /// Where `_pad` starts, the first of the words below.
+    pub const PAD_OFFSET: usize = 48;
+    /// `u32`: the peer's allocator journal (hub-alloc).
+    pub const JOURNAL_OFFSET: usize = 48;
+    /// `u32`: the peer's process id.
+    pub const PID_OFFSET: usize = 52;
+    /// `u32`: which side sleeps on a readiness descriptor rather than only on the futex
+    /// ([`READY_PEER`], [`READY_HOST`], [`READY_BRIDGED`]).
+    pub const READY_WAITERS_OFFSET: usize = 56;
 }
 
 impl PeerEntry {

@@ -50,6 +50,12 @@
 //! |---------|---------------|
 //! | 1.0     | the seed layout; `SizeClassHeader::slot_available_futex` in former padding; in `HubHeader::_pad2` the host's allocator journal (bytes 72..76), pid (76..80), state (80..84), doorbell (84..88), the size growth may reach (88..96) and the heartbeat timeout in milliseconds (96..100); in `PeerEntry::_pad` the peer's allocator journal (48..52), pid (52..56) and the readiness word, which side sleeps on a descriptor (56..60); the doorbell words' sequence counts only the rings that found a waiter announced (a ring without a waiter writes nothing); `HubSlotMeta::next_free` of an Allocated slot may read [`KEPT_SLOT_MARK`]: its owner keeps it for its own next allocation (a hint for counts; the slot is its owner's, as any Allocated one) |
 //!
+//! The padding words of 1.0 have names: `HubHeader::HOST_JOURNAL_OFFSET` ..
+//! `HubHeader::HEARTBEAT_MS_OFFSET`, `PeerEntry::JOURNAL_OFFSET`, `PeerEntry::PID_OFFSET` and
+//! `PeerEntry::READY_WAITERS_OFFSET` (byte offsets from the start of the struct), and the
+//! readiness word's bits [`READY_PEER`], [`READY_HOST`] and [`READY_BRIDGED`]; the padding
+//! fields keep the seed's names and sizes.
+//!
 //! Version 1.0 is the first the hub ships, so the padding words hub-alloc and hub-transport
 //! use belong to it: a seed-only reader ignores them (it never reads padding), and nothing older
 //! than 1.0 exists that could misread them.
@@ -131,6 +137,44 @@ mod layout_asserts {
     assert_layout!(DescRingHeader, size = 192, align = 64, {
         visible_head = 0, tail = 64, capacity = 128,
     });
+
+    /// A word of `len` bytes at `offset` of a struct lies in its padding `[pad, pad + pad_len)`
+    /// and is aligned to its size.
+    const fn in_padding(offset: usize, len: usize, pad: usize, pad_len: usize) -> bool {
+        offset >= pad && offset + len <= pad + pad_len && offset.is_multiple_of(len)
+    }
+    const _: () = assert!(HubHeader::PAD2_OFFSET == offset_of!(HubHeader, _pad2));
+    const _: () = assert!(PeerEntry::PAD_OFFSET == offset_of!(PeerEntry, _pad));
+    // The words of 1.0 in the padding, in order, none overlapping the next.
+    const HEADER_WORDS: [(usize, usize); 6] = [
+        (HubHeader::HOST_JOURNAL_OFFSET, 4),
+        (HubHeader::HOST_PID_OFFSET, 4),
+        (HubHeader::HOST_STATE_OFFSET, 4),
+        (HubHeader::HOST_BELL_OFFSET, 4),
+        (HubHeader::SIZE_LIMIT_OFFSET, 8),
+        (HubHeader::HEARTBEAT_MS_OFFSET, 4),
+    ];
+    const PEER_WORDS: [(usize, usize); 3] = [
+        (PeerEntry::JOURNAL_OFFSET, 4),
+        (PeerEntry::PID_OFFSET, 4),
+        (PeerEntry::READY_WAITERS_OFFSET, 4),
+    ];
+    const _: () = {
+        let mut i = 0;
+        while i < HEADER_WORDS.len() {
+            let (offset, len) = HEADER_WORDS[i];
+            assert!(in_padding(offset, len, HubHeader::PAD2_OFFSET, 168));
+            assert!(i == 0 || HEADER_WORDS[i - 1].0 + HEADER_WORDS[i - 1].1 <= offset);
+            i += 1;
+        }
+        let mut i = 0;
+        while i < PEER_WORDS.len() {
+            let (offset, len) = PEER_WORDS[i];
+            assert!(in_padding(offset, len, PeerEntry::PAD_OFFSET, 16));
+            assert!(i == 0 || PEER_WORDS[i - 1].0 + PEER_WORDS[i - 1].1 <= offset);
+            i += 1;
+        }
+    };
 
     // Every seed class has a power-of-two slot count that is a multiple of 4, so its slot data
     // starts 64-aligned and `ExtentGeometry` agrees with `calculate_extent_size`.

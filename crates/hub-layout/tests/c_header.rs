@@ -67,6 +67,40 @@ fn rust_figures() -> Vec<(String, u64)> {
         constant(&format!("HUB_CLASS_{class}_SLOT_SIZE"), u64::from(size));
         constant(&format!("HUB_CLASS_{class}_SLOTS"), u64::from(slots));
     }
+    let offset = |value: usize| value as u64;
+    constant(
+        "HUB_HEADER_HOST_JOURNAL_OFFSET",
+        offset(HubHeader::HOST_JOURNAL_OFFSET),
+    );
+    constant(
+        "HUB_HEADER_HOST_PID_OFFSET",
+        offset(HubHeader::HOST_PID_OFFSET),
+    );
+    constant(
+        "HUB_HEADER_HOST_STATE_OFFSET",
+        offset(HubHeader::HOST_STATE_OFFSET),
+    );
+    constant(
+        "HUB_HEADER_HOST_BELL_OFFSET",
+        offset(HubHeader::HOST_BELL_OFFSET),
+    );
+    constant(
+        "HUB_HEADER_SIZE_LIMIT_OFFSET",
+        offset(HubHeader::SIZE_LIMIT_OFFSET),
+    );
+    constant(
+        "HUB_HEADER_HEARTBEAT_MS_OFFSET",
+        offset(HubHeader::HEARTBEAT_MS_OFFSET),
+    );
+    constant("HUB_PEER_JOURNAL_OFFSET", offset(PeerEntry::JOURNAL_OFFSET));
+    constant("HUB_PEER_PID_OFFSET", offset(PeerEntry::PID_OFFSET));
+    constant(
+        "HUB_PEER_READY_WAITERS_OFFSET",
+        offset(PeerEntry::READY_WAITERS_OFFSET),
+    );
+    constant("HUB_READY_PEER", u64::from(READY_PEER));
+    constant("HUB_READY_HOST", u64::from(READY_HOST));
+    constant("HUB_READY_BRIDGED", u64::from(READY_BRIDGED));
     constant(
         "HUB_ENCODE_SLOT_REF(3, 12345)",
         u64::from(encode_slot_ref(3, 12345)),

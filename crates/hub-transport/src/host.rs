@@ -15,6 +15,7 @@ use crate::error::{
     TrySendCopyError, TrySendError,
 };
 use crate::event::{EVENT_BACKLOG, EvictReason, PeerEvent, Recovery};
+use crate::forms::{self, forever, within};
 use crate::frame::{Endpoint, Frame, FrameMeta, Loan, PeerId, PeerRef};
 use crate::host_core::{Core, EntryTruth, HostError, Identity, Life, Spawn};
 use crate::link::{Deadline, Link, RECV_BELL, SEND_BELL};
@@ -621,14 +622,9 @@ impl Host {
     /// [`LoanError::PayloadTooLarge`]; [`LoanError::Alloc`]; [`LoanError::Futex`]. (The
     /// host's loans are never [`Disconnected`](LoanError::Disconnected).)
     pub fn loan(&self, len: usize) -> Result<Loan, LoanError> {
-        loop {
-            match self.core.endpoint.loan(len, Deadline::Never, &|| None) {
-                Ok(loan) => return Ok(loan),
-                Err(TryLoanError::Failed(error)) => return Err(error),
-                // No deadline passes: not reached, and would mean waiting on.
-                Err(TryLoanError::NoFreeSlots { .. }) => {}
-            }
-        }
+        forever((), |(), deadline| {
+            self.core.endpoint.loan(len, deadline, &|| None)
+        })
     }
 
     /// [`loan`](Self::loan) without waiting.
@@ -646,13 +642,9 @@ impl Host {
     /// [`LoanTimeoutError::Timeout`] after it; [`LoanTimeoutError::Failed`] with what
     /// [`loan`](Self::loan) fails with.
     pub fn loan_timeout(&self, len: usize, timeout: Duration) -> Result<Loan, LoanTimeoutError> {
-        self.core
-            .endpoint
-            .loan(len, Deadline::after(timeout), &|| None)
-            .map_err(|error| match error {
-                TryLoanError::NoFreeSlots { .. } => LoanTimeoutError::Timeout,
-                TryLoanError::Failed(error) => LoanTimeoutError::Failed(error),
-            })
+        within(timeout, |deadline| {
+            self.core.endpoint.loan(len, deadline, &|| None)
+        })
     }
 
     /// Send a filled loan to `peer`, waiting for room in its ring as long as it takes.
@@ -668,17 +660,12 @@ impl Host {
         &self,
         peer: impl Into<PeerRef>,
         meta: FrameMeta,
-        mut loan: Loan,
+        loan: Loan,
     ) -> Result<(), SendError> {
         let peer = peer.into();
-        loop {
-            match self.send_loan_until(peer, meta, loan, Deadline::Never) {
-                Ok(()) => return Ok(()),
-                Err(SendTimeoutError::Failed(error)) => return Err(error),
-                // No deadline passes: not reached, and would mean sending again.
-                Err(SendTimeoutError::Timeout(back)) => loan = back,
-            }
-        }
+        forever(loan, |loan, deadline| {
+            self.send_loan_until(peer, meta, loan, deadline)
+        })
     }
 
     /// [`send_loan`](Self::send_loan) without waiting: a full ring gives the loan back,
@@ -711,11 +698,7 @@ impl Host {
         meta: FrameMeta,
         loan: Loan,
     ) -> Result<(), TrySendError> {
-        match self.try_send_loan_back(peer, meta, loan) {
-            Ok(None) => Ok(()),
-            Ok(Some(loan)) => Err(TrySendError::Full(loan)),
-            Err(error) => Err(TrySendError::Failed(error)),
-        }
+        forms::try_send_loan(self.try_send_loan_back(peer, meta, loan))
     }
 
     /// [`send_loan`](Self::send_loan), waiting at most `timeout`: when it passes, the loan
@@ -731,7 +714,9 @@ impl Host {
         loan: Loan,
         timeout: Duration,
     ) -> Result<(), SendTimeoutError> {
-        self.send_loan_until(peer, meta, loan, Deadline::after(timeout))
+        within(timeout, |deadline| {
+            self.send_loan_until(peer, meta, loan, deadline)
+        })
     }
 
     fn send_loan_until(
@@ -773,14 +758,9 @@ impl Host {
         payload: &[u8],
     ) -> Result<(), SendCopyError> {
         let peer = peer.into();
-        loop {
-            match self.send_until(peer, meta, payload, Deadline::Never) {
-                Ok(()) => return Ok(()),
-                Err(TrySendCopyError::Failed(error)) => return Err(error),
-                // No deadline passes: not reached, and would mean sending again.
-                Err(TrySendCopyError::Full | TrySendCopyError::NoFreeSlots { .. }) => {}
-            }
-        }
+        forever((), |(), deadline| {
+            self.send_until(peer, meta, payload, deadline)
+        })
     }
 
     /// [`send`](Self::send) without waiting.
@@ -810,13 +790,10 @@ impl Host {
         payload: &[u8],
         timeout: Duration,
     ) -> Result<(), SendCopyTimeoutError> {
-        self.send_until(peer.into(), meta, payload, Deadline::after(timeout))
-            .map_err(|error| match error {
-                TrySendCopyError::Failed(error) => SendCopyTimeoutError::Failed(error),
-                TrySendCopyError::Full | TrySendCopyError::NoFreeSlots { .. } => {
-                    SendCopyTimeoutError::Timeout
-                }
-            })
+        let peer = peer.into();
+        within(timeout, |deadline| {
+            self.send_until(peer, meta, payload, deadline)
+        })
     }
 
     /// The sends of a copy: [`TrySendCopyError::NoFreeSlots`] when `deadline` passes
@@ -831,16 +808,8 @@ impl Host {
     ) -> Result<(), TrySendCopyError> {
         let link = self.link(peer).map_err(SendCopyError::from)?;
         let gone = || self.target_gone(link, peer);
-        let mut loan = self.core.endpoint.loan(payload.len(), deadline, &gone)?;
-        loan.as_mut_slice().copy_from_slice(payload);
-        match link.send(&self.core.endpoint, meta, loan, deadline, &gone) {
-            Ok(()) => Ok(()),
-            Err(SendTimeoutError::Timeout(_)) => Err(TrySendCopyError::Full),
-            Err(SendTimeoutError::Failed(error)) => {
-                self.evict_on_ring_fault(&error);
-                Err(SendCopyError::from(error).into())
-            }
-        }
+        let evict = |error: &SendError| self.evict_on_ring_fault(error);
+        link.send_copy(&self.core.endpoint, meta, payload, deadline, &gone, evict)
     }
 
     /// Receive the next frame from any peer, waiting as long as it takes; [`Frame::peer`] says
@@ -851,14 +820,7 @@ impl Host {
     /// (R3); [`RecvError::Futex`]. (A receive from any peer is never
     /// [`Disconnected`](RecvError::Disconnected): peers come and go.)
     pub fn recv(&self) -> Result<Frame, RecvError> {
-        loop {
-            match self.recv_until(Deadline::Never) {
-                Ok(frame) => return Ok(frame),
-                Err(RecvTimeoutError::Failed(error)) => return Err(error),
-                // No deadline passes: not reached, and would mean waiting on.
-                Err(RecvTimeoutError::Timeout) => {}
-            }
-        }
+        forever((), |(), deadline| self.recv_until(deadline))
     }
 
     /// [`recv`](Self::recv) without waiting.
@@ -879,7 +841,7 @@ impl Host {
     /// [`RecvTimeoutError::Timeout`] after it; [`RecvTimeoutError::Failed`] with what
     /// [`recv`](Self::recv) fails with.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Frame, RecvTimeoutError> {
-        self.recv_until(Deadline::after(timeout))
+        within(timeout, |deadline| self.recv_until(deadline))
     }
 
     /// Receive the next frame from `peer` only, waiting at most `timeout` (`None`: forever).

@@ -116,6 +116,8 @@ mod error;
 #[cfg(not(loom))]
 mod event;
 #[cfg(not(loom))]
+mod forms;
+#[cfg(not(loom))]
 mod frame;
 #[cfg(not(loom))]
 mod host;

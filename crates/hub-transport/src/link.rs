@@ -14,7 +14,8 @@ use hub_alloc::{OwnerId, Refusal, SlabError, SlotHandle};
 use hub_layout::{INLINE_PAYLOAD_SIZE, INLINE_PAYLOAD_SLOT, MsgDescHot, PeerEntry};
 
 use crate::error::{
-    Disconnect, LoanError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryLoanError,
+    Disconnect, LoanError, RecvError, RecvTimeoutError, SendCopyError, SendError, SendTimeoutError,
+    TryLoanError, TrySendCopyError,
 };
 use crate::frame::{
     DescriptorFault, Endpoint, Frame, FrameMeta, FramePayload, Loan, LoanStorage, PeerId,
@@ -431,6 +432,34 @@ impl Link {
             } else {
                 std::thread::sleep(deadline.slice(nap));
                 nap = (nap * 2).min(Duration::from_millis(1));
+            }
+        }
+    }
+
+    /// Copy `payload` into a loan of `endpoint` and send it, within `deadline` for a slot and
+    /// for room together: the sends of a copy, the host's and a peer's.
+    /// [`TrySendCopyError::NoFreeSlots`] when the deadline passes (`Deadline::Now`: at once)
+    /// with the class empty, [`TrySendCopyError::Full`] when it passes with the ring full.
+    /// `on_fault` sees a failure of the send before it is reported (the host evicts a peer that
+    /// broke its ring, R3).
+    #[inline]
+    pub fn send_copy(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        meta: FrameMeta,
+        payload: &[u8],
+        deadline: Deadline,
+        gone: &dyn Fn() -> Option<Disconnect>,
+        on_fault: impl FnOnce(&SendError),
+    ) -> Result<(), TrySendCopyError> {
+        let mut loan = endpoint.loan(payload.len(), deadline, gone)?;
+        loan.as_mut_slice().copy_from_slice(payload);
+        match self.send(endpoint, meta, loan, deadline, gone) {
+            Ok(()) => Ok(()),
+            Err(SendTimeoutError::Timeout(_)) => Err(TrySendCopyError::Full),
+            Err(SendTimeoutError::Failed(error)) => {
+                on_fault(&error);
+                Err(SendCopyError::from(error).into())
             }
         }
     }

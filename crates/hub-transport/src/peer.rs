@@ -11,6 +11,7 @@ use crate::error::{
     SendCopyTimeoutError, SendError, SendTimeoutError, TryLoanError, TryRecvError,
     TrySendCopyError, TrySendError,
 };
+use crate::forms::{self, forever, within};
 use crate::frame::{Endpoint, Frame, FrameMeta, Loan};
 use crate::link::{Deadline, Link, RECV_BELL, SEND_BELL};
 use crate::liveness::{Heartbeat, HostLife, ProcessWatch, WatchError};
@@ -414,14 +415,7 @@ impl Peer {
     /// [`Disconnect::HostGone`] when the host left, with [`Disconnect::PeerNotActive`] when it
     /// evicted this peer; [`LoanError::Alloc`]; [`LoanError::Futex`].
     pub fn loan(&self, len: usize) -> Result<Loan, LoanError> {
-        loop {
-            match self.loan_until(len, Deadline::Never) {
-                Ok(loan) => return Ok(loan),
-                Err(TryLoanError::Failed(error)) => return Err(error),
-                // No deadline passes: not reached, and would mean waiting on.
-                Err(TryLoanError::NoFreeSlots { .. }) => {}
-            }
-        }
+        forever((), |(), deadline| self.loan_until(len, deadline))
     }
 
     /// [`loan`](Self::loan) without waiting.
@@ -439,11 +433,7 @@ impl Peer {
     /// [`LoanTimeoutError::Timeout`] after it; [`LoanTimeoutError::Failed`] with what
     /// [`loan`](Self::loan) fails with.
     pub fn loan_timeout(&self, len: usize, timeout: Duration) -> Result<Loan, LoanTimeoutError> {
-        self.loan_until(len, Deadline::after(timeout))
-            .map_err(|error| match error {
-                TryLoanError::NoFreeSlots { .. } => LoanTimeoutError::Timeout,
-                TryLoanError::Failed(error) => LoanTimeoutError::Failed(error),
-            })
+        within(timeout, |deadline| self.loan_until(len, deadline))
     }
 
     /// An evicted peer allocates nothing: its owner id may be another peer's by now (R6, R9).
@@ -461,15 +451,10 @@ impl Peer {
     /// [`SendError::Disconnected`] with [`Disconnect::HostGone`] when the host left, with
     /// [`Disconnect::PeerNotActive`] when it evicted this peer; [`SendError::Ring`];
     /// [`SendError::Alloc`] when the loan's slot was changed under this peer.
-    pub fn send_loan(&self, meta: FrameMeta, mut loan: Loan) -> Result<(), SendError> {
-        loop {
-            match self.send_loan_until(meta, loan, Deadline::Never) {
-                Ok(()) => return Ok(()),
-                Err(SendTimeoutError::Failed(error)) => return Err(error),
-                // No deadline passes: not reached, and would mean sending again.
-                Err(SendTimeoutError::Timeout(back)) => loan = back,
-            }
-        }
+    pub fn send_loan(&self, meta: FrameMeta, loan: Loan) -> Result<(), SendError> {
+        forever(loan, |loan, deadline| {
+            self.send_loan_until(meta, loan, deadline)
+        })
     }
 
     /// [`send_loan`](Self::send_loan) without waiting: a full ring gives the loan back,
@@ -479,11 +464,7 @@ impl Peer {
     /// [`TrySendError::Full`]; [`TrySendError::Failed`] with what [`send_loan`](
     /// Self::send_loan) fails with (the loan is dropped then, which frees its slot).
     pub fn try_send_loan(&self, meta: FrameMeta, loan: Loan) -> Result<(), TrySendError> {
-        match self.try_send_loan_back(meta, loan) {
-            Ok(None) => Ok(()),
-            Ok(Some(loan)) => Err(TrySendError::Full(loan)),
-            Err(error) => Err(TrySendError::Failed(error)),
-        }
+        forms::try_send_loan(self.try_send_loan_back(meta, loan))
     }
 
     /// [`send_loan`](Self::send_loan), waiting at most `timeout`: when it passes, the loan
@@ -498,7 +479,9 @@ impl Peer {
         loan: Loan,
         timeout: Duration,
     ) -> Result<(), SendTimeoutError> {
-        self.send_loan_until(meta, loan, Deadline::after(timeout))
+        within(timeout, |deadline| {
+            self.send_loan_until(meta, loan, deadline)
+        })
     }
 
     /// The send of a filled loan: whether the host left or evicted this peer is checked under
@@ -520,14 +503,7 @@ impl Peer {
     /// [`SendCopyError`]: what [`loan`](Self::loan) and [`send_loan`](Self::send_loan) fail
     /// with, in one list.
     pub fn send(&self, meta: FrameMeta, payload: &[u8]) -> Result<(), SendCopyError> {
-        loop {
-            match self.send_until(meta, payload, Deadline::Never) {
-                Ok(()) => return Ok(()),
-                Err(TrySendCopyError::Failed(error)) => return Err(error),
-                // No deadline passes: not reached, and would mean sending again.
-                Err(TrySendCopyError::Full | TrySendCopyError::NoFreeSlots { .. }) => {}
-            }
-        }
+        forever((), |(), deadline| self.send_until(meta, payload, deadline))
     }
 
     /// [`send`](Self::send) without waiting.
@@ -551,13 +527,7 @@ impl Peer {
         payload: &[u8],
         timeout: Duration,
     ) -> Result<(), SendCopyTimeoutError> {
-        self.send_until(meta, payload, Deadline::after(timeout))
-            .map_err(|error| match error {
-                TrySendCopyError::Failed(error) => SendCopyTimeoutError::Failed(error),
-                TrySendCopyError::Full | TrySendCopyError::NoFreeSlots { .. } => {
-                    SendCopyTimeoutError::Timeout
-                }
-            })
+        within(timeout, |deadline| self.send_until(meta, payload, deadline))
     }
 
     /// The sends of a copy: [`TrySendCopyError::NoFreeSlots`] when `deadline` passes
@@ -573,13 +543,8 @@ impl Peer {
             return Err(SendCopyError::Disconnected(disconnect).into());
         }
         let gone = || self.gone();
-        let mut loan = self.endpoint.loan(payload.len(), deadline, &gone)?;
-        loan.as_mut_slice().copy_from_slice(payload);
-        match self.link.send(&self.endpoint, meta, loan, deadline, &gone) {
-            Ok(()) => Ok(()),
-            Err(SendTimeoutError::Timeout(_)) => Err(TrySendCopyError::Full),
-            Err(SendTimeoutError::Failed(error)) => Err(SendCopyError::from(error).into()),
-        }
+        self.link
+            .send_copy(&self.endpoint, meta, payload, deadline, &gone, |_| {})
     }
 
     /// Receive the next frame from the host, waiting as long as it takes.
@@ -590,14 +555,7 @@ impl Peer {
     /// this peer; [`RecvError::BadDescriptor`] / [`RecvError::Ring`] when the host broke the
     /// protocol; [`RecvError::Futex`].
     pub fn recv(&self) -> Result<Frame, RecvError> {
-        loop {
-            match self.recv_until(Deadline::Never) {
-                Ok(frame) => return Ok(frame),
-                Err(RecvTimeoutError::Failed(error)) => return Err(error),
-                // No deadline passes: not reached, and would mean waiting on.
-                Err(RecvTimeoutError::Timeout) => {}
-            }
-        }
+        forever((), |(), deadline| self.recv_until(deadline))
     }
 
     /// [`recv`](Self::recv) without waiting.
@@ -606,10 +564,7 @@ impl Peer {
     /// [`TryRecvError::Empty`] when nothing is there; [`TryRecvError::Failed`] with what
     /// [`recv`](Self::recv) fails with.
     pub fn try_recv(&self) -> Result<Frame, TryRecvError> {
-        self.recv_until(Deadline::Now).map_err(|error| match error {
-            RecvTimeoutError::Timeout => TryRecvError::Empty,
-            RecvTimeoutError::Failed(error) => TryRecvError::Failed(error),
-        })
+        forms::try_recv(self.recv_until(Deadline::Now))
     }
 
     /// [`recv`](Self::recv), waiting at most `timeout`.
@@ -618,7 +573,7 @@ impl Peer {
     /// [`RecvTimeoutError::Timeout`] after it; [`RecvTimeoutError::Failed`] with what
     /// [`recv`](Self::recv) fails with.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Frame, RecvTimeoutError> {
-        self.recv_until(Deadline::after(timeout))
+        within(timeout, |deadline| self.recv_until(deadline))
     }
 
     /// The receives: [`RecvTimeoutError::Timeout`] when `deadline` passes (`Deadline::Now`: at

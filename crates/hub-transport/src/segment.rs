@@ -31,32 +31,35 @@ use crate::ring::{RawRing, RingError};
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
 /// Where hub-transport keeps its own words in the padding of the seed layout (R13): byte
-/// offsets, for inspectors that read a segment without attaching.
+/// offsets, for inspectors that read a segment without attaching. The names are hub-layout's
+/// ([`HubHeader`]'s and [`PeerEntry`]'s associated constants); these are the same values.
 pub mod pad {
+    use hub_layout::{HubHeader, PeerEntry};
+
     /// `u32` in the `HubHeader`: the host's process id.
-    pub const HOST_PID: usize = 76;
+    pub const HOST_PID: usize = HubHeader::HOST_PID_OFFSET;
     /// `u32` in the `HubHeader`: the host's state, 0 running, 1 gone (it said goodbye).
-    pub const HOST_STATE: usize = 80;
+    pub const HOST_STATE: usize = HubHeader::HOST_STATE_OFFSET;
     /// `u32` in the `HubHeader`: the host's doorbell, rung when a peer attaches or leaves.
-    pub const HOST_BELL: usize = 84;
+    pub const HOST_BELL: usize = HubHeader::HOST_BELL_OFFSET;
     /// `u64` in the `HubHeader`: the size growth may reach, in bytes (0: the layout's largest).
-    pub const SIZE_LIMIT: usize = 88;
+    pub const SIZE_LIMIT: usize = HubHeader::SIZE_LIMIT_OFFSET;
     /// `u32` in the `HubHeader`: the heartbeat timeout in milliseconds.
-    pub const HEARTBEAT_MS: usize = 96;
+    pub const HEARTBEAT_MS: usize = HubHeader::HEARTBEAT_MS_OFFSET;
     /// `u32` within a `PeerEntry`: the peer's process id.
-    pub const PEER_PID: usize = 52;
+    pub const PEER_PID: usize = PeerEntry::PID_OFFSET;
     /// `u32` within a `PeerEntry`: which side sleeps on a readiness descriptor rather than
     /// only on the futex ([`READY_PEER`], [`READY_HOST`]); set by that side before it
     /// announces itself (R11), cleared when the host reserves the entry. (Bytes 48..52 of the
     /// entry hold the peer's allocator journal, 52..56 its pid.)
-    pub const READY_WAITERS: usize = 56;
+    pub const READY_WAITERS: usize = PeerEntry::READY_WAITERS_OFFSET;
     /// Bit of [`READY_WAITERS`]: the peer sleeps on its descriptor; the host writes it.
-    pub const READY_PEER: u32 = 1;
+    pub const READY_PEER: u32 = hub_layout::READY_PEER;
     /// Bit of [`READY_WAITERS`]: the host sleeps on its descriptor; the peer writes it.
-    pub const READY_HOST: u32 = 2;
+    pub const READY_HOST: u32 = hub_layout::READY_HOST;
     /// Bit of [`READY_WAITERS`]: the peer has no descriptor of the host's (it attached from a
     /// ticket without them); a host thread sleeps on its doorbell and writes for it.
-    pub const READY_BRIDGED: u32 = 4;
+    pub const READY_BRIDGED: u32 = hub_layout::READY_BRIDGED;
 }
 
 /// The host's state word: the host left (goodbye).
@@ -583,12 +586,13 @@ impl Segment {
         header.ring_region_offset = layout.offsets.ring_region as u64;
         header.size_class_offset = layout.offsets.size_class_headers as u64;
         header.extent_region_offset = layout.offsets.extent_region as u64;
-        header._pad2[(pad::SIZE_LIMIT - 72)..(pad::SIZE_LIMIT - 72 + 8)]
+        let in_pad2 = |offset: usize| offset - HubHeader::PAD2_OFFSET;
+        header._pad2[in_pad2(pad::SIZE_LIMIT)..][..8]
             .copy_from_slice(&(size_limit as u64).to_le_bytes());
         let heartbeat_ms = u32::try_from(heartbeat_timeout.as_millis())
             .unwrap_or(u32::MAX)
             .max(1);
-        header._pad2[(pad::HEARTBEAT_MS - 72)..(pad::HEARTBEAT_MS - 72 + 4)]
+        header._pad2[in_pad2(pad::HEARTBEAT_MS)..][..4]
             .copy_from_slice(&heartbeat_ms.to_le_bytes());
         let shared = self.shared();
         // SAFETY: the segment was created by our caller a moment ago and is not shared yet.
