@@ -396,6 +396,20 @@ pub enum RecvTimeoutError {
     Failed(#[from] RecvError),
 }
 
+/// The error of a send and the receive after it, made in one call (a request and its reply:
+/// `Peer::send_then_recv`, `Host::send_then_recv_from` and their loan forms): which half
+/// failed, with that half's error (`S` is the send's: [`SendCopyError`] or [`SendError`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendThenRecvError<S> {
+    /// The send failed: nothing went, and nothing was received.
+    #[error("send: {0}")]
+    Send(S),
+    /// The frame went; the receive after it failed.
+    #[error("receive after a send: {0}")]
+    Recv(RecvError),
+}
+
 /// `is_disconnected` and `disconnect` for an error type, given how to find its
 /// [`Disconnect`].
 macro_rules! disconnect_accessors {
@@ -464,5 +478,13 @@ disconnect_accessors! {
     RecvTimeoutError => |e| match e {
         RecvTimeoutError::Failed(error) => error.disconnect(),
         _ => None,
+    };
+    SendThenRecvError<SendCopyError> => |e| match e {
+        SendThenRecvError::Send(error) => error.disconnect(),
+        SendThenRecvError::Recv(error) => error.disconnect(),
+    };
+    SendThenRecvError<SendError> => |e| match e {
+        SendThenRecvError::Send(error) => error.disconnect(),
+        SendThenRecvError::Recv(error) => error.disconnect(),
     };
 }

@@ -94,7 +94,9 @@ pub enum FutexError {
 }
 
 #[cfg(not(loom))]
-pub use self::os::{system_calls, wait, wait_any, wake, wake_then_wait};
+pub use self::os::{
+    system_calls, wait, wait_any, wake, wake_then_wait, wake_then_wait_is_one_call,
+};
 
 #[cfg(loom)]
 pub use self::emulation::{wait, wait_any, wake, wake_then_wait};
@@ -199,6 +201,13 @@ mod os {
                 0
             }
         }
+    }
+
+    /// Whether [`wake_then_wait`] makes one system call on the calling thread (its io_uring
+    /// and the kernel's io_uring futex operations work), rather than two. Probes once per
+    /// thread, with a call that wakes nobody and does not sleep.
+    pub fn wake_then_wait_is_one_call() -> bool {
+        crate::uring::available()
     }
 
     /// Wakes up to `n` sleepers of `wake` ([`wake`]), then sleeps while `wait` holds `expected`

@@ -11,18 +11,18 @@ use hub_alloc::{ClassStats, OwnerId};
 use crate::audit::Auditor;
 use crate::error::{
     Disconnect, LoanError, LoanTimeoutError, RecvError, RecvTimeoutError, SendCopyError,
-    SendCopyTimeoutError, SendError, SendTimeoutError, TryLoanError, TryRecvError,
-    TrySendCopyError, TrySendError,
+    SendCopyTimeoutError, SendError, SendThenRecvError, SendTimeoutError, TryLoanError,
+    TryRecvError, TrySendCopyError, TrySendError,
 };
 use crate::event::{EVENT_BACKLOG, EvictReason, PeerEvent, Recovery};
 use crate::forms::{self, forever, within};
 use crate::frame::{Endpoint, Frame, FrameMeta, Loan, PeerId, PeerRef};
 use crate::host_core::{Core, EntryTruth, HostError, Identity, Life, Spawn};
-use crate::link::{Deadline, Link, RECV_BELL, SEND_BELL};
+use crate::link::{Deadline, Defer, Link, RECV_BELL, SEND_BELL};
 use crate::liveness::{ProcessWatch, WatchError};
 use crate::ready::ReadySet;
 use crate::segment::{CreateError, HOST_GONE, HubConfig, PeerState, Segment};
-use crate::signal::{Doorbell, WaitError, WaitMode, wait_any_before_sleep};
+use crate::signal::{Doorbell, PendingWake, WaitError, WaitMode, wait_any_after_ring};
 use crate::sync::Ordering;
 use crate::ticket::Ticket;
 
@@ -664,7 +664,7 @@ impl Host {
     ) -> Result<(), SendError> {
         let peer = peer.into();
         forever(loan, |loan, deadline| {
-            self.send_loan_until(peer, meta, loan, deadline)
+            self.send_loan_until(peer, meta, loan, deadline, None)
         })
     }
 
@@ -715,22 +715,22 @@ impl Host {
         timeout: Duration,
     ) -> Result<(), SendTimeoutError> {
         within(timeout, |deadline| {
-            self.send_loan_until(peer, meta, loan, deadline)
+            self.send_loan_until(peer, meta, loan, deadline, None)
         })
     }
 
-    fn send_loan_until(
-        &self,
+    fn send_loan_until<'e>(
+        &'e self,
         peer: impl Into<PeerRef>,
         meta: FrameMeta,
         loan: Loan,
         deadline: Deadline,
+        defer: Defer<'_, 'e>,
     ) -> Result<(), SendTimeoutError> {
         let peer = peer.into();
         let link = self.link(peer).map_err(SendTimeoutError::Failed)?;
-        let sent = link.send(&self.core.endpoint, meta, loan, deadline, &|| {
-            self.target_gone(link, peer)
-        });
+        let gone = || self.target_gone(link, peer);
+        let sent = link.send(&self.core.endpoint, meta, loan, deadline, &gone, defer);
         if let Err(SendTimeoutError::Failed(error)) = &sent {
             self.evict_on_ring_fault(error);
         }
@@ -759,7 +759,7 @@ impl Host {
     ) -> Result<(), SendCopyError> {
         let peer = peer.into();
         forever((), |(), deadline| {
-            self.send_until(peer, meta, payload, deadline)
+            self.send_until(peer, meta, payload, deadline, None)
         })
     }
 
@@ -775,7 +775,7 @@ impl Host {
         meta: FrameMeta,
         payload: &[u8],
     ) -> Result<(), TrySendCopyError> {
-        self.send_until(peer.into(), meta, payload, Deadline::Now)
+        self.send_until(peer.into(), meta, payload, Deadline::Now, None)
     }
 
     /// [`send`](Self::send), waiting at most `timeout` (for a slot and for room together).
@@ -792,24 +792,95 @@ impl Host {
     ) -> Result<(), SendCopyTimeoutError> {
         let peer = peer.into();
         within(timeout, |deadline| {
-            self.send_until(peer, meta, payload, deadline)
+            self.send_until(peer, meta, payload, deadline, None)
         })
     }
 
     /// The sends of a copy: [`TrySendCopyError::NoFreeSlots`] when `deadline` passes
     /// (`Deadline::Now`: at once) with the class empty, [`TrySendCopyError::Full`] when it
     /// passes with the ring full.
-    fn send_until(
-        &self,
+    fn send_until<'e>(
+        &'e self,
         peer: PeerRef,
         meta: FrameMeta,
         payload: &[u8],
         deadline: Deadline,
+        defer: Defer<'_, 'e>,
     ) -> Result<(), TrySendCopyError> {
         let link = self.link(peer).map_err(SendCopyError::from)?;
         let gone = || self.target_gone(link, peer);
-        let evict = |error: &SendError| self.evict_on_ring_fault(error);
-        link.send_copy(&self.core.endpoint, meta, payload, deadline, &gone, evict)
+        let sent = link.send_copy(&self.core.endpoint, meta, payload, deadline, &gone, defer);
+        // R3, R4: as for a send of a loan.
+        if let Err(TrySendCopyError::Failed(SendCopyError::Ring { peer, source })) = &sent {
+            self.core.evict(*peer, EvictReason::Ring(*source));
+        }
+        sent
+    }
+
+    /// [`send`](Self::send) to `peer`, then [`recv_from`](Self::recv_from) that peer: the call
+    /// of a request and its reply (or of a reply and the next request). When the peer sleeps,
+    /// the wake of the send and the host's sleep for the answer are one system call (an
+    /// io_uring of this thread, Linux 6.7+; two plain calls elsewhere), so a blocking request
+    /// and reply costs each side one system call; and the adaptive spin is skipped, since
+    /// nothing can come back before the peer wakes.
+    ///
+    /// ```
+    /// use hub_transport::{FrameMeta, Host, HubConfig, Peer};
+    ///
+    /// let host = Host::create(&HubConfig::new().max_peers(1))?;
+    /// let peer = Peer::attach(&host.add_peer()?)?;
+    /// std::thread::scope(|s| {
+    ///     s.spawn(|| {
+    ///         let request = peer.recv().expect("a request");
+    ///         peer.send(FrameMeta::default(), request.payload()).expect("the echo");
+    ///     });
+    ///     let echo = host.send_then_recv_from(peer.id(), FrameMeta::default(), b"hi").expect("an echo");
+    ///     assert_eq!(echo.payload(), b"hi");
+    /// });
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`SendThenRecvError::Send`] with what [`send`](Self::send) fails with (nothing went);
+    /// [`SendThenRecvError::Recv`] with what [`recv_from`](Self::recv_from) fails with without
+    /// a timeout (the frame went).
+    pub fn send_then_recv_from(
+        &self,
+        peer: impl Into<PeerRef>,
+        meta: FrameMeta,
+        payload: &[u8],
+    ) -> Result<Frame, SendThenRecvError<SendCopyError>> {
+        let peer = peer.into();
+        let mut pending = None;
+        forever((), |(), deadline| {
+            self.send_until(peer, meta, payload, deadline, Some(&mut pending))
+        })
+        .map_err(SendThenRecvError::Send)?;
+        self.recv_from_after_ring(peer, pending)
+            .map_err(SendThenRecvError::Recv)
+    }
+
+    /// [`send_loan`](Self::send_loan) to `peer`, then [`recv_from`](Self::recv_from) that
+    /// peer, as [`send_then_recv_from`](Self::send_then_recv_from) does.
+    ///
+    /// # Errors
+    /// [`SendThenRecvError::Send`] with what [`send_loan`](Self::send_loan) fails with;
+    /// [`SendThenRecvError::Recv`] with what [`recv_from`](Self::recv_from) fails with without
+    /// a timeout.
+    pub fn send_loan_then_recv_from(
+        &self,
+        peer: impl Into<PeerRef>,
+        meta: FrameMeta,
+        loan: Loan,
+    ) -> Result<Frame, SendThenRecvError<SendError>> {
+        let peer = peer.into();
+        let mut pending = None;
+        forever(loan, |loan, deadline| {
+            self.send_loan_until(peer, meta, loan, deadline, Some(&mut pending))
+        })
+        .map_err(SendThenRecvError::Send)?;
+        self.recv_from_after_ring(peer, pending)
+            .map_err(SendThenRecvError::Recv)
     }
 
     /// Receive the next frame from any peer, waiting as long as it takes; [`Frame::peer`] says
@@ -875,7 +946,34 @@ impl Host {
         }
         let until = timeout.map(|timeout| Instant::now() + timeout);
         let bell = [Doorbell::new(link.in_bell(&self.core.endpoint.segment))];
-        Ok(self.wait_sliced(&bell, || self.poll_one(link, peer.epoch), until)??)
+        let poll = || self.poll_one(link, peer.epoch);
+        Ok(self.wait_sliced(&bell, poll, until, None)??)
+    }
+
+    /// [`recv_from`](Self::recv_from) without a timeout, making the `pending` wake of the send
+    /// before it with the first sleep (see [`send_then_recv_from`](Self::send_then_recv_from)).
+    fn recv_from_after_ring(
+        &self,
+        peer: PeerRef,
+        pending: Option<PendingWake<'_>>,
+    ) -> Result<Frame, RecvError> {
+        let Some(link) = self.core.links.get(usize::from(peer.index)) else {
+            return Err(RecvError::Disconnected(Disconnect::PeerNotActive {
+                peer: peer.index,
+                state: PeerState::Empty,
+            }));
+        };
+        if let Some(result) = self.poll_one(link, peer.epoch) {
+            return result;
+        }
+        let bell = [Doorbell::new(link.in_bell(&self.core.endpoint.segment))];
+        let poll = || self.poll_one(link, peer.epoch);
+        match self.wait_sliced(&bell, poll, None, pending) {
+            Ok(result) => result,
+            Err(RecvTimeoutError::Failed(error)) => Err(error),
+            // No deadline passes.
+            Err(RecvTimeoutError::Timeout) => unreachable!("a wait without a deadline timed out"),
+        }
     }
 
     /// One look at `link`'s send ring, if its peer's state lets the host read it (see
@@ -980,7 +1078,7 @@ impl Host {
             .map(|p| Doorbell::new(segment.peer(p).send_bell))
             .collect();
         bells.push(Doorbell::new(segment.host_bell()));
-        Ok(self.wait_sliced(&bells, || self.poll_any(), until)??)
+        Ok(self.wait_sliced(&bells, || self.poll_any(), until, None)??)
     }
 
     /// Wait on `bells` until `poll` yields or `until` passes ([`RecvTimeoutError::Timeout`]), in
@@ -993,18 +1091,20 @@ impl Host {
         bells: &[Doorbell<'_>],
         mut poll: impl FnMut() -> Option<T>,
         until: Option<Instant>,
+        mut pending: Option<PendingWake<'_>>,
     ) -> Result<T, RecvTimeoutError> {
         loop {
             let slice_end = Instant::now() + WAIT_SLICE;
             let slice = until.map_or(slice_end, |at| at.min(slice_end));
             let endpoint = &self.core.endpoint;
             let before_sleep = || endpoint.give_back_kept();
-            match wait_any_before_sleep(
+            match wait_any_after_ring(
                 bells,
                 &mut poll,
                 Some(slice),
                 endpoint.mode(),
                 before_sleep,
+                pending.take(),
             ) {
                 Ok(value) => return Ok(value),
                 Err(WaitError::TimedOut) => {
@@ -1127,9 +1227,8 @@ impl Host {
     ) -> Result<Option<Loan>, SendError> {
         let peer = peer.into();
         let link = self.link(peer)?;
-        let sent = link.try_send(&self.core.endpoint, meta, loan, &|| {
-            self.target_gone(link, peer)
-        });
+        let gone = || self.target_gone(link, peer);
+        let sent = link.try_send(&self.core.endpoint, meta, loan, &gone, None);
         if let Err(error) = &sent {
             self.evict_on_ring_fault(error);
         }

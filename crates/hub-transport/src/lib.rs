@@ -155,8 +155,8 @@ mod loom_recovery;
 #[cfg(not(loom))]
 pub use error::{
     Disconnect, LoanError, LoanTimeoutError, RecvError, RecvTimeoutError, SendCopyError,
-    SendCopyTimeoutError, SendError, SendTimeoutError, TryLoanError, TryRecvError,
-    TrySendCopyError, TrySendError,
+    SendCopyTimeoutError, SendError, SendThenRecvError, SendTimeoutError, TryLoanError,
+    TryRecvError, TrySendCopyError, TrySendError,
 };
 #[cfg(not(loom))]
 pub use event::{AllocatorDamage, EvictReason, PeerEvent, Recovery};

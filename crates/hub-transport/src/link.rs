@@ -25,7 +25,7 @@ use crate::ready::EventFd;
 use crate::ring::{Consumer, Producer, PushError, RingError};
 use crate::segment::Segment;
 use crate::segment::pad::{READY_HOST, READY_PEER};
-use crate::signal::{Doorbell, WaitError, WaitMode, wait_any_before_sleep};
+use crate::signal::{Doorbell, PendingWake, WaitError, WaitMode, wait_any_after_ring};
 use crate::sync::AtomicU32;
 
 /// When a blocking call gives up.
@@ -148,6 +148,12 @@ impl Endpoint {
 }
 
 /// One end of a peer's ring pair.
+/// Where a send puts the wake of its ring when the caller will wait next (the send of a
+/// request before its reply): `None` rings at once; `Some(slot)` leaves the `FUTEX_WAKE` in
+/// `slot` for the caller's next wait to make with its own sleep, in one system call (see
+/// [`PendingWake`]). A descriptor of a side that sleeps on one is written at once either way.
+pub(crate) type Defer<'d, 'e> = Option<&'d mut Option<PendingWake<'e>>>;
+
 pub(crate) struct Link {
     /// The peer whose rings these are.
     pub peer: u16,
@@ -264,9 +270,10 @@ impl Link {
     }
 
     /// R11 after a push: bump the other end's bell; if it announced a sleep, wake its futex
-    /// and, when it sleeps on a descriptor, write that.
-    fn ring_out(&self, segment: &Segment) {
-        Doorbell::new(self.bell(segment, self.out_bell)).ring_ready(
+    /// (now, or into `defer` for the caller's next wait to make) and, when it sleeps on a
+    /// descriptor, write that.
+    fn ring_out<'s>(&self, segment: &'s Segment, defer: Defer<'_, 's>) {
+        let pending = Doorbell::new(self.bell(segment, self.out_bell)).ring_ready_deferred(
             self.ready_word(segment),
             self.their_ready,
             || {
@@ -275,6 +282,12 @@ impl Link {
                 }
             },
         );
+        match (defer, pending) {
+            // A wake already pending (an earlier frame of this call) is made now.
+            (Some(slot), Some(pending)) => drop(slot.replace(pending)),
+            // No waiter, or none to defer for: nothing pending, or the wake made now.
+            (_, pending) => drop(pending),
+        }
     }
 
     fn bell<'s>(&self, segment: &'s Segment, which: usize) -> &'s AtomicU32 {
@@ -337,12 +350,13 @@ impl Link {
     /// The slot, if any, is marked in flight to the receiver only once room is certain, so a
     /// frame that is not sent is never left in flight (R5); on an error the loan is dropped,
     /// which frees its slot.
-    pub fn try_send(
+    pub fn try_send<'e>(
         &self,
-        endpoint: &Endpoint,
+        endpoint: &'e Endpoint,
         meta: FrameMeta,
         loan: Loan,
         gone: &dyn Fn() -> Option<Disconnect>,
+        defer: Defer<'_, 'e>,
     ) -> Result<Option<Loan>, SendError> {
         let mut desc = meta.to_desc();
         desc.payload_len = loan.len as u32;
@@ -382,7 +396,7 @@ impl Link {
             Ok(()) => {
                 drop(producer);
                 // R11: after the Release publication of the head.
-                self.ring_out(&endpoint.segment);
+                self.ring_out(&endpoint.segment, defer);
                 Ok(None)
             }
             Err(error) => {
@@ -403,18 +417,19 @@ impl Link {
     /// [`try_send`](Self::try_send)). A deadline that passes (`Deadline::Now`: at once, the
     /// ring being full) gives the loan back ([`SendTimeoutError::Timeout`]); on any other
     /// failure the loan is dropped, which frees its slot.
-    pub fn send(
+    pub fn send<'e>(
         &self,
-        endpoint: &Endpoint,
+        endpoint: &'e Endpoint,
         meta: FrameMeta,
         mut loan: Loan,
         deadline: Deadline,
         gone: &dyn Fn() -> Option<Disconnect>,
+        mut defer: Defer<'_, 'e>,
     ) -> Result<(), SendTimeoutError> {
         let backoff = Backoff::new();
         let mut nap = Duration::from_micros(50);
         loop {
-            match self.try_send(endpoint, meta, loan, gone) {
+            match self.try_send(endpoint, meta, loan, gone, defer.as_deref_mut()) {
                 Ok(None) => return Ok(()),
                 Ok(Some(back)) => loan = back,
                 Err(error) => return Err(SendTimeoutError::Failed(error)),
@@ -443,24 +458,21 @@ impl Link {
     /// `on_fault` sees a failure of the send before it is reported (the host evicts a peer that
     /// broke its ring, R3).
     #[inline]
-    pub fn send_copy(
+    pub fn send_copy<'e>(
         &self,
-        endpoint: &Arc<Endpoint>,
+        endpoint: &'e Arc<Endpoint>,
         meta: FrameMeta,
         payload: &[u8],
         deadline: Deadline,
         gone: &dyn Fn() -> Option<Disconnect>,
-        on_fault: impl FnOnce(&SendError),
+        defer: Defer<'_, 'e>,
     ) -> Result<(), TrySendCopyError> {
         let mut loan = endpoint.loan(payload.len(), deadline, gone)?;
         loan.as_mut_slice().copy_from_slice(payload);
-        match self.send(endpoint, meta, loan, deadline, gone) {
+        match self.send(endpoint, meta, loan, deadline, gone, defer) {
             Ok(()) => Ok(()),
             Err(SendTimeoutError::Timeout(_)) => Err(TrySendCopyError::Full),
-            Err(SendTimeoutError::Failed(error)) => {
-                on_fault(&error);
-                Err(SendCopyError::from(error).into())
-            }
+            Err(SendTimeoutError::Failed(error)) => Err(SendCopyError::from(error).into()),
         }
     }
 
@@ -508,6 +520,18 @@ impl Link {
         deadline: Deadline,
         gone: &dyn Fn() -> Option<Disconnect>,
     ) -> Result<Frame, RecvTimeoutError> {
+        self.recv_after_ring(endpoint, deadline, gone, None)
+    }
+
+    /// [`recv`](Self::recv) for a side that just rang the other side with its wake still
+    /// `pending` (see [`Defer`]): the wake goes with the first sleep, in one system call.
+    pub fn recv_after_ring(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        deadline: Deadline,
+        gone: &dyn Fn() -> Option<Disconnect>,
+        mut pending: Option<PendingWake<'_>>,
+    ) -> Result<Frame, RecvTimeoutError> {
         if let Some(frame) = self.try_recv(endpoint)? {
             return Ok(frame);
         }
@@ -527,12 +551,13 @@ impl Link {
                 other => other.transpose(),
             };
             let before_sleep = || endpoint.give_back_kept();
-            match wait_any_before_sleep(
+            match wait_any_after_ring(
                 std::slice::from_ref(&bell),
                 poll,
                 until,
                 endpoint.mode(),
                 before_sleep,
+                pending.take(),
             ) {
                 Ok(result) => return Ok(result?),
                 Err(WaitError::TimedOut) => {

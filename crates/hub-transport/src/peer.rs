@@ -8,17 +8,17 @@ use hub_alloc::{OwnerId, SlabError};
 
 use crate::error::{
     Disconnect, LoanError, LoanTimeoutError, RecvError, RecvTimeoutError, SendCopyError,
-    SendCopyTimeoutError, SendError, SendTimeoutError, TryLoanError, TryRecvError,
-    TrySendCopyError, TrySendError,
+    SendCopyTimeoutError, SendError, SendThenRecvError, SendTimeoutError, TryLoanError,
+    TryRecvError, TrySendCopyError, TrySendError,
 };
 use crate::forms::{self, forever, within};
 use crate::frame::{Endpoint, Frame, FrameMeta, Loan};
-use crate::link::{Deadline, Link, RECV_BELL, SEND_BELL};
+use crate::link::{Deadline, Defer, Link, RECV_BELL, SEND_BELL};
 use crate::liveness::{Heartbeat, HostLife, ProcessWatch, WatchError};
 use crate::mapping::{Access, SegmentFile};
 use crate::ready::{EntryFds, EventFd, ReadyBridge, ReadySet};
 use crate::segment::{AttachError, PeerState, Segment};
-use crate::signal::{Doorbell, WaitMode};
+use crate::signal::{Doorbell, PendingWake, WaitMode};
 use crate::sync::Ordering;
 use crate::ticket::{Source, SpecSource, Ticket, TicketSpec};
 
@@ -453,7 +453,7 @@ impl Peer {
     /// [`SendError::Alloc`] when the loan's slot was changed under this peer.
     pub fn send_loan(&self, meta: FrameMeta, loan: Loan) -> Result<(), SendError> {
         forever(loan, |loan, deadline| {
-            self.send_loan_until(meta, loan, deadline)
+            self.send_loan_until(meta, loan, deadline, None)
         })
     }
 
@@ -480,20 +480,21 @@ impl Peer {
         timeout: Duration,
     ) -> Result<(), SendTimeoutError> {
         within(timeout, |deadline| {
-            self.send_loan_until(meta, loan, deadline)
+            self.send_loan_until(meta, loan, deadline, None)
         })
     }
 
     /// The send of a filled loan: whether the host left or evicted this peer is checked under
     /// the ring's lock, first thing (`Link::try_send`).
-    fn send_loan_until(
-        &self,
+    fn send_loan_until<'e>(
+        &'e self,
         meta: FrameMeta,
         loan: Loan,
         deadline: Deadline,
+        defer: Defer<'_, 'e>,
     ) -> Result<(), SendTimeoutError> {
         self.link
-            .send(&self.endpoint, meta, loan, deadline, &|| self.gone())
+            .send(&self.endpoint, meta, loan, deadline, &|| self.gone(), defer)
     }
 
     /// Copy `payload` into a frame and send it to the host, waiting for a slot and for room as
@@ -503,7 +504,9 @@ impl Peer {
     /// [`SendCopyError`]: what [`loan`](Self::loan) and [`send_loan`](Self::send_loan) fail
     /// with, in one list.
     pub fn send(&self, meta: FrameMeta, payload: &[u8]) -> Result<(), SendCopyError> {
-        forever((), |(), deadline| self.send_until(meta, payload, deadline))
+        forever((), |(), deadline| {
+            self.send_until(meta, payload, deadline, None)
+        })
     }
 
     /// [`send`](Self::send) without waiting.
@@ -513,7 +516,7 @@ impl Peer {
     /// the payload needs a slot and none is free; [`TrySendCopyError::Failed`] with what
     /// [`send`](Self::send) fails with.
     pub fn try_send(&self, meta: FrameMeta, payload: &[u8]) -> Result<(), TrySendCopyError> {
-        self.send_until(meta, payload, Deadline::Now)
+        self.send_until(meta, payload, Deadline::Now, None)
     }
 
     /// [`send`](Self::send), waiting at most `timeout` (for a slot and for room together).
@@ -527,24 +530,87 @@ impl Peer {
         payload: &[u8],
         timeout: Duration,
     ) -> Result<(), SendCopyTimeoutError> {
-        within(timeout, |deadline| self.send_until(meta, payload, deadline))
+        within(timeout, |deadline| {
+            self.send_until(meta, payload, deadline, None)
+        })
     }
 
     /// The sends of a copy: [`TrySendCopyError::NoFreeSlots`] when `deadline` passes
     /// (`Deadline::Now`: at once) with the class empty, [`TrySendCopyError::Full`] when it
     /// passes with the ring full.
-    fn send_until(
-        &self,
+    fn send_until<'e>(
+        &'e self,
         meta: FrameMeta,
         payload: &[u8],
         deadline: Deadline,
+        defer: Defer<'_, 'e>,
     ) -> Result<(), TrySendCopyError> {
         if let Some(disconnect) = self.gone() {
             return Err(SendCopyError::Disconnected(disconnect).into());
         }
         let gone = || self.gone();
         self.link
-            .send_copy(&self.endpoint, meta, payload, deadline, &gone, |_| {})
+            .send_copy(&self.endpoint, meta, payload, deadline, &gone, defer)
+    }
+
+    /// [`send`](Self::send), then [`recv`](Self::recv): the call of a request and its reply
+    /// (or of a reply and the next request). When the host sleeps, the wake of the send and
+    /// this peer's sleep for the answer are one system call (an io_uring of this thread, Linux
+    /// 6.7+; two plain calls elsewhere), so a blocking request and reply costs each side one
+    /// system call; and the adaptive spin is skipped, since nothing can come back before the
+    /// host wakes.
+    ///
+    /// ```
+    /// use hub_transport::{FrameMeta, Host, HubConfig, Peer};
+    ///
+    /// let host = Host::create(&HubConfig::new().max_peers(1))?;
+    /// let peer = Peer::attach(&host.add_peer()?)?;
+    /// std::thread::scope(|s| {
+    ///     s.spawn(|| {
+    ///         let request = host.recv().expect("a request");
+    ///         host.send(request.peer(), FrameMeta::default(), b"pong").expect("the reply");
+    ///     });
+    ///     let reply = peer.send_then_recv(FrameMeta::default(), b"ping").expect("a reply");
+    ///     assert_eq!(reply.payload(), b"pong");
+    /// });
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`SendThenRecvError::Send`] with what [`send`](Self::send) fails with (nothing went);
+    /// [`SendThenRecvError::Recv`] with what [`recv`](Self::recv) fails with (the frame went).
+    pub fn send_then_recv(
+        &self,
+        meta: FrameMeta,
+        payload: &[u8],
+    ) -> Result<Frame, SendThenRecvError<SendCopyError>> {
+        let mut pending = None;
+        forever((), |(), deadline| {
+            self.send_until(meta, payload, deadline, Some(&mut pending))
+        })
+        .map_err(SendThenRecvError::Send)?;
+        self.recv_after_ring(pending)
+            .map_err(SendThenRecvError::Recv)
+    }
+
+    /// [`send_loan`](Self::send_loan), then [`recv`](Self::recv), as
+    /// [`send_then_recv`](Self::send_then_recv) does.
+    ///
+    /// # Errors
+    /// [`SendThenRecvError::Send`] with what [`send_loan`](Self::send_loan) fails with;
+    /// [`SendThenRecvError::Recv`] with what [`recv`](Self::recv) fails with.
+    pub fn send_loan_then_recv(
+        &self,
+        meta: FrameMeta,
+        loan: Loan,
+    ) -> Result<Frame, SendThenRecvError<SendError>> {
+        let mut pending = None;
+        forever(loan, |loan, deadline| {
+            self.send_loan_until(meta, loan, deadline, Some(&mut pending))
+        })
+        .map_err(SendThenRecvError::Send)?;
+        self.recv_after_ring(pending)
+            .map_err(SendThenRecvError::Recv)
     }
 
     /// Receive the next frame from the host, waiting as long as it takes.
@@ -579,6 +645,24 @@ impl Peer {
     /// The receives: [`RecvTimeoutError::Timeout`] when `deadline` passes (`Deadline::Now`: at
     /// once) with nothing to receive.
     fn recv_until(&self, deadline: Deadline) -> Result<Frame, RecvTimeoutError> {
+        self.recv_until_after_ring(deadline, None)
+    }
+
+    /// The blocking receive after a send whose wake is `pending` (see
+    /// [`send_then_recv`](Self::send_then_recv)).
+    fn recv_after_ring(&self, pending: Option<PendingWake<'_>>) -> Result<Frame, RecvError> {
+        let mut pending = pending;
+        forever((), |(), deadline| {
+            self.recv_until_after_ring(deadline, pending.take())
+        })
+    }
+
+    /// [`recv_until`](Self::recv_until), making the `pending` wake with its first sleep.
+    fn recv_until_after_ring(
+        &self,
+        deadline: Deadline,
+        pending: Option<PendingWake<'_>>,
+    ) -> Result<Frame, RecvTimeoutError> {
         // An evicted peer pops nothing: its receive ring may be another peer's by now.
         if let Some(state) = self.evicted() {
             return Err(RecvError::Disconnected(Disconnect::PeerNotActive {
@@ -595,7 +679,8 @@ impl Peer {
         if let Some(disconnect) = self.gone() {
             return Err(RecvError::Disconnected(disconnect).into());
         }
-        self.link.recv(&self.endpoint, deadline, &|| self.gone())
+        self.link
+            .recv_after_ring(&self.endpoint, deadline, &|| self.gone(), pending)
     }
 
     /// Leave the hub (goodbye): the entry goes Active -> Dying and the host is told, so it
@@ -669,7 +754,7 @@ impl Peer {
         loan: Loan,
     ) -> Result<Option<Loan>, SendError> {
         self.link
-            .try_send(&self.endpoint, meta, loan, &|| self.gone())
+            .try_send(&self.endpoint, meta, loan, &|| self.gone(), None)
     }
 
     /// The wait mode of this peer.

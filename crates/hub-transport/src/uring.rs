@@ -84,6 +84,16 @@ pub(crate) fn wake_then_wait(
     })
 }
 
+/// Whether [`wake_then_wait`] works on this thread (it makes one system call): a probe that
+/// wakes nobody and does not sleep, made once per thread.
+pub(crate) fn available() -> bool {
+    let (nobody, moved) = (AtomicU32::new(0), AtomicU32::new(1));
+    matches!(
+        wake_then_wait(&nobody, 1, &moved, 0, None),
+        Some(Ok((_, WaitOutcome::ValueChanged)))
+    )
+}
+
 /// The ring cannot do the request: the kernel does not know the futex operations, or the ring
 /// failed. The caller makes the plain calls (a wake the ring did too is harmless: R11's
 /// wakeups may be spurious), and the thread's ring goes.
