@@ -16,9 +16,11 @@
 //!   back) and `baseline_pipe` (the same over two pipes).
 //! - `latency/adaptive`: `hub` with `WaitMode::Adaptive`, beside the same spin floor.
 //!
-//! The hub's round trip: the host sends a frame of the size (`send` for at most 16 bytes, which
-//! travel inline; else `loan`, fill, `send_loan`), the child `recv`s it and echoes it (`loan`,
-//! copy, `send_loan`; `send` when inline), the host `recv`s the echo.
+//! The hub's round trip: the host sends a frame of the size and waits for its echo in one call
+//! (`send_then_recv_from` for at most 16 bytes, which travel inline; else `loan`, fill,
+//! `send_loan_then_recv_from`), the child echoes it and waits for the next frame in one call
+//! (`loan`, copy, `send_loan_then_recv`; `send_then_recv` when inline). Both forms make the
+//! send's wake and the wait's sleep one system call when the other side sleeps.
 //!
 //! Function ids follow the convention `cargo xtask bench-report latency` reads: `baseline...` is
 //! a baseline, compared with every row of its group that has the same size.
@@ -197,14 +199,15 @@ impl HubEcho {
                 msg_id: self.sent,
                 ..FrameMeta::default()
             };
-            if self.size <= small.len() {
-                host.send(0, meta, &small[..self.size]).expect("send");
+            let reply = if self.size <= small.len() {
+                host.send_then_recv_from(0, meta, &small[..self.size])
+                    .expect("send, then recv")
             } else {
                 let mut loan = host.loan(self.size).expect("loan");
                 loan.as_mut_slice().fill(self.sent as u8);
-                host.send_loan(0, meta, loan).expect("send_loan");
-            }
-            let reply = host.recv().expect("recv");
+                host.send_loan_then_recv_from(0, meta, loan)
+                    .expect("send_loan, then recv")
+            };
             assert_eq!(reply.meta().msg_id, self.sent, "the echo of this frame");
             assert_eq!(reply.len(), self.size);
         }
@@ -548,26 +551,37 @@ fn child_main(role: &str, size: usize) -> Result<(), String> {
 fn hub_child(mode: WaitMode, size: usize) -> Result<(), String> {
     let mut peer = Peer::from_env().map_err(|e| e.to_string())?;
     peer.set_wait_mode(mode);
+    let mut frame = match peer.recv() {
+        Ok(frame) => frame,
+        Err(RecvError::Disconnected(Disconnect::HostGone)) => return Ok(()),
+        Err(error) => return Err(error.to_string()),
+    };
+    // The host's goodbye ends the loop; anything else is an error.
+    let host_gone =
+        |disconnect: Option<&Disconnect>| matches!(disconnect, Some(Disconnect::HostGone));
     loop {
-        let frame = match peer.recv() {
-            Ok(frame) => frame,
-            Err(RecvError::Disconnected(Disconnect::HostGone)) => return Ok(()),
-            Err(error) => return Err(error.to_string()),
-        };
         let meta = *frame.meta();
         if frame.len() != size {
             return Err(format!("a frame of {} bytes, expected {size}", frame.len()));
         }
-        if size <= 16 {
+        // The echo and the wait for the next frame in one call.
+        let next = if size <= 16 {
             let mut echo = [0; 16];
             echo[..size].copy_from_slice(frame.payload());
             drop(frame);
-            peer.send(meta, &echo[..size]).map_err(|e| e.to_string())?;
+            peer.send_then_recv(meta, &echo[..size])
+                .map_err(|e| (host_gone(e.disconnect()), e.to_string()))
         } else {
             let mut loan = peer.loan(size).map_err(|e| e.to_string())?;
             loan.as_mut_slice().copy_from_slice(frame.payload());
             drop(frame);
-            peer.send_loan(meta, loan).map_err(|e| e.to_string())?;
-        }
+            peer.send_loan_then_recv(meta, loan)
+                .map_err(|e| (host_gone(e.disconnect()), e.to_string()))
+        };
+        frame = match next {
+            Ok(frame) => frame,
+            Err((true, _)) => return Ok(()),
+            Err((false, error)) => return Err(error),
+        };
     }
 }
