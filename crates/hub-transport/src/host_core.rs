@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use hub_alloc::{OwnerId, SlabError, SlotHandle};
+use hub_alloc::{OwnerId, SlabError};
 
 use crate::event::{EvictReason, PeerEvent, Recovery};
 use crate::frame::Endpoint;
@@ -17,6 +17,7 @@ use crate::link::Link;
 use crate::liveness::{ProcessWatch, WatchError};
 use crate::mapping::MappingError;
 use crate::ready::{EntryFds, ReadySet};
+use crate::recovery::{reclaim_settled, recover_rings};
 use crate::ring::RingError;
 use crate::segment::PeerState;
 use crate::signal::Doorbell;
@@ -365,61 +366,34 @@ impl Core {
         // and the host's handles rebuilt over them (a pop in between would find the indices
         // gone backwards and report the peer's ring as corrupted).
         let mut held = link.lock_both();
-        {
-            let rings = [
-                (send, OwnerId::peer(peer), OwnerId::HOST),
-                (recv, OwnerId::HOST, OwnerId::peer(peer)),
-            ];
-            for (ring, sender, receiver) in rings {
-                let view = segment
-                    .ring(ring)
-                    .map_err(|source| HostError::Ring { peer, source })?;
-                // A ring whose indices the peer corrupted yields nothing to scan: the reclaim
-                // below still finds every slot in flight to the peer, and the sweep after the
-                // reset every slot it sent the host.
-                for desc in view.pending().unwrap_or_default() {
-                    // An inline descriptor's INLINE_PAYLOAD_SLOT decodes to no slot.
-                    if let Ok(handle) =
-                        SlotHandle::from_slot_ref(desc.payload_slot, desc.payload_generation)
-                        && slab.free_if_in_flight_to(handle, sender, receiver)
-                    {
-                        recovery.ring_slots_freed += 1;
-                    }
-                }
-            }
-            // R10: the scans come before the reset.
+        // R10: scan both rings, reset them, sweep what the peer sent the host that no frame of
+        // the host holds (`recovery::recover_rings`). What it sent can never be read now: a
+        // descriptor it published after the scan, or one in a ring it corrupted. The consumer
+        // lock (held) keeps a receive from being between pop and claim.
+        let rings = [
+            (send, OwnerId::peer(peer), OwnerId::HOST),
+            (recv, OwnerId::HOST, OwnerId::peer(peer)),
+        ]
+        .map(|(ring, sender, receiver)| {
+            segment
+                .ring(ring)
+                .map(|view| (view, sender, receiver))
+                .map_err(|source| HostError::Ring { peer, source })
+        });
+        let (freed, wake) = recover_rings(slab, OwnerId::peer(peer), OwnerId::HOST, rings, || {
             // SAFETY: this host is still the only producer of `recv` and consumer of `send`.
             unsafe { Link::reset(segment, recv, send, &mut held) }
-                .map_err(|source| HostError::Ring { peer, source })?;
-            // What the peer sent the host that no frame of the host holds can never be read
-            // now: a descriptor it published after the scan, or one in a ring it corrupted.
-            // The consumer lock (held) keeps a receive from being between pop and claim.
-            // R4: never a slot the host holds, whatever the shared words say (the ledger).
-            let (swept, wake) = slab.reclaim_sent(OwnerId::peer(peer), OwnerId::HOST)?;
-            recovery.ring_slots_freed += swept;
-            if wake {
-                self.wake_all_allocators();
-            }
+                .map_err(|source| HostError::Ring { peer, source })
+        })?;
+        recovery.ring_slots_freed += freed;
+        if wake {
+            self.wake_all_allocators();
         }
-        recovery.reclaimed = slab.reclaim(OwnerId::peer(peer))?;
         // A slot the dead peer was taking or freeing that a live participant is busy with
         // too: look again while that one finishes, then give up on it rather than on the id.
-        for _ in 0..100 {
-            if !recovery.reclaimed.journal_pending {
-                break;
-            }
+        recovery.reclaimed = reclaim_settled(slab, OwnerId::peer(peer), 100, || {
             std::thread::sleep(Duration::from_millis(1));
-            let again = slab.reclaim(OwnerId::peer(peer))?;
-            for (total, more) in recovery.reclaimed.freed.iter_mut().zip(&again.freed) {
-                *total += more;
-            }
-            recovery.reclaimed.recovered_from_journal |= again.recovered_from_journal;
-            recovery.reclaimed.wake_waiters |= again.wake_waiters;
-            recovery.reclaimed.journal_pending = again.journal_pending;
-        }
-        if recovery.reclaimed.journal_pending {
-            slab.clear_journal(OwnerId::peer(peer))?;
-        }
+        })?;
 
         if recovery.reclaimed.wake_waiters {
             self.wake_all_allocators();

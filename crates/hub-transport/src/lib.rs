@@ -89,17 +89,20 @@
 //            ready -> futex, segment, signal
 //            liveness -> mapping, segment, signal
 //            local -> segment
+//            recovery -> ring                           (R10's scan, reset, sweep, reclaim)
 //   layer 3  error -> frame, futex, ring, segment
 //            event -> frame, ring                      (PeerEvent, EvictReason, Recovery, ...)
 //            ticket -> frame, mapping, ready, segment
 //   layer 4  link -> error, frame, futex, ready, ring, segment, signal
-//   layer 5  host_core -> event, frame, futex, link, liveness, local, mapping, ready, ring,
-//                         segment, signal, ticket      (Core: what the host's threads share)
+//            forms -> error, frame, link               (the blocking, try_ and _timeout forms)
+//   layer 5  host_core -> event, frame, futex, link, liveness, local, mapping, ready, recovery,
+//                         ring, segment, signal, ticket (Core: what the host's threads share)
 //   layer 6  supervisor -> event, host_core, liveness, segment
-//            peer -> error, frame, link, liveness, local, mapping, ready, segment, signal, ticket
+//            peer -> error, forms, frame, link, liveness, local, mapping, ready, segment, signal,
+//                    ticket
 //   layer 7  audit -> event, host_core, supervisor
-//   layer 8  host -> audit, error, event, frame, host_core, link, liveness, local, mapping,
-//                    ready, segment, signal, supervisor, ticket
+//   layer 8  host -> audit, error, event, forms, frame, host_core, link, liveness, local,
+//                    mapping, ready, segment, signal, supervisor, ticket
 //   layer 9  aio -> host, peer and the types they use (feature `tokio`)
 
 #[cfg(all(feature = "tokio", not(loom)))]
@@ -133,6 +136,9 @@ mod local;
 mod peer;
 #[cfg(not(loom))]
 mod ready;
+// Under loom, only its model uses it.
+#[cfg(any(test, not(loom)))]
+mod recovery;
 #[cfg(not(loom))]
 mod segment;
 #[cfg(not(loom))]
@@ -148,9 +154,6 @@ pub use hub_layout::sync;
 /// needs no other crate to name them.
 pub use hub_alloc::{ClassStats, Corruption, RebuildReport, ReclaimReport, SlabError};
 pub use hub_layout::{INLINE_PAYLOAD_SIZE, NO_DEADLINE};
-
-#[cfg(all(test, loom))]
-mod loom_recovery;
 
 #[cfg(not(loom))]
 pub use error::{

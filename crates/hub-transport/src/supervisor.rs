@@ -249,8 +249,10 @@ fn check_attached(core: &Core, peer: u16, truth: &mut EntryTruth, identity: &Ide
     }
     let pid = words.pid.load(Ordering::Acquire);
     let known = identity_pid(truth, identity);
-    // A spawned peer's pid word is 0 until it has written it.
-    if pid != known && !(pid == 0 && matches!(identity, Identity::Spawned)) {
+    // A spawned peer's pid word is 0 until it has written it, and so is a peer of this process
+    // (known from the `local` registry, which it joins before its compare-and-swap; it writes
+    // its pid right after, R9): a look between the two is no rewrite.
+    if pid != known && !(pid == 0 && matches!(identity, Identity::Spawned | Identity::Local)) {
         let what = format!("pid {known} became {pid}");
         core.evict_locked(peer, truth, EvictReason::EntryRewritten { what });
         return;
