@@ -176,9 +176,9 @@ impl SlabLayout {
             })
             .collect();
         let mut journal_offsets: Vec<usize> = (0..segment.max_peers)
-            .map(|peer| segment.peer_entry_offset(peer) + offset_of!(PeerEntry, _pad))
+            .map(|peer| segment.peer_entry_offset(peer) + PeerEntry::JOURNAL_OFFSET)
             .collect();
-        journal_offsets.push(offset_of!(HubHeader, _pad2));
+        journal_offsets.push(HubHeader::HOST_JOURNAL_OFFSET);
         let layout = Self {
             geometry: classes
                 .iter()
