@@ -33,7 +33,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use common::fdinfo::{eventfd_count, eventfds_in_set, ticket_fd};
-use common::pattern::{checksum, fill};
+use common::pattern::{Rng, checksum, fill};
 use common::{EventLog, TempFiles, WATCHDOG, assert_all_free, wait_exit};
 use hub_layout::SegmentLayout;
 use hub_transport::aio::{AsyncHost, AsyncPeer};
@@ -142,35 +142,6 @@ fn assert_recovered_clean(events: &mut EventLog<'_>, peer: u16) {
     let recovery = events.recovery(peer);
     assert_eq!(recovery.ring_slots_freed, 0, "{recovery:?}");
     assert_eq!(recovery.reclaimed.total(), 0, "{recovery:?}");
-}
-
-/// A tiny xorshift64* generator: each test prints its seed, `HUB_AIO_SEED` replays one.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn percent(&mut self, p: u64) -> bool {
-        self.below(100) < p
-    }
-
-    fn micros(&mut self, max: u64) -> Duration {
-        Duration::from_micros(self.below(max + 1))
-    }
 }
 
 fn seed() -> u64 {

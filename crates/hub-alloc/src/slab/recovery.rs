@@ -89,12 +89,7 @@ impl<R: Region> Slab<R> {
                     }
                     // Freed, or freed and taken again, by someone else since the scan read it;
                     // or taken by this participant since (R4).
-                    Err(
-                        SlabError::StaleHandle { .. }
-                        | SlabError::DoubleFree { .. }
-                        | SlabError::WrongState { .. }
-                        | SlabError::Held { .. },
-                    ) => {}
+                    Err(error) if freed_meanwhile(&error) => {}
                     Err(error) => return Err(error),
                 }
             }
@@ -162,12 +157,7 @@ impl<R: Region> Slab<R> {
                         freed += 1;
                         wake |= done.wake_waiters;
                     }
-                    Err(
-                        SlabError::StaleHandle { .. }
-                        | SlabError::DoubleFree { .. }
-                        | SlabError::WrongState { .. }
-                        | SlabError::Held { .. },
-                    ) => {}
+                    Err(error) if freed_meanwhile(&error) => {}
                     Err(error) => return Err(error),
                 }
             }
@@ -356,4 +346,17 @@ impl<R: Region> Slab<R> {
         }
         Ok(Resolution::Pending)
     }
+}
+
+/// Whether a recovery's free of a slot it found failed only because the slot moved on since
+/// the scan read it: freed (and perhaps taken again) by someone else, or taken by this
+/// participant (R4). Nothing to do then.
+fn freed_meanwhile(error: &SlabError) -> bool {
+    matches!(
+        error,
+        SlabError::StaleHandle { .. }
+            | SlabError::DoubleFree { .. }
+            | SlabError::WrongState { .. }
+            | SlabError::Held { .. }
+    )
 }

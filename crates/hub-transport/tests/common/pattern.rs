@@ -54,3 +54,38 @@ pub fn checksum(bytes: &[u8]) -> u64 {
 pub fn expected(len: usize, seed: u64) -> u64 {
     checksum(&payload(len, seed))
 }
+
+/// A tiny xorshift64* generator, for tests and plugins that scribble or pick at random from a
+/// seed they print (so that a failure can be replayed).
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from `seed` (any value, zero included).
+    pub fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// The next 64 random bits.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number below `n` (not 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// True `p` times in a hundred.
+    pub fn percent(&mut self, p: u64) -> bool {
+        self.below(100) < p
+    }
+
+    /// A duration of at most `max` microseconds.
+    pub fn micros(&mut self, max: u64) -> std::time::Duration {
+        std::time::Duration::from_micros(self.below(max + 1))
+    }
+}

@@ -60,7 +60,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::pattern;
+use super::pattern::{self, Rng};
 use hub_alloc::shared::Shared;
 use hub_layout::{
     DescRingHeader, HeaderSnapshot, INLINE_PAYLOAD_SLOT, MsgDescHot, PeerEntry, SegmentLayout,
@@ -245,20 +245,7 @@ fn stream_size(i: u64) -> usize {
 }
 
 fn stream(peer: &Peer, n: u64) -> Result<(), String> {
-    for i in 0..n {
-        let mut loan = peer
-            .loan(stream_size(i))
-            .map_err(|e| format!("loan {i}: {e}"))?;
-        pattern::fill(loan.as_mut_slice(), i);
-        let meta = FrameMeta {
-            msg_id: pattern::checksum(loan.as_slice()),
-            channel_id: i as u32,
-            ..FrameMeta::default()
-        };
-        peer.send_loan(meta, loan)
-            .map_err(|e| format!("send {i}: {e}"))?;
-    }
-    Ok(())
+    super::send_patterns(peer, n, stream_size)
 }
 
 fn echo_then(peer: Peer, how: &str) -> Result<u8, String> {
@@ -321,22 +308,6 @@ fn host(path: &str, n: u64, capacity: u64) -> Result<u8, String> {
         }
     }
     block_forever()
-}
-
-/// xorshift64*: random enough to scribble with.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// A second mapping of the segment a ticket in the environment names, taken before
@@ -409,7 +380,7 @@ fn poke() -> Result<u8, String> {
                 "ok".into()
             }),
             ["scribble", seed, count, start, len] => (|| {
-                let mut rng = Rng(number(seed)? | 1);
+                let mut rng = Rng::new(number(seed)?);
                 let (start, len) = (number(start)?, number(len)?);
                 let words = len / 4;
                 if words == 0 {
@@ -531,7 +502,7 @@ fn garbage(seed: u64, head_first: bool) -> Result<u8, String> {
     let own = OwnRing::attach()?;
     let ring = &own.ring;
     let bell = own.bell()?;
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
     let capacity = u64::from(ring.capacity());
     let mut first = Some(if head_first { 0 } else { 1 + rng.below(5) });
     let mut evicted = false;

@@ -119,3 +119,24 @@ pub fn run_if_asked() {
     };
     std::process::exit(status);
 }
+
+/// Send `n` frames of pattern `i` (`pattern::fill`, its checksum in `msg_id` and `i` in
+/// `channel_id`), frame `i` of `size(i)` bytes: the stream the tests check on the host's side.
+fn send_patterns(
+    peer: &hub_transport::Peer,
+    n: u64,
+    size: impl Fn(u64) -> usize,
+) -> Result<(), String> {
+    for i in 0..n {
+        let mut loan = peer.loan(size(i)).map_err(|e| format!("loan {i}: {e}"))?;
+        pattern::fill(loan.as_mut_slice(), i);
+        let meta = hub_transport::FrameMeta {
+            msg_id: pattern::checksum(loan.as_slice()),
+            channel_id: i as u32,
+            ..hub_transport::FrameMeta::default()
+        };
+        peer.send_loan(meta, loan)
+            .map_err(|e| format!("send {i}: {e}"))?;
+    }
+    Ok(())
+}

@@ -95,18 +95,7 @@ fn echo(peer: &Peer, n: u64) -> Result<(), String> {
 }
 
 fn send(peer: &Peer, size: usize, n: u64) -> Result<(), String> {
-    for i in 0..n {
-        let mut loan = peer.loan(size).map_err(|e| format!("loan {i}: {e}"))?;
-        pattern::fill(loan.as_mut_slice(), i);
-        let meta = FrameMeta {
-            msg_id: pattern::checksum(loan.as_slice()),
-            channel_id: i as u32,
-            ..FrameMeta::default()
-        };
-        peer.send_loan(meta, loan)
-            .map_err(|e| format!("send {i}: {e}"))?;
-    }
-    Ok(())
+    super::send_patterns(peer, n, |_| size)
 }
 
 fn wait_gone(peer: &Peer) -> Result<(), String> {
