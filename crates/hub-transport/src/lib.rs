@@ -65,6 +65,21 @@
 //! variant in each, `Disconnected`, holding a [`Disconnect`] that says how (the host left, the
 //! peer is not attached, a [`PeerId`]'s life is over); every type answers `is_disconnected()`
 //! and `disconnect()`, looking through `Failed`.
+//!
+//! # Inspection
+//!
+//! A [`Snapshot`] is a look at a whole hub as a value: each peer's state, pid, heartbeat age
+//! and ring depths, each size class's slots (free, kept, allocated, in flight), what is
+//! damaged, and whether a named hub is stale. Any process that can read a named hub's file
+//! takes one with [`Snapshot::read`], without joining the hub; the host with
+//! [`Host::snapshot`].
+//!
+//! # Features
+//!
+//! - `tokio`: async endpoints on tokio (`aio::AsyncHost`, `aio::AsyncPeer`).
+//! - `serde`: `serde::Serialize` for [`Snapshot`] and the types it holds (the protocol
+//!   version as the string `"1.0"`, a peer's state as its text), for reports in JSON and
+//!   the like.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -95,6 +110,8 @@ mod ready;
 #[cfg(not(loom))]
 mod segment;
 #[cfg(not(loom))]
+mod snapshot;
+#[cfg(not(loom))]
 mod supervisor;
 #[cfg(not(loom))]
 mod ticket;
@@ -104,6 +121,9 @@ pub use hub_layout::sync;
 /// Types of hub-alloc and hub-layout that this crate's API returns or takes, so that a user
 /// needs no other crate to name them.
 pub use hub_alloc::{ClassStats, Corruption, RebuildReport, ReclaimReport, SlabError};
+/// The reasons a segment is no valid hub ([`SnapshotError::Layout`],
+/// [`AttachError::Layout`]).
+pub use hub_layout::HubLayoutError;
 pub use hub_layout::{INLINE_PAYLOAD_SIZE, NO_DEADLINE};
 
 #[cfg(all(test, loom))]
@@ -126,6 +146,10 @@ pub use peer::Peer;
 #[cfg(not(loom))]
 pub use segment::{AttachError, CreateError, HubConfig, PeerState, monotonic_ns, pad};
 pub use signal::{UnknownWaitMode, WaitMode};
+#[cfg(not(loom))]
+pub use snapshot::{
+    ClassSnapshot, Damage, PeerSnapshot, ProtocolVersion, RingDirection, Snapshot, SnapshotError,
+};
 #[cfg(not(loom))]
 pub use supervisor::{EvictReason, PeerEvent};
 #[cfg(not(loom))]
