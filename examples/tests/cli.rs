@@ -89,14 +89,56 @@ fn output_into_a_closed_pipe_ends_without_a_panic() {
 }
 
 #[test]
-fn inspect_says_the_version_as_major_dot_minor() {
+fn inspect_json_is_the_snapshot() {
     let output = Command::new(example("inspect"))
         .args(["--json", "--demo"])
         .output()
         .expect("run inspect");
-    let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{output:?}");
-    assert!(stdout.contains("\"version\":\"1.0\""), "{stdout}");
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON value");
+    // The fields of inspect's JSON before it was the snapshot's, and the new ones.
+    assert_eq!(json["version"], "1.0", "the version as major.minor");
+    assert_eq!(json["stale"], false);
+    for field in [
+        "path",
+        "max_peers",
+        "ring_capacity",
+        "current_size",
+        "mapped_len",
+        "resident",
+        "host_pid",
+        "host_left",
+        "damage",
+    ] {
+        assert!(json.get(field).is_some(), "no {field} in {json}");
+    }
+    let peers = json["peers"].as_array().expect("peers");
+    assert_eq!(peers.len(), 4);
+    assert_eq!(peers[0]["state"], "active");
+    assert_eq!(peers[2]["state"], "reserved");
+    assert_eq!(peers[0]["to_host"], 2);
+    assert_eq!(peers[1]["to_peer"], 2);
+    assert!(peers[0]["heartbeat_age_ns"].is_u64());
+    assert!(peers[2]["heartbeat_age_ns"].is_null());
+    // The demo's slots: 4 KiB frames (class 1), one received and kept by the host; 100 KiB
+    // frames (class 2); a 1 MiB loan (class 3).
+    let classes = json["classes"].as_array().expect("classes");
+    let counts = |class: usize| {
+        let c = &classes[class];
+        ["kept", "allocated", "in_flight", "corrupt"].map(|field| c[field].as_u64().unwrap())
+    };
+    assert_eq!(counts(1), [1, 0, 2, 0], "{}", classes[1]);
+    assert_eq!(counts(2), [0, 0, 2, 0], "{}", classes[2]);
+    assert_eq!(counts(3), [0, 1, 0, 0], "{}", classes[3]);
+    for c in classes {
+        let field = |name: &str| c[name].as_u64().unwrap();
+        assert_eq!(
+            field("free") + field("allocated") + field("in_flight") + field("corrupt"),
+            field("total"),
+            "{c}"
+        );
+        assert!(field("extents") >= 1 && field("slot_size") >= 1024);
+    }
 }
 
 #[test]
