@@ -14,7 +14,7 @@
 use std::process::{Child, ExitCode};
 use std::time::{Duration, Instant};
 
-use hub_examples::{Example, Result, next_frame, size_text, spawn_self};
+use hub_examples::{Example, Result, next_frame, say, size_text, spawn_self};
 use hub_transport::ClassStats;
 use hub_transport::{FrameMeta, Host, HubConfig, Peer, PeerEvent};
 
@@ -79,13 +79,19 @@ fn ms(elapsed: Duration) -> String {
 }
 
 fn print_stats(title: &str, stats: &[ClassStats]) {
-    println!("{title}");
-    println!(
+    say!("{title}");
+    say!(
         "  {:>5}  {:>9}  {:>7}  {:>6}  {:>6}  {:>9}  {:>9}",
-        "class", "slot size", "extents", "total", "free", "allocated", "in flight"
+        "class",
+        "slot size",
+        "extents",
+        "total",
+        "free",
+        "allocated",
+        "in flight"
     );
     for (class, s) in stats.iter().enumerate() {
-        println!(
+        say!(
             "  {:>5}  {:>9}  {:>7}  {:>6}  {:>6}  {:>9}  {:>9}",
             class,
             size_text(u64::from(s.slot_size)),
@@ -130,13 +136,13 @@ fn run_host() -> Result<()> {
     let (peer_id, child) = spawn_self(&host, |_| [PLUGIN_FLAG, "stream"])?;
     let pid = child.id();
     let mut plugin = Reaper(Some(child));
-    println!("spawned plugin pid {pid} as peer {peer_id}");
+    say!("spawned plugin pid {pid} as peer {peer_id}");
     // The supervisor reports the attach on its next pass (it looks every 20 ms).
     loop {
         let Some(event) = host.next_event(Some(TIMEOUT)) else {
             return Err(format!("the plugin did not attach within {TIMEOUT:?}").into());
         };
-        println!(
+        say!(
             "  {} after the start: {}",
             ms(started.elapsed()).trim(),
             describe(&event)
@@ -160,7 +166,7 @@ fn run_host() -> Result<()> {
         }
         bytes += frame.len();
     }
-    println!(
+    say!(
         "read {READ_FRAMES} frames ({} KiB) of the stream, then stopped reading",
         bytes >> 10
     );
@@ -173,25 +179,27 @@ fn run_host() -> Result<()> {
         std::thread::sleep(Duration::from_millis(5));
     }
     let info = host.peers()[usize::from(peer_id)];
-    println!(
+    say!(
         "peer {peer_id}: {:?}, pid {}, {} frames waiting in its ring to the host",
-        info.state, info.pid, info.to_host
+        info.state,
+        info.pid,
+        info.to_host
     );
-    println!();
+    say!();
     print_stats("slots before the kill:", &host.stats());
-    println!();
+    say!();
 
-    println!("events (times since the kill):");
+    say!("events (times since the kill):");
     let killed = Instant::now();
     if let Some(child) = plugin.0.as_mut() {
         child.kill()?;
     }
-    println!("  {}  SIGKILL sent to pid {pid}", ms(killed.elapsed()));
+    say!("  {}  SIGKILL sent to pid {pid}", ms(killed.elapsed()));
     loop {
         let Some(event) = host.next_event(Some(TIMEOUT)) else {
             return Err(format!("no recovery within {TIMEOUT:?} of the kill").into());
         };
-        println!("  {}  {}", ms(killed.elapsed()), describe(&event));
+        say!("  {}  {}", ms(killed.elapsed()), describe(&event));
         match event {
             PeerEvent::Recovered { peer, .. } if peer == peer_id => break,
             PeerEvent::RecoveryFailed { .. } => return Err("recovery failed".into()),
@@ -200,16 +208,18 @@ fn run_host() -> Result<()> {
     }
     if let Some(mut child) = plugin.0.take() {
         let status = child.wait()?;
-        println!("  {}  reaped: {status}", ms(killed.elapsed()));
+        say!("  {}  reaped: {status}", ms(killed.elapsed()));
     }
-    println!();
+    say!();
     print_stats("slots after recovery:", &host.stats());
     let info = host.peers()[usize::from(peer_id)];
-    println!(
+    say!(
         "peer {peer_id}: {:?}, {} + {} frames in its rings",
-        info.state, info.to_host, info.to_peer
+        info.state,
+        info.to_host,
+        info.to_peer
     );
-    println!();
+    say!();
 
     // A new plugin under the same id.
     let admitted = Instant::now();
@@ -219,7 +229,7 @@ fn run_host() -> Result<()> {
     if new_id != peer_id {
         return Err(format!("the new plugin got id {new_id}, not {peer_id}").into());
     }
-    println!("admitted a new plugin, pid {new_pid}, under the same id {new_id}");
+    say!("admitted a new plugin, pid {new_pid}, under the same id {new_id}");
     let payload: Vec<u8> = (0..FRAME_SIZE).map(|i| (i * 7) as u8).collect();
     let sent = Instant::now();
     host.send_timeout(
@@ -237,13 +247,13 @@ fn run_host() -> Result<()> {
         return Err(format!("wrong reply {reply:?}").into());
     }
     drop(reply);
-    println!(
+    say!(
         "round trip of {FRAME_SIZE} bytes: {} (including the plugin's start-up; {} since admission)",
         ms(round_trip).trim(),
         ms(admitted.elapsed()).trim()
     );
     while let Some(event) = host.next_event(Some(Duration::from_millis(100))) {
-        println!("  event: {}", describe(&event));
+        say!("  event: {}", describe(&event));
     }
 
     drop(host); // goodbye: the echo plugin sees HostGone and exits
@@ -253,7 +263,7 @@ fn run_host() -> Result<()> {
             return Err(format!("the echo plugin exited with {status}").into());
         }
     }
-    println!("done in {}", ms(started.elapsed()).trim());
+    say!("done in {}", ms(started.elapsed()).trim());
     Ok(())
 }
 

@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use hub_examples::{
-    Example, Result, checksum, expected_checksum, flag_value, next_frame, spawn_self,
+    Example, Result, checksum, expected_checksum, flag_value, next_frame, say, spawn_self,
 };
 use hub_transport::{FrameMeta, Host, HubConfig, Peer, RecvTimeoutError};
 
@@ -159,25 +159,26 @@ fn run_host(options: &Options) -> Result<()> {
     let hub = gbps(bytes, hub_elapsed);
     let memcpy = gbps(bytes, copy_elapsed);
     let ratio = hub / memcpy;
-    println!(
+    say!(
         "{} frames of {} bytes ({:.1} MiB each), plugin process -> host, every checksum right",
         options.iters,
         options.size,
         options.size as f64 / (1 << 20) as f64
     );
-    println!("  frames in slots: {in_slots} of {total} (zero copy: filled and read in place)");
-    println!(
+    say!("  frames in slots: {in_slots} of {total} (zero copy: filled and read in place)");
+    say!(
         "  hub, loan + fill + send -> recv + checksum   {hub:>7.2} GB/s   ({:.2} ms per frame)",
         hub_elapsed.as_secs_f64() * 1e3 / options.iters as f64
     );
-    println!(
+    say!(
         "  memcpy of the same size, same process      {memcpy:>7.2} GB/s   ({:.2} ms per copy)",
         copy_elapsed.as_secs_f64() * 1e3 / options.iters as f64
     );
-    println!("  ratio hub / memcpy                         {ratio:>7.2}");
-    println!(
+    say!("  ratio hub / memcpy                         {ratio:>7.2}");
+    say!(
         "size={} iters={} hub_gbps={hub:.3} memcpy_gbps={memcpy:.3} ratio={ratio:.3}",
-        options.size, options.iters
+        options.size,
+        options.iters
     );
     Ok(())
 }

@@ -1,9 +1,12 @@
-//! Helpers the examples share: the `main` boilerplate ([`Example`], [`flag_value`]), the
-//! "spawn myself as a plugin" pattern ([`spawn_self`] on the host side, [`next_frame`] on the
-//! plugin side), and small checksum and formatting helpers.
+//! Helpers the examples share: the `main` boilerplate ([`Example`], [`flag_value`]), output
+//! that ends quietly into a closed pipe ([`say!`], [`print_quietly`]), the "spawn myself as a
+//! plugin" pattern ([`spawn_self`] on the host side, [`next_frame`] on the plugin side), and
+//! small checksum and formatting helpers.
 
 use std::ffi::OsStr;
 use std::fmt::Display;
+use std::io::Write;
+use std::panic::AssertUnwindSafe;
 use std::process::{Child, Command, ExitCode};
 use std::str::FromStr;
 
@@ -17,6 +20,12 @@ pub type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 /// Errors are printed to stderr as `NAME: MESSAGE`; usage errors are followed by the usage
 /// text. `--help` prints the usage text to stdout.
 ///
+/// The examples behave like command-line tools: a reader that closes standard output early
+/// (`ping_pong | head -c 50`) ends the program quietly and successfully, with its destructors
+/// run (children killed, temporary files removed). Everything they print goes through [`say!`]
+/// or [`print_quietly`], and [`Example::run`] ends the program when [`say!`] finds the pipe
+/// closed.
+///
 /// ```
 /// use hub_examples::Example;
 ///
@@ -25,7 +34,7 @@ pub type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 /// // bad command line.
 /// let parsed: Result<Option<bool>, String> = Ok(Some(true));
 /// let _code = EXAMPLE.run(parsed, |loud| {
-///     println!("{}", if loud { "HELLO" } else { "hello" });
+///     hub_examples::say!("{}", if loud { "HELLO" } else { "hello" });
 ///     Ok(())
 /// });
 /// ```
@@ -39,23 +48,31 @@ pub struct Example {
 
 impl Example {
     /// Runs `body` with the parsed command line and ends as [`Example::exit`] does; prints the
-    /// usage text for `Ok(None)` (`--help`) and a usage error for `Err`.
+    /// usage text for `Ok(None)` (`--help`) and a usage error for `Err`. A [`say!`] in `body`
+    /// that finds standard output's reader gone ends `body` there (its values dropped) and the
+    /// program with success.
     pub fn run<T>(
         &self,
         parsed: Result<Option<T>, String>,
         body: impl FnOnce(T) -> Result<()>,
     ) -> ExitCode {
         match parsed {
-            Ok(Some(args)) => self.exit(body(args)),
+            Ok(Some(args)) => match std::panic::catch_unwind(AssertUnwindSafe(|| body(args))) {
+                Ok(result) => self.exit(result),
+                // `say!` found standard output's reader gone: everything on the way here was
+                // dropped (children, hubs, files), and that is all there is to do.
+                Err(payload) if payload.is::<ClosedPipe>() => ExitCode::SUCCESS,
+                // A real panic, whose message the panic hook printed already.
+                Err(payload) => std::panic::resume_unwind(payload),
+            },
             Ok(None) => self.help(),
             Err(message) => self.usage_error(message),
         }
     }
 
-    /// Prints the usage text to stdout: success.
+    /// Prints the usage text to stdout: success (also into a closed pipe).
     pub fn help(&self) -> ExitCode {
-        println!("{}", self.usage);
-        ExitCode::SUCCESS
+        self.exit(print_quietly(&format!("{}\n", self.usage)))
     }
 
     /// Prints `NAME: MESSAGE` and the usage text to stderr: failure.
@@ -76,13 +93,68 @@ impl Example {
     }
 }
 
+/// The payload of the unwinding with which [`say!`] ends a program whose standard output's
+/// reader is gone; [`Example::run`] catches it.
+#[derive(Debug)]
+pub struct ClosedPipe;
+
+/// `println!` for the examples: prints a line to standard output, and when the reader closed
+/// the pipe (`example | head`) ends the program quietly rather than panicking as `println!`
+/// does. The end is an unwinding with a [`ClosedPipe`] payload, which runs the destructors on
+/// its way and invokes no panic hook (so prints nothing); [`Example::run`] catches it and exits
+/// with success. Call it on the thread that runs [`Example::run`]'s body: on another thread
+/// it ends that thread only.
+///
+/// ```
+/// use hub_examples::{Example, say};
+///
+/// const EXAMPLE: Example = Example { name: "demo", usage: "usage: demo" };
+/// let _code = EXAMPLE.run(Ok(Some(3)), |n| {
+///     for i in 0..n {
+///         say!("line {i}");
+///     }
+///     Ok(())
+/// });
+/// ```
+///
+/// # Panics
+/// As `println!`, when standard output fails otherwise.
+#[macro_export]
+macro_rules! say {
+    () => {
+        $crate::say_line(::std::format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::say_line(::std::format_args!($($arg)*))
+    };
+}
+
+/// [`say!`]'s work: `args` and a newline to standard output, or the quiet end.
+///
+/// # Panics
+/// As `println!`, when standard output fails other than by a closed pipe.
+pub fn say_line(args: std::fmt::Arguments<'_>) {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_fmt(args)
+        .and_then(|()| stdout.write_all(b"\n"))
+    {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => {
+            drop(stdout);
+            // No panic hook runs, so nothing is printed; destructors run on the way out.
+            std::panic::resume_unwind(Box::new(ClosedPipe));
+        }
+        Err(error) => panic!("failed printing to stdout: {error}"),
+    }
+}
+
 /// Writes `text` to standard output. A reader that closed the pipe early (`layout | head`)
 /// is not an error: the program ends quietly, as command-line tools do.
 ///
 /// # Errors
 /// Any other write error.
 pub fn print_quietly(text: &str) -> Result<()> {
-    use std::io::Write;
     let mut stdout = std::io::stdout().lock();
     match stdout
         .write_all(text.as_bytes())

@@ -19,7 +19,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use hub_examples::{Example, Result, flag_value, next_frame, spawn_self};
+use hub_examples::{Example, Result, flag_value, next_frame, say, spawn_self};
 use hub_transport::{
     Disconnect, FrameMeta, Host, HubConfig, Peer, RecvError, SendThenRecvError, WaitMode,
 };
@@ -127,20 +127,20 @@ fn run_host(options: &Options) -> Result<()> {
 
     samples.sort_unstable();
     let pick = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    println!(
+    say!(
         "{} round trips of {} bytes between two processes ({} wait)",
         options.iters,
         options.size,
         options.wait.name()
     );
-    println!(
+    say!(
         "  min {:>9} ns   median {:>9} ns   p99 {:>9} ns   max {:>9} ns",
         samples[0],
         pick(0.5),
         pick(0.99),
         samples[samples.len() - 1]
     );
-    println!(
+    say!(
         "size={} wait={} iters={} min_ns={} median_ns={} p99_ns={} max_ns={}",
         options.size,
         options.wait.name(),

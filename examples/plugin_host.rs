@@ -19,7 +19,7 @@ use std::process::{Child, ExitCode};
 use std::time::{Duration, Instant};
 
 use hub_examples::{
-    Example, Result, checksum, expected_checksum, flag_value, next_frame, spawn_self,
+    Example, Result, checksum, expected_checksum, flag_value, next_frame, say, spawn_self,
 };
 use hub_transport::{
     Disconnect, FrameMeta, Host, HubConfig, Peer, PeerEvent, RecvError, RecvTimeoutError,
@@ -155,7 +155,7 @@ fn micros(ns: u64) -> String {
 }
 
 fn print_table(at: Duration, plugins: &mut [Option<Plugin>], interval: Duration) {
-    println!(
+    say!(
         "t={:>4.1}s  {:>6}  {:>7}  {:<9}  {:>8}  {:>9}  {:>9}  {:>9}",
         at.as_secs_f64(),
         "plugin",
@@ -174,7 +174,7 @@ fn print_table(at: Duration, plugins: &mut [Option<Plugin>], interval: Duration)
                 .get(((p.latencies_ns.len().saturating_sub(1)) as f64 * q).round() as usize)
                 .map_or("-".to_string(), |&ns| micros(ns))
         };
-        println!(
+        say!(
             "         {:>6}  {:>7}  {:<9}  {:>8}  {:>9.1}  {:>9}  {:>9}{}",
             id,
             p.pid,
@@ -218,7 +218,7 @@ fn run_host(options: &Options) -> Result<()> {
     }
     let total: u64 = plugins.iter().flatten().map(|p| p.total_frames).sum();
     if result.is_ok() {
-        println!(
+        say!(
             "{total} replies in {:.1} s from {} plugins, every one checked",
             started.elapsed().as_secs_f64(),
             options.plugins
@@ -331,7 +331,7 @@ fn handle_event(
                 let lost = plugin.pending.len();
                 plugin.pending.clear();
                 let status = plugin.child.wait()?;
-                println!(
+                say!(
                     "t={at:>4.1}s  plugin {peer} (pid {pid}) died: {status}; {lost} requests lost"
                 );
             }
@@ -343,16 +343,16 @@ fn handle_event(
                 let _ = plugin.child.kill();
                 let _ = plugin.child.wait();
             }
-            println!("t={at:>4.1}s  plugin {peer} evicted: {reason}");
+            say!("t={at:>4.1}s  plugin {peer} evicted: {reason}");
         }
         PeerEvent::Recovered { peer, recovery } => {
-            println!(
+            say!(
                 "t={at:>4.1}s  plugin {peer} recovered: {} slots freed from its rings, {} reclaimed",
                 recovery.ring_slots_freed,
                 recovery.reclaimed.freed.iter().sum::<u32>()
             );
             let (id, plugin) = spawn_plugin(host, None)?;
-            println!(
+            say!(
                 "t={at:>4.1}s  replaced by a new {} plugin, pid {}, as plugin {id}",
                 kind_of(id),
                 plugin.pid

@@ -27,14 +27,13 @@
 //!
 //! (the unary medians, in microseconds, and hub / uds).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use hub_examples::{Example, Result, checksum, flag_value};
+use hub_examples::{Example, Result, checksum, flag_value, say};
 use hub_tarpc::{HostTransport, PeerTransport};
 use hub_transport::aio::{AsyncHost, AsyncPeer};
 use hub_transport::{Host, HubConfig, Peer, TICKET_ENV, WaitMode};
@@ -374,15 +373,8 @@ fn report(options: Options, hub: &Figures, uds: &Figures) -> Result<()> {
             us(hub.unary_median) / us(uds.unary_median)
         ),
     ];
-    let mut out = std::io::stdout().lock();
     for line in lines {
-        if let Err(error) = writeln!(out, "{line}") {
-            // A closed pipe (`| head`) is the reader's choice, not a failure.
-            if error.kind() == std::io::ErrorKind::BrokenPipe {
-                return Ok(());
-            }
-            return Err(error.into());
-        }
+        say!("{line}");
     }
     Ok(())
 }

@@ -67,36 +67,140 @@ fn an_unknown_argument_fails_with_the_usage_on_stderr() {
     }
 }
 
+/// Every example with its quickest options: each prints a little and ends within a second or
+/// so.
+const QUICK_RUNS: [(&str, &[&str]); 7] = [
+    ("crash_recovery", &[]),
+    ("inspect", &["--demo"]),
+    ("large_payload", &["--size", "1048576", "--iters", "5"]),
+    ("layout", &[]),
+    ("ping_pong", &["--iters", "200"]),
+    ("plugin_host", &["--plugins", "2", "--seconds", "1"]),
+    ("rpc_tarpc", &["--calls", "50"]),
+];
+
 #[test]
-fn output_into_a_closed_pipe_ends_without_a_panic() {
-    for (name, args) in [("layout", &[][..]), ("inspect", &["--demo"][..])] {
-        let mut child = Command::new(example(name))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run the example");
-        // Read one byte, then close the pipe: what `NAME | head -c 1` does.
-        let mut stdout = child.stdout.take().expect("piped stdout");
-        let mut first = [0u8; 1];
-        stdout.read_exact(&mut first).expect("some output");
-        drop(stdout);
-        let output = child.wait_with_output().expect("wait for the example");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!stderr.contains("panicked"), "{name} panicked: {stderr}");
-        assert!(output.status.success(), "{name}: {output:?}");
+fn quick_runs_cover_every_example() {
+    let mut names: Vec<_> = QUICK_RUNS.iter().map(|(name, _)| *name).collect();
+    names.sort_unstable();
+    assert_eq!(names, EXAMPLES);
+}
+
+/// Run `name args` with its standard output into a reader that takes `take` bytes and closes
+/// the pipe (`NAME ARGS | head -c TAKE`): the program must end quietly and successfully, as
+/// command-line tools do: no panic, no error.
+fn run_into_a_closed_pipe(name: &str, args: &[&str], take: u64) {
+    let mut child = Command::new(example(name))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the example");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut taken = Vec::new();
+    stdout
+        .take(take)
+        .read_to_end(&mut taken)
+        .expect("read the output");
+    // The reader is gone: every later write of the example fails with EPIPE.
+    let output = child.wait_with_output().expect("wait for the example");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains("panicked"),
+        "{name} | head -c {take} panicked: {stderr}"
+    );
+    assert!(
+        output.status.success() && stderr.is_empty(),
+        "{name} | head -c {take}: {:?}, {stderr}",
+        output.status
+    );
+    if take > 0 {
+        assert!(!taken.is_empty(), "{name} printed nothing");
     }
 }
 
 #[test]
-fn inspect_says_the_version_as_major_dot_minor() {
+fn output_into_a_closed_pipe_ends_quietly() {
+    for (name, args) in QUICK_RUNS {
+        // Closed before the first write (`NAME | true`), so that every write fails, and after
+        // some output (`NAME | head -c 50`).
+        for take in [0, 50] {
+            run_into_a_closed_pipe(name, args, take);
+        }
+    }
+}
+
+#[test]
+fn examples_print_through_the_quiet_writers() {
+    // `println!` panics into a closed pipe; `say!` and `print_quietly` end quietly.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for name in EXAMPLES {
+        let source = std::fs::read_to_string(dir.join(format!("{name}.rs"))).unwrap();
+        for (number, line) in source.lines().enumerate() {
+            let code = line.trim_start();
+            let prints = code
+                .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '!'))
+                .any(|word| word == "println!" || word == "print!");
+            assert!(
+                code.starts_with("//") || !prints,
+                "{name}.rs:{}: prints with println!/print!: {line}",
+                number + 1
+            );
+        }
+    }
+}
+
+#[test]
+fn inspect_json_is_the_snapshot() {
     let output = Command::new(example("inspect"))
         .args(["--json", "--demo"])
         .output()
         .expect("run inspect");
-    let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{output:?}");
-    assert!(stdout.contains("\"version\":\"1.0\""), "{stdout}");
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON value");
+    // The fields of inspect's JSON before it was the snapshot's, and the new ones.
+    assert_eq!(json["version"], "1.0", "the version as major.minor");
+    assert_eq!(json["stale"], false);
+    for field in [
+        "path",
+        "max_peers",
+        "ring_capacity",
+        "current_size",
+        "mapped_len",
+        "resident",
+        "host_pid",
+        "host_left",
+        "damage",
+    ] {
+        assert!(json.get(field).is_some(), "no {field} in {json}");
+    }
+    let peers = json["peers"].as_array().expect("peers");
+    assert_eq!(peers.len(), 4);
+    assert_eq!(peers[0]["state"], "active");
+    assert_eq!(peers[2]["state"], "reserved");
+    assert_eq!(peers[0]["to_host"], 2);
+    assert_eq!(peers[1]["to_peer"], 2);
+    assert!(peers[0]["heartbeat_age_ns"].is_u64());
+    assert!(peers[2]["heartbeat_age_ns"].is_null());
+    // The demo's slots: 4 KiB frames (class 1), one received and kept by the host; 100 KiB
+    // frames (class 2); a 1 MiB loan (class 3).
+    let classes = json["classes"].as_array().expect("classes");
+    let counts = |class: usize| {
+        let c = &classes[class];
+        ["kept", "allocated", "in_flight", "corrupt"].map(|field| c[field].as_u64().unwrap())
+    };
+    assert_eq!(counts(1), [1, 0, 2, 0], "{}", classes[1]);
+    assert_eq!(counts(2), [0, 0, 2, 0], "{}", classes[2]);
+    assert_eq!(counts(3), [0, 1, 0, 0], "{}", classes[3]);
+    for c in classes {
+        let field = |name: &str| c[name].as_u64().unwrap();
+        assert_eq!(
+            field("free") + field("allocated") + field("in_flight") + field("corrupt"),
+            field("total"),
+            "{c}"
+        );
+        assert!(field("extents") >= 1 && field("slot_size") >= 1024);
+    }
 }
 
 #[test]

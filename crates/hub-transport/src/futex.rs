@@ -245,10 +245,18 @@ mod os {
         timeout: Option<Duration>,
     ) -> Result<(usize, WaitOutcome), FutexError> {
         let n = n.min(WAKE_ALL);
-        match crate::uring::wake_then_wait(wake_word, n, wait_word, expected, timeout) {
+        use crate::uring::{self, Waited};
+        match uring::wake_then_wait(wake_word, n, wait_word, expected, timeout) {
             Some(result) => {
                 count_call();
-                result.map_err(FutexError::Os)
+                let (woken, waited) = result.map_err(FutexError::Os)?;
+                let outcome = match waited {
+                    Waited::Woken => WaitOutcome::Woken,
+                    Waited::ValueChanged => WaitOutcome::ValueChanged,
+                    Waited::TimedOut => WaitOutcome::TimedOut,
+                    Waited::Interrupted => WaitOutcome::Interrupted,
+                };
+                Ok((woken, outcome))
             }
             None => {
                 let woken = wake(wake_word, n);

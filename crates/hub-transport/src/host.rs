@@ -1300,3 +1300,10 @@ const _: () = {
     const fn is_send_sync<T: Send + Sync>() {}
     is_send_sync::<Host>();
 };
+
+impl Host {
+    /// The host's mapping of its segment, for [`Host::snapshot`](crate::snapshot).
+    pub(crate) fn segment_mapping(&self) -> &Arc<crate::mapping::SegmentMapping> {
+        self.core.endpoint.segment.mapping()
+    }
+}

@@ -69,9 +69,20 @@
 //! peer is not attached, a [`PeerId`]'s life is over); every type answers `is_disconnected()`
 //! and `disconnect()`, looking through `Failed`.
 //!
+//! # Inspection
+//!
+//! A [`Snapshot`] is a look at a whole hub as a value: each peer's state, pid, heartbeat age
+//! and ring depths, each size class's slots (free, kept, allocated, in flight), what is
+//! damaged, and whether a named hub is stale. Any process that can read a named hub's file
+//! takes one with [`Snapshot::read`], without joining the hub; the host with
+//! [`Host::snapshot`].
+//!
 //! # Features
 //!
 //! - `tokio`: the async endpoints, `aio::AsyncHost` and `aio::AsyncPeer`.
+//! - `serde`: `serde::Serialize` for [`Snapshot`] and the types it holds (the protocol
+//!   version as the string `"1.0"`, a peer's state as its text), for reports in JSON and
+//!   the like.
 //! - `fault-injection` (off by default, for tests only): write access to a ring's indices in
 //!   shared memory ([`ring::RawRing`]'s `visible_head` and `tail`), with which a test's plugin
 //!   corrupts its own ring; a consumer reports such a store as a [`ring::RingError`]. The
@@ -82,10 +93,12 @@
 
 // The modules, each after every module it uses (`use crate::...`): no circle.
 //
-//   layer 0  futex, mapping, ring                      (public lower layers)
-//   layer 1  signal -> futex                           (public: the doorbell)
+//   layer 0  mapping, ring, uring                      (uring: a futex wake and wait in one call)
+//   layer 1  futex -> uring                            (public: the futex system calls)
 //            segment -> mapping, ring
-//   layer 2  frame -> futex, mapping, segment, signal  (FrameMeta, PeerId, Loan, Frame, Endpoint)
+//   layer 2  signal -> futex                           (public: the doorbell)
+//            snapshot -> mapping, segment               (a look at a whole hub as a value)
+//            frame -> futex, mapping, segment, signal  (FrameMeta, PeerId, Loan, Frame, Endpoint)
 //            ready -> futex, segment, signal
 //            liveness -> mapping, segment, signal
 //            local -> segment
@@ -142,6 +155,8 @@ mod recovery;
 #[cfg(not(loom))]
 mod segment;
 #[cfg(not(loom))]
+mod snapshot;
+#[cfg(not(loom))]
 mod supervisor;
 #[cfg(not(loom))]
 mod ticket;
@@ -153,6 +168,9 @@ pub use hub_layout::sync;
 /// Types of hub-alloc and hub-layout that this crate's API returns or takes, so that a user
 /// needs no other crate to name them.
 pub use hub_alloc::{ClassStats, Corruption, RebuildReport, ReclaimReport, SlabError};
+/// The reasons a segment is no valid hub ([`SnapshotError::Layout`],
+/// [`AttachError::Layout`]).
+pub use hub_layout::HubLayoutError;
 pub use hub_layout::{INLINE_PAYLOAD_SIZE, NO_DEADLINE};
 
 #[cfg(not(loom))]
@@ -174,5 +192,9 @@ pub use peer::Peer;
 #[cfg(not(loom))]
 pub use segment::{AttachError, CreateError, HubConfig, PeerState, monotonic_ns, pad};
 pub use signal::{UnknownWaitMode, WaitMode};
+#[cfg(not(loom))]
+pub use snapshot::{
+    ClassSnapshot, Damage, PeerSnapshot, ProtocolVersion, RingDirection, Snapshot, SnapshotError,
+};
 #[cfg(not(loom))]
 pub use ticket::{ReadySpec, SpecSource, TICKET_ENV, Ticket, TicketSpec};

@@ -31,7 +31,6 @@ use rustix::io_uring::{
 };
 use rustix::mm::{MapFlags, ProtFlags, mmap, munmap};
 
-use crate::futex::WaitOutcome;
 use crate::sync::AtomicU32;
 
 /// A word of the ring's memory, which the kernel reads or writes too.
@@ -48,8 +47,22 @@ const WAKE: u64 = 1;
 const WAIT: u64 = 2;
 const CANCEL: u64 = 3;
 
+/// How a wait ended (the futex module's `WaitOutcome`, which this module does not import: it
+/// sits below `futex`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waited {
+    /// A wake came.
+    Woken,
+    /// The word did not hold the expected value.
+    ValueChanged,
+    /// The timeout passed.
+    TimedOut,
+    /// A signal came.
+    Interrupted,
+}
+
 /// What [`wake_then_wait`] did: how many sleepers the wake woke, and how the wait ended.
-pub(crate) type Outcome = (usize, WaitOutcome);
+pub(crate) type Outcome = (usize, Waited);
 
 thread_local! {
     /// This thread's ring: `None` before its first use, `Some(None)` where io_uring (or its
@@ -90,7 +103,7 @@ pub(crate) fn available() -> bool {
     let (nobody, moved) = (AtomicU32::new(0), AtomicU32::new(1));
     matches!(
         wake_then_wait(&nobody, 1, &moved, 0, None),
-        Some(Ok((_, WaitOutcome::ValueChanged)))
+        Some(Ok((_, Waited::ValueChanged)))
     )
 }
 
@@ -359,10 +372,10 @@ impl FutexRing {
         }
         let woken = usize::try_from(woken).unwrap_or(0);
         let outcome = match waited {
-            0 => WaitOutcome::Woken,
-            res if res == -Errno::AGAIN.raw_os_error() => WaitOutcome::ValueChanged,
-            res if res == -Errno::TIME.raw_os_error() => WaitOutcome::TimedOut,
-            res if res == -Errno::INTR.raw_os_error() => WaitOutcome::Interrupted,
+            0 => Waited::Woken,
+            res if res == -Errno::AGAIN.raw_os_error() => Waited::ValueChanged,
+            res if res == -Errno::TIME.raw_os_error() => Waited::TimedOut,
+            res if res == -Errno::INTR.raw_os_error() => Waited::Interrupted,
             res => return Ok(Err(Errno::from_raw_os_error(-res))),
         };
         Ok(Ok((woken, outcome)))
