@@ -818,11 +818,11 @@ impl Host {
     }
 
     /// [`send`](Self::send) to `peer`, then [`recv_from`](Self::recv_from) that peer: the call
-    /// of a request and its reply (or of a reply and the next request). When the peer sleeps,
-    /// the wake of the send and the host's sleep for the answer are one system call (an
-    /// io_uring of this thread, Linux 6.7+; two plain calls elsewhere), so a blocking request
-    /// and reply costs each side one system call; and the adaptive spin is skipped, since
-    /// nothing can come back before the peer wakes.
+    /// of a request and its reply (or of a reply and the next request). In
+    /// [`WaitMode::Block`], when the peer sleeps, the wake of the send and the host's sleep
+    /// for the answer are one system call (an io_uring of this thread, Linux 6.7+; two plain
+    /// calls elsewhere), so a blocking request and reply costs each side one system call. In
+    /// the other modes it is `send` and then `recv_from`.
     ///
     /// ```
     /// use hub_transport::{FrameMeta, Host, HubConfig, Peer};

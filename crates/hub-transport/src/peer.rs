@@ -554,11 +554,10 @@ impl Peer {
     }
 
     /// [`send`](Self::send), then [`recv`](Self::recv): the call of a request and its reply
-    /// (or of a reply and the next request). When the host sleeps, the wake of the send and
-    /// this peer's sleep for the answer are one system call (an io_uring of this thread, Linux
-    /// 6.7+; two plain calls elsewhere), so a blocking request and reply costs each side one
-    /// system call; and the adaptive spin is skipped, since nothing can come back before the
-    /// host wakes.
+    /// (or of a reply and the next request). In [`WaitMode::Block`], when the host sleeps, the
+    /// wake of the send and this peer's sleep for the answer are one system call (an io_uring
+    /// of this thread, Linux 6.7+; two plain calls elsewhere), so a blocking request and reply
+    /// costs each side one system call. In the other modes it is `send` and then `recv`.
     ///
     /// ```
     /// use hub_transport::{FrameMeta, Host, HubConfig, Peer};

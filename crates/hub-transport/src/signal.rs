@@ -573,10 +573,11 @@ pub(crate) fn wait_any_before_sleep<T>(
 }
 
 /// [`wait_any_before_sleep`] for a thread that just rang another side's bell with its wake
-/// still `pending` (the send of a request, a reply): the wake is made before anything that
-/// could take time, and together with the first sleep when there is one bell, in one system
-/// call ([`futex::wake_then_wait`]). With a pending wake the spin of [`WaitMode::Adaptive`] is
-/// skipped: the other side sleeps until that wake, so nothing can come back before it.
+/// still `pending` (the send of a request, a reply). In [`WaitMode::Block`] with one bell the
+/// wake goes with the first sleep, in one system call ([`futex::wake_then_wait`]). In the
+/// other modes it is made at once: a spin can catch an answer only from a side that is awake,
+/// and a side woken at once answers while this one spins, so that both may stay awake (an
+/// adaptive pair that carried its wakes into its sleeps would never spin again).
 pub(crate) fn wait_any_after_ring<T>(
     bells: &[Doorbell<'_>],
     mut poll: impl FnMut() -> Option<T>,
@@ -598,12 +599,11 @@ pub(crate) fn wait_any_after_ring<T>(
     if let Some(value) = poll() {
         return Ok(value);
     }
-    if mode == WaitMode::Spin || bells.len() > 1 {
-        // A spin never sleeps, and futex_waitv has no io_uring twin here: wake now.
+    if mode != WaitMode::Block || bells.len() > 1 {
+        // Before a spin, and before a futex_waitv (which has no io_uring twin here): wake now.
         drop(pending.take());
     }
     match mode {
-        WaitMode::Adaptive if pending.is_some() => {}
         WaitMode::Spin => loop {
             // An unbounded spin returns only with a value or an error.
             if let Some(value) = spin(&mut poll, deadline, false)? {
