@@ -21,7 +21,7 @@
 //! | `test`    | `cargo nextest run --workspace --all-features --no-fail-fast --no-tests=warn` when `cargo nextest --version` works, else `cargo test --workspace --all-targets --all-features --no-fail-fast` |
 //! | `doc`     | `cargo test --workspace --doc --all-features --no-fail-fast` (nextest does not run doc tests) |
 //! | `rustdoc` | `RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features` |
-//! | `package` | `cargo publish --workspace --dry-run --allow-dirty` (the four library crates) |
+//! | `package` | `cargo publish --workspace --dry-run --allow-dirty` (the four library crates), in `target/package-verify`, after forgetting what earlier runs built of them (see [`forget_packaged_builds`]) |
 //! | `loom`    | `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=target/loom cargo test --release -p hub-alloc -p hub-transport --lib --no-fail-fast` |
 //! | scenarios | `cargo run --release -p hub-scenarios -- NAME` for each of [`SCENARIOS`] (group name `scenarios`); `--seed N` passes a seed to each |
 //!
@@ -163,6 +163,9 @@ fn main() -> ExitCode {
     for (step, chosen) in selected {
         let outcome = chosen.then(|| {
             index += 1;
+            if step.name == "package" {
+                forget_packaged_builds(&package_target_dir(&root));
+            }
             run::run(step, index, total, &root, &mut io::stdout())
         });
         results.push((step, outcome));
@@ -323,11 +326,16 @@ fn all_steps(cargo: &OsString, root: &Path, options: &Options) -> Vec<Step> {
     );
     // The library crates package and build as crates.io would have them (nothing uploaded);
     // `--allow-dirty` so that a working tree with changes can be checked before a commit.
-    steps.push(Step::new(
-        "package",
-        cargo_cmd(&["publish", "--workspace", "--dry-run", "--allow-dirty"]),
-        Parse::Exit,
-    ));
+    // In a target directory of its own, where our crates are only ever built as packages (see
+    // `forget_packaged_builds`).
+    steps.push(
+        Step::new(
+            "package",
+            cargo_cmd(&["publish", "--workspace", "--dry-run", "--allow-dirty"]),
+            Parse::Exit,
+        )
+        .env("CARGO_TARGET_DIR", package_target_dir(root)),
+    );
 
     let mut loom_args = vec!["test", "--release"];
     for package in LOOM_PACKAGES {
@@ -364,6 +372,74 @@ fn all_steps(cargo: &OsString, root: &Path, options: &Options) -> Vec<Step> {
             .collect();
     }
     steps
+}
+
+/// The workspace's library crates, as `cargo publish --workspace` packages them.
+const LIBRARY_CRATES: &[&str] = &["hub-layout", "hub-alloc", "hub-transport", "hub-tarpc"];
+
+/// Before the `package` step: forget what earlier runs of `cargo publish --dry-run` built of
+/// this workspace's own crates. Cargo verifies a package against the packages it made just
+/// before, served from a local registry under the target directory; and it takes a registry
+/// crate's name and version for its content. So a crate changed since an earlier run, at the
+/// same version, would be verified against its old source (extracted once into
+/// `$CARGO_HOME/registry/src/-HASH/NAME-VERSION`) and its old build (in `target`): an
+/// unresolved import of a constant added since, say. Removed: those extracted copies (only in
+/// local registries, whose directory names start with `-`, and only of these crates' names),
+/// and these crates' builds in the step's own target directory, where nothing else builds
+/// them. Failures are ignored: at worst the step reports the stale crate.
+fn forget_packaged_builds(target: &Path) {
+    let ours = |name: &str, separator: char| {
+        LIBRARY_CRATES.iter().any(|krate| {
+            let krate = if separator == '_' {
+                krate.replace('-', "_")
+            } else {
+                (*krate).to_owned()
+            };
+            name.strip_prefix(&krate)
+                .and_then(|rest| rest.strip_prefix(separator))
+                .is_some()
+        })
+    };
+    let remove_ours = |dir: &Path, prefix: &str, separator: char| {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(rest) = name.strip_prefix(prefix)
+                && ours(rest, separator)
+            {
+                let path = entry.path();
+                let _ = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+            }
+        }
+    };
+    let home = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|home| Path::new(&home).join(".cargo")));
+    if let Some(Ok(registries)) = home.map(|home| std::fs::read_dir(home.join("registry/src"))) {
+        for registry in registries.flatten() {
+            if registry.file_name().to_string_lossy().starts_with('-') {
+                remove_ours(&registry.path(), "", '-');
+            }
+        }
+    }
+    for profile in ["debug", "release"] {
+        let profile = target.join(profile);
+        remove_ours(&profile.join(".fingerprint"), "", '-');
+        remove_ours(&profile.join("deps"), "lib", '_');
+        remove_ours(&profile.join("deps"), "", '_');
+        remove_ours(&profile.join("build"), "", '-');
+    }
+}
+
+/// The `package` step's target directory: `package-verify` beside the loom one.
+fn package_target_dir(root: &Path) -> PathBuf {
+    loom_target_dir(root).with_file_name("package-verify")
 }
 
 /// [`SCENARIO_COMMAND`] with this cargo.
