@@ -6,7 +6,7 @@
 //! doorbell words, and [`Endpoint`] holds what both ends share (the segment and an allocator
 //! handle owning as this participant).
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::Backoff;
@@ -26,7 +26,7 @@ use crate::ring::{Consumer, Producer, PushError, RingError};
 use crate::segment::Segment;
 use crate::segment::pad::{READY_HOST, READY_PEER};
 use crate::signal::{Doorbell, PendingWake, WaitError, WaitMode, wait_any_after_ring};
-use crate::sync::AtomicU32;
+use crate::sync::{AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering, lock};
 
 /// When a blocking call gives up.
 #[derive(Debug, Clone, Copy)]
@@ -161,6 +161,9 @@ pub(crate) struct Link {
     pub receiver: OwnerId,
     /// This end as an owner: what it receives is in flight to it.
     pub me: OwnerId,
+    /// The ring handles, locked with `sync::lock`, which carries on past a poisoned lock: a
+    /// panic while a handle was held leaves its private indices as they were at the last
+    /// completed push or pop, which is consistent.
     producer: Mutex<Producer>,
     consumer: Mutex<Consumer>,
     /// Rung after a push; the other end waits on it.
@@ -177,7 +180,7 @@ pub(crate) struct Link {
     notify: Mutex<Option<Arc<EventFd>>>,
     /// The life of the entry this end serves: this process's own copy of its epoch (the
     /// host's counter, or the ticket's on a peer), never read from the segment (R4).
-    life: std::sync::atomic::AtomicU64,
+    life: AtomicU64,
 }
 
 /// Which of a peer entry's two futex words.
@@ -223,7 +226,7 @@ impl Link {
             their_ready,
             my_ready,
             notify: Mutex::new(None),
-            life: std::sync::atomic::AtomicU64::new(0),
+            life: AtomicU64::new(0),
         })
     }
 
@@ -231,15 +234,12 @@ impl Link {
     pub fn set_life(&self, epoch: u64) {
         // Relaxed: read under the producer lock by sends (`gone`) and taken with the rings'
         // reset, which holds both locks.
-        self.life.store(epoch, std::sync::atomic::Ordering::Relaxed);
+        self.life.store(epoch, Ordering::Relaxed);
     }
 
     /// The id of the life this end serves.
     pub fn id(&self) -> PeerId {
-        PeerId::new(
-            self.peer,
-            self.life.load(std::sync::atomic::Ordering::Relaxed),
-        )
+        PeerId::new(self.peer, self.life.load(Ordering::Relaxed))
     }
 
     /// The other end's readiness descriptor, from now on (a new life of the entry).
@@ -263,10 +263,7 @@ impl Link {
     /// the host's bridge thread): a hint any peer can write, costing at most a thread.
     pub fn is_bridged(&self, segment: &Segment) -> bool {
         // R11: a hint; the bridge thread re-reads it every round.
-        self.ready_word(segment)
-            .load(std::sync::atomic::Ordering::Relaxed)
-            & crate::segment::pad::READY_BRIDGED
-            != 0
+        self.ready_word(segment).load(Ordering::Relaxed) & crate::segment::pad::READY_BRIDGED != 0
     }
 
     /// R11 after a push: bump the other end's bell; if it announced a sleep, wake its futex
@@ -660,12 +657,4 @@ impl Link {
             payload: FramePayload::Slot { handle, ptr },
         })
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while a ring handle was held leaves its private indices as they were at the
-    // last completed push or pop, which is consistent: carry on.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
