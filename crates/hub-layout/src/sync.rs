@@ -1,9 +1,14 @@
-//! The atomics every hub crate uses: `std`'s normally, loom's under `cfg(loom)`.
+//! The atomics and locks every hub crate uses: `std`'s normally, loom's under `cfg(loom)`.
 //!
 //! hub-alloc and hub-transport import their atomics from here, never from `std` directly, so the
 //! same protocol code runs over a real mapping and inside a loom model. Under loom the atomic types
 //! are larger than the layout expects, so loom models run over heap regions built with
 //! constructors, never over bytes of a real segment (see Loom in the crate docs).
+//!
+//! The private locks of a process (hub-alloc's, the ring handles of hub-transport's links) are
+//! this module's [`Mutex`], taken with [`lock`]. `Arc` stays `std`'s: methods with a
+//! `self: &Arc<Self>` receiver need it, and so does hub-alloc's `Region` for `Arc<R>`; loom
+//! models spawn their threads with `loom::thread` themselves.
 
 #[cfg(not(loom))]
 pub use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering, fence};

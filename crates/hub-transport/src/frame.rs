@@ -10,12 +10,17 @@ use hub_alloc::{OwnerId, Slab, SlotHandle};
 use hub_layout::{INLINE_PAYLOAD_SIZE, MsgDescHot, NO_DEADLINE, SlotState};
 
 use crate::futex::{self, WAKE_ALL};
+#[cfg(not(loom))]
 use crate::mapping::SegmentMapping;
 use crate::segment::Segment;
 use crate::signal::WaitMode;
 
 /// The allocator handle of a participant.
+#[cfg(not(loom))]
 pub(crate) type HubSlab = Slab<Arc<SegmentMapping>>;
+/// Under loom, over a heap region (a model's segment holds no allocator, see `Segment::heap`).
+#[cfg(loom)]
+pub(crate) type HubSlab = Slab<Arc<hub_alloc::HeapRegion>>;
 
 /// The fields of a descriptor that belong to the RPC runtime: they travel untouched.
 ///

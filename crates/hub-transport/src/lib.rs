@@ -127,19 +127,25 @@ pub mod signal;
 
 #[cfg(not(loom))]
 mod audit;
-#[cfg(not(loom))]
+// Under loom, the models of the real `Link` use it, and only in part.
+#[cfg(any(test, not(loom)))]
+#[cfg_attr(loom, allow(dead_code, unused_imports))]
 mod error;
 #[cfg(not(loom))]
 mod event;
 #[cfg(not(loom))]
 mod forms;
-#[cfg(not(loom))]
+// Under loom, the models of the real `Link` use it, and only in part.
+#[cfg(any(test, not(loom)))]
+#[cfg_attr(loom, allow(dead_code, unused_imports))]
 mod frame;
 #[cfg(not(loom))]
 mod host;
 #[cfg(not(loom))]
 mod host_core;
-#[cfg(not(loom))]
+// Under loom, the models of the real `Link` use it, and only in part.
+#[cfg(any(test, not(loom)))]
+#[cfg_attr(loom, allow(dead_code, unused_imports))]
 mod link;
 #[cfg(not(loom))]
 mod liveness;
@@ -147,12 +153,16 @@ mod liveness;
 mod local;
 #[cfg(not(loom))]
 mod peer;
-#[cfg(not(loom))]
+// Under loom, the models of the real `Link` use it, and only in part.
+#[cfg(any(test, not(loom)))]
+#[cfg_attr(loom, allow(dead_code, unused_imports))]
 mod ready;
 // Under loom, only its model uses it.
 #[cfg(any(test, not(loom)))]
 mod recovery;
-#[cfg(not(loom))]
+// Under loom, the models of the real `Link` use it, and only in part.
+#[cfg(any(test, not(loom)))]
+#[cfg_attr(loom, allow(dead_code, unused_imports))]
 mod segment;
 #[cfg(not(loom))]
 mod snapshot;

@@ -6,7 +6,7 @@
 //! doorbell words, and [`Endpoint`] holds what both ends share (the segment and an allocator
 //! handle owning as this participant).
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::Backoff;
@@ -26,7 +26,7 @@ use crate::ring::{Consumer, Producer, PushError, RingError};
 use crate::segment::Segment;
 use crate::segment::pad::{READY_HOST, READY_PEER};
 use crate::signal::{Doorbell, PendingWake, WaitError, WaitMode, wait_any_after_ring};
-use crate::sync::AtomicU32;
+use crate::sync::{AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering, lock};
 
 /// When a blocking call gives up.
 #[derive(Debug, Clone, Copy)]
@@ -161,6 +161,9 @@ pub(crate) struct Link {
     pub receiver: OwnerId,
     /// This end as an owner: what it receives is in flight to it.
     pub me: OwnerId,
+    /// The ring handles, locked with `sync::lock`, which carries on past a poisoned lock: a
+    /// panic while a handle was held leaves its private indices as they were at the last
+    /// completed push or pop, which is consistent.
     producer: Mutex<Producer>,
     consumer: Mutex<Consumer>,
     /// Rung after a push; the other end waits on it.
@@ -177,7 +180,7 @@ pub(crate) struct Link {
     notify: Mutex<Option<Arc<EventFd>>>,
     /// The life of the entry this end serves: this process's own copy of its epoch (the
     /// host's counter, or the ticket's on a peer), never read from the segment (R4).
-    life: std::sync::atomic::AtomicU64,
+    life: AtomicU64,
 }
 
 /// Which of a peer entry's two futex words.
@@ -223,7 +226,7 @@ impl Link {
             their_ready,
             my_ready,
             notify: Mutex::new(None),
-            life: std::sync::atomic::AtomicU64::new(0),
+            life: AtomicU64::new(0),
         })
     }
 
@@ -231,15 +234,12 @@ impl Link {
     pub fn set_life(&self, epoch: u64) {
         // Relaxed: read under the producer lock by sends (`gone`) and taken with the rings'
         // reset, which holds both locks.
-        self.life.store(epoch, std::sync::atomic::Ordering::Relaxed);
+        self.life.store(epoch, Ordering::Relaxed);
     }
 
     /// The id of the life this end serves.
     pub fn id(&self) -> PeerId {
-        PeerId::new(
-            self.peer,
-            self.life.load(std::sync::atomic::Ordering::Relaxed),
-        )
+        PeerId::new(self.peer, self.life.load(Ordering::Relaxed))
     }
 
     /// The other end's readiness descriptor, from now on (a new life of the entry).
@@ -263,10 +263,7 @@ impl Link {
     /// the host's bridge thread): a hint any peer can write, costing at most a thread.
     pub fn is_bridged(&self, segment: &Segment) -> bool {
         // R11: a hint; the bridge thread re-reads it every round.
-        self.ready_word(segment)
-            .load(std::sync::atomic::Ordering::Relaxed)
-            & crate::segment::pad::READY_BRIDGED
-            != 0
+        self.ready_word(segment).load(Ordering::Relaxed) & crate::segment::pad::READY_BRIDGED != 0
     }
 
     /// R11 after a push: bump the other end's bell; if it announced a sleep, wake its futex
@@ -662,10 +659,224 @@ impl Link {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while a ring handle was held leaves its private indices as they were at the
-    // last completed push or pop, which is consistent: carry on.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+#[cfg(all(test, loom))]
+mod loom_tests {
+    // Loom models of the real `Link`, over a segment on the heap (`Segment::heap`: its words and
+    // rings, the allocator apart, over a `HeapRegion`): a peer's end sends, the host's end
+    // receives, as `Peer` and `Host` build them.
+    //
+    // Under loom the allocator's tracked cells make an `Endpoint` neither `Send` nor `Sync`;
+    // loom's threads need neither (outside loom both are, which the crate's API relies on).
+    #![allow(clippy::arc_with_non_send_sync)]
+
+    use std::sync::Arc;
+
+    use hub_alloc::{ClassConfig, HeapRegion, OwnerId, Slab, SlabLayout};
+    use loom::thread;
+
+    use super::{Deadline, Link, RECV_BELL, SEND_BELL};
+    use crate::error::TryLoanError;
+    use crate::frame::{Endpoint, FrameMeta};
+    use crate::recovery::{reclaim_settled, recover_rings};
+    use crate::segment::Segment;
+
+    const PEER: OwnerId = OwnerId::peer(0);
+
+    /// What the recovery model's steps fail with: a ring's error or the allocator's.
+    type Failure = Box<dyn std::error::Error>;
+
+    /// Run `f` under loom, with a preemption bound of 2 unless `LOOM_MAX_PREEMPTIONS` says
+    /// otherwise, and print how many executions it explored and how long that took.
+    fn model(name: &str, f: impl Fn() + Sync + Send + 'static) {
+        let mut builder = loom::model::Builder::new();
+        if builder.preemption_bound.is_none() {
+            builder.preemption_bound = Some(2);
+        }
+        let executions = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = Arc::clone(&executions);
+        let start = std::time::Instant::now();
+        builder.check(move || {
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            f();
+        });
+        eprintln!(
+            "loom model {name}: {} executions in {:.2?}",
+            executions.load(std::sync::atomic::Ordering::Relaxed),
+            start.elapsed()
+        );
+    }
+
+    /// A hub of one peer with rings of two descriptors, and one class of `slots` slots of
+    /// 64 bytes: the host's endpoint and link, the peer's endpoint and link.
+    struct Hub {
+        host: Arc<Endpoint>,
+        host_link: Link,
+        peer: Arc<Endpoint>,
+        peer_link: Link,
+    }
+
+    fn hub(slots: u32) -> Hub {
+        let segment = Arc::new(Segment::heap(1, 2).expect("layout"));
+        let layout = SlabLayout::standalone(
+            &[ClassConfig {
+                slot_size: 64,
+                slots_per_extent: slots,
+            }],
+            1,
+            1,
+        )
+        .expect("slab layout");
+        let region = Arc::new(HeapRegion::new(layout.initial_size(), layout.max_size()));
+        // SAFETY: a fresh region nobody else uses yet.
+        let host_slab = unsafe { Slab::init(region, layout, OwnerId::HOST) }.expect("init");
+        let peer_slab = host_slab.with_owner(PEER).expect("peer handle");
+        // SAFETY: each end is the only producer of its out ring and the only consumer of its in
+        // ring: the peer pushes into ring 0 and pops from ring 1, the host the opposite.
+        let (host_link, peer_link) = unsafe {
+            (
+                Link::new(&segment, 0, OwnerId::HOST, PEER, 1, 0, RECV_BELL, SEND_BELL),
+                Link::new(&segment, 0, PEER, OwnerId::HOST, 0, 1, SEND_BELL, RECV_BELL),
+            )
+        };
+        Hub {
+            host: Arc::new(Endpoint::new(Arc::clone(&segment), host_slab)),
+            host_link: host_link.expect("host link"),
+            peer: Arc::new(Endpoint::new(segment, peer_slab)),
+            peer_link: peer_link.expect("peer link"),
+        }
+    }
+
+    /// Frame `i`'s payload: `len(i)` bytes of value `i`.
+    fn len(i: u64) -> usize {
+        if i.is_multiple_of(2) { 8 } else { 40 }
+    }
+
+    /// Send frame `i` from the peer's end, retrying while the class is empty or the ring full.
+    fn send(endpoint: &Arc<Endpoint>, link: &Link, i: u64) {
+        let mut loan = loop {
+            match endpoint.loan(len(i), Deadline::Now, &|| None) {
+                Ok(loan) => break loan,
+                Err(TryLoanError::NoFreeSlots { .. }) => thread::yield_now(),
+                Err(error) => panic!("loan {i}: {error}"),
+            }
+        };
+        loan.as_mut_slice().fill(i as u8);
+        let meta = FrameMeta {
+            msg_id: i,
+            ..FrameMeta::default()
+        };
+        while let Some(back) = link
+            .try_send(endpoint, meta, loan, &|| None, None)
+            .expect("send")
+        {
+            loan = back;
+            thread::yield_now();
+        }
+    }
+
+    /// The class's slots, after both sides gave back what they keep: every one free, none
+    /// allocated or in flight, each on the free list once.
+    fn check_all_free(hub: &Hub, total: u32) {
+        for endpoint in [&hub.host, &hub.peer] {
+            endpoint.slab.give_back_kept().expect("give back");
+        }
+        let stats = hub.host.slab.stats()[0];
+        assert_eq!(
+            (stats.free, stats.allocated, stats.in_flight),
+            (total, 0, 0),
+            "{stats:?}"
+        );
+        assert_eq!(hub.host.slab.free_list_len(0), Ok(total));
+    }
+
+    /// R3, R5, R6, R11 through the real `Link`: the peer sends four frames (inline, in a slot,
+    /// inline, in a slot) through a ring of two and a class of one slot, waiting for the host
+    /// to make room, and for it to free the first slot before the second loan; the host takes
+    /// each once, in order, intact, and frees its slot; no slot is lost.
+    #[test]
+    fn frames_arrive_once_in_order_and_slots_come_back() {
+        model("frames_arrive_once_in_order_and_slots_come_back", || {
+            const FRAMES: u64 = 4;
+            let hub = Arc::new(hub(1));
+            let sender = {
+                let hub = Arc::clone(&hub);
+                thread::spawn(move || {
+                    for i in 0..FRAMES {
+                        send(&hub.peer, &hub.peer_link, i);
+                    }
+                })
+            };
+            let mut next = 0;
+            while next < FRAMES {
+                let Some(frame) = hub.host_link.try_recv(&hub.host).expect("recv") else {
+                    thread::yield_now();
+                    continue;
+                };
+                assert_eq!(frame.meta().msg_id, next);
+                assert_eq!(frame.len(), len(next));
+                assert_eq!(
+                    frame.is_inline(),
+                    len(next) <= hub_layout::INLINE_PAYLOAD_SIZE
+                );
+                assert!(frame.payload().iter().all(|&b| b == next as u8));
+                drop(frame);
+                next += 1;
+            }
+            sender.join().expect("sender");
+            assert!(hub.host_link.try_recv(&hub.host).expect("recv").is_none());
+            check_all_free(&hub, 1);
+        });
+    }
+
+    /// R10's recovery through the real host `Link`, as `Core::recover_peer` runs it (both ends
+    /// held, `recover_rings` with `Link::reset`, then `reclaim_settled`), racing a late send of
+    /// the dying peer through the real peer `Link`: an inline frame, so that the dead peer makes
+    /// no allocator operation during the recovery (which reclaim assumes, see
+    /// `recovery::loom_tests`). Before the race each side sent a frame in a slot that the other
+    /// did not take. Whatever the interleaving, the recovery frees both slots, and once the id
+    /// is reserved again (the rings reset and swept once more, as `reset_rings` and `add_peer`
+    /// do) every slot is free, exactly once, and the host's end takes nothing.
+    #[test]
+    fn recovery_racing_a_late_send_through_the_link() {
+        model("recovery_racing_a_late_send_through_the_link", || {
+            let hub = Arc::new(hub(2));
+            send(&hub.peer, &hub.peer_link, 1);
+            send(&hub.host, &hub.host_link, 1);
+            let late = {
+                let hub = Arc::clone(&hub);
+                thread::spawn(move || send(&hub.peer, &hub.peer_link, 2))
+            };
+
+            let segment = &hub.host.segment;
+            let slab = &hub.host.slab;
+            let mut held = hub.host_link.lock_both();
+            let rings = [(0, PEER, OwnerId::HOST), (1, OwnerId::HOST, PEER)].map(
+                |(ring, sender, receiver)| {
+                    let view = segment.ring(ring).map_err(Failure::from)?;
+                    Ok((view, sender, receiver))
+                },
+            );
+            let (freed, _wake) = recover_rings(slab, PEER, OwnerId::HOST, rings, || {
+                // SAFETY: the host's end is the only producer of ring 1 and consumer of ring 0.
+                unsafe { Link::reset(segment, 1, 0, &mut held) }.map_err(Failure::from)
+            })
+            .expect("scan, reset and sweep");
+            assert_eq!(freed, 2, "both frames in flight");
+            let reclaimed = reclaim_settled(slab, PEER, usize::MAX, thread::yield_now);
+            assert!(!reclaimed.expect("reclaim").journal_pending);
+            drop(held);
+            late.join().expect("late sender");
+
+            // The id is reserved again: the host resets the rings it wrote into after the
+            // recovery, and sweeps what it sent meanwhile.
+            let mut held = hub.host_link.lock_both();
+            // SAFETY: as above.
+            unsafe { Link::reset(segment, 1, 0, &mut held) }.expect("reset at reuse");
+            drop(held);
+            slab.reclaim_sent(PEER, OwnerId::HOST)
+                .expect("sweep at reuse");
+            assert!(hub.host_link.try_recv(&hub.host).expect("recv").is_none());
+            check_all_free(&hub, 2);
+        });
+    }
 }

@@ -26,9 +26,14 @@ use hub_layout::{
     SegmentLayout, validate_segment,
 };
 
-use crate::mapping::{HolderLock, MappingError, SegmentFile, SegmentMapping};
+#[cfg(not(loom))]
+use crate::mapping::SegmentMapping;
+use crate::mapping::{HolderLock, MappingError, SegmentFile};
 use crate::ring::{RawRing, RingError};
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
+
+#[cfg(loom)]
+mod heap;
 
 /// Where hub-transport keeps its own words in the padding of the seed layout (R13): byte
 /// offsets, for inspectors that read a segment without attaching. The names are hub-layout's
@@ -381,7 +386,11 @@ impl std::fmt::Display for PeerState {
 
 /// A mapped, validated hub segment and the private copy of its layout (R3).
 pub(crate) struct Segment {
+    #[cfg(not(loom))]
     mapping: Arc<SegmentMapping>,
+    /// Under loom, the words and rings on the heap ([`Segment::heap`]).
+    #[cfg(loom)]
+    heap: heap::HeapWords,
     layout: SegmentLayout,
     /// The creator's private copies of the words it wrote once and nobody changes afterwards
     /// (R4): every word an attacher validates, and the host's own. Empty for an attacher.
@@ -467,6 +476,7 @@ fn fixed_fields(layout: &SegmentLayout) -> Vec<(usize, bool, &'static str)> {
 
 /// A new hub file at `path` and its holder's lock, taken at once; with `take_over`, in place of
 /// a stale one (see [`SegmentFile::is_stale_at`]), whose lock is held until the new file's is.
+#[cfg(not(loom))]
 fn create_named(
     path: &Path,
     initial: u64,
@@ -497,18 +507,22 @@ fn create_named(
 
 impl std::fmt::Debug for Segment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Segment")
+        let mut debug = f.debug_struct("Segment");
+        debug
             .field("max_peers", &self.layout.max_peers)
-            .field("ring_capacity", &self.layout.ring_capacity)
-            .field("len", &self.mapping.len())
-            .finish()
+            .field("ring_capacity", &self.layout.ring_capacity);
+        #[cfg(not(loom))]
+        debug.field("len", &self.mapping.len());
+        debug.finish()
     }
 }
 
 /// What [`Segment::create`] makes: the segment, the host's allocator handle, and the host's
 /// lock on the file (R12), taken as the file was made.
+#[cfg(not(loom))]
 pub(crate) type Created = (Arc<Segment>, Slab<Arc<SegmentMapping>>, HolderLock);
 
+#[cfg(not(loom))]
 impl Segment {
     /// Build a new hub (R1): header without magic, peer table, rings, allocator, then the magic
     /// with Release. Returns the segment and the host's allocator handle.
@@ -677,6 +691,13 @@ impl Segment {
         Shared::new(&self.mapping)
     }
 
+    /// The mapping.
+    pub fn mapping(&self) -> &Arc<SegmentMapping> {
+        &self.mapping
+    }
+}
+
+impl Segment {
     /// The private layout.
     pub fn layout(&self) -> &SegmentLayout {
         &self.layout
@@ -706,18 +727,15 @@ impl Segment {
         restored
     }
 
-    /// The mapping.
-    pub fn mapping(&self) -> &Arc<SegmentMapping> {
-        &self.mapping
-    }
-
     /// The `AtomicU32` at `offset`, which lies inside the validated initial layout.
+    #[cfg(not(loom))]
     fn word32(&self, offset: usize) -> &AtomicU32 {
         self.shared()
             .u32_at(offset)
             .expect("every fixed word lies inside the validated layout")
     }
 
+    #[cfg(not(loom))]
     fn word64(&self, offset: usize) -> &AtomicU64 {
         self.shared()
             .u64_at(offset)
@@ -775,6 +793,7 @@ impl Segment {
 
     /// A view of ring `index` of the ring region: peer `i`'s send ring is `2i`, its receive
     /// ring `2i + 1`. The view is valid while this segment lives.
+    #[cfg(not(loom))]
     pub fn ring(&self, index: usize) -> Result<RawRing, RingError> {
         let offset = self.layout.ring_offset(index);
         let header = self
