@@ -17,7 +17,6 @@ use crate::link::Link;
 use crate::liveness::{ProcessWatch, WatchError};
 use crate::mapping::MappingError;
 use crate::ready::{EntryFds, ReadySet};
-use crate::recovery::{reclaim_settled, recover_rings};
 use crate::ring::RingError;
 use crate::segment::PeerState;
 use crate::signal::Doorbell;
@@ -361,44 +360,25 @@ impl Core {
         self.ready.remove(usize::from(peer));
         link.set_notify(None);
         let mut recovery = Recovery::default();
-        let (send, recv) = (2 * usize::from(peer), 2 * usize::from(peer) + 1);
-        // Stop both ends here: nobody pushes to or pops from these rings until they are reset
-        // and the host's handles rebuilt over them (a pop in between would find the indices
-        // gone backwards and report the peer's ring as corrupted).
-        let mut held = link.lock_both();
-        // R10: scan both rings, reset them, sweep what the peer sent the host that no frame of
-        // the host holds (`recovery::recover_rings`). What it sent can never be read now: a
-        // descriptor it published after the scan, or one in a ring it corrupted. The consumer
-        // lock (held) keeps a receive from being between pop and claim.
-        let rings = [
-            (send, OwnerId::peer(peer), OwnerId::HOST),
-            (recv, OwnerId::HOST, OwnerId::peer(peer)),
-        ]
-        .map(|(ring, sender, receiver)| {
-            segment
-                .ring(ring)
-                .map(|view| (view, sender, receiver))
-                .map_err(|source| HostError::Ring { peer, source })
-        });
-        let (freed, wake) = recover_rings(slab, OwnerId::peer(peer), OwnerId::HOST, rings, || {
-            // SAFETY: this host is still the only producer of `recv` and consumer of `send`.
-            unsafe { Link::reset(segment, recv, send, &mut held) }
-                .map_err(|source| HostError::Ring { peer, source })
-        })?;
+        // R10, its lock-free part (`Link::recover_dead_peer`): both ends held; both rings
+        // scanned, reset and swept; then what the peer held reclaimed, looking again (a slot
+        // the dead peer was taking or freeing that a live participant is busy with too) while
+        // that one finishes, then giving up on it rather than on the id.
+        // SAFETY: `link` is the host's link of the entry.
+        let (freed, wake, reclaimed) = unsafe {
+            link.recover_dead_peer(
+                segment,
+                slab,
+                100,
+                || std::thread::sleep(Duration::from_millis(1)),
+                |source| HostError::Ring { peer, source },
+            )
+        }?;
         recovery.ring_slots_freed += freed;
-        if wake {
+        recovery.reclaimed = reclaimed;
+        if wake || recovery.reclaimed.wake_waiters {
             self.wake_all_allocators();
         }
-        // A slot the dead peer was taking or freeing that a live participant is busy with
-        // too: look again while that one finishes, then give up on it rather than on the id.
-        recovery.reclaimed = reclaim_settled(slab, OwnerId::peer(peer), 100, || {
-            std::thread::sleep(Duration::from_millis(1));
-        })?;
-
-        if recovery.reclaimed.wake_waiters {
-            self.wake_all_allocators();
-        }
-        drop(held);
         Doorbell::new(words.send_bell).clear();
         Doorbell::new(words.recv_bell).clear();
         words.pid.store(0, Ordering::Relaxed);

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::Backoff;
-use hub_alloc::{OwnerId, Refusal, SlabError, SlotHandle};
+use hub_alloc::{OwnerId, ReclaimReport, Refusal, SlabError, SlotHandle};
 use hub_layout::{INLINE_PAYLOAD_SIZE, INLINE_PAYLOAD_SLOT, MsgDescHot, PeerEntry};
 
 use crate::error::{
@@ -18,10 +18,11 @@ use crate::error::{
     TryLoanError, TrySendCopyError,
 };
 use crate::frame::{
-    DescriptorFault, Endpoint, Frame, FrameMeta, FramePayload, Loan, LoanStorage, PeerId,
+    DescriptorFault, Endpoint, Frame, FrameMeta, FramePayload, HubSlab, Loan, LoanStorage, PeerId,
 };
 use crate::futex;
 use crate::ready::EventFd;
+use crate::recovery::{reclaim_settled, recover_rings};
 use crate::ring::{Consumer, Producer, PushError, RingError};
 use crate::segment::Segment;
 use crate::segment::pad::{READY_HOST, READY_PEER};
@@ -339,6 +340,47 @@ impl Link {
     /// Hold both sides (to stop using the rings while they are scanned and reset, R10).
     pub fn lock_both(&self) -> (MutexGuard<'_, Producer>, MutexGuard<'_, Consumer>) {
         (lock(&self.producer), lock(&self.consumer))
+    }
+
+    /// R10's recovery of this entry's dead peer, the lock-free part of the host's
+    /// `Core::recover_peer` (and what the loom model of it runs): both ends held, so that
+    /// nothing is pushed or popped until the rings are reset and the handles rebuilt; both
+    /// rings scanned, reset and swept (`recovery::recover_rings`: what the peer sent can never
+    /// be read now, and the held consumer keeps a receive from being between pop and claim);
+    /// then what the peer held reclaimed until settled (`recovery::reclaim_settled`, `tries`
+    /// more looks with `pause` between). Returns the slots the rings' scan and sweep freed,
+    /// whether allocators sleep on a class that got one back, and the reclaim's report.
+    ///
+    /// # Errors
+    /// A ring view the segment refuses, as `ring_error` makes it; the allocator's errors.
+    ///
+    /// # Safety
+    /// `self` is the host's link of the entry: the host is the only producer of its receive
+    /// ring and the only consumer of its send ring (as [`reset`](Self::reset)).
+    pub unsafe fn recover_dead_peer<E: From<SlabError>>(
+        &self,
+        segment: &Segment,
+        slab: &HubSlab,
+        tries: usize,
+        pause: impl FnMut(),
+        ring_error: impl Fn(RingError) -> E,
+    ) -> Result<(u32, bool, ReclaimReport), E> {
+        let peer = OwnerId::peer(self.peer);
+        let (send, recv) = (2 * usize::from(self.peer), 2 * usize::from(self.peer) + 1);
+        let mut held = self.lock_both();
+        let rings = [(send, peer, OwnerId::HOST), (recv, OwnerId::HOST, peer)].map(
+            |(ring, sender, receiver)| {
+                let view = segment.ring(ring).map_err(&ring_error)?;
+                Ok((view, sender, receiver))
+            },
+        );
+        let (freed, wake) = recover_rings(slab, peer, OwnerId::HOST, rings, || {
+            // SAFETY: the caller's contract: the host's link of the entry.
+            unsafe { Self::reset(segment, recv, send, &mut held) }.map_err(&ring_error)
+        })?;
+        let reclaimed = reclaim_settled(slab, peer, tries, pause)?;
+        drop(held);
+        Ok((freed, wake, reclaimed))
     }
 
     /// One attempt to send a filled loan with `meta`: `Ok(None)` when it went, `Ok(Some(loan))`
@@ -677,7 +719,6 @@ mod loom_tests {
     use super::{Deadline, Link, RECV_BELL, SEND_BELL};
     use crate::error::TryLoanError;
     use crate::frame::{Endpoint, FrameMeta};
-    use crate::recovery::{reclaim_settled, recover_rings};
     use crate::segment::Segment;
 
     const PEER: OwnerId = OwnerId::peer(0);
@@ -828,8 +869,9 @@ mod loom_tests {
         });
     }
 
-    /// R10's recovery through the real host `Link`, as `Core::recover_peer` runs it (both ends
-    /// held, `recover_rings` with `Link::reset`, then `reclaim_settled`), racing a late send of
+    /// R10's recovery through the real host `Link`: `Link::recover_dead_peer`, the very call
+    /// `Core::recover_peer` makes (both ends held, `recover_rings` with `Link::reset`, then
+    /// `reclaim_settled`), racing a late send of
     /// the dying peer through the real peer `Link`: an inline frame, so that the dead peer makes
     /// no allocator operation during the recovery (which reclaim assumes, see
     /// `recovery::loom_tests`). Before the race each side sent a frame in a slot that the other
@@ -849,22 +891,20 @@ mod loom_tests {
 
             let segment = &hub.host.segment;
             let slab = &hub.host.slab;
-            let mut held = hub.host_link.lock_both();
-            let rings = [(0, PEER, OwnerId::HOST), (1, OwnerId::HOST, PEER)].map(
-                |(ring, sender, receiver)| {
-                    let view = segment.ring(ring).map_err(Failure::from)?;
-                    Ok((view, sender, receiver))
-                },
-            );
-            let (freed, _wake) = recover_rings(slab, PEER, OwnerId::HOST, rings, || {
-                // SAFETY: the host's end is the only producer of ring 1 and consumer of ring 0.
-                unsafe { Link::reset(segment, 1, 0, &mut held) }.map_err(Failure::from)
-            })
-            .expect("scan, reset and sweep");
+            // SAFETY: the host's link of entry 0: the only producer of ring 1 and consumer of
+            // ring 0.
+            let (freed, _wake, reclaimed) = unsafe {
+                hub.host_link.recover_dead_peer(
+                    segment,
+                    slab,
+                    usize::MAX,
+                    thread::yield_now,
+                    Failure::from,
+                )
+            }
+            .expect("scan, reset, sweep and reclaim");
             assert_eq!(freed, 2, "both frames in flight");
-            let reclaimed = reclaim_settled(slab, PEER, usize::MAX, thread::yield_now);
-            assert!(!reclaimed.expect("reclaim").journal_pending);
-            drop(held);
+            assert!(!reclaimed.journal_pending);
             late.join().expect("late sender");
 
             // The id is reserved again: the host resets the rings it wrote into after the

@@ -1,7 +1,8 @@
 //! R10's recovery of a peer's slots: the fixed sequence over two lock-free structures (the
-//! peer's rings and the shared allocator) that the host's recovery (`Core::recover_peer`) runs
-//! under its locks. It lives here, apart from the host, so that a loom model runs this very
-//! code: the model below races it with a late send from the dying peer.
+//! peer's rings and the shared allocator) that the host's recovery runs under its locks
+//! (`Core::recover_peer`, through `Link::recover_dead_peer`). It lives here, apart from the
+//! host, so that loom models run this very code: the model below races it with a late send
+//! from the dying peer, and `link`'s model runs `Link::recover_dead_peer` itself.
 
 use hub_alloc::{OwnerId, ReclaimReport, Region, Slab, SlabError, SlotHandle};
 
