@@ -11,12 +11,16 @@
 //! models spawn their threads with `loom::thread` themselves.
 
 #[cfg(not(loom))]
-pub use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering, fence};
+pub use std::sync::atomic::{
+    AtomicBool, AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering, fence,
+};
 #[cfg(not(loom))]
 pub use std::sync::{Mutex, MutexGuard};
 
 #[cfg(loom)]
-pub use loom::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering, fence};
+pub use loom::sync::atomic::{
+    AtomicBool, AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering, fence,
+};
 #[cfg(loom)]
 pub use loom::sync::{Mutex, MutexGuard};
 

@@ -236,7 +236,7 @@ impl From<PeerId> for PeerRef {
 pub(crate) struct Endpoint {
     pub segment: Arc<Segment>,
     pub slab: HubSlab,
-    mode: std::sync::atomic::AtomicU8,
+    mode: crate::sync::AtomicU8,
     /// What ends with the last user of this side: a peer's heartbeat and its goodbye, which
     /// must not come while one of its frames still holds a slot in flight to it.
     _life: Option<Box<dyn Send + Sync>>,
@@ -256,7 +256,7 @@ impl Endpoint {
         Self {
             segment,
             slab,
-            mode: std::sync::atomic::AtomicU8::new(0),
+            mode: crate::sync::AtomicU8::new(0),
             _life: life,
         }
     }
@@ -275,7 +275,7 @@ impl Endpoint {
 
     /// How this side waits.
     pub fn mode(&self) -> WaitMode {
-        match self.mode.load(std::sync::atomic::Ordering::Relaxed) {
+        match self.mode.load(crate::sync::Ordering::Relaxed) {
             1 => WaitMode::Spin,
             2 => WaitMode::Block,
             _ => WaitMode::Adaptive,
@@ -289,7 +289,7 @@ impl Endpoint {
             WaitMode::Block => 2,
             WaitMode::Adaptive => 0,
         };
-        self.mode.store(code, std::sync::atomic::Ordering::Relaxed);
+        self.mode.store(code, crate::sync::Ordering::Relaxed);
     }
 
     /// R11: a growth of this side (or a give-back of its kept slots) freed slots while
