@@ -1,6 +1,6 @@
 //! The host: creates the hub, admits peers, sends to one, receives from any.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex, mpsc};
@@ -92,19 +92,7 @@ pub struct Host {
     bridge_started: AtomicBool,
 }
 
-impl AsFd for Host {
-    /// The [readiness descriptor](Host::ready_fd).
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.ready_fd()
-    }
-}
-
-impl AsRawFd for Host {
-    /// The [readiness descriptor](Host::ready_fd).
-    fn as_raw_fd(&self) -> RawFd {
-        self.ready_fd().as_raw_fd()
-    }
-}
+readiness_descriptor_traits!(Host);
 
 impl std::fmt::Debug for Host {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -118,6 +118,27 @@
 //                    mapping, ready, segment, signal, supervisor, ticket
 //   layer 9  aio -> host, peer and the types they use (feature `tokio`)
 
+/// `AsFd` and `AsRawFd` for an endpoint type (`Host`, `Peer`): its readiness descriptor,
+/// `ready_fd()`, for an event loop to poll.
+#[cfg(not(loom))]
+macro_rules! readiness_descriptor_traits {
+    ($endpoint:ident) => {
+        impl std::os::fd::AsFd for $endpoint {
+            #[doc = concat!("The [readiness descriptor](", stringify!($endpoint), "::ready_fd).")]
+            fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+                self.ready_fd()
+            }
+        }
+
+        impl std::os::fd::AsRawFd for $endpoint {
+            #[doc = concat!("The [readiness descriptor](", stringify!($endpoint), "::ready_fd).")]
+            fn as_raw_fd(&self) -> std::os::fd::RawFd {
+                std::os::fd::AsRawFd::as_raw_fd(&self.ready_fd())
+            }
+        }
+    };
+}
+
 #[cfg(all(feature = "tokio", not(loom)))]
 pub mod aio;
 pub mod futex;

@@ -1,6 +1,6 @@
 //! A peer: attaches with a ticket, sends to the host, receives from it.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, RawFd};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -97,19 +97,7 @@ impl Drop for PeerLife {
 /// has since put at that number.
 static TAKEN_FDS: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
 
-impl AsFd for Peer {
-    /// The [readiness descriptor](Peer::ready_fd).
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.ready_fd()
-    }
-}
-
-impl AsRawFd for Peer {
-    /// The [readiness descriptor](Peer::ready_fd).
-    fn as_raw_fd(&self) -> RawFd {
-        self.ready_fd().as_raw_fd()
-    }
-}
+readiness_descriptor_traits!(Peer);
 
 impl std::fmt::Debug for Peer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
