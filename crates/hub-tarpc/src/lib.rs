@@ -38,7 +38,7 @@
 //! frames. [`WaitMode::Block`](hub_transport::WaitMode::Block) sleeps at once: no CPU spent
 //! waiting, and two wakeups per call. In runs of the example (`rpc_tarpc --quick`), a unary
 //! call over the hub took 0.14 to 0.29 times as long as over tarpc's Unix-socket transport in
-//! `Adaptive` (6 to 9 µs), 1.2 to 1.3 times in `Block` (see the README's RPC benchmark).
+//! `Adaptive` (6 to 9 µs), 1.2 to 2 times in `Block` (see the README's RPC benchmark).
 //!
 //! ```
 //! use std::sync::Arc;
