@@ -27,7 +27,7 @@ use hub_layout::{encode_slot_ref, pack_free_head, unpack_free_head};
 use loom::thread;
 
 use crate::shared::{Shared, SlotMeta};
-use crate::sync::{AtomicU32, Ordering};
+use crate::sync::{AtomicU32, Ordering, model};
 use crate::{
     ClassConfig, HeapRegion, OwnerId, RebuildReport, ReclaimReport, Slab, SlabError, SlotHandle,
 };
@@ -38,30 +38,6 @@ type Heap = Arc<HeapRegion>;
 const DEAD: OwnerId = OwnerId::peer(0);
 /// A live peer.
 const LIVE: OwnerId = OwnerId::peer(1);
-
-/// Run `f` under loom, with a preemption bound of 2 unless `LOOM_MAX_PREEMPTIONS` says
-/// otherwise, and print how many executions it explored and how long that took.
-fn model(name: &str, f: impl Fn() + Sync + Send + 'static) {
-    let mut builder = loom::model::Builder::new();
-    if builder.preemption_bound.is_none() {
-        builder.preemption_bound = Some(2);
-    }
-    // The magazine models' classes have 16 slots, and their checks pop every one after the
-    // threads joined: many accesses, few of them with a choice to explore.
-    builder.max_branches = builder.max_branches.max(20_000);
-    let executions = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = Arc::clone(&executions);
-    let start = std::time::Instant::now();
-    builder.check(move || {
-        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        f();
-    });
-    eprintln!(
-        "loom model {name}: {} executions in {:.2?}",
-        executions.load(std::sync::atomic::Ordering::Relaxed),
-        start.elapsed()
-    );
-}
 
 /// A host-owned slab over a fresh heap region: one class of `slots` slots an extent, up to
 /// `max_extents` extents, peers 0 and 1 besides the host.

@@ -41,3 +41,29 @@ pub fn spin_loop() {
     #[cfg(loom)]
     loom::thread::yield_now();
 }
+
+/// Run `f` under loom, as every loom model of the hub crates does: a preemption bound of 2
+/// unless `LOOM_MAX_PREEMPTIONS` says otherwise, room for models whose final checks make many
+/// accesses with few choices (at least 20,000 branches), and a line on standard error saying
+/// how many executions `name` explored and how long that took. Loom builds only.
+#[cfg(loom)]
+pub fn model(name: &str, f: impl Fn() + Sync + Send + 'static) {
+    use std::sync::atomic::{AtomicUsize, Ordering as StdOrdering};
+    let mut builder = loom::model::Builder::new();
+    if builder.preemption_bound.is_none() {
+        builder.preemption_bound = Some(2);
+    }
+    builder.max_branches = builder.max_branches.max(20_000);
+    let executions = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = std::sync::Arc::clone(&executions);
+    let start = std::time::Instant::now();
+    builder.check(move || {
+        count.fetch_add(1, StdOrdering::Relaxed);
+        f();
+    });
+    eprintln!(
+        "loom model {name}: {} executions in {:.2?}",
+        executions.load(StdOrdering::Relaxed),
+        start.elapsed()
+    );
+}

@@ -36,9 +36,10 @@
 //! tasks of it, an RPC server's), looking after each turn, and only then sleeps; it spins
 //! inside its poll only after its end sent something and while such spins keep catching
 //! frames. [`WaitMode::Block`](hub_transport::WaitMode::Block) sleeps at once: no CPU spent
-//! waiting, and two wakeups per call. In runs of the example (`rpc_tarpc --quick`), a unary
-//! call over the hub took 0.14 to 0.29 times as long as over tarpc's Unix-socket transport in
-//! `Adaptive` (6 to 9 µs), 1.2 to 2 times in `Block` (see the README's RPC benchmark).
+//! waiting, and two wakeups per call. In runs of the example (`rpc_tarpc --quick`) and of the
+//! RPC benchmark, a unary call over the hub took 0.14 to 0.29 times as long as over tarpc's
+//! Unix-socket transport in `Adaptive` (6 to 9 µs), 1.2 to 2 times in `Block` (see the
+//! README's RPC benchmark).
 //!
 //! ```
 //! use std::sync::Arc;

@@ -720,32 +720,12 @@ mod loom_tests {
     use crate::error::TryLoanError;
     use crate::frame::{Endpoint, FrameMeta};
     use crate::segment::Segment;
+    use crate::sync::model;
 
     const PEER: OwnerId = OwnerId::peer(0);
 
     /// What the recovery model's steps fail with: a ring's error or the allocator's.
     type Failure = Box<dyn std::error::Error>;
-
-    /// Run `f` under loom, with a preemption bound of 2 unless `LOOM_MAX_PREEMPTIONS` says
-    /// otherwise, and print how many executions it explored and how long that took.
-    fn model(name: &str, f: impl Fn() + Sync + Send + 'static) {
-        let mut builder = loom::model::Builder::new();
-        if builder.preemption_bound.is_none() {
-            builder.preemption_bound = Some(2);
-        }
-        let executions = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let count = Arc::clone(&executions);
-        let start = std::time::Instant::now();
-        builder.check(move || {
-            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            f();
-        });
-        eprintln!(
-            "loom model {name}: {} executions in {:.2?}",
-            executions.load(std::sync::atomic::Ordering::Relaxed),
-            start.elapsed()
-        );
-    }
 
     /// A hub of one peer with rings of two descriptors, and one class of `slots` slots of
     /// 64 bytes: the host's endpoint and link, the peer's endpoint and link.

@@ -556,24 +556,14 @@ pub fn wait_any_for<T>(
     deadline: Option<Instant>,
     mode: WaitMode,
 ) -> Result<T, WaitError> {
-    wait_any_before_sleep(bells, poll, deadline, mode, || {})
+    wait_any_after_ring(bells, poll, deadline, mode, || {}, None)
 }
 
 /// [`wait_any_for`], running `before_sleep` once if the wait gets as far as announcing itself
 /// to sleep (never in [`WaitMode::Spin`], after the spin in [`WaitMode::Adaptive`]): the place
-/// for an endpoint to give back what it keeps for its own use, such as its kept slots.
-pub(crate) fn wait_any_before_sleep<T>(
-    bells: &[Doorbell<'_>],
-    poll: impl FnMut() -> Option<T>,
-    deadline: Option<Instant>,
-    mode: WaitMode,
-    before_sleep: impl FnOnce(),
-) -> Result<T, WaitError> {
-    wait_any_after_ring(bells, poll, deadline, mode, before_sleep, None)
-}
-
-/// [`wait_any_before_sleep`] for a thread that just rang another side's bell with its wake
-/// still `pending` (the send of a request, a reply). In [`WaitMode::Block`] with one bell the
+/// for an endpoint to give back what it keeps for its own use, such as its kept slots. A
+/// thread that just rang another side's bell may pass that ring's wake as `pending` (the send
+/// of a request, a reply). In [`WaitMode::Block`] with one bell the
 /// wake goes with the first sleep, in one system call ([`futex::wake_then_wait`]). In the
 /// other modes it is made at once: a spin can catch an answer only from a side that is awake,
 /// and a side woken at once answers while this one spins, so that both may stay awake (an
@@ -886,7 +876,7 @@ mod loom_tests {
                 thread::spawn(move || {
                     let bell = [Doorbell::new(&words[1])];
                     let poll = || (data[1].load(Ordering::Acquire) == 1).then_some(());
-                    wait_any_before_sleep(&bell, poll, None, WaitMode::Block, || {}).unwrap();
+                    wait_any_after_ring(&bell, poll, None, WaitMode::Block, || {}, None).unwrap();
                     data[0].store(2, Ordering::Release);
                     // The reply, its wake carried into the wait for the next request.
                     let pending = Doorbell::new(&words[0]).ring_deferred();
