@@ -316,10 +316,20 @@ impl Endpoint {
     }
 }
 
-/// Where a loan's payload lies.
+/// A payload that travels inline in the descriptor, aligned so that it moves as two words: a
+/// byte array at an odd offset of an enum is moved piecewise, and the loads that read it back
+/// straddle those stores, which the processor cannot forward.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C, align(8))]
+pub(crate) struct InlineBytes(pub [u8; INLINE_PAYLOAD_SIZE]);
+
+/// Where a loan's payload lies. Only a slot holds the endpoint: it frees the slot on drop, and
+/// the slot's memory stays mapped while the endpoint lives. An inline payload needs neither, and
+/// costs no reference count.
 pub(crate) enum LoanStorage {
-    Inline([u8; INLINE_PAYLOAD_SIZE]),
+    Inline(InlineBytes),
     Slot {
+        endpoint: Arc<Endpoint>,
         handle: SlotHandle,
         ptr: NonNull<u8>,
     },
@@ -329,7 +339,6 @@ pub(crate) enum LoanStorage {
 /// 16 bytes, else in a slot of the shared allocator (zero copy: fill it in place, then send
 /// it). Dropping a loan that was not sent gives its slot back.
 pub struct Loan {
-    pub(crate) endpoint: Arc<Endpoint>,
     pub(crate) len: usize,
     pub(crate) storage: LoanStorage,
 }
@@ -371,7 +380,7 @@ impl Loan {
     /// The payload, to fill in place.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         match &mut self.storage {
-            LoanStorage::Inline(bytes) => &mut bytes[..self.len],
+            LoanStorage::Inline(bytes) => &mut bytes.0[..self.len],
             // SAFETY: the slot is Allocated and owned by us (R4: a slice only while the state
             // says we hold it), `len` bytes fit it (alloc chose a class of at least `len`), and
             // the `&mut self` borrow makes this the only reference.
@@ -384,7 +393,7 @@ impl Loan {
     /// The payload.
     pub fn as_slice(&self) -> &[u8] {
         match &self.storage {
-            LoanStorage::Inline(bytes) => &bytes[..self.len],
+            LoanStorage::Inline(bytes) => &bytes.0[..self.len],
             // SAFETY: as in `as_mut_slice`, shared.
             LoanStorage::Slot { ptr, .. } => unsafe {
                 std::slice::from_raw_parts(ptr.as_ptr(), self.len)
@@ -400,7 +409,7 @@ impl Loan {
     /// The loan is being sent: its slot is no longer ours to free (the handle on the endpoint
     /// is let go as usual).
     pub(crate) fn forget(mut self) {
-        self.storage = LoanStorage::Inline([0; INLINE_PAYLOAD_SIZE]);
+        self.storage = LoanStorage::Inline(InlineBytes::default());
     }
 }
 
@@ -414,16 +423,20 @@ impl Drop for Endpoint {
 
 impl Drop for Loan {
     fn drop(&mut self) {
-        if let LoanStorage::Slot { handle, .. } = self.storage {
-            self.endpoint.free(handle);
+        if let LoanStorage::Slot {
+            endpoint, handle, ..
+        } = &self.storage
+        {
+            endpoint.free(*handle);
         }
     }
 }
 
-/// Where a frame's payload lies.
+/// Where a frame's payload lies; as for [`LoanStorage`], only a slot holds the endpoint.
 pub(crate) enum FramePayload {
-    Inline([u8; INLINE_PAYLOAD_SIZE]),
+    Inline(InlineBytes),
     Slot {
+        endpoint: Arc<Endpoint>,
         handle: SlotHandle,
         ptr: NonNull<u8>,
     },
@@ -443,7 +456,6 @@ pub(crate) enum FramePayload {
 /// field twice may see two values: parse a private copy ([`copy_payload`](Self::copy_payload))
 /// when that matters.
 pub struct Frame {
-    pub(crate) endpoint: Arc<Endpoint>,
     pub(crate) peer: PeerId,
     pub(crate) meta: FrameMeta,
     pub(crate) len: usize,
@@ -489,7 +501,7 @@ impl Frame {
     /// The payload.
     pub fn payload(&self) -> &[u8] {
         match &self.payload {
-            FramePayload::Inline(bytes) => &bytes[..self.len],
+            FramePayload::Inline(bytes) => &bytes.0[..self.len],
             // SAFETY: the slot is in flight to us with the generation checked on receipt (R4:
             // a slice only while the state says we hold it); `ptr + len` lies inside the slot
             // (checked in `Link::check`); we free it only when the frame drops.
@@ -525,7 +537,7 @@ impl Frame {
     pub fn copy_payload(&self, out: &mut Vec<u8>) {
         out.clear();
         match &self.payload {
-            FramePayload::Inline(bytes) => out.extend_from_slice(&bytes[..self.len]),
+            FramePayload::Inline(bytes) => out.extend_from_slice(&bytes.0[..self.len]),
             FramePayload::Slot { ptr, .. } => {
                 out.reserve(self.len);
                 // SAFETY: `ptr + len` lies inside the slot (checked in `Link::check`), which
@@ -560,11 +572,14 @@ impl Frame {
 
 impl Drop for Frame {
     fn drop(&mut self) {
-        if let FramePayload::Slot { handle, .. } = self.payload {
+        if let FramePayload::Slot {
+            endpoint, handle, ..
+        } = &self.payload
+        {
             // R5: InFlight -> Free by the receiver, done with it; the ledger lets it go before
             // the push (R4). A duplicate arriving before the free is refused by the ledger, one
             // arriving after it by the slot's new generation.
-            self.endpoint.free(handle);
+            endpoint.free(*handle);
         }
     }
 }

@@ -22,7 +22,7 @@ use crate::link::{Deadline, Defer, Link, RECV_BELL, SEND_BELL};
 use crate::liveness::{ProcessWatch, WatchError};
 use crate::ready::ReadySet;
 use crate::segment::{CreateError, HOST_GONE, HubConfig, PeerState, Segment};
-use crate::signal::{Doorbell, PendingWake, WaitError, WaitMode, wait_any_after_ring};
+use crate::signal::{Doorbell, Limit, PendingWake, WaitError, WaitMode, wait_any_after_ring};
 use crate::sync::Ordering;
 use crate::ticket::Ticket;
 
@@ -1082,14 +1082,12 @@ impl Host {
         mut pending: Option<PendingWake<'_>>,
     ) -> Result<T, RecvTimeoutError> {
         loop {
-            let slice_end = Instant::now() + WAIT_SLICE;
-            let slice = until.map_or(slice_end, |at| at.min(slice_end));
             let endpoint = &self.core.endpoint;
             let before_sleep = || endpoint.give_back_kept();
             match wait_any_after_ring(
                 bells,
                 &mut poll,
-                Some(slice),
+                Limit::sliced(until, WAIT_SLICE),
                 endpoint.mode(),
                 before_sleep,
                 pending.take(),

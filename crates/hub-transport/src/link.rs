@@ -18,16 +18,18 @@ use crate::error::{
     TryLoanError, TrySendCopyError,
 };
 use crate::frame::{
-    DescriptorFault, Endpoint, Frame, FrameMeta, FramePayload, HubSlab, Loan, LoanStorage, PeerId,
+    DescriptorFault, Endpoint, Frame, FrameMeta, FramePayload, HubSlab, InlineBytes, Loan,
+    LoanStorage, PeerId,
 };
 use crate::futex;
+use crate::handle_lock::{HandleGuard, HandleLock};
 use crate::ready::EventFd;
 use crate::recovery::{reclaim_settled, recover_rings};
 use crate::ring::{Consumer, Producer, PushError, RingError};
 use crate::segment::Segment;
 use crate::segment::pad::{READY_HOST, READY_PEER};
-use crate::signal::{Doorbell, PendingWake, WaitError, WaitMode, wait_any_after_ring};
-use crate::sync::{AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering, lock};
+use crate::signal::{Doorbell, Limit, PendingWake, WaitError, WaitMode, wait_any_after_ring};
+use crate::sync::{AtomicU32, AtomicU64, Mutex, Ordering, lock};
 
 /// When a blocking call gives up.
 #[derive(Debug, Clone, Copy)]
@@ -133,28 +135,48 @@ impl Endpoint {
     ) -> Result<Loan, TryLoanError> {
         if len <= INLINE_PAYLOAD_SIZE {
             return Ok(Loan {
-                endpoint: Arc::clone(self),
                 len,
-                storage: LoanStorage::Inline([0; INLINE_PAYLOAD_SIZE]),
+                storage: LoanStorage::Inline(InlineBytes::default()),
             });
         }
         let handle = self.alloc(len, deadline, gone)?;
         let ptr = self.slab.slot_data(handle).map_err(LoanError::Alloc)?;
         Ok(Loan {
-            endpoint: Arc::clone(self),
             len,
-            storage: LoanStorage::Slot { handle, ptr },
+            storage: LoanStorage::Slot {
+                endpoint: Arc::clone(self),
+                handle,
+                ptr,
+            },
         })
     }
 }
 
-/// One end of a peer's ring pair.
 /// Where a send puts the wake of its ring when the caller will wait next (the send of a
 /// request before its reply): `None` rings at once; `Some(slot)` leaves the `FUTEX_WAKE` in
 /// `slot` for the caller's next wait to make with its own sleep, in one system call (see
 /// [`PendingWake`]). A descriptor of a side that sleeps on one is written at once either way.
 pub(crate) type Defer<'d, 'e> = Option<&'d mut Option<PendingWake<'e>>>;
 
+/// How a send that waits for room ends when the frame did not go.
+enum Retry<T> {
+    /// The deadline passed with the ring full: what was to be sent comes back.
+    Timeout(T),
+    /// The send failed.
+    Failed(SendError),
+}
+
+impl<T> Retry<T> {
+    /// The same end, without the value (a copy's loan is dropped, which frees its slot).
+    fn forget(self) -> Retry<()> {
+        match self {
+            Retry::Timeout(_) => Retry::Timeout(()),
+            Retry::Failed(error) => Retry::Failed(error),
+        }
+    }
+}
+
+/// One end of a peer's ring pair.
 pub(crate) struct Link {
     /// The peer whose rings these are.
     pub peer: u16,
@@ -165,8 +187,8 @@ pub(crate) struct Link {
     /// The ring handles, locked with `sync::lock`, which carries on past a poisoned lock: a
     /// panic while a handle was held leaves its private indices as they were at the last
     /// completed push or pop, which is consistent.
-    producer: Mutex<Producer>,
-    consumer: Mutex<Consumer>,
+    producer: HandleLock<Producer>,
+    consumer: HandleLock<Consumer>,
     /// Rung after a push; the other end waits on it.
     out_bell: usize,
     /// Rung by the other end; this end waits on it.
@@ -220,8 +242,8 @@ impl Link {
             peer,
             receiver,
             me,
-            producer: Mutex::new(producer),
-            consumer: Mutex::new(consumer),
+            producer: HandleLock::new(producer),
+            consumer: HandleLock::new(consumer),
             out_bell,
             in_bell,
             their_ready,
@@ -324,7 +346,7 @@ impl Link {
         segment: &Segment,
         out: usize,
         into: usize,
-        held: &mut (MutexGuard<'_, Producer>, MutexGuard<'_, Consumer>),
+        held: &mut (HandleGuard<'_, Producer>, HandleGuard<'_, Consumer>),
     ) -> Result<(), RingError> {
         let out_ring = segment.ring(out)?;
         let in_ring = segment.ring(into)?;
@@ -338,8 +360,8 @@ impl Link {
     }
 
     /// Hold both sides (to stop using the rings while they are scanned and reset, R10).
-    pub fn lock_both(&self) -> (MutexGuard<'_, Producer>, MutexGuard<'_, Consumer>) {
-        (lock(&self.producer), lock(&self.consumer))
+    pub fn lock_both(&self) -> (HandleGuard<'_, Producer>, HandleGuard<'_, Consumer>) {
+        (self.producer.lock(), self.consumer.lock())
     }
 
     /// R10's recovery of this entry's dead peer, the lock-free part of the host's
@@ -384,11 +406,8 @@ impl Link {
     }
 
     /// One attempt to send a filled loan with `meta`: `Ok(None)` when it went, `Ok(Some(loan))`
-    /// when the ring is full (the loan comes back, still this end's).
-    ///
-    /// The slot, if any, is marked in flight to the receiver only once room is certain, so a
-    /// frame that is not sent is never left in flight (R5); on an error the loan is dropped,
-    /// which frees its slot.
+    /// when the ring is full (the loan comes back, still this end's). On an error the loan is
+    /// dropped, which frees its slot.
     pub fn try_send<'e>(
         &self,
         endpoint: &'e Endpoint,
@@ -401,7 +420,7 @@ impl Link {
         desc.payload_len = loan.len as u32;
         let slot = match &loan.storage {
             LoanStorage::Inline(bytes) => {
-                desc.inline_payload = *bytes;
+                desc.inline_payload = bytes.0;
                 None
             }
             LoanStorage::Slot { handle, .. } => {
@@ -410,18 +429,42 @@ impl Link {
                 Some(*handle)
             }
         };
+        let mut loan = Some(loan);
+        let sent = self.try_push(endpoint, &desc, slot, gone, defer, || {
+            if let Some(loan) = loan.take() {
+                loan.forget();
+            }
+        })?;
+        Ok(if sent { None } else { loan })
+    }
+
+    /// One attempt to push `desc` under the producer's lock: `Ok(true)` when it went,
+    /// `Ok(false)` when the ring is full. `slot`, the descriptor's slot if it has one, is
+    /// Allocated and this end's: it is marked in flight to the receiver only once room is
+    /// certain, so a frame that is not sent is never left in flight (R5). `commit` runs once the
+    /// slot is marked (at once for an inline frame): from then on the slot is this call's to
+    /// free if the push fails, no longer its loan's.
+    fn try_push<'e>(
+        &self,
+        endpoint: &'e Endpoint,
+        desc: &MsgDescHot,
+        slot: Option<SlotHandle>,
+        gone: &dyn Fn() -> Option<Disconnect>,
+        defer: Defer<'_, 'e>,
+        commit: impl FnOnce(),
+    ) -> Result<bool, SendError> {
         let ring_error = |source| SendError::Ring {
             peer: self.peer,
             source,
         };
-        let mut producer = lock(&self.producer);
+        let mut producer = self.producer.lock();
         // Under the lock: a recovery of the receiver (R10) that this call waited for has made
         // it gone; do not publish into its fresh ring.
         if let Some(disconnect) = gone() {
             return Err(SendError::Disconnected(disconnect));
         }
         if !producer.has_room().map_err(ring_error)? {
-            return Ok(Some(loan));
+            return Ok(false);
         }
         if let Some(handle) = slot {
             // R5: Allocated -> InFlight before the descriptor is published.
@@ -430,13 +473,13 @@ impl Link {
                 .mark_in_flight(handle, self.receiver)
                 .map_err(SendError::Alloc)?;
         }
-        loan.forget();
-        match producer.try_push(&desc) {
+        commit();
+        match producer.try_push(desc) {
             Ok(()) => {
                 drop(producer);
                 // R11: after the Release publication of the head.
                 self.ring_out(&endpoint.segment, defer);
-                Ok(None)
+                Ok(true)
             }
             Err(error) => {
                 if let Some(handle) = slot {
@@ -460,24 +503,42 @@ impl Link {
         &self,
         endpoint: &'e Endpoint,
         meta: FrameMeta,
-        mut loan: Loan,
+        loan: Loan,
+        deadline: Deadline,
+        gone: &dyn Fn() -> Option<Disconnect>,
+        defer: Defer<'_, 'e>,
+    ) -> Result<(), SendTimeoutError> {
+        let attempt = |loan, defer: Defer<'_, 'e>| self.try_send(endpoint, meta, loan, gone, defer);
+        match Self::retry(endpoint, loan, deadline, gone, defer, attempt) {
+            Ok(()) => Ok(()),
+            Err(Retry::Timeout(loan)) => Err(SendTimeoutError::Timeout(loan)),
+            Err(Retry::Failed(error)) => Err(SendTimeoutError::Failed(error)),
+        }
+    }
+
+    /// Run `attempt` on `value` until it goes (`Ok(None)`), fails, or `deadline` passes with the
+    /// ring still full (the value comes back).
+    fn retry<'e, T>(
+        endpoint: &'e Endpoint,
+        mut value: T,
         deadline: Deadline,
         gone: &dyn Fn() -> Option<Disconnect>,
         mut defer: Defer<'_, 'e>,
-    ) -> Result<(), SendTimeoutError> {
+        mut attempt: impl FnMut(T, Defer<'_, 'e>) -> Result<Option<T>, SendError>,
+    ) -> Result<(), Retry<T>> {
         let backoff = Backoff::new();
         let mut nap = Duration::from_micros(50);
         loop {
-            match self.try_send(endpoint, meta, loan, gone, defer.as_deref_mut()) {
+            match attempt(value, defer.as_deref_mut()) {
                 Ok(None) => return Ok(()),
-                Ok(Some(back)) => loan = back,
-                Err(error) => return Err(SendTimeoutError::Failed(error)),
+                Ok(Some(back)) => value = back,
+                Err(error) => return Err(Retry::Failed(error)),
             }
             if deadline.passed() {
-                return Err(SendTimeoutError::Timeout(loan));
+                return Err(Retry::Timeout(value));
             }
             if let Some(disconnect) = gone() {
-                return Err(SendError::Disconnected(disconnect).into());
+                return Err(Retry::Failed(SendError::Disconnected(disconnect)));
             }
             // A full ring: the consumer does not ring a bell when it makes room (that would
             // cost every pop a fence), so the producer backs off, then naps, at most 1 ms.
@@ -491,7 +552,8 @@ impl Link {
     }
 
     /// Copy `payload` into a loan of `endpoint` and send it, within `deadline` for a slot and
-    /// for room together: the sends of a copy, the host's and a peer's.
+    /// for room together: the sends of a copy, the host's and a peer's. A payload that fits a
+    /// descriptor goes straight into it, with no loan.
     /// [`TrySendCopyError::NoFreeSlots`] when the deadline passes (`Deadline::Now`: at once)
     /// with the class empty, [`TrySendCopyError::Full`] when it passes with the ring full.
     /// `on_fault` sees a failure of the send before it is reported (the host evicts a peer that
@@ -506,12 +568,26 @@ impl Link {
         gone: &dyn Fn() -> Option<Disconnect>,
         defer: Defer<'_, 'e>,
     ) -> Result<(), TrySendCopyError> {
-        let mut loan = endpoint.loan(payload.len(), deadline, gone)?;
-        loan.as_mut_slice().copy_from_slice(payload);
-        match self.send(endpoint, meta, loan, deadline, gone, defer) {
+        let sent = if payload.len() <= INLINE_PAYLOAD_SIZE {
+            let mut desc = meta.to_desc();
+            desc.payload_len = payload.len() as u32;
+            desc.inline_payload[..payload.len()].copy_from_slice(payload);
+            let attempt = |(), defer: Defer<'_, 'e>| {
+                let sent = self.try_push(endpoint, &desc, None, gone, defer, || {})?;
+                Ok((!sent).then_some(()))
+            };
+            Self::retry(endpoint, (), deadline, gone, defer, attempt).map_err(Retry::forget)
+        } else {
+            let mut loan = endpoint.loan(payload.len(), deadline, gone)?;
+            loan.as_mut_slice().copy_from_slice(payload);
+            let attempt =
+                |loan, defer: Defer<'_, 'e>| self.try_send(endpoint, meta, loan, gone, defer);
+            Self::retry(endpoint, loan, deadline, gone, defer, attempt).map_err(Retry::forget)
+        };
+        match sent {
             Ok(()) => Ok(()),
-            Err(SendTimeoutError::Timeout(_)) => Err(TrySendCopyError::Full),
-            Err(SendTimeoutError::Failed(error)) => Err(SendCopyError::from(error).into()),
+            Err(Retry::Timeout(())) => Err(TrySendCopyError::Full),
+            Err(Retry::Failed(error)) => Err(SendCopyError::from(error).into()),
         }
     }
 
@@ -532,7 +608,7 @@ impl Link {
         // The consumer stays locked through the check: a recovery of the sender (R10), which
         // holds this lock while it frees what the sender left in flight, never sees a slot
         // between its pop and the claim of its frame.
-        let mut consumer = lock(&self.consumer);
+        let mut consumer = self.consumer.lock();
         if let Some(epoch) = epoch
             && self.id().epoch() != epoch
         {
@@ -540,14 +616,17 @@ impl Link {
                 peer: PeerId::new(self.peer, epoch),
             }));
         }
-        let desc = consumer.try_pop().map_err(|source| RecvError::Ring {
-            peer: self.peer,
-            source,
-        })?;
-        match desc {
-            None => Ok(None),
-            Some(desc) => self.check(endpoint, &desc).map(Some),
+        let mut desc = MsgDescHot::empty();
+        let popped = consumer
+            .try_pop_into(&mut desc)
+            .map_err(|source| RecvError::Ring {
+                peer: self.peer,
+                source,
+            })?;
+        if !popped {
+            return Ok(None);
         }
+        self.check(endpoint, &desc).map(Some)
     }
 
     /// Wait for one frame, as `deadline` allows, in the endpoint's wait mode (R11):
@@ -580,11 +659,7 @@ impl Link {
         let bell = Doorbell::new(self.in_bell(&endpoint.segment));
         loop {
             // Sleep in slices, so that a gone host or peer is noticed even if nobody rings.
-            let slice_end = Instant::now() + Duration::from_millis(100);
-            let until = match deadline.instant() {
-                Some(at) if at < slice_end => Some(at),
-                _ => Some(slice_end),
-            };
+            let limit = Limit::sliced(deadline.instant(), Duration::from_millis(100));
             let poll = || match self.try_recv(endpoint) {
                 Ok(None) => gone().map(|disconnect| Err(RecvError::Disconnected(disconnect))),
                 other => other.transpose(),
@@ -593,7 +668,7 @@ impl Link {
             match wait_any_after_ring(
                 std::slice::from_ref(&bell),
                 poll,
-                until,
+                limit,
                 endpoint.mode(),
                 before_sleep,
                 pending.take(),
@@ -628,11 +703,10 @@ impl Link {
                 }));
             }
             return Ok(Frame {
-                endpoint: Arc::clone(endpoint),
                 peer: self.id(),
                 meta,
                 len: desc.payload_len as usize,
-                payload: FramePayload::Inline(desc.inline_payload),
+                payload: FramePayload::Inline(InlineBytes(desc.inline_payload)),
             });
         }
         let bad_ref = || {
@@ -692,11 +766,14 @@ impl Link {
         // SAFETY: offset + len <= slot_size (checked above), so the pointer stays in the slot.
         let ptr = unsafe { base.add(desc.payload_offset as usize) };
         Ok(Frame {
-            endpoint: Arc::clone(endpoint),
             peer: self.id(),
             meta,
             len: desc.payload_len as usize,
-            payload: FramePayload::Slot { handle, ptr },
+            payload: FramePayload::Slot {
+                endpoint: Arc::clone(endpoint),
+                handle,
+                ptr,
+            },
         })
     }
 }

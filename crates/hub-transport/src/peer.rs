@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use hub_alloc::{OwnerId, SlabError};
+use hub_layout::PeerEntry;
 
 use crate::error::{
     Disconnect, LoanError, LoanTimeoutError, RecvError, RecvTimeoutError, SendCopyError,
@@ -373,11 +374,13 @@ impl Peer {
     /// host recovered and gave to a new peer (its epoch moved on) is reported Dead, whatever the
     /// new peer's state: this peer must not touch rings that are someone else's now (R9).
     fn evicted(&self) -> Option<PeerState> {
-        let words = self.endpoint.segment.peer(self.id);
-        if words.epoch.load(Ordering::Acquire) != self.epoch {
+        // Two words, not the entry's six: this is looked at on the hot paths.
+        let segment = &self.endpoint.segment;
+        let epoch = segment.peer_word64(self.id, core::mem::offset_of!(PeerEntry, epoch));
+        if epoch.load(Ordering::Acquire) != self.epoch {
             return Some(PeerState::Dead);
         }
-        match words.state() {
+        match segment.peer_state(self.id) {
             PeerState::Active => None,
             state => Some(state),
         }

@@ -482,12 +482,12 @@ impl RawRing {
     ///
     /// The slot is published (below the head read with Acquire) and the producer does not write
     /// it now (it is not consumed yet, or the producer is stopped).
-    unsafe fn read_slot(&self, index: u64) -> MsgDescHot {
-        let read = || self.copy_slot(index);
+    unsafe fn read_slot(&self, index: u64, out: &mut MsgDescHot) {
         #[cfg(loom)]
-        return self.cells[(index & self.mask) as usize].with(|_| read());
+        self.cells[(index & self.mask) as usize]
+            .with(|_| load_desc_into(self.slot_ptr(index), out));
         #[cfg(not(loom))]
-        read()
+        load_desc_into(self.slot_ptr(index), out);
     }
 
     /// Copies the descriptor out of the slot of `index`, whoever is writing it: a stale or
@@ -511,7 +511,15 @@ const _: () = assert!(
 /// atomic load per word.
 fn load_desc(slot: *mut MsgDescHot) -> MsgDescHot {
     let mut out = MsgDescHot::empty();
-    let dst = ptr::from_mut(&mut out).cast::<u64>();
+    load_desc_into(slot, &mut out);
+    out
+}
+
+/// [`load_desc`] into `out`, in place: the caller reads the fields where the words were
+/// written, which moving a copy through the stack would not (the processor forwards a word it
+/// just stored to a narrower load of it, but not to a load that straddles two stores).
+fn load_desc_into(slot: *mut MsgDescHot, out: &mut MsgDescHot) {
+    let dst = ptr::from_mut(out).cast::<u64>();
     let src = slot.cast::<u64>();
     for i in 0..DESC_WORDS {
         // SAFETY: `slot` is a slot of the ring (made by `slot_ptr`), inside the mapping for the
@@ -520,11 +528,10 @@ fn load_desc(slot: *mut MsgDescHot) -> MsgDescHot {
         // it exists (R4) and every access to it is atomic, so the load races with nothing.
         let word = unsafe { std::sync::atomic::AtomicU64::from_ptr(src.add(i)) }
             .load(std::sync::atomic::Ordering::Relaxed);
-        // SAFETY: `out` is a private `MsgDescHot` of `DESC_WORDS` words, 64-aligned; every bit
-        // pattern is a valid one (integers and bytes only).
+        // SAFETY: `out` is a `MsgDescHot` of `DESC_WORDS` words, 64-aligned; every bit pattern
+        // is a valid one (integers and bytes only).
         unsafe { dst.add(i).write(word) };
     }
-    out
 }
 
 /// Copy `desc` into the slot at `slot`, one relaxed atomic store per word (the Release store of
@@ -654,6 +661,18 @@ impl Consumer {
     /// ([`RingError::HeadPastCapacity`]). Nothing is consumed then, and every later call fails
     /// the same way until the head is sane again.
     pub fn try_pop(&mut self) -> Result<Option<MsgDescHot>, RingError> {
+        let mut desc = MsgDescHot::empty();
+        Ok(self.try_pop_into(&mut desc)?.then_some(desc))
+    }
+
+    /// [`try_pop`](Self::try_pop) into `out`: `true` when a descriptor was copied there,
+    /// `false` (and `out` untouched) when the ring is empty. The hot path's form: the
+    /// descriptor is written once, where the caller reads it.
+    ///
+    /// # Errors
+    /// As [`try_pop`](Self::try_pop).
+    #[inline]
+    pub fn try_pop_into(&mut self, out: &mut MsgDescHot) -> Result<bool, RingError> {
         if self.tail == self.cached_head {
             // PROTOCOL.md §4: Acquire pairs with the producer's Release store: the descriptors below this
             // head are fully written before we copy them.
@@ -673,18 +692,18 @@ impl Consumer {
             }
             self.cached_head = head;
             if head == self.tail {
-                return Ok(None);
+                return Ok(false);
             }
         }
         // SAFETY: tail < cached_head, a head read with Acquire, so the slot is published; the
         // producer does not overwrite it until we store a tail past it below.
-        let desc = unsafe { self.ring.read_slot(self.tail) };
+        unsafe { self.ring.read_slot(self.tail, out) };
         // tail < cached_head <= u64::MAX, so this cannot overflow.
         self.tail += 1;
         // PROTOCOL.md §4: Release: our copy of the slot happens before the producer's Acquire load of this
         // tail, and so before it overwrites the slot.
         self.ring.tail_word().store(self.tail, Ordering::Release);
-        Ok(Some(desc))
+        Ok(true)
     }
 
     /// Descriptors consumed by this side so far (its private tail).

@@ -727,19 +727,40 @@ impl Segment {
         restored
     }
 
-    /// The `AtomicU32` at `offset`, which lies inside the validated initial layout.
+    /// The `AtomicU32` at `offset`, a word of the header or of the peer table.
     #[cfg(not(loom))]
     fn word32(&self, offset: usize) -> &AtomicU32 {
-        self.shared()
-            .u32_at(offset)
-            .expect("every fixed word lies inside the validated layout")
+        self.fixed_word(offset)
     }
 
+    /// The `AtomicU64` at `offset`, as [`word32`](Self::word32).
     #[cfg(not(loom))]
     fn word64(&self, offset: usize) -> &AtomicU64 {
-        self.shared()
-            .u64_at(offset)
-            .expect("every fixed word lies inside the validated layout")
+        self.fixed_word(offset)
+    }
+
+    /// The atomic at `offset`, a fixed word of the initial layout (the header, the peer table, a
+    /// ring's header), which the mapping always covers (`create` made it the initial size;
+    /// `attach` validated that it was at least that, R2; a mapping never shrinks). The hot paths look
+    /// such words up for every frame, so this is a bounds check against the private layout and
+    /// an addition, not a look at the mapping's length.
+    ///
+    /// # Panics
+    /// When `offset` is misaligned for `T` or not inside the initial layout: a bug of this
+    /// crate, whose offsets are the layout's constants.
+    #[cfg(not(loom))]
+    #[inline]
+    fn fixed_word<T: hub_alloc::shared::SharedAtomic>(&self, offset: usize) -> &T {
+        assert!(
+            offset.is_multiple_of(align_of::<T>())
+                && offset + size_of::<T>() <= self.layout.initial_size(),
+            "a fixed word lies inside the initial layout"
+        );
+        // SAFETY: `offset .. offset + size_of::<T>()` lies inside the initial layout (checked
+        // above), which the mapping covers for the segment's life (see above), and is aligned
+        // for `T` (the base is page aligned); `T` is an atomic (`SharedAtomic`), which every
+        // process may access at once, and no non-atomic reference to it exists (R4).
+        unsafe { &*self.mapping.base().as_ptr().add(offset).cast::<T>() }
     }
 
     /// The host's state word.
@@ -789,6 +810,13 @@ impl Segment {
     /// word, for the hot paths, where [`peer`](Self::peer) would look up all six.
     pub fn peer_word32(&self, peer: u16, field: usize) -> &AtomicU32 {
         self.word32(self.layout.peer_entry_offset(peer) + field)
+    }
+
+    /// The 64-bit word at `field` (an offset inside `PeerEntry`) of peer `peer`'s entry, as
+    /// [`peer_word32`](Self::peer_word32).
+    #[cfg(not(loom))]
+    pub fn peer_word64(&self, peer: u16, field: usize) -> &AtomicU64 {
+        self.word64(self.layout.peer_entry_offset(peer) + field)
     }
 
     /// A view of ring `index` of the ring region: peer `i`'s send ring is `2i`, its receive

@@ -446,62 +446,117 @@ impl Drop for PendingWake<'_> {
     }
 }
 
-/// Time left before `deadline`: `None` for no deadline, an error once it passed.
-fn remaining(deadline: Option<Instant>) -> Result<Option<Duration>, WaitError> {
-    match deadline {
-        None => Ok(None),
-        Some(deadline) => {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                Err(WaitError::TimedOut)
-            } else {
-                Ok(Some(left))
+/// When a wait gives up: at its deadline, if it has one, or (a wait in slices) a slice after
+/// its first look at the clock, whichever comes first. The clock is read only when the wait
+/// first needs it: a look at it costs more than a poll, and a wait that the first polls end
+/// never reads it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limit {
+    deadline: Option<Instant>,
+    /// The slice still to start, if any.
+    slice: Option<Duration>,
+}
+
+impl Limit {
+    /// Give up at `deadline` (`None`: never).
+    pub(crate) fn at(deadline: Option<Instant>) -> Self {
+        Self {
+            deadline,
+            slice: None,
+        }
+    }
+
+    /// Give up at `deadline`, or `slice` after the wait first reads the clock.
+    pub(crate) fn sliced(deadline: Option<Instant>, slice: Duration) -> Self {
+        Self {
+            deadline,
+            slice: Some(slice),
+        }
+    }
+
+    /// Time left: `None` for no limit, [`WaitError::TimedOut`] once it passed.
+    fn remaining(&mut self) -> Result<Option<Duration>, WaitError> {
+        let now = match (self.deadline, self.slice.take()) {
+            (None, None) => return Ok(None),
+            (deadline, Some(slice)) => {
+                let now = Instant::now();
+                let end = now.checked_add(slice);
+                self.deadline = match (deadline, end) {
+                    (Some(at), Some(end)) => Some(at.min(end)),
+                    (at, end) => at.or(end),
+                };
+                now
+            }
+            (Some(_), None) => Instant::now(),
+        };
+        match self.deadline {
+            None => Ok(None),
+            Some(at) => {
+                let left = at.saturating_duration_since(now);
+                if left.is_zero() {
+                    Err(WaitError::TimedOut)
+                } else {
+                    Ok(Some(left))
+                }
             }
         }
     }
 }
 
 /// Checks `poll` in a busy loop until it yields, the deadline passes or (for `bounded`) the
-/// backoff is completed. Returns `Ok(None)` when the backoff is completed.
+/// spin's budget is spent. Returns `Ok(None)` when it is.
+///
+/// Between two polls there is one `pause`, not an exponential backoff: the other side of a
+/// ping-pong answers within a few hundred nanoseconds, and a backoff that has grown to 32 or 64
+/// pauses (one to two microseconds on this machine's EPYC) would notice the answer that much
+/// later. After [`SPIN_POLLS`] empty polls the spin has waited long enough that the other side
+/// is not about to answer: a bounded spin ends (the caller sleeps), an unbounded one yields its
+/// core between polls, so that on a machine with more spinning sides than cores the side that
+/// has work gets to run.
 #[cfg(not(loom))]
 fn spin<T>(
     poll: &mut impl FnMut() -> Option<T>,
-    deadline: Option<Instant>,
+    limit: &mut Limit,
     bounded: bool,
 ) -> Result<Option<T>, WaitError> {
-    let backoff = crossbeam_utils::Backoff::new();
     let mut round: u32 = 0;
     loop {
         if let Some(value) = poll() {
             return Ok(Some(value));
         }
-        // The clock every few rounds only: a look at it costs about what a poll does.
-        if round.is_multiple_of(DEADLINE_CHECK_ROUNDS) {
-            remaining(deadline)?;
-        }
         round = round.wrapping_add(1);
-        if backoff.is_completed() {
-            if bounded {
-                return Ok(None);
-            }
-            // Unbounded spin: keep yielding at the backoff's slowest pace.
-            std::thread::yield_now();
+        // The clock every few rounds only: a look at it costs more than a poll.
+        if round.is_multiple_of(DEADLINE_CHECK_ROUNDS) {
+            limit.remaining()?;
+        }
+        if round < SPIN_POLLS {
+            std::hint::spin_loop();
+        } else if bounded && round >= SPIN_POLLS + YIELD_POLLS {
+            return Ok(None);
         } else {
-            backoff.snooze();
+            std::thread::yield_now();
         }
     }
 }
 
+/// Empty polls, one `pause` apart, before a spin stops busy-waiting: about 5 to 10 µs here.
+#[cfg(not(loom))]
+const SPIN_POLLS: u32 = 256;
+
+/// Polls, one yield apart, after [`SPIN_POLLS`] before a bounded spin ends.
+#[cfg(not(loom))]
+const YIELD_POLLS: u32 = 4;
+
 /// How many rounds of a spin go between two looks at the clock.
 #[cfg(not(loom))]
-const DEADLINE_CHECK_ROUNDS: u32 = 8;
+const DEADLINE_CHECK_ROUNDS: u32 = 32;
 
 /// Under loom: the spin phase of `Adaptive` is one yield and one check, and `Spin` yields to the
 /// model's scheduler between checks, so that models stay small and terminate.
 #[cfg(loom)]
 fn spin<T>(
     poll: &mut impl FnMut() -> Option<T>,
-    deadline: Option<Instant>,
+    limit: &mut Limit,
     bounded: bool,
 ) -> Result<Option<T>, WaitError> {
     loop {
@@ -509,7 +564,7 @@ fn spin<T>(
         if let Some(value) = poll() {
             return Ok(Some(value));
         }
-        remaining(deadline)?;
+        limit.remaining()?;
         if bounded {
             return Ok(None);
         }
@@ -556,7 +611,7 @@ pub fn wait_any_for<T>(
     deadline: Option<Instant>,
     mode: WaitMode,
 ) -> Result<T, WaitError> {
-    wait_any_after_ring(bells, poll, deadline, mode, || {}, None)
+    wait_any_after_ring(bells, poll, Limit::at(deadline), mode, || {}, None)
 }
 
 /// [`wait_any_for`], running `before_sleep` once if the wait gets as far as announcing itself
@@ -571,7 +626,7 @@ pub fn wait_any_for<T>(
 pub(crate) fn wait_any_after_ring<T>(
     bells: &[Doorbell<'_>],
     mut poll: impl FnMut() -> Option<T>,
-    deadline: Option<Instant>,
+    mut limit: Limit,
     mode: WaitMode,
     before_sleep: impl FnOnce(),
     mut pending: Option<PendingWake<'_>>,
@@ -596,12 +651,12 @@ pub(crate) fn wait_any_after_ring<T>(
     match mode {
         WaitMode::Spin => loop {
             // An unbounded spin returns only with a value or an error.
-            if let Some(value) = spin(&mut poll, deadline, false)? {
+            if let Some(value) = spin(&mut poll, &mut limit, false)? {
                 return Ok(value);
             }
         },
         WaitMode::Adaptive => {
-            if let Some(value) = spin(&mut poll, deadline, true)? {
+            if let Some(value) = spin(&mut poll, &mut limit, true)? {
                 return Ok(value);
             }
         }
@@ -611,7 +666,7 @@ pub(crate) fn wait_any_after_ring<T>(
     // The (word, announced value) pairs for futex_waitv; the unused tail is never passed.
     let mut expected: [(&AtomicU32, u32); MAX_WAIT_ANY] = [(first.word, 0); MAX_WAIT_ANY];
     loop {
-        let timeout = remaining(deadline)?;
+        let timeout = limit.remaining()?;
         for (slot, bell) in expected.iter_mut().zip(bells) {
             // R11: the announcement. Acquire: if a ring came before it in the word's order, the
             // data published before that ring is visible to the check below.
