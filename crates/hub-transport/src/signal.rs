@@ -931,20 +931,36 @@ mod loom_tests {
                 thread::spawn(move || {
                     let bell = [Doorbell::new(&words[1])];
                     let poll = || (data[1].load(Ordering::Acquire) == 1).then_some(());
-                    wait_any_after_ring(&bell, poll, None, WaitMode::Block, || {}, None).unwrap();
+                    wait_any_after_ring(&bell, poll, Limit::at(None), WaitMode::Block, || {}, None)
+                        .unwrap();
                     data[0].store(2, Ordering::Release);
                     // The reply, its wake carried into the wait for the next request.
                     let pending = Doorbell::new(&words[0]).ring_deferred();
                     let poll = || (data[1].load(Ordering::Acquire) == 3).then_some(());
-                    wait_any_after_ring(&bell, poll, None, WaitMode::Block, || {}, pending)
-                        .unwrap();
+                    wait_any_after_ring(
+                        &bell,
+                        poll,
+                        Limit::at(None),
+                        WaitMode::Block,
+                        || {},
+                        pending,
+                    )
+                    .unwrap();
                 })
             };
             let mine = [Doorbell::new(&words[0])];
             data[1].store(1, Ordering::Release);
             let pending = Doorbell::new(&words[1]).ring_deferred();
             let poll = || (data[0].load(Ordering::Acquire) == 2).then_some(());
-            wait_any_after_ring(&mine, poll, None, WaitMode::Block, || {}, pending).unwrap();
+            wait_any_after_ring(
+                &mine,
+                poll,
+                Limit::at(None),
+                WaitMode::Block,
+                || {},
+                pending,
+            )
+            .unwrap();
             data[1].store(3, Ordering::Release);
             Doorbell::new(&words[1]).ring();
             server.join().unwrap();
