@@ -75,9 +75,10 @@
 //!
 //! # Spinning
 //!
-//! [`WaitMode::Adaptive`] checks the condition with [`crossbeam_utils::Backoff`] until the
-//! backoff is completed (a few microseconds), then parks: "receivers spin briefly before they
-//! park" (R11). [`WaitMode::Spin`] never parks, [`WaitMode::Block`] parks at once.
+//! [`WaitMode::Adaptive`] checks the condition 256 times, one `pause` instruction apart (5 to
+//! 10 µs here), then four times with a yield of the CPU between, then parks: "receivers spin
+//! briefly before they park" (R11). [`WaitMode::Spin`] never parks: after the same 256 checks it
+//! yields the CPU between checks. [`WaitMode::Block`] parks at once.
 //!
 //! ```
 //! use hub_transport::signal::{Doorbell, WaitMode};
@@ -115,12 +116,13 @@ pub const SEQUENCE_STEP: u32 = wake::SEQUENCE_STEP;
 /// How a waiter waits for its condition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WaitMode {
-    /// Check the condition in a busy loop and never sleep in the kernel. Lowest latency, burns a
-    /// core; for benchmarks and dedicated polling threads.
+    /// Check the condition in a busy loop and never sleep in the kernel (after 256 checks, it
+    /// yields the CPU between checks). Lowest latency, burns a core; for benchmarks and
+    /// dedicated polling threads.
     Spin,
     /// Announce and sleep in the kernel as soon as the condition is false.
     Block,
-    /// Spin with [`crossbeam_utils::Backoff`] until it is completed, then sleep (R11).
+    /// Spin briefly (256 checks a `pause` apart, then four a yield apart), then sleep (R11).
     #[default]
     Adaptive,
 }
