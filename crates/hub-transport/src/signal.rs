@@ -469,6 +469,7 @@ impl Limit {
     }
 
     /// Give up at `deadline`, or `slice` after the wait first reads the clock.
+    #[cfg_attr(loom, allow(dead_code))] // the sliced waits (Host, Peer) are not built under loom
     pub(crate) fn sliced(deadline: Option<Instant>, slice: Duration) -> Self {
         Self {
             deadline,
@@ -922,6 +923,23 @@ mod loom_tests {
     /// own next wait (`ring_deferred`, then `wait_any_after_ring`: one system call a side in
     /// the real run). Neither side is ever left asleep (a deadlock, which loom reports), each
     /// sees the other's data, and each side makes at most one wake.
+    /// A blocking wait on `bells` without a deadline, making `pending` with its first sleep.
+    fn wait_block<T>(
+        bells: &[Doorbell<'_>],
+        poll: impl FnMut() -> Option<T>,
+        pending: Option<PendingWake<'_>>,
+    ) -> T {
+        wait_any_after_ring(
+            bells,
+            poll,
+            Limit::at(None),
+            WaitMode::Block,
+            || {},
+            pending,
+        )
+        .expect("a wait without a deadline returns its value")
+    }
+
     #[test]
     fn deferred_wakes_lose_no_request_and_no_reply() {
         loom::model(|| {
@@ -933,36 +951,19 @@ mod loom_tests {
                 thread::spawn(move || {
                     let bell = [Doorbell::new(&words[1])];
                     let poll = || (data[1].load(Ordering::Acquire) == 1).then_some(());
-                    wait_any_after_ring(&bell, poll, Limit::at(None), WaitMode::Block, || {}, None)
-                        .unwrap();
+                    wait_block(&bell, poll, None);
                     data[0].store(2, Ordering::Release);
                     // The reply, its wake carried into the wait for the next request.
                     let pending = Doorbell::new(&words[0]).ring_deferred();
                     let poll = || (data[1].load(Ordering::Acquire) == 3).then_some(());
-                    wait_any_after_ring(
-                        &bell,
-                        poll,
-                        Limit::at(None),
-                        WaitMode::Block,
-                        || {},
-                        pending,
-                    )
-                    .unwrap();
+                    wait_block(&bell, poll, pending);
                 })
             };
             let mine = [Doorbell::new(&words[0])];
             data[1].store(1, Ordering::Release);
             let pending = Doorbell::new(&words[1]).ring_deferred();
             let poll = || (data[0].load(Ordering::Acquire) == 2).then_some(());
-            wait_any_after_ring(
-                &mine,
-                poll,
-                Limit::at(None),
-                WaitMode::Block,
-                || {},
-                pending,
-            )
-            .unwrap();
+            wait_block(&mine, poll, pending);
             data[1].store(3, Ordering::Release);
             Doorbell::new(&words[1]).ring();
             server.join().unwrap();
