@@ -20,7 +20,8 @@
 //!   waits on all its peers with one `futex_waitv`;
 //! - every descriptor, index and offset read from shared memory is copied, checked, then used
 //!   (R3): a faulty peer gets typed errors naming it, never a read outside the segment;
-//! - frames and loans own a handle on their side: they move into tasks and across threads;
+//! - frames and loans are `'static` values: they move into tasks and across threads (one whose
+//!   payload is in a slot owns a handle on its side, which frees the slot when it drops);
 //! - each side has a readiness descriptor for event loops ([`Host::ready_fd`],
 //!   [`Peer::ready_fd`]), written only when that side announced it sleeps on it; with the
 //!   `tokio` feature, `aio::AsyncHost` and `aio::AsyncPeer` make every call a future.

@@ -184,9 +184,9 @@ pub(crate) struct Link {
     pub receiver: OwnerId,
     /// This end as an owner: what it receives is in flight to it.
     pub me: OwnerId,
-    /// The ring handles, locked with `sync::lock`, which carries on past a poisoned lock: a
-    /// panic while a handle was held leaves its private indices as they were at the last
-    /// completed push or pop, which is consistent.
+    /// The ring handles, each behind a [`HandleLock`] (one compare-and-swap to take, a store to
+    /// release), which has no poisoning: a panic while a handle was held leaves its private
+    /// indices as they were at the last completed push or pop, which is consistent.
     producer: HandleLock<Producer>,
     consumer: HandleLock<Consumer>,
     /// Rung after a push; the other end waits on it.

@@ -760,7 +760,7 @@ impl Drop for Peer {
             bridge.stop();
         }
         // The goodbye comes with the endpoint's last handle (`PeerLife`): now, or when the last
-        // frame or loan of this peer is dropped.
+        // frame or loan of this peer that holds a slot is dropped (inline ones hold none).
     }
 }
 
