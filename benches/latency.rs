@@ -4,7 +4,7 @@
 //! for the echo from a child process, which is this same bench binary started again with
 //! `HUB_BENCH_CHILD` in its environment (checked first thing in `main`, before criterion sees
 //! the arguments; the plumbing is `hub_benches`). Every figure, baselines included, is two
-//! processes.
+//! processes, but those of `latency/in_process` (below), which measure the code alone.
 //!
 //! - `latency/spin`: `hub` with `WaitMode::Spin` on both sides, beside `baseline_spin_floor`: a
 //!   raw spin ping-pong on one `AtomicU64` in a shared memfd mapping (for sizes above 8 B the host
@@ -15,6 +15,11 @@
 //!   `baseline_unix_socket` (a `UnixStream` pair: write the size, the child reads it and writes it
 //!   back) and `baseline_pipe` (the same over two pipes).
 //! - `latency/adaptive`: `hub` with `WaitMode::Adaptive`, beside the same spin floor.
+//! - `latency/in_process`: what the code costs, apart from the cache lines that cross: host and
+//!   peer in this process, on one thread, a round trip of `try_send`, `try_recv`, `try_send`,
+//!   `try_recv` (8 B inline, 64 B through a slot), beside the same four steps through two
+//!   `crossbeam_channel::bounded` channels. The one group that does not move with where the VM
+//!   puts its two vCPUs.
 //!
 //! The hub's round trip: the host sends a frame of the size and waits for its echo in one call
 //! (`send_then_recv_from` for at most 16 bytes, which travel inline; else `loan`, fill,
@@ -78,6 +83,7 @@ fn main() -> ExitCode {
     bench_spin(&mut criterion);
     bench_block(&mut criterion);
     bench_adaptive(&mut criterion);
+    bench_in_process(&mut criterion);
     criterion.final_summary();
     ExitCode::SUCCESS
 }
@@ -129,6 +135,64 @@ fn bench_adaptive(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+/// The sizes of `latency/in_process`: one inline, one through a slot.
+const IN_PROCESS_SIZES: [usize; 2] = [8, 64];
+
+/// What the code of a round trip costs with every line in this core's cache: host and peer in
+/// this process, on this thread, each iteration `try_send`, `try_recv`, `try_send` (the echo,
+/// copied out of the frame), `try_recv`. Beside it, the same four steps through two
+/// `crossbeam_channel::bounded` channels of `[u8; N]` values. No cache line crosses between
+/// cores here, so the figure does not move with where the VM puts its two vCPUs, and the
+/// difference to `latency/spin` is what the crossings cost.
+fn bench_in_process(c: &mut Criterion) {
+    let mut group = c.benchmark_group("latency/in_process");
+    for size in IN_PROCESS_SIZES {
+        let id = size_name(size);
+        let host = Host::create(&HubConfig::new().max_peers(1)).expect("a hub");
+        let peer = Peer::attach(&host.add_peer().expect("a reservation")).expect("attached");
+        let to = peer.id();
+        let payload = vec![7_u8; size];
+        let mut echo = vec![0_u8; size];
+        group.bench_function(BenchmarkId::new("hub", &id), |b| {
+            b.iter(|| {
+                host.try_send(to, FrameMeta::default(), &payload)
+                    .expect("room for the request");
+                let request = peer.try_recv().expect("the request");
+                echo.copy_from_slice(request.payload());
+                drop(request);
+                peer.try_send(FrameMeta::default(), &echo)
+                    .expect("room for the echo");
+                let reply = host.try_recv().expect("the echo");
+                std::hint::black_box(reply.payload());
+            })
+        });
+        match size {
+            8 => bench_channel_pair::<8>(&mut group, &id),
+            _ => bench_channel_pair::<64>(&mut group, &id),
+        }
+    }
+    group.finish();
+}
+
+/// `latency/in_process`'s baseline: a request and its echo through two bounded channels of
+/// `[u8; N]` values, on one thread.
+fn bench_channel_pair<const N: usize>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    id: &str,
+) {
+    let (to_peer, at_peer) = crossbeam_channel::bounded::<[u8; N]>(256);
+    let (to_host, at_host) = crossbeam_channel::bounded::<[u8; N]>(256);
+    let payload = [7_u8; N];
+    group.bench_function(BenchmarkId::new("baseline_crossbeam_channel", id), |b| {
+        b.iter(|| {
+            to_peer.try_send(payload).expect("room for the request");
+            let request = at_peer.try_recv().expect("the request");
+            to_host.try_send(request).expect("room for the echo");
+            std::hint::black_box(at_host.try_recv().expect("the echo"));
+        })
+    });
 }
 
 fn bench_hub(
