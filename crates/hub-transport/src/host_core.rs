@@ -404,7 +404,7 @@ impl Core {
         let mut held = link.lock_both();
         // SAFETY: this host is the only producer of `recv` and consumer of `send`; the entry
         // is Reserved, so no peer uses the other ends yet.
-        unsafe { Link::reset(segment, recv, send, &mut held) }
+        unsafe { link.reset(segment, recv, send, &mut held) }
             .map_err(|source| HostError::Ring { peer, source })?;
         let (_, wake) = self
             .endpoint

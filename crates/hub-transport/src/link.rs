@@ -25,7 +25,7 @@ use crate::futex;
 use crate::handle_lock::{HandleGuard, HandleLock};
 use crate::ready::EventFd;
 use crate::recovery::{reclaim_settled, recover_rings};
-use crate::ring::{Consumer, Producer, PushError, RingError};
+use crate::ring::{Consumer, Producer, PushError, RawRing, RingError};
 use crate::segment::Segment;
 use crate::segment::pad::{READY_HOST, READY_PEER};
 use crate::signal::{Doorbell, Limit, PendingWake, WaitError, WaitMode, wait_any_after_ring};
@@ -189,6 +189,13 @@ pub(crate) struct Link {
     /// indices as they were at the last completed push or pop, which is consistent.
     producer: HandleLock<Producer>,
     consumer: HandleLock<Consumer>,
+    /// A view of the ring this end pops from, to look at its head without the consumer's lock.
+    in_ring: RawRing,
+    /// The consumer's tail after its last pop, private to this process: a receive that finds
+    /// the ring's head equal to it has nothing to pop and takes no lock (a poll of an empty
+    /// ring, the common case of a spin and of the host's look at every peer, costs one load).
+    /// Reset with the rings (R10).
+    taken: AtomicU64,
     /// Rung after a push; the other end waits on it.
     out_bell: usize,
     /// Rung by the other end; this end waits on it.
@@ -233,6 +240,7 @@ impl Link {
         let in_ring = segment.ring(into)?;
         // SAFETY: the caller's contract: single producer of `out`, single consumer of `into`.
         let (producer, consumer) = unsafe { (out_ring.producer()?, in_ring.consumer()?) };
+        let taken = AtomicU64::new(consumer.tail());
         let (their_ready, my_ready) = if out_bell == RECV_BELL {
             (READY_PEER, READY_HOST)
         } else {
@@ -244,6 +252,8 @@ impl Link {
             me,
             producer: HandleLock::new(producer),
             consumer: HandleLock::new(consumer),
+            in_ring,
+            taken,
             out_bell,
             in_bell,
             their_ready,
@@ -343,6 +353,7 @@ impl Link {
     /// # Safety
     /// As [`new`](Self::new).
     pub unsafe fn reset(
+        &self,
         segment: &Segment,
         out: usize,
         into: usize,
@@ -356,6 +367,10 @@ impl Link {
             *held.0 = out_ring.reset_producer();
             *held.1 = in_ring.reset_consumer();
         }
+        // Under the consumer's lock, like every store of it: a look without the lock that
+        // compares the new life's head with the old tail finds them different and takes the
+        // lock, which waits for this.
+        self.taken.store(held.1.tail(), Ordering::Relaxed);
         Ok(())
     }
 
@@ -398,7 +413,7 @@ impl Link {
         );
         let (freed, wake) = recover_rings(slab, peer, OwnerId::HOST, rings, || {
             // SAFETY: the caller's contract: the host's link of the entry.
-            unsafe { Self::reset(segment, recv, send, &mut held) }.map_err(&ring_error)
+            unsafe { self.reset(segment, recv, send, &mut held) }.map_err(&ring_error)
         })?;
         let reclaimed = reclaim_settled(slab, peer, tries, pause)?;
         drop(held);
@@ -600,11 +615,20 @@ impl Link {
     /// [`try_recv`](Self::try_recv) from life `epoch` of the entry only, if given: checked
     /// under the consumer's lock, which a new reservation's ring reset takes after it set the
     /// new life (R4), so a frame of the next life never goes to a caller that named this one.
+    /// A ring with nothing published is `Ok(None)` before any lock or check, whatever the life
+    /// (a caller that must report a life that is over checks it first, as `Host::poll_one`
+    /// does).
     pub fn try_recv_life(
         &self,
         endpoint: &Arc<Endpoint>,
         epoch: Option<u64>,
     ) -> Result<Option<Frame>, RecvError> {
+        // Nothing published since this end's last pop: nothing to take, and no lock taken. A
+        // frame of a new life is not missed: the rings' reset stores the new tail under the
+        // lock, and until then the two differ.
+        if self.in_ring.published() == self.taken.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
         // The consumer stays locked through the check: a recovery of the sender (R10), which
         // holds this lock while it frees what the sender left in flight, never sees a slot
         // between its pop and the claim of its frame.
@@ -626,6 +650,7 @@ impl Link {
         if !popped {
             return Ok(None);
         }
+        self.taken.store(consumer.tail(), Ordering::Relaxed);
         self.check(endpoint, &desc).map(Some)
     }
 
@@ -968,7 +993,7 @@ mod loom_tests {
             // recovery, and sweeps what it sent meanwhile.
             let mut held = hub.host_link.lock_both();
             // SAFETY: as above.
-            unsafe { Link::reset(segment, 1, 0, &mut held) }.expect("reset at reuse");
+            unsafe { hub.host_link.reset(segment, 1, 0, &mut held) }.expect("reset at reuse");
             drop(held);
             slab.reclaim_sent(PEER, OwnerId::HOST)
                 .expect("sweep at reuse");

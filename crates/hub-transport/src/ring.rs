@@ -230,6 +230,16 @@ impl RawRing {
         self.capacity
     }
 
+    /// The producer's published count as it is now, unchecked and with no ordering: a hint for
+    /// a consumer's look at whether there is anything to pop before it takes its handle (a
+    /// value it compares with its own count, never uses, R3). A pop reads the head again,
+    /// with the checks and the Acquire that make the descriptors visible.
+    #[inline]
+    pub fn published(&self) -> u64 {
+        // A hint: Relaxed (see above; R11's fences order it where a waiter needs it).
+        self.head_word().load(Ordering::Relaxed)
+    }
+
     /// The producer's published count, `visible_head`, in shared memory.
     fn head_word(&self) -> &AtomicU64 {
         // SAFETY: the header is valid (contract of `new`); this projects to the atomic field
