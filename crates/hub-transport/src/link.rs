@@ -822,6 +822,7 @@ mod loom_tests {
     use crate::error::TryLoanError;
     use crate::frame::{Endpoint, FrameMeta};
     use crate::segment::Segment;
+    use crate::signal::{Doorbell, WaitMode, wait_any_for};
     use crate::sync::model;
 
     const PEER: OwnerId = OwnerId::peer(0);
@@ -948,6 +949,38 @@ mod loom_tests {
             sender.join().expect("sender");
             assert!(hub.host_link.try_recv(&hub.host).expect("recv").is_none());
             check_all_free(&hub, 1);
+        });
+    }
+
+    /// R11 through the real `Link`: the host waits in `WaitMode::Block` on its bell with the
+    /// receive's own poll (`try_recv`, whose first look at the ring takes no lock and reads
+    /// the head with no ordering of its own), the peer sends two inline frames with the real
+    /// `try_send` (which rings the bell at once). The host gets both, in order: no wake is
+    /// lost between the look without the lock and the sleep. (The real `recv` waits in slices
+    /// of 100 ms, which the futex emulation would turn into a busy loop: the wait here is the
+    /// same `wait_any_after_ring` without the slices.)
+    #[test]
+    fn a_blocking_receive_is_woken_by_a_send() {
+        model("a_blocking_receive_is_woken_by_a_send", || {
+            crate::futex::emulation::init();
+            let hub = Arc::new(hub(1));
+            let sender = {
+                let hub = Arc::clone(&hub);
+                thread::spawn(move || {
+                    for i in 0..2 {
+                        send(&hub.peer, &hub.peer_link, 2 * i);
+                    }
+                })
+            };
+            let bell = [Doorbell::new(hub.host_link.in_bell(&hub.host.segment))];
+            for i in 0..2 {
+                let poll = || hub.host_link.try_recv(&hub.host).transpose();
+                let frame = wait_any_for(&bell, poll, None, WaitMode::Block)
+                    .expect("a wait without a deadline ends with a value")
+                    .expect("a frame");
+                assert_eq!(frame.meta().msg_id, 2 * i);
+            }
+            sender.join().expect("sender");
         });
     }
 
