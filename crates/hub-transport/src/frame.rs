@@ -231,8 +231,9 @@ impl From<PeerId> for PeerRef {
 /// are dropped. Whatever another process writes into the shared slot metas, this side never
 /// holds one slot twice, and never frees or reclaims a slot it holds.
 ///
-/// Frames and loans hold the endpoint (an `Arc`), so they may outlive the `Host` or `Peer`
-/// they came from: the mapping, the allocator handle and its ledger stay until the last goes.
+/// Frames and loans whose payload is in a slot hold the endpoint (an `Arc`), so they may
+/// outlive the `Host` or `Peer` they came from: the mapping, the allocator handle and its
+/// ledger stay until the last goes. Inline ones hold nothing of it.
 pub(crate) struct Endpoint {
     pub segment: Arc<Segment>,
     pub slab: HubSlab,
@@ -247,7 +248,8 @@ impl Endpoint {
         Self::with_life(segment, slab, None)
     }
 
-    /// An endpoint that keeps `life` until the last frame, loan and handle of it are gone.
+    /// An endpoint that keeps `life` until its last handle, and the last frame and loan of it
+    /// that hold a slot, are gone.
     pub fn with_life(
         segment: Arc<Segment>,
         slab: HubSlab,

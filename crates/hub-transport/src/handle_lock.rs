@@ -10,10 +10,17 @@
 //! it waits for a slot to settle: a thread that finds it taken spins briefly, then yields, then
 //! naps, so that such a wait costs little.
 //!
+//! The price: a waiter never sleeps in the kernel, whatever the endpoint's wait mode. After 64
+//! `pause`s and 64 yields it naps 50 µs at a time, so a thread that finds a send of another
+//! thread of its process in progress on the same link, with that thread descheduled, may wait
+//! up to 50 µs longer than a `Mutex` would have made it wait. Two threads sending to one peer at
+//! once is the only way to meet that; one thread per link never does.
+//!
 //! A thread that panics while it holds the lock releases it as the guard drops; the handles it
 //! guards are consistent at every step (see `Link`), so there is no poisoning.
 
 use std::cell::UnsafeCell;
+use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
@@ -49,7 +56,10 @@ impl<T> HandleLock<T> {
         {
             self.lock_contended();
         }
-        HandleGuard { lock: self }
+        HandleGuard {
+            lock: self,
+            _value: PhantomData,
+        }
     }
 
     #[cold]
@@ -83,6 +93,9 @@ impl<T> HandleLock<T> {
 /// Access to the value of a [`HandleLock`] while it is held; dropping it releases the lock.
 pub(crate) struct HandleGuard<'a, T> {
     lock: &'a HandleLock<T>,
+    /// The guard lends `&mut T`, so it is `Sync` only when `T` is (as `&mut T` is): a `T`
+    /// that is `Send` but not `Sync` must not be reached from two threads through `&guard`.
+    _value: PhantomData<&'a mut T>,
 }
 
 impl<T> Deref for HandleGuard<'_, T> {

@@ -107,7 +107,7 @@
 //   layer 3  error -> frame, futex, ring, segment
 //            event -> frame, ring                      (PeerEvent, EvictReason, Recovery, ...)
 //            ticket -> frame, mapping, ready, segment
-//   layer 4  link -> error, frame, futex, handle_lock, ready, ring, segment, signal
+//   layer 4  link -> error, frame, futex, handle_lock, ready, recovery, ring, segment, signal
 //            forms -> error, frame, link               (the blocking, try_ and _timeout forms)
 //   layer 5  host_core -> event, frame, futex, link, liveness, local, mapping, ready, recovery,
 //                         ring, segment, signal, ticket (Core: what the host's threads share)

@@ -571,8 +571,7 @@ impl Link {
     /// descriptor goes straight into it, with no loan.
     /// [`TrySendCopyError::NoFreeSlots`] when the deadline passes (`Deadline::Now`: at once)
     /// with the class empty, [`TrySendCopyError::Full`] when it passes with the ring full.
-    /// `on_fault` sees a failure of the send before it is reported (the host evicts a peer that
-    /// broke its ring, R3).
+    /// (The host evicts a peer whose ring the send found broken, R3, when this returns.)
     #[inline]
     pub fn send_copy<'e>(
         &self,

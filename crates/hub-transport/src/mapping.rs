@@ -10,7 +10,9 @@
 //! file (R8): the base address never changes, so no pointer into the segment is ever invalidated
 //! by growth. The bytes between the end of the file and the end of the reservation fault
 //! (`SIGBUS`) until the file grows; nothing here ever touches them, because every access is
-//! bounded by [`SegmentMapping::len`], which never exceeds the file's length. A
+//! bounded by [`SegmentMapping::len`], which never exceeds the file's length (the segment's
+//! fixed words and rings by the layout's initial size, which the segment checked `len`
+//! reached when it was made). A
 //! [`ReadOnlyMapping`] is the same for an inspector that must not write.
 //!
 //! # Growth

@@ -44,8 +44,8 @@ use crate::ticket::{Source, SpecSource, Ticket, TicketSpec};
 /// for good. A peer that forges the word costs honest peers one probe per check, never a
 /// `HostGone`.
 pub struct Peer {
-    /// Shared with every frame and loan of this peer: the peer's life (heartbeat, goodbye)
-    /// ends with the last of them.
+    /// Shared with every frame and loan of this peer that holds a slot: the peer's life
+    /// (heartbeat, goodbye) ends with the last of them.
     endpoint: Arc<Endpoint>,
     link: Link,
     id: u16,

@@ -547,11 +547,8 @@ impl Segment {
             }
         };
         let mapping = Arc::new(SegmentMapping::new(file, slab_layout.max_size())?);
-        let mut segment = Segment {
-            mapping: mapping.clone(),
-            layout,
-            fixed: Vec::new(),
-        };
+        let mut segment = Segment::over(mapping.clone(), layout)
+            .map_err(|error| CreateError::Config(error.to_string()))?;
         segment.build(slab_layout.max_size(), config.heartbeat_timeout)?;
         // SAFETY: the file was created just now by this call and nobody else has it: the
         // allocator's state is ours alone until the magic is written.
@@ -678,13 +675,25 @@ impl Segment {
                     })?;
         }
         let mapping = Arc::new(SegmentMapping::new(file, slab_layout.max_size())?);
-        let segment = Segment {
-            mapping: mapping.clone(),
-            layout,
-            fixed: Vec::new(),
-        };
+        // The file may have changed since the probe validated it (R2): the mapping that is
+        // used is checked again.
+        let segment = Segment::over(mapping.clone(), layout)?;
         let slab = Slab::attach(mapping, slab_layout, me)?;
         Ok((Arc::new(segment), slab))
+    }
+
+    /// The segment of `layout` over `mapping`, which must cover the layout's initial size:
+    /// the fixed words are found by [`fixed_word`](Self::fixed_word) with no other check.
+    fn over(mapping: Arc<SegmentMapping>, layout: SegmentLayout) -> Result<Self, HubLayoutError> {
+        let (required, found) = (layout.initial_size(), mapping.len());
+        if found < required {
+            return Err(HubLayoutError::HubTooSmall { required, found });
+        }
+        Ok(Segment {
+            mapping,
+            layout,
+            fixed: Vec::new(),
+        })
     }
 
     fn shared(&self) -> Shared<'_, SegmentMapping> {
@@ -740,8 +749,10 @@ impl Segment {
     }
 
     /// The atomic at `offset`, a fixed word of the initial layout (the header, the peer table, a
-    /// ring's header), which the mapping always covers (`create` made it the initial size;
-    /// `attach` validated that it was at least that, R2; a mapping never shrinks). The hot paths look
+    /// ring's header), which the mapping always covers: [`over`](Self::over), the only way a
+    /// `Segment` of a mapping is made, checked that its length reached the initial size, and
+    /// the length a mapping knows never shrinks. (A file truncated by another process of the
+    /// same user afterwards faults on access, here as for every access to the mapping.) The hot paths look
     /// such words up for every frame, so this is a bounds check against the private layout and
     /// an addition, not a look at the mapping's length.
     ///
@@ -757,9 +768,10 @@ impl Segment {
             "a fixed word lies inside the initial layout"
         );
         // SAFETY: `offset .. offset + size_of::<T>()` lies inside the initial layout (checked
-        // above), which the mapping covers for the segment's life (see above), and is aligned
-        // for `T` (the base is page aligned); `T` is an atomic (`SharedAtomic`), which every
-        // process may access at once, and no non-atomic reference to it exists (R4).
+        // above), which the mapping covers for the segment's life (checked by `over`, see
+        // above), and is aligned for `T` (the base is page aligned); `T` is an atomic
+        // (`SharedAtomic`), which every process may access at once, and no non-atomic
+        // reference to it exists (R4).
         unsafe { &*self.mapping.base().as_ptr().add(offset).cast::<T>() }
     }
 

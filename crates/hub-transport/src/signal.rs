@@ -452,9 +452,15 @@ impl Drop for PendingWake<'_> {
 /// its first look at the clock, whichever comes first. The clock is read only when the wait
 /// first needs it: a look at it costs more than a poll, and a wait that the first polls end
 /// never reads it.
-#[derive(Debug, Clone, Copy)]
+///
+/// Not `Copy`: the slice starts with the first look, so a copy taken after it and one taken
+/// before would be two different limits.
+#[derive(Debug)]
 pub(crate) struct Limit {
     deadline: Option<Instant>,
+    /// Whether `deadline` came from the caller (before the slice folds into it).
+    #[cfg_attr(loom, allow(dead_code))] // loom's spin looks at the clock every round
+    caller_deadline: bool,
     /// The slice still to start, if any.
     slice: Option<Duration>,
 }
@@ -464,6 +470,7 @@ impl Limit {
     pub(crate) fn at(deadline: Option<Instant>) -> Self {
         Self {
             deadline,
+            caller_deadline: deadline.is_some(),
             slice: None,
         }
     }
@@ -473,8 +480,15 @@ impl Limit {
     pub(crate) fn sliced(deadline: Option<Instant>, slice: Duration) -> Self {
         Self {
             deadline,
+            caller_deadline: deadline.is_some(),
             slice: Some(slice),
         }
+    }
+
+    /// Whether the caller set a deadline (not only a slice).
+    #[cfg_attr(loom, allow(dead_code))] // loom's spin looks at the clock every round
+    fn has_deadline(&self) -> bool {
+        self.caller_deadline
     }
 
     /// Time left: `None` for no limit, [`WaitError::TimedOut`] once it passed.
@@ -527,9 +541,15 @@ fn spin<T>(
         if let Some(value) = poll() {
             return Ok(Some(value));
         }
-        round = round.wrapping_add(1);
-        // The clock every few rounds only: a look at it costs more than a poll.
-        if round.is_multiple_of(DEADLINE_CHECK_ROUNDS) {
+        round = round.saturating_add(1);
+        // The clock after the first empty poll if the caller set a deadline (one already
+        // passed ends the wait at once), then every few polls of the busy phase (a look at it
+        // costs more than a poll), and at every poll once the spin yields (a yield costs far
+        // more than a look).
+        if (round == 1 && limit.has_deadline())
+            || round.is_multiple_of(DEADLINE_CHECK_ROUNDS)
+            || round >= SPIN_POLLS
+        {
             limit.remaining()?;
         }
         if round < SPIN_POLLS {
@@ -770,6 +790,27 @@ mod tests {
                 .unwrap(),
             3
         );
+    }
+
+    #[test]
+    fn a_past_deadline_ends_a_spin_after_one_more_look() {
+        let word = AtomicU32::new(0);
+        let bell = Doorbell::new(&word);
+        let past = Instant::now() - Duration::from_millis(1);
+        for mode in [WaitMode::Spin, WaitMode::Adaptive] {
+            let mut looks = 0;
+            let result = bell.wait_for(
+                || {
+                    looks += 1;
+                    None::<()>
+                },
+                Some(past),
+                mode,
+            );
+            assert!(matches!(result, Err(WaitError::TimedOut)), "{mode:?}");
+            // The look before the spin and the spin's first: the clock is read after it.
+            assert_eq!(looks, 2, "{mode:?}");
+        }
     }
 
     #[test]

@@ -428,6 +428,35 @@ fn goodbye_makes_the_entry_dying_and_the_id_is_reused() {
 
 /// Frames a peer sent before its goodbye reach the host: the entry stays Dying until the host
 /// has read them, then the supervisor recovers it.
+/// A peer's goodbye waits for its frames and loans that hold a slot (the host must not reclaim
+/// a slot the peer still reads), and only for those: an inline frame or loan is a copy that
+/// holds nothing of the peer.
+#[test]
+fn only_frames_and_loans_in_slots_delay_the_goodbye() {
+    let host = Host::create(&HubConfig::new().max_peers(1)).expect("create");
+    let mut events = EventLog::new(&host);
+    let peer = Peer::attach(&host.add_peer().expect("add_peer")).expect("attach");
+    host.send(peer.id(), meta(1), &[3; 5000]).expect("send");
+    host.send(peer.id(), meta(2), &[4; 8]).expect("send");
+    let in_slot = peer.recv_timeout(WATCHDOG).expect("the frame in a slot");
+    let inline = peer.recv_timeout(WATCHDOG).expect("the inline frame");
+    assert!(!in_slot.is_inline() && inline.is_inline());
+    let inline_loan = peer.loan(8).expect("an inline loan");
+    assert!(inline_loan.is_inline());
+    drop(peer);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        host.peers()[0].state,
+        PeerState::Active,
+        "a frame in a slot keeps the peer"
+    );
+    drop(in_slot);
+    events.wait("Goodbye", |e| *e == PeerEvent::Goodbye { peer: 0 });
+    // The inline frame and loan outlived the goodbye, and are still what they were.
+    assert_eq!(inline.payload(), &[4; 8]);
+    assert_eq!(inline_loan.len(), 8);
+}
+
 #[test]
 fn frames_sent_before_a_peer_goodbye_are_delivered() {
     let host = Host::create(&HubConfig::new().max_peers(2)).expect("create");
