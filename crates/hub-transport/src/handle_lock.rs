@@ -11,10 +11,12 @@
 //! naps, so that such a wait costs little.
 //!
 //! The price: a waiter never sleeps in the kernel, whatever the endpoint's wait mode. After 64
-//! `pause`s and 64 yields it naps 50 µs at a time, so a thread that finds a send of another
-//! thread of its process in progress on the same link, with that thread descheduled, may wait
-//! up to 50 µs longer than a `Mutex` would have made it wait. Two threads sending to one peer at
-//! once is the only way to meet that; one thread per link never does.
+//! `pause`s and 64 yields it naps 50 µs at a time, so a thread that finds the lock taken by a
+//! thread that was descheduled may wait up to 50 µs longer than a `Mutex` would have made it
+//! wait. Three things take one of these locks while another thread may want it: two threads
+//! sending to one peer, two threads receiving from one peer's non-empty ring, and the host's
+//! recovery of a dead peer (both locks, while it waits up to 100 ms for slots to settle). One
+//! thread per link, outside recoveries, never meets it.
 //!
 //! A thread that panics while it holds the lock releases it as the guard drops; the handles it
 //! guards are consistent at every step (see `Link`), so there is no poisoning.

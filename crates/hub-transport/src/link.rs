@@ -29,7 +29,7 @@ use crate::ring::{Consumer, Producer, PushError, RawRing, RingError};
 use crate::segment::Segment;
 use crate::segment::pad::{READY_HOST, READY_PEER};
 use crate::signal::{Doorbell, Limit, PendingWake, WaitError, WaitMode, wait_any_after_ring};
-use crate::sync::{AtomicU32, AtomicU64, Mutex, Ordering, lock};
+use crate::sync::{AtomicBool, AtomicU32, AtomicU64, Mutex, Ordering, lock};
 
 /// When a blocking call gives up.
 #[derive(Debug, Clone, Copy)]
@@ -196,6 +196,10 @@ pub(crate) struct Link {
     /// ring, the common case of a spin and of the host's look at every peer, costs one load).
     /// Reset with the rings (R10).
     taken: AtomicU64,
+    /// Whether the consumer holds descriptors it read as published and has not popped: then
+    /// the look above is skipped, so that a producer that moves its head back to the tail
+    /// meanwhile is still caught by the pop's checks (R3), not mistaken for an empty ring.
+    cached: AtomicBool,
     /// Rung after a push; the other end waits on it.
     out_bell: usize,
     /// Rung by the other end; this end waits on it.
@@ -241,6 +245,7 @@ impl Link {
         // SAFETY: the caller's contract: single producer of `out`, single consumer of `into`.
         let (producer, consumer) = unsafe { (out_ring.producer()?, in_ring.consumer()?) };
         let taken = AtomicU64::new(consumer.tail());
+        let cached = AtomicBool::new(consumer.has_cached());
         let (their_ready, my_ready) = if out_bell == RECV_BELL {
             (READY_PEER, READY_HOST)
         } else {
@@ -254,6 +259,7 @@ impl Link {
             consumer: HandleLock::new(consumer),
             in_ring,
             taken,
+            cached,
             out_bell,
             in_bell,
             their_ready,
@@ -361,6 +367,10 @@ impl Link {
     ) -> Result<(), RingError> {
         let out_ring = segment.ring(out)?;
         let in_ring = segment.ring(into)?;
+        debug_assert!(
+            in_ring.is_same_ring(&self.in_ring),
+            "the ring this end pops from, which its lockless look reads"
+        );
         // SAFETY: the caller's contract; the old handles are replaced under their locks, and
         // are never used again.
         unsafe {
@@ -371,6 +381,7 @@ impl Link {
         // compares the new life's head with the old tail finds them different and takes the
         // lock, which waits for this.
         self.taken.store(held.1.tail(), Ordering::Relaxed);
+        self.cached.store(held.1.has_cached(), Ordering::Relaxed);
         Ok(())
     }
 
@@ -622,10 +633,17 @@ impl Link {
         endpoint: &Arc<Endpoint>,
         epoch: Option<u64>,
     ) -> Result<Option<Frame>, RecvError> {
-        // Nothing published since this end's last pop: nothing to take, and no lock taken. A
-        // frame of a new life is not missed: the rings' reset stores the new tail under the
-        // lock, and until then the two differ.
-        if self.in_ring.published() == self.taken.load(Ordering::Relaxed) {
+        // Nothing published since this end's last pop: nothing to take, and no lock taken.
+        // Only a hint: with two threads receiving at once it may say empty while the other
+        // thread's pop let new frames in (a later look finds them), and a waiter that sleeps on
+        // it loses no wake (R11: the SeqCst fences of the waiter's announcement and of the
+        // publisher's ring order this Relaxed load after any head stored before the ring's
+        // look at the announcement). A frame of a new life is not missed: the rings' reset
+        // stores the new tail under the lock, before the entry turns Active, which the host
+        // reads (Acquire) before it looks.
+        if !self.cached.load(Ordering::Relaxed)
+            && self.in_ring.published() == self.taken.load(Ordering::Relaxed)
+        {
             return Ok(None);
         }
         // The consumer stays locked through the check: a recovery of the sender (R10), which
@@ -646,6 +664,7 @@ impl Link {
                 peer: self.peer,
                 source,
             })?;
+        self.cached.store(consumer.has_cached(), Ordering::Relaxed);
         if !popped {
             return Ok(None);
         }
@@ -980,6 +999,35 @@ mod loom_tests {
                 assert_eq!(frame.meta().msg_id, 2 * i);
             }
             sender.join().expect("sender");
+        });
+    }
+
+    /// Two threads receive from one link at once: two frames published before them go one to
+    /// each, none twice, none lost. What this checks is the look at the head before the lock,
+    /// whose private words (`taken`, `cached`) the other thread's pop changes under it; it
+    /// fails if `taken` runs one ahead of the tail (checked). The lock's own exclusion is
+    /// `handle_lock`'s model: loom does not see the consumer handle's plain fields.
+    #[test]
+    fn two_receivers_take_each_frame_once() {
+        model("two_receivers_take_each_frame_once", || {
+            let hub = Arc::new(hub(1));
+            for i in 0..2 {
+                send(&hub.peer, &hub.peer_link, 2 * i);
+            }
+            let receiver = {
+                let hub = Arc::clone(&hub);
+                thread::spawn(move || {
+                    let frame = hub.host_link.try_recv(&hub.host).expect("recv");
+                    frame.map(|frame| frame.meta().msg_id)
+                })
+            };
+            let mine = hub.host_link.try_recv(&hub.host).expect("recv");
+            let mine = mine.map(|frame| frame.meta().msg_id);
+            let theirs = receiver.join().expect("receiver");
+            let mut got = [mine, theirs];
+            got.sort();
+            assert_eq!(got, [Some(0), Some(2)]);
+            assert!(hub.host_link.try_recv(&hub.host).expect("recv").is_none());
         });
     }
 

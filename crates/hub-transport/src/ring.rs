@@ -240,6 +240,11 @@ impl RawRing {
         self.head_word().load(Ordering::Relaxed)
     }
 
+    /// Whether `other` is a view of the same ring.
+    pub fn is_same_ring(&self, other: &RawRing) -> bool {
+        self.header == other.header
+    }
+
     /// The producer's published count, `visible_head`, in shared memory.
     fn head_word(&self) -> &AtomicU64 {
         // SAFETY: the header is valid (contract of `new`); this projects to the atomic field
@@ -714,6 +719,12 @@ impl Consumer {
         // tail, and so before it overwrites the slot.
         self.ring.tail_word().store(self.tail, Ordering::Release);
         Ok(true)
+    }
+
+    /// Whether this handle holds descriptors it knows are published and has not popped yet
+    /// (its cached head is past its tail): a pop would take one without reading the head.
+    pub fn has_cached(&self) -> bool {
+        self.tail != self.cached_head
     }
 
     /// Descriptors consumed by this side so far (its private tail).

@@ -547,8 +547,9 @@ impl Segment {
             }
         };
         let mapping = Arc::new(SegmentMapping::new(file, slab_layout.max_size())?);
-        let mut segment = Segment::over(mapping.clone(), layout)
-            .map_err(|error| CreateError::Config(error.to_string()))?;
+        let mut segment = Segment::over(mapping.clone(), layout).map_err(|error| {
+            CreateError::Config(format!("segment file shorter than its layout: {error}"))
+        })?;
         segment.build(slab_layout.max_size(), config.heartbeat_timeout)?;
         // SAFETY: the file was created just now by this call and nobody else has it: the
         // allocator's state is ours alone until the magic is written.

@@ -426,8 +426,6 @@ fn goodbye_makes_the_entry_dying_and_the_id_is_reused() {
     assert_all_free(&host.stats());
 }
 
-/// Frames a peer sent before its goodbye reach the host: the entry stays Dying until the host
-/// has read them, then the supervisor recovers it.
 /// A peer's goodbye waits for its frames and loans that hold a slot (the host must not reclaim
 /// a slot the peer still reads), and only for those: an inline frame or loan is a copy that
 /// holds nothing of the peer.
@@ -443,20 +441,31 @@ fn only_frames_and_loans_in_slots_delay_the_goodbye() {
     assert!(!in_slot.is_inline() && inline.is_inline());
     let inline_loan = peer.loan(8).expect("an inline loan");
     assert!(inline_loan.is_inline());
+    let slot_loan = peer.loan(5000).expect("a loan in a slot");
+    assert!(!slot_loan.is_inline());
     drop(peer);
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(
         host.peers()[0].state,
         PeerState::Active,
-        "a frame in a slot keeps the peer"
+        "a frame and a loan in slots keep the peer"
     );
     drop(in_slot);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        host.peers()[0].state,
+        PeerState::Active,
+        "a loan in a slot keeps the peer"
+    );
+    drop(slot_loan);
     events.wait("Goodbye", |e| *e == PeerEvent::Goodbye { peer: 0 });
     // The inline frame and loan outlived the goodbye, and are still what they were.
     assert_eq!(inline.payload(), &[4; 8]);
     assert_eq!(inline_loan.len(), 8);
 }
 
+/// Frames a peer sent before its goodbye reach the host: the entry stays Dying until the host
+/// has read them, then the supervisor recovers it.
 #[test]
 fn frames_sent_before_a_peer_goodbye_are_delivered() {
     let host = Host::create(&HubConfig::new().max_peers(2)).expect("create");
