@@ -1003,6 +1003,7 @@ impl Host {
     }
 
     /// One pass over every peer's send ring, starting after the last one served.
+    #[inline(always)] // as `Link::try_recv`: the frame is built once, in the caller's place
     fn poll_any(&self) -> Option<Result<Frame, RecvError>> {
         let links = &self.core.links;
         // Round robin: start after the ring that gave the last frame. Relaxed load and store,

@@ -634,6 +634,7 @@ impl Peer {
 
     /// The receives: [`RecvTimeoutError::Timeout`] when `deadline` passes (`Deadline::Now`: at
     /// once) with nothing to receive.
+    #[inline(always)] // as the receive below
     fn recv_until(&self, deadline: Deadline) -> Result<Frame, RecvTimeoutError> {
         self.recv_until_after_ring(deadline, None)
     }
@@ -648,6 +649,8 @@ impl Peer {
     }
 
     /// [`recv_until`](Self::recv_until), making the `pending` wake with its first sleep.
+    /// Inlined, as [`Link::try_recv`] is: the frame is built once, in the caller's place.
+    #[inline(always)]
     fn recv_until_after_ring(
         &self,
         deadline: Deadline,
@@ -662,15 +665,17 @@ impl Peer {
             .into());
         }
         // Frames the host sent before it left are still delivered; then HostGone.
-        match self.link.recv(&self.endpoint, Deadline::Now, &|| None) {
-            Err(RecvTimeoutError::Timeout) => {}
-            other => return other,
+        if let Some(frame) = self.link.try_recv(&self.endpoint)? {
+            return Ok(frame);
         }
         if let Some(disconnect) = self.gone() {
             return Err(RecvError::Disconnected(disconnect).into());
         }
+        if let Deadline::Now = deadline {
+            return Err(RecvTimeoutError::Timeout);
+        }
         self.link
-            .recv_after_ring(&self.endpoint, deadline, &|| self.gone(), pending)
+            .wait_recv(&self.endpoint, deadline, &|| self.gone(), pending)
     }
 
     /// Leave the hub (goodbye): the entry goes Active -> Dying and the host is told, so it
