@@ -129,7 +129,7 @@ impl<R: Region> Slab<R> {
         let keep = may_keep
             && magazine.enabled()
             // R11: an allocator waits for a slot of the class: it goes on the list, and is woken.
-            && self.header(class).is_ok_and(|header| !has_waiter(header));
+            && self.class_futex(class).is_some_and(|futex| !has_waiter(futex));
         if !keep {
             return self.free_slot(handle, Ledgered::Forget);
         }

@@ -645,9 +645,18 @@ impl<R: Region> Slab<R> {
         if class >= self.layout.classes.len() {
             return None;
         }
-        self.header(class)
-            .ok()
-            .map(|header| header.slot_available_futex)
+        self.class_futex(class)
+    }
+
+    /// `class`'s `slot_available_futex`, straight from its offset: the free path reads it on
+    /// every free, and building the whole [`ClassHeader`] to get it cost a store-forwarding
+    /// stall each time.
+    #[inline(always)]
+    fn class_futex(&self, class: usize) -> Option<&AtomicU32> {
+        self.shared().u32_at(
+            self.class_header_offset(class)
+                + std::mem::offset_of!(SizeClassHeader, slot_available_futex),
+        )
     }
 
     /// Say that an allocator of `class` is about to sleep on its futex word, and return the
@@ -961,10 +970,10 @@ enum Ledgered {
 /// Whether an allocator announced that it waits for a slot of the class: a free that finds one
 /// puts its slot on the list and wakes it rather than keep the slot.
 #[inline]
-fn has_waiter(header: ClassHeader<'_>) -> bool {
+fn has_waiter(slot_available_futex: &AtomicU32) -> bool {
     // Relaxed: a stale answer keeps one slot more (given back before its keeper sleeps) or
     // pushes one more; the push path's wake is R11's, with its own ordering.
-    header.slot_available_futex.load(Ordering::Relaxed) & WAITER_BIT != 0
+    slot_available_futex.load(Ordering::Relaxed) & WAITER_BIT != 0
 }
 
 /// An empty magazine per class of `layout`.
