@@ -427,12 +427,32 @@ impl<R: Region> Slab<R> {
     /// [`SlabError::NoFreeSlots`] when every fitting class is empty and the smallest cannot grow;
     /// [`SlabError::Grow`] when the region refuses to grow; [`SlabError::Corrupt`] when a free
     /// list or extent offset is found corrupted; [`SlabError::ListHeld`].
+    #[inline]
     pub fn alloc(&self, len: usize) -> Result<SlotHandle, SlabError> {
-        let fits = self
-            .layout
+        // The common case, inlined into the caller so that the handle reaches it in registers:
+        // a slot this participant kept, in the smallest class that fits.
+        if let Some(fits) = self.smallest_fit(len)
+            && let Some(handle) = self.take_kept(fits)
+        {
+            return Ok(handle);
+        }
+        self.alloc_slow(len)
+    }
+
+    /// The smallest class whose slots hold `len` bytes, if any.
+    #[inline(always)]
+    fn smallest_fit(&self, len: usize) -> Option<usize> {
+        self.layout
             .classes
             .iter()
             .position(|c| c.slot_size as usize >= len)
+    }
+
+    /// [`alloc`](Self::alloc) when its smallest class keeps no slot.
+    #[inline(never)]
+    fn alloc_slow(&self, len: usize) -> Result<SlotHandle, SlabError> {
+        let fits = self
+            .smallest_fit(len)
             .ok_or_else(|| SlabError::PayloadTooLarge {
                 len,
                 max: self
@@ -554,6 +574,7 @@ impl<R: Region> Slab<R> {
     ///
     /// # Errors
     /// A [`Refusal`] saying which check failed; the slot is left as it was.
+    #[inline]
     pub fn accept(&self, handle: SlotHandle, sender: OwnerId) -> Result<(), Refusal> {
         let status = self
             .slot_status(handle.class, handle.index)
@@ -599,6 +620,7 @@ impl<R: Region> Slab<R> {
     ///
     /// # Errors
     /// [`SlabError::BadHandle`].
+    #[inline]
     pub fn slot_data(&self, handle: SlotHandle) -> Result<NonNull<u8>, SlabError> {
         let class = self.class_index(handle.class, handle.index)?;
         let (extent, slot) = self.split_index(class, handle.index);
@@ -616,6 +638,7 @@ impl<R: Region> Slab<R> {
     ///
     /// # Errors
     /// [`SlabError::BadHandle`] when no published slot has this class and index.
+    #[inline]
     pub fn slot_status(&self, class: u16, index: u32) -> Result<SlotStatus, SlabError> {
         let handle = SlotHandle::from_parts(class, index, 0);
         let c = self.class_index(class, index)?;
