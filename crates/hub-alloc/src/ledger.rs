@@ -74,12 +74,14 @@ impl Ledger {
         Self { cells }
     }
 
+    #[inline]
     fn cell(&self, class: u16, index: u32) -> Option<&AtomicU64> {
         self.cells.get(usize::from(class))?.get(index as usize)
     }
 
     /// Record that this participant holds `handle`'s slot. `false` when it holds that slot
     /// already (at any generation) or the handle names no slot: the claim is refused.
+    #[inline]
     pub fn claim(&self, handle: SlotHandle) -> bool {
         // AcqRel: the winner of a slot's cell sees what the previous holder in this process did
         // before its release; the loser learns only that it lost.
@@ -97,6 +99,7 @@ impl Ledger {
 
     /// Forget `handle`'s slot, if the ledger holds it at the handle's generation; whether it
     /// did.
+    #[inline]
     pub fn release(&self, handle: SlotHandle) -> bool {
         self.cell(handle.class(), handle.index())
             .is_some_and(|cell| {
@@ -114,6 +117,7 @@ impl Ledger {
     /// (see [`crate::magazine`]): held at the handle's generation -> kept, by
     /// compare-and-swap, so of two threads of this participant freeing one handle exactly one
     /// goes on. Otherwise what the cell says.
+    #[inline]
     pub fn begin_keep(&self, handle: SlotHandle, next: u32) -> Result<(), Cell> {
         let Some(cell) = self.cell(handle.class(), handle.index()) else {
             return Err(Cell::Empty);
@@ -132,6 +136,7 @@ impl Ledger {
 
     /// Empty the cell of slot `index` of `class`, for the thread that owns it since its
     /// [`begin_keep`](Self::begin_keep): the slot is out of this participant's hands.
+    #[inline]
     pub fn forget(&self, class: u16, index: u32) {
         if let Some(cell) = self.cell(class, index) {
             // Release: the next claim of the slot in this process (AcqRel) sees this free.
@@ -142,6 +147,7 @@ impl Ledger {
     /// Turn the kept slot `index` of `class` back into a held one, for the taker of its
     /// magazine entry (the entry's only owner, see [`crate::magazine`]): its handle, or `None`
     /// when the cell does not say "kept" (an entry of a slot given back since).
+    #[inline]
     pub fn unkeep(&self, class: u16, index: u32) -> Option<SlotHandle> {
         let cell = self.cell(class, index)?;
         // Acquire: pairs with `begin_keep`, through the magazine cell's Release and Acquire.
@@ -156,6 +162,7 @@ impl Ledger {
     }
 
     /// The generation at which this participant keeps slot `index` of `class`, if it does.
+    #[inline]
     pub fn kept(&self, class: u16, index: u32) -> Option<u32> {
         let value = self.cell(class, index)?.load(Ordering::Acquire);
         (value & KEPT != 0).then_some(value as u32)
@@ -163,6 +170,7 @@ impl Ledger {
 
     /// The generation at which this participant holds slot `index` of `class`, if it does (a
     /// kept slot is not held: no handle to it is valid).
+    #[inline]
     pub fn held(&self, class: u16, index: u32) -> Option<u32> {
         // Acquire: pairs with the claim's AcqRel, for a scan on another thread of this process.
         let value = self.cell(class, index)?.load(Ordering::Acquire);
@@ -171,6 +179,7 @@ impl Ledger {
 
     /// Whether this participant holds or keeps slot `index` of `class`, at any generation:
     /// either way the slot is its own, and nobody else's to free, chain or count as lost.
+    #[inline]
     pub fn holds(&self, class: u16, index: u32) -> bool {
         self.cell(class, index)
             .is_some_and(|cell| cell.load(Ordering::Acquire) != 0)
