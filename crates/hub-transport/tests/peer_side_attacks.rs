@@ -7,6 +7,8 @@
 //!   inherited descriptor; `attach_spec` never takes a descriptor this process owns.
 //! - Item 9: `Host::recv` without a deadline survives a peer clearing the waiter bits;
 //!   `Host::recv_from` takes nothing from the ring of a peer that is not attached.
+//! - A peer's send whose push faults after its slot was marked in flight (indices another
+//!   process moved) frees the slot, once.
 
 mod common;
 mod plugin;
@@ -22,7 +24,7 @@ use common::{WATCHDOG, wait_exit};
 use hub_layout::{DescRingHeader, INLINE_PAYLOAD_SLOT, MsgDescHot, PeerEntry};
 use hub_transport::{
     AttachError, Disconnect, FrameMeta, Host, HubConfig, Peer, PeerState, RecvError,
-    RecvTimeoutError, SpecSource, TicketSpec, TryRecvError, pad,
+    RecvTimeoutError, SendError, SpecSource, TicketSpec, TryRecvError, pad, ring::RingError,
 };
 use plugin::poke::{Named, Poker};
 
@@ -244,6 +246,46 @@ fn recv_from_takes_nothing_from_a_peer_that_is_not_attached() {
     // The host's `recv` takes neither either, and the attached poke peer is still served.
     assert!(matches!(host.try_recv(), Err(TryRecvError::Empty)));
     drop(reserved);
+}
+
+/// A send that marks its slot in flight and then finds its push impossible frees the slot:
+/// another process set the peer's send ring to head = tail = `u64::MAX` before the peer
+/// attached, so the ring has room, the slot is marked in flight to the host, and only then does
+/// the push find that one more frame would wrap the head. The slot must not stay in flight
+/// (nobody would ever free it: no descriptor names it), and must be freed once: the next loan
+/// gets a slot again, and the class counts every slot as free or kept.
+#[test]
+fn a_send_whose_push_faults_after_marking_frees_its_slot() {
+    let (host, named) = hub(2);
+    let mut poker = Poker::spawn(&host);
+    let ticket = host.add_peer().expect("add_peer");
+    let ring = named.layout.send_ring_offset(ticket.peer_id());
+    poker.w64(ring + offset_of!(DescRingHeader, visible_head), u64::MAX);
+    poker.w64(ring + offset_of!(DescRingHeader, tail), u64::MAX);
+    let peer = Peer::attach(&ticket).expect("attach over the moved indices");
+    let class_of = |host: &Host| host.snapshot().expect("a snapshot").classes[0];
+    let total = class_of(&host).total;
+
+    let loan = peer.loan(64).expect("a slot");
+    match peer.send_loan(FrameMeta::default(), loan) {
+        Err(SendError::Ring {
+            source: RingError::HeadOverflow { head: u64::MAX },
+            ..
+        }) => {}
+        other => panic!("expected HeadOverflow, got {other:?}"),
+    }
+    let class = class_of(&host);
+    assert_eq!(
+        (class.in_flight, class.allocated, class.free + class.kept),
+        (0, 0, total),
+        "the slot is neither in flight nor held: {class:?}"
+    );
+    // Freed once, not twice: the peer still allocates, and gives back what it took.
+    let again = peer.loan(64).expect("a slot after the failed send");
+    assert_eq!(class_of(&host).allocated, 1);
+    drop(again);
+    let class = class_of(&host);
+    assert_eq!((class.in_flight, class.allocated), (0, 0));
 }
 
 /// A plugin process when `plugin::ROLE_ENV` says so (see tests/plugin); otherwise nothing.
