@@ -934,8 +934,9 @@ impl Host {
         }
         let until = timeout.map(|timeout| Instant::now() + timeout);
         let bell = [Doorbell::new(link.in_bell(&self.core.endpoint.segment))];
-        let poll = || self.poll_one(link, peer.epoch);
-        Ok(self.wait_sliced(&bell, poll, until, None)??)
+        let ready = || self.ready_one(link, peer.epoch);
+        let take = || self.poll_one(link, peer.epoch);
+        Ok(self.wait_sliced(&bell, ready, take, until, None)??)
     }
 
     /// [`recv_from`](Self::recv_from) without a timeout, making the `pending` wake of the send
@@ -955,8 +956,9 @@ impl Host {
             return result;
         }
         let bell = [Doorbell::new(link.in_bell(&self.core.endpoint.segment))];
-        let poll = || self.poll_one(link, peer.epoch);
-        match self.wait_sliced(&bell, poll, None, pending) {
+        let ready = || self.ready_one(link, peer.epoch);
+        let take = || self.poll_one(link, peer.epoch);
+        match self.wait_sliced(&bell, ready, take, None, pending) {
             Ok(result) => result,
             Err(RecvTimeoutError::Failed(error)) => Err(error),
             // No deadline passes.
@@ -966,6 +968,7 @@ impl Host {
 
     /// One look at `link`'s send ring, if its peer's state lets the host read it (see
     /// [`recv_from`](Self::recv_from)); `None` when there is nothing yet.
+    #[inline(always)] // as `poll_any`
     fn poll_one(&self, link: &Link, epoch: Option<u64>) -> Option<Result<Frame, RecvError>> {
         let peer = link.peer;
         // A life that is over, in whatever state the entry is now; checked again under the
@@ -1000,6 +1003,31 @@ impl Host {
                 state,
             }))),
         }
+    }
+
+    /// Whether [`poll_one`](Self::poll_one) may find something: a frame, or the end of the
+    /// peer's life. Builds nothing: what a wait polls (see [`Link::looks_nonempty`]).
+    fn ready_one(&self, link: &Link, epoch: Option<u64>) -> bool {
+        if epoch.is_some_and(|epoch| link.id().epoch() != epoch) {
+            return true;
+        }
+        match self.core.endpoint.segment.peer_state(link.peer) {
+            PeerState::Reserved => false,
+            PeerState::Active => link.looks_nonempty(),
+            // A leaving peer's last frames, then its end; any other state ends the receive.
+            _ => true,
+        }
+    }
+
+    /// Whether [`poll_any`](Self::poll_any) may find a frame. Builds nothing: what a wait
+    /// polls.
+    fn ready_any(&self) -> bool {
+        self.core.links.iter().any(|link| {
+            matches!(
+                self.core.endpoint.segment.peer_state(link.peer),
+                PeerState::Active | PeerState::Dying
+            ) && link.looks_nonempty()
+        })
     }
 
     /// One pass over every peer's send ring, starting after the last one served.
@@ -1067,18 +1095,23 @@ impl Host {
             .map(|p| Doorbell::new(segment.peer(p).send_bell))
             .collect();
         bells.push(Doorbell::new(segment.host_bell()));
-        Ok(self.wait_sliced(&bells, || self.poll_any(), until, None)??)
+        Ok(self.wait_sliced(&bells, || self.ready_any(), || self.poll_any(), until, None)??)
     }
 
-    /// Wait on `bells` until `poll` yields or `until` passes ([`RecvTimeoutError::Timeout`]), in
+    /// Wait on `bells` until `take` yields or `until` passes ([`RecvTimeoutError::Timeout`]), in
     /// slices of at most [`WAIT_SLICE`], looking again after each (R4): the waiter bits are
     /// words any peer can clear, and a peer that clears one after the host announced itself
     /// makes the next ring skip its wake. The host then finds the frame at its next look
     /// instead of sleeping forever.
+    ///
+    /// The wait polls `ready`, a look that builds nothing, and calls `take` only when it says
+    /// there may be something: a frame is then built once, where it is returned. A `take`
+    /// that finds nothing (another thread was first) sends the wait back to `ready`.
     fn wait_sliced<T>(
         &self,
         bells: &[Doorbell<'_>],
-        mut poll: impl FnMut() -> Option<T>,
+        mut ready: impl FnMut() -> bool,
+        mut take: impl FnMut() -> Option<T>,
         until: Option<Instant>,
         mut pending: Option<PendingWake<'_>>,
     ) -> Result<T, RecvTimeoutError> {
@@ -1087,13 +1120,17 @@ impl Host {
             let before_sleep = || endpoint.give_back_kept();
             match wait_any_after_ring(
                 bells,
-                &mut poll,
+                || ready().then_some(()),
                 Limit::sliced(until, WAIT_SLICE),
                 endpoint.mode(),
                 before_sleep,
                 pending.take(),
             ) {
-                Ok(value) => return Ok(value),
+                Ok(()) => {
+                    if let Some(value) = take() {
+                        return Ok(value);
+                    }
+                }
                 Err(WaitError::TimedOut) => {
                     // A whole slice without a frame (a spinning host never sleeps): idle.
                     endpoint.give_back_kept();

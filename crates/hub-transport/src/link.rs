@@ -640,17 +640,7 @@ impl Link {
         endpoint: &Arc<Endpoint>,
         epoch: Option<u64>,
     ) -> Result<Option<Frame>, RecvError> {
-        // Nothing published since this end's last pop: nothing to take, and no lock taken.
-        // Only a hint: with two threads receiving at once it may say empty while the other
-        // thread's pop let new frames in (a later look finds them), and a waiter that sleeps on
-        // it loses no wake (R11: the SeqCst fences of the waiter's announcement and of the
-        // publisher's ring order this Relaxed load after any head stored before the ring's
-        // look at the announcement). A frame of a new life is not missed: the rings' reset
-        // stores the new tail under the lock, before the entry turns Active, which the host
-        // reads (Acquire) before it looks.
-        if !self.cached.load(Ordering::Relaxed)
-            && self.in_ring.published() == self.taken.load(Ordering::Relaxed)
-        {
+        if !self.looks_nonempty() {
             return Ok(None);
         }
         // The consumer stays locked through the check: a recovery of the sender (R10), which
@@ -679,12 +669,29 @@ impl Link {
         self.check(endpoint, &desc).map(Some)
     }
 
+    /// Whether a receive may find a frame: something was published since this end's last pop,
+    /// or its consumer holds descriptors it read as published. A look without the lock, which
+    /// builds nothing: what waits poll, and the first step of every receive.
+    ///
+    /// Only a hint: with two threads receiving at once it may say empty while the other
+    /// thread's pop let new frames in (a later look finds them), or say non-empty when the
+    /// other thread took the frame. A waiter that sleeps on it loses no wake (R11: the SeqCst
+    /// fences of the waiter's announcement and of the publisher's ring order this Relaxed load
+    /// after any head stored before the ring's look at the announcement). A frame of a new
+    /// life is not missed: the rings' reset stores the new tail under the lock, before the
+    /// entry turns Active, which the host reads (Acquire) before it looks.
+    #[inline(always)]
+    pub fn looks_nonempty(&self) -> bool {
+        self.cached.load(Ordering::Relaxed)
+            || self.in_ring.published() != self.taken.load(Ordering::Relaxed)
+    }
+
     /// Wait for one frame, after a [`try_recv`](Self::try_recv) found none, as `deadline`
     /// allows, in the endpoint's wait mode (R11): [`RecvTimeoutError::Timeout`] when it passes,
     /// a disconnection when `gone` names one. A wake still `pending` from the caller's send
-    /// (see [`Defer`]) goes with the first sleep, in one system call. The wait's first poll
-    /// looks at the ring again before any spin or sleep.
-    #[inline(never)]
+    /// (see [`Defer`]) goes with the first sleep, in one system call. The wait polls
+    /// [`looks_nonempty`](Self::looks_nonempty) and `gone`, which build nothing; the frame is
+    /// taken, and built, once they say there may be one.
     pub fn wait_recv(
         &self,
         endpoint: &Arc<Endpoint>,
@@ -696,20 +703,26 @@ impl Link {
         loop {
             // Sleep in slices, so that a gone host or peer is noticed even if nobody rings.
             let limit = Limit::sliced(deadline.instant(), Duration::from_millis(100));
-            let poll = || match self.try_recv(endpoint) {
-                Ok(None) => gone().map(|disconnect| Err(RecvError::Disconnected(disconnect))),
-                other => other.transpose(),
-            };
+            let ready = || (self.looks_nonempty() || gone().is_some()).then_some(());
             let before_sleep = || endpoint.give_back_kept();
             match wait_any_after_ring(
                 std::slice::from_ref(&bell),
-                poll,
+                ready,
                 limit,
                 endpoint.mode(),
                 before_sleep,
                 pending.take(),
             ) {
-                Ok(result) => return Ok(result?),
+                Ok(()) => {
+                    // Frames sent before the other side went are still delivered.
+                    if let Some(frame) = self.try_recv(endpoint)? {
+                        return Ok(frame);
+                    }
+                    if let Some(disconnect) = gone() {
+                        return Err(RecvError::Disconnected(disconnect).into());
+                    }
+                    // Another receiver took the frame: wait again.
+                }
                 Err(WaitError::TimedOut) => {
                     // A whole slice without a frame (a spinning side never sleeps): idle.
                     endpoint.give_back_kept();
@@ -965,12 +978,13 @@ mod loom_tests {
     }
 
     /// R11 through the real `Link`: the host waits in `WaitMode::Block` on its bell with the
-    /// receive's own poll (`try_recv`, whose first look at the ring takes no lock and reads
-    /// the head with no ordering of its own), the peer sends two inline frames with the real
-    /// `try_send` (which rings the bell at once). The host gets both, in order: no wake is
-    /// lost between the look without the lock and the sleep. (The real `recv` waits in slices
-    /// of 100 ms, which the futex emulation would turn into a busy loop: the wait here is the
-    /// same `wait_any_after_ring` without the slices.)
+    /// receive's own poll (`looks_nonempty`, a look at the ring that takes no lock and reads
+    /// the head with no ordering of its own), then takes the frame with `try_recv`, as
+    /// `wait_recv` does; the peer sends two inline frames with the real `try_send` (which
+    /// rings the bell at once). The host gets both, in order: no wake is lost between the look
+    /// and the sleep. (The real `wait_recv` waits in slices of 100 ms, which the futex
+    /// emulation would turn into a busy loop: the wait here is the same `wait_any_after_ring`
+    /// without the slices.)
     #[test]
     fn a_blocking_receive_is_woken_by_a_send() {
         model("a_blocking_receive_is_woken_by_a_send", || {
@@ -986,11 +1000,12 @@ mod loom_tests {
             };
             let bell = [Doorbell::new(hub.host_link.in_bell(&hub.host.segment))];
             for i in 0..2 {
-                let poll = || hub.host_link.try_recv(&hub.host).transpose();
-                let frame = wait_any_for(&bell, poll, None, WaitMode::Block)
-                    .expect("a wait without a deadline ends with a value")
-                    .expect("a frame");
-                assert_eq!(frame.meta().msg_id, 2 * i);
+                let ready = || hub.host_link.looks_nonempty().then_some(());
+                wait_any_for(&bell, ready, None, WaitMode::Block)
+                    .expect("a wait without a deadline ends with a value");
+                // One receiver: what the look saw published is there to take.
+                let frame = hub.host_link.try_recv(&hub.host).expect("recv");
+                assert_eq!(frame.expect("a frame").meta().msg_id, 2 * i);
             }
             sender.join().expect("sender");
         });
