@@ -10,6 +10,9 @@
 //!   raw spin ping-pong on one `AtomicU64` in a shared memfd mapping (for sizes above 8 B the host
 //!   also fills a buffer of the size in the mapping and the child copies it to a second buffer
 //!   before answering, the work the hub's echo does).
+//!   At 8 B also `baseline_ring_floor`: the same ping-pong with the lines a hub ring moves,
+//!   a 64-byte descriptor written word by word and then a head word on its own line, each
+//!   way; the receiver polls the head, then reads the descriptor.
 //! - `latency/block`: `hub` with `WaitMode::Block`, beside `baseline_futex` (two `AtomicU32`
 //!   words in the same kind of mapping, `FUTEX_WAIT`/`FUTEX_WAKE`, the same fill and copy),
 //!   `baseline_unix_socket` (a `UnixStream` pair: write the size, the child reads it and writes it
@@ -59,6 +62,10 @@ const BENCH: &str = "latency";
 /// lines, then the host's buffer and the child's buffer of the largest size.
 const PING: usize = 0; // AtomicU64 (spin) / AtomicU32 (futex): host -> child
 const PONG: usize = 128; // AtomicU32 (futex): child -> host
+/// The ring floor's words (see [`RingFloor`]): per direction a head word and a 64-byte
+/// descriptor, each on a line of its own, as a hub ring lays them out.
+const RING_HEAD: [usize; 2] = [512, 768];
+const RING_DESC: [usize; 2] = [1024, 1280];
 const DATA: usize = 4096;
 const MAX_SIZE: usize = 16 << 20;
 const MAPPING_LEN: usize = DATA + 2 * MAX_SIZE;
@@ -97,6 +104,13 @@ fn bench_spin(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("baseline_spin_floor", &id), |b| {
             b.iter_custom(|iters| floor.run(iters))
         });
+        drop(floor);
+        if size == 8 {
+            let mut ring = RingFloor::spawn();
+            group.bench_function(BenchmarkId::new("baseline_ring_floor", &id), |b| {
+                b.iter_custom(|iters| ring.run(iters))
+            });
+        }
     }
     group.finish();
 }
@@ -410,6 +424,85 @@ fn spin_child(map: Shared, size: usize) {
     }
 }
 
+/// The ring floor: per message, the sender writes a descriptor of 8 words (each the sequence
+/// number) and then the head (the sequence number, Release), on two lines; the receiver polls
+/// the head (Acquire), then reads the descriptor's words. The host sends on direction 0, the
+/// child answers on direction 1. What a hub ring must move, with no code around it.
+struct RingFloor {
+    map: Shared,
+    seq: u64,
+    _fd: OwnedFd,
+    _child: Option<Partner>,
+}
+
+impl RingFloor {
+    fn spawn() -> Self {
+        let (fd, map) = Shared::create();
+        let child = spawn_partner("ring", 8, &[&fd], |_| {});
+        Self {
+            map,
+            seq: 0,
+            _fd: fd,
+            _child: Some(child),
+        }
+    }
+
+    fn run(&mut self, iters: u64) -> Duration {
+        let started = Instant::now();
+        for _ in 0..iters {
+            self.seq += 1;
+            ring_send(&self.map, 0, self.seq);
+            std::hint::black_box(ring_receive(&self.map, 1, self.seq));
+        }
+        started.elapsed()
+    }
+}
+
+impl Drop for RingFloor {
+    fn drop(&mut self) {
+        ring_send(&self.map, 0, QUIT64);
+        drop(self._child.take());
+    }
+}
+
+/// Publish `value` on direction `way`: the descriptor's words, then the head.
+fn ring_send(map: &Shared, way: usize, value: u64) {
+    for word in 0..8 {
+        map.word64(RING_DESC[way] + 8 * word)
+            .store(value, Ordering::Relaxed);
+    }
+    map.word64(RING_HEAD[way]).store(value, Ordering::Release);
+}
+
+/// Wait until direction `way`'s head is `value` (or the quit value), then read its descriptor:
+/// the sum of its words.
+fn ring_receive(map: &Shared, way: usize, value: u64) -> u64 {
+    let head = map.word64(RING_HEAD[way]);
+    loop {
+        let seen = head.load(Ordering::Acquire);
+        if seen == value || seen == QUIT64 {
+            break;
+        }
+        std::hint::spin_loop();
+    }
+    (0..8)
+        .map(|word| {
+            map.word64(RING_DESC[way] + 8 * word)
+                .load(Ordering::Relaxed)
+        })
+        .fold(0, u64::wrapping_add)
+}
+
+fn ring_child(map: Shared) {
+    for seq in 1.. {
+        ring_receive(&map, 0, seq);
+        if map.word64(RING_HEAD[0]).load(Ordering::Acquire) == QUIT64 {
+            return;
+        }
+        ring_send(&map, 1, seq);
+    }
+}
+
 /// The futex ping-pong: the host sets `PING` to a new number and wakes it, the child sets `PONG`
 /// to the same number and wakes it; each sleeps in `FUTEX_WAIT` until its word changes.
 struct FutexPair {
@@ -585,14 +678,14 @@ fn child_main(role: &str, size: usize) -> Result<(), String> {
         "hub-spin" => hub_child(WaitMode::Spin, size),
         "hub-block" => hub_child(WaitMode::Block, size),
         "hub-adaptive" => hub_child(WaitMode::Adaptive, size),
-        "spin" | "futex" => {
+        "spin" | "futex" | "ring" => {
             let [fd] = <[OwnedFd; 1]>::try_from(inherited_fds()?)
                 .map_err(|_| "expected one descriptor".to_owned())?;
             let map = Shared::map(&fd);
-            if role == "spin" {
-                spin_child(map, size);
-            } else {
-                futex_child(map, size);
+            match role {
+                "spin" => spin_child(map, size),
+                "futex" => futex_child(map, size),
+                _ => ring_child(map),
             }
             Ok(())
         }
