@@ -359,23 +359,17 @@ impl Shared {
 /// The spin floor: the host writes an odd sequence number, the child answers with the next even
 /// one; both spin on the same `AtomicU64`.
 struct SpinFloor {
-    map: Shared,
+    map: MappedPartner,
     size: usize,
     seq: u64,
-    _fd: OwnedFd,
-    _child: Option<Partner>,
 }
 
 impl SpinFloor {
     fn spawn(size: usize) -> Self {
-        let (fd, map) = Shared::create();
-        let child = spawn_partner("spin", size, &[&fd], |_| {});
         Self {
-            map,
+            map: MappedPartner::spawn("spin", size),
             size,
             seq: 0,
-            _fd: fd,
-            _child: Some(child),
         }
     }
 
@@ -399,7 +393,34 @@ impl SpinFloor {
 impl Drop for SpinFloor {
     fn drop(&mut self) {
         self.map.word64(PING).store(QUIT64, Ordering::Release);
-        drop(self._child.take());
+    }
+}
+
+/// A child process sharing a fresh mapping with this one: the raw baselines' partner. Its owner's
+/// drop tells the child to quit; this, dropped after, waits for it (`Partner`'s drop).
+struct MappedPartner {
+    map: Shared,
+    _fd: OwnedFd,
+    _child: Partner,
+}
+
+impl MappedPartner {
+    fn spawn(role: &str, size: usize) -> Self {
+        let (fd, map) = Shared::create();
+        let child = spawn_partner(role, size, &[&fd], |_| {});
+        Self {
+            map,
+            _fd: fd,
+            _child: child,
+        }
+    }
+}
+
+impl std::ops::Deref for MappedPartner {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.map
     }
 }
 
@@ -429,21 +450,15 @@ fn spin_child(map: Shared, size: usize) {
 /// the head (Acquire), then reads the descriptor's words. The host sends on direction 0, the
 /// child answers on direction 1. What a hub ring must move, with no code around it.
 struct RingFloor {
-    map: Shared,
+    map: MappedPartner,
     seq: u64,
-    _fd: OwnedFd,
-    _child: Option<Partner>,
 }
 
 impl RingFloor {
     fn spawn() -> Self {
-        let (fd, map) = Shared::create();
-        let child = spawn_partner("ring", 8, &[&fd], |_| {});
         Self {
-            map,
+            map: MappedPartner::spawn("ring", 8),
             seq: 0,
-            _fd: fd,
-            _child: Some(child),
         }
     }
 
@@ -461,7 +476,6 @@ impl RingFloor {
 impl Drop for RingFloor {
     fn drop(&mut self) {
         ring_send(&self.map, 0, QUIT64);
-        drop(self._child.take());
     }
 }
 
@@ -506,23 +520,17 @@ fn ring_child(map: Shared) {
 /// The futex ping-pong: the host sets `PING` to a new number and wakes it, the child sets `PONG`
 /// to the same number and wakes it; each sleeps in `FUTEX_WAIT` until its word changes.
 struct FutexPair {
-    map: Shared,
+    map: MappedPartner,
     size: usize,
     seq: u32,
-    _fd: OwnedFd,
-    _child: Option<Partner>,
 }
 
 impl FutexPair {
     fn spawn(size: usize) -> Self {
-        let (fd, map) = Shared::create();
-        let child = spawn_partner("futex", size, &[&fd], |_| {});
         Self {
-            map,
+            map: MappedPartner::spawn("futex", size),
             size,
             seq: 0,
-            _fd: fd,
-            _child: Some(child),
         }
     }
 
@@ -549,7 +557,6 @@ impl Drop for FutexPair {
         let ping = self.map.word32(PING);
         ping.store(QUIT32, Ordering::Release);
         futex::wake(ping, 1);
-        drop(self._child.take());
     }
 }
 
