@@ -3,7 +3,8 @@
 //! full 16 MiB slot, both copying (`send(&[u8])`) and zero copy (`loan`, fill in place,
 //! `send_loan`; receive through `Frame::payload()` without copying), in both directions. Every
 //! payload is checksummed, every `FrameMeta` field compared, the class a payload lands in is
-//! checked while the frame is held, and at the end every slot is free again.
+//! checked while the frame is held, and at the end every slot is free again. Also several
+//! threads receiving on each side at once, in each wait mode: each frame reaches one of them.
 
 mod common;
 
@@ -12,7 +13,8 @@ use std::thread;
 use common::pattern::{checksum, expected, fill, payload};
 use common::{WATCHDOG, assert_all_free, class_of, meta};
 use hub_transport::{
-    Frame, Host, HubConfig, LoanError, Peer, SendCopyError, Ticket, TrySendCopyError,
+    Frame, FrameMeta, Host, HubConfig, LoanError, Peer, SendCopyError, Ticket, TrySendCopyError,
+    WaitMode,
 };
 
 /// Inline sizes, then each class boundary from both sides, then the largest slot.
@@ -197,4 +199,102 @@ fn payload_larger_than_the_largest_slot_is_refused() {
     assert!(peer.try_recv().is_err());
     drop(peer);
     assert_all_free(&host.stats());
+}
+
+/// The `msg_id` that tells a receiving thread of
+/// [`several_receivers_take_each_frame_once`] to stop.
+const STOP: u64 = u64::MAX;
+
+/// Receive with `recv` until a `STOP` frame: the `msg_id`s received, each payload checked.
+fn receive_until_stop(
+    recv: impl Fn() -> Result<Frame, hub_transport::RecvTimeoutError>,
+) -> Vec<u64> {
+    let mut got = Vec::new();
+    loop {
+        let frame = recv().expect("a frame within the watchdog: none may be lost");
+        let id = frame.meta().msg_id;
+        if id == STOP {
+            return got;
+        }
+        assert_eq!(
+            frame.payload(),
+            &payload(stream_size(id), id)[..],
+            "frame {id}"
+        );
+        got.push(id);
+    }
+}
+
+/// Frame `i` of the stream: inline, but every seventh in a slot.
+fn stream_size(i: u64) -> usize {
+    if i.is_multiple_of(7) { 100 } else { 8 }
+}
+
+/// Several threads of one side blocked in receives share its frames: each frame reaches exactly
+/// one of them, none is lost, and every receiver ends. A wait that sees a frame which another
+/// thread then takes must wait again, not return empty-handed nor sleep past the next frame:
+/// the senders pause after every other frame, so that both receivers are waiting when the next
+/// one comes. On the host one thread in `recv_timeout`, one in `recv_from`; on the peer two in
+/// `recv_timeout`; both sides sending at once, in each wait mode.
+#[test]
+fn several_receivers_take_each_frame_once() {
+    const FRAMES: u64 = 2_000;
+    let pause = |i: u64| {
+        if i % 2 == 1 {
+            thread::sleep(std::time::Duration::from_micros(20));
+        }
+    };
+    for mode in [WaitMode::Spin, WaitMode::Adaptive, WaitMode::Block] {
+        let mut host = Host::create(&HubConfig::new().max_peers(1)).expect("create");
+        host.set_wait_mode(mode);
+        let ticket = host.add_peer().expect("add_peer");
+        let mut peer = Peer::attach(&ticket).expect("attach");
+        peer.set_wait_mode(mode);
+        let id = peer.id();
+        let frame_meta = |i: u64| FrameMeta {
+            msg_id: i,
+            ..FrameMeta::default()
+        };
+        let (at_host, at_peer) = thread::scope(|s| {
+            let host_receivers = [
+                s.spawn(|| receive_until_stop(|| host.recv_timeout(WATCHDOG))),
+                s.spawn(|| receive_until_stop(|| host.recv_from(id, Some(WATCHDOG)))),
+            ];
+            let peer_receivers =
+                [0, 1].map(|_| s.spawn(|| receive_until_stop(|| peer.recv_timeout(WATCHDOG))));
+            let peer_sender = s.spawn(|| {
+                for i in 0..FRAMES {
+                    peer.send(frame_meta(i), &payload(stream_size(i), i))
+                        .expect("peer send");
+                    pause(i);
+                }
+                for _ in 0..2 {
+                    peer.send(frame_meta(STOP), &[]).expect("peer stop");
+                }
+            });
+            for i in 0..FRAMES {
+                host.send(id, frame_meta(i), &payload(stream_size(i), i))
+                    .expect("host send");
+                pause(i);
+            }
+            for _ in 0..2 {
+                host.send(id, frame_meta(STOP), &[]).expect("host stop");
+            }
+            peer_sender.join().expect("peer sender");
+            let join_all = |threads: [thread::ScopedJoinHandle<'_, Vec<u64>>; 2]| {
+                let mut all: Vec<u64> = threads
+                    .into_iter()
+                    .flat_map(|t| t.join().expect("receiver"))
+                    .collect();
+                all.sort_unstable();
+                all
+            };
+            (join_all(host_receivers), join_all(peer_receivers))
+        });
+        let every: Vec<u64> = (0..FRAMES).collect();
+        assert_eq!(at_host, every, "{mode:?}: the host's receivers");
+        assert_eq!(at_peer, every, "{mode:?}: the peer's receivers");
+        drop(peer);
+        assert_all_free(&host.stats());
+    }
 }
