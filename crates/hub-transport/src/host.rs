@@ -1130,6 +1130,10 @@ impl Host {
                     if let Some(value) = take() {
                         return Ok(value);
                     }
+                    // Another thread took it: wait again, while the deadline lets.
+                    if until.is_some_and(|at| Instant::now() >= at) {
+                        return Err(RecvTimeoutError::Timeout);
+                    }
                 }
                 Err(WaitError::TimedOut) => {
                     // A whole slice without a frame (a spinning host never sleeps): idle.

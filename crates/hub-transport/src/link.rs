@@ -721,7 +721,10 @@ impl Link {
                     if let Some(disconnect) = gone() {
                         return Err(RecvError::Disconnected(disconnect).into());
                     }
-                    // Another receiver took the frame: wait again.
+                    // Another receiver took the frame: wait again, while the deadline lets.
+                    if deadline.passed() {
+                        return Err(RecvTimeoutError::Timeout);
+                    }
                 }
                 Err(WaitError::TimedOut) => {
                     // A whole slice without a frame (a spinning side never sleeps): idle.
