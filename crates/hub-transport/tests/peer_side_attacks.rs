@@ -8,7 +8,7 @@
 //! - Item 9: `Host::recv` without a deadline survives a peer clearing the waiter bits;
 //!   `Host::recv_from` takes nothing from the ring of a peer that is not attached.
 //! - A peer's send whose push faults after its slot was marked in flight (indices another
-//!   process moved) frees the slot, once.
+//!   process moved) frees the slot.
 
 mod common;
 mod plugin;
@@ -251,9 +251,10 @@ fn recv_from_takes_nothing_from_a_peer_that_is_not_attached() {
 /// A send that marks its slot in flight and then finds its push impossible frees the slot:
 /// another process set the peer's send ring to head = tail = `u64::MAX` before the peer
 /// attached, so the ring has room, the slot is marked in flight to the host, and only then does
-/// the push find that one more frame would wrap the head. The slot must not stay in flight
-/// (nobody would ever free it: no descriptor names it), and must be freed once: the next loan
-/// gets a slot again, and the class counts every slot as free or kept.
+/// the push find that one more frame would wrap the head (the `HeadOverflow` error is what shows
+/// that the mark came first: a check refusing earlier would fail differently). The slot must
+/// not stay in flight (nobody would ever free it: no descriptor names it): the class counts
+/// every slot as free or kept, and the peer's next loan and its drop are counted as usual.
 #[test]
 fn a_send_whose_push_faults_after_marking_frees_its_slot() {
     let (host, named) = hub(2);
@@ -280,7 +281,7 @@ fn a_send_whose_push_faults_after_marking_frees_its_slot() {
         (0, 0, total),
         "the slot is neither in flight nor held: {class:?}"
     );
-    // Freed once, not twice: the peer still allocates, and gives back what it took.
+    // The peer's allocator goes on: a new loan is counted, and its drop gives it back.
     let again = peer.loan(64).expect("a slot after the failed send");
     assert_eq!(class_of(&host).allocated, 1);
     drop(again);

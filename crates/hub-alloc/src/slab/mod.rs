@@ -671,8 +671,8 @@ impl<R: Region> Slab<R> {
         self.class_futex(class)
     }
 
-    /// `class`'s `slot_available_futex`, straight from its offset: the free path reads it on
-    /// every free, and building the whole [`ClassHeader`] to get it cost a store-forwarding
+    /// `class`'s `slot_available_futex`, straight from its offset: a free that may keep its
+    /// slot reads it, and building the whole [`ClassHeader`] to get it cost a store-forwarding
     /// stall each time.
     #[inline(always)]
     fn class_futex(&self, class: usize) -> Option<&AtomicU32> {
