@@ -306,6 +306,34 @@ fn free_racing_reclaim() {
     });
 }
 
+/// Model 3b, R6 and R10: a participant sends a slot to peer P (`mark_in_flight`) while another
+/// runs `reclaim(P)`. Once the slot's owner word names P, reclaim may free it and push it on
+/// the list; the sender must have written every word of the meta by then. Had it recorded
+/// itself as the sender (in `next_free`) after naming the receiver, that store would land on
+/// the link of a slot already back on the list: the host's id there is no slot, so the list
+/// would be broken.
+#[test]
+fn send_racing_reclaim_of_its_receiver() {
+    model("send_racing_reclaim_of_its_receiver", || {
+        let host = slab(2, 1);
+        // The host's id in a link is no slot index: a misplaced sender store breaks the list.
+        let sender = host.with_owner(OwnerId::HOST).unwrap();
+        let handle = sender.try_alloc_in(0).unwrap().expect("a slot");
+        let sending = thread::spawn(move || sender.mark_in_flight(handle, DEAD));
+        let reclaimer = {
+            let slab = host.with_owner(LIVE).unwrap();
+            thread::spawn(move || slab.reclaim(DEAD).unwrap())
+        };
+        sending.join().unwrap().unwrap();
+        let report = reclaimer.join().unwrap();
+        assert!(!report.recovered_from_journal && !report.journal_pending);
+        // Freed by this reclaim or, if it scanned before the send, by the next one.
+        let again = host.reclaim(DEAD).unwrap();
+        assert_eq!(report.freed[0] + again.freed[0], 1, "{report:?} {again:?}");
+        check_quiet(&host, 2);
+    });
+}
+
 /// Model 4, R8: two participants allocate from the same empty class at once, and both grow it.
 /// Each gets a slot, the two slots differ, the reserved ranges never overlap, `current_size`
 /// is the initial size plus the published extents, and every slot of every extent ends on the

@@ -531,16 +531,18 @@ impl<R: Region> Slab<R> {
         {
             return Err(transition_error(handle, found, "allocated"));
         }
-        // R6: the receiver must free it next. A crash before this store leaves the slot in
-        // flight but owned by the sender, whose reclaim frees it: the descriptor was not
-        // published yet.
-        meta.owner.store(receiver.raw(), Ordering::Release);
         // The sender, in `next_free`, which means nothing while the slot is off the free list
         // (and only now is it sure to be: the CAS above won). A receiver checks it
         // (SlotStatus::sender), so no third participant can forge a descriptor for this slot
-        // and take the frame (R6). The ring's Release publication of the descriptor,
-        // which comes after this call, publishes it.
+        // and take the frame (R6). Before the owner: see below.
         meta.next_free.store(self.me.raw(), Ordering::Release);
+        // R6: the receiver must free it next. The last word this sender writes: once it names
+        // the receiver, the receiver's reclaim may free the slot and link it on the list, and
+        // a store after this one would land on that link. A crash before this store leaves the
+        // slot in flight but owned by the sender, whose reclaim frees it: the descriptor was
+        // not published yet. The ring's Release publication of the descriptor, which comes
+        // after this call, publishes both words.
+        meta.owner.store(receiver.raw(), Ordering::Release);
         // R4: the slot is the receiver's from here on, no longer ours: out of the ledger once
         // its meta says so whole (owner and sender), so that no look finds it ours and unowned.
         self.ledger.release(handle);
