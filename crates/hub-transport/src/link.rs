@@ -686,6 +686,44 @@ impl Link {
             || self.in_ring.published() != self.taken.load(Ordering::Relaxed)
     }
 
+    /// [`try_recv`](Self::try_recv), and when it finds nothing, whether the other side is gone
+    /// (`gone`): `Ok(None)` when it is not. A side that went after it published a frame
+    /// still has that frame delivered, even when it published between this end's look and
+    /// `gone`'s: see [`last_frame_or`](Self::last_frame_or).
+    #[inline(always)]
+    pub fn try_recv_unless_gone(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        gone: &dyn Fn() -> Option<Disconnect>,
+    ) -> Result<Option<Frame>, RecvError> {
+        if let Some(frame) = self.try_recv(endpoint)? {
+            return Ok(Some(frame));
+        }
+        match gone() {
+            None => Ok(None),
+            Some(disconnect) => self.last_frame_or(endpoint, disconnect).map(Some),
+        }
+    }
+
+    /// After `gone` said `disconnect`: the frame the host published before it left, if this
+    /// end's last look came before it (the host published, then left, between the look and
+    /// `gone`), else the disconnection. A host that left wrote its gone word after its last
+    /// publication (Release), and `gone` read it (Acquire), so this look sees every frame it
+    /// sent. An evicted end pops nothing: its ring may be another peer's by now.
+    #[cold]
+    fn last_frame_or(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        disconnect: Disconnect,
+    ) -> Result<Frame, RecvError> {
+        if disconnect == Disconnect::HostGone
+            && let Some(frame) = self.try_recv(endpoint)?
+        {
+            return Ok(frame);
+        }
+        Err(RecvError::Disconnected(disconnect))
+    }
+
     /// Wait for one frame, after a [`try_recv`](Self::try_recv) found none, as `deadline`
     /// allows, in the endpoint's wait mode (R11): [`RecvTimeoutError::Timeout`] when it passes,
     /// a disconnection when `gone` names one. A wake still `pending` from the caller's send
@@ -715,11 +753,8 @@ impl Link {
             ) {
                 Ok(()) => {
                     // Frames sent before the other side went are still delivered.
-                    if let Some(frame) = self.try_recv(endpoint)? {
+                    if let Some(frame) = self.try_recv_unless_gone(endpoint, gone)? {
                         return Ok(frame);
-                    }
-                    if let Some(disconnect) = gone() {
-                        return Err(RecvError::Disconnected(disconnect).into());
                     }
                     // Another receiver took the frame: wait again, while the deadline lets.
                     if deadline.passed() {
@@ -733,7 +768,7 @@ impl Link {
                         return Err(RecvTimeoutError::Timeout);
                     }
                     if let Some(disconnect) = gone() {
-                        return Err(RecvError::Disconnected(disconnect).into());
+                        return Ok(self.last_frame_or(endpoint, disconnect)?);
                     }
                 }
                 Err(WaitError::Futex(error)) => return Err(RecvError::Futex(error).into()),
@@ -847,11 +882,11 @@ mod loom_tests {
     use loom::thread;
 
     use super::{Deadline, Link, RECV_BELL, SEND_BELL};
-    use crate::error::TryLoanError;
+    use crate::error::{Disconnect, RecvError, TryLoanError};
     use crate::frame::{Endpoint, FrameMeta};
     use crate::segment::Segment;
     use crate::signal::{Doorbell, WaitMode, wait_any_for};
-    use crate::sync::model;
+    use crate::sync::{AtomicBool, Ordering, model};
 
     const PEER: OwnerId = OwnerId::peer(0);
 
@@ -1012,6 +1047,46 @@ mod loom_tests {
             }
             sender.join().expect("sender");
         });
+    }
+
+    /// A host that sends a frame and then leaves: the peer's receive gets the frame, then
+    /// `HostGone`, never `HostGone` first. The host's leaving is a flag stored (Release) after
+    /// its send, as the host-state word is; the peer's receive is the real
+    /// `try_recv_unless_gone`, the first step of every receive and the step of every wait
+    /// that finds something. It fails when the receive believes `gone` without a last look at
+    /// the ring (checked): the host may publish and leave between the look and `gone`.
+    #[test]
+    fn a_frame_sent_before_the_host_left_comes_before_host_gone() {
+        model(
+            "a_frame_sent_before_the_host_left_comes_before_host_gone",
+            || {
+                let hub = Arc::new(hub(1));
+                let left = Arc::new(AtomicBool::new(false));
+                let host = {
+                    let (hub, left) = (Arc::clone(&hub), Arc::clone(&left));
+                    thread::spawn(move || {
+                        send(&hub.host, &hub.host_link, 0);
+                        left.store(true, Ordering::Release);
+                    })
+                };
+                let gone = || left.load(Ordering::Acquire).then_some(Disconnect::HostGone);
+                let frame = loop {
+                    match hub.peer_link.try_recv_unless_gone(&hub.peer, &gone) {
+                        Ok(Some(frame)) => break frame,
+                        Ok(None) => thread::yield_now(),
+                        Err(error) => panic!("before the frame the host sent: {error}"),
+                    }
+                };
+                assert_eq!(frame.meta().msg_id, 0);
+                drop(frame);
+                host.join().expect("host");
+                match hub.peer_link.try_recv_unless_gone(&hub.peer, &gone) {
+                    Err(RecvError::Disconnected(Disconnect::HostGone)) => {}
+                    other => panic!("after the frame: {other:?}"),
+                }
+                check_all_free(&hub, 1);
+            },
+        );
     }
 
     /// Two threads receive from one link at once: two frames published before them go one to

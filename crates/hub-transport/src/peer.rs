@@ -665,11 +665,11 @@ impl Peer {
             .into());
         }
         // Frames the host sent before it left are still delivered; then HostGone.
-        if let Some(frame) = self.link.try_recv(&self.endpoint)? {
+        if let Some(frame) = self
+            .link
+            .try_recv_unless_gone(&self.endpoint, &|| self.gone())?
+        {
             return Ok(frame);
-        }
-        if let Some(disconnect) = self.gone() {
-            return Err(RecvError::Disconnected(disconnect).into());
         }
         if let Deadline::Now = deadline {
             return Err(RecvTimeoutError::Timeout);
