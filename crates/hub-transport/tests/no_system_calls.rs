@@ -6,8 +6,22 @@ use hub_transport::{FrameMeta, Host, HubConfig, Peer, WaitMode, futex};
 
 const ROUND_TRIPS: u64 = 2000;
 
+/// `futex::system_calls` counts the whole process's calls: the tests of this file count theirs
+/// one at a time, so that a test runner that runs them on threads of one process (plain
+/// `cargo test`) does not add one's calls to the other's.
+static COUNTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The right to count, held until the test ends; a test that failed while holding it leaves
+/// it to the next all the same.
+fn counting() -> std::sync::MutexGuard<'static, ()> {
+    COUNTING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 #[test]
 fn round_trips_between_awake_ends_make_no_system_call() {
+    let _counting = counting();
     let mut host = Host::create(&HubConfig::new().max_peers(1)).expect("create");
     host.set_wait_mode(WaitMode::Spin);
     let ticket = host.add_peer().expect("add_peer");
@@ -56,6 +70,7 @@ fn round_trips_between_awake_ends_make_no_system_call() {
 #[test]
 fn blocking_round_trips_cost_one_system_call_a_side() {
     const TRIPS: u64 = 500;
+    let _counting = counting();
     let mut host = Host::create(&HubConfig::new().max_peers(1)).expect("create");
     host.set_wait_mode(WaitMode::Block);
     let ticket = host.add_peer().expect("add_peer");
