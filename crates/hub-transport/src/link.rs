@@ -543,8 +543,27 @@ impl Link {
     }
 
     /// Run `attempt` on `value` until it goes (`Ok(None)`), fails, or `deadline` passes with the
-    /// ring still full (the value comes back).
+    /// ring still full (the value comes back). The first attempt is inlined into the caller;
+    /// the waiting for room, which only a full ring needs, is not.
+    #[inline(always)]
     fn retry<'e, T>(
+        endpoint: &'e Endpoint,
+        value: T,
+        deadline: Deadline,
+        gone: &dyn Fn() -> Option<Disconnect>,
+        mut defer: Defer<'_, 'e>,
+        mut attempt: impl FnMut(T, Defer<'_, 'e>) -> Result<Option<T>, SendError>,
+    ) -> Result<(), Retry<T>> {
+        match attempt(value, defer.as_deref_mut()) {
+            Ok(None) => Ok(()),
+            Ok(Some(back)) => Self::retry_full(endpoint, back, deadline, gone, defer, attempt),
+            Err(error) => Err(Retry::Failed(error)),
+        }
+    }
+
+    /// [`retry`](Self::retry) after an attempt found the ring full.
+    #[inline(never)]
+    fn retry_full<'e, T>(
         endpoint: &'e Endpoint,
         mut value: T,
         deadline: Deadline,
@@ -555,11 +574,6 @@ impl Link {
         let backoff = Backoff::new();
         let mut nap = Duration::from_micros(50);
         loop {
-            match attempt(value, defer.as_deref_mut()) {
-                Ok(None) => return Ok(()),
-                Ok(Some(back)) => value = back,
-                Err(error) => return Err(Retry::Failed(error)),
-            }
             if deadline.passed() {
                 return Err(Retry::Timeout(value));
             }
@@ -573,6 +587,11 @@ impl Link {
             } else {
                 std::thread::sleep(deadline.slice(nap));
                 nap = (nap * 2).min(Duration::from_millis(1));
+            }
+            match attempt(value, defer.as_deref_mut()) {
+                Ok(None) => return Ok(()),
+                Ok(Some(back)) => value = back,
+                Err(error) => return Err(Retry::Failed(error)),
             }
         }
     }
@@ -603,6 +622,11 @@ impl Link {
             };
             Self::retry(endpoint, (), deadline, gone, defer, attempt).map_err(Retry::forget)
         } else {
+            // No slot for a receiver that is gone (an evicted peer must not allocate at all).
+            // An inline frame needs no such look: the push looks, under the producer's lock.
+            if let Some(disconnect) = gone() {
+                return Err(SendCopyError::Disconnected(disconnect).into());
+            }
             let mut loan = endpoint.loan(payload.len(), deadline, gone)?;
             loan.as_mut_slice().copy_from_slice(payload);
             let attempt =

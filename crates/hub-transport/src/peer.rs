@@ -536,9 +536,7 @@ impl Peer {
         deadline: Deadline,
         defer: Defer<'_, 'e>,
     ) -> Result<(), TrySendCopyError> {
-        if let Some(disconnect) = self.gone() {
-            return Err(SendCopyError::Disconnected(disconnect).into());
-        }
+        // `send_copy` looks at `gone` before it allocates, and under the producer's lock.
         let gone = || self.gone();
         self.link
             .send_copy(&self.endpoint, meta, payload, deadline, &gone, defer)

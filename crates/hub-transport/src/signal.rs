@@ -292,6 +292,7 @@ impl<'a> Doorbell<'a> {
 
     /// [`ring_notify`](Self::ring_notify), keeping the futex's system call for later (see
     /// [`ring_deferred`](Self::ring_deferred)); `notify` runs at once.
+    #[inline]
     pub fn ring_notify_deferred(&self, notify: impl FnOnce()) -> Option<PendingWake<'a>> {
         // R11: as `ring`; Acquire as well, for the waiter's word read by `notify`.
         if !wake::waiter_announced(self.word)
@@ -335,6 +336,7 @@ impl<'a> Doorbell<'a> {
 
     /// [`ring_ready`](Self::ring_ready), keeping the futex's system call for later (see
     /// [`ring_deferred`](Self::ring_deferred)); a descriptor is written at once.
+    #[inline]
     pub fn ring_ready_deferred(
         &self,
         ready: &AtomicU32,
