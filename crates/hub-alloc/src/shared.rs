@@ -97,6 +97,7 @@ impl<'r, R: Region + ?Sized> Shared<'r, R> {
 
     /// Whether `[offset, offset + len)` is usable now; when it is past `len()`, the region is
     /// asked again (another process may have grown the file), once.
+    #[inline]
     pub fn covers(&self, offset: usize, len: usize) -> bool {
         let Some(end) = offset.checked_add(len) else {
             return false;
@@ -123,6 +124,24 @@ impl<'r, R: Region + ?Sized> Shared<'r, R> {
     /// The `AtomicU64` at `offset`, or `None` when it is outside the usable region or misaligned.
     pub fn u64_at(&self, offset: usize) -> Option<&'r AtomicU64> {
         self.object(offset)
+    }
+
+    /// The `T` at `offset`, which the caller knows is usable and aligned: [`object`](Self::object)
+    /// without its checks, for the slab's lookups inside an extent it adopted (whose whole
+    /// range it found covered then; the usable region never shrinks).
+    ///
+    /// # Safety
+    /// `[offset, offset + size_of::<T>())` lies inside a range of this region that
+    /// [`covers`](Self::covers) accepted before, and `offset` is aligned for `T`.
+    #[inline(always)]
+    pub(crate) unsafe fn object_within<T: SharedAtomic>(&self, offset: usize) -> &'r T {
+        debug_assert!(
+            offset.is_multiple_of(align_of::<T>()) && self.covers(offset, size_of::<T>()),
+            "an object inside a range found covered before"
+        );
+        // SAFETY: inside the usable part of the region and aligned (the caller's contract);
+        // for the rest, as in `object`.
+        unsafe { &*self.base.as_ptr().add(offset).cast::<T>() }
     }
 
     /// The `AtomicU32` at `offset`, as [`u64_at`](Self::u64_at).
@@ -166,6 +185,22 @@ impl<'r, R: Region + ?Sized> Shared<'r, R> {
         }
         // SAFETY: `offset` is inside the region (checked), so the pointer stays in bounds.
         Some(unsafe { self.base.add(offset) })
+    }
+
+    /// [`bytes_at`](Self::bytes_at) for a range the caller knows is usable: without the check.
+    ///
+    /// # Safety
+    /// `[offset, offset + len)` lies inside a range of this region that
+    /// [`covers`](Self::covers) accepted before.
+    #[inline(always)]
+    pub(crate) unsafe fn bytes_within(&self, offset: usize, len: usize) -> NonNull<u8> {
+        debug_assert!(
+            self.covers(offset, len),
+            "bytes inside a range found covered before"
+        );
+        // SAFETY: `offset` is inside the region (the caller's contract), so the pointer stays
+        // in bounds.
+        unsafe { self.base.add(offset) }
     }
 
     /// Write `value` at `offset`, replacing what was there without reading or dropping it.

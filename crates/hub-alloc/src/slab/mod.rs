@@ -142,8 +142,18 @@ impl SlotHandle {
     }
 }
 
-/// An extent list's private copies (R3): validated extent offsets, 0 until first seen.
+/// A class's private copies (R3): its shape, from the private layout, and its validated extent
+/// offsets, 0 until first seen. The shape is copied here so that a slot's lookup reads one
+/// private struct.
 struct ClassCache {
+    /// `log2(slots_per_extent)`: a global index's extent is `index >> shift`.
+    shift: u32,
+    /// Where an extent's slot metas start, from the extent's offset.
+    meta_offset: usize,
+    /// Where an extent's slot data start, from the extent's offset.
+    data_offset: usize,
+    /// Bytes per slot.
+    slot_size: usize,
     extents: Vec<AtomicU64>,
     /// Under loom, one tracked cell per 64 bytes of the region: growth writes the cell of an
     /// extent's start once it has initialised the extent, and every use of an extent reads it,
@@ -367,7 +377,12 @@ impl<R: Region> Slab<R> {
         let cache: Vec<ClassCache> = layout
             .classes
             .iter()
-            .map(|_| ClassCache {
+            .zip(&layout.geometry)
+            .map(|(config, geometry)| ClassCache {
+                shift: config.slots_per_extent.trailing_zeros(),
+                meta_offset: geometry.meta_offset,
+                data_offset: geometry.data_offset,
+                slot_size: config.slot_size as usize,
                 extents: (0..layout.max_extents).map(|_| AtomicU64::new(0)).collect(),
                 #[cfg(loom)]
                 initialised: (0..=layout.max_size / 64)
@@ -629,11 +644,14 @@ impl<R: Region> Slab<R> {
         let base = self
             .extent_base(class, extent)
             .map_err(|_| bad_handle(handle))?;
-        let size = self.layout.classes[class].slot_size as usize;
-        let offset = base + self.layout.geometry[class].data_offset + slot as usize * size;
-        self.shared()
-            .bytes_at(offset, size)
-            .ok_or_else(|| bad_handle(handle))
+        let cache = &self.cache[class];
+        let size = cache.slot_size;
+        let offset = base + cache.data_offset + slot as usize * size;
+        // SAFETY: `base` is an extent this handle adopted, which `adopt` found covered by the
+        // region (the usable region never shrinks); the class's slots lie inside each extent
+        // from `data_offset` (the private layout's geometry), `size` bytes each, and `slot` is
+        // below the slots per extent (the mask of `split_index`).
+        Ok(unsafe { self.shared().bytes_within(offset, size) })
     }
 
     /// A copy of a slot's meta (R3).
@@ -822,7 +840,7 @@ impl<R: Region> Slab<R> {
 
     #[inline(always)]
     fn split_index(&self, class: usize, index: u32) -> (usize, u32) {
-        let shift = self.layout.classes[class].slots_per_extent.trailing_zeros();
+        let shift = self.cache[class].shift;
         ((index >> shift) as usize, index & ((1 << shift) - 1))
     }
 
@@ -837,14 +855,12 @@ impl<R: Region> Slab<R> {
     fn meta(&self, class: usize, index: u32) -> Result<&SlotMeta, Corruption> {
         let (extent, slot) = self.split_index(class, index);
         let base = self.extent_base(class, extent)?;
-        let offset =
-            base + self.layout.geometry[class].meta_offset + slot as usize * size_of::<SlotMeta>();
-        self.shared()
-            .meta_at(offset)
-            .ok_or(Corruption::ExtentOffset {
-                extent: extent as u32,
-                offset: base as u64,
-            })
+        let offset = base + self.cache[class].meta_offset + slot as usize * size_of::<SlotMeta>();
+        // SAFETY: `base` is an extent this handle adopted, which `adopt` found 64-aligned and
+        // covered by the region (the usable region never shrinks); the class's metas lie inside
+        // each extent from `meta_offset` (the private layout's geometry), 16 bytes each, and
+        // `slot` is below the slots per extent (the mask of `split_index`).
+        Ok(unsafe { self.shared().object_within::<SlotMeta>(offset) })
     }
 
     /// The offset of extent `extent` of `class`: from the private cache, or read once from the
@@ -865,6 +881,14 @@ impl<R: Region> Slab<R> {
             self.cache[class].touch(known as usize);
             return Ok(known as usize);
         }
+        self.adopt_extent(class, extent)
+    }
+
+    /// [`extent_base`](Self::extent_base) of an extent this handle has not cached yet: out of
+    /// line, so that the hot paths that look extents up carry no lock.
+    #[cold]
+    #[inline(never)]
+    fn adopt_extent(&self, class: usize, extent: usize) -> Result<usize, Corruption> {
         let table = lock(&self.extents);
         self.adopt(class, extent, &table)
     }
