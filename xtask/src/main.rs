@@ -7,6 +7,7 @@
 //! cargo xtask protocol      # the protocol step of `test`: docs/PROTOCOL.md against the code
 //! cargo xtask soak --minutes N [--seed N]   # crash storm and hostile peer for N minutes
 //! cargo xtask bench-report NAME   # Markdown table of a bench's ratios, from criterion's results
+//! cargo xtask instructions  # callgrind's instruction counts of the hot paths, beside baselines
 //! cargo xtask help
 //! ```
 //!
@@ -39,9 +40,13 @@
 //!
 //! `bench-report NAME` runs nothing: it reads what the last `cargo bench --bench NAME` left in
 //! criterion's directory and prints ours against the baseline (see [`bench_report`]).
+//! `instructions` builds the `hot_loop` bench target for callgrind and prints how many
+//! instructions each hot path executes, beside its baseline (see [`instructions`]; it needs
+//! valgrind).
 
 mod bench_report;
 mod counts;
+mod instructions;
 mod protocol;
 mod run;
 
@@ -101,6 +106,9 @@ tasks:
           crash storm and hostile peer in turns for N minutes, then the totals
   bench-report NAME
           a Markdown table, ours / baseline, of the last `cargo bench --bench NAME`
+  instructions
+          callgrind's instructions per round trip and per alloc+free, beside the
+          baselines' (needs valgrind)
   help    this text
 
 options (test, lint, loom):
@@ -116,6 +124,16 @@ fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     if args.first().is_some_and(|a| a == "bench-report") {
         return match bench_report::run(&args[1..], &workspace_root(), &mut io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("xtask: {message}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if args.first().is_some_and(|a| a == "instructions") {
+        let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        return match instructions::run(&workspace_root(), &cargo, &mut io::stdout()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => {
                 eprintln!("xtask: {message}");

@@ -1,0 +1,146 @@
+//! The hot paths in a loop, for `cargo xtask instructions`, which runs this binary under
+//! callgrind and divides the instructions counted inside [`measured`] by its iterations.
+//!
+//! On a shared VM a time moves with whatever else the host runs, and with where it places the
+//! two vCPUs; an instruction count does not. So the count is how a change to the code of a hot
+//! path is judged first (whether it does less), and the alternated time runs of the criterion
+//! benches judge the rest (whether less is faster). Each figure has its baseline beside it,
+//! counted the same way:
+//!
+//! - `round-trip SIZE N`: host and peer in this process, on one thread, a request of `SIZE`
+//!   bytes and its echo (`try_send`, `try_recv`, `try_send`, `try_recv`), as
+//!   `latency/in_process` times it;
+//! - `channel-round-trip SIZE N`: the same four steps through two bounded crossbeam channels
+//!   of `[u8; SIZE]` values (8 or 64), the baseline of the first, as `latency/in_process` has
+//!   it;
+//! - `alloc CLASS N`: `alloc_in(CLASS)` then `free`, as `alloc/uncontended` times it;
+//! - `queue N`: `pop` then `push` on a full crossbeam `ArrayQueue`, the baseline of the third.
+//!
+//! Each warms up first (outside `measured`), then makes `N` iterations inside it. `cargo bench`
+//! runs every bench target with `--bench`: this one then says what it is for, and ends.
+
+use std::hint::black_box;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use crossbeam_queue::ArrayQueue;
+use hub_alloc::{HeapRegion, OwnerId, Slab, SlabLayout};
+use hub_transport::{FrameMeta, Host, HubConfig, Peer};
+
+/// Iterations before the measured ones: slots paged in, kept slots in place, caches warm.
+const WARM_UP: u64 = 1000;
+
+const USAGE: &str =
+    "usage: hot_loop round-trip SIZE N | channel-round-trip 8|64 N | alloc CLASS N | queue N
+(run by `cargo xtask instructions`, under callgrind)";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let number = |text: &str| text.parse::<u64>().ok();
+    match args.as_slice() {
+        ["round-trip", size, n] => match (number(size), number(n)) {
+            (Some(size), Some(n)) => round_trips(size as usize, n),
+            _ => usage(),
+        },
+        ["channel-round-trip", size, n] => match (*size, number(n)) {
+            ("8", Some(n)) => channel_round_trips::<8>(n),
+            ("64", Some(n)) => channel_round_trips::<64>(n),
+            _ => usage(),
+        },
+        ["alloc", class, n] => match (number(class), number(n)) {
+            (Some(class), Some(n)) => allocs(class as u16, n),
+            _ => usage(),
+        },
+        ["queue", n] => match number(n) {
+            Some(n) => queue_pairs(n),
+            None => usage(),
+        },
+        // `cargo bench` without a filter runs every bench target with `--bench`.
+        args if args.contains(&"--bench") => {
+            eprintln!("hot_loop: nothing to time; `cargo xtask instructions` runs it");
+            ExitCode::SUCCESS
+        }
+        _ => usage(),
+    }
+}
+
+fn usage() -> ExitCode {
+    eprintln!("{USAGE}");
+    ExitCode::from(2)
+}
+
+/// `step`, `n` times: the only function whose instructions callgrind counts (its callees
+/// included).
+#[inline(never)]
+fn measured(n: u64, step: &mut impl FnMut()) {
+    for _ in 0..n {
+        step();
+    }
+}
+
+/// `step`, [`WARM_UP`] times and then `n` times inside [`measured`].
+fn run(n: u64, mut step: impl FnMut()) -> ExitCode {
+    for _ in 0..WARM_UP {
+        step();
+    }
+    measured(n, &mut step);
+    ExitCode::SUCCESS
+}
+
+fn round_trips(size: usize, n: u64) -> ExitCode {
+    let host = Host::create(&HubConfig::new().max_peers(1)).expect("a hub");
+    let peer = Peer::attach(&host.add_peer().expect("a reservation")).expect("attached");
+    let to = peer.id();
+    let payload = vec![7_u8; size];
+    let mut echo = vec![0_u8; size];
+    run(n, || {
+        host.try_send(to, FrameMeta::default(), &payload)
+            .expect("room for the request");
+        let request = peer.try_recv().expect("the request");
+        echo.copy_from_slice(request.payload());
+        drop(request);
+        peer.try_send(FrameMeta::default(), &echo)
+            .expect("room for the echo");
+        let reply = host.try_recv().expect("the echo");
+        black_box(reply.payload());
+    })
+}
+
+fn channel_round_trips<const N: usize>(n: u64) -> ExitCode {
+    let (to_peer, at_peer) = crossbeam_channel::bounded::<[u8; N]>(256);
+    let (to_host, at_host) = crossbeam_channel::bounded::<[u8; N]>(256);
+    run(n, || {
+        to_peer.try_send([7; N]).expect("room for the request");
+        let request = at_peer.try_recv().expect("the request");
+        to_host.try_send(request).expect("room for the echo");
+        black_box(at_host.try_recv().expect("the echo"));
+    })
+}
+
+fn allocs(class: u16, n: u64) -> ExitCode {
+    let segment = hub_layout::SegmentLayout::new(32, 256).expect("the default segment");
+    let layout = SlabLayout::for_hub(&segment);
+    let region = Arc::new(HeapRegion::new(layout.initial_size(), layout.max_size()));
+    // SAFETY: the region is fresh and nobody else uses it.
+    let slab = unsafe { Slab::init(region, layout, OwnerId::HOST) }.expect("init");
+    if slab.slot_size(class).is_none() {
+        eprintln!("hot_loop: no class {class}");
+        return ExitCode::from(2);
+    }
+    run(n, || {
+        let handle = slab.alloc_in(class).expect("a slot");
+        let _ = black_box(slab.free(black_box(handle)).expect("freed"));
+    })
+}
+
+fn queue_pairs(n: u64) -> ExitCode {
+    let queue = ArrayQueue::new(1024);
+    for index in 0..1024_u32 {
+        queue.push(index).expect("room for every index");
+    }
+    run(n, || {
+        let index = queue.pop().expect("an index");
+        queue.push(black_box(index)).expect("room for it again");
+    })
+}
