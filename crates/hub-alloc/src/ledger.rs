@@ -161,6 +161,15 @@ impl Ledger {
         Some(SlotHandle::from_parts(class, index, generation))
     }
 
+    /// What the cell of slot `index` of `class` says (`Empty` for a slot the ledger has no
+    /// cell for): one load, for a caller that needs more than one of the answers below.
+    #[inline]
+    pub fn look(&self, class: u16, index: u32) -> Cell {
+        // Acquire: as `held`.
+        self.cell(class, index)
+            .map_or(Cell::Empty, |cell| Cell::of(cell.load(Ordering::Acquire)))
+    }
+
     /// The generation at which this participant keeps slot `index` of `class`, if it does.
     #[inline]
     pub fn kept(&self, class: u16, index: u32) -> Option<u32> {

@@ -221,27 +221,22 @@ impl<R: Region> Slab<R> {
 
     /// `Err(StaleHandle)` when this participant holds `handle`'s slot at another generation:
     /// the handle is not the one it holds (R4).
+    #[inline]
     pub(super) fn check_not_held_otherwise(&self, handle: SlotHandle) -> Result<(), SlabError> {
-        // Kept (see `crate::magazine`): freed already, and no handle to it is valid.
-        if let Some(generation) = self.ledger.kept(handle.class, handle.index) {
-            return Err(if generation == handle.generation.wrapping_add(1) {
-                SlabError::DoubleFree {
+        match self.ledger.look(handle.class, handle.index) {
+            Cell::Empty => Ok(()),
+            Cell::Held(generation) if generation == handle.generation => Ok(()),
+            // Kept (see `crate::magazine`): freed already, and no handle to it is valid.
+            Cell::Kept(generation) if generation == handle.generation.wrapping_add(1) => {
+                Err(SlabError::DoubleFree {
                     class: handle.class,
                     index: handle.index,
-                }
-            } else {
-                SlabError::StaleHandle {
-                    handle: handle.generation,
-                    slot: generation,
-                }
-            });
-        }
-        match self.ledger.held(handle.class, handle.index) {
-            Some(generation) if generation != handle.generation => Err(SlabError::StaleHandle {
+                })
+            }
+            Cell::Held(generation) | Cell::Kept(generation) => Err(SlabError::StaleHandle {
                 handle: handle.generation,
                 slot: generation,
             }),
-            _ => Ok(()),
         }
     }
 
