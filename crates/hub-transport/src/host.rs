@@ -795,7 +795,13 @@ impl Host {
         deadline: Deadline,
         defer: Defer<'_, 'e>,
     ) -> Result<(), TrySendCopyError> {
-        let link = self.link(peer).map_err(SendCopyError::from)?;
+        // Not `link`: `send_copy` looks at `gone` before it allocates, and under the
+        // producer's lock.
+        let link = self
+            .core
+            .links
+            .get(usize::from(peer.index))
+            .ok_or(SendCopyError::from(SendError::UnknownPeer(peer.index)))?;
         let gone = || self.target_gone(link, peer);
         let sent = link.send_copy(&self.core.endpoint, meta, payload, deadline, &gone, defer);
         // R3, R4: as for a send of a loan.
@@ -1022,11 +1028,13 @@ impl Host {
     /// Whether [`poll_any`](Self::poll_any) may find a frame. Builds nothing: what a wait
     /// polls.
     fn ready_any(&self) -> bool {
+        // The look first, as `poll_any` does: most rings of a waiting host are empty.
         self.core.links.iter().any(|link| {
-            matches!(
-                self.core.endpoint.segment.peer_state(link.peer),
-                PeerState::Active | PeerState::Dying
-            ) && link.looks_nonempty()
+            link.looks_nonempty()
+                && matches!(
+                    self.core.endpoint.segment.peer_state(link.peer),
+                    PeerState::Active | PeerState::Dying
+                )
         })
     }
 
@@ -1039,13 +1047,17 @@ impl Host {
         let start = self.core.cursor.load(Ordering::Relaxed).min(links.len());
         let (after, before) = links.split_at(start);
         for link in after.iter().chain(before) {
+            // An idle ring is passed over by the look that builds nothing, before the state is
+            // looked up: with many peers, most polls find most rings empty.
             // R10: only an attached peer's ring, or a leaving one's (frames sent before its
             // goodbye), is read. An evicted, recovered or reserved entry has no producer the
             // host listens to: what a process writes there after its eviction is not a frame.
-            if !matches!(
-                self.core.endpoint.segment.peer_state(link.peer),
-                PeerState::Active | PeerState::Dying
-            ) {
+            if !link.looks_nonempty()
+                || !matches!(
+                    self.core.endpoint.segment.peer_state(link.peer),
+                    PeerState::Active | PeerState::Dying
+                )
+            {
                 continue;
             }
             match link.try_recv(&self.core.endpoint) {

@@ -491,6 +491,7 @@ impl Link {
     /// certain, so a frame that is not sent is never left in flight (R5). `commit` runs once the
     /// slot is marked (at once for an inline frame): from then on the slot is this call's to
     /// free if the push fails, no longer its loan's.
+    #[inline]
     fn try_push<'e>(
         &self,
         endpoint: &'e Endpoint,
