@@ -2,10 +2,12 @@
 //!
 //! Everything here returns references to atomics only (R4): another process may write any byte
 //! of the region at any time, and an atomic is the one Rust type for which that is defined. Each
-//! accessor checks that the object lies inside the usable part of the region and is aligned, so
-//! an offset computed from a corrupted value can produce an error, never an access outside the
-//! mapping (R3). The writer of whole structs ([`Shared::init`]) is `unsafe`: it may only touch
-//! memory nobody else can reach yet.
+//! safe accessor checks that the object lies inside the usable part of the region and is
+//! aligned, so an offset computed from a corrupted value can produce an error, never an access
+//! outside the mapping (R3). Two `unsafe` ones skip the check, for the slab's lookups inside an
+//! extent it already checked whole: [`Shared::object_within`] and [`Shared::bytes_within`]. The
+//! writer of whole structs ([`Shared::init`]) is `unsafe`: it may only touch memory nobody else
+//! can reach yet.
 //!
 //! hub-transport reaches the segment through this module too, so the crate's unsafe code about
 //! shared memory lives here and in hub-transport's mapping and ring modules only.
@@ -71,7 +73,8 @@ pub const fn split(word: u64) -> (u32, u32) {
     (word as u32, (word >> 32) as u32)
 }
 
-/// A view of a region's bytes that hands out only atomics, at checked offsets.
+/// A view of a region's bytes that hands out only atomics, at checked offsets (or, through its
+/// `unsafe` accessors, at offsets the caller checked before).
 ///
 /// ```
 /// use hub_alloc::{HeapRegion, shared::Shared};
@@ -127,12 +130,12 @@ impl<'r, R: Region + ?Sized> Shared<'r, R> {
     }
 
     /// The `T` at `offset`, which the caller knows is usable and aligned: [`object`](Self::object)
-    /// without its checks, for the slab's lookups inside an extent it adopted (whose whole
-    /// range it found covered then; the usable region never shrinks).
+    /// without its checks, for the slab's lookups inside an extent whose whole range it saw
+    /// inside the usable region before (the usable length never decreases).
     ///
     /// # Safety
-    /// `[offset, offset + size_of::<T>())` lies inside a range of this region that
-    /// [`covers`](Self::covers) accepted before, and `offset` is aligned for `T`.
+    /// `[offset, offset + size_of::<T>())` lies below a length the region reported before
+    /// (through [`covers`](Self::covers), `len` or `grow_to`), and `offset` is aligned for `T`.
     #[inline(always)]
     pub(crate) unsafe fn object_within<T: SharedAtomic>(&self, offset: usize) -> &'r T {
         debug_assert!(
@@ -190,8 +193,8 @@ impl<'r, R: Region + ?Sized> Shared<'r, R> {
     /// [`bytes_at`](Self::bytes_at) for a range the caller knows is usable: without the check.
     ///
     /// # Safety
-    /// `[offset, offset + len)` lies inside a range of this region that
-    /// [`covers`](Self::covers) accepted before.
+    /// `[offset, offset + len)` lies below a length the region reported before (through
+    /// [`covers`](Self::covers), `len` or `grow_to`).
     #[inline(always)]
     pub(crate) unsafe fn bytes_within(&self, offset: usize, len: usize) -> NonNull<u8> {
         debug_assert!(

@@ -1028,13 +1028,14 @@ impl Host {
     /// Whether [`poll_any`](Self::poll_any) may find a frame. Builds nothing: what a wait
     /// polls.
     fn ready_any(&self) -> bool {
-        // The look first, as `poll_any` does: most rings of a waiting host are empty.
+        // The state first (Acquire), then the look: a new life's rings were reset before its
+        // entry turned Active, so the look reads the reset tail (see `looks_nonempty`), and a
+        // wait that sleeps on this answer misses no frame.
         self.core.links.iter().any(|link| {
-            link.looks_nonempty()
-                && matches!(
-                    self.core.endpoint.segment.peer_state(link.peer),
-                    PeerState::Active | PeerState::Dying
-                )
+            matches!(
+                self.core.endpoint.segment.peer_state(link.peer),
+                PeerState::Active | PeerState::Dying
+            ) && link.looks_nonempty()
         })
     }
 
@@ -1048,7 +1049,10 @@ impl Host {
         let (after, before) = links.split_at(start);
         for link in after.iter().chain(before) {
             // An idle ring is passed over by the look that builds nothing, before the state is
-            // looked up: with many peers, most polls find most rings empty.
+            // looked up: with many peers, most polls find most rings empty. This look may
+            // come before the state's Acquire that orders a new life's reset tail before it
+            // (see `looks_nonempty`), and so miss that life's first frame for one poll; a wait
+            // decides to sleep on `ready_any`, which looks in the safe order.
             // R10: only an attached peer's ring, or a leaving one's (frames sent before its
             // goodbye), is read. An evicted, recovered or reserved entry has no producer the
             // host listens to: what a process writes there after its eviction is not a frame.

@@ -724,8 +724,10 @@ impl Link {
     /// other thread took the frame. A waiter that sleeps on it loses no wake (R11: the SeqCst
     /// fences of the waiter's announcement and of the publisher's ring order this Relaxed load
     /// after any head stored before the ring's look at the announcement). A frame of a new
-    /// life is not missed: the rings' reset stores the new tail under the lock, before the
-    /// entry turns Active, which the host reads (Acquire) before it looks.
+    /// life is not missed by a host that reads the entry's state (Acquire) before it looks:
+    /// the rings' reset stores the new tail under the lock, before the entry turns Active.
+    /// (`Host::poll_any` looks first, to pass idle rings over cheaply; it may miss such a frame
+    /// for one poll, and its waits sleep only on `Host::ready_any`, which reads the state first.)
     #[inline(always)]
     pub fn looks_nonempty(&self) -> bool {
         self.cached.load(Ordering::Relaxed)
@@ -755,7 +757,9 @@ impl Link {
     /// end's last look came before it (the host published, then left, between the look and
     /// `gone`), else the disconnection. A host that left wrote its gone word after its last
     /// publication (Release), and `gone` read it (Acquire), so this look sees every frame it
-    /// sent. An evicted end pops nothing: its ring may be another peer's by now.
+    /// sent. Only for [`Disconnect::HostGone`]: an end `gone` reports evicted
+    /// ([`Disconnect::PeerNotActive`]) pops nothing here, as its ring may be another peer's by
+    /// now.
     #[cold]
     fn last_frame_or(
         &self,

@@ -647,10 +647,10 @@ impl<R: Region> Slab<R> {
         let cache = &self.cache[class];
         let size = cache.slot_size;
         let offset = base + cache.data_offset + slot as usize * size;
-        // SAFETY: `base` is an extent this handle adopted, which `adopt` found covered by the
-        // region (the usable region never shrinks); the class's slots lie inside each extent
-        // from `data_offset` (the private layout's geometry), `size` bytes each, and `slot` is
-        // below the slots per extent (the mask of `split_index`).
+        // SAFETY: `base` is an extent in this class's private cache, seen whole inside the
+        // region (see `meta`); the class's slots lie inside each extent from `data_offset` (the
+        // private layout's geometry), `size` bytes each, and `slot` is below the slots per
+        // extent (the mask of `split_index`).
         Ok(unsafe { self.shared().bytes_within(offset, size) })
     }
 
@@ -856,10 +856,12 @@ impl<R: Region> Slab<R> {
         let (extent, slot) = self.split_index(class, index);
         let base = self.extent_base(class, extent)?;
         let offset = base + self.cache[class].meta_offset + slot as usize * size_of::<SlotMeta>();
-        // SAFETY: `base` is an extent this handle adopted, which `adopt` found 64-aligned and
-        // covered by the region (the usable region never shrinks); the class's metas lie inside
-        // each extent from `meta_offset` (the private layout's geometry), 16 bytes each, and
-        // `slot` is below the slots per extent (the mask of `split_index`).
+        // SAFETY: `base` is an extent in this class's private cache, which holds only extents
+        // seen whole inside the region and 64-aligned: checked by `adopt`, or grown by this
+        // process (`grow_to` made the region reach the extent's end first); the usable length
+        // never decreases. The class's metas lie inside each extent from `meta_offset` (the
+        // private layout's geometry), `size_of::<SlotMeta>()` bytes each, and `slot` is below
+        // the slots per extent (the mask of `split_index`).
         Ok(unsafe { self.shared().object_within::<SlotMeta>(offset) })
     }
 
