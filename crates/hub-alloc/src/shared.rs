@@ -4,8 +4,8 @@
 //! of the region at any time, and an atomic is the one Rust type for which that is defined. Each
 //! safe accessor checks that the object lies inside the usable part of the region and is
 //! aligned, so an offset computed from a corrupted value can produce an error, never an access
-//! outside the mapping (R3). Two `unsafe` ones skip the check, for the slab's lookups inside an
-//! extent it already checked whole: [`Shared::object_within`] and [`Shared::bytes_within`]. The
+//! outside the mapping (R3). Two crate-private `unsafe` ones skip the check, for the slab's
+//! lookups inside an extent it already saw whole (`object_within` and `bytes_within`). The
 //! writer of whole structs ([`Shared::init`]) is `unsafe`: it may only touch memory nobody else
 //! can reach yet.
 //!
@@ -74,7 +74,7 @@ pub const fn split(word: u64) -> (u32, u32) {
 }
 
 /// A view of a region's bytes that hands out only atomics, at checked offsets (or, through its
-/// `unsafe` accessors, at offsets the caller checked before).
+/// crate-private `unsafe` accessors, at offsets the caller checked before).
 ///
 /// ```
 /// use hub_alloc::{HeapRegion, shared::Shared};
