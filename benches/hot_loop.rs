@@ -27,7 +27,10 @@ use std::sync::Arc;
 
 use crossbeam_queue::ArrayQueue;
 use hub_alloc::{HeapRegion, OwnerId, Slab, SlabLayout};
-use hub_transport::{FrameMeta, Host, HubConfig, Peer};
+
+#[path = "in_process.rs"]
+mod in_process;
+use in_process::{ChannelPair, HubPair};
 
 /// Iterations before the measured ones: slots paged in, kept slots in place, caches warm.
 const WARM_UP: u64 = 1000;
@@ -90,33 +93,13 @@ fn run(n: u64, mut step: impl FnMut()) -> ExitCode {
 }
 
 fn round_trips(size: usize, n: u64) -> ExitCode {
-    let host = Host::create(&HubConfig::new().max_peers(1)).expect("a hub");
-    let peer = Peer::attach(&host.add_peer().expect("a reservation")).expect("attached");
-    let to = peer.id();
-    let payload = vec![7_u8; size];
-    let mut echo = vec![0_u8; size];
-    run(n, || {
-        host.try_send(to, FrameMeta::default(), &payload)
-            .expect("room for the request");
-        let request = peer.try_recv().expect("the request");
-        echo.copy_from_slice(request.payload());
-        drop(request);
-        peer.try_send(FrameMeta::default(), &echo)
-            .expect("room for the echo");
-        let reply = host.try_recv().expect("the echo");
-        black_box(reply.payload());
-    })
+    let mut pair = HubPair::new(size);
+    run(n, || pair.round_trip())
 }
 
 fn channel_round_trips<const N: usize>(n: u64) -> ExitCode {
-    let (to_peer, at_peer) = crossbeam_channel::bounded::<[u8; N]>(256);
-    let (to_host, at_host) = crossbeam_channel::bounded::<[u8; N]>(256);
-    run(n, || {
-        to_peer.try_send([7; N]).expect("room for the request");
-        let request = at_peer.try_recv().expect("the request");
-        to_host.try_send(request).expect("room for the echo");
-        black_box(at_host.try_recv().expect("the echo"));
-    })
+    let pair = ChannelPair::<N>::new();
+    run(n, || pair.round_trip())
 }
 
 fn allocs(class: u16, n: u64) -> ExitCode {

@@ -55,6 +55,10 @@ use hub_benches::{Partner, SIZES, inherited_fds, run_child_if_asked, size_name};
 use hub_transport::{Disconnect, FrameMeta, Host, HubConfig, Peer, RecvError, WaitMode, futex};
 use memmap2::MmapRaw;
 
+#[path = "in_process.rs"]
+mod in_process;
+use in_process::{ChannelPair, HubPair};
+
 /// The bench's name in the children's messages.
 const BENCH: &str = "latency";
 
@@ -164,23 +168,9 @@ fn bench_in_process(c: &mut Criterion) {
     let mut group = c.benchmark_group("latency/in_process");
     for size in IN_PROCESS_SIZES {
         let id = size_name(size);
-        let host = Host::create(&HubConfig::new().max_peers(1)).expect("a hub");
-        let peer = Peer::attach(&host.add_peer().expect("a reservation")).expect("attached");
-        let to = peer.id();
-        let payload = vec![7_u8; size];
-        let mut echo = vec![0_u8; size];
+        let mut pair = HubPair::new(size);
         group.bench_function(BenchmarkId::new("hub", &id), |b| {
-            b.iter(|| {
-                host.try_send(to, FrameMeta::default(), &payload)
-                    .expect("room for the request");
-                let request = peer.try_recv().expect("the request");
-                echo.copy_from_slice(request.payload());
-                drop(request);
-                peer.try_send(FrameMeta::default(), &echo)
-                    .expect("room for the echo");
-                let reply = host.try_recv().expect("the echo");
-                std::hint::black_box(reply.payload());
-            })
+            b.iter(|| pair.round_trip())
         });
         match size {
             8 => bench_channel_pair::<8>(&mut group, &id),
@@ -196,16 +186,9 @@ fn bench_channel_pair<const N: usize>(
     group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
     id: &str,
 ) {
-    let (to_peer, at_peer) = crossbeam_channel::bounded::<[u8; N]>(256);
-    let (to_host, at_host) = crossbeam_channel::bounded::<[u8; N]>(256);
-    let payload = [7_u8; N];
+    let pair = ChannelPair::<N>::new();
     group.bench_function(BenchmarkId::new("baseline_crossbeam_channel", id), |b| {
-        b.iter(|| {
-            to_peer.try_send(payload).expect("room for the request");
-            let request = at_peer.try_recv().expect("the request");
-            to_host.try_send(request).expect("room for the echo");
-            std::hint::black_box(at_host.try_recv().expect("the echo"));
-        })
+        b.iter(|| pair.round_trip())
     });
 }
 
