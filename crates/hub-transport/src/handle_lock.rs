@@ -171,7 +171,7 @@ mod tests {
 mod loom_tests {
     use super::*;
     use crate::sync::model;
-    use loom::cell::UnsafeCell as TrackedCell;
+    use loom::cell::UnsafeCell;
     use std::sync::Arc;
 
     /// Two threads increment a counter under the lock: loom's tracked cell reports any access
@@ -180,7 +180,7 @@ mod loom_tests {
     #[test]
     fn holders_are_ordered() {
         model("handle lock: holders are ordered", || {
-            let lock = Arc::new(HandleLock::new(TrackedCell::new(0_u32)));
+            let lock = Arc::new(HandleLock::new(UnsafeCell::new(0_u32)));
             let other = Arc::clone(&lock);
             let thread = loom::thread::spawn(move || {
                 let guard = other.lock();
