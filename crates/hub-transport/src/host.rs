@@ -801,7 +801,7 @@ impl Host {
             .core
             .links
             .get(usize::from(peer.index))
-            .ok_or(SendCopyError::from(SendError::UnknownPeer(peer.index)))?;
+            .ok_or_else(|| SendCopyError::from(SendError::UnknownPeer(peer.index)))?;
         let gone = || self.target_gone(link, peer);
         let sent = link.send_copy(&self.core.endpoint, meta, payload, deadline, &gone, defer);
         // R3, R4: as for a send of a loan.
