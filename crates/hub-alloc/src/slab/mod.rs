@@ -664,6 +664,9 @@ impl<R: Region> Slab<R> {
         let c = self.class_index(class, index)?;
         let meta = self.handle_meta(c, handle)?;
         let (generation, state) = split(meta.gen_state.load(Ordering::Acquire));
+        // The owner before the sender: `mark_in_flight` stores the sender first and the owner
+        // last (Release), so an owner read here (Acquire) comes with its sender.
+        let owner = meta.owner.load(Ordering::Acquire);
         let sender = if state == IN_FLIGHT {
             OwnerId::from_raw(meta.next_free.load(Ordering::Relaxed))
         } else {
@@ -672,7 +675,7 @@ impl<R: Region> Slab<R> {
         Ok(SlotStatus {
             generation,
             state: SlotState::from_u32(state),
-            owner: meta.owner.load(Ordering::Acquire),
+            owner,
             sender,
         })
     }
