@@ -401,10 +401,10 @@ impl std::fmt::Display for PeerState {
 pub(crate) struct Segment {
     #[cfg(not(loom))]
     mapping: Arc<SegmentMapping>,
-    /// Where the mapping's fixed words are: its base and the layout's initial size, copied
-    /// here so that a fixed word is one bounds check and one addition away from `&Segment`.
+    /// The mapping's base, copied here so that a fixed word is one bounds check and one
+    /// addition away from `&Segment`, not behind the mapping's `Arc`.
     #[cfg(not(loom))]
-    fixed_words: FixedWords,
+    base: MappedBase,
     /// Under loom, the words and rings on the heap ([`Segment::heap`]).
     #[cfg(loom)]
     heap: heap::HeapWords,
@@ -414,21 +414,17 @@ pub(crate) struct Segment {
     fixed: Vec<FixedWord>,
 }
 
-/// The part of a mapping that every fixed word lies in: the initial layout (the header, the peer
-/// table, the rings), from the mapping's base, which never moves (see `mapping`).
+/// A copy of a mapping's base, which never moves (see `mapping`).
 #[cfg(not(loom))]
-struct FixedWords {
-    base: std::ptr::NonNull<u8>,
-    len: usize,
-}
+struct MappedBase(std::ptr::NonNull<u8>);
 
-// SAFETY: `base` is a copy of the base of the mapping the same `Segment` holds (`Send + Sync`),
-// which outlives it; the memory behind it is reached only as atomics, from any thread.
+// SAFETY: a copy of the base of the mapping the same `Segment` holds (`Send + Sync`), which
+// outlives it; the memory behind it is reached only as atomics, from any thread.
 #[cfg(not(loom))]
-unsafe impl Send for FixedWords {}
-// SAFETY: as for `Send`: `&FixedWords` gives out atomics only.
+unsafe impl Send for MappedBase {}
+// SAFETY: as for `Send`: through `&MappedBase`, atomics only.
 #[cfg(not(loom))]
-unsafe impl Sync for FixedWords {}
+unsafe impl Sync for MappedBase {}
 
 /// A word the host wrote when it built the hub, that no participant changes afterwards, and
 /// its value then: the host's private truth, restored when another process changed it (R4).
@@ -724,10 +720,7 @@ impl Segment {
             return Err(HubLayoutError::HubTooSmall { required, found });
         }
         Ok(Segment {
-            fixed_words: FixedWords {
-                base: mapping.base(),
-                len: required,
-            },
+            base: MappedBase(mapping.base()),
             mapping,
             layout,
             fixed: Vec::new(),
@@ -800,17 +793,18 @@ impl Segment {
     #[cfg(not(loom))]
     #[inline]
     fn fixed_word<T: hub_alloc::shared::SharedAtomic>(&self, offset: usize) -> &T {
-        let words = &self.fixed_words;
         assert!(
-            offset.is_multiple_of(align_of::<T>()) && offset + size_of::<T>() <= words.len,
+            offset.is_multiple_of(align_of::<T>())
+                && offset + size_of::<T>() <= self.layout.initial_size(),
             "a fixed word lies inside the initial layout"
         );
+        let base = self.base.0.as_ptr();
         // SAFETY: `offset .. offset + size_of::<T>()` lies inside the initial layout (checked
         // above), which the mapping covers for the segment's life (checked by `over`, see
-        // above) at `words.base`, the mapping's own base, and is aligned for `T` (the base is
-        // page aligned); `T` is an atomic (`SharedAtomic`), which every process may access at
-        // once, and no non-atomic reference to it exists (R4).
-        unsafe { &*words.base.as_ptr().add(offset).cast::<T>() }
+        // above) from `base`, the mapping's own base, and is aligned for `T` (the base is page
+        // aligned); `T` is an atomic (`SharedAtomic`), which every process may access at once,
+        // and no non-atomic reference to it exists (R4).
+        unsafe { &*base.add(offset).cast::<T>() }
     }
 
     /// The host's state word.
