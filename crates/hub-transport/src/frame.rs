@@ -6,7 +6,7 @@
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use hub_alloc::{OwnerId, Slab, SlotHandle};
+use hub_alloc::{OwnerId, Slab, SlabError, SlotHandle};
 use hub_layout::{INLINE_PAYLOAD_SIZE, MsgDescHot, NO_DEADLINE, SlotState};
 
 use crate::futex::{self, WAKE_ALL};
@@ -431,6 +431,52 @@ impl Drop for Loan {
         {
             endpoint.free(*handle);
         }
+    }
+}
+
+/// A slot a copying send allocated and filled: this end's, freed when dropped unless
+/// [`commit`](Self::commit)ted. It needs no loan: no reference count is taken and dropped, as
+/// it never outlives the send.
+pub(crate) struct FilledSlot<'e> {
+    endpoint: &'e Endpoint,
+    handle: SlotHandle,
+}
+
+impl<'e> FilledSlot<'e> {
+    /// `handle`, a slot `endpoint` just allocated and holds, with `payload` copied to its
+    /// start; the guard frees it from here on. [`SlabError::PayloadTooLarge`] when the slot is
+    /// smaller than `payload` (it is freed).
+    pub(crate) fn fill(
+        endpoint: &'e Endpoint,
+        handle: SlotHandle,
+        payload: &[u8],
+    ) -> Result<Self, SlabError> {
+        let filled = Self { endpoint, handle };
+        let size = endpoint.slab.slot_size(handle.class()).unwrap_or(0) as usize;
+        if payload.len() > size {
+            return Err(SlabError::PayloadTooLarge {
+                len: payload.len(),
+                max: size,
+            });
+        }
+        let ptr = endpoint.slab.slot_data(handle)?;
+        // SAFETY: the slot is Allocated and this end's (R4: the caller's handle, just allocated,
+        // and nothing else in this process reaches it); `payload.len()` bytes fit it (checked
+        // above); `payload` is private memory, so the two do not overlap. The copy writes
+        // through a raw pointer, never a reference.
+        unsafe { std::ptr::copy_nonoverlapping(payload.as_ptr(), ptr.as_ptr(), payload.len()) };
+        Ok(filled)
+    }
+
+    /// The slot is being sent (marked in flight): no longer this guard's to free.
+    pub(crate) fn commit(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for FilledSlot<'_> {
+    fn drop(&mut self) {
+        self.endpoint.free(self.handle);
     }
 }
 

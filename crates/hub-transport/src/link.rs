@@ -18,8 +18,8 @@ use crate::error::{
     TryLoanError, TrySendCopyError,
 };
 use crate::frame::{
-    DescriptorFault, Endpoint, Frame, FrameMeta, FramePayload, HubSlab, InlineBytes, Loan,
-    LoanStorage, PeerId,
+    DescriptorFault, Endpoint, FilledSlot, Frame, FrameMeta, FramePayload, HubSlab, InlineBytes,
+    Loan, LoanStorage, PeerId,
 };
 use crate::futex;
 use crate::handle_lock::{HandleGuard, HandleLock};
@@ -80,7 +80,7 @@ impl Endpoint {
     /// A slot of at least `len` bytes, waiting for one as `deadline` allows (R11: an empty
     /// class blocks and wakes when a slot is freed). [`TryLoanError::NoFreeSlots`] when the
     /// deadline passes (`Deadline::Now`: at once) with the class still empty.
-    fn alloc(
+    pub(crate) fn alloc(
         &self,
         len: usize,
         deadline: Deadline,
@@ -649,11 +649,25 @@ impl Link {
             if let Some(disconnect) = gone() {
                 return Err(SendCopyError::Disconnected(disconnect).into());
             }
-            let mut loan = endpoint.loan(payload.len(), deadline, gone)?;
-            loan.as_mut_slice().copy_from_slice(payload);
-            let attempt =
-                |loan, defer: Defer<'_, 'e>| self.try_send(endpoint, meta, loan, gone, defer);
-            Self::retry(endpoint, loan, deadline, gone, defer, attempt).map_err(Retry::forget)
+            // A slot filled here and sent from here needs no loan: no reference count taken and
+            // dropped, only a guard that frees the slot unless it goes.
+            let handle = endpoint.alloc(payload.len(), deadline, gone)?;
+            let filled = FilledSlot::fill(endpoint, handle, payload)
+                .map_err(|error| TryLoanError::from(LoanError::Alloc(error)))?;
+            let mut desc = meta.to_desc();
+            desc.payload_len = payload.len() as u32;
+            desc.payload_slot = handle.slot_ref();
+            desc.payload_generation = handle.generation();
+            let attempt = |filled: FilledSlot<'e>, defer: Defer<'_, 'e>| {
+                let mut filled = Some(filled);
+                let sent = self.try_push(endpoint, &desc, Some(handle), gone, defer, || {
+                    if let Some(filled) = filled.take() {
+                        filled.commit();
+                    }
+                })?;
+                Ok(if sent { None } else { filled })
+            };
+            Self::retry(endpoint, filled, deadline, gone, defer, attempt).map_err(Retry::forget)
         };
         match sent {
             Ok(()) => Ok(()),
