@@ -13,6 +13,9 @@
 //!   At 8 B also `baseline_ring_floor`: the same ping-pong with the lines a hub ring moves,
 //!   a 64-byte descriptor written word by word and then a head word on its own line, each
 //!   way; the receiver polls the head, then reads the descriptor.
+//!   With hub-benches' `iceoryx2` feature also `baseline_iceoryx2`, at every size: the same round
+//!   trip through iceoryx2's publish-subscribe (two services of byte slices, a loan filled in
+//!   place, the echo a loan the ping is copied into), both sides polling (`iceoryx2_echo.rs`).
 //! - `latency/block`: `hub` with `WaitMode::Block`, beside `baseline_futex` (two `AtomicU32`
 //!   words in the same kind of mapping, `FUTEX_WAIT`/`FUTEX_WAKE`, the same fill and copy),
 //!   `baseline_unix_socket` (a `UnixStream` pair: write the size, the child reads it and writes it
@@ -58,6 +61,10 @@ use memmap2::MmapRaw;
 #[path = "in_process.rs"]
 mod in_process;
 use in_process::{ChannelPair, HubPair};
+
+#[cfg(feature = "iceoryx2")]
+#[path = "iceoryx2_echo.rs"]
+mod iceoryx2_echo;
 
 /// The bench's name in the children's messages.
 const BENCH: &str = "latency";
@@ -113,6 +120,17 @@ fn bench_spin(c: &mut Criterion) {
             let mut ring = RingFloor::spawn();
             group.bench_function(BenchmarkId::new("baseline_ring_floor", &id), |b| {
                 b.iter_custom(|iters| ring.run(iters))
+            });
+        }
+        #[cfg(feature = "iceoryx2")]
+        {
+            let mut iceoryx2 = iceoryx2_echo::Iceoryx2Echo::spawn(size, |prefix| {
+                spawn_partner("iceoryx2", size, &[], |command| {
+                    command.env(iceoryx2_echo::SERVICE_ENV, prefix);
+                })
+            });
+            group.bench_function(BenchmarkId::new("baseline_iceoryx2", &id), |b| {
+                b.iter_custom(|iters| iceoryx2.run(iters))
             });
         }
     }
@@ -691,6 +709,8 @@ fn child_main(role: &str, size: usize) -> Result<(), String> {
                 .map_err(|_| "expected two descriptors".to_owned())?;
             stream_child(input.into(), output.into(), size).map_err(|e| e.to_string())
         }
+        #[cfg(feature = "iceoryx2")]
+        "iceoryx2" => iceoryx2_echo::child(size),
         other => Err(format!("unknown role {other:?}")),
     }
 }
@@ -719,11 +739,16 @@ fn hub_child(mode: WaitMode, size: usize) -> Result<(), String> {
             peer.send_then_recv(meta, &echo[..size])
                 .map_err(|e| (host_gone(e.disconnect()), e.to_string()))
         } else {
-            let mut loan = peer.loan(size).map_err(|e| e.to_string())?;
-            loan.as_mut_slice().copy_from_slice(frame.payload());
-            drop(frame);
-            peer.send_loan_then_recv(meta, loan)
-                .map_err(|e| (host_gone(e.disconnect()), e.to_string()))
+            // A loan that waits for a slot (the largest class has few) may find the host gone.
+            match peer.loan(size) {
+                Ok(mut loan) => {
+                    loan.as_mut_slice().copy_from_slice(frame.payload());
+                    drop(frame);
+                    peer.send_loan_then_recv(meta, loan)
+                        .map_err(|e| (host_gone(e.disconnect()), e.to_string()))
+                }
+                Err(e) => Err((host_gone(e.disconnect()), e.to_string())),
+            }
         };
         frame = match next {
             Ok(frame) => frame,
