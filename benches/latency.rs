@@ -54,8 +54,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion};
-use hub_benches::{Partner, SIZES, inherited_fds, run_child_if_asked, size_name};
-use hub_transport::{Disconnect, FrameMeta, Host, HubConfig, Peer, RecvError, WaitMode, futex};
+use hub_benches::{Partner, SIZES, attach_peer, inherited_fds, run_child_if_asked, size_name};
+use hub_transport::{Disconnect, FrameMeta, Host, HubConfig, RecvError, WaitMode, futex};
 use memmap2::MmapRaw;
 
 #[path = "in_process.rs"]
@@ -716,7 +716,9 @@ fn child_main(role: &str, size: usize) -> Result<(), String> {
 }
 
 fn hub_child(mode: WaitMode, size: usize) -> Result<(), String> {
-    let mut peer = Peer::from_env().map_err(|e| e.to_string())?;
+    let Some(mut peer) = attach_peer()? else {
+        return Ok(());
+    };
     peer.set_wait_mode(mode);
     let mut frame = match peer.recv() {
         Ok(frame) => frame,

@@ -87,6 +87,20 @@ fn child_main(
     run(role, size)
 }
 
+/// In a hub child: attach as the peer the parent's ticket names (`Peer::from_env`), or `None`
+/// when the host has left already. That is the parent's goodbye, not an error: the parent
+/// starts each figure's child before criterion's filter decides whether the figure runs, and
+/// drops the host at once when it does not.
+///
+/// Fails (with a message) on any other attach error.
+pub fn attach_peer() -> Result<Option<hub_transport::Peer>, String> {
+    match hub_transport::Peer::from_env() {
+        Ok(peer) => Ok(Some(peer)),
+        Err(hub_transport::AttachError::HostGone) => Ok(None),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
 /// A child process running this bench binary in a role; dropping it waits for the child to exit
 /// and kills it if it has not within [`EXIT_TIMEOUT`]. Tell the child to exit (its protocol's
 /// goodbye) before dropping this.

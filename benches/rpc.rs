@@ -36,10 +36,10 @@ use std::time::{Duration, Instant};
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, BenchmarkId, Criterion};
 use futures::StreamExt;
-use hub_benches::{Partner, inherited_fds, run_child_if_asked, size_name};
+use hub_benches::{Partner, attach_peer, inherited_fds, run_child_if_asked, size_name};
 use hub_tarpc::{HostTransport, PeerTransport};
 use hub_transport::aio::{AsyncHost, AsyncPeer};
-use hub_transport::{Disconnect, FrameMeta, Host, HubConfig, Peer, PeerId, RecvError, WaitMode};
+use hub_transport::{Disconnect, FrameMeta, Host, HubConfig, PeerId, RecvError, WaitMode};
 use tarpc::server::{BaseChannel, Channel};
 use tarpc::tokio_serde::formats::Bincode;
 use tarpc::tokio_util::codec::LengthDelimitedCodec;
@@ -204,16 +204,21 @@ impl Drop for HubEcho {
     }
 }
 
-/// This child's peer, in wait mode `mode`, on the current runtime.
-fn async_peer(mode: WaitMode) -> Result<AsyncPeer, String> {
-    let mut peer = Peer::from_env().map_err(|e| e.to_string())?;
+/// This child's peer, in wait mode `mode`, on the current runtime; `None` when the host has
+/// left already (see `attach_peer`).
+fn async_peer(mode: WaitMode) -> Result<Option<AsyncPeer>, String> {
+    let Some(mut peer) = attach_peer()? else {
+        return Ok(None);
+    };
     peer.set_wait_mode(mode);
-    AsyncPeer::new(peer).map_err(|e| e.to_string())
+    AsyncPeer::new(peer).map(Some).map_err(|e| e.to_string())
 }
 
 /// The hub echo child: echo every frame until the host leaves.
 async fn hub_echo_child(mode: WaitMode, size: usize) -> Result<(), String> {
-    let peer = async_peer(mode)?;
+    let Some(peer) = async_peer(mode)? else {
+        return Ok(());
+    };
     loop {
         let frame = match peer.recv().await {
             Ok(frame) => frame,
@@ -441,7 +446,9 @@ fn child_main(role: &str, size: usize) -> Result<(), String> {
             return hub_echo_child(mode(name)?, size).await;
         }
         if let Some(name) = role.strip_prefix("hub-tarpc-") {
-            serve(PeerTransport::new(Arc::new(async_peer(mode(name)?)?))).await;
+            if let Some(peer) = async_peer(mode(name)?)? {
+                serve(PeerTransport::new(Arc::new(peer))).await;
+            }
             return Ok(());
         }
         match role {
