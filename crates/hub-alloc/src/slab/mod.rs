@@ -46,7 +46,7 @@ use crate::layout::{OwnerId, SlabLayout};
 use crate::ledger::{Cell, Ledger};
 use crate::magazine::Magazine;
 use crate::region::Region;
-use crate::shared::{ClassHeader, Shared, SlotMeta, join, split};
+use crate::shared::{ClassHeader, Shared, SlotMeta, join, prefetch, split};
 use crate::sync::{AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering, lock};
 use crate::wake::{self, WAITER_BIT};
 
@@ -593,9 +593,17 @@ impl<R: Region> Slab<R> {
     /// A [`Refusal`] saying which check failed; the slot is left as it was.
     #[inline]
     pub fn accept(&self, handle: SlotHandle, sender: OwnerId) -> Result<(), Refusal> {
-        let status = self
-            .slot_status(handle.class, handle.index)
+        let class = self
+            .class_index(handle.class, handle.index)
             .map_err(|_| Refusal::NoSuchSlot)?;
+        let (meta, data) = self
+            .slot_parts(class, handle.index)
+            .map_err(|_| Refusal::NoSuchSlot)?;
+        // The payload's first line is asked for now, while the meta's comes: the receiver
+        // reads both next, and both were last written by the sender's process, so each is a
+        // line that crosses. Fetched one after the other they cost two crossings, together one.
+        prefetch(data);
+        let status = status_of(meta);
         if status.generation != handle.generation {
             return Err(Refusal::StaleGeneration {
                 slot: status.generation,
@@ -662,22 +670,7 @@ impl<R: Region> Slab<R> {
     pub fn slot_status(&self, class: u16, index: u32) -> Result<SlotStatus, SlabError> {
         let handle = SlotHandle::from_parts(class, index, 0);
         let c = self.class_index(class, index)?;
-        let meta = self.handle_meta(c, handle)?;
-        let (generation, state) = split(meta.gen_state.load(Ordering::Acquire));
-        // The owner before the sender: `mark_in_flight` stores the sender first and the owner
-        // last (Release), so an owner read here (Acquire) comes with its sender.
-        let owner = meta.owner.load(Ordering::Acquire);
-        let sender = if state == IN_FLIGHT {
-            OwnerId::from_raw(meta.next_free.load(Ordering::Relaxed))
-        } else {
-            None
-        };
-        Ok(SlotStatus {
-            generation,
-            state: SlotState::from_u32(state),
-            owner,
-            sender,
-        })
+        Ok(status_of(self.handle_meta(c, handle)?))
     }
 
     /// The futex word allocators of `class` sleep on, for the wake system call after a
@@ -866,6 +859,27 @@ impl<R: Region> Slab<R> {
         // private layout's geometry), `size_of::<SlotMeta>()` bytes each, and `slot` is below
         // the slots per extent (the mask of `split_index`).
         Ok(unsafe { self.shared().object_within::<SlotMeta>(offset) })
+    }
+
+    /// The meta of slot `index` of `class` and the start of its bytes, when its extent is
+    /// published and valid: [`meta`](Self::meta) and [`slot_data`](Self::slot_data) with one
+    /// lookup of the extent.
+    #[inline(always)]
+    fn slot_parts(&self, class: usize, index: u32) -> Result<(&SlotMeta, NonNull<u8>), Corruption> {
+        let (extent, slot) = self.split_index(class, index);
+        let base = self.extent_base(class, extent)?;
+        let cache = &self.cache[class];
+        let meta = base + cache.meta_offset + slot as usize * size_of::<SlotMeta>();
+        let data = base + cache.data_offset + slot as usize * cache.slot_size;
+        // SAFETY: as in `meta` and `slot_data`: `base` is an extent in this class's private
+        // cache, seen whole inside the region, and the slot's meta and bytes lie inside it (the
+        // private layout's geometry; `slot` is below the slots per extent).
+        unsafe {
+            Ok((
+                self.shared().object_within::<SlotMeta>(meta),
+                self.shared().bytes_within(data, cache.slot_size),
+            ))
+        }
     }
 
     /// The offset of extent `extent` of `class`: from the private cache, or read once from the
@@ -1063,6 +1077,26 @@ fn corrupt(class: usize, corruption: Corruption) -> SlabError {
     SlabError::Corrupt {
         class: class as u16,
         corruption,
+    }
+}
+
+/// A copy of `meta` (R3): what [`Slab::slot_status`] reports.
+#[inline(always)]
+fn status_of(meta: &SlotMeta) -> SlotStatus {
+    let (generation, state) = split(meta.gen_state.load(Ordering::Acquire));
+    // The owner before the sender: `mark_in_flight` stores the sender first and the owner
+    // last (Release), so an owner read here (Acquire) comes with its sender.
+    let owner = meta.owner.load(Ordering::Acquire);
+    let sender = if state == IN_FLIGHT {
+        OwnerId::from_raw(meta.next_free.load(Ordering::Relaxed))
+    } else {
+        None
+    };
+    SlotStatus {
+        generation,
+        state: SlotState::from_u32(state),
+        owner,
+        sender,
     }
 }
 
