@@ -15,10 +15,11 @@
 //! - **In the keeper's ledger (R4) it is *kept*,** at its new generation: not held (no handle
 //!   to it is valid, so a free of a forged handle is refused), but the keeper's (so no pop,
 //!   accept, reclaim or audit of this process takes, frees or counts it).
-//! - **In the magazine** (this module) its index sits in one cell. The cell's entry is the only
-//!   right to the slot: whoever empties the cell (an alloc of this participant, or
-//!   [`Slab::give_back_kept`](crate::Slab::give_back_kept)) turns the ledger's "kept" back into
-//!   "held" and has the slot.
+//! - **In the magazine** (this module) its index sits in one cell, with where its meta lies
+//!   (so that the alloc that takes it clears the kept hint without a lookup). The cell's entry
+//!   is the only right to the slot: whoever empties the cell (an alloc of this participant, or
+//!   [`Slab::give_back_kept`](crate::Slab::give_back_kept)) turns the ledger's "kept" back
+//!   into "held" and has the slot.
 //!
 //! # When slots are kept, and when given back
 //!
@@ -29,7 +30,7 @@
 //! futex wait), and its reclaim frees them when it leaves or dies. So a participant withholds
 //! at most [`CELLS`] slots per class from the others, and only while it is busy.
 
-use crate::sync::{AtomicU32, Ordering};
+use crate::sync::{AtomicU64, Ordering};
 
 /// Cells per class, at most.
 pub(crate) const CELLS: usize = 4;
@@ -37,12 +38,33 @@ pub(crate) const CELLS: usize = 4;
 /// Slots per extent a class needs for each cell of its magazine.
 const SLOTS_PER_CELL: u32 = 16;
 
-/// A cell that names no slot. A cell holds `index + 1`: zero never names a slot.
-const EMPTY: u32 = 0;
+/// A cell that names no slot. A cell holds `index + 1` in its low half, so zero never names a
+/// slot, and the slot's [`MetaHint`] in its high half.
+const EMPTY: u64 = 0;
+
+/// Where a kept slot's meta lies, kept beside its index so that the alloc that takes it needs
+/// no lookup: the meta's offset in the region divided by 8 (a meta is 8-aligned), or 0 when
+/// the keeper did not give it (0 is never a meta's offset: the hub's header is there). Written
+/// and read by this process only, from offsets it computed from its private extent table.
+pub(crate) type MetaHint = u32;
+
+/// The [`MetaHint`] of a meta at `offset`: 0 when the offset does not fit one.
+pub(crate) fn meta_hint(offset: usize) -> MetaHint {
+    if offset.is_multiple_of(8) {
+        MetaHint::try_from(offset / 8).unwrap_or(0)
+    } else {
+        0
+    }
+}
+
+/// The offset a nonzero [`MetaHint`] gives.
+pub(crate) fn hinted_offset(hint: MetaHint) -> usize {
+    hint as usize * 8
+}
 
 /// The slots one participant keeps for one class.
 pub(crate) struct Magazine {
-    cells: [AtomicU32; CELLS],
+    cells: [AtomicU64; CELLS],
     /// Cells in use: fewer for classes with few slots, none for the smallest ones.
     capacity: usize,
 }
@@ -51,7 +73,7 @@ impl Magazine {
     /// A magazine for a class of `slots_per_extent` slots per extent.
     pub(crate) fn for_class(slots_per_extent: u32) -> Self {
         Self {
-            cells: std::array::from_fn(|_| AtomicU32::new(EMPTY)),
+            cells: std::array::from_fn(|_| AtomicU64::new(EMPTY)),
             capacity: ((slots_per_extent / SLOTS_PER_CELL) as usize).min(CELLS),
         }
     }
@@ -62,12 +84,14 @@ impl Magazine {
         self.capacity > 0
     }
 
-    /// Put slot `index` in an empty cell; `false` when every cell is full.
+    /// Put slot `index`, whose meta `hint` locates, in an empty cell; `false` when every cell
+    /// is full.
     #[inline]
-    pub(crate) fn put(&self, index: u32) -> bool {
+    pub(crate) fn put(&self, index: u32, hint: MetaHint) -> bool {
         let Some(entry) = index.checked_add(1) else {
             return false;
         };
+        let entry = u64::from(entry) | u64::from(hint) << 32;
         self.cells[..self.capacity].iter().any(|cell| {
             // Release: the taker of the entry sees what the keeper did before (its ledger's
             // "kept", its state CAS).
@@ -78,9 +102,9 @@ impl Magazine {
         })
     }
 
-    /// Take one kept slot's index out of its cell, if any cell names one.
+    /// Take one kept slot's index and meta hint out of its cell, if any cell names one.
     #[inline]
-    pub(crate) fn take(&self) -> Option<u32> {
+    pub(crate) fn take(&self) -> Option<(u32, MetaHint)> {
         self.cells[..self.capacity].iter().find_map(|cell| {
             if cell.load(Ordering::Relaxed) == EMPTY {
                 return None;
@@ -88,7 +112,7 @@ impl Magazine {
             // Acquire: pairs with `put`. A swap, so of two takers of one cell one gets it.
             match cell.swap(EMPTY, Ordering::Acquire) {
                 EMPTY => None,
-                entry => Some(entry - 1),
+                entry => Some(((entry as u32) - 1, (entry >> 32) as MetaHint)),
             }
         })
     }
@@ -119,27 +143,39 @@ mod tests {
     fn slots_come_back_as_they_were_put_until_the_cells_are_full() {
         let magazine = Magazine::for_class(1024);
         for index in 0..CELLS as u32 {
-            assert!(magazine.put(index * 7));
+            assert!(magazine.put(index * 7, index + 100));
         }
-        assert!(!magazine.put(99), "every cell is full");
+        assert!(!magazine.put(99, 1), "every cell is full");
         assert_eq!(magazine.len(), CELLS);
         let mut taken: Vec<_> = std::iter::from_fn(|| magazine.take()).collect();
         taken.sort_unstable();
-        let expected: Vec<_> = (0..CELLS as u32).map(|i| i * 7).collect();
+        let expected: Vec<_> = (0..CELLS as u32).map(|i| (i * 7, i + 100)).collect();
         assert_eq!(taken, expected);
         assert_eq!(magazine.len(), 0);
         assert_eq!(magazine.take(), None);
     }
 
     #[test]
+    fn meta_hints_give_back_their_offsets_or_say_none() {
+        assert_eq!(hinted_offset(meta_hint(4096 + 16)), 4096 + 16);
+        let largest = u32::MAX as usize * 8;
+        assert_eq!(hinted_offset(meta_hint(largest)), largest);
+        assert_eq!(meta_hint(largest + 8), 0, "too far for a hint");
+        assert_eq!(meta_hint(4100), 0, "not 8-aligned: no hint");
+    }
+
+    #[test]
     fn extreme_indices() {
         let magazine = Magazine::for_class(64);
-        assert!(magazine.put(0));
-        assert!(magazine.put(u32::MAX - 1));
-        assert!(!magazine.put(u32::MAX), "no cell value names it: refused");
+        assert!(magazine.put(0, 0));
+        assert!(magazine.put(u32::MAX - 1, MetaHint::MAX));
+        assert!(
+            !magazine.put(u32::MAX, 1),
+            "no cell value names it: refused"
+        );
         let mut taken: Vec<_> = std::iter::from_fn(|| magazine.take()).collect();
         taken.sort_unstable();
-        assert_eq!(taken, vec![0, u32::MAX - 1]);
+        assert_eq!(taken, vec![(0, 0), (u32::MAX - 1, MetaHint::MAX)]);
     }
 }
 
@@ -155,12 +191,12 @@ mod loom_tests {
     fn concurrent_puts_and_takes_lose_and_duplicate_nothing() {
         loom::model(|| {
             let magazine = Arc::new(Magazine::for_class(32)); // two cells
-            assert!(magazine.put(1));
+            assert!(magazine.put(1, 10));
             let other = {
                 let magazine = Arc::clone(&magazine);
                 thread::spawn(move || {
                     let taken = magazine.take();
-                    let kept = magazine.put(2);
+                    let kept = magazine.put(2, 20);
                     (taken, kept)
                 })
             };
@@ -170,7 +206,7 @@ mod loom_tests {
             let mut all: Vec<_> = [mine, theirs].into_iter().flatten().collect();
             all.extend(std::iter::from_fn(|| magazine.take()));
             all.sort_unstable();
-            assert_eq!(all, vec![1, 2]);
+            assert_eq!(all, vec![(1, 10), (2, 20)]);
         });
     }
 }

@@ -133,13 +133,12 @@ impl<R: Region> Slab<R> {
         if !keep {
             return self.free_slot(handle, Ledgered::Forget);
         }
-        let meta = match self.handle_meta(class, handle) {
-            Ok(meta) => meta,
-            Err(error) => {
-                self.ledger.forget(handle.class, handle.index);
-                return Err(error);
-            }
+        let Ok(meta_offset) = self.meta_offset(class, handle.index) else {
+            self.ledger.forget(handle.class, handle.index);
+            return Err(bad_handle(handle));
         };
+        // SAFETY: an offset `meta_offset` gave.
+        let meta = unsafe { self.meta_at(meta_offset) };
         let current = meta.gen_state.load(Ordering::Relaxed);
         let (generation, state) = split(current);
         // R5: a free's CAS on (generation, state), to Allocated rather than Free: of this free
@@ -168,7 +167,7 @@ impl<R: Region> Slab<R> {
         }
         // A hint for everybody's counts (`stats`): the link word means nothing off the list.
         meta.next_free.store(KEPT_SLOT_MARK, Ordering::Relaxed);
-        if magazine.put(handle.index) {
+        if magazine.put(handle.index, meta_hint(meta_offset)) {
             return Ok(Freed {
                 class: handle.class,
                 wake_waiters: false,
@@ -193,11 +192,18 @@ impl<R: Region> Slab<R> {
         if !magazine.enabled() {
             return None;
         }
-        while let Some(index) = magazine.take() {
+        while let Some((index, hint)) = magazine.take() {
             // The entry is the only right to the slot: whoever empties its cell unkeeps it.
             if let Some(handle) = self.ledger.unkeep(class as u16, index) {
-                // In use again: the hint goes.
-                if let Ok(meta) = self.meta(class, index) {
+                // In use again: the hint goes. The meta is where the keeper's free found it.
+                let meta = if hint != 0 {
+                    // SAFETY: a nonzero hint is the offset `meta_offset` gave the free that
+                    // kept this slot (`free_owned`, the only writer of magazine entries).
+                    Some(unsafe { self.meta_at(hinted_offset(hint)) })
+                } else {
+                    self.meta(class, index).ok()
+                };
+                if let Some(meta) = meta {
                     meta.next_free.store(FREE_LIST_END, Ordering::Relaxed);
                 }
                 return Some(handle);

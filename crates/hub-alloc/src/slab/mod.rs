@@ -44,7 +44,7 @@ use hub_layout::{
 use crate::error::{Corruption, Refusal, SlabError};
 use crate::layout::{OwnerId, SlabLayout};
 use crate::ledger::{Cell, Ledger};
-use crate::magazine::Magazine;
+use crate::magazine::{Magazine, hinted_offset, meta_hint};
 use crate::region::Region;
 use crate::shared::{ClassHeader, Shared, SlotMeta, join, prefetch, split};
 use crate::sync::{AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering, lock};
@@ -849,16 +849,33 @@ impl<R: Region> Slab<R> {
     /// The meta of slot `index` of `class`, when its extent is published and valid.
     #[inline(always)]
     fn meta(&self, class: usize, index: u32) -> Result<&SlotMeta, Corruption> {
+        let offset = self.meta_offset(class, index)?;
+        // SAFETY: an offset `meta_offset` gave.
+        Ok(unsafe { self.meta_at(offset) })
+    }
+
+    /// The offset of slot `index` of `class`'s meta, when its extent is published and valid.
+    #[inline(always)]
+    fn meta_offset(&self, class: usize, index: u32) -> Result<usize, Corruption> {
         let (extent, slot) = self.split_index(class, index);
         let base = self.extent_base(class, extent)?;
-        let offset = base + self.cache[class].meta_offset + slot as usize * size_of::<SlotMeta>();
-        // SAFETY: `base` is an extent in this class's private cache, which holds only extents
-        // seen whole inside the region and 64-aligned: checked by `adopt`, or grown by this
-        // process (`grow_to` made the region reach the extent's end first); the usable length
-        // never decreases. The class's metas lie inside each extent from `meta_offset` (the
-        // private layout's geometry), `size_of::<SlotMeta>()` bytes each, and `slot` is below
-        // the slots per extent (the mask of `split_index`).
-        Ok(unsafe { self.shared().object_within::<SlotMeta>(offset) })
+        Ok(base + self.cache[class].meta_offset + slot as usize * size_of::<SlotMeta>())
+    }
+
+    /// The meta at `offset`.
+    ///
+    /// # Safety
+    /// `offset` is one [`meta_offset`](Self::meta_offset) gave this handle, or a handle of the
+    /// same participant (they share the region and the extent cache).
+    #[inline(always)]
+    unsafe fn meta_at(&self, offset: usize) -> &SlotMeta {
+        // SAFETY: `meta_offset` found the extent in this class's private cache, which holds
+        // only extents seen whole inside the region and 64-aligned: checked by `adopt`, or
+        // grown by this process (`grow_to` made the region reach the extent's end first); the
+        // usable length never decreases. The class's metas lie inside each extent from
+        // `meta_offset` (the private layout's geometry), `size_of::<SlotMeta>()` bytes each,
+        // and the slot is below the slots per extent (the mask of `split_index`).
+        unsafe { self.shared().object_within::<SlotMeta>(offset) }
     }
 
     /// The meta of slot `index` of `class` and the start of its bytes, when its extent is
