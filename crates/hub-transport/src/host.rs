@@ -19,7 +19,7 @@ use crate::forms::{self, forever, within};
 use crate::frame::{Endpoint, Frame, FrameMeta, Loan, PeerId, PeerRef};
 use crate::host_core::{Core, EntryTruth, HostError, Identity, Life, Spawn};
 use crate::link::{Deadline, Defer, Link, RECV_BELL, SEND_BELL};
-use crate::liveness::{ProcessWatch, WatchError};
+use crate::liveness::{ExitCheck, ProcessWatch, WatchError};
 use crate::ready::ReadySet;
 use crate::segment::{CreateError, HOST_GONE, HubConfig, PeerState, Segment};
 use crate::signal::{Doorbell, Limit, PendingWake, WaitError, WaitMode, wait_any_after_ring};
@@ -240,7 +240,7 @@ impl Host {
                     let mut truth = self.core.truth(peer);
                     // What the supervisor would see at its next look, first (a peer that came
                     // and went within one of its ticks is reported Attached, then Goodbye).
-                    crate::supervisor::look(&self.core, peer, &mut truth);
+                    crate::supervisor::look(&self.core, peer, &mut truth, ExitCheck::Now);
                     let identity = match &truth.life {
                         Life::Empty => {
                             freed = true;
@@ -251,7 +251,7 @@ impl Host {
                         }
                         _ => continue,
                     };
-                    if self.core.is_gone(peer, &truth, &identity) {
+                    if self.core.is_gone(peer, &truth, &identity, ExitCheck::Now) {
                         freed |= self.core.finish(peer, &mut truth, false);
                     }
                 }
@@ -518,7 +518,9 @@ impl Host {
             | Life::Leaving { identity, .. }
             | Life::Fenced { identity } => identity.clone(),
         };
-        if !matches!(identity, Identity::Local) && !self.core.is_gone(peer, &truth, &identity) {
+        if !matches!(identity, Identity::Local)
+            && !self.core.is_gone(peer, &truth, &identity, ExitCheck::Now)
+        {
             let pid = words.pid.load(Ordering::Relaxed);
             return Err(HostError::ProcessAlive { peer, pid });
         }
@@ -1349,5 +1351,52 @@ impl Host {
     /// The host's mapping of its segment, for [`Host::snapshot`](crate::snapshot).
     pub(crate) fn segment_mapping(&self) -> &Arc<crate::mapping::SegmentMapping> {
         self.core.endpoint.segment.mapping()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::supervisor::TICK;
+
+    /// The supervisor polls every watched process once a tick, in one system call, and asks
+    /// the kernel nothing more in its looks: an idle host costs a poll a tick, not three polls
+    /// a peer.
+    #[test]
+    fn a_tick_polls_each_watched_process_once() {
+        let host = Host::create(&HubConfig::new().max_peers(3)).expect("a hub");
+        let mut children: Vec<_> = (0..3)
+            .map(|_| {
+                let (_, child) = host
+                    .spawn_peer(std::process::Command::new("sleep").arg("30"))
+                    .expect("spawn a child that never attaches");
+                child
+            })
+            .collect();
+        let watches: Vec<Arc<ProcessWatch>> = (0..3)
+            .filter_map(|peer| host.core.truth(peer).watch().cloned())
+            .collect();
+        assert_eq!(watches.len(), 3, "each spawned child is watched");
+        let before: Vec<u32> = watches.iter().map(|watch| watch.polls()).collect();
+        let started = Instant::now();
+        std::thread::sleep(TICK * 10);
+        let after: Vec<u32> = watches.iter().map(|watch| watch.polls()).collect();
+        // The ticks that can have begun meanwhile, at most: each lasts at least `TICK`.
+        let ticks = (started.elapsed().as_millis() / TICK.as_millis()) as u32 + 2;
+        for child in &mut children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for (before, after) in before.into_iter().zip(after) {
+            let polls = after - before;
+            assert!(polls >= 1, "the supervisor watches the child");
+            assert!(
+                polls <= ticks,
+                "{polls} polls of one watch in at most {ticks} ticks"
+            );
+        }
     }
 }

@@ -14,7 +14,7 @@ use hub_alloc::{OwnerId, SlabError};
 use crate::event::{EvictReason, PeerEvent, Recovery};
 use crate::frame::Endpoint;
 use crate::link::Link;
-use crate::liveness::{ProcessWatch, WatchError};
+use crate::liveness::{ExitCheck, ProcessWatch, WatchError};
 use crate::mapping::MappingError;
 use crate::ready::{EntryFds, ReadySet};
 use crate::ring::RingError;
@@ -277,19 +277,28 @@ impl Core {
     /// peer counts as gone once it left or was evicted, even while its `Peer` lives), a pidfd
     /// opened on the pid word at the first look (information), or, without any, a heartbeat
     /// silent for the heartbeat timeout.
-    pub fn is_gone(&self, peer: u16, truth: &EntryTruth, identity: &Identity) -> bool {
+    ///
+    /// `check` says how a watched process's exit is learnt: the supervisor's tick, which has
+    /// just polled every watch, asks for no new poll.
+    pub fn is_gone(
+        &self,
+        peer: u16,
+        truth: &EntryTruth,
+        identity: &Identity,
+        check: ExitCheck,
+    ) -> bool {
         match identity {
             Identity::Spawned => truth
                 .spawn
                 .as_ref()
-                .is_none_or(|spawn| spawn.watch.has_exited()),
+                .is_none_or(|spawn| spawn.watch.has_exited_by(check)),
             // Trusted as the host is: once it left or was evicted, at once; while attached,
             // when its `Peer` is dropped.
             Identity::Local => {
                 !matches!(truth.life, Life::Attached(_))
                     || !crate::local::is_attached(self.file_id, peer, truth.epoch)
             }
-            Identity::Named { watch, .. } => watch.has_exited(),
+            Identity::Named { watch, .. } => watch.has_exited_by(check),
             Identity::Exited { .. } => true,
             Identity::Unknown { .. } => {
                 let seen = self

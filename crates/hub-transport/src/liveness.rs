@@ -6,6 +6,7 @@
 //! finds it hung.
 
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use rustix::event::{PollFd, PollFlags, Timespec};
@@ -18,6 +19,21 @@ use crate::mapping::HolderProbe;
 #[derive(Debug)]
 pub(crate) struct ProcessWatch {
     pidfd: OwnedFd,
+    /// Whether an exit was seen: an exit is for good, so once seen it is kept, and no later
+    /// look asks the kernel again.
+    exited: AtomicBool,
+    /// Polls of this pidfd made so far (alone or with others): what a tick costs, for tests.
+    polls: AtomicU32,
+}
+
+/// How a look at a watched process learns whether it exited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ExitCheck {
+    /// Ask the kernel now: one poll of the pidfd, unless the exit was seen already.
+    Now,
+    /// What the polls made so far saw, with no system call: the supervisor's tick, which has
+    /// just waited on every watch it knows (an exit after that wait is seen by the next tick).
+    AsPolled,
 }
 
 /// What opening a watch found.
@@ -35,7 +51,11 @@ impl ProcessWatch {
         let raw = i32::try_from(pid).map_err(|_| WatchError::NoSuchProcess)?;
         let id = Pid::from_raw(raw).ok_or(WatchError::NoSuchProcess)?;
         match pidfd_open(id, PidfdFlags::empty()) {
-            Ok(pidfd) => Ok(Self { pidfd }),
+            Ok(pidfd) => Ok(Self {
+                pidfd,
+                exited: AtomicBool::new(false),
+                polls: AtomicU32::new(0),
+            }),
             Err(Errno::SRCH) => Err(WatchError::NoSuchProcess),
             Err(errno) => Err(WatchError::Unavailable(errno)),
         }
@@ -49,13 +69,36 @@ impl ProcessWatch {
         let _ = rustix::process::pidfd_send_signal(&self.pidfd, rustix::process::Signal::KILL);
     }
 
-    /// Whether the process has exited (a zombie counts: it runs no more).
+    /// Whether the process has exited (a zombie counts: it runs no more): an exit seen
+    /// already, else one poll of the pidfd now.
     pub fn has_exited(&self) -> bool {
-        !wait_for_exits(&[self], Duration::ZERO).is_empty()
+        self.exit_seen() || !wait_for_exits(&[self], Duration::ZERO).is_empty()
+    }
+
+    /// Whether the process has exited, as `check` asks.
+    pub fn has_exited_by(&self, check: ExitCheck) -> bool {
+        match check {
+            ExitCheck::Now => self.has_exited(),
+            ExitCheck::AsPolled => self.exit_seen(),
+        }
+    }
+
+    /// Whether a poll of this watch has seen the process's exit (no system call).
+    pub fn exit_seen(&self) -> bool {
+        // Relaxed: a hint kept by this process about a fact the kernel keeps; a look that
+        // misses a fresh `true` polls, and finds the exit itself.
+        self.exited.load(Ordering::Relaxed)
+    }
+
+    /// How many times this pidfd was polled.
+    #[cfg(test)]
+    pub fn polls(&self) -> u32 {
+        self.polls.load(Ordering::Relaxed)
     }
 }
 
-/// Wait up to `timeout` for any of `watches` to exit; the indices of those that have.
+/// Wait up to `timeout` for any of `watches` to exit; the indices of those that have. Each
+/// exit found is kept in its watch ([`ProcessWatch::exit_seen`]).
 pub(crate) fn wait_for_exits(watches: &[&ProcessWatch], timeout: Duration) -> Vec<usize> {
     let mut fds: Vec<PollFd<'_>> = watches
         .iter()
@@ -69,14 +112,23 @@ pub(crate) fn wait_for_exits(watches: &[&ProcessWatch], timeout: Duration) -> Ve
         std::thread::sleep(Duration::new(timeout.tv_sec as u64, timeout.tv_nsec as u32));
         return Vec::new();
     }
+    for watch in watches {
+        watch.polls.fetch_add(1, Ordering::Relaxed);
+    }
     match rustix::event::poll(&mut fds, Some(&timeout)) {
         Ok(0) | Err(_) => Vec::new(),
-        Ok(_) => fds
-            .iter()
-            .enumerate()
-            .filter(|(_, fd)| !fd.revents().is_empty())
-            .map(|(i, _)| i)
-            .collect(),
+        Ok(_) => {
+            let exited: Vec<usize> = fds
+                .iter()
+                .enumerate()
+                .filter(|(_, fd)| !fd.revents().is_empty())
+                .map(|(i, _)| i)
+                .collect();
+            for &i in &exited {
+                watches[i].exited.store(true, Ordering::Relaxed);
+            }
+            exited
+        }
     }
 }
 

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use crate::event::{EvictReason, PeerEvent};
 use crate::host_core::{Core, EntryTruth, Identity, Life, identity_pid};
-use crate::liveness::{ProcessWatch, wait_for_exits};
+use crate::liveness::{ExitCheck, ProcessWatch, wait_for_exits};
 use crate::segment::{PeerState, monotonic_ns};
 use crate::sync::Ordering;
 
@@ -52,9 +52,11 @@ pub(crate) fn run(core: &Core) {
     while !core.stopping.load(Ordering::Acquire) {
         // Sleep until a watched process exits, or a tick passes. A process whose exit is known
         // already is not waited on (its pidfd stays readable).
+        // One system call a tick however many peers: a watch whose exit is not known yet is
+        // polled here, and the looks below use what this poll saw (`ExitCheck::AsPolled`).
         let watches: Vec<Arc<ProcessWatch>> = (0..core.entries.len())
             .filter_map(|peer| core.truth(peer as u16).watch().cloned())
-            .filter(|watch| !watch.has_exited())
+            .filter(|watch| !watch.exit_seen())
             .collect();
         let watching: Vec<&ProcessWatch> = watches.iter().map(|w| &**w).collect();
         wait_for_exits(&watching, TICK);
@@ -62,13 +64,14 @@ pub(crate) fn run(core: &Core) {
         for peer in 0..core.entries.len() {
             let peer = peer as u16;
             let mut truth = core.truth(peer);
-            look(core, peer, &mut truth);
+            look(core, peer, &mut truth, ExitCheck::AsPolled);
         }
     }
 }
 
-/// One look at `peer`'s entry: its shared words against the host's truth (R4).
-pub(crate) fn look(core: &Core, peer: u16, truth: &mut EntryTruth) {
+/// One look at `peer`'s entry: its shared words against the host's truth (R4), learning of
+/// watched processes' exits as `check` says.
+pub(crate) fn look(core: &Core, peer: u16, truth: &mut EntryTruth, check: ExitCheck) {
     let words = core.endpoint.segment.peer(peer);
     // A few steps at most: an attach seen late is followed by what came after it in one look.
     for _ in 0..4 {
@@ -110,7 +113,7 @@ pub(crate) fn look(core: &Core, peer: u16, truth: &mut EntryTruth) {
                     let exited = truth
                         .spawn
                         .as_ref()
-                        .filter(|spawn| spawn.watch.has_exited())
+                        .filter(|spawn| spawn.watch.has_exited_by(check))
                         .map(|spawn| spawn.pid);
                     if let Some(pid) = exited
                         && words
@@ -142,7 +145,7 @@ pub(crate) fn look(core: &Core, peer: u16, truth: &mut EntryTruth) {
             },
             Life::Attached(identity) => {
                 let identity = identity.clone();
-                let gone = core.is_gone(peer, truth, &identity);
+                let gone = core.is_gone(peer, truth, &identity, check);
                 match state {
                     PeerState::Active if gone => {
                         words
@@ -191,7 +194,7 @@ pub(crate) fn look(core: &Core, peer: u16, truth: &mut EntryTruth) {
                         .flags
                         .store(PeerState::Dying.flags(), Ordering::Release);
                 }
-                if !core.is_gone(peer, truth, &identity) {
+                if !core.is_gone(peer, truth, &identity, check) {
                     // Its own spawn: waited for up to the heartbeat timeout, then killed.
                     if let (Identity::Spawned, Some(spawn)) = (&identity, &truth.spawn)
                         && !killed
@@ -227,7 +230,7 @@ pub(crate) fn look(core: &Core, peer: u16, truth: &mut EntryTruth) {
                         .flags
                         .store(PeerState::Dead.flags(), Ordering::Release);
                 }
-                if core.is_gone(peer, truth, &identity) && core.finish(peer, truth, true) {
+                if core.is_gone(peer, truth, &identity, check) && core.finish(peer, truth, true) {
                     // R3: an evicted peer may have scribbled on the allocator before it was
                     // caught: the auditor looks at once.
                     core.audit_now.store(true, Ordering::Release);
