@@ -2319,6 +2319,66 @@ fn a_growth_reports_the_wakeups_its_frees_owe() {
     }
 }
 
+/// A fresh free list hands out one slot of each meta line before a second of any: slots taken
+/// one after another, by participants that then keep them, do not share a meta's cache line.
+mod list_order {
+    use super::*;
+    use crate::slab::list_order;
+
+    /// Slot metas on one 64-byte line.
+    const PER_LINE: u32 = 64 / size_of::<SlotMeta>() as u32;
+
+    #[test]
+    fn the_order_is_every_slot_once_one_per_line_first() {
+        for slots in [1, 2, 3, 4, 5, 8, 64, 1024] {
+            let order: Vec<u32> = list_order(slots).collect();
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, (0..slots).collect::<Vec<_>>(), "{slots} slots");
+            assert_eq!(order[0], 0, "slot 0 heads the list");
+            let lines = slots.div_ceil(PER_LINE) as usize;
+            let first: HashSet<u32> = order[..lines].iter().map(|i| i / PER_LINE).collect();
+            assert_eq!(
+                first.len(),
+                lines,
+                "{slots} slots: one slot of each line first"
+            );
+        }
+    }
+
+    #[test]
+    fn fresh_and_grown_extents_hand_out_slots_on_distinct_lines() {
+        const SLOTS: u32 = 64;
+        let layout = SlabLayout::standalone(
+            &[ClassConfig {
+                slot_size: 64,
+                slots_per_extent: SLOTS,
+            }],
+            2,
+            2,
+        )
+        .unwrap();
+        let host = init_on(heap(&layout), layout);
+        let peers = [0, 1].map(|peer| host.with_owner(OwnerId::peer(peer)).unwrap());
+        // Taken in turn by two participants, as two peers allocating at once would.
+        let taken: Vec<SlotHandle> = (0..8)
+            .map(|i| peers[i % 2].alloc_in(0).expect("a slot"))
+            .collect();
+        let lines: HashSet<u32> = taken.iter().map(|h| h.index() / PER_LINE).collect();
+        assert_eq!(lines.len(), taken.len(), "{taken:?}");
+        // Empty the first extent; the next alloc grows the class and keeps the new extent's
+        // first slot, and the list then hands out the others from other lines.
+        let rest: Vec<SlotHandle> = (8..SLOTS).map(|_| host.alloc_in(0).unwrap()).collect();
+        assert!(rest.iter().chain(&taken).all(|h| h.index() < SLOTS));
+        let grown: Vec<SlotHandle> = (0..8)
+            .map(|i| peers[i % 2].alloc_in(0).expect("a slot of a new extent"))
+            .collect();
+        assert_eq!(grown[0].index(), SLOTS, "the grower's own slot");
+        let lines: HashSet<u32> = grown.iter().map(|h| h.index() / PER_LINE).collect();
+        assert_eq!(lines.len(), grown.len(), "{grown:?}");
+    }
+}
+
 /// The magazine (see `crate::magazine`): what a kept slot is to its keeper, to the others and
 /// to reclaim.
 mod kept_slots {

@@ -151,8 +151,11 @@ impl<R: Region> Slab<R> {
             count.fetch_add(1, Ordering::Relaxed);
         }
         // The first slot is the grower's (in its ledger already); the others leave the ledger
-        // as they are freed.
-        for slot in slots_of(extent).skip(1) {
+        // as they are freed, last first, so that the list hands them out in `list_order`.
+        let first = (extent as u32) << shift;
+        let order: Vec<u32> = list_order(config.slots_per_extent).skip(1).collect();
+        for &local in order.iter().rev() {
+            let slot = SlotHandle::from_parts(class as u16, first + local, 0);
             let freed = self.free_slot(slot, Ledgered::Release)?;
             if freed.wake_waiters {
                 // R11: an allocator sleeps on the class's word: the caller wakes it.

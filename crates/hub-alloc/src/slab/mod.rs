@@ -273,12 +273,10 @@ impl<R: Region> Slab<R> {
                 let slots = config.slots_per_extent;
                 slab.write_extent_header(class, 0, start)?;
                 let meta_base = start + layout.geometry[class].meta_offset;
-                for slot in 0..slots {
-                    let next = if slot + 1 < slots {
-                        slot + 1
-                    } else {
-                        FREE_LIST_END
-                    };
+                // Linked in the order `list_order` gives, from slot 0 (the head below).
+                let order: Vec<u32> = list_order(slots).collect();
+                for (i, &slot) in order.iter().enumerate() {
+                    let next = order.get(i + 1).copied().unwrap_or(FREE_LIST_END);
                     let meta = SlotMeta::new(0, FREE, next, NO_OWNER);
                     if !shared.init(meta_base + slot as usize * size_of::<SlotMeta>(), meta) {
                         return Err(too_small());
@@ -1095,6 +1093,18 @@ fn corrupt(class: usize, corruption: Corruption) -> SlabError {
         class: class as u16,
         corruption,
     }
+}
+
+/// Slot metas that share a cache line.
+const METAS_PER_LINE: u32 = (64 / size_of::<SlotMeta>()) as u32;
+
+/// The slots `0..slots` of an extent in the order its fresh free list hands them out, slot 0
+/// first: one slot of each meta line, then a second of each, and so on. Slots taken one after
+/// another (by participants that each keep theirs, say) then have their metas on different
+/// cache lines, and their allocs and frees do not write one line from two cores.
+pub(crate) fn list_order(slots: u32) -> impl Iterator<Item = u32> {
+    let stride = METAS_PER_LINE.min(slots).max(1);
+    (0..stride).flat_map(move |first| (first..slots).step_by(stride as usize))
 }
 
 /// A copy of `meta` (R3): what [`Slab::slot_status`] reports.
