@@ -9,7 +9,9 @@
 //! The convention the benches follow: in each group, a function id that starts with `baseline`
 //! is a baseline, and every other benchmark of the group is compared with each of the group's
 //! baselines of the same parameter (one row each), or else with its first baseline. Rows come in
-//! the order the benchmarks ran (the estimates' modification times).
+//! the order the benchmarks ran (the estimates' modification times). A figure saved more than
+//! [`STALE`] before the newest one is an earlier run's (a baseline measured only behind a
+//! feature, say): it is left out of the table and named under it.
 
 use std::fs;
 use std::io::Write;
@@ -50,11 +52,8 @@ fn report(name: &str, dir: &Path, out: &mut dyn Write) -> Result<(), String> {
     let mut found = Vec::new();
     collect(dir, &mut found).map_err(|e| format!("reading {}: {e}", dir.display()))?;
     found.sort_by_key(|(modified, _)| *modified);
-    let benches: Vec<Bench> = found
-        .into_iter()
-        .map(|(_, bench)| bench)
-        .filter(|b| b.group == name || b.group.starts_with(&format!("{name}/")))
-        .collect();
+    found.retain(|(_, b)| b.group == name || b.group.starts_with(&format!("{name}/")));
+    let (benches, stale) = split_stale(found);
     let rows = rows(name, &benches);
     if rows.is_empty() {
         return Err(format!(
@@ -62,8 +61,43 @@ fn report(name: &str, dir: &Path, out: &mut dyn Write) -> Result<(), String> {
             dir.display()
         ));
     }
-    let table = table(&rows, &machine());
+    let mut table = table(&rows, &machine());
+    if !stale.is_empty() {
+        let names: Vec<String> = stale.iter().map(Bench::id).collect();
+        table.push_str(&format!(
+            "\nLeft out, saved more than {} minutes before the newest figure (an earlier run's): {}.\n",
+            STALE.as_secs() / 60,
+            names.join(", ")
+        ));
+    }
     out.write_all(table.as_bytes()).map_err(|e| e.to_string())
+}
+
+/// How much older than the newest figure of a report a figure may be and still be of the same
+/// run: a whole `cargo bench` of one bench takes a few minutes.
+const STALE: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
+/// `found`, oldest first, split into the figures of the newest run and those saved more than
+/// [`STALE`] before its newest figure: an earlier run's, such as a baseline measured only
+/// behind a feature, or a benchmark since renamed.
+fn split_stale(found: Vec<(SystemTime, Bench)>) -> (Vec<Bench>, Vec<Bench>) {
+    let newest = found.iter().map(|(modified, _)| *modified).max();
+    let cutoff = newest.and_then(|newest| newest.checked_sub(STALE));
+    let (fresh, stale): (Vec<_>, Vec<_>) = found
+        .into_iter()
+        .partition(|(modified, _)| cutoff.is_none_or(|cutoff| *modified >= cutoff));
+    let benches = |found: Vec<(SystemTime, Bench)>| found.into_iter().map(|(_, b)| b).collect();
+    (benches(fresh), benches(stale))
+}
+
+impl Bench {
+    /// `group/function/value`, as criterion names the benchmark.
+    fn id(&self) -> String {
+        match &self.value {
+            Some(value) => format!("{}/{}/{value}", self.group, self.function),
+            None => format!("{}/{}", self.group, self.function),
+        }
+    }
 }
 
 /// Where criterion keeps its results.
@@ -305,6 +339,34 @@ mod tests {
         assert_eq!(parse_bench(r#"{"group_id":"g"}"#, ESTIMATES), None);
         assert_eq!(parse_bench(about, "{}"), None);
         assert_eq!(json_number(r#"{"n" : -1.5e3}"#, "n"), Some(-1500.0));
+    }
+
+    #[test]
+    fn figures_of_an_earlier_run_are_left_out() {
+        let now = SystemTime::now();
+        let at = |minutes_ago: u64| now - std::time::Duration::from_secs(minutes_ago * 60);
+        let found = vec![
+            (
+                at(120),
+                bench("latency/spin", "baseline_iceoryx2", Some("8 B"), 900.0),
+            ),
+            (at(4), bench("latency/spin", "hub", Some("8 B"), 230.0)),
+            (
+                at(3),
+                bench("latency/spin", "baseline_spin_floor", Some("8 B"), 66.0),
+            ),
+        ];
+        let (fresh, stale) = split_stale(found);
+        let ids = |benches: &[Bench]| benches.iter().map(Bench::id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(&fresh),
+            [
+                "latency/spin/hub/8 B",
+                "latency/spin/baseline_spin_floor/8 B"
+            ]
+        );
+        assert_eq!(ids(&stale), ["latency/spin/baseline_iceoryx2/8 B"]);
+        assert_eq!(split_stale(Vec::new()), (Vec::new(), Vec::new()));
     }
 
     #[test]

@@ -39,7 +39,8 @@
 //! an inherited `LOOM_MAX_PREEMPTIONS` wins over the default of 2.
 //!
 //! `bench-report NAME` runs nothing: it reads what the last `cargo bench --bench NAME` left in
-//! criterion's directory and prints ours against the baseline (see [`bench_report`]).
+//! criterion's directory and prints ours against the baseline (see [`bench_report`]), leaving
+//! out, and naming, figures saved more than 30 minutes before the newest (an earlier run's).
 //! `instructions` builds the `hot_loop` bench target for callgrind and prints how many
 //! instructions each hot path executes, beside its baseline (see [`instructions`]; it needs
 //! valgrind).
