@@ -5,7 +5,9 @@
 //! (the other way), named after this process's id and the size so that no two runs share one.
 //! One iteration: loan a sample of the size, fill it, send it, then poll `pong` until the echo
 //! comes; the child polls `ping`, loans a sample, copies the ping's bytes into it and sends it:
-//! the work the hub's echo does. A sample of no bytes tells the child to exit.
+//! the work the hub's echo does (up to 16 bytes the hub's frames travel inline in the
+//! descriptor, with no slot; iceoryx2 always loans a sample). Both sides poll as the hub's
+//! `WaitMode::Spin` does. A sample of no bytes tells the child to exit.
 //!
 //! Included by `latency.rs` with `#[path]`.
 
@@ -25,6 +27,9 @@ pub const SERVICE_ENV: &str = "HUB_BENCH_ICEORYX2_SERVICE";
 /// How long the first exchange may take (the child starting and connecting) before the bench
 /// gives up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a poll waits for a sample before it gives up (the partner died, say).
+const POLL_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Service = ipc::Service;
 
@@ -100,12 +105,29 @@ impl Side {
         sample.send().map_err(|e| format!("iceoryx2 send: {e}"))
     }
 
-    /// Poll until a sample comes, then give it to `with`.
+    /// Poll until a sample comes, then give it to `with`: a `pause` between empty polls, and
+    /// after 256 of them a yield of the CPU too, as the hub's `WaitMode::Spin` does (on two
+    /// vCPUs a side that never yields slows its own partner). An error after `POLL_TIMEOUT`
+    /// with nothing, so that a partner that died cannot hang the bench.
     fn poll<T>(&self, with: impl FnOnce(&[u8]) -> T) -> Result<T, String> {
+        let mut empty = 0_u32;
+        let mut since: Option<Instant> = None;
         loop {
             match self.subscriber.receive() {
                 Ok(Some(sample)) => return Ok(with(sample.payload())),
-                Ok(None) => std::hint::spin_loop(),
+                Ok(None) => {
+                    empty = empty.saturating_add(1);
+                    if empty < 256 {
+                        std::hint::spin_loop();
+                        continue;
+                    }
+                    std::thread::yield_now();
+                    if empty.is_multiple_of(1024)
+                        && since.get_or_insert_with(Instant::now).elapsed() > POLL_TIMEOUT
+                    {
+                        return Err(format!("iceoryx2: nothing came in {POLL_TIMEOUT:?}"));
+                    }
+                }
                 Err(e) => return Err(format!("iceoryx2 receive: {e}")),
             }
         }

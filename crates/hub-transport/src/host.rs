@@ -1362,9 +1362,10 @@ mod tests {
     use super::*;
     use crate::supervisor::TICK;
 
-    /// The supervisor polls every watched process once a tick, in one system call, and asks
-    /// the kernel nothing more in its looks: an idle host costs a poll a tick, not three polls
-    /// a peer.
+    /// The supervisor polls every watched process once a tick (all of them in one `ppoll`, by
+    /// construction of its wait) and asks the kernel nothing more in its looks: an idle host
+    /// costs a poll a tick, not three polls a peer. (That a death is still seen within R12's
+    /// bound is `tests/failure.rs`'s and `tests/identity.rs`'s to show.)
     #[test]
     fn a_tick_polls_each_watched_process_once() {
         let host = Host::create(&HubConfig::new().max_peers(3)).expect("a hub");

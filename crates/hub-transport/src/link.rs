@@ -188,7 +188,7 @@ enum Retry<T> {
 }
 
 impl<T> Retry<T> {
-    /// The same end, without the value (a copy's loan is dropped, which frees its slot).
+    /// The same end, without the value (a copy's filled slot is dropped, which frees it).
     fn forget(self) -> Retry<()> {
         match self {
             Retry::Timeout(_) => Retry::Timeout(()),
@@ -618,9 +618,10 @@ impl Link {
         }
     }
 
-    /// Copy `payload` into a loan of `endpoint` and send it, within `deadline` for a slot and
-    /// for room together: the sends of a copy, the host's and a peer's. A payload that fits a
-    /// descriptor goes straight into it, with no loan.
+    /// Copy `payload` into the descriptor or a slot of `endpoint` and send it, within `deadline`
+    /// for a slot and for room together: the sends of a copy, the host's and a peer's. A
+    /// payload that fits a descriptor goes straight into it; a larger one into a slot filled
+    /// and sent from here ([`FilledSlot`]), with no loan.
     /// [`TrySendCopyError::NoFreeSlots`] when the deadline passes (`Deadline::Now`: at once)
     /// with the class empty, [`TrySendCopyError::Full`] when it passes with the ring full.
     /// (The host evicts a peer whose ring the send found broken, R3, when this returns.)

@@ -6,7 +6,7 @@
 //! finds it hung.
 
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rustix::event::{PollFd, PollFlags, Timespec};
@@ -23,7 +23,8 @@ pub(crate) struct ProcessWatch {
     /// look asks the kernel again.
     exited: AtomicBool,
     /// Polls of this pidfd made so far (alone or with others): what a tick costs, for tests.
-    polls: AtomicU32,
+    #[cfg(test)]
+    polls: std::sync::atomic::AtomicU32,
 }
 
 /// How a look at a watched process learns whether it exited.
@@ -54,7 +55,8 @@ impl ProcessWatch {
             Ok(pidfd) => Ok(Self {
                 pidfd,
                 exited: AtomicBool::new(false),
-                polls: AtomicU32::new(0),
+                #[cfg(test)]
+                polls: std::sync::atomic::AtomicU32::new(0),
             }),
             Err(Errno::SRCH) => Err(WatchError::NoSuchProcess),
             Err(errno) => Err(WatchError::Unavailable(errno)),
@@ -112,6 +114,7 @@ pub(crate) fn wait_for_exits(watches: &[&ProcessWatch], timeout: Duration) -> Ve
         std::thread::sleep(Duration::new(timeout.tv_sec as u64, timeout.tv_nsec as u32));
         return Vec::new();
     }
+    #[cfg(test)]
     for watch in watches {
         watch.polls.fetch_add(1, Ordering::Relaxed);
     }

@@ -53,7 +53,10 @@ pub(crate) fn run(core: &Core) {
         // Sleep until a watched process exits, or a tick passes. A process whose exit is known
         // already is not waited on (its pidfd stays readable).
         // One system call a tick however many peers: a watch whose exit is not known yet is
-        // polled here, and the looks below use what this poll saw (`ExitCheck::AsPolled`).
+        // polled here, and the looks below use what this poll saw (`ExitCheck::AsPolled`). A
+        // watch this poll did not include (a named peer's, opened by a look below; a life begun
+        // since the list was made) is taken for alive until the next tick's poll: a death is
+        // seen at most one tick late, well inside R12's 100 ms.
         let watches: Vec<Arc<ProcessWatch>> = (0..core.entries.len())
             .filter_map(|peer| core.truth(peer as u16).watch().cloned())
             .filter(|watch| !watch.exit_seen())

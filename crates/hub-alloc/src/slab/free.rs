@@ -198,7 +198,8 @@ impl<R: Region> Slab<R> {
                 // In use again: the hint goes. The meta is where the keeper's free found it.
                 let meta = if hint != 0 {
                     // SAFETY: a nonzero hint is the offset `meta_offset` gave the free that
-                    // kept this slot (`free_owned`, the only writer of magazine entries).
+                    // kept this slot: `free_owned` is the only writer of magazine entries, and
+                    // the magazine is this handle's own (`with_owner` makes a fresh one).
                     Some(unsafe { self.meta_at(hinted_offset(hint)) })
                 } else {
                     self.meta(class, index).ok()

@@ -863,8 +863,9 @@ impl<R: Region> Slab<R> {
     /// The meta at `offset`.
     ///
     /// # Safety
-    /// `offset` is one [`meta_offset`](Self::meta_offset) gave this handle, or a handle of the
-    /// same participant (they share the region and the extent cache).
+    /// `offset` is one [`meta_offset`](Self::meta_offset) gave this handle, or a handle that
+    /// shares its region and extent cache (one made by [`with_owner`](Self::with_owner)): the
+    /// extent it lies in is then one this handle's cache holds, for good.
     #[inline(always)]
     unsafe fn meta_at(&self, offset: usize) -> &SlotMeta {
         // SAFETY: `meta_offset` found the extent in this class's private cache, which holds
