@@ -140,7 +140,14 @@ impl Endpoint {
             });
         }
         let handle = self.alloc(len, deadline, gone)?;
-        let ptr = self.slab.slot_data(handle).map_err(LoanError::Alloc)?;
+        let ptr = match self.slab.slot_data(handle) {
+            Ok(ptr) => ptr,
+            Err(error) => {
+                // Ours, and no loan holds it yet: it goes back here, or never.
+                self.free(handle);
+                return Err(LoanError::Alloc(error).into());
+            }
+        };
         Ok(Loan {
             len,
             storage: LoanStorage::Slot {
