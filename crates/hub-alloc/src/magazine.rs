@@ -43,9 +43,10 @@ const SLOTS_PER_CELL: u32 = 16;
 const EMPTY: u64 = 0;
 
 /// Where a kept slot's meta lies, kept beside its index so that the alloc that takes it needs
-/// no lookup: the meta's offset in the region divided by 8 (a meta is 8-aligned), or 0 when
-/// the keeper did not give it (0 is never a meta's offset: the hub's header is there). Written
-/// and read by this process only, from offsets it computed from its private extent table.
+/// no lookup: the meta's offset in the region divided by 8 (a meta is 8-aligned), or 0 for
+/// none, which the taker answers with a lookup (so a meta at offset 0, which no layout puts
+/// there, would merely be looked up). Written and read by this process only, from offsets it
+/// computed from its private extent table.
 pub(crate) type MetaHint = u32;
 
 /// The [`MetaHint`] of a meta at `offset`: 0 when the offset does not fit one.
