@@ -646,18 +646,10 @@ impl<R: Region> Slab<R> {
     #[inline]
     pub fn slot_data(&self, handle: SlotHandle) -> Result<NonNull<u8>, SlabError> {
         let class = self.class_index(handle.class, handle.index)?;
-        let (extent, slot) = self.split_index(class, handle.index);
-        let base = self
-            .extent_base(class, extent)
-            .map_err(|_| bad_handle(handle))?;
-        let cache = &self.cache[class];
-        let size = cache.slot_size;
-        let offset = base + cache.data_offset + slot as usize * size;
-        // SAFETY: `base` is an extent in this class's private cache, seen whole inside the
-        // region (see `meta`); the class's slots lie inside each extent from `data_offset` (the
-        // private layout's geometry), `size` bytes each, and `slot` is below the slots per
-        // extent (the mask of `split_index`).
-        Ok(unsafe { self.shared().bytes_within(offset, size) })
+        // The meta's address, computed beside, is dropped unused (a few additions).
+        self.slot_parts(class, handle.index)
+            .map(|(_, data)| data)
+            .map_err(|_| bad_handle(handle))
     }
 
     /// A copy of a slot's meta (R3).
@@ -878,8 +870,7 @@ impl<R: Region> Slab<R> {
     }
 
     /// The meta of slot `index` of `class` and the start of its bytes, when its extent is
-    /// published and valid: [`meta`](Self::meta) and [`slot_data`](Self::slot_data) with one
-    /// lookup of the extent.
+    /// published and valid, with one lookup of the extent.
     #[inline(always)]
     fn slot_parts(&self, class: usize, index: u32) -> Result<(&SlotMeta, NonNull<u8>), Corruption> {
         let (extent, slot) = self.split_index(class, index);
@@ -887,9 +878,10 @@ impl<R: Region> Slab<R> {
         let cache = &self.cache[class];
         let meta = base + cache.meta_offset + slot as usize * size_of::<SlotMeta>();
         let data = base + cache.data_offset + slot as usize * cache.slot_size;
-        // SAFETY: as in `meta` and `slot_data`: `base` is an extent in this class's private
-        // cache, seen whole inside the region, and the slot's meta and bytes lie inside it (the
-        // private layout's geometry; `slot` is below the slots per extent).
+        // SAFETY: as in `meta_at`: `base` is an extent in this class's private cache, seen
+        // whole inside the region, and the slot's meta and its `slot_size` bytes lie inside it
+        // (the private layout's geometry; `slot` is below the slots per extent, the mask of
+        // `split_index`).
         unsafe {
             Ok((
                 self.shared().object_within::<SlotMeta>(meta),
