@@ -87,7 +87,7 @@ impl Magazine {
 
     /// Put slot `index`, whose meta `hint` locates, in an empty cell; `false` when every cell
     /// is full.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn put(&self, index: u32, hint: MetaHint) -> bool {
         let Some(entry) = index.checked_add(1) else {
             return false;
@@ -104,7 +104,7 @@ impl Magazine {
     }
 
     /// Take one kept slot's index and meta hint out of its cell, if any cell names one.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn take(&self) -> Option<(u32, MetaHint)> {
         self.cells[..self.capacity].iter().find_map(|cell| {
             if cell.load(Ordering::Relaxed) == EMPTY {

@@ -94,48 +94,32 @@ impl<R: Region> Slab<R> {
     /// magazine the ledger cell says "kept", so no pop or receive of this participant takes it.
     /// A slot the ledger does not name at all is not this participant's: only the shared
     /// state's CAS decides.
+    #[inline]
     pub(super) fn free_owned(
         &self,
         handle: SlotHandle,
         may_keep: bool,
     ) -> Result<Freed, SlabError> {
-        let next = handle.generation.wrapping_add(1);
-        match self.ledger.begin_keep(handle, next) {
-            Ok(()) => {}
-            Err(Cell::Empty) => return self.free_slot(handle, Ledgered::Untouched),
-            // Freed (and kept) by another thread of this participant, or held at another
-            // generation: the handle is not the one it holds (R4).
-            Err(Cell::Kept(generation)) if generation == next => {
-                return Err(SlabError::DoubleFree {
-                    class: handle.class,
-                    index: handle.index,
-                });
-            }
-            Err(Cell::Kept(generation) | Cell::Held(generation)) => {
-                return Err(SlabError::StaleHandle {
-                    handle: handle.generation,
-                    slot: generation,
-                });
-            }
+        // The common case, a held slot kept, is inlined into the caller; every other outcome
+        // is out of line, so that this path saves and restores few registers.
+        let next = handle.generation().wrapping_add(1);
+        if let Err(cell) = self.ledger.begin_keep(handle, next) {
+            return self.free_not_begun(handle, cell, next);
         }
-        let class = match self.class_index(handle.class, handle.index) {
-            Ok(class) => class,
-            Err(error) => {
-                self.ledger.forget(handle.class, handle.index);
-                return Err(error);
-            }
-        };
+        let class = usize::from(handle.class);
+        if class >= self.magazines.len() {
+            return self.abandon_free(handle, bad_handle(handle));
+        }
         let magazine = &self.magazines[class];
         let keep = may_keep
             && magazine.enabled()
             // R11: an allocator waits for a slot of the class: it goes on the list, and is woken.
-            && self.class_futex(class).is_some_and(|futex| !has_waiter(futex));
+            && !has_waiter(self.class_futex_within(class));
         if !keep {
             return self.free_slot(handle, Ledgered::Forget);
         }
-        let Ok(meta_offset) = self.meta_offset(class, handle.index) else {
-            self.ledger.forget(handle.class, handle.index);
-            return Err(bad_handle(handle));
+        let Ok(meta_offset) = self.meta_offset(class, handle.index()) else {
+            return self.abandon_free(handle, bad_handle(handle));
         };
         // SAFETY: an offset `meta_offset` gave.
         let meta = unsafe { self.meta_at(meta_offset) };
@@ -144,21 +128,20 @@ impl<R: Region> Slab<R> {
         // R5: a free's CAS on (generation, state), to Allocated rather than Free: of this free
         // and any other process's claim on the slot exactly one wins, and the handle is stale
         // from here on.
-        let kept = if generation == handle.generation && (state == ALLOCATED || state == IN_FLIGHT)
-        {
-            meta.gen_state.compare_exchange(
-                current,
-                join(next, ALLOCATED),
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            )
-        } else {
-            Err(current)
-        };
+        let kept =
+            if generation == handle.generation() && (state == ALLOCATED || state == IN_FLIGHT) {
+                meta.gen_state.compare_exchange(
+                    current,
+                    join(next, ALLOCATED),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+            } else {
+                Err(current)
+            };
         if let Err(found) = kept {
             // The slot leaves the ledger whatever the shared state says (see `free`).
-            self.ledger.forget(handle.class, handle.index);
-            return Err(free_error(handle, found));
+            return self.abandon_free(handle, free_error(handle, found));
         }
         // R6: the keeper owns it (a received slot was in flight to it, so this writes nothing
         // unless another process rewrote the word).
@@ -167,18 +150,61 @@ impl<R: Region> Slab<R> {
         }
         // A hint for everybody's counts (`stats`): the link word means nothing off the list.
         meta.next_free.store(KEPT_SLOT_MARK, Ordering::Relaxed);
-        if magazine.put(handle.index, meta_hint(meta_offset)) {
+        if magazine.put(handle.index(), meta_hint(meta_offset)) {
             return Ok(Freed {
                 class: handle.class,
                 wake_waiters: false,
             });
         }
-        // Every cell is full: freed onto the list after all, at its new generation.
-        match self.ledger.unkeep(handle.class, handle.index) {
+        self.free_kept_after_all(handle)
+    }
+
+    /// [`free_owned`](Self::free_owned) when the ledger's cell did not say "held at the
+    /// handle's generation" (`found`): a slot the ledger does not name at all is not this
+    /// participant's, and only the shared state's CAS decides; otherwise the handle is not the
+    /// one it holds (R4).
+    #[cold]
+    #[inline(never)]
+    fn free_not_begun(
+        &self,
+        handle: SlotHandle,
+        found: Cell,
+        next: u32,
+    ) -> Result<Freed, SlabError> {
+        match found {
+            Cell::Empty => self.free_slot(handle, Ledgered::Untouched),
+            // Freed (and kept) by another thread of this participant.
+            Cell::Kept(generation) if generation == next => Err(SlabError::DoubleFree {
+                class: handle.class,
+                index: handle.index(),
+            }),
+            // Held, or kept, at another generation.
+            Cell::Kept(generation) | Cell::Held(generation) => Err(SlabError::StaleHandle {
+                handle: handle.generation(),
+                slot: generation,
+            }),
+        }
+    }
+
+    /// A free that began (the ledger says "kept") and fails with `error`: the slot leaves the
+    /// ledger whatever the shared state says (see [`free`](Self::free)).
+    #[cold]
+    #[inline(never)]
+    fn abandon_free(&self, handle: SlotHandle, error: SlabError) -> Result<Freed, SlabError> {
+        self.ledger.forget(handle.class, handle.index());
+        Err(error)
+    }
+
+    /// A free that kept its slot but found every magazine cell full: freed onto the list after
+    /// all, at its new generation.
+    #[cold]
+    #[inline(never)]
+    fn free_kept_after_all(&self, handle: SlotHandle) -> Result<Freed, SlabError> {
+        match self.ledger.unkeep(handle.class, handle.index()) {
             Some(handle) => self.free_owned(handle, false),
             None => Err(SlabError::DoubleFree {
                 class: handle.class,
-                index: handle.index,
+                index: handle.index(),
             }),
         }
     }
@@ -217,10 +243,10 @@ impl<R: Region> Slab<R> {
     /// another participant left, which must never free a slot the ledger holds, whatever its
     /// shared meta says.
     pub(super) fn free_unheld(&self, handle: SlotHandle) -> Result<Freed, SlabError> {
-        if self.ledger.holds(handle.class, handle.index) {
+        if self.ledger.holds(handle.class, handle.index()) {
             return Err(SlabError::Held {
                 class: handle.class,
-                index: handle.index,
+                index: handle.index(),
             });
         }
         self.free_slot(handle, Ledgered::Untouched)
@@ -230,18 +256,18 @@ impl<R: Region> Slab<R> {
     /// the handle is not the one it holds (R4).
     #[inline]
     pub(super) fn check_not_held_otherwise(&self, handle: SlotHandle) -> Result<(), SlabError> {
-        match self.ledger.look(handle.class, handle.index) {
+        match self.ledger.look(handle.class, handle.index()) {
             Cell::Empty => Ok(()),
-            Cell::Held(generation) if generation == handle.generation => Ok(()),
+            Cell::Held(generation) if generation == handle.generation() => Ok(()),
             // Kept (see `crate::magazine`): freed already, and no handle to it is valid.
-            Cell::Kept(generation) if generation == handle.generation.wrapping_add(1) => {
+            Cell::Kept(generation) if generation == handle.generation().wrapping_add(1) => {
                 Err(SlabError::DoubleFree {
                     class: handle.class,
-                    index: handle.index,
+                    index: handle.index(),
                 })
             }
             Cell::Held(generation) | Cell::Kept(generation) => Err(SlabError::StaleHandle {
-                handle: handle.generation,
+                handle: handle.generation(),
                 slot: generation,
             }),
         }
@@ -261,10 +287,10 @@ impl<R: Region> Slab<R> {
             Ledgered::Release => {
                 self.ledger.release(handle);
             }
-            Ledgered::Forget => self.ledger.forget(handle.class, handle.index),
+            Ledgered::Forget => self.ledger.forget(handle.class, handle.index()),
         };
         let ready = self
-            .class_index(handle.class, handle.index)
+            .class_index(handle.class, handle.index())
             .and_then(|class| {
                 let meta = self.handle_meta(class, handle)?;
                 let header = self.header(class)?;
@@ -286,7 +312,7 @@ impl<R: Region> Slab<R> {
         let mut current = meta.gen_state.load(Ordering::Relaxed);
         loop {
             let (generation, state) = split(current);
-            if generation != handle.generation || !(state == ALLOCATED || state == IN_FLIGHT) {
+            if generation != handle.generation() || !(state == ALLOCATED || state == IN_FLIGHT) {
                 leave();
                 return Err(free_error(handle, current));
             }
@@ -305,7 +331,7 @@ impl<R: Region> Slab<R> {
         // R4: out of the ledger before the push: once on the list, a pop of this process may
         // take it, and must not find it held.
         leave();
-        self.push(header, class, handle.index, meta)?;
+        self.push(header, class, handle.index(), meta)?;
         drop(journal);
         Ok(Freed {
             class: handle.class,

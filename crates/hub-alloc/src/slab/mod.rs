@@ -94,18 +94,20 @@ const RESOLVE_ATTEMPTS: u32 = 3;
 /// the slot's next life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SlotHandle {
+    /// The global index in the low half, the generation in the high half: one word, so that a
+    /// handle built in registers and read back from memory moves as one store and one load
+    /// (three fields of two widths were stored piecewise and loaded whole, and the processor
+    /// cannot forward a load from several stores).
+    slot: u64,
     class: u16,
-    index: u32,
-    generation: u32,
 }
 
 impl SlotHandle {
     /// A handle from its parts; the allocator checks them when the handle is used.
     pub const fn from_parts(class: u16, index: u32, generation: u32) -> Self {
         Self {
+            slot: index as u64 | (generation as u64) << 32,
             class,
-            index,
-            generation,
         }
     }
 
@@ -128,17 +130,17 @@ impl SlotHandle {
 
     /// Global index within the class: `extent << extent_slot_shift | slot`.
     pub const fn index(&self) -> u32 {
-        self.index
+        self.slot as u32
     }
 
     /// Generation of the slot when the handle was made.
     pub const fn generation(&self) -> u32 {
-        self.generation
+        (self.slot >> 32) as u32
     }
 
     /// The slot reference a descriptor carries (class in the top three bits).
     pub fn slot_ref(&self) -> u32 {
-        encode_slot_ref(self.class, self.index)
+        encode_slot_ref(self.class, self.index())
     }
 }
 
@@ -400,8 +402,11 @@ impl<R: Region> Slab<R> {
             extents: std::sync::Arc::new(Mutex::new(Vec::new())),
             wakes: std::sync::Arc::new(AtomicU32::new(0)),
         };
+        let headers_end = slab.class_header_offset(slab.layout.classes.len());
         if slab.region.reservation() < slab.layout.max_size
-            || !slab.shared().covers(0, slab.layout.initial_size)
+            || !slab
+                .shared()
+                .covers(0, slab.layout.initial_size.max(headers_end))
         {
             return Err(slab.too_small());
         }
@@ -494,7 +499,20 @@ impl<R: Region> Slab<R> {
     ///
     /// # Errors
     /// As [`alloc`](Self::alloc); [`SlabError::BadHandle`] when there is no such class.
+    #[inline]
     pub fn alloc_in(&self, class: u16) -> Result<SlotHandle, SlabError> {
+        // As in `alloc`: a kept slot inlined, the rest out of line.
+        if let Ok(c) = self.class_index(class, 0)
+            && let Some(handle) = self.take_kept(c)
+        {
+            return Ok(handle);
+        }
+        self.alloc_in_slow(class)
+    }
+
+    /// [`alloc_in`](Self::alloc_in) when the class keeps no slot.
+    #[inline(never)]
+    fn alloc_in_slow(&self, class: u16) -> Result<SlotHandle, SlabError> {
         let c = self.class_index(class, 0)?;
         if let Some(handle) = self.take_kept(c) {
             return Ok(handle);
@@ -531,11 +549,11 @@ impl<R: Region> Slab<R> {
         if !self.layout.admits(receiver) {
             return Err(SlabError::UnknownOwner(receiver));
         }
-        let class = self.class_index(handle.class, handle.index)?;
+        let class = self.class_index(handle.class, handle.index())?;
         let meta = self.handle_meta(class, handle)?;
         self.check_not_held_otherwise(handle)?;
-        let from = join(handle.generation, ALLOCATED);
-        let to = join(handle.generation, IN_FLIGHT);
+        let from = join(handle.generation(), ALLOCATED);
+        let to = join(handle.generation(), IN_FLIGHT);
         // R5: one CAS on (generation, state); Release so the receiver, which checks the state
         // with Acquire, sees what the sender wrote in the slot.
         if let Err(found) =
@@ -592,17 +610,17 @@ impl<R: Region> Slab<R> {
     #[inline]
     pub fn accept(&self, handle: SlotHandle, sender: OwnerId) -> Result<(), Refusal> {
         let class = self
-            .class_index(handle.class, handle.index)
+            .class_index(handle.class, handle.index())
             .map_err(|_| Refusal::NoSuchSlot)?;
         let (meta, data) = self
-            .slot_parts(class, handle.index)
+            .slot_parts(class, handle.index())
             .map_err(|_| Refusal::NoSuchSlot)?;
         // The payload's first line is asked for now, while the meta's comes: the receiver
         // reads both next, and both were last written by the sender's process, so each is a
         // line that crosses. Fetched one after the other they cost two crossings, together one.
         prefetch(data);
         let status = status_of(meta);
-        if status.generation != handle.generation {
+        if status.generation != handle.generation() {
             return Err(Refusal::StaleGeneration {
                 slot: status.generation,
             });
@@ -645,9 +663,9 @@ impl<R: Region> Slab<R> {
     /// [`SlabError::BadHandle`].
     #[inline]
     pub fn slot_data(&self, handle: SlotHandle) -> Result<NonNull<u8>, SlabError> {
-        let class = self.class_index(handle.class, handle.index)?;
+        let class = self.class_index(handle.class, handle.index())?;
         // The meta's address, computed beside, is dropped unused (a few additions).
-        self.slot_parts(class, handle.index)
+        self.slot_parts(class, handle.index())
             .map(|(_, data)| data)
             .map_err(|_| bad_handle(handle))
     }
@@ -675,6 +693,21 @@ impl<R: Region> Slab<R> {
             return None;
         }
         self.class_futex(class)
+    }
+
+    /// The futex word of `class`, a class of the layout, without a look at the region's
+    /// length: `new` found the class headers inside it.
+    #[inline(always)]
+    fn class_futex_within(&self, class: usize) -> &AtomicU32 {
+        debug_assert!(class < self.layout.classes.len());
+        // SAFETY: `new` checked that the region covers every class header, and its usable
+        // length never decreases; a header is aligned for its words (the layout's geometry).
+        unsafe {
+            self.shared().object_within::<AtomicU32>(
+                self.class_header_offset(class)
+                    + std::mem::offset_of!(SizeClassHeader, slot_available_futex),
+            )
+        }
     }
 
     /// `class`'s `slot_available_futex`, straight from its offset: a free that may keep its
@@ -832,7 +865,7 @@ impl<R: Region> Slab<R> {
 
     #[inline(always)]
     fn handle_meta(&self, class: usize, handle: SlotHandle) -> Result<&SlotMeta, SlabError> {
-        self.meta(class, handle.index)
+        self.meta(class, handle.index())
             .map_err(|_| bad_handle(handle))
     }
 
@@ -1123,7 +1156,7 @@ fn status_of(meta: &SlotMeta) -> SlotStatus {
 fn bad_handle(handle: SlotHandle) -> SlabError {
     SlabError::BadHandle {
         class: handle.class,
-        index: handle.index,
+        index: handle.index(),
     }
 }
 
@@ -1139,9 +1172,9 @@ fn state_name(state: u32) -> &'static str {
 /// The error of a failed transition CAS that expected `(handle.generation, expected)`.
 fn transition_error(handle: SlotHandle, found: u64, expected: &'static str) -> SlabError {
     let (generation, state) = split(found);
-    if generation != handle.generation {
+    if generation != handle.generation() {
         return SlabError::StaleHandle {
-            handle: handle.generation,
+            handle: handle.generation(),
             slot: generation,
         };
     }
@@ -1149,14 +1182,14 @@ fn transition_error(handle: SlotHandle, found: u64, expected: &'static str) -> S
         return corrupt(
             usize::from(handle.class),
             Corruption::BadState {
-                index: handle.index,
+                index: handle.index(),
                 state,
             },
         );
     }
     SlabError::WrongState {
         class: handle.class,
-        index: handle.index,
+        index: handle.index(),
         expected,
         found: state_name(state),
     }
@@ -1165,10 +1198,10 @@ fn transition_error(handle: SlotHandle, found: u64, expected: &'static str) -> S
 /// The error of a free that found `found` in the slot's `(generation, state)`.
 fn free_error(handle: SlotHandle, found: u64) -> SlabError {
     let (generation, state) = split(found);
-    if state == FREE && generation == handle.generation.wrapping_add(1) {
+    if state == FREE && generation == handle.generation().wrapping_add(1) {
         return SlabError::DoubleFree {
             class: handle.class,
-            index: handle.index,
+            index: handle.index(),
         };
     }
     transition_error(handle, found, "allocated or in flight")
