@@ -26,6 +26,7 @@ pub use loom::sync::{Mutex, MutexGuard};
 
 /// Lock `mutex`, whether or not a thread panicked while it held it: the hub's private locks
 /// guard state that every critical section leaves consistent at each step.
+#[inline]
 pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()

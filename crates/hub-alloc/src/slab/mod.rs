@@ -1001,6 +1001,9 @@ struct JournalGuard<'j> {
 }
 
 impl<'j> JournalGuard<'j> {
+    // Inlined: a guard returned through memory was read back whole, straddling the stores
+    // that wrote it (a store-forwarding stall on every pop and free).
+    #[inline(always)]
     fn enter(turn: &'j Mutex<()>, word: &'j AtomicU32) -> Self {
         // The lock's Acquire: the previous holder's writes (its slot recorded) come before ours.
         Self {
@@ -1018,6 +1021,7 @@ impl<'j> JournalGuard<'j> {
 }
 
 impl Drop for JournalGuard<'_> {
+    #[inline(always)]
     fn drop(&mut self) {
         self.word.store(JOURNAL_EMPTY, Ordering::Release);
     }
