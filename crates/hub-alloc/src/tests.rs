@@ -2610,3 +2610,27 @@ mod kept_slots {
         all_kept_back(&slab);
     }
 }
+
+mod handles {
+    use crate::SlotHandle;
+
+    #[test]
+    fn a_handle_gives_back_its_parts_and_prints_them() {
+        for (class, index, generation) in [(0, 0, 0), (7, u32::MAX, u32::MAX), (3, 1 << 28, 1)] {
+            let handle = SlotHandle::from_parts(class, index, generation);
+            assert_eq!(
+                (handle.class(), handle.index(), handle.generation()),
+                (class, index, generation)
+            );
+        }
+        assert_eq!(
+            format!("{:?}", SlotHandle::from_parts(2, 5, 9)),
+            "SlotHandle { class: 2, index: 5, generation: 9 }"
+        );
+        assert_ne!(
+            SlotHandle::from_parts(0, 1, 0),
+            SlotHandle::from_parts(0, 0, 1),
+            "index and generation do not mix"
+        );
+    }
+}

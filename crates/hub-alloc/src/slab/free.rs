@@ -106,7 +106,7 @@ impl<R: Region> Slab<R> {
         if let Err(cell) = self.ledger.begin_keep(handle, next) {
             return self.free_not_begun(handle, cell, next);
         }
-        let class = usize::from(handle.class);
+        let class = usize::from(handle.class());
         if class >= self.magazines.len() {
             return self.abandon_free(handle, bad_handle(handle));
         }
@@ -152,7 +152,7 @@ impl<R: Region> Slab<R> {
         meta.next_free.store(KEPT_SLOT_MARK, Ordering::Relaxed);
         if magazine.put(handle.index(), meta_hint(meta_offset)) {
             return Ok(Freed {
-                class: handle.class,
+                class: handle.class(),
                 wake_waiters: false,
             });
         }
@@ -175,7 +175,7 @@ impl<R: Region> Slab<R> {
             Cell::Empty => self.free_slot(handle, Ledgered::Untouched),
             // Freed (and kept) by another thread of this participant.
             Cell::Kept(generation) if generation == next => Err(SlabError::DoubleFree {
-                class: handle.class,
+                class: handle.class(),
                 index: handle.index(),
             }),
             // Held, or kept, at another generation.
@@ -191,7 +191,7 @@ impl<R: Region> Slab<R> {
     #[cold]
     #[inline(never)]
     fn abandon_free(&self, handle: SlotHandle, error: SlabError) -> Result<Freed, SlabError> {
-        self.ledger.forget(handle.class, handle.index());
+        self.ledger.forget(handle.class(), handle.index());
         Err(error)
     }
 
@@ -200,10 +200,10 @@ impl<R: Region> Slab<R> {
     #[cold]
     #[inline(never)]
     fn free_kept_after_all(&self, handle: SlotHandle) -> Result<Freed, SlabError> {
-        match self.ledger.unkeep(handle.class, handle.index()) {
+        match self.ledger.unkeep(handle.class(), handle.index()) {
             Some(handle) => self.free_owned(handle, false),
             None => Err(SlabError::DoubleFree {
-                class: handle.class,
+                class: handle.class(),
                 index: handle.index(),
             }),
         }
@@ -243,9 +243,9 @@ impl<R: Region> Slab<R> {
     /// another participant left, which must never free a slot the ledger holds, whatever its
     /// shared meta says.
     pub(super) fn free_unheld(&self, handle: SlotHandle) -> Result<Freed, SlabError> {
-        if self.ledger.holds(handle.class, handle.index()) {
+        if self.ledger.holds(handle.class(), handle.index()) {
             return Err(SlabError::Held {
-                class: handle.class,
+                class: handle.class(),
                 index: handle.index(),
             });
         }
@@ -256,13 +256,13 @@ impl<R: Region> Slab<R> {
     /// the handle is not the one it holds (R4).
     #[inline]
     pub(super) fn check_not_held_otherwise(&self, handle: SlotHandle) -> Result<(), SlabError> {
-        match self.ledger.look(handle.class, handle.index()) {
+        match self.ledger.look(handle.class(), handle.index()) {
             Cell::Empty => Ok(()),
             Cell::Held(generation) if generation == handle.generation() => Ok(()),
             // Kept (see `crate::magazine`): freed already, and no handle to it is valid.
             Cell::Kept(generation) if generation == handle.generation().wrapping_add(1) => {
                 Err(SlabError::DoubleFree {
-                    class: handle.class,
+                    class: handle.class(),
                     index: handle.index(),
                 })
             }
@@ -287,10 +287,10 @@ impl<R: Region> Slab<R> {
             Ledgered::Release => {
                 self.ledger.release(handle);
             }
-            Ledgered::Forget => self.ledger.forget(handle.class, handle.index()),
+            Ledgered::Forget => self.ledger.forget(handle.class(), handle.index()),
         };
         let ready = self
-            .class_index(handle.class, handle.index())
+            .class_index(handle.class(), handle.index())
             .and_then(|class| {
                 let meta = self.handle_meta(class, handle)?;
                 let header = self.header(class)?;
@@ -334,7 +334,7 @@ impl<R: Region> Slab<R> {
         self.push(header, class, handle.index(), meta)?;
         drop(journal);
         Ok(Freed {
-            class: handle.class,
+            class: handle.class(),
             wake_waiters: notify_waiters(header),
         })
     }

@@ -92,14 +92,18 @@ const RESOLVE_ATTEMPTS: u32 = 3;
 /// A handle says which slot and which life of it: every transition checks the generation, so a
 /// handle kept after its slot was freed fails with [`SlabError::StaleHandle`] instead of touching
 /// the slot's next life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SlotHandle {
-    /// The global index in the low half, the generation in the high half: one word, so that a
-    /// handle built in registers and read back from memory moves as one store and one load
-    /// (three fields of two widths were stored piecewise and loaded whole, and the processor
-    /// cannot forward a load from several stores).
+    /// The global index in the low half, the generation in the high half.
     slot: u64,
-    class: u16,
+    /// The class, widened to a word of its own.
+    ///
+    /// A handle is two whole words so that one returned through memory (a `Result` is) and
+    /// read back moves as two 8-byte stores and two 8-byte loads: a processor forwards a stored
+    /// value to a load only when the load lies inside that one store, and three fields of two
+    /// widths, or a `u16` beside padding, were read back across several stores, each read
+    /// waiting for them to reach the cache.
+    class: u64,
 }
 
 impl SlotHandle {
@@ -107,7 +111,7 @@ impl SlotHandle {
     pub const fn from_parts(class: u16, index: u32, generation: u32) -> Self {
         Self {
             slot: index as u64 | (generation as u64) << 32,
-            class,
+            class: class as u64,
         }
     }
 
@@ -125,7 +129,7 @@ impl SlotHandle {
 
     /// Size class.
     pub const fn class(&self) -> u16 {
-        self.class
+        self.class as u16
     }
 
     /// Global index within the class: `extent << extent_slot_shift | slot`.
@@ -140,7 +144,17 @@ impl SlotHandle {
 
     /// The slot reference a descriptor carries (class in the top three bits).
     pub fn slot_ref(&self) -> u32 {
-        encode_slot_ref(self.class, self.index())
+        encode_slot_ref(self.class(), self.index())
+    }
+}
+
+impl std::fmt::Debug for SlotHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlotHandle")
+            .field("class", &self.class())
+            .field("index", &self.index())
+            .field("generation", &self.generation())
+            .finish()
     }
 }
 
@@ -549,7 +563,7 @@ impl<R: Region> Slab<R> {
         if !self.layout.admits(receiver) {
             return Err(SlabError::UnknownOwner(receiver));
         }
-        let class = self.class_index(handle.class, handle.index())?;
+        let class = self.class_index(handle.class(), handle.index())?;
         let meta = self.handle_meta(class, handle)?;
         self.check_not_held_otherwise(handle)?;
         let from = join(handle.generation(), ALLOCATED);
@@ -610,7 +624,7 @@ impl<R: Region> Slab<R> {
     #[inline]
     pub fn accept(&self, handle: SlotHandle, sender: OwnerId) -> Result<(), Refusal> {
         let class = self
-            .class_index(handle.class, handle.index())
+            .class_index(handle.class(), handle.index())
             .map_err(|_| Refusal::NoSuchSlot)?;
         let (meta, data) = self
             .slot_parts(class, handle.index())
@@ -663,7 +677,7 @@ impl<R: Region> Slab<R> {
     /// [`SlabError::BadHandle`].
     #[inline]
     pub fn slot_data(&self, handle: SlotHandle) -> Result<NonNull<u8>, SlabError> {
-        let class = self.class_index(handle.class, handle.index())?;
+        let class = self.class_index(handle.class(), handle.index())?;
         // The meta's address, computed beside, is dropped unused (a few additions).
         self.slot_parts(class, handle.index())
             .map(|(_, data)| data)
@@ -1159,7 +1173,7 @@ fn status_of(meta: &SlotMeta) -> SlotStatus {
 
 fn bad_handle(handle: SlotHandle) -> SlabError {
     SlabError::BadHandle {
-        class: handle.class,
+        class: handle.class(),
         index: handle.index(),
     }
 }
@@ -1184,7 +1198,7 @@ fn transition_error(handle: SlotHandle, found: u64, expected: &'static str) -> S
     }
     if SlotState::from_u32(state).is_none() {
         return corrupt(
-            usize::from(handle.class),
+            usize::from(handle.class()),
             Corruption::BadState {
                 index: handle.index(),
                 state,
@@ -1192,7 +1206,7 @@ fn transition_error(handle: SlotHandle, found: u64, expected: &'static str) -> S
         );
     }
     SlabError::WrongState {
-        class: handle.class,
+        class: handle.class(),
         index: handle.index(),
         expected,
         found: state_name(state),
@@ -1204,7 +1218,7 @@ fn free_error(handle: SlotHandle, found: u64) -> SlabError {
     let (generation, state) = split(found);
     if state == FREE && generation == handle.generation().wrapping_add(1) {
         return SlabError::DoubleFree {
-            class: handle.class,
+            class: handle.class(),
             index: handle.index(),
         };
     }
