@@ -576,24 +576,29 @@ impl Host {
             .links
             .get(usize::from(peer.index))
             .ok_or(SendError::UnknownPeer(peer.index))?;
-        match self.target_gone(link, peer) {
+        match self.target_gone(link, peer.index, peer.epoch) {
             None => Ok(link),
             Some(disconnect) => Err(SendError::Disconnected(disconnect)),
         }
     }
 
-    /// [`peer_gone`](Self::peer_gone), and for a [`PeerId`], whether its life is over: the
-    /// host's own copy of the entry's epoch moved on (R4). Called under the producer's lock
+    /// [`peer_gone`](Self::peer_gone) for entry `index`, and when `epoch` names a life (a
+    /// [`PeerId`]'s), whether it is over: the host's own copy of the entry's epoch moved on
+    /// (R4). Called under the producer's lock
     /// by a send, so a send either precedes the rings' reset of a new life or sees its epoch.
-    fn target_gone(&self, link: &Link, peer: PeerRef) -> Option<Disconnect> {
-        if let Some(epoch) = peer.epoch
+    ///
+    /// It takes the `PeerRef`'s fields, not the struct: a send's `gone` closure captures them,
+    /// and a `PeerRef` captured whole was copied in pieces wider than the stores that wrote it
+    /// (a load that waits for the stores: the processor cannot forward it).
+    fn target_gone(&self, link: &Link, index: u16, epoch: Option<u64>) -> Option<Disconnect> {
+        if let Some(epoch) = epoch
             && link.id().epoch() != epoch
         {
             return Some(Disconnect::PeerGone {
-                peer: PeerId::new(peer.index, epoch),
+                peer: PeerId::new(index, epoch),
             });
         }
-        self.peer_gone(peer.index)
+        self.peer_gone(index)
     }
 
     /// Frames may go to an attached peer, and to a reserved one: its ring exists, and it reads
@@ -719,7 +724,8 @@ impl Host {
     ) -> Result<(), SendTimeoutError> {
         let peer = peer.into();
         let link = self.link(peer).map_err(SendTimeoutError::Failed)?;
-        let gone = || self.target_gone(link, peer);
+        let (index, epoch) = (peer.index, peer.epoch);
+        let gone = move || self.target_gone(link, index, epoch);
         let sent = link.send(&self.core.endpoint, meta, loan, deadline, &gone, defer);
         if let Err(SendTimeoutError::Failed(error)) = &sent {
             self.evict_on_ring_fault(error);
@@ -804,7 +810,8 @@ impl Host {
             .links
             .get(usize::from(peer.index))
             .ok_or_else(|| SendCopyError::from(SendError::UnknownPeer(peer.index)))?;
-        let gone = || self.target_gone(link, peer);
+        let (index, epoch) = (peer.index, peer.epoch);
+        let gone = move || self.target_gone(link, index, epoch);
         let sent = link.send_copy(&self.core.endpoint, meta, payload, deadline, &gone, defer);
         // R3, R4: as for a send of a loan.
         if let Err(TrySendCopyError::Failed(SendCopyError::Ring { peer, source })) = &sent {
@@ -1273,7 +1280,8 @@ impl Host {
     ) -> Result<Option<Loan>, SendError> {
         let peer = peer.into();
         let link = self.link(peer)?;
-        let gone = || self.target_gone(link, peer);
+        let (index, epoch) = (peer.index, peer.epoch);
+        let gone = move || self.target_gone(link, index, epoch);
         let sent = link.try_send(&self.core.endpoint, meta, loan, &gone, None);
         if let Err(error) = &sent {
             self.evict_on_ring_fault(error);
