@@ -584,8 +584,8 @@ impl Host {
 
     /// [`peer_gone`](Self::peer_gone) for entry `index`, and when `epoch` names a life (a
     /// [`PeerId`]'s), whether it is over: the host's own copy of the entry's epoch moved on
-    /// (R4). Called under the producer's lock
-    /// by a send, so a send either precedes the rings' reset of a new life or sees its epoch.
+    /// (R4). Called under the producer's lock by a send, so a send either precedes the rings'
+    /// reset of a new life or sees its epoch.
     ///
     /// It takes the `PeerRef`'s fields, not the struct: a send's `gone` closure captures them,
     /// and a `PeerRef` captured whole was copied in pieces wider than the stores that wrote it

@@ -417,6 +417,16 @@ impl<R: Region> Slab<R> {
             wakes: std::sync::Arc::new(AtomicU32::new(0)),
         };
         let headers_end = slab.class_header_offset(slab.layout.classes.len());
+        // `class_futex_within` reads the headers' words with no check of its own.
+        if !slab
+            .layout
+            .class_headers_offset
+            .is_multiple_of(align_of::<SizeClassHeader>())
+        {
+            return Err(SlabError::BadConfig(
+                "class headers not aligned for their words".into(),
+            ));
+        }
         if slab.region.reservation() < slab.layout.max_size
             || !slab
                 .shared()
@@ -706,33 +716,24 @@ impl<R: Region> Slab<R> {
         if class >= self.layout.classes.len() {
             return None;
         }
-        self.class_futex(class)
+        Some(self.class_futex_within(class))
     }
 
-    /// The futex word of `class`, a class of the layout, without a look at the region's
-    /// length: `new` found the class headers inside it.
+    /// The futex word of `class`, a class of the layout, straight from its offset, without a
+    /// look at the region's length: a free that may keep its slot reads it (building the
+    /// whole [`ClassHeader`] to get it cost a store-forwarding stall each time).
     #[inline(always)]
     fn class_futex_within(&self, class: usize) -> &AtomicU32 {
         debug_assert!(class < self.layout.classes.len());
-        // SAFETY: `new` checked that the region covers every class header, and its usable
-        // length never decreases; a header is aligned for its words (the layout's geometry).
+        // SAFETY: `new` checked that the region covers every class header and that the headers
+        // start aligned for `SizeClassHeader`, whose fields are aligned within it; the region's
+        // usable length never decreases.
         unsafe {
             self.shared().object_within::<AtomicU32>(
                 self.class_header_offset(class)
                     + std::mem::offset_of!(SizeClassHeader, slot_available_futex),
             )
         }
-    }
-
-    /// `class`'s `slot_available_futex`, straight from its offset: a free that may keep its
-    /// slot reads it, and building the whole [`ClassHeader`] to get it cost a store-forwarding
-    /// stall each time.
-    #[inline(always)]
-    fn class_futex(&self, class: usize) -> Option<&AtomicU32> {
-        self.shared().u32_at(
-            self.class_header_offset(class)
-                + std::mem::offset_of!(SizeClassHeader, slot_available_futex),
-        )
     }
 
     /// Say that an allocator of `class` is about to sleep on its futex word, and return the
