@@ -1,14 +1,24 @@
-//! `cargo xtask instructions`: how many instructions the hot paths execute, each beside its
-//! baseline, counted by callgrind. A count does not move with the machine's load or with where
-//! the VM puts its vCPUs, as times do on a shared VM; so it is how a change to a hot path is
-//! judged first, before alternated time runs of the criterion benches.
+//! `cargo xtask instructions`: how many instructions the hot paths execute, and how many of them
+//! are atomic read-modify-writes, each beside its baseline, counted by callgrind. A count does
+//! not move with the machine's load or with where the VM puts its vCPUs, as times do on a shared
+//! VM; so it is how a change to a hot path is judged first, before alternated time runs of the
+//! criterion benches.
+//!
+//! The read-modify-writes are counted because the instructions alone mislead: on x86 every
+//! one of them (a `lock`-prefixed instruction, or an `xchg` with memory, which locks without the
+//! prefix) waits for the store buffer to drain and costs tens of cycles where most instructions
+//! cost one, so two paths of equal length can differ in time by their read-modify-writes.
 //!
 //! It builds the `hot_loop` bench target of hub-benches (see `benches/hot_loop.rs`) with
 //! `--cfg rustix_use_libc` (rustix's own system calls read the vDSO in a way valgrind does not
 //! support), in `target/callgrind` (or `callgrind` under `CARGO_TARGET_DIR`), runs each figure
-//! under `valgrind --tool=callgrind` counting only inside its measured loop, and prints a
-//! Markdown table: instructions per iteration, ours and the baseline's, and their ratio.
+//! under `valgrind --tool=callgrind --dump-instr=yes` counting only inside its measured loop,
+//! finds the locked instructions of the binary with `objdump`, adds up how often callgrind saw
+//! each execute, and prints a Markdown table: per iteration, ours and the baseline's
+//! instructions and read-modify-writes, and the ratio of the instructions. It needs `valgrind`
+//! and `objdump` (binutils).
 
+use std::collections::HashSet;
 use std::env;
 use std::ffi::OsStr;
 use std::io::Write;
@@ -56,20 +66,31 @@ const FIGURES: &[Figure] = &[
     },
 ];
 
+/// What callgrind counted of one figure, per measured iteration.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Counts {
+    instructions: f64,
+    /// Executions of locked instructions (atomic read-modify-writes and full fences).
+    read_modify_writes: f64,
+}
+
 /// Run the task. Errors are for the user.
 pub fn run(root: &Path, cargo: &OsStr, out: &mut dyn Write) -> Result<(), String> {
-    let valgrind = Command::new("valgrind").arg("--version").output();
-    if !valgrind.is_ok_and(|output| output.status.success()) {
-        return Err("valgrind is needed (`valgrind --version` failed)".into());
+    for (tool, arg) in [("valgrind", "--version"), ("objdump", "--version")] {
+        let answered = Command::new(tool).arg(arg).output();
+        if !answered.is_ok_and(|output| output.status.success()) {
+            return Err(format!("{tool} is needed (`{tool} {arg}` failed)"));
+        }
     }
     let binary = build(root, cargo)?;
+    let locked = locked_instructions(&binary)?;
     let dir = target_dir(root);
-    let mut counted: Vec<(&[&str], f64)> = Vec::new();
-    let mut count = |args: &'static [&'static str]| -> Result<f64, String> {
+    let mut counted: Vec<(&[&str], Counts)> = Vec::new();
+    let mut count = |args: &'static [&'static str]| -> Result<Counts, String> {
         if let Some(&(_, known)) = counted.iter().find(|(a, _)| *a == args) {
             return Ok(known);
         }
-        let per_iteration = instructions(&binary, &dir, args)?;
+        let per_iteration = counts(&binary, &locked, &dir, args)?;
         counted.push((args, per_iteration));
         Ok(per_iteration)
     };
@@ -78,21 +99,29 @@ pub fn run(root: &Path, cargo: &OsStr, out: &mut dyn Write) -> Result<(), String
         rows.push((figure, count(figure.ours)?, count(figure.baseline)?));
     }
     let write = |out: &mut dyn Write| -> std::io::Result<()> {
-        writeln!(out, "| figure | ours | baseline | baseline's | ratio |")?;
-        writeln!(out, "|---|---:|---|---:|---:|")?;
+        writeln!(
+            out,
+            "| figure | ours | RMWs | baseline | baseline's | RMWs | ratio |"
+        )?;
+        writeln!(out, "|---|---:|---:|---|---:|---:|---:|")?;
         for (figure, ours, baseline) in &rows {
             writeln!(
                 out,
-                "| {} | {ours:.0} | {} | {baseline:.0} | {:.2} |",
+                "| {} | {:.0} | {:.1} | {} | {:.0} | {:.1} | {:.2} |",
                 figure.name,
+                ours.instructions,
+                ours.read_modify_writes,
                 figure.baseline_name,
-                ours / baseline
+                baseline.instructions,
+                baseline.read_modify_writes,
+                ours.instructions / baseline.instructions
             )?;
         }
         writeln!(
             out,
-            "\nInstructions per iteration (callgrind, {ITERATIONS} iterations after a warm-up); \
-             ratio = ours / baseline."
+            "\nInstructions, and atomic read-modify-writes (locked instructions) among them, per \
+             iteration (callgrind, {ITERATIONS} iterations after a warm-up); ratio = ours / \
+             baseline, of the instructions."
         )
     };
     write(out).map_err(|e| format!("writing the table: {e}"))
@@ -156,11 +185,18 @@ fn executable(messages: &str) -> Option<PathBuf> {
         })
 }
 
-/// Instructions per measured iteration of `hot_loop ARGS ITERATIONS`.
-fn instructions(binary: &Path, dir: &Path, args: &[&str]) -> Result<f64, String> {
+/// What callgrind counts per measured iteration of `hot_loop ARGS ITERATIONS`: its
+/// instructions, and the executions of the `locked` ones among them.
+fn counts(
+    binary: &Path,
+    locked: &HashSet<u64>,
+    dir: &Path,
+    args: &[&str],
+) -> Result<Counts, String> {
     let out_file = dir.join(format!("{}.callgrind", args.join("-")));
     let output = Command::new("valgrind")
         .arg("--tool=callgrind")
+        .arg("--dump-instr=yes")
         .arg(format!("--toggle-collect={MEASURED}"))
         .arg(format!("--callgrind-out-file={}", out_file.display()))
         .arg(binary)
@@ -177,7 +213,141 @@ fn instructions(binary: &Path, dir: &Path, args: &[&str]) -> Result<f64, String>
     }
     let collected = collected(&log)
         .ok_or_else(|| format!("no instruction count in callgrind's output:\n{log}"))?;
-    Ok(collected as f64 / ITERATIONS as f64)
+    let profile = std::fs::read_to_string(&out_file)
+        .map_err(|e| format!("reading {}: {e}", out_file.display()))?;
+    let executed = executions_of(&profile, &binary.to_string_lossy(), locked)
+        .map_err(|e| format!("reading {}: {e}", out_file.display()))?;
+    Ok(Counts {
+        instructions: collected as f64 / ITERATIONS as f64,
+        read_modify_writes: executed as f64 / ITERATIONS as f64,
+    })
+}
+
+/// The addresses of `binary`'s locked instructions, from `objdump -d`.
+fn locked_instructions(binary: &Path) -> Result<HashSet<u64>, String> {
+    let output = Command::new("objdump")
+        .args(["-d", "--no-show-raw-insn"])
+        .arg(binary)
+        .output()
+        .map_err(|e| format!("running objdump: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "objdump -d {} failed:\n{}",
+            binary.display(),
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let locked = locked_in_disassembly(&String::from_utf8_lossy(&output.stdout));
+    if locked.is_empty() {
+        return Err(format!(
+            "objdump found no locked instruction in {}",
+            binary.display()
+        ));
+    }
+    Ok(locked)
+}
+
+/// The addresses of the locked instructions in `objdump -d --no-show-raw-insn`'s output (lines
+/// like `  12be91:\tlock orl $0x0,-0x40(%rsp)`): those with the `lock` prefix, and `xchg` with
+/// a memory operand, which locks without it.
+fn locked_in_disassembly(disassembly: &str) -> HashSet<u64> {
+    disassembly
+        .lines()
+        .filter_map(|line| {
+            let (address, instruction) = line.split_once(":\t")?;
+            let address = u64::from_str_radix(address.trim(), 16).ok()?;
+            let instruction = instruction.trim_start();
+            let locked = instruction.starts_with("lock ")
+                || (instruction.starts_with("xchg") && instruction.contains('('));
+            locked.then_some(address)
+        })
+        .collect()
+}
+
+/// How many times callgrind saw the instructions at `addresses` of the object `object`
+/// execute, from a profile written with `--dump-instr=yes` (`positions: instr line`, one
+/// event, `Ir`). Cost lines name an instruction's address absolutely (`0x45c50`), relative to
+/// the previous line's (`+7`, `-12`) or as the same (`*`); the line after a `calls=` line is
+/// the call's inclusive cost, which is skipped, though its address still counts as the
+/// previous one. Only the lines under `object`'s `ob=` are counted: other objects' addresses
+/// are offsets of other files. (Objects are named once, in an `ob=` or `cob=` line, as
+/// `(id) name`, and by `(id)` after that.)
+fn executions_of(profile: &str, object: &str, addresses: &HashSet<u64>) -> Result<u64, String> {
+    let mut names: Vec<(String, String)> = Vec::new();
+    let mut in_object = false;
+    let mut address: u64 = 0;
+    let mut call_cost_next = false;
+    let mut executed = 0;
+    for line in profile.lines() {
+        if let Some(named) = line.strip_prefix("ob=") {
+            in_object = compressed_name(named, &mut names) == object;
+            continue;
+        }
+        // A called object's name, which later `ob=` lines may give by its id alone.
+        if let Some(named) = line.strip_prefix("cob=") {
+            compressed_name(named, &mut names);
+            continue;
+        }
+        if line.starts_with("calls=") {
+            call_cost_next = true;
+            continue;
+        }
+        let Some(first) = line.chars().next() else {
+            continue;
+        };
+        if !(first.is_ascii_digit() || matches!(first, '+' | '-' | '*')) {
+            continue;
+        }
+        let mut fields = line.split_ascii_whitespace();
+        let position = fields.next().unwrap_or_default();
+        address = subposition(position, address)
+            .ok_or_else(|| format!("a cost line with a bad address: {line:?}"))?;
+        let cost = fields.nth(1);
+        if std::mem::take(&mut call_cost_next) || !in_object || !addresses.contains(&address) {
+            continue;
+        }
+        let cost: u64 = cost
+            .and_then(|cost| cost.parse().ok())
+            .ok_or_else(|| format!("a cost line without a count: {line:?}"))?;
+        executed += cost;
+    }
+    Ok(executed)
+}
+
+/// The name a compressed `(id) name` or `(id)` stands for, recording new ones in `names`.
+fn compressed_name<'a>(field: &'a str, names: &'a mut Vec<(String, String)>) -> &'a str {
+    let field = field.trim();
+    let Some(rest) = field.strip_prefix('(') else {
+        return field;
+    };
+    let Some((id, name)) = rest.split_once(')') else {
+        return field;
+    };
+    let name = name.trim();
+    if !name.is_empty() {
+        names.push((id.to_owned(), name.to_owned()));
+        return name;
+    }
+    names
+        .iter()
+        .rev()
+        .find(|(known, _)| known == id)
+        .map_or("", |(_, name)| name.as_str())
+}
+
+/// An instruction position of a callgrind cost line, given the previous one: `0x` hex,
+/// decimal, `+N`/`-N` relative (decimal, or hex after `0x`), or `*` for the same.
+fn subposition(field: &str, previous: u64) -> Option<u64> {
+    let number = |digits: &str| match digits.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => digits.parse().ok(),
+    };
+    match field.as_bytes().first()? {
+        b'*' => Some(previous),
+        b'+' => previous.checked_add(number(&field[1..])?),
+        b'-' => previous.checked_sub(number(&field[1..])?),
+        _ => number(field),
+    }
 }
 
 /// The count of callgrind's `Collected : N` line.
@@ -216,6 +386,61 @@ mod tests {
         let log = "==12== Events    : Ir\n==12== Collected : 21,540,000\n==12==\n";
         assert_eq!(collected(log), Some(21_540_000));
         assert_eq!(collected("==12== I   refs: 5\n"), None);
+    }
+
+    #[test]
+    fn finds_the_locked_instructions_in_a_disassembly() {
+        let disassembly = concat!(
+            "000000000012be20 <_ZN4link8ring_out>:\n",
+            "  12be2b:\tmovzwl 0xe8(%rdi),%eax\n",
+            "  12be91:\tlock orl $0x0,-0x40(%rsp)\n",
+            "  12bedf:\tlock cmpxchg %r8d,(%rbx)\n",
+            "  12bf78:\txchg   %eax,0xc0(%rbp)\n",
+            "  12bf80:\txchg   %ax,%ax\n",
+            "  12bf84:\tje     12c0a2 <_ZN4link8ring_out+0x282>\n",
+        );
+        let locked = locked_in_disassembly(disassembly);
+        assert_eq!(locked, HashSet::from([0x12be91, 0x12bedf, 0x12bf78]));
+    }
+
+    #[test]
+    fn counts_the_executions_of_named_instructions_in_one_object() {
+        let profile = concat!(
+            "positions: instr line\n",
+            "events: Ir\n",
+            "ob=(6) /w/hot_loop\n",
+            "fl=(1) /w/a.rs\n",
+            "fn=(2) measured\n",
+            "0x100 34 20000\n",
+            "+4 * 20000\n", // 0x104, locked
+            "cfn=(3) callee\n",
+            "calls=20000 0x200 12\n",
+            "+6 * 900000\n", // 0x10a: the call's inclusive cost
+            "+2 35 20000\n", // 0x10c
+            "-8 * 40000\n",  // 0x104 again, locked
+            "cob=(7) /lib/libc.so.6\n",
+            "cfn=(4) memcpy\n",
+            "calls=1 0x300 0\n",
+            "0x10e 37 10\n", // the call's cost
+            "ob=(7)\n",
+            "0x104 0 5\n", // another object's offset
+            "ob=(6)\n",
+            "0x10a 36 3\n", // locked
+        );
+        let locked = HashSet::from([0x104, 0x10a]);
+        assert_eq!(executions_of(profile, "/w/hot_loop", &locked), Ok(60003));
+        assert_eq!(executions_of(profile, "/w/other", &locked), Ok(0));
+        assert!(executions_of("ob=(1) x\n+z 1 2\n", "x", &locked).is_err());
+    }
+
+    #[test]
+    fn reads_subpositions() {
+        assert_eq!(subposition("0x45c50", 7), Some(0x45c50));
+        assert_eq!(subposition("+12", 100), Some(112));
+        assert_eq!(subposition("-0x10", 100), Some(84));
+        assert_eq!(subposition("*", 100), Some(100));
+        assert_eq!(subposition("-200", 100), None);
+        assert_eq!(subposition("", 100), None);
     }
 
     #[test]
