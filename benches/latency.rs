@@ -12,7 +12,10 @@
 //!   before answering, the work the hub's echo does).
 //!   At 8 B also `baseline_ring_floor`: the same ping-pong with the lines a hub ring moves,
 //!   a 64-byte descriptor written word by word and then a head word on its own line, each
-//!   way; the receiver polls the head, then reads the descriptor.
+//!   way; the receiver polls the head, then reads the descriptor. And `baseline_hub_rings`:
+//!   that ping-pong through the hub's own ring code (`hub_transport::ring`, two rings in the
+//!   mapping, `try_push` and `try_pop_into` with their checks), nothing above it: what the
+//!   rings cost, apart from the endpoints, locks, frames and waits the hub adds.
 //!   With hub-benches' `iceoryx2` feature also `baseline_iceoryx2`, at every size: the same round
 //!   trip through iceoryx2's publish-subscribe (two services of byte slices, a loan filled in
 //!   place, the echo a loan the ping is copied into), both sides polling (`iceoryx2_echo.rs`).
@@ -24,8 +27,9 @@
 //! - `latency/in_process`: what the code costs, apart from the cache lines that cross: host and
 //!   peer in this process, on one thread, a round trip of `try_send`, `try_recv`, `try_send`,
 //!   `try_recv` (8 B inline, 64 B through a slot), beside the same four steps through two
-//!   `crossbeam_channel::bounded` channels. The one group that does not move with where the VM
-//!   puts its two vCPUs.
+//!   `crossbeam_channel::bounded` channels; at 8 B also `baseline_hub_rings`, the same four
+//!   steps through two of the hub's rings on the heap. The one group that does not move with
+//!   where the VM puts its two vCPUs.
 //!
 //! The hub's round trip: the host sends a frame of the size and waits for its echo in one call
 //! (`send_then_recv_from` for at most 16 bytes, which travel inline; else `loan`, fill,
@@ -37,7 +41,8 @@
 //! a baseline, compared with every row of its group that has the same size.
 //!
 //! One child serves one figure and exits when it is done: the hub's child when the host says
-//! goodbye (`HostGone`), the spin and futex children on a quit value in the ping word, the socket
+//! goodbye (`HostGone`), the spin, futex and ring children on a quit value in the ping word or
+//! the ring, the socket
 //! and pipe children on end of file; the parent waits for it (and kills it after 5 s). Each child
 //! also asks for `SIGKILL` when the bench dies (`PR_SET_PDEATHSIG`), so none outlives it.
 //!
@@ -55,6 +60,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion};
 use hub_benches::{Partner, SIZES, attach_peer, inherited_fds, run_child_if_asked, size_name};
+use hub_layout::MsgDescHot;
+use hub_transport::ring::{Consumer, HeapRing, Producer, RawRing};
 use hub_transport::{Disconnect, FrameMeta, Host, HubConfig, RecvError, WaitMode, futex};
 use memmap2::MmapRaw;
 
@@ -120,6 +127,11 @@ fn bench_spin(c: &mut Criterion) {
             let mut ring = RingFloor::spawn();
             group.bench_function(BenchmarkId::new("baseline_ring_floor", &id), |b| {
                 b.iter_custom(|iters| ring.run(iters))
+            });
+            drop(ring);
+            let mut rings = HubRings::spawn();
+            group.bench_function(BenchmarkId::new("baseline_hub_rings", &id), |b| {
+                b.iter_custom(|iters| rings.run(iters))
             });
         }
         #[cfg(feature = "iceoryx2")]
@@ -198,6 +210,19 @@ fn bench_in_process(c: &mut Criterion) {
         match size {
             8 => bench_channel_pair::<8>(&mut group, &id),
             _ => bench_channel_pair::<64>(&mut group, &id),
+        }
+        if size == 8 {
+            let (mut out, mut back) = (heap_rings(), heap_rings());
+            let mut seq = 0_u64;
+            group.bench_function(BenchmarkId::new("baseline_hub_rings", &id), |b| {
+                b.iter(|| {
+                    seq += 1;
+                    push_seq(&mut out.0, seq).expect("room");
+                    let request = pop_seq(&mut out.1).expect("the request");
+                    push_seq(&mut back.0, request).expect("room");
+                    pop_seq(&mut back.1).expect("the answer")
+                })
+            });
         }
     }
     group.finish();
@@ -523,6 +548,120 @@ fn ring_child(map: Shared) {
     }
 }
 
+/// The hub's rings alone: the ring floor's ping-pong through two `hub_transport::ring` rings
+/// in the shared mapping (one each way, at `HUB_RINGS[way]`), each side polling its consumer's
+/// `try_pop_into` a `pause` apart and answering with its producer's `try_push`: the ring code
+/// and its checks (R3), with no endpoint, lock, frame or waiting machinery around them.
+struct HubRings {
+    _map: MappedPartner,
+    rings: (Producer, Consumer),
+    seq: u64,
+}
+
+/// Where the two rings of [`HubRings`] lie in the shared mapping (a zeroed header is an empty
+/// ring), and how many descriptors each holds.
+const HUB_RINGS: [usize; 2] = [DATA, DATA + (64 << 10)];
+const HUB_RING_CAPACITY: u32 = hub_layout::DEFAULT_HUB_RING_CAPACITY;
+const _: () = assert!(
+    HUB_RINGS[0] + RING_BYTES <= HUB_RINGS[1] && HUB_RINGS[1] + RING_BYTES <= MAPPING_LEN,
+    "the two rings lie apart, inside the mapping"
+);
+/// A ring's header and descriptors.
+const RING_BYTES: usize =
+    size_of::<hub_layout::DescRingHeader>() + HUB_RING_CAPACITY as usize * size_of::<MsgDescHot>();
+
+impl HubRings {
+    fn spawn() -> Self {
+        let map = MappedPartner::spawn("hub-rings", 8);
+        let rings = map.rings(0, 1).expect("the rings");
+        Self {
+            _map: map,
+            rings,
+            seq: 0,
+        }
+    }
+
+    fn run(&mut self, iters: u64) -> Duration {
+        let (producer, consumer) = &mut self.rings;
+        let started = Instant::now();
+        for _ in 0..iters {
+            self.seq += 1;
+            push_seq(producer, self.seq).expect("room");
+            let answer = pop_seq(consumer).expect("the answer");
+            assert_eq!(answer, self.seq);
+        }
+        started.elapsed()
+    }
+}
+
+impl Drop for HubRings {
+    fn drop(&mut self) {
+        // The child exits on it; `_map`'s partner, dropped next, waits for it.
+        let _ = push_seq(&mut self.rings.0, QUIT64);
+    }
+}
+
+impl Shared {
+    /// The producer of ring `out` and the consumer of ring `into` of [`HUB_RINGS`].
+    fn rings(&self, out: usize, into: usize) -> Result<(Producer, Consumer), String> {
+        let view = |way: usize| {
+            let header = self.map.as_mut_ptr().wrapping_add(HUB_RINGS[way]);
+            let header = std::ptr::NonNull::new(header.cast()).expect("mapped");
+            // SAFETY: the header and its descriptors lie inside the mapping (`RING_BYTES`), which
+            // lives as long as `self` and is 64-byte aligned at these offsets; zeroed, they are
+            // an empty ring; no Rust reference to them exists.
+            unsafe { RawRing::new(header, HUB_RING_CAPACITY) }.map_err(|e| e.to_string())
+        };
+        let (out, into) = (view(out)?, view(into)?);
+        // SAFETY: this process is the only producer of `out` and the only consumer of `into`.
+        unsafe {
+            Ok((
+                out.producer().map_err(|e| e.to_string())?,
+                into.consumer().map_err(|e| e.to_string())?,
+            ))
+        }
+    }
+}
+
+/// A ring of [`HUB_RING_CAPACITY`] descriptors on the heap, split into its two ends.
+fn heap_rings() -> (Producer, Consumer) {
+    HeapRing::new(HUB_RING_CAPACITY).expect("a ring").split()
+}
+
+/// Push a descriptor carrying `seq` as its message id.
+fn push_seq(producer: &mut Producer, seq: u64) -> Result<(), String> {
+    let mut desc = MsgDescHot::empty();
+    desc.msg_id = seq;
+    desc.payload_len = 8;
+    desc.inline_payload[..8].copy_from_slice(&seq.to_le_bytes());
+    producer.try_push(&desc).map_err(|e| format!("{e:?}"))
+}
+
+/// Poll `consumer` a `pause` apart until it pops a descriptor; its message id.
+fn pop_seq(consumer: &mut Consumer) -> Result<u64, String> {
+    let mut desc = MsgDescHot::empty();
+    loop {
+        if consumer
+            .try_pop_into(&mut desc)
+            .map_err(|e| e.to_string())?
+        {
+            return Ok(desc.msg_id);
+        }
+        std::hint::spin_loop();
+    }
+}
+
+fn hub_rings_child(map: Shared) -> Result<(), String> {
+    let (mut producer, mut consumer) = map.rings(1, 0)?;
+    loop {
+        let seq = pop_seq(&mut consumer)?;
+        if seq == QUIT64 {
+            return Ok(());
+        }
+        push_seq(&mut producer, seq)?;
+    }
+}
+
 /// The futex ping-pong: the host sets `PING` to a new number and wakes it, the child sets `PONG`
 /// to the same number and wakes it; each sleeps in `FUTEX_WAIT` until its word changes.
 struct FutexPair {
@@ -691,13 +830,14 @@ fn child_main(role: &str, size: usize) -> Result<(), String> {
         "hub-spin" => hub_child(WaitMode::Spin, size),
         "hub-block" => hub_child(WaitMode::Block, size),
         "hub-adaptive" => hub_child(WaitMode::Adaptive, size),
-        "spin" | "futex" | "ring" => {
+        "spin" | "futex" | "ring" | "hub-rings" => {
             let [fd] = <[OwnedFd; 1]>::try_from(inherited_fds()?)
                 .map_err(|_| "expected one descriptor".to_owned())?;
             let map = Shared::map(&fd);
             match role {
                 "spin" => spin_child(map, size),
                 "futex" => futex_child(map, size),
+                "hub-rings" => hub_rings_child(map)?,
                 _ => ring_child(map),
             }
             Ok(())

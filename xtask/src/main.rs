@@ -7,7 +7,7 @@
 //! cargo xtask protocol      # the protocol step of `test`: docs/PROTOCOL.md against the code
 //! cargo xtask soak --minutes N [--seed N]   # crash storm and hostile peer for N minutes
 //! cargo xtask bench-report NAME   # Markdown table of a bench's ratios, from criterion's results
-//! cargo xtask instructions  # callgrind's instruction counts of the hot paths, beside baselines
+//! cargo xtask instructions  # callgrind: the hot paths' instructions and atomic RMWs, beside baselines
 //! cargo xtask help
 //! ```
 //!
@@ -42,8 +42,8 @@
 //! criterion's directory and prints ours against the baseline (see [`bench_report`]), leaving
 //! out, and naming, figures saved more than 30 minutes before the newest (an earlier run's).
 //! `instructions` builds the `hot_loop` bench target for callgrind and prints how many
-//! instructions each hot path executes, beside its baseline (see [`instructions`]; it needs
-//! valgrind).
+//! instructions each hot path executes, and how many atomic read-modify-writes among them,
+//! beside its baseline (see [`instructions`]; it needs valgrind and objdump).
 
 mod bench_report;
 mod counts;
@@ -108,8 +108,8 @@ tasks:
   bench-report NAME
           a Markdown table, ours / baseline, of the last `cargo bench --bench NAME`
   instructions
-          callgrind's instructions per round trip and per alloc+free, beside the
-          baselines' (needs valgrind)
+          callgrind's instructions and atomic read-modify-writes per round trip and
+          per alloc+free, beside the baselines' (needs valgrind and objdump)
   help    this text
 
 options (test, lint, loom):
