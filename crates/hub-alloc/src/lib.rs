@@ -58,6 +58,7 @@
 mod error;
 mod layout;
 mod ledger;
+pub mod lock;
 mod magazine;
 mod region;
 pub mod shared;

@@ -94,7 +94,7 @@
 
 // The modules, each after every module it uses (`use crate::...`): no circle.
 //
-//   layer 0  handle_lock, mapping, ring, uring         (uring: a futex wake and wait in one call)
+//   layer 0  mapping, ring, uring                      (uring: a futex wake and wait in one call)
 //   layer 1  futex -> uring                            (public: the futex system calls)
 //            segment -> mapping, ring
 //   layer 2  signal -> futex                           (public: the doorbell)
@@ -107,7 +107,7 @@
 //   layer 3  error -> frame, futex, ring, segment
 //            event -> frame, ring                      (PeerEvent, EvictReason, Recovery, ...)
 //            ticket -> frame, mapping, ready, segment
-//   layer 4  link -> error, frame, futex, handle_lock, ready, recovery, ring, segment, signal
+//   layer 4  link -> error, frame, futex, ready, recovery, ring, segment, signal
 //            forms -> error, frame, link               (the blocking, try_ and _timeout forms)
 //   layer 5  host_core -> event, frame, futex, link, liveness, local, mapping, ready, recovery,
 //                         ring, segment, signal, ticket (Core: what the host's threads share)
@@ -161,9 +161,6 @@ mod forms;
 #[cfg(any(test, not(loom)))]
 #[cfg_attr(loom, allow(dead_code, unused_imports))]
 mod frame;
-// Under loom, the models of the real `Link` use it.
-#[cfg(any(test, not(loom)))]
-mod handle_lock;
 #[cfg(not(loom))]
 mod host;
 #[cfg(not(loom))]

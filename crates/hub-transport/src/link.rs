@@ -22,7 +22,6 @@ use crate::frame::{
     Loan, LoanStorage, PeerId,
 };
 use crate::futex;
-use crate::handle_lock::{HandleGuard, HandleLock};
 use crate::ready::EventFd;
 use crate::recovery::{reclaim_settled, recover_rings};
 use crate::ring::{Consumer, Producer, PushError, RawRing, RingError};
@@ -30,6 +29,7 @@ use crate::segment::Segment;
 use crate::segment::pad::{READY_HOST, READY_PEER};
 use crate::signal::{Doorbell, Limit, PendingWake, WaitError, WaitMode, wait_any_after_ring};
 use crate::sync::{AtomicBool, AtomicU32, AtomicU64, Mutex, Ordering, lock};
+use hub_alloc::lock::{TurnGuard, TurnLock};
 
 /// When a blocking call gives up.
 #[derive(Debug, Clone, Copy)]
@@ -212,11 +212,11 @@ pub(crate) struct Link {
     pub receiver: OwnerId,
     /// This end as an owner: what it receives is in flight to it.
     pub me: OwnerId,
-    /// The ring handles, each behind a [`HandleLock`] (one compare-and-swap to take, a store to
+    /// The ring handles, each behind a [`TurnLock`] (one compare-and-swap to take, a store to
     /// release), which has no poisoning: a panic while a handle was held leaves its private
     /// indices as they were at the last completed push or pop, which is consistent.
-    producer: HandleLock<Producer>,
-    consumer: HandleLock<Consumer>,
+    producer: TurnLock<Producer>,
+    consumer: TurnLock<Consumer>,
     /// A view of the ring this end pops from, to look at its head without the consumer's lock.
     in_ring: RawRing,
     /// The consumer's tail after its last pop, private to this process: a receive that finds
@@ -283,8 +283,8 @@ impl Link {
             peer,
             receiver,
             me,
-            producer: HandleLock::new(producer),
-            consumer: HandleLock::new(consumer),
+            producer: TurnLock::new(producer),
+            consumer: TurnLock::new(consumer),
             in_ring,
             taken,
             cached,
@@ -391,7 +391,7 @@ impl Link {
         segment: &Segment,
         out: usize,
         into: usize,
-        held: &mut (HandleGuard<'_, Producer>, HandleGuard<'_, Consumer>),
+        held: &mut (TurnGuard<'_, Producer>, TurnGuard<'_, Consumer>),
     ) -> Result<(), RingError> {
         let out_ring = segment.ring(out)?;
         let in_ring = segment.ring(into)?;
@@ -414,7 +414,7 @@ impl Link {
     }
 
     /// Hold both sides (to stop using the rings while they are scanned and reset, R10).
-    pub fn lock_both(&self) -> (HandleGuard<'_, Producer>, HandleGuard<'_, Consumer>) {
+    pub fn lock_both(&self) -> (TurnGuard<'_, Producer>, TurnGuard<'_, Consumer>) {
         (self.producer.lock(), self.consumer.lock())
     }
 
@@ -1183,7 +1183,7 @@ mod loom_tests {
     /// each, none twice, none lost. What this checks is the look at the head before the lock,
     /// whose private words (`taken`, `cached`) the other thread's pop changes under it; it
     /// fails if `taken` runs one ahead of the tail (checked). The lock's own exclusion is
-    /// `handle_lock`'s model: loom does not see the consumer handle's plain fields.
+    /// `hub_alloc::lock`'s model: loom does not see the consumer handle's plain fields.
     #[test]
     fn two_receivers_take_each_frame_once() {
         model("two_receivers_take_each_frame_once", || {

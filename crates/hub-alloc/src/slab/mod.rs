@@ -44,10 +44,11 @@ use hub_layout::{
 use crate::error::{Corruption, Refusal, SlabError};
 use crate::layout::{OwnerId, SlabLayout};
 use crate::ledger::{Cell, Ledger};
+use crate::lock::{TurnGuard, TurnLock};
 use crate::magazine::{Magazine, hinted_offset, meta_hint};
 use crate::region::Region;
 use crate::shared::{ClassHeader, Shared, SlotMeta, join, prefetch, split};
-use crate::sync::{AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering, lock};
+use crate::sync::{AtomicU32, AtomicU64, Mutex, Ordering, lock};
 use crate::wake::{self, WAITER_BIT};
 
 mod audit;
@@ -233,9 +234,10 @@ pub struct Slab<R: Region> {
     /// Slots this handle's owner freed and keeps for its next alloc, per class (see
     /// [`crate::magazine`]).
     magazines: std::sync::Arc<[Magazine]>,
-    /// This owner's threads take turns in their journal windows under this private lock, so
-    /// that whatever another process writes into the shared journal word never makes them wait.
-    journal_lock: std::sync::Arc<Mutex<()>>,
+    /// This owner's threads take turns in their journal windows under this private lock (one
+    /// read-modify-write a window, see [`crate::lock`]), so that whatever another process
+    /// writes into the shared journal word never makes them wait.
+    journal_lock: std::sync::Arc<TurnLock<()>>,
     /// Extent adoption and growth, one at a time in this process, with this owner's
     /// reservations not yet published: the private extent table's other half (R4).
     extents: std::sync::Arc<Mutex<Vec<(usize, usize)>>>,
@@ -378,7 +380,7 @@ impl<R: Region> Slab<R> {
             cache: self.cache.clone(),
             ledger: std::sync::Arc::new(Ledger::new(&self.layout)),
             magazines: magazines(&self.layout),
-            journal_lock: std::sync::Arc::new(Mutex::new(())),
+            journal_lock: std::sync::Arc::new(TurnLock::new(())),
             extents: self.extents.clone(),
             wakes: std::sync::Arc::new(AtomicU32::new(0)),
         })
@@ -412,7 +414,7 @@ impl<R: Region> Slab<R> {
             region,
             me,
             cache: cache.into(),
-            journal_lock: std::sync::Arc::new(Mutex::new(())),
+            journal_lock: std::sync::Arc::new(TurnLock::new(())),
             extents: std::sync::Arc::new(Mutex::new(Vec::new())),
             wakes: std::sync::Arc::new(AtomicU32::new(0)),
         };
@@ -1012,17 +1014,17 @@ enum Resolution {
 /// empties the journal, on every path, then lets the next thread in.
 struct JournalGuard<'j> {
     word: &'j AtomicU32,
-    _turn: MutexGuard<'j, ()>,
+    _turn: TurnGuard<'j, ()>,
 }
 
 impl<'j> JournalGuard<'j> {
     // Inlined: a guard returned through memory was read back whole, straddling the stores
     // that wrote it (a store-forwarding stall on every pop and free).
     #[inline(always)]
-    fn enter(turn: &'j Mutex<()>, word: &'j AtomicU32) -> Self {
+    fn enter(turn: &'j TurnLock<()>, word: &'j AtomicU32) -> Self {
         // The lock's Acquire: the previous holder's writes (its slot recorded) come before ours.
         Self {
-            _turn: lock(turn),
+            _turn: turn.lock(),
             word,
         }
     }
