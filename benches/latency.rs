@@ -41,10 +41,10 @@
 //! a baseline, compared with every row of its group that has the same size.
 //!
 //! One child serves one figure and exits when it is done: the hub's child when the host says
-//! goodbye (`HostGone`), the spin, futex and ring children on a quit value in the ping word or
-//! the ring, the socket
-//! and pipe children on end of file; the parent waits for it (and kills it after 5 s). Each child
-//! also asks for `SIGKILL` when the bench dies (`PR_SET_PDEATHSIG`), so none outlives it.
+//! goodbye (`HostGone`), the spin, futex and ring children on a quit value in the ping word, the
+//! ring floor's head word or the ring, the socket and pipe children on end of file; the parent
+//! waits for it (and kills it after 5 s). Each child also asks for `SIGKILL` when the bench dies
+//! (`PR_SET_PDEATHSIG`), so none outlives it.
 //!
 //! ```sh
 //! cargo bench -p hub-benches --bench latency
@@ -553,14 +553,17 @@ fn ring_child(map: Shared) {
 /// `try_pop_into` a `pause` apart and answering with its producer's `try_push`: the ring code
 /// and its checks (R3), with no endpoint, lock, frame or waiting machinery around them.
 struct HubRings {
-    _map: MappedPartner,
+    /// Ends of rings in `_map`'s mapping: declared first, so dropped before it.
     rings: (Producer, Consumer),
+    _map: MappedPartner,
     seq: u64,
 }
 
 /// Where the two rings of [`HubRings`] lie in the shared mapping (a zeroed header is an empty
-/// ring), and how many descriptors each holds.
+/// ring).
 const HUB_RINGS: [usize; 2] = [DATA, DATA + (64 << 10)];
+/// How many descriptors each ring of [`HubRings`] (and of [`heap_rings`]) holds: the hub's
+/// default, so the rings are the size the hub's own are.
 const HUB_RING_CAPACITY: u32 = hub_layout::DEFAULT_HUB_RING_CAPACITY;
 const _: () = assert!(
     HUB_RINGS[0] + RING_BYTES <= HUB_RINGS[1] && HUB_RINGS[1] + RING_BYTES <= MAPPING_LEN,
@@ -573,10 +576,12 @@ const RING_BYTES: usize =
 impl HubRings {
     fn spawn() -> Self {
         let map = MappedPartner::spawn("hub-rings", 8);
-        let rings = map.rings(0, 1).expect("the rings");
+        // SAFETY: the ends are kept beside `map` in `Self` and dropped before it (field order);
+        // this is the host side's one call on this mapping.
+        let rings = unsafe { map.rings(0, 1) }.expect("the rings");
         Self {
-            _map: map,
             rings,
+            _map: map,
             seq: 0,
         }
     }
@@ -603,17 +608,24 @@ impl Drop for HubRings {
 
 impl Shared {
     /// The producer of ring `out` and the consumer of ring `into` of [`HUB_RINGS`].
-    fn rings(&self, out: usize, into: usize) -> Result<(Producer, Consumer), String> {
+    ///
+    /// # Safety
+    ///
+    /// The ends point into this mapping without borrowing it: they must be dropped before it is.
+    /// Each side (host, child) calls this once per mapping, with the ways the other way round, so
+    /// each ring has one producer and one consumer.
+    unsafe fn rings(&self, out: usize, into: usize) -> Result<(Producer, Consumer), String> {
         let view = |way: usize| {
             let header = self.map.as_mut_ptr().wrapping_add(HUB_RINGS[way]);
             let header = std::ptr::NonNull::new(header.cast()).expect("mapped");
             // SAFETY: the header and its descriptors lie inside the mapping (`RING_BYTES`), which
-            // lives as long as `self` and is 64-byte aligned at these offsets; zeroed, they are
-            // an empty ring; no Rust reference to them exists.
+            // outlives the ends (the caller's promise) and is 64-byte aligned at these offsets;
+            // zeroed, they are an empty ring; no Rust reference to them exists.
             unsafe { RawRing::new(header, HUB_RING_CAPACITY) }.map_err(|e| e.to_string())
         };
         let (out, into) = (view(out)?, view(into)?);
-        // SAFETY: this process is the only producer of `out` and the only consumer of `into`.
+        // SAFETY: this process is the only producer of `out` and the only consumer of `into`
+        // (the caller's promise).
         unsafe {
             Ok((
                 out.producer().map_err(|e| e.to_string())?,
@@ -652,7 +664,9 @@ fn pop_seq(consumer: &mut Consumer) -> Result<u64, String> {
 }
 
 fn hub_rings_child(map: Shared) -> Result<(), String> {
-    let (mut producer, mut consumer) = map.rings(1, 0)?;
+    // SAFETY: the ends are locals declared after `map`, so dropped before it; this is the
+    // child's one call on this mapping, with the host's ways reversed.
+    let (mut producer, mut consumer) = unsafe { map.rings(1, 0) }?;
     loop {
         let seq = pop_seq(&mut consumer)?;
         if seq == QUIT64 {

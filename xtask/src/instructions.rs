@@ -6,8 +6,10 @@
 //!
 //! The read-modify-writes are counted because the instructions alone mislead: on x86 every
 //! one of them (a `lock`-prefixed instruction, or an `xchg` with memory, which locks without the
-//! prefix) waits for the store buffer to drain and costs tens of cycles where most instructions
-//! cost one, so two paths of equal length can differ in time by their read-modify-writes.
+//! prefix) waits for the store buffer to drain and costs up to a few tens of cycles where most
+//! instructions cost one, so two paths of equal length can differ in time by their
+//! read-modify-writes. Full fences compiled as `lock or` to the stack are counted with them;
+//! only the binary's own instructions are, not those of libc or the dynamic loader.
 //!
 //! It builds the `hot_loop` bench target of hub-benches (see `benches/hot_loop.rs`) with
 //! `--cfg rustix_use_libc` (rustix's own system calls read the vDSO in a way valgrind does not
@@ -69,8 +71,10 @@ const FIGURES: &[Figure] = &[
 /// What callgrind counted of one figure, per measured iteration.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Counts {
+    /// Instructions executed, all objects (callgrind's `Ir` total).
     instructions: f64,
-    /// Executions of locked instructions (atomic read-modify-writes and full fences).
+    /// Executions of the binary's locked instructions (atomic read-modify-writes, and full
+    /// fences).
     read_modify_writes: f64,
 }
 
@@ -265,31 +269,61 @@ fn locked_in_disassembly(disassembly: &str) -> HashSet<u64> {
 }
 
 /// How many times callgrind saw the instructions at `addresses` of the object `object`
-/// execute, from a profile written with `--dump-instr=yes` (`positions: instr line`, one
-/// event, `Ir`). Cost lines name an instruction's address absolutely (`0x45c50`), relative to
-/// the previous line's (`+7`, `-12`) or as the same (`*`); the line after a `calls=` line is
-/// the call's inclusive cost, which is skipped, though its address still counts as the
-/// previous one. Only the lines under `object`'s `ob=` are counted: other objects' addresses
-/// are offsets of other files. (Objects are named once, in an `ob=` or `cob=` line, as
-/// `(id) name`, and by `(id)` after that.)
+/// execute, from a profile written with `--dump-instr=yes`.
+///
+/// The `positions:` header names the subpositions that start each cost line (`instr` must be
+/// one of them) and `events:` the counts after them (`Ir` must be one; a count a line leaves
+/// out is 0). Cost lines name an instruction's address absolutely (`0x45c50`), relative to the
+/// previous cost line's (`+7`, `-12`) or as the same (`*`). Three kinds of line name a
+/// position without moving that base: the target after `calls=`, `jump=` or `jcnd=`, and the
+/// line following each of them (a call's inclusive cost, or a jump's source); those are not
+/// executions and are skipped. Only the lines under `object`'s `ob=` are counted: other
+/// objects' addresses are offsets of other files. (Objects are named once, in an `ob=` or
+/// `cob=` line, as `(id) name`, and by `(id)` after that.)
+///
+/// Fails when the headers lack `instr` or `Ir`, when a line's address cannot be read, when an
+/// `(id)` was never named, or when no `ob=` line names `object`.
 fn executions_of(profile: &str, object: &str, addresses: &HashSet<u64>) -> Result<u64, String> {
     let mut names: Vec<(String, String)> = Vec::new();
+    // Which subposition is the instruction's address, and how many there are.
+    let mut positions: Option<(usize, usize)> = None;
+    // Which field after the subpositions is `Ir`.
+    let mut instructions_event: Option<usize> = None;
     let mut in_object = false;
+    let mut object_seen = false;
     let mut address: u64 = 0;
-    let mut call_cost_next = false;
+    let mut skip_next = false;
     let mut executed = 0;
     for line in profile.lines() {
+        if let Some(list) = line.strip_prefix("positions:") {
+            let list: Vec<&str> = list.split_ascii_whitespace().collect();
+            let instr = list.iter().position(|p| *p == "instr");
+            positions = Some((
+                instr.ok_or_else(|| format!("positions without `instr`: {line:?}"))?,
+                list.len(),
+            ));
+            continue;
+        }
+        if let Some(list) = line.strip_prefix("events:") {
+            let ir = list.split_ascii_whitespace().position(|e| e == "Ir");
+            instructions_event = Some(ir.ok_or_else(|| format!("events without `Ir`: {line:?}"))?);
+            continue;
+        }
         if let Some(named) = line.strip_prefix("ob=") {
-            in_object = compressed_name(named, &mut names) == object;
+            in_object = same_object(compressed_name(named, &mut names)?, object);
+            object_seen |= in_object;
             continue;
         }
         // A called object's name, which later `ob=` lines may give by its id alone.
         if let Some(named) = line.strip_prefix("cob=") {
-            compressed_name(named, &mut names);
+            compressed_name(named, &mut names)?;
             continue;
         }
-        if line.starts_with("calls=") {
-            call_cost_next = true;
+        if ["calls=", "jump=", "jcnd="]
+            .iter()
+            .any(|key| line.starts_with(key))
+        {
+            skip_next = true;
             continue;
         }
         let Some(first) = line.chars().next() else {
@@ -298,41 +332,69 @@ fn executions_of(profile: &str, object: &str, addresses: &HashSet<u64>) -> Resul
         if !(first.is_ascii_digit() || matches!(first, '+' | '-' | '*')) {
             continue;
         }
-        let mut fields = line.split_ascii_whitespace();
-        let position = fields.next().unwrap_or_default();
-        address = subposition(position, address)
+        let (Some((instr, subpositions)), Some(ir)) = (positions, instructions_event) else {
+            return Err(format!(
+                "a cost line before the positions and events headers: {line:?}"
+            ));
+        };
+        let fields: Vec<&str> = line.split_ascii_whitespace().collect();
+        let position = subposition(fields.get(instr).copied().unwrap_or("*"), address)
             .ok_or_else(|| format!("a cost line with a bad address: {line:?}"))?;
-        let cost = fields.nth(1);
-        if std::mem::take(&mut call_cost_next) || !in_object || !addresses.contains(&address) {
+        if std::mem::take(&mut skip_next) {
             continue;
         }
-        let cost: u64 = cost
-            .and_then(|cost| cost.parse().ok())
-            .ok_or_else(|| format!("a cost line without a count: {line:?}"))?;
+        address = position;
+        if !in_object || !addresses.contains(&address) {
+            continue;
+        }
+        let cost: u64 = match fields.get(subpositions + ir) {
+            None => 0,
+            Some(cost) => cost
+                .parse()
+                .map_err(|_| format!("a cost line with a bad count: {line:?}"))?,
+        };
         executed += cost;
+    }
+    if !object_seen {
+        return Err(format!("no `ob=` line names {object}"));
     }
     Ok(executed)
 }
 
-/// The name a compressed `(id) name` or `(id)` stands for, recording new ones in `names`.
-fn compressed_name<'a>(field: &'a str, names: &'a mut Vec<(String, String)>) -> &'a str {
+/// Whether callgrind's name of an object is `object`: the same path, or the same file once
+/// both are canonicalised (callgrind may name it through a link the caller did not).
+fn same_object(named: &str, object: &str) -> bool {
+    named == object
+        || match (std::fs::canonicalize(named), std::fs::canonicalize(object)) {
+            (Ok(named), Ok(object)) => named == object,
+            _ => false,
+        }
+}
+
+/// The name a compressed `(id) name` or `(id)` stands for, recording new ones in `names`;
+/// an uncompressed name as it is. Fails on an `(id)` that was never named.
+fn compressed_name<'a>(
+    field: &'a str,
+    names: &'a mut Vec<(String, String)>,
+) -> Result<&'a str, String> {
     let field = field.trim();
     let Some(rest) = field.strip_prefix('(') else {
-        return field;
+        return Ok(field);
     };
     let Some((id, name)) = rest.split_once(')') else {
-        return field;
+        return Ok(field);
     };
     let name = name.trim();
     if !name.is_empty() {
         names.push((id.to_owned(), name.to_owned()));
-        return name;
+        return Ok(name);
     }
     names
         .iter()
         .rev()
         .find(|(known, _)| known == id)
-        .map_or("", |(_, name)| name.as_str())
+        .map(|(_, name)| name.as_str())
+        .ok_or_else(|| format!("an object id named nowhere before: ({id})"))
 }
 
 /// An instruction position of a callgrind cost line, given the previous one: `0x` hex,
@@ -415,9 +477,15 @@ mod tests {
             "+4 * 20000\n", // 0x104, locked
             "cfn=(3) callee\n",
             "calls=20000 0x200 12\n",
-            "+6 * 900000\n", // 0x10a: the call's inclusive cost
-            "+2 35 20000\n", // 0x10c
-            "-8 * 40000\n",  // 0x104 again, locked
+            "* * 900000\n",  // the call's inclusive cost at 0x104, not executions
+            "+2 35 20000\n", // 0x106
+            "calls=20000 +0x100 12\n", // the target, 0x206: the base stays 0x106
+            "+4 * 900000\n", // the call's cost at 0x10a: the base stays 0x106
+            "+4 36 20000\n", // 0x10a, locked
+            "jump=5 +0x10\n",
+            "-2\n",         // the jump's source, 0x108: the base stays 0x10a
+            "-6 * 40000\n", // 0x104 again, locked
+            "0x10a 37\n",   // no count: none
             "cob=(7) /lib/libc.so.6\n",
             "cfn=(4) memcpy\n",
             "calls=1 0x300 0\n",
@@ -428,9 +496,28 @@ mod tests {
             "0x10a 36 3\n", // locked
         );
         let locked = HashSet::from([0x104, 0x10a]);
-        assert_eq!(executions_of(profile, "/w/hot_loop", &locked), Ok(60003));
-        assert_eq!(executions_of(profile, "/w/other", &locked), Ok(0));
+        assert_eq!(executions_of(profile, "/w/hot_loop", &locked), Ok(80003));
+        assert!(executions_of(profile, "/w/other", &locked).is_err());
         assert!(executions_of("ob=(1) x\n+z 1 2\n", "x", &locked).is_err());
+        assert!(executions_of("ob=(1) x\nob=(2)\n", "x", &locked).is_err());
+    }
+
+    #[test]
+    fn reads_the_subpositions_and_events_the_headers_name() {
+        let profile = concat!(
+            "positions: line instr\n",
+            "events: Bc Ir\n",
+            "ob=/w/x\n",
+            "7 0x104 1 9\n", // Ir 9
+            "8 +0 2\n",      // no Ir: none
+            "* +6 0 4\n",    // 0x10a, Ir 4
+        );
+        let locked = HashSet::from([0x104, 0x10a]);
+        assert_eq!(executions_of(profile, "/w/x", &locked), Ok(13));
+        let no_instr = "positions: line\nevents: Ir\nob=/w/x\n7 9\n";
+        assert!(executions_of(no_instr, "/w/x", &locked).is_err());
+        let no_ir = "positions: instr\nevents: Bc\nob=/w/x\n0x104 9\n";
+        assert!(executions_of(no_ir, "/w/x", &locked).is_err());
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! cargo xtask protocol      # the protocol step of `test`: docs/PROTOCOL.md against the code
 //! cargo xtask soak --minutes N [--seed N]   # crash storm and hostile peer for N minutes
 //! cargo xtask bench-report NAME   # Markdown table of a bench's ratios, from criterion's results
-//! cargo xtask instructions  # callgrind: the hot paths' instructions and atomic RMWs, beside baselines
+//! cargo xtask instructions  # callgrind: hot paths' instructions and RMWs vs baselines
 //! cargo xtask help
 //! ```
 //!
