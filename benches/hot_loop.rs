@@ -13,8 +13,11 @@
 //! - `channel-round-trip SIZE N`: the same four steps through two bounded crossbeam channels
 //!   of `[u8; SIZE]` values (8 or 64), the baseline of the first, as `latency/in_process` has
 //!   it;
+//! - `ring-round-trip N`: the same four steps at 8 B through two of the hub's rings alone
+//!   (`try_push`, `try_pop_into`), what the rings cost apart from everything the endpoints add,
+//!   as `latency/in_process`'s `baseline_hub_rings` times it;
 //! - `alloc CLASS N`: `alloc_in(CLASS)` then `free`, as `alloc/uncontended` times it;
-//! - `queue N`: `pop` then `push` on a full crossbeam `ArrayQueue`, the baseline of the third.
+//! - `queue N`: `pop` then `push` on a full crossbeam `ArrayQueue`, the baseline of `alloc`.
 //!
 //! Each warms up first (outside `measured`), then makes `N` iterations inside it. `cargo bench`
 //! runs every bench target with `--bench` (after any filter of its own), and `cargo test
@@ -30,13 +33,14 @@ use hub_alloc::{HeapRegion, OwnerId, Slab, SlabLayout};
 
 #[path = "in_process.rs"]
 mod in_process;
-use in_process::{ChannelPair, HubPair};
+use in_process::{ChannelPair, HubPair, RingPair};
 
 /// Iterations before the measured ones: slots paged in, kept slots in place, caches warm.
 const WARM_UP: u64 = 1000;
 
 const USAGE: &str =
-    "usage: hot_loop round-trip SIZE N | channel-round-trip 8|64 N | alloc CLASS N | queue N
+    "usage: hot_loop round-trip SIZE N | channel-round-trip 8|64 N | ring-round-trip N
+       | alloc CLASS N | queue N
 (run by `cargo xtask instructions`, under callgrind)";
 
 fn main() -> ExitCode {
@@ -56,6 +60,10 @@ fn main() -> ExitCode {
             ("8", Some(n)) => channel_round_trips::<8>(n),
             ("64", Some(n)) => channel_round_trips::<64>(n),
             _ => usage(),
+        },
+        ["ring-round-trip", n] => match number(n) {
+            Some(n) => ring_round_trips(n),
+            None => usage(),
         },
         ["alloc", class, n] => match (number(class), number(n)) {
             (Some(class), Some(n)) => allocs(class as u16, n),
@@ -100,6 +108,13 @@ fn round_trips(size: usize, n: u64) -> ExitCode {
 fn channel_round_trips<const N: usize>(n: u64) -> ExitCode {
     let pair = ChannelPair::<N>::new();
     run(n, || pair.round_trip())
+}
+
+fn ring_round_trips(n: u64) -> ExitCode {
+    let mut pair = RingPair::new();
+    run(n, || {
+        black_box(pair.round_trip());
+    })
 }
 
 fn allocs(class: u16, n: u64) -> ExitCode {

@@ -3,6 +3,8 @@
 //! thing. Included by each bench target with `#[path]` (bench targets share no library code
 //! with dev-dependencies).
 
+use hub_layout::MsgDescHot;
+use hub_transport::ring::{Consumer, HeapRing, Producer};
 use hub_transport::{FrameMeta, Host, HubConfig, Peer};
 
 /// A host and its one peer in this process, and the buffers of a round trip of `size` bytes.
@@ -73,5 +75,47 @@ impl<const N: usize> ChannelPair<N> {
         let request = self.at_peer.try_recv().expect("the request");
         self.to_host.try_send(request).expect("room for the echo");
         std::hint::black_box(self.at_host.try_recv().expect("the echo"));
+    }
+}
+
+/// The hub's rings alone: two rings of the hub's default capacity on the heap, one each way,
+/// and the same four steps through their `try_push` and `try_pop_into` (with the R3 checks a
+/// pop makes), nothing above them: no endpoint, lock, frame or wait.
+pub struct RingPair {
+    out: (Producer, Consumer),
+    back: (Producer, Consumer),
+    seq: u64,
+}
+
+impl RingPair {
+    /// Two empty rings.
+    pub fn new() -> Self {
+        let rings = || {
+            HeapRing::new(hub_layout::DEFAULT_HUB_RING_CAPACITY)
+                .expect("a ring")
+                .split()
+        };
+        Self {
+            out: rings(),
+            back: rings(),
+            seq: 0,
+        }
+    }
+
+    /// The same four steps as [`HubPair::round_trip`] at 8 B inline: push a descriptor
+    /// carrying a sequence number, pop it, push it back, pop the answer.
+    pub fn round_trip(&mut self) -> u64 {
+        self.seq += 1;
+        let mut desc = MsgDescHot::empty();
+        desc.msg_id = self.seq;
+        desc.payload_len = 8;
+        desc.inline_payload[..8].copy_from_slice(&self.seq.to_le_bytes());
+        self.out.0.try_push(&desc).expect("room for the request");
+        let mut request = MsgDescHot::empty();
+        assert!(self.out.1.try_pop_into(&mut request).expect("a sound ring"));
+        self.back.0.try_push(&request).expect("room for the echo");
+        let mut answer = MsgDescHot::empty();
+        assert!(self.back.1.try_pop_into(&mut answer).expect("a sound ring"));
+        answer.msg_id
     }
 }

@@ -61,13 +61,13 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion};
 use hub_benches::{Partner, SIZES, attach_peer, inherited_fds, run_child_if_asked, size_name};
 use hub_layout::MsgDescHot;
-use hub_transport::ring::{Consumer, HeapRing, Producer, RawRing};
+use hub_transport::ring::{Consumer, Producer, RawRing};
 use hub_transport::{Disconnect, FrameMeta, Host, HubConfig, RecvError, WaitMode, futex};
 use memmap2::MmapRaw;
 
 #[path = "in_process.rs"]
 mod in_process;
-use in_process::{ChannelPair, HubPair};
+use in_process::{ChannelPair, HubPair, RingPair};
 
 #[cfg(feature = "iceoryx2")]
 #[path = "iceoryx2_echo.rs"]
@@ -212,16 +212,9 @@ fn bench_in_process(c: &mut Criterion) {
             _ => bench_channel_pair::<64>(&mut group, &id),
         }
         if size == 8 {
-            let (mut out, mut back) = (heap_rings(), heap_rings());
-            let mut seq = 0_u64;
+            let mut rings = RingPair::new();
             group.bench_function(BenchmarkId::new("baseline_hub_rings", &id), |b| {
-                b.iter(|| {
-                    seq += 1;
-                    push_seq(&mut out.0, seq).expect("room");
-                    let request = pop_seq(&mut out.1).expect("the request");
-                    push_seq(&mut back.0, request).expect("room");
-                    pop_seq(&mut back.1).expect("the answer")
-                })
+                b.iter(|| rings.round_trip())
             });
         }
     }
@@ -562,8 +555,8 @@ struct HubRings {
 /// Where the two rings of [`HubRings`] lie in the shared mapping (a zeroed header is an empty
 /// ring).
 const HUB_RINGS: [usize; 2] = [DATA, DATA + (64 << 10)];
-/// How many descriptors each ring of [`HubRings`] (and of [`heap_rings`]) holds: the hub's
-/// default, so the rings are the size the hub's own are.
+/// How many descriptors each ring of [`HubRings`] holds: the hub's default, so the rings are the
+/// size the hub's own are.
 const HUB_RING_CAPACITY: u32 = hub_layout::DEFAULT_HUB_RING_CAPACITY;
 const _: () = assert!(
     HUB_RINGS[0] + RING_BYTES <= HUB_RINGS[1] && HUB_RINGS[1] + RING_BYTES <= MAPPING_LEN,
@@ -633,11 +626,6 @@ impl Shared {
             ))
         }
     }
-}
-
-/// A ring of [`HUB_RING_CAPACITY`] descriptors on the heap, split into its two ends.
-fn heap_rings() -> (Producer, Consumer) {
-    HeapRing::new(HUB_RING_CAPACITY).expect("a ring").split()
 }
 
 /// Push a descriptor carrying `seq` as its message id.

@@ -49,6 +49,12 @@ const FIGURES: &[Figure] = &[
         baseline: &["channel-round-trip", "8"],
     },
     Figure {
+        name: "in-process round trip, 8 B inline",
+        ours: &["round-trip", "8"],
+        baseline_name: "the hub's rings alone, 8 B",
+        baseline: &["ring-round-trip"],
+    },
+    Figure {
         name: "in-process round trip, 64 B through slots",
         ours: &["round-trip", "64"],
         baseline_name: "crossbeam channels, 64 B",
