@@ -165,25 +165,45 @@ impl Endpoint {
 /// [`PendingWake`]). A descriptor of a side that sleeps on one is written at once either way.
 pub(crate) type Defer<'d, 'e> = Option<&'d mut Option<PendingWake<'e>>>;
 
-/// Copy a payload of at most [`INLINE_PAYLOAD_SIZE`] bytes to the start of `to`: by fixed-size
-/// pieces that overlap, not by a call of `memcpy` for a length known only at run time (which
-/// cost more than the rest of building the descriptor).
+/// A payload of at most [`INLINE_PAYLOAD_SIZE`] bytes as a descriptor carries it: at the
+/// start, zeros after it. Built as two 8-byte words from loads of the payload that may overlap
+/// (not by a `memcpy` of a length known only at run time, which cost more than the rest of
+/// building the descriptor), so that the descriptor's copy into the ring, which loads it by
+/// words, reads each word from the one store that wrote it (see `ring::store_desc`).
 #[inline(always)]
-fn copy_inline(to: &mut [u8; INLINE_PAYLOAD_SIZE], from: &[u8]) {
-    const HALF: usize = INLINE_PAYLOAD_SIZE / 2;
-    let len = from.len();
-    if len >= HALF {
-        // Two halves, overlapping when the length is below 16.
-        to[..HALF].copy_from_slice(&from[..HALF]);
-        to[len - HALF..len].copy_from_slice(&from[len - HALF..]);
-    } else if len >= 4 {
-        to[..4].copy_from_slice(&from[..4]);
-        to[len - 4..len].copy_from_slice(&from[len - 4..]);
-    } else {
-        for (to, from) in to.iter_mut().zip(from) {
-            *to = *from;
-        }
+fn inline_payload(from: &[u8]) -> [u8; INLINE_PAYLOAD_SIZE] {
+    const WORD: usize = 8;
+    const _: () = assert!(INLINE_PAYLOAD_SIZE == 2 * WORD);
+    // The little-endian value of `from`'s `N` bytes at `at`.
+    fn le<const N: usize>(from: &[u8], at: usize) -> u64 {
+        let mut bytes = [0_u8; WORD];
+        bytes[..N].copy_from_slice(&from[at..at + N]);
+        u64::from_le_bytes(bytes)
     }
+    let len = from.len();
+    let (low, high) = if len >= WORD {
+        // The last 8 bytes, shifted down past the ones the first word holds (all of them,
+        // when the payload is one word long).
+        let last = le::<WORD>(from, len - WORD);
+        let high = last.checked_shr(8 * (2 * WORD - len) as u32).unwrap_or(0);
+        (le::<WORD>(from, 0), high)
+    } else if len >= 4 {
+        // Two loads of 4 that overlap; the bytes both hold are the same.
+        (
+            le::<4>(from, 0) | le::<4>(from, len - 4) << (8 * (len - 4)),
+            0,
+        )
+    } else {
+        let low = from
+            .iter()
+            .enumerate()
+            .fold(0, |word, (i, &byte)| word | u64::from(byte) << (8 * i));
+        (low, 0)
+    };
+    let mut payload = [0_u8; INLINE_PAYLOAD_SIZE];
+    payload[..WORD].copy_from_slice(&low.to_le_bytes());
+    payload[WORD..].copy_from_slice(&high.to_le_bytes());
+    payload
 }
 
 /// How a send that waits for room ends when the frame did not go.
@@ -645,7 +665,7 @@ impl Link {
         let sent = if payload.len() <= INLINE_PAYLOAD_SIZE {
             let mut desc = meta.to_desc();
             desc.payload_len = payload.len() as u32;
-            copy_inline(&mut desc.inline_payload, payload);
+            desc.inline_payload = inline_payload(payload);
             let attempt = |(), defer: Defer<'_, 'e>| {
                 let sent = self.try_push(endpoint, &desc, None, gone, defer, || {})?;
                 Ok((!sent).then_some(()))
@@ -942,16 +962,17 @@ impl Link {
 mod tests {
     use super::*;
 
-    /// Every length a descriptor holds: the payload's bytes land at the start, in order, and
-    /// the bytes after it are left as they were.
+    /// Every length a descriptor holds: the payload's bytes at the start, in order, zeros after.
     #[test]
-    fn an_inline_copy_moves_exactly_the_payload() {
+    fn an_inline_payload_is_the_bytes_then_zeros() {
         for len in 0..=INLINE_PAYLOAD_SIZE {
-            let from: Vec<u8> = (1..=len as u8).collect();
-            let mut to = [0xEE; INLINE_PAYLOAD_SIZE];
-            copy_inline(&mut to, &from);
-            assert_eq!(&to[..len], &from[..], "length {len}");
-            assert!(to[len..].iter().all(|&b| b == 0xEE), "length {len}: {to:?}");
+            let from: Vec<u8> = (0xA1..).take(len).collect();
+            let payload = inline_payload(&from);
+            assert_eq!(&payload[..len], &from[..], "length {len}");
+            assert!(
+                payload[len..].iter().all(|&b| b == 0),
+                "length {len}: {payload:?}"
+            );
         }
     }
 }
