@@ -50,6 +50,12 @@
 //! cargo bench -p hub-benches --bench latency
 //! cargo xtask bench-report latency
 //! ```
+//!
+//! With `--paired` (`cargo bench -p hub-benches --bench latency -- --paired`) the bench runs no
+//! criterion figure: it measures the spin group's figures in rounds, each figure of a round for
+//! 50 ms right after the other, sorts the rounds by placement and prints each size's ratios
+//! per placement (see `paired_report`). Criterion's figures run seconds apart, and the VM may
+//! move its vCPUs between a figure and its baseline; a round's figures share one placement.
 
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
@@ -59,7 +65,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion};
-use hub_benches::{Partner, SIZES, attach_peer, inherited_fds, run_child_if_asked, size_name};
+use hub_benches::{
+    Partner, Placement, SIZES, attach_peer, inherited_fds, median, placements, run_child_if_asked,
+    size_name,
+};
 use hub_layout::MsgDescHot;
 use hub_transport::ring::{Consumer, Producer, RawRing};
 use hub_transport::{Disconnect, FrameMeta, Host, HubConfig, RecvError, WaitMode, futex};
@@ -100,6 +109,10 @@ fn main() -> ExitCode {
     if let Some(code) = run_child_if_asked(BENCH, child_main) {
         return code;
     }
+    if std::env::args().any(|arg| arg == "--paired") {
+        paired_report();
+        return ExitCode::SUCCESS;
+    }
     let mut criterion = Criterion::default()
         .sample_size(20)
         .warm_up_time(Duration::from_millis(500))
@@ -111,6 +124,114 @@ fn main() -> ExitCode {
     bench_in_process(&mut criterion);
     criterion.final_summary();
     ExitCode::SUCCESS
+}
+
+/// Rounds of `--paired`, per size.
+const PAIRED_ROUNDS: usize = 12;
+
+/// How long `--paired` times each figure of a round, after as long again of warm-up.
+const PAIRED_BLOCK: Duration = Duration::from_millis(50);
+
+/// The figures of `latency/spin` that `--paired` measures in each round: the spin floor first
+/// (it tells the round's placement), the hub last.
+#[derive(Debug, Clone, Copy)]
+enum SpinFigure {
+    SpinFloor,
+    RingFloor,
+    HubRings,
+    Hub,
+}
+
+impl SpinFigure {
+    fn name(self) -> &'static str {
+        match self {
+            SpinFigure::SpinFloor => "spin_floor",
+            SpinFigure::RingFloor => "ring_floor",
+            SpinFigure::HubRings => "hub_rings",
+            SpinFigure::Hub => "hub",
+        }
+    }
+
+    /// This figure's time per round trip of `size` bytes, in nanoseconds: a partner spawned for
+    /// it alone, a warm-up, one block of about [`PAIRED_BLOCK`].
+    fn per_round_trip(self, size: usize) -> f64 {
+        match self {
+            SpinFigure::SpinFloor => timed(SpinFloor::spawn(size), SpinFloor::run),
+            SpinFigure::RingFloor => timed(RingFloor::spawn(), RingFloor::run),
+            SpinFigure::HubRings => timed(HubRings::spawn(), HubRings::run),
+            SpinFigure::Hub => timed(HubEcho::spawn(WaitMode::Spin, size), HubEcho::run),
+        }
+    }
+}
+
+/// `run`'s time per iteration on `pair` in nanoseconds, over a block of about
+/// [`PAIRED_BLOCK`] after as long of warm-up.
+fn timed<P>(mut pair: P, run: impl Fn(&mut P, u64) -> Duration) -> f64 {
+    const PROBE: u64 = 16;
+    // The first round trip waits for the child to start (and, for the hub, to attach).
+    run(&mut pair, 1);
+    let per_iteration = run(&mut pair, PROBE).as_secs_f64() / PROBE as f64;
+    let iters = (PAIRED_BLOCK.as_secs_f64() / per_iteration.max(1e-9)).clamp(4.0, 1e7) as u64;
+    run(&mut pair, iters);
+    run(&mut pair, iters).as_secs_f64() * 1e9 / iters as f64
+}
+
+/// `cargo bench -p hub-benches --bench latency -- --paired`: the spin group's ratios, robust to
+/// the VM's placement. Criterion times each figure for seconds, one after the other, and the
+/// placement of the two vCPUs (one physical core or two) may change between a figure and its
+/// baseline, making their ratio meaningless. Here each round measures a size's figures one
+/// right after the other in blocks of [`PAIRED_BLOCK`], the spin floor first; the rounds are
+/// split into placements by their floors ([`placements`]), and each row gives, per placement,
+/// the median of the rounds' figures and the median and range of the rounds' own ratios.
+/// Prints a Markdown table; takes about a minute.
+fn paired_report() {
+    println!(
+        "| size | placement | rounds | baseline | baseline (ns) | hub (ns) | ratio | ratios |"
+    );
+    println!("|---|---|---:|---|---:|---:|---:|---|");
+    for size in SIZES {
+        let mut figures = vec![SpinFigure::SpinFloor];
+        if size == 8 {
+            figures.extend([SpinFigure::RingFloor, SpinFigure::HubRings]);
+        }
+        figures.push(SpinFigure::Hub);
+        let rounds: Vec<Vec<f64>> = (0..PAIRED_ROUNDS)
+            .map(|_| figures.iter().map(|f| f.per_round_trip(size)).collect())
+            .collect();
+        let floors: Vec<f64> = rounds.iter().map(|round| round[0]).collect();
+        let split = placements(&floors);
+        for placement in [Placement::Fast, Placement::Slow, Placement::One] {
+            let of_it: Vec<&Vec<f64>> = rounds
+                .iter()
+                .zip(&split)
+                .filter(|(_, p)| **p == placement)
+                .map(|(round, _)| round)
+                .collect();
+            if of_it.is_empty() {
+                continue;
+            }
+            let hub = figures.len() - 1;
+            for (b, baseline) in figures[..hub].iter().enumerate() {
+                let column = |i: usize| of_it.iter().map(|round| round[i]).collect::<Vec<_>>();
+                let ratios: Vec<f64> = of_it.iter().map(|round| round[hub] / round[b]).collect();
+                let (low, high) = ratios
+                    .iter()
+                    .fold((f64::MAX, f64::MIN), |(l, h), &r| (l.min(r), h.max(r)));
+                println!(
+                    "| {} | {} | {} | {} | {:.1} | {:.1} | {:.2} | {:.2} to {:.2} |",
+                    size_name(size),
+                    placement.name(),
+                    of_it.len(),
+                    baseline.name(),
+                    median(&column(b)).unwrap_or(f64::NAN),
+                    median(&column(hub)).unwrap_or(f64::NAN),
+                    median(&ratios).unwrap_or(f64::NAN),
+                    low,
+                    high,
+                );
+            }
+        }
+    }
 }
 
 fn bench_spin(c: &mut Criterion) {

@@ -217,3 +217,116 @@ impl Drop for Partner {
         }
     }
 }
+
+/// Where the VM put its two vCPUs while a round of figures ran, as told by the round's floor:
+/// on one physical core (`Fast`: a cache line crosses in tens of nanoseconds) or on two
+/// (`Slow`: several times that), or `One` when the rounds do not fall into two such groups.
+/// The shared VM moves between the two every minute or so, and a ratio of figures measured in
+/// different placements means nothing: `latency --paired` measures each round's figures one
+/// right after the other and compares them only within a placement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// The faster group of rounds.
+    Fast,
+    /// The slower group of rounds.
+    Slow,
+    /// All rounds, when they do not split into two groups.
+    One,
+}
+
+impl Placement {
+    /// The placement's name in tables: `fast`, `slow`, `one`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Placement::Fast => "fast",
+            Placement::Slow => "slow",
+            Placement::One => "one",
+        }
+    }
+}
+
+/// How far apart, as a ratio, two neighbouring floors must be for the rounds to split there
+/// into two placements. The two placements' floors differ by 3x to 7x on this VM; rounds of one
+/// placement vary by well under 1.5x.
+pub const PLACEMENT_GAP: f64 = 1.5;
+
+/// The placement of each round, from each round's floor time (in any unit, all positive): the
+/// rounds split at the widest gap between neighbouring floors when that gap is at least
+/// [`PLACEMENT_GAP`] (a ratio), the ones below it `Fast` and the ones above it `Slow`; else all
+/// are `One`. Fewer than two rounds are `One`.
+///
+/// ```
+/// use hub_benches::{Placement, placements};
+///
+/// let floors = [70.0, 450.0, 68.0, 72.0, 430.0];
+/// let split = placements(&floors);
+/// assert_eq!(split[0], Placement::Fast);
+/// assert_eq!(split[1], Placement::Slow);
+/// assert_eq!(placements(&[70.0, 80.0, 75.0]), [Placement::One; 3]);
+/// ```
+pub fn placements(floors: &[f64]) -> Vec<Placement> {
+    let mut sorted = floors.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let widest = sorted
+        .windows(2)
+        .map(|pair| (pair[1] / pair[0], (pair[0] * pair[1]).sqrt()))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    match widest {
+        Some((gap, threshold)) if gap >= PLACEMENT_GAP => floors
+            .iter()
+            .map(|&floor| {
+                if floor < threshold {
+                    Placement::Fast
+                } else {
+                    Placement::Slow
+                }
+            })
+            .collect(),
+        _ => vec![Placement::One; floors.len()],
+    }
+}
+
+/// The median of `values` (the mean of the middle two for an even count); `None` when empty.
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let middle = sorted.len() / 2;
+    match sorted.len() {
+        0 => None,
+        len if len % 2 == 1 => Some(sorted[middle]),
+        _ => Some((sorted[middle - 1] + sorted[middle]) / 2.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_split_at_the_widest_gap() {
+        let floors = [65.0, 450.0, 70.0, 90.0, 400.0, 610.0];
+        use Placement::{Fast, Slow};
+        assert_eq!(placements(&floors), [Fast, Slow, Fast, Fast, Slow, Slow]);
+    }
+
+    #[test]
+    fn rounds_without_a_wide_gap_are_one_placement() {
+        assert_eq!(placements(&[65.0, 90.0, 80.0]), [Placement::One; 3]);
+        assert_eq!(placements(&[65.0]), [Placement::One]);
+        assert!(placements(&[]).is_empty());
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+    }
+
+    #[test]
+    fn size_names() {
+        assert_eq!(size_name(8), "8 B");
+        assert_eq!(size_name(4 << 10), "4 KiB");
+        assert_eq!(size_name(16 << 20), "16 MiB");
+    }
+}
