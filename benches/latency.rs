@@ -66,8 +66,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion};
 use hub_benches::{
-    Partner, Placement, SIZES, attach_peer, inherited_fds, median, placements, run_child_if_asked,
-    size_name,
+    PLACEMENT_GAP, Partner, Placement, SIZES, attach_peer, inherited_fds, median, placements,
+    run_child_if_asked, size_name,
 };
 use hub_layout::MsgDescHot;
 use hub_transport::ring::{Consumer, Producer, RawRing};
@@ -180,24 +180,37 @@ fn timed<P>(mut pair: P, run: impl Fn(&mut P, u64) -> Duration) -> f64 {
 /// the VM's placement. Criterion times each figure for seconds, one after the other, and the
 /// placement of the two vCPUs (one physical core or two) may change between a figure and its
 /// baseline, making their ratio meaningless. Here each round measures a size's figures one
-/// right after the other in blocks of [`PAIRED_BLOCK`], the spin floor first; the rounds are
-/// split into placements by their floors ([`placements`]), and each row gives, per placement,
-/// the median of the rounds' figures and the median and range of the rounds' own ratios.
-/// Prints a Markdown table; takes about a minute.
+/// right after the other in blocks of [`PAIRED_BLOCK`], between two blocks of the spin floor.
+/// A round whose two floors differ by [`PLACEMENT_GAP`] or more saw the placement change: it is
+/// only counted (`mixed`). The others are split into placements by their floors
+/// ([`placements`]), and each row gives, per placement, the median of the rounds' figures and
+/// the median and range of the rounds' own ratios. Prints a Markdown table; takes 20 to 40 s.
 fn paired_report() {
     println!(
-        "| size | placement | rounds | baseline | baseline (ns) | hub (ns) | ratio | ratios |"
+        "| size | placement | rounds | mixed | baseline | baseline (ns) | hub (ns) | ratio | ratios |"
     );
-    println!("|---|---|---:|---|---:|---:|---:|---|");
+    println!("|---|---|---:|---:|---|---:|---:|---:|---|");
     for size in SIZES {
         let mut figures = vec![SpinFigure::SpinFloor];
         if size == 8 {
             figures.extend([SpinFigure::RingFloor, SpinFigure::HubRings]);
         }
         figures.push(SpinFigure::Hub);
-        let rounds: Vec<Vec<f64>> = (0..PAIRED_ROUNDS)
-            .map(|_| figures.iter().map(|f| f.per_round_trip(size)).collect())
-            .collect();
+        let hub = figures.len() - 1;
+        let mut mixed = 0;
+        let mut rounds: Vec<Vec<f64>> = Vec::new();
+        for _ in 0..PAIRED_ROUNDS {
+            let mut round: Vec<f64> = figures.iter().map(|f| f.per_round_trip(size)).collect();
+            let floor_after = SpinFigure::SpinFloor.per_round_trip(size);
+            let (low, high) = (round[0].min(floor_after), round[0].max(floor_after));
+            if high / low >= PLACEMENT_GAP {
+                mixed += 1;
+                continue;
+            }
+            // The round's floor: the geometric mean of the two.
+            round[0] = (low * high).sqrt();
+            rounds.push(round);
+        }
         let floors: Vec<f64> = rounds.iter().map(|round| round[0]).collect();
         let split = placements(&floors);
         for placement in [Placement::Fast, Placement::Slow, Placement::One] {
@@ -210,7 +223,6 @@ fn paired_report() {
             if of_it.is_empty() {
                 continue;
             }
-            let hub = figures.len() - 1;
             for (b, baseline) in figures[..hub].iter().enumerate() {
                 let column = |i: usize| of_it.iter().map(|round| round[i]).collect::<Vec<_>>();
                 let ratios: Vec<f64> = of_it.iter().map(|round| round[hub] / round[b]).collect();
@@ -218,10 +230,11 @@ fn paired_report() {
                     .iter()
                     .fold((f64::MAX, f64::MIN), |(l, h), &r| (l.min(r), h.max(r)));
                 println!(
-                    "| {} | {} | {} | {} | {:.1} | {:.1} | {:.2} | {:.2} to {:.2} |",
+                    "| {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.2} | {:.2} to {:.2} |",
                     size_name(size),
                     placement.name(),
                     of_it.len(),
+                    mixed,
                     baseline.name(),
                     median(&column(b)).unwrap_or(f64::NAN),
                     median(&column(hub)).unwrap_or(f64::NAN),
@@ -230,6 +243,9 @@ fn paired_report() {
                     high,
                 );
             }
+        }
+        if rounds.is_empty() {
+            println!("| {} | mixed | 0 | {mixed} | | | | | |", size_name(size));
         }
     }
 }
