@@ -66,8 +66,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion};
 use hub_benches::{
-    PLACEMENT_GAP, Partner, Placement, SIZES, attach_peer, inherited_fds, median, placements,
-    run_child_if_asked, size_name,
+    PairedRow, Partner, SIZES, attach_peer, inherited_fds, paired_rows, per_iteration,
+    run_child_if_asked, size_name, steady_floor,
 };
 use hub_layout::MsgDescHot;
 use hub_transport::ring::{Consumer, Producer, RawRing};
@@ -167,13 +167,7 @@ impl SpinFigure {
 /// `run`'s time per iteration on `pair` in nanoseconds, over a block of about
 /// [`PAIRED_BLOCK`] after as long of warm-up.
 fn timed<P>(mut pair: P, run: impl Fn(&mut P, u64) -> Duration) -> f64 {
-    const PROBE: u64 = 16;
-    // The first round trip waits for the child to start (and, for the hub, to attach).
-    run(&mut pair, 1);
-    let per_iteration = run(&mut pair, PROBE).as_secs_f64() / PROBE as f64;
-    let iters = (PAIRED_BLOCK.as_secs_f64() / per_iteration.max(1e-9)).clamp(4.0, 1e7) as u64;
-    run(&mut pair, iters);
-    run(&mut pair, iters).as_secs_f64() * 1e9 / iters as f64
+    per_iteration(PAIRED_BLOCK, |iters| run(&mut pair, iters))
 }
 
 /// `cargo bench -p hub-benches --bench latency -- --paired`: the spin group's ratios, robust to
@@ -181,9 +175,9 @@ fn timed<P>(mut pair: P, run: impl Fn(&mut P, u64) -> Duration) -> f64 {
 /// placement of the two vCPUs (one physical core or two) may change between a figure and its
 /// baseline, making their ratio meaningless. Here each round measures a size's figures one
 /// right after the other in blocks of [`PAIRED_BLOCK`], between two blocks of the spin floor.
-/// A round whose two floors differ by [`PLACEMENT_GAP`] or more saw the placement change: it is
-/// only counted (`mixed`). The others are split into placements by their floors
-/// ([`placements`]), and each row gives, per placement, the median of the rounds' figures and
+/// A round whose two floors differ by [`hub_benches::PLACEMENT_GAP`] or more saw the placement
+/// change: it is only counted (`mixed`). The others are split into placements by their floors
+/// ([`hub_benches::paired_rows`]), and each row gives, per placement, the median of the rounds' figures and
 /// the median and range of the rounds' own ratios. Prints a Markdown table; takes 20 to 40 s.
 fn paired_report() {
     println!(
@@ -202,47 +196,40 @@ fn paired_report() {
         for _ in 0..PAIRED_ROUNDS {
             let mut round: Vec<f64> = figures.iter().map(|f| f.per_round_trip(size)).collect();
             let floor_after = SpinFigure::SpinFloor.per_round_trip(size);
-            let (low, high) = (round[0].min(floor_after), round[0].max(floor_after));
-            if high / low >= PLACEMENT_GAP {
-                mixed += 1;
-                continue;
+            match steady_floor(round[0], floor_after) {
+                Some(floor) => {
+                    round[0] = floor;
+                    rounds.push(round);
+                }
+                None => mixed += 1,
             }
-            // The round's floor: the geometric mean of the two.
-            round[0] = (low * high).sqrt();
-            rounds.push(round);
         }
         let floors: Vec<f64> = rounds.iter().map(|round| round[0]).collect();
-        let split = placements(&floors);
-        for placement in [Placement::Fast, Placement::Slow, Placement::One] {
-            let of_it: Vec<&Vec<f64>> = rounds
-                .iter()
-                .zip(&split)
-                .filter(|(_, p)| **p == placement)
-                .map(|(round, _)| round)
-                .collect();
-            if of_it.is_empty() {
-                continue;
-            }
-            for (b, baseline) in figures[..hub].iter().enumerate() {
-                let column = |i: usize| of_it.iter().map(|round| round[i]).collect::<Vec<_>>();
-                let ratios: Vec<f64> = of_it.iter().map(|round| round[hub] / round[b]).collect();
-                let (low, high) = ratios
-                    .iter()
-                    .fold((f64::MAX, f64::MIN), |(l, h), &r| (l.min(r), h.max(r)));
-                println!(
-                    "| {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.2} | {:.2} to {:.2} |",
-                    size_name(size),
-                    placement.name(),
-                    of_it.len(),
-                    mixed,
-                    baseline.name(),
-                    median(&column(b)).unwrap_or(f64::NAN),
-                    median(&column(hub)).unwrap_or(f64::NAN),
-                    median(&ratios).unwrap_or(f64::NAN),
-                    low,
-                    high,
-                );
-            }
+        // Placement by placement (fast first), each baseline's row in the figures' order.
+        let mut rows: Vec<(SpinFigure, PairedRow)> = figures[..hub]
+            .iter()
+            .enumerate()
+            .flat_map(|(b, &baseline)| {
+                paired_rows(&floors, &rounds, hub, b)
+                    .into_iter()
+                    .map(move |row| (baseline, row))
+            })
+            .collect();
+        rows.sort_by_key(|(_, row)| row.placement as u8);
+        for (baseline, row) in rows {
+            println!(
+                "| {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.2} | {:.2} to {:.2} |",
+                size_name(size),
+                row.placement.name(),
+                row.rounds,
+                mixed,
+                baseline.name(),
+                row.baseline,
+                row.ours,
+                row.ratio,
+                row.low,
+                row.high,
+            );
         }
         if rounds.is_empty() {
             println!("| {} | mixed | 0 | {mixed} | | | | | |", size_name(size));

@@ -136,6 +136,49 @@ impl Partner {
 }
 
 impl Partner {
+    /// Runs the child on CPU `cpu` only from now on (its threads started later too). Fails
+    /// when the kernel refuses, as for a CPU this machine does not have.
+    pub fn pin_to(&self, cpu: usize) -> std::io::Result<()> {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32)
+            .ok_or_else(|| std::io::Error::other("a child without a pid"))?;
+        pin(Some(pid), cpu)
+    }
+}
+
+/// Runs the calling thread on CPU `cpu` only (`None`: on every CPU again). The benches' way to
+/// put the two sides of a measure on one vCPU or on two, which the scheduler otherwise picks
+/// and changes between runs. Fails when the kernel refuses, as for a CPU this machine does
+/// not have.
+///
+/// ```
+/// hub_benches::pin_this_thread(Some(0))?;
+/// hub_benches::pin_this_thread(None)?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn pin_this_thread(cpu: Option<usize>) -> std::io::Result<()> {
+    match cpu {
+        Some(cpu) => pin(None, cpu),
+        None => {
+            let mut all = rustix::thread::CpuSet::new();
+            for cpu in 0..rustix::thread::CpuSet::MAX_CPU {
+                all.set(cpu);
+            }
+            Ok(rustix::thread::sched_setaffinity(None, &all)?)
+        }
+    }
+}
+
+/// `sched_setaffinity` of `pid` (`None`: the calling thread) to CPU `cpu` alone.
+fn pin(pid: Option<rustix::process::Pid>, cpu: usize) -> std::io::Result<()> {
+    if cpu >= rustix::thread::CpuSet::MAX_CPU {
+        return Err(std::io::Error::other(format!("no CPU {cpu}")));
+    }
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    Ok(rustix::thread::sched_setaffinity(pid, &set)?)
+}
+
+impl Partner {
     /// [`spawn`](Self::spawn), the child inheriting `fds` and finding their numbers in
     /// `HUB_BENCH_FDS` (see [`inherited_fds`]). Their close-on-exec flag is cleared for the
     /// spawn and set again after it.
@@ -298,6 +341,163 @@ pub fn median(values: &[f64]) -> Option<f64> {
     }
 }
 
+/// A round's floor from its placement probes before and after it: their geometric mean, or
+/// `None` when they differ by [`PLACEMENT_GAP`] or more (the placement changed during the
+/// round, whose figures then mix both).
+///
+/// ```
+/// assert_eq!(hub_benches::steady_floor(50.0, 72.0), Some(60.0));
+/// assert_eq!(hub_benches::steady_floor(70.0, 450.0), None);
+/// ```
+pub fn steady_floor(before: f64, after: f64) -> Option<f64> {
+    let (low, high) = (before.min(after), before.max(after));
+    (high / low < PLACEMENT_GAP).then(|| (low * high).sqrt())
+}
+
+/// What the rounds of one placement give for one figure beside its baseline: the medians of
+/// the rounds' times and of their own ratios, and the ratios' range.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PairedRow {
+    /// The rounds' placement.
+    pub placement: Placement,
+    /// How many rounds the row is made of.
+    pub rounds: usize,
+    /// The median of the baseline's times.
+    pub baseline: f64,
+    /// The median of the figure's times.
+    pub ours: f64,
+    /// The median of the rounds' ratios, the figure's time over the baseline's.
+    pub ratio: f64,
+    /// The smallest of the rounds' ratios.
+    pub low: f64,
+    /// The largest of the rounds' ratios.
+    pub high: f64,
+}
+
+/// The rows of a paired measure for the figure at index `ours` of each round beside the one at
+/// index `baseline`: one row per placement that has rounds, fast first. `floors` holds each
+/// round's placement probe (see [`placements`]), `rounds` each round's times, in the same
+/// order. Empty when there are no rounds.
+///
+/// # Panics
+/// When `floors` and `rounds` differ in length, or an index is out of a round's bounds.
+///
+/// ```
+/// use hub_benches::{Placement, paired_rows};
+///
+/// // Each round: a baseline's time, then ours.
+/// let rounds = [vec![100.0, 300.0], vec![110.0, 320.0], vec![400.0, 800.0]];
+/// let rows = paired_rows(&[70.0, 72.0, 450.0], &rounds, 1, 0);
+/// assert_eq!(rows.len(), 2);
+/// assert_eq!((rows[0].placement, rows[0].rounds), (Placement::Fast, 2));
+/// assert_eq!(rows[1].ratio, 2.0);
+/// ```
+pub fn paired_rows(
+    floors: &[f64],
+    rounds: &[Vec<f64>],
+    ours: usize,
+    baseline: usize,
+) -> Vec<PairedRow> {
+    assert_eq!(floors.len(), rounds.len(), "a floor for each round");
+    let split = placements(floors);
+    [Placement::Fast, Placement::Slow, Placement::One]
+        .into_iter()
+        .filter_map(|placement| {
+            let of_it: Vec<&Vec<f64>> = rounds
+                .iter()
+                .zip(&split)
+                .filter(|(_, p)| **p == placement)
+                .map(|(round, _)| round)
+                .collect();
+            let column = |i: usize| of_it.iter().map(|round| round[i]).collect::<Vec<_>>();
+            let ratios: Vec<f64> = of_it
+                .iter()
+                .map(|round| round[ours] / round[baseline])
+                .collect();
+            Some(PairedRow {
+                placement,
+                rounds: of_it.len(),
+                baseline: median(&column(baseline))?,
+                ours: median(&column(ours))?,
+                ratio: median(&ratios)?,
+                low: ratios.iter().copied().fold(f64::INFINITY, f64::min),
+                high: ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            })
+        })
+        .collect()
+}
+
+/// The time per iteration of `run`, in nanoseconds, over one block of about `block`: `run(n)`
+/// makes `n` iterations and returns how long they took. It runs once (a partner's start-up),
+/// then 16 iterations to size the block, then a block of warm-up, then the block it times.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+///
+/// let ns = hub_benches::per_iteration(Duration::from_millis(5), |n| {
+///     let start = Instant::now();
+///     for i in 0..n {
+///         std::hint::black_box(i);
+///     }
+///     start.elapsed()
+/// });
+/// assert!(ns.is_finite() && ns >= 0.0);
+/// ```
+pub fn per_iteration(block: Duration, mut run: impl FnMut(u64) -> Duration) -> f64 {
+    const PROBE: u64 = 16;
+    run(1);
+    let each = run(PROBE).as_secs_f64() / PROBE as f64;
+    let iters = (block.as_secs_f64() / each.max(1e-9)).clamp(4.0, 1e7) as u64;
+    run(iters);
+    run(iters).as_secs_f64() * 1e9 / iters as f64
+}
+
+/// How long two threads of this process take to bounce one cache line there and back, in
+/// nanoseconds (the median of five blocks of about 2 ms, each after as long of warm-up): a probe of the placement
+/// ([`Placement`]) for the benches whose own figures do not tell it. Tens of nanoseconds
+/// when the VM runs its two vCPUs on one physical core, hundreds when on two.
+pub fn placement_probe() -> f64 {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const QUIT: u64 = u64::MAX;
+    let word = Arc::new(AtomicU64::new(0));
+    let partner = {
+        let word = Arc::clone(&word);
+        std::thread::spawn(move || {
+            // Answers each odd value with the next even one, until told to quit.
+            loop {
+                let seen = word.load(Ordering::Acquire);
+                if seen == QUIT {
+                    return;
+                }
+                if seen % 2 == 1 {
+                    word.store(seen + 1, Ordering::Release);
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+        })
+    };
+    let mut sent = 0;
+    let mut bounce = |n: u64| {
+        let start = Instant::now();
+        for _ in 0..n {
+            word.store(sent + 1, Ordering::Release);
+            while word.load(Ordering::Acquire) != sent + 2 {
+                std::hint::spin_loop();
+            }
+            sent += 2;
+        }
+        start.elapsed()
+    };
+    let blocks: Vec<f64> = (0..5)
+        .map(|_| per_iteration(Duration::from_millis(2), &mut bounce))
+        .collect();
+    word.store(QUIT, Ordering::Release);
+    partner.join().expect("the probe's partner thread");
+    median(&blocks).unwrap_or(f64::NAN)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,6 +514,52 @@ mod tests {
         assert_eq!(placements(&[65.0, 90.0, 80.0]), [Placement::One; 3]);
         assert_eq!(placements(&[65.0]), [Placement::One]);
         assert!(placements(&[]).is_empty());
+    }
+
+    #[test]
+    fn paired_rows_compare_within_each_placement() {
+        // Round: baseline, ours. Two fast rounds (ratios 2 and 4), three slow (1, 1.5, 2).
+        let floors = [70.0, 400.0, 75.0, 420.0, 410.0];
+        let rounds = [
+            vec![50.0, 100.0],
+            vec![200.0, 200.0],
+            vec![40.0, 160.0],
+            vec![200.0, 300.0],
+            vec![300.0, 600.0],
+        ];
+        let rows = paired_rows(&floors, &rounds, 1, 0);
+        let fast = PairedRow {
+            placement: Placement::Fast,
+            rounds: 2,
+            baseline: 45.0,
+            ours: 130.0,
+            ratio: 3.0,
+            low: 2.0,
+            high: 4.0,
+        };
+        let slow = PairedRow {
+            placement: Placement::Slow,
+            rounds: 3,
+            baseline: 200.0,
+            ours: 300.0,
+            ratio: 1.5,
+            low: 1.0,
+            high: 2.0,
+        };
+        assert_eq!(rows, [fast, slow]);
+        // One placement: one row; no rounds: none.
+        let one = paired_rows(&[70.0, 75.0], &rounds[..2], 1, 0);
+        assert_eq!(one.len(), 1);
+        assert_eq!((one[0].placement, one[0].rounds), (Placement::One, 2));
+        assert!(paired_rows(&[], &[], 1, 0).is_empty());
+    }
+
+    #[test]
+    fn the_placement_probe_times_a_bounce() {
+        let ns = placement_probe();
+        // A line there and back between two threads: more than nothing, less than a second
+        // even on a loaded machine.
+        assert!(ns > 0.0 && ns < 1e9, "{ns}");
     }
 
     #[test]

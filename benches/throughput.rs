@@ -22,10 +22,16 @@
 //! Each child exits when the host says goodbye (`HostGone`), asks for `SIGKILL` should the bench
 //! die (`PR_SET_PDEATHSIG`), and is killed if it has not exited 5 s after the host is dropped.
 //!
+//! With `--paired` (`cargo bench -p hub-benches --bench throughput -- --paired`) the bench runs no
+//! criterion group: it measures the goals' figures in rounds instead, the hub right after the
+//! channel, one-way ones pinned to one CPU or two, and prints their ratios within each placement
+//! of the VM's vCPUs (see `paired_report`).
+//!
 //! ```sh
 //! cargo bench -p hub-benches --bench throughput
 //! cargo xtask bench-report throughput/one_way
 //! cargo xtask bench-report throughput/fan_in
+//! cargo bench -p hub-benches --bench throughput -- --paired
 //! ```
 
 use std::process::ExitCode;
@@ -34,7 +40,10 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkGroup, BenchmarkId, Criterion, Throughput, measurement::WallTime};
 use crossbeam_channel::{Receiver, Sender};
-use hub_benches::{Partner, SIZES, attach_peer, run_child_if_asked, size_name};
+use hub_benches::{
+    Partner, SIZES, attach_peer, paired_rows, per_iteration, pin_this_thread, placement_probe,
+    run_child_if_asked, size_name, steady_floor,
+};
 use hub_transport::{Disconnect, FrameMeta, Host, HubConfig, RecvError, SendCopyError};
 
 /// The bench's name in the children's messages.
@@ -51,6 +60,10 @@ fn main() -> ExitCode {
     // Every child is a sending peer, whatever its role says.
     if let Some(code) = run_child_if_asked(BENCH, |_role, size| child_main(size)) {
         return code;
+    }
+    if std::env::args().any(|arg| arg == "--paired") {
+        paired_report();
+        return ExitCode::SUCCESS;
     }
     let mut criterion = Criterion::default()
         .sample_size(15)
@@ -92,10 +105,135 @@ fn bench_pair(group: &mut BenchmarkGroup<'_, WallTime>, senders: usize, size: us
         b.iter_custom(|iters| hub.run(iters))
     });
     drop(hub);
-    let mut channel = ChannelFanIn::spawn(senders, size);
+    let mut channel = ChannelFanIn::spawn(senders, size, None);
     group.bench_function(BenchmarkId::new("baseline_crossbeam_channel", id), |b| {
         b.iter_custom(|iters| channel.run(iters))
     });
+}
+
+/// Rounds of `--paired`, per figure.
+const PAIRED_ROUNDS: usize = 12;
+
+/// How long `--paired` times the hub and the channel in each round, each after as long again
+/// of warm-up.
+const PAIRED_BLOCK: Duration = Duration::from_millis(50);
+
+/// Where `--paired` runs the two sides of a figure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// The receiver on CPU 0, the sender on CPU 1: every frame's lines cross between them.
+    TwoCpus,
+    /// Both on CPU 0, taking turns: no line crosses, and the scheduler's switches cost instead.
+    OneCpu,
+    /// Wherever the scheduler puts them (the fan-in figures: more senders than CPUs).
+    Free,
+}
+
+impl Layout {
+    fn name(self) -> &'static str {
+        match self {
+            Layout::TwoCpus => "two CPUs",
+            Layout::OneCpu => "one CPU",
+            Layout::Free => "any CPU",
+        }
+    }
+
+    /// The CPUs of the receiver and of the senders, if pinned.
+    fn cpus(self) -> (Option<usize>, Option<usize>) {
+        match self {
+            Layout::TwoCpus => (Some(0), Some(1)),
+            Layout::OneCpu => (Some(0), Some(0)),
+            Layout::Free => (None, None),
+        }
+    }
+}
+
+/// The figures of `--paired`: (senders, frame size, layout), the goals' figures first.
+const PAIRED_FIGURES: [(usize, usize, Layout); 6] = [
+    (1, 8, Layout::TwoCpus),
+    (1, 8, Layout::OneCpu),
+    (4, 8, Layout::Free),
+    (32, 8, Layout::Free),
+    (1, 64, Layout::TwoCpus),
+    (1, 4 << 10, Layout::TwoCpus),
+];
+
+/// `cargo bench -p hub-benches --bench throughput -- --paired`: the hub's time per frame beside
+/// the channel's, in the same placement of the VM's vCPUs and the same layout of the two
+/// sides. Criterion times the hub and then the channel for seconds each, and between them the
+/// VM may move its vCPUs (one physical core or two) and the scheduler its processes (the
+/// receiver woken on the sender's CPU, or not), so that their ratio swings by 4x from run to
+/// run. Here both stay spawned, one-way figures pinned to one CPU or two ([`Layout`]), and
+/// each round times the channel for [`PAIRED_BLOCK`] and the hub right after, between two
+/// placement probes ([`hub_benches::placement_probe`]). A round whose probes differ by
+/// [`hub_benches::PLACEMENT_GAP`] or more is only counted (`mixed`); the others are split
+/// into placements by their probes ([`hub_benches::paired_rows`]), and each row gives, per
+/// placement, the medians of both times and the median and range of the rounds' own ratios.
+/// Prints a Markdown table; takes about a minute.
+fn paired_report() {
+    println!(
+        "| figure | layout | placement | rounds | mixed | channel (ns) | hub (ns) | ratio | ratios |"
+    );
+    println!("|---|---|---|---:|---:|---:|---:|---:|---|");
+    if std::thread::available_parallelism().map_or(0, |n| n.get()) < 2 {
+        eprintln!("throughput --paired: needs two CPUs");
+        return;
+    }
+    for (senders, size, layout) in PAIRED_FIGURES {
+        let name = if senders > 1 {
+            format!("fan_in {senders} senders")
+        } else {
+            format!("one_way {}", size_name(size))
+        };
+        let (receiver_cpu, sender_cpu) = layout.cpus();
+        let mut hub = HubFanIn::spawn(senders, size);
+        if let Some(cpu) = sender_cpu {
+            for child in &hub.children {
+                child.pin_to(cpu).expect("pin a sending peer");
+            }
+        }
+        let mut channel = ChannelFanIn::spawn(senders, size, sender_cpu);
+        let mut mixed = 0;
+        let mut floors = Vec::new();
+        let mut rounds = Vec::new();
+        for _ in 0..PAIRED_ROUNDS {
+            // The probe's two threads on both CPUs; the receiver where the layout puts it.
+            pin_this_thread(None).expect("unpin the receiver");
+            let before = placement_probe();
+            pin_this_thread(receiver_cpu).expect("pin the receiver");
+            let round = vec![
+                per_iteration(PAIRED_BLOCK, |iters| channel.run(iters)),
+                per_iteration(PAIRED_BLOCK, |iters| hub.run(iters)),
+            ];
+            pin_this_thread(None).expect("unpin the receiver");
+            match steady_floor(before, placement_probe()) {
+                Some(floor) => {
+                    floors.push(floor);
+                    rounds.push(round);
+                }
+                None => mixed += 1,
+            }
+        }
+        for row in paired_rows(&floors, &rounds, 1, 0) {
+            println!(
+                "| {name} | {} | {} | {} | {mixed} | {:.1} | {:.1} | {:.2} | {:.2} to {:.2} |",
+                layout.name(),
+                row.placement.name(),
+                row.rounds,
+                row.baseline,
+                row.ours,
+                row.ratio,
+                row.low,
+                row.high,
+            );
+        }
+        if rounds.is_empty() {
+            println!(
+                "| {name} | {} | mixed | 0 | {mixed} | | | | |",
+                layout.name()
+            );
+        }
+    }
 }
 
 /// How many of `iters` frames sender `index` of `senders` sends.
@@ -184,7 +322,7 @@ enum Frame {
 }
 
 impl ChannelFanIn {
-    fn spawn(senders: usize, size: usize) -> Self {
+    fn spawn(senders: usize, size: usize, sender_cpu: Option<usize>) -> Self {
         let (frame_tx, frames) = crossbeam_channel::bounded(CHANNEL_CAPACITY);
         let (pool, pool_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
         let mut orders = Vec::new();
@@ -195,6 +333,9 @@ impl ChannelFanIn {
                 let frame_tx = frame_tx.clone();
                 let pool_rx = pool_rx.clone();
                 std::thread::spawn(move || {
+                    if let Some(cpu) = sender_cpu {
+                        pin_this_thread(Some(cpu)).expect("pin a sender thread");
+                    }
                     let mut seq = 0_u64;
                     for count in order_rx {
                         for _ in 0..count {
