@@ -215,20 +215,16 @@ fn paired_report() {
                     .map(move |row| (baseline, row))
             })
             .collect();
+        // `paired_rows` gives fast, slow, one; a stable sort keeps each baseline's order.
         rows.sort_by_key(|(_, row)| row.placement as u8);
         for (baseline, row) in rows {
             println!(
-                "| {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.2} | {:.2} to {:.2} |",
+                "| {} | {} | {} | {mixed} | {} | {} |",
                 size_name(size),
                 row.placement.name(),
                 row.rounds,
-                mixed,
                 baseline.name(),
-                row.baseline,
-                row.ours,
-                row.ratio,
-                row.low,
-                row.high,
+                row.cells(),
             );
         }
         if rounds.is_empty() {

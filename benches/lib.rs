@@ -342,16 +342,19 @@ pub fn median(values: &[f64]) -> Option<f64> {
 }
 
 /// A round's floor from its placement probes before and after it: their geometric mean, or
-/// `None` when they differ by [`PLACEMENT_GAP`] or more (the placement changed during the
+/// `None` when either is not a positive, finite time or they differ by [`PLACEMENT_GAP`] or more (the placement changed during the
 /// round, whose figures then mix both).
 ///
 /// ```
 /// assert_eq!(hub_benches::steady_floor(50.0, 72.0), Some(60.0));
 /// assert_eq!(hub_benches::steady_floor(70.0, 450.0), None);
+/// assert_eq!(hub_benches::steady_floor(f64::NAN, 50.0), None);
 /// ```
 pub fn steady_floor(before: f64, after: f64) -> Option<f64> {
+    // A probe that is not a positive, finite time tells nothing: the round is not counted.
+    let valid = |t: f64| t.is_finite() && t > 0.0;
     let (low, high) = (before.min(after), before.max(after));
-    (high / low < PLACEMENT_GAP).then(|| (low * high).sqrt())
+    (valid(before) && valid(after) && high / low < PLACEMENT_GAP).then(|| (low * high).sqrt())
 }
 
 /// What the rounds of one placement give for one figure beside its baseline: the medians of
@@ -372,6 +375,16 @@ pub struct PairedRow {
     pub low: f64,
     /// The largest of the rounds' ratios.
     pub high: f64,
+}
+
+impl PairedRow {
+    /// The row's figures as Markdown table cells: `baseline | ours | ratio | low to high`.
+    pub fn cells(&self) -> String {
+        format!(
+            "{:.1} | {:.1} | {:.2} | {:.2} to {:.2}",
+            self.baseline, self.ours, self.ratio, self.low, self.high
+        )
+    }
 }
 
 /// The rows of a paired measure for the figure at index `ours` of each round beside the one at
@@ -557,8 +570,8 @@ mod tests {
     #[test]
     fn the_placement_probe_times_a_bounce() {
         let ns = placement_probe();
-        // A line there and back between two threads: more than nothing, less than a second
-        // even on a loaded machine.
+        // A smoke test: the probe runs and ends, and gives a time (it cannot tell here
+        // whether the scheduler put its two threads on two CPUs).
         assert!(ns > 0.0 && ns < 1e9, "{ns}");
     }
 

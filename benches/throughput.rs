@@ -216,15 +216,11 @@ fn paired_report() {
         }
         for row in paired_rows(&floors, &rounds, 1, 0) {
             println!(
-                "| {name} | {} | {} | {} | {mixed} | {:.1} | {:.1} | {:.2} | {:.2} to {:.2} |",
+                "| {name} | {} | {} | {} | {mixed} | {} |",
                 layout.name(),
                 row.placement.name(),
                 row.rounds,
-                row.baseline,
-                row.ours,
-                row.ratio,
-                row.low,
-                row.high,
+                row.cells(),
             );
         }
         if rounds.is_empty() {

@@ -1128,6 +1128,8 @@ impl Host {
         let segment = &self.core.endpoint.segment;
         let peers = usize::from(self.max_peers().min(MAX_PEERS));
         let host_bell = Doorbell::new(segment.host_bell());
+        // The layout admits at most MAX_PEERS; the tail past `peers + 1` is never passed on.
+        const { assert!((MAX_PEERS as usize) < crate::futex::MAX_WAIT_ANY) };
         let bells = std::array::from_fn(|p| match u16::try_from(p) {
             Ok(p) if usize::from(p) < peers => Doorbell::new(segment.peer(p).send_bell),
             _ => host_bell,
