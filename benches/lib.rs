@@ -9,6 +9,12 @@
 //! child to exit, and kills it if it has not within [`EXIT_TIMEOUT`]. A child that needs
 //! descriptors of the parent's (a socket, a pipe, a memfd) gets them with
 //! [`Partner::spawn_with_fds`] and takes them with [`inherited_fds`].
+//!
+//! Both benches' `--paired` reports also share their method: rounds that time each figure right
+//! after its baseline ([`per_iteration`]), a round's placement of the VM's vCPUs told by a floor
+//! or a [`placement_probe`] ([`Placement`], [`steady_floor`]), ratios compared only within a
+//! placement ([`paired_rows`]), and each side pinned to a CPU of [`allowed_cpus`]
+//! ([`pin_this_thread`], [`Partner::pin_to`]).
 
 #![warn(missing_docs)]
 
@@ -136,45 +142,64 @@ impl Partner {
 }
 
 impl Partner {
-    /// Runs the child on CPU `cpu` only from now on (its threads started later too). Fails
-    /// when the kernel refuses, as for a CPU this machine does not have.
+    /// Runs the child's main thread on CPU `cpu` only from now on, and so every thread it
+    /// starts later (a thread inherits its starter's CPUs); threads it already runs stay where
+    /// they are. Fails when the kernel refuses, as for a CPU this process may not use.
     pub fn pin_to(&self, cpu: usize) -> std::io::Result<()> {
-        let pid = rustix::process::Pid::from_raw(self.child.id() as i32)
+        let pid = i32::try_from(self.child.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
             .ok_or_else(|| std::io::Error::other("a child without a pid"))?;
-        pin(Some(pid), cpu)
+        set_cpus(Some(pid), &[cpu])
     }
 }
 
-/// Runs the calling thread on CPU `cpu` only (`None`: on every CPU again). The benches' way to
-/// put the two sides of a measure on one vCPU or on two, which the scheduler otherwise picks
-/// and changes between runs. Fails when the kernel refuses, as for a CPU this machine does
-/// not have.
+/// The CPUs the calling thread may run on, lowest first: the set to restore with
+/// [`pin_this_thread`] after a measure pinned the thread, and the set the `--paired` reports
+/// pick their CPUs from (a cpuset or `taskset` may leave out CPU 0). Fails only if the kernel
+/// refuses `sched_getaffinity`.
 ///
 /// ```
-/// hub_benches::pin_this_thread(Some(0))?;
-/// hub_benches::pin_this_thread(None)?;
+/// let cpus = hub_benches::allowed_cpus()?;
+/// assert!(!cpus.is_empty());
 /// # Ok::<(), std::io::Error>(())
 /// ```
-pub fn pin_this_thread(cpu: Option<usize>) -> std::io::Result<()> {
-    match cpu {
-        Some(cpu) => pin(None, cpu),
-        None => {
-            let mut all = rustix::thread::CpuSet::new();
-            for cpu in 0..rustix::thread::CpuSet::MAX_CPU {
-                all.set(cpu);
-            }
-            Ok(rustix::thread::sched_setaffinity(None, &all)?)
-        }
-    }
+pub fn allowed_cpus() -> std::io::Result<Vec<usize>> {
+    let set = rustix::thread::sched_getaffinity(None)?;
+    Ok((0..rustix::thread::CpuSet::MAX_CPU)
+        .filter(|&cpu| set.is_set(cpu))
+        .collect())
 }
 
-/// `sched_setaffinity` of `pid` (`None`: the calling thread) to CPU `cpu` alone.
-fn pin(pid: Option<rustix::process::Pid>, cpu: usize) -> std::io::Result<()> {
-    if cpu >= rustix::thread::CpuSet::MAX_CPU {
-        return Err(std::io::Error::other(format!("no CPU {cpu}")));
+/// Runs the calling thread on the CPUs `cpus` only: the benches' way to put the two sides of a
+/// measure on one vCPU or on two, which the scheduler otherwise picks and changes between
+/// runs, and to give the thread back the set [`allowed_cpus`] saved before. Fails when `cpus`
+/// is empty or names a CPU past [`rustix::thread::CpuSet::MAX_CPU`], or when the kernel
+/// refuses (none of `cpus` is allowed).
+///
+/// ```
+/// let allowed = hub_benches::allowed_cpus()?;
+/// hub_benches::pin_this_thread(&allowed[..1])?;
+/// assert_eq!(hub_benches::allowed_cpus()?, allowed[..1]);
+/// hub_benches::pin_this_thread(&allowed)?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn pin_this_thread(cpus: &[usize]) -> std::io::Result<()> {
+    set_cpus(None, cpus)
+}
+
+/// `sched_setaffinity` of `pid` (`None`: the calling thread) to the CPUs `cpus`.
+fn set_cpus(pid: Option<rustix::process::Pid>, cpus: &[usize]) -> std::io::Result<()> {
+    if cpus.is_empty() {
+        return Err(std::io::Error::other("no CPU to run on"));
     }
     let mut set = rustix::thread::CpuSet::new();
-    set.set(cpu);
+    for &cpu in cpus {
+        if cpu >= rustix::thread::CpuSet::MAX_CPU {
+            return Err(std::io::Error::other(format!("no CPU {cpu}")));
+        }
+        set.set(cpu);
+    }
     Ok(rustix::thread::sched_setaffinity(pid, &set)?)
 }
 
@@ -265,8 +290,8 @@ impl Drop for Partner {
 /// on one physical core (`Fast`: a cache line crosses in tens of nanoseconds) or on two
 /// (`Slow`: several times that), or `One` when the rounds do not fall into two such groups.
 /// The shared VM moves between the two every minute or so, and a ratio of figures measured in
-/// different placements means nothing: `latency --paired` measures each round's figures one
-/// right after the other and compares them only within a placement.
+/// different placements means nothing: `latency --paired` and `throughput --paired` measure
+/// each round's figures one right after the other and compare them only within a placement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Placement {
     /// The faster group of rounds.
@@ -465,50 +490,79 @@ pub fn per_iteration(block: Duration, mut run: impl FnMut(u64) -> Duration) -> f
     run(iters).as_secs_f64() * 1e9 / iters as f64
 }
 
-/// How long two threads of this process take to bounce one cache line there and back, in
-/// nanoseconds (the median of five blocks of about 2 ms, each after as long of warm-up): a probe of the placement
-/// ([`Placement`]) for the benches whose own figures do not tell it. Tens of nanoseconds
-/// when the VM runs its two vCPUs on one physical core, hundreds when on two.
-pub fn placement_probe() -> f64 {
-    use std::sync::Arc;
+/// How long two threads of this process, one on CPU `cpus[0]` and one on `cpus[1]`, take to
+/// bounce one cache line there and back, in nanoseconds (the median of five blocks of about
+/// 2 ms, each after as long of warm-up): a probe of the placement ([`Placement`]) for the
+/// benches whose own figures do not tell it. Tens of nanoseconds when the VM runs the two
+/// vCPUs on one physical core, hundreds when on two. The probe pins its own two threads, so
+/// the caller's CPUs do not matter and stay as they are.
+///
+/// Fails when a thread cannot be pinned (see [`pin_this_thread`]); give two distinct CPUs from
+/// [`allowed_cpus`], or the two threads take turns on one.
+pub fn placement_probe(cpus: [usize; 2]) -> std::io::Result<f64> {
     use std::sync::atomic::{AtomicU64, Ordering};
+    // The word's values besides the bounce's counts: the answering thread is pinning itself,
+    // could not, or is told to quit.
+    const PINNING: u64 = u64::MAX - 2;
+    const UNPINNED: u64 = u64::MAX - 1;
     const QUIT: u64 = u64::MAX;
-    let word = Arc::new(AtomicU64::new(0));
-    let partner = {
-        let word = Arc::clone(&word);
-        std::thread::spawn(move || {
-            // Answers each odd value with the next even one, until told to quit.
-            loop {
-                let seen = word.load(Ordering::Acquire);
-                if seen == QUIT {
-                    return;
-                }
-                if seen % 2 == 1 {
-                    word.store(seen + 1, Ordering::Release);
-                } else {
-                    std::hint::spin_loop();
-                }
+    let word = AtomicU64::new(PINNING);
+    let answer = || -> std::io::Result<()> {
+        if let Err(error) = pin_this_thread(&cpus[1..]) {
+            word.store(UNPINNED, Ordering::Release);
+            return Err(error);
+        }
+        word.store(0, Ordering::Release);
+        // Answers each odd value with the next even one, until told to quit.
+        loop {
+            let seen = word.load(Ordering::Acquire);
+            if seen == QUIT {
+                return Ok(());
             }
-        })
-    };
-    let mut sent = 0;
-    let mut bounce = |n: u64| {
-        let start = Instant::now();
-        for _ in 0..n {
-            word.store(sent + 1, Ordering::Release);
-            while word.load(Ordering::Acquire) != sent + 2 {
+            if seen % 2 == 1 {
+                word.store(seen + 1, Ordering::Release);
+            } else {
                 std::hint::spin_loop();
             }
-            sent += 2;
         }
-        start.elapsed()
     };
-    let blocks: Vec<f64> = (0..5)
-        .map(|_| per_iteration(Duration::from_millis(2), &mut bounce))
-        .collect();
-    word.store(QUIT, Ordering::Release);
-    partner.join().expect("the probe's partner thread");
-    median(&blocks).unwrap_or(f64::NAN)
+    let ask = || -> std::io::Result<f64> {
+        let pinned = pin_this_thread(&cpus[..1]);
+        let answering = loop {
+            match word.load(Ordering::Acquire) {
+                PINNING => std::hint::spin_loop(),
+                seen => break seen == 0,
+            }
+        };
+        if pinned.is_err() || !answering {
+            word.store(QUIT, Ordering::Release);
+            // The answering thread's own error, if any, is the one reported.
+            return pinned.map(|()| f64::NAN);
+        }
+        let mut sent = 0;
+        let mut bounce = |n: u64| {
+            let start = Instant::now();
+            for _ in 0..n {
+                word.store(sent + 1, Ordering::Release);
+                while word.load(Ordering::Acquire) != sent + 2 {
+                    std::hint::spin_loop();
+                }
+                sent += 2;
+            }
+            start.elapsed()
+        };
+        let blocks: Vec<f64> = (0..5)
+            .map(|_| per_iteration(Duration::from_millis(2), &mut bounce))
+            .collect();
+        word.store(QUIT, Ordering::Release);
+        Ok(median(&blocks).unwrap_or(f64::NAN))
+    };
+    std::thread::scope(|scope| {
+        let answering = scope.spawn(answer);
+        let asked = scope.spawn(ask).join().expect("the probe's asking thread");
+        answering.join().expect("the probe's answering thread")?;
+        asked
+    })
 }
 
 #[cfg(test)]
@@ -569,7 +623,9 @@ mod tests {
 
     #[test]
     fn the_placement_probe_times_a_bounce() {
-        let ns = placement_probe();
+        let cpus = allowed_cpus().expect("the allowed CPUs");
+        let pair = [cpus[0], *cpus.last().expect("a CPU")];
+        let ns = placement_probe(pair).expect("pin the probe's threads");
         // A smoke test: the probe runs and ends, and gives a time (it cannot tell here
         // whether the scheduler put its two threads on two CPUs).
         assert!(ns > 0.0 && ns < 1e9, "{ns}");

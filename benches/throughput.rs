@@ -41,8 +41,8 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkGroup, BenchmarkId, Criterion, Throughput, measurement::WallTime};
 use crossbeam_channel::{Receiver, Sender};
 use hub_benches::{
-    Partner, SIZES, attach_peer, paired_rows, per_iteration, pin_this_thread, placement_probe,
-    run_child_if_asked, size_name, steady_floor,
+    Partner, SIZES, allowed_cpus, attach_peer, paired_rows, per_iteration, pin_this_thread,
+    placement_probe, run_child_if_asked, size_name, steady_floor,
 };
 use hub_transport::{Disconnect, FrameMeta, Host, HubConfig, RecvError, SendCopyError};
 
@@ -62,8 +62,7 @@ fn main() -> ExitCode {
         return code;
     }
     if std::env::args().any(|arg| arg == "--paired") {
-        paired_report();
-        return ExitCode::SUCCESS;
+        return paired_report();
     }
     let mut criterion = Criterion::default()
         .sample_size(15)
@@ -114,16 +113,22 @@ fn bench_pair(group: &mut BenchmarkGroup<'_, WallTime>, senders: usize, size: us
 /// Rounds of `--paired`, per figure.
 const PAIRED_ROUNDS: usize = 12;
 
+/// Frames each side of a `--paired` figure sends once, untimed, before its first round.
+const PAIRED_WARM_UP: u64 = 100_000;
+
 /// How long `--paired` times the hub and the channel in each round, each after as long again
 /// of warm-up.
 const PAIRED_BLOCK: Duration = Duration::from_millis(50);
 
-/// Where `--paired` runs the two sides of a figure.
+/// Where `--paired` runs the two sides of a figure, on the first and the last of the CPUs
+/// this process may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Layout {
-    /// The receiver on CPU 0, the sender on CPU 1: every frame's lines cross between them.
+    /// The receiver on the first CPU, the sender on the last: every frame's lines cross
+    /// between them.
     TwoCpus,
-    /// Both on CPU 0, taking turns: no line crosses, and the scheduler's switches cost instead.
+    /// Both on the first CPU, taking turns: no line crosses, and the scheduler's switches cost
+    /// instead.
     OneCpu,
     /// Wherever the scheduler puts them (the fan-in figures: more senders than CPUs).
     Free,
@@ -138,11 +143,11 @@ impl Layout {
         }
     }
 
-    /// The CPUs of the receiver and of the senders, if pinned.
-    fn cpus(self) -> (Option<usize>, Option<usize>) {
+    /// The CPUs of the receiver and of the senders, if pinned, given two distinct ones.
+    fn cpus(self, [first, last]: [usize; 2]) -> (Option<usize>, Option<usize>) {
         match self {
-            Layout::TwoCpus => (Some(0), Some(1)),
-            Layout::OneCpu => (Some(0), Some(0)),
+            Layout::TwoCpus => (Some(first), Some(last)),
+            Layout::OneCpu => (Some(first), Some(first)),
             Layout::Free => (None, None),
         }
     }
@@ -169,23 +174,29 @@ const PAIRED_FIGURES: [(usize, usize, Layout); 6] = [
 /// [`hub_benches::PLACEMENT_GAP`] or more is only counted (`mixed`); the others are split
 /// into placements by their probes ([`hub_benches::paired_rows`]), and each row gives, per
 /// placement, the medians of both times and the median and range of the rounds' own ratios.
-/// Prints a Markdown table; takes about a minute.
-fn paired_report() {
+/// Prints a Markdown table; takes about a minute. Fails (the exit code) when this process may
+/// use fewer than two CPUs.
+fn paired_report() -> ExitCode {
+    let allowed = allowed_cpus().expect("the CPUs this process may use");
+    let (Some(&first), Some(&last)) = (allowed.first(), allowed.last()) else {
+        unreachable!("a running thread has a CPU");
+    };
+    if first == last {
+        eprintln!("throughput --paired: needs two CPUs, may use only CPU {first}");
+        return ExitCode::FAILURE;
+    }
+    let probe_cpus = [first, last];
     println!(
         "| figure | layout | placement | rounds | mixed | channel (ns) | hub (ns) | ratio | ratios |"
     );
     println!("|---|---|---|---:|---:|---:|---:|---:|---|");
-    if std::thread::available_parallelism().map_or(0, |n| n.get()) < 2 {
-        eprintln!("throughput --paired: needs two CPUs");
-        return;
-    }
     for (senders, size, layout) in PAIRED_FIGURES {
         let name = if senders > 1 {
             format!("fan_in {senders} senders")
         } else {
             format!("one_way {}", size_name(size))
         };
-        let (receiver_cpu, sender_cpu) = layout.cpus();
+        let (receiver_cpu, sender_cpu) = layout.cpus(probe_cpus);
         let mut hub = HubFanIn::spawn(senders, size);
         if let Some(cpu) = sender_cpu {
             for child in &hub.children {
@@ -193,20 +204,23 @@ fn paired_report() {
             }
         }
         let mut channel = ChannelFanIn::spawn(senders, size, sender_cpu);
+        let receiver_cpus = receiver_cpu.map_or_else(|| allowed.clone(), |cpu| vec![cpu]);
+        pin_this_thread(&receiver_cpus).expect("pin the receiver");
+        // A first run of each, untimed: the children attach and both sides warm up before
+        // the first probe.
+        channel.run(PAIRED_WARM_UP);
+        hub.run(PAIRED_WARM_UP);
         let mut mixed = 0;
         let mut floors = Vec::new();
         let mut rounds = Vec::new();
         for _ in 0..PAIRED_ROUNDS {
-            // The probe's two threads on both CPUs; the receiver where the layout puts it.
-            pin_this_thread(None).expect("unpin the receiver");
-            let before = placement_probe();
-            pin_this_thread(receiver_cpu).expect("pin the receiver");
+            let before = placement_probe(probe_cpus).expect("pin the probe's threads");
             let round = vec![
                 per_iteration(PAIRED_BLOCK, |iters| channel.run(iters)),
                 per_iteration(PAIRED_BLOCK, |iters| hub.run(iters)),
             ];
-            pin_this_thread(None).expect("unpin the receiver");
-            match steady_floor(before, placement_probe()) {
+            let after = placement_probe(probe_cpus).expect("pin the probe's threads");
+            match steady_floor(before, after) {
                 Some(floor) => {
                     floors.push(floor);
                     rounds.push(round);
@@ -230,6 +244,8 @@ fn paired_report() {
             );
         }
     }
+    pin_this_thread(&allowed).expect("unpin the receiver");
+    ExitCode::SUCCESS
 }
 
 /// How many of `iters` frames sender `index` of `senders` sends.
@@ -330,7 +346,7 @@ impl ChannelFanIn {
                 let pool_rx = pool_rx.clone();
                 std::thread::spawn(move || {
                     if let Some(cpu) = sender_cpu {
-                        pin_this_thread(Some(cpu)).expect("pin a sender thread");
+                        pin_this_thread(&[cpu]).expect("pin a sender thread");
                     }
                     let mut seq = 0_u64;
                     for count in order_rx {
