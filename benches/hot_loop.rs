@@ -16,7 +16,11 @@
 //! - `ring-round-trip N`: the same four steps at 8 B through two of the hub's rings alone
 //!   (`try_push`, `try_pop_into`), what the rings cost apart from everything the endpoints add,
 //!   as `latency/in_process`'s `baseline_hub_rings` times it;
-//! - `alloc CLASS N`: `alloc_in(CLASS)` then `free`, as `alloc/uncontended` times it;
+//! - `alloc CLASS N`: `alloc_in(CLASS)` then `free`, as `alloc/uncontended` times it (the
+//!   freed slot kept, the next alloc taking it back);
+//! - `one-way-slot CLASS N`: a peer's `alloc_in(CLASS)` and `mark_in_flight` to the host, the
+//!   host's `accept` and `free`: a one-way slot frame's allocator work, through the free list
+//!   both ways (a receiver that never allocates in the class keeps nothing);
 //! - `queue N`: `pop` then `push` on a full crossbeam `ArrayQueue`, the baseline of `alloc`.
 //!
 //! Each warms up first (outside `measured`), then makes `N` iterations inside it. `cargo bench`
@@ -40,7 +44,7 @@ const WARM_UP: u64 = 1000;
 
 const USAGE: &str =
     "usage: hot_loop round-trip SIZE N | channel-round-trip 8|64 N | ring-round-trip N
-       | alloc CLASS N | queue N
+       | alloc CLASS N | one-way-slot CLASS N | queue N
 (run by `cargo xtask instructions`, under callgrind)";
 
 fn main() -> ExitCode {
@@ -67,6 +71,10 @@ fn main() -> ExitCode {
         },
         ["alloc", class, n] => match (number(class), number(n)) {
             (Some(class), Some(n)) => allocs(class as u16, n),
+            _ => usage(),
+        },
+        ["one-way-slot", class, n] => match (number(class), number(n)) {
+            (Some(class), Some(n)) => one_way_slots(class as u16, n),
             _ => usage(),
         },
         ["queue", n] => match number(n) {
@@ -117,7 +125,8 @@ fn ring_round_trips(n: u64) -> ExitCode {
     })
 }
 
-fn allocs(class: u16, n: u64) -> ExitCode {
+/// The host's allocator over a heap region laid out as the default hub's, if it has `class`.
+fn hub_slab(class: u16) -> Option<Slab<Arc<HeapRegion>>> {
     let segment = hub_layout::SegmentLayout::new(32, 256).expect("the default segment");
     let layout = SlabLayout::for_hub(&segment);
     let region = Arc::new(HeapRegion::new(layout.initial_size(), layout.max_size()));
@@ -125,11 +134,32 @@ fn allocs(class: u16, n: u64) -> ExitCode {
     let slab = unsafe { Slab::init(region, layout, OwnerId::HOST) }.expect("init");
     if slab.slot_size(class).is_none() {
         eprintln!("hot_loop: no class {class}");
-        return ExitCode::from(2);
+        return None;
     }
+    Some(slab)
+}
+
+fn allocs(class: u16, n: u64) -> ExitCode {
+    let Some(slab) = hub_slab(class) else {
+        return ExitCode::from(2);
+    };
     run(n, || {
         let handle = slab.alloc_in(class).expect("a slot");
         let _ = black_box(slab.free(black_box(handle)).expect("freed"));
+    })
+}
+
+fn one_way_slots(class: u16, n: u64) -> ExitCode {
+    let Some(host) = hub_slab(class) else {
+        return ExitCode::from(2);
+    };
+    let peer = host.with_owner(OwnerId::peer(0)).expect("peer 0");
+    run(n, || {
+        let handle = peer.alloc_in(class).expect("a slot");
+        peer.mark_in_flight(handle, OwnerId::HOST).expect("sent");
+        host.accept(black_box(handle), OwnerId::peer(0))
+            .expect("accepted");
+        let _ = black_box(host.free(handle).expect("freed"));
     })
 }
 

@@ -227,8 +227,10 @@ fn run_demo(json: bool) -> hub_examples::Result<()> {
     }
     let mut loan = second.loan(1 << 20)?;
     loan.as_mut_slice()[..8].copy_from_slice(b"unsent!!");
-    // Kept: the host receives one of the first peer's frames and drops it; the host keeps the
-    // freed slot for its own next loan.
+    // Kept: the host, which lends 4 KiB buffers itself (one taken and dropped unsent), receives
+    // one of the first peer's frames and drops it; it keeps both freed slots for its own next
+    // loans.
+    drop(host.loan(4096)?);
     drop(host.recv()?);
     // Let the heartbeat threads beat once.
     std::thread::sleep(std::time::Duration::from_millis(50));
@@ -237,7 +239,7 @@ fn run_demo(json: bool) -> hub_examples::Result<()> {
     if !json {
         text.push_str(
             "demo: a named hub with 2 in-process peers, 1 reserved entry, 4 frames in flight, \
-             1 slot kept by the host and 1 allocated\n\n",
+             2 slots kept by the host and 1 allocated\n\n",
         );
     }
     let snapshot = Snapshot::read(&path)?;

@@ -67,8 +67,8 @@ const FIGURES: &[Figure] = &[
         baseline: &["queue"],
     },
     Figure {
-        name: "alloc+free, class 3 (free list)",
-        ours: &["alloc", "3"],
+        name: "one-way slot, class 0 (the free list both ways)",
+        ours: &["one-way-slot", "0"],
         baseline_name: "ArrayQueue pop+push",
         baseline: &["queue"],
     },

@@ -6,9 +6,9 @@
 //! `std::sync::Mutex` costs two read-modify-writes per critical section, the compare-and-swap
 //! that takes it and the swap that releases it, which must learn whether anyone sleeps; this
 //! lock costs one, because nobody ever sleeps on it. On x86 each read-modify-write waits for the
-//! store buffer to drain: with it, the allocator's list pair (an alloc and a free of a class
-//! that keeps no slots, each taking the journal once) took 60 to 64 ns where it took 74 to 78
-//! with a `Mutex`, in alternated runs on this project's 2-vCPU EPYC VM.
+//! store buffer to drain: with it, the allocator's list pair (an alloc and a free through the
+//! free list, each taking the journal once) took 60 to 64 ns where it took 74 to 78 with a
+//! `Mutex`, in alternated runs on this project's 2-vCPU EPYC VM.
 //!
 //! The price: a waiter never sleeps in the kernel. A thread that finds the lock taken spins 64
 //! `pause`s, yields 64 times, then naps 50 µs at a time, so a thread that finds it taken by a

@@ -7,6 +7,11 @@
 //! handed out twice ([`check_quiet`]). A crash is simulated before the threads start, by taking
 //! the first steps of `Slab::pop` by hand ([`Private::crash_in_pop`]).
 //!
+//! The models of the free list's paths free with `Slab::free_to_list`, the free that never keeps
+//! its slot: a participant that allocates in a class keeps one freed slot in its magazine (see
+//! `crate::magazine`), which would take their frees off the list. The models at the end cover
+//! kept slots.
+//!
 //! What the slab module does differently under loom, so that these models can run and mean something:
 //! `wake::loom_seqcst` puts a SeqCst fence beside R11's SeqCst accesses (loom models SeqCst accesses
 //! as AcqRel only); `RESOLVE_ATTEMPTS` is 3, not 64 (a schedule in which the other participant
@@ -221,7 +226,7 @@ fn treiber_aba() {
         let thread_b = thread::spawn(move || {
             let x = b.try_alloc_in(0).unwrap().expect("a slot");
             let y = b.try_alloc_in(0).unwrap().expect("a slot");
-            let _ = b.free(x).unwrap();
+            let _ = b.free_to_list(x).unwrap();
             y
         });
         let got_a = thread_a.join().unwrap();
@@ -232,7 +237,7 @@ fn treiber_aba() {
         assert_eq!(stats.allocated as usize, held.len());
         assert_eq!(host.free_list_len(0).unwrap() as usize, 4 - held.len());
         for handle in held {
-            let _ = host.free(handle).unwrap();
+            let _ = host.free_to_list(handle).unwrap();
         }
         check_quiet(&host, 4);
     });
@@ -256,7 +261,7 @@ fn racing_double_free() {
             .into_iter()
             .map(|owner| {
                 let slab = host.with_owner(owner).unwrap();
-                thread::spawn(move || slab.free(handle))
+                thread::spawn(move || slab.free_to_list(handle))
             })
             .collect();
         let results: Vec<_> = freers.into_iter().map(|t| t.join().unwrap()).collect();
@@ -290,7 +295,7 @@ fn free_racing_reclaim() {
         sender.mark_in_flight(handle, DEAD).unwrap();
         let scanner = {
             let host = host.with_owner(OwnerId::HOST).unwrap();
-            thread::spawn(move || host.free(handle))
+            thread::spawn(move || host.free_to_list(handle))
         };
         let reclaimer = {
             let slab = host.with_owner(LIVE).unwrap();
@@ -390,7 +395,7 @@ fn concurrent_growers() {
             .load(Ordering::Relaxed);
         assert_eq!(u64::from(extent_count), extents);
         for handle in held {
-            let _ = host.free(handle).unwrap();
+            let _ = host.free_to_list(handle).unwrap();
         }
         check_quiet(&host, 2 * extents as u32);
     });
@@ -425,7 +430,7 @@ fn grow_racing_reclaim() {
         let extents = Private::new(&host).extent_offsets().len() as u32;
         assert_eq!(extents == 1, grown.index() == lost.index());
         for handle in [grown, kept] {
-            let _ = host.free(handle).unwrap();
+            let _ = host.free_to_list(handle).unwrap();
         }
         check_quiet(&host, 2 * extents);
     });
@@ -447,7 +452,7 @@ fn alloc_racing_reclaim_of_crash_after_pop() {
             let slab = host.with_owner(LIVE).unwrap();
             thread::spawn(move || {
                 let handle = slab.try_alloc_in(0).unwrap().expect("a slot");
-                let _ = slab.free(handle).unwrap();
+                let _ = slab.free_to_list(handle).unwrap();
             })
         };
         let reclaimer = {
@@ -478,7 +483,7 @@ fn alloc_racing_reclaim_of_crash_before_pop() {
             let slab = host.with_owner(LIVE).unwrap();
             thread::spawn(move || {
                 let handle = slab.try_alloc_in(0).unwrap().expect("a slot");
-                let _ = slab.free(handle).unwrap();
+                let _ = slab.free_to_list(handle).unwrap();
             })
         };
         let reclaimer = {
@@ -514,7 +519,7 @@ fn slot_available_wakeup() {
         let second = host.try_alloc_in(0).unwrap().expect("a slot");
         let freer = {
             let slab = host.with_owner(DEAD).unwrap();
-            thread::spawn(move || slab.free(first).unwrap())
+            thread::spawn(move || slab.free_to_list(first).unwrap())
         };
         let waiter = {
             let slab = host.with_owner(LIVE).unwrap();
@@ -547,7 +552,7 @@ fn slot_available_wakeup() {
             }
         }
         for handle in held {
-            let _ = host.free(handle).unwrap();
+            let _ = host.free_to_list(handle).unwrap();
         }
         check_quiet(&host, 2);
     });
@@ -569,8 +574,8 @@ fn alloc_racing_reclaim_journal_names_a_free() {
         assert!(a.index() != b && other.index() != b);
         let live = thread::spawn(move || {
             let handle = slab.try_alloc_in(0).unwrap().expect("a slot");
-            let _ = slab.free(other).unwrap();
-            let _ = slab.free(handle).unwrap();
+            let _ = slab.free_to_list(other).unwrap();
+            let _ = slab.free_to_list(handle).unwrap();
         });
         let reclaimer = {
             let host = host.with_owner(OwnerId::HOST).unwrap();
@@ -602,8 +607,8 @@ fn alloc_racing_reclaim_journal_names_a_pop() {
             thread::spawn(move || {
                 let first = slab.try_alloc_in(0).unwrap().expect("a slot");
                 let second = slab.try_alloc_in(0).unwrap().expect("a slot");
-                let _ = slab.free(first).unwrap();
-                let _ = slab.free(second).unwrap();
+                let _ = slab.free_to_list(first).unwrap();
+                let _ = slab.free_to_list(second).unwrap();
             })
         };
         let reclaimer = {
@@ -633,7 +638,7 @@ fn rebuild_racing_free() {
         let slab = host.with_owner(LIVE).unwrap();
         let handle = slab.try_alloc_in(0).unwrap().expect("a slot");
         let live = thread::spawn(move || {
-            let _ = slab.free(handle).unwrap();
+            let _ = slab.free_to_list(handle).unwrap();
         });
         let rebuilder = {
             let host = host.with_owner(OwnerId::HOST).unwrap();
@@ -657,7 +662,7 @@ fn rebuild_racing_alloc() {
             let slab = host.with_owner(LIVE).unwrap();
             thread::spawn(move || {
                 let handle = slab.try_alloc_in(0).unwrap().expect("a slot");
-                let _ = slab.free(handle).unwrap();
+                let _ = slab.free_to_list(handle).unwrap();
             })
         };
         let rebuilder = {
@@ -701,7 +706,7 @@ fn audit_racing_alloc_and_free() {
     model("audit_racing_alloc_and_free", || {
         audit_beside(slab(2, 1), LIVE, |slab| {
             let handle = slab.try_alloc_in(0).unwrap().expect("a slot");
-            let _ = slab.free(handle).unwrap();
+            let _ = slab.free_to_list(handle).unwrap();
         });
     });
 }
@@ -725,8 +730,8 @@ fn audit_racing_a_relinked_head() {
         audit_beside(host, LIVE, move |slab| {
             let second = slab.try_alloc_in(0).unwrap().expect("slot 1");
             // Slot 0 was allocated by another: `free` checks generation and state, not who frees.
-            let _ = slab.free(first).unwrap();
-            let _ = slab.free(second).unwrap();
+            let _ = slab.free_to_list(first).unwrap();
+            let _ = slab.free_to_list(second).unwrap();
         });
     });
 }
@@ -749,7 +754,7 @@ fn forged_free_of_a_held_loan_racing_alloc() {
         let held = host.try_alloc_in(0).unwrap().expect("a slot");
         let forger = {
             let peer = host.with_owner(LIVE).unwrap();
-            thread::spawn(move || peer.free(held))
+            thread::spawn(move || peer.free_to_list(held))
         };
         let allocator = {
             let host = host.clone();
@@ -772,9 +777,9 @@ fn forged_free_of_a_held_loan_racing_alloc() {
         }
         assert!(host.holds(held));
         // The host is done with its loan: the shared state says it is free already.
-        assert!(host.free(held).is_err());
+        assert!(host.free_to_list(held).is_err());
         for handle in got {
-            let _ = host.free(handle).unwrap();
+            let _ = host.free_to_list(handle).unwrap();
         }
         repair_then_check(&host, 2);
     });
@@ -799,7 +804,7 @@ fn accept_racing_a_forged_free_and_alloc() {
             thread::spawn(move || host.try_alloc_in(0).unwrap())
         };
         // The forger: another peer frees the host's frame-to-be.
-        let forged = host.with_owner(DEAD).unwrap().free(sent);
+        let forged = host.with_owner(DEAD).unwrap().free_to_list(sent);
         let accepted = receiver.join().unwrap();
         let loaned = allocator.join().unwrap();
         assert!(forged.is_ok(), "{forged:?}");
@@ -809,10 +814,10 @@ fn accept_racing_a_forged_free_and_alloc() {
                 "the frame's slot lent as {loaned:?}"
             );
             assert!(host.holds(sent));
-            assert!(host.free(sent).is_err(), "forged free already");
+            assert!(host.free_to_list(sent).is_err(), "forged free already");
         }
         if let Some(loan) = loaned {
-            let _ = host.free(loan);
+            let _ = host.free_to_list(loan);
         }
         repair_then_check(&host, 2);
     });
@@ -838,7 +843,7 @@ fn garbage_in_a_journal_never_blocks_its_owner() {
             })
         };
         let handle = host.try_alloc_in(0).unwrap().expect("a slot");
-        let _ = host.free(handle).unwrap();
+        let _ = host.free_to_list(handle).unwrap();
         scribbler.join().unwrap();
         // The scribble may land after the last window: a reclaim of the owner would find it;
         // the owner itself is not bothered.
@@ -876,7 +881,7 @@ fn restore_racing_the_hosts_own_growth() {
         assert_eq!(Private::new(&host).extent_offsets().len(), 2);
         assert_eq!(host.slot_data(grown).unwrap(), at, "the grown slot moved");
         for handle in held.into_iter().chain([grown]) {
-            let _ = host.free(handle).unwrap();
+            let _ = host.free_to_list(handle).unwrap();
         }
         check_quiet(&host, 4);
     });

@@ -23,14 +23,23 @@
 //!
 //! # When slots are kept, and when given back
 //!
-//! Only classes of 16 slots or more per extent keep any: one cell per 16 slots, at most
-//! [`CELLS`]. A free keeps its slot only when no allocator has announced that it waits for the
-//! class (R11); otherwise the slot goes on the list and the waiter is woken. A participant
-//! gives its kept slots back before it sleeps in the hub (hub-transport does so before every
-//! futex wait), and its reclaim frees them when it leaves or dies. So a participant withholds
-//! at most [`CELLS`] slots per class from the others, and only while it is busy.
+//! A participant keeps a class's slots only once it allocates in the class itself: once one
+//! of its allocs has taken a slot of the class from the free list or a new extent. A slot kept
+//! by a participant that only frees in the class (a receiver of frames it never sends) would
+//! only be withheld: its senders would have to grow the class for it, and a class of few large
+//! slots (4 and 16 MiB, 8 and 4 to an extent) would grow by 32 or 64 MiB for each.
+//!
+//! A class keeps one cell per 16 slots of an extent, at least one and at most [`CELLS`]. A free
+//! keeps its slot only when no allocator has announced that it waits for the class (R11),
+//! otherwise the slot goes on the list and the waiter is woken; and only when the class's free
+//! list is not empty: the class's last free slots go where anyone may take them, since an
+//! allocator may wait for one without announcing it (an async task that naps between tries). A participant gives its kept
+//! slots back before it sleeps in the hub (hub-transport does so before every futex wait, and
+//! after a wait slice without a frame), and its reclaim frees them when it leaves or dies. So a
+//! participant withholds at most [`CELLS`] slots per class it allocates in (one in a class of
+//! fewer than 32 slots an extent), and only while it is busy.
 
-use crate::sync::{AtomicU64, Ordering};
+use crate::sync::{AtomicBool, AtomicU64, Ordering};
 
 /// Cells per class, at most.
 pub(crate) const CELLS: usize = 4;
@@ -66,8 +75,12 @@ pub(crate) fn hinted_offset(hint: MetaHint) -> usize {
 /// The slots one participant keeps for one class.
 pub(crate) struct Magazine {
     cells: [AtomicU64; CELLS],
-    /// Cells in use: fewer for classes with few slots, none for the smallest ones.
+    /// Cells in use: one per [`SLOTS_PER_CELL`] slots of an extent, at least one.
     capacity: usize,
+    /// Whether this participant allocates in the class: set by its first alloc from the list or
+    /// a new extent ([`note_alloc`](Self::note_alloc)), never cleared. Until then its frees
+    /// keep nothing.
+    allocates: AtomicBool,
 }
 
 impl Magazine {
@@ -75,14 +88,34 @@ impl Magazine {
     pub(crate) fn for_class(slots_per_extent: u32) -> Self {
         Self {
             cells: std::array::from_fn(|_| AtomicU64::new(EMPTY)),
-            capacity: ((slots_per_extent / SLOTS_PER_CELL) as usize).min(CELLS),
+            capacity: ((slots_per_extent / SLOTS_PER_CELL) as usize).clamp(1, CELLS),
+            allocates: AtomicBool::new(false),
         }
     }
 
-    /// Whether this class keeps slots at all.
-    #[inline]
-    pub(crate) fn enabled(&self) -> bool {
-        self.capacity > 0
+    /// Whether a free may keep its slot here: once this participant allocates in the class.
+    #[inline(always)]
+    pub(crate) fn keeps(&self) -> bool {
+        // Relaxed: a private hint; a stale `false` frees one slot onto the list.
+        self.allocates.load(Ordering::Relaxed)
+    }
+
+    /// Record that this participant took a slot of the class from the list or a new extent:
+    /// from now on its frees in the class may keep their slots.
+    #[inline(always)]
+    pub(crate) fn note_alloc(&self) {
+        if !self.allocates.load(Ordering::Relaxed) {
+            self.allocates.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a cell is empty now (a snapshot: another thread of the participant may fill it
+    /// before this one's [`put`](Self::put)).
+    #[inline(always)]
+    pub(crate) fn has_room(&self) -> bool {
+        self.cells[..self.capacity]
+            .iter()
+            .any(|cell| cell.load(Ordering::Relaxed) == EMPTY)
     }
 
     /// Put slot `index`, whose meta `hint` locates, in an empty cell; `false` when every cell
@@ -132,12 +165,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_class_of_few_slots_keeps_none() {
-        assert!(!Magazine::for_class(8).enabled());
-        assert!(!Magazine::for_class(15).enabled());
-        assert_eq!(Magazine::for_class(16).capacity, 1);
+    fn a_class_of_few_slots_keeps_one_and_only_for_an_allocator() {
+        assert_eq!(Magazine::for_class(1).capacity, 1);
+        assert_eq!(Magazine::for_class(4).capacity, 1);
+        assert_eq!(Magazine::for_class(31).capacity, 1);
         assert_eq!(Magazine::for_class(32).capacity, 2);
         assert_eq!(Magazine::for_class(1024).capacity, CELLS);
+        let magazine = Magazine::for_class(4);
+        assert!(!magazine.keeps(), "no alloc yet");
+        magazine.note_alloc();
+        magazine.note_alloc();
+        assert!(magazine.keeps());
     }
 
     #[test]

@@ -83,6 +83,16 @@ fn free_ok<R: Region>(slab: &Slab<R>, handle: SlotHandle) {
     assert!(!freed.wake_waiters, "nobody announced a wait");
 }
 
+/// [`free_ok`] onto the list, never kept: for the tests of the list's free path (a participant
+/// that allocates in a class keeps some of its freed slots, see `crate::magazine`).
+fn free_listed_ok<R: Region>(slab: &Slab<R>, handle: SlotHandle) {
+    let freed = slab
+        .free_to_list(handle)
+        .unwrap_or_else(|e| panic!("free of {handle:?}: {e}"));
+    assert_eq!(freed.class, handle.class());
+    assert!(!freed.wake_waiters, "nobody announced a wait");
+}
+
 /// Checks that hold whenever nobody is in the middle of an operation, and the stats.
 fn quiescent<R: Region>(slab: &Slab<R>) -> Vec<ClassStats> {
     let stats = slab.stats();
@@ -101,7 +111,7 @@ fn quiescent<R: Region>(slab: &Slab<R>) -> Vec<ClassStats> {
         );
         assert_eq!(
             slab.free_list_len(class as u16).unwrap(),
-            s.free,
+            s.free - s.kept,
             "class {class}: the free list and the free states disagree: {s:?}"
         );
     }
@@ -822,8 +832,8 @@ fn free_from_allocated_and_from_in_flight() {
     assert_eq!(slab.stats()[1].allocated, 1);
 
     // The allocator frees its own allocated slot; the receiver frees the in-flight one.
-    free_ok(&peer, allocated);
-    free_ok(&slab, in_flight);
+    free_listed_ok(&peer, allocated);
+    free_listed_ok(&slab, in_flight);
     for handle in [allocated, in_flight] {
         let status = slab.slot_status(1, handle.index()).unwrap();
         assert_eq!(status.state, Some(SlotState::Free));
@@ -837,7 +847,7 @@ fn free_from_allocated_and_from_in_flight() {
 fn free_errors() {
     let slab = new_slab(2);
     let handle = slab.alloc(1).unwrap();
-    free_ok(&slab, handle);
+    free_listed_ok(&slab, handle);
     let double = Err(SlabError::DoubleFree {
         class: 0,
         index: handle.index(),
@@ -857,7 +867,7 @@ fn free_errors() {
         slab.free(handle),
         Err(SlabError::StaleHandle { handle: 0, slot: 1 })
     );
-    free_ok(&slab, reused);
+    free_listed_ok(&slab, reused);
     // Freed again since: still stale, not a double free of this handle.
     assert_eq!(
         slab.free(handle),
@@ -972,7 +982,7 @@ fn owner_is_who_must_free_next() {
     assert_eq!(owner_of(host_handle), HOST_OWNER);
     handles.push(host_handle);
     for handle in handles {
-        free_ok(&slab, handle);
+        free_listed_ok(&slab, handle);
         assert_eq!(owner_of(handle), NO_OWNER);
     }
     all_free(&slab);
@@ -1248,7 +1258,7 @@ fn reclaim_recovers_a_slot_popped_but_not_recorded() {
         // A live allocator does not get it, and does not get anything twice meanwhile.
         let other = p2.alloc_in(0).unwrap();
         assert_ne!(other.index(), index);
-        free_ok(&p2, other);
+        free_listed_ok(&p2, other);
 
         let report = slab.reclaim(P1).unwrap();
         assert!(report.recovered_from_journal, "record_owner {record_owner}");
@@ -1266,7 +1276,7 @@ fn reclaim_recovers_a_slot_popped_but_not_recorded() {
         let again = slab.reclaim(P1).unwrap();
         assert!(!again.recovered_from_journal);
         assert_eq!(again.total(), 0);
-        free_ok(&p2, kept);
+        free_listed_ok(&p2, kept);
         all_free(&slab);
         // Every slot is handed out once.
         let all = drain(&slab);
@@ -1927,7 +1937,7 @@ fn a_held_list_makes_operations_wait_then_fail() {
     let report = slab.rebuild_free_list(0).unwrap();
     assert_eq!(report.free, total - 1, "every free slot but the one held");
     assert_eq!(slab.free_list_len(0), Ok(total - 1));
-    free_ok(&slab, held);
+    free_listed_ok(&slab, held);
     assert_eq!(slab.free_list_len(0), Ok(total));
     assert!(slab.has_free_slot(0));
 }
@@ -2384,7 +2394,7 @@ mod list_order {
 mod kept_slots {
     use super::*;
 
-    /// One class of 64 slots an extent (a magazine of 4 cells) and one of 8 (none).
+    /// One class of 64 slots an extent (a magazine of 4 cells) and one of 8 (one cell).
     fn keeping() -> TestSlab {
         let layout = SlabLayout::standalone(
             &[
@@ -2484,12 +2494,31 @@ mod kept_slots {
     }
 
     #[test]
-    fn a_received_slot_is_kept_by_its_receiver() {
+    fn a_received_slot_is_kept_only_by_a_receiver_that_allocates_in_the_class() {
         let host = keeping();
         let peer = host.with_owner(P0).unwrap();
-        let slot = peer.alloc_in(0).unwrap();
-        peer.mark_in_flight(slot, HOST).unwrap();
-        host.accept(slot, P0).unwrap();
+        let send = |from: &TestSlab, to: &TestSlab| {
+            let slot = from.alloc_in(0).unwrap();
+            from.mark_in_flight(slot, to.owner()).unwrap();
+            to.accept(slot, from.owner()).unwrap();
+            slot
+        };
+        // The host has never allocated in class 0: what it receives and frees goes back on
+        // the list, for its senders, at once.
+        let first = send(&peer, &host);
+        free_ok(&host, first);
+        assert_eq!((host.kept_count(0), peer.kept_count(0)), (0, 0));
+        assert_eq!(host.free_list_len(0).unwrap(), 64);
+        let status = host.slot_status(0, first.index()).unwrap();
+        assert_eq!(
+            (status.state, status.owner),
+            (Some(SlotState::Free), NO_OWNER)
+        );
+        // Once it allocates in the class, it keeps what it receives.
+        let own = host.alloc_in(0).unwrap();
+        free_ok(&host, own);
+        assert_eq!(host.give_back_kept().unwrap(), 1);
+        let slot = send(&peer, &host);
         free_ok(&host, slot);
         assert_eq!((host.kept_count(0), peer.kept_count(0)), (1, 0));
         let status = host.slot_status(0, slot.index()).unwrap();
@@ -2502,10 +2531,8 @@ mod kept_slots {
             )
         );
         // The host sends it back out: the receiver's reuse is the sender's next loan.
-        let reused = host.alloc_in(0).unwrap();
+        let reused = send(&host, &peer);
         assert_eq!(reused.index(), slot.index());
-        host.mark_in_flight(reused, P0).unwrap();
-        peer.accept(reused, HOST).unwrap();
         free_ok(&peer, reused);
         assert_eq!(peer.kept_count(0), 1);
         assert_eq!(peer.give_back_kept().unwrap(), 1);
@@ -2513,12 +2540,19 @@ mod kept_slots {
     }
 
     #[test]
-    fn small_classes_and_waited_for_classes_keep_nothing() {
+    fn a_class_of_few_slots_keeps_one_and_a_waited_for_class_none() {
         let slab = keeping();
-        let small = slab.alloc_in(1).unwrap();
-        free_ok(&slab, small);
-        assert_eq!(slab.kept_count(1), 0);
-        assert_eq!(slab.free_list_len(1).unwrap(), 8);
+        let small: Vec<_> = (0..2).map(|_| slab.alloc_in(1).unwrap()).collect();
+        for &slot in &small {
+            free_ok(&slab, slot);
+        }
+        assert_eq!(slab.kept_count(1), 1, "8 slots an extent: one cell");
+        assert_eq!(slab.free_list_len(1).unwrap(), 7);
+        assert_eq!(
+            slab.alloc_in(1).unwrap().index(),
+            small[0].index(),
+            "the kept one"
+        );
         // An allocator announced that it waits for class 0: the free goes to the list, and
         // says so.
         let slot = slab.alloc_in(0).unwrap();
@@ -2527,6 +2561,29 @@ mod kept_slots {
         let freed = slab.free(slot).unwrap();
         assert!(freed.wake_waiters);
         assert_eq!(slab.kept_count(0), 0);
+    }
+
+    #[test]
+    fn the_last_free_slots_of_a_class_go_on_the_list() {
+        let slab = keeping();
+        // Every slot of class 1 (8 an extent, one extent): its list is empty.
+        let all: Vec<_> = (0..8).map(|_| slab.alloc_in(1).unwrap()).collect();
+        assert_eq!(slab.free_list_len(1).unwrap(), 0);
+        // A free then is not kept, though a cell is empty: someone may wait for the slot
+        // without having announced it (an async task napping between tries).
+        free_ok(&slab, all[0]);
+        assert_eq!((slab.kept_count(1), slab.free_list_len(1).unwrap()), (0, 1));
+        let peer = slab.with_owner(P1).unwrap();
+        let taken = peer.try_alloc_in(1).unwrap().expect("the listed slot");
+        assert_eq!(taken.index(), all[0].index());
+        // With a slot on the list again, the next free keeps.
+        free_ok(&peer, taken);
+        free_ok(&slab, all[1]);
+        assert_eq!((slab.kept_count(1), slab.free_list_len(1).unwrap()), (1, 1));
+        for &slot in &all[2..] {
+            free_ok(&slab, slot);
+        }
+        assert_eq!(slab.give_back_kept().unwrap(), 1);
         all_kept_back(&slab);
     }
 

@@ -3,6 +3,12 @@
 //! layout that grows. After every step the model's state of every slot equals the allocator's
 //! (generation, state, owner), its counts equal `stats()`, the free list holds exactly the free
 //! slots, and no slot is handed out while it is out (R5-R8, R10).
+//!
+//! The model keeps slots as the allocator's magazines do (PROTOCOL.md, "Kept slots"): every
+//! class here has fewer than 32 slots an extent, so each owner keeps at most one slot per
+//! class, only in a class it has allocated in from the list or a new extent, and only while the
+//! class's list is not empty; only a free by the slot's holder keeps (a free of a slot in
+//! flight is not its ledger's).
 
 #![cfg(not(loom))]
 
@@ -80,6 +86,9 @@ struct SlotModel {
     generation: u32,
     state: SlotState,
     owner: u32,
+    /// Allocated, and kept by its owner for its next alloc of the class: no handle to it is
+    /// live.
+    kept: bool,
 }
 
 /// What the allocator must look like.
@@ -90,6 +99,9 @@ struct Model {
     live: Vec<SlotHandle>,
     /// Handles whose slot was freed since.
     stale: Vec<SlotHandle>,
+    /// Per owner, per class: whether it has allocated in the class from the list or a new
+    /// extent (and so keeps), and the index of the slot it keeps, if any.
+    magazines: Vec<Vec<(bool, Option<u32>)>>,
 }
 
 impl Model {
@@ -103,30 +115,43 @@ impl Model {
                             generation: 0,
                             state: SlotState::Free,
                             owner: NO_OWNER,
+                            kept: false,
                         })
                         .collect()
                 })
                 .collect(),
             live: Vec::new(),
             stale: Vec::new(),
+            magazines: vec![vec![(false, None); CLASSES.len()]; OWNERS],
         }
+    }
+
+    /// Slots of `class` kept by their owners.
+    fn kept(&self, class: usize) -> u32 {
+        self.slots[class].iter().filter(|s| s.kept).count() as u32
+    }
+
+    /// The slot of `class` owner `by` keeps, if any.
+    fn kept_by(&self, by: usize, class: usize) -> Option<u32> {
+        self.magazines[by][class].1
     }
 
     fn extents(&self, class: usize) -> u32 {
         self.slots[class].len() as u32 / CLASSES[class].slots_per_extent
     }
 
+    /// Slots of `class` in `state`, the kept ones not counted.
     fn count(&self, class: usize, state: SlotState) -> u32 {
         self.slots[class]
             .iter()
-            .filter(|s| s.state == state)
+            .filter(|s| s.state == state && !s.kept)
             .count() as u32
     }
 
     /// The owner number whose ledger holds `h`: its allocator, while it is allocated.
     fn holder(&self, h: SlotHandle) -> Option<usize> {
         let slot = self.slots[usize::from(h.class())][h.index() as usize];
-        (slot.state == SlotState::Allocated)
+        (slot.state == SlotState::Allocated && !slot.kept)
             .then(|| (0..OWNERS).find(|&n| owner(n).raw() == slot.owner))
             .flatten()
     }
@@ -135,10 +160,13 @@ impl Model {
         &mut self.slots[usize::from(h.class())][h.index() as usize]
     }
 
-    /// The outcome `alloc_in(class)` (or `alloc` that settled on `class` after the larger
-    /// classes) must have: a free slot of the class, a new extent, or nothing.
-    fn expect_from(&self, class: usize, grow: bool) -> Expect {
-        if self.count(class, SlotState::Free) > 0 {
+    /// The outcome `alloc_in(class)` by `by` (or `alloc` that settled on `class` after the
+    /// larger classes) must have: the slot it keeps, a free slot of the class, a new extent,
+    /// or nothing.
+    fn expect_from(&self, by: usize, class: usize, grow: bool) -> Expect {
+        if let Some(index) = self.kept_by(by, class) {
+            Expect::Kept(class, index)
+        } else if self.count(class, SlotState::Free) > 0 {
             Expect::Pop(class)
         } else if grow && self.extents(class) < MAX_EXTENTS {
             Expect::Grow(class)
@@ -147,15 +175,20 @@ impl Model {
         }
     }
 
-    /// Check and apply an allocation the allocator made.
-    fn allocated(
-        &mut self,
-        h: SlotHandle,
-        expect: Expect,
-        by: OwnerId,
-    ) -> Result<(), TestCaseError> {
+    /// Check and apply an allocation the allocator made for owner `by`.
+    fn allocated(&mut self, h: SlotHandle, expect: Expect, by: usize) -> Result<(), TestCaseError> {
         let class = usize::from(h.class());
         match expect {
+            Expect::Kept(c, index) => {
+                prop_assert_eq!((class, h.index()), (c, index), "the kept slot first");
+                let slot = self.slot(h);
+                prop_assert!(slot.kept && slot.owner == owner(by).raw(), "{:?}", slot);
+                prop_assert_eq!(h.generation(), slot.generation);
+                slot.kept = false;
+                self.magazines[by][c].1 = None;
+                self.live.push(h);
+                return Ok(());
+            }
             Expect::Pop(c) => prop_assert_eq!(class, c),
             Expect::Grow(c) => {
                 prop_assert_eq!(class, c);
@@ -169,6 +202,7 @@ impl Model {
                         generation: u32::from(i != 0),
                         state: SlotState::Free,
                         owner: NO_OWNER,
+                        kept: false,
                     });
                 }
             }
@@ -176,8 +210,8 @@ impl Model {
         }
         let slot = self.slot(h);
         prop_assert_eq!(
-            slot.state,
-            SlotState::Free,
+            (slot.state, slot.kept),
+            (SlotState::Free, false),
             "{:?} handed out but it is out",
             h
         );
@@ -185,8 +219,11 @@ impl Model {
         *slot = SlotModel {
             generation: slot.generation,
             state: SlotState::Allocated,
-            owner: by.raw(),
+            owner: owner(by).raw(),
+            kept: false,
         };
+        // From the list or a new extent: an allocator in the class, which keeps from now on.
+        self.magazines[by][class].0 = true;
         prop_assert!(
             !self
                 .live
@@ -197,21 +234,63 @@ impl Model {
         Ok(())
     }
 
-    fn freed(&mut self, h: SlotHandle) {
+    /// `h` freed by owner `by`: kept when `by` holds it, allocates in the class and keeps no
+    /// slot of it yet, and the class's list is not empty; else onto the list. `None` for a
+    /// reclaim.
+    fn freed(&mut self, h: SlotHandle, by: Option<usize>) {
+        let class = usize::from(h.class());
+        let listed = self.count(class, SlotState::Free) > 0;
+        let keeper = by.filter(|&by| {
+            listed && self.holder(h) == Some(by) && self.magazines[by][class] == (true, None)
+        });
         let slot = self.slot(h);
-        *slot = SlotModel {
-            generation: slot.generation.wrapping_add(1),
-            state: SlotState::Free,
-            owner: NO_OWNER,
+        *slot = match keeper {
+            Some(by) => SlotModel {
+                generation: slot.generation.wrapping_add(1),
+                state: SlotState::Allocated,
+                owner: owner(by).raw(),
+                kept: true,
+            },
+            None => SlotModel {
+                generation: slot.generation.wrapping_add(1),
+                state: SlotState::Free,
+                owner: NO_OWNER,
+                kept: false,
+            },
         };
+        if let Some(by) = keeper {
+            self.magazines[by][class].1 = Some(h.index());
+        }
         self.live
             .retain(|l| (l.class(), l.index()) != (h.class(), h.index()));
         self.stale.push(h);
+    }
+
+    /// Owner `n` reclaimed: what it kept goes onto the lists at the next generation, and its
+    /// next life starts with empty magazines.
+    fn reclaimed_kept(&mut self, n: usize) -> u32 {
+        let mut count = 0;
+        for class in 0..CLASSES.len() {
+            if let Some(index) = self.magazines[n][class].1 {
+                let slot = &mut self.slots[class][index as usize];
+                *slot = SlotModel {
+                    generation: slot.generation.wrapping_add(1),
+                    state: SlotState::Free,
+                    owner: NO_OWNER,
+                    kept: false,
+                };
+                count += 1;
+            }
+            self.magazines[n][class] = (false, None);
+        }
+        count
     }
 }
 
 #[derive(Debug, Clone, Copy)]
 enum Expect {
+    /// The slot (class, index) the allocating owner keeps.
+    Kept(usize, u32),
     Pop(usize),
     Grow(usize),
     Nothing,
@@ -225,18 +304,15 @@ fn check(host: &Slab<Arc<HeapRegion>>, model: &Model) -> Result<(), TestCaseErro
         prop_assert_eq!(s.extents, model.extents(class), "class {}", class);
         prop_assert_eq!(s.total, total);
         prop_assert_eq!(s.header_total, total);
-        prop_assert_eq!(
-            s.free,
-            model.count(class, SlotState::Free),
-            "class {}",
-            class
-        );
+        let listed = model.count(class, SlotState::Free);
+        prop_assert_eq!(s.free, listed + model.kept(class), "class {}", class);
+        prop_assert_eq!(s.kept, model.kept(class), "class {}", class);
         prop_assert_eq!(s.allocated, model.count(class, SlotState::Allocated));
         prop_assert_eq!(s.in_flight, model.count(class, SlotState::InFlight));
         prop_assert_eq!(s.corrupt, 0);
         prop_assert_eq!(
             host.free_list_len(class as u16),
-            Ok(s.free),
+            Ok(listed),
             "class {}",
             class
         );
@@ -274,12 +350,14 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     prop_assert_eq!(got, Err(SlabError::PayloadTooLarge { len, max: 512 }));
                     continue;
                 };
+                // Class by class from the smallest that fits: the slot kept, then the list;
+                // then a new extent of the smallest.
                 let expect = (fits..CLASSES.len())
-                    .find(|&c| model.count(c, SlotState::Free) > 0)
-                    .map(Expect::Pop)
-                    .unwrap_or_else(|| model.expect_from(fits, true));
+                    .map(|c| model.expect_from(by, c, false))
+                    .find(|e| !matches!(e, Expect::Nothing))
+                    .unwrap_or_else(|| model.expect_from(by, fits, true));
                 match (got, expect) {
-                    (Ok(h), expect) => model.allocated(h, expect, owner(by))?,
+                    (Ok(h), expect) => model.allocated(h, expect, by)?,
                     (Err(e), Expect::Nothing) => {
                         prop_assert_eq!(e, SlabError::NoFreeSlots { class: fits as u16 })
                     }
@@ -298,8 +376,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     prop_assert_eq!(got, Err(SlabError::BadHandle { class, index: 0 }));
                     continue;
                 }
-                match (got, model.expect_from(c, grow)) {
-                    (Ok(Some(h)), expect) => model.allocated(h, expect, owner(by))?,
+                match (got, model.expect_from(by, c, grow)) {
+                    (Ok(Some(h)), expect) => model.allocated(h, expect, by)?,
                     (Ok(None), Expect::Nothing) if !grow => {}
                     (Err(e), Expect::Nothing) if grow => {
                         prop_assert_eq!(e, SlabError::NoFreeSlots { class })
@@ -351,7 +429,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let freed = slabs[by].free(h);
                 prop_assert!(freed.is_ok(), "free({:?}): {:?}", h, freed);
                 prop_assert_eq!(freed.unwrap().class, h.class());
-                model.freed(h);
+                model.freed(h, Some(by));
             }
             Op::FreeStale { pick, by } => {
                 if model.stale.is_empty() {
@@ -359,8 +437,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
                 let h = model.stale[pick % model.stale.len()];
                 let slot = *model.slot(h);
-                let want = if slot.state == SlotState::Free
-                    && slot.generation == h.generation().wrapping_add(1)
+                let freed_last = slot.generation == h.generation().wrapping_add(1);
+                // A double free when the handle's free was the slot's last one: told by the
+                // shared state when the slot is listed, by the keeper's ledger when kept.
+                let want = if freed_last
+                    && (slot.state == SlotState::Free || slot.kept && slot.owner == owner(by).raw())
                 {
                     SlabError::DoubleFree {
                         class: h.class(),
@@ -380,13 +461,24 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
                 let h = model.stale[pick % model.stale.len()];
                 let slot = *model.slot(h);
-                prop_assert_eq!(
-                    slabs[pick % OWNERS].mark_in_flight(h, OwnerId::HOST),
-                    Err(SlabError::StaleHandle {
+                let by = pick % OWNERS;
+                // The keeper's ledger knows the handle was freed last; to all others the
+                // shared state says only that the handle is old.
+                let want = if slot.kept
+                    && slot.owner == owner(by).raw()
+                    && slot.generation == h.generation().wrapping_add(1)
+                {
+                    SlabError::DoubleFree {
+                        class: h.class(),
+                        index: h.index(),
+                    }
+                } else {
+                    SlabError::StaleHandle {
                         handle: h.generation(),
-                        slot: slot.generation
-                    })
-                );
+                        slot: slot.generation,
+                    }
+                };
+                prop_assert_eq!(slabs[by].mark_in_flight(h, OwnerId::HOST), Err(want));
             }
             Op::Reclaim { owner: n } => {
                 let who = owner(n).raw();
@@ -406,8 +498,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 prop_assert_eq!(&report.freed, &want);
                 prop_assert!(!report.recovered_from_journal && !report.journal_pending);
                 for h in mine {
-                    model.freed(h);
+                    model.freed(h, None);
                 }
+                prop_assert_eq!(report.kept, model.reclaimed_kept(n));
                 // A reclaimed owner is dead: its next life starts with an empty ledger (R4).
                 slabs[n] = host.with_owner(owner(n)).unwrap();
             }

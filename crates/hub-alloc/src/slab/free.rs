@@ -5,8 +5,8 @@ use super::*;
 
 impl<R: Region> Slab<R> {
     /// How many slots of `class` this participant keeps for its next alloc now: slots it freed
-    /// that stayed its own (see [`free`](Self::free)). Classes of fewer than 16 slots per
-    /// extent keep none.
+    /// that stayed its own (see [`free`](Self::free)): none in a class this participant has
+    /// not allocated in from the free list or a new extent.
     pub fn kept_count(&self, class: u16) -> u32 {
         self.magazines
             .get(usize::from(class))
@@ -67,9 +67,11 @@ impl<R: Region> Slab<R> {
     /// handle is stale from then on, but in shared memory it stays Allocated and this
     /// participant's, off the list, until an alloc of this participant takes it again, it is
     /// [given back](Self::give_back_kept), or the participant's [reclaim](Self::reclaim)
-    /// frees it. A free keeps its slot only when the class keeps slots, a cell of this
-    /// participant's magazine is empty, and no allocator has announced that it waits for the
-    /// class.
+    /// frees it. A free keeps its slot only when this participant allocates in the class
+    /// itself (one of its allocs has taken a slot of the class from the free list or a new
+    /// extent), a cell of its magazine is empty (one per 16 slots of an extent, at least one,
+    /// at most four), no allocator has announced that it waits for the class, and the class's
+    /// free list is not empty.
     ///
     /// A slot this participant holds (its ledger, R4) leaves the ledger, whether or not the
     /// shared state agrees: the holder is done with it either way (a slot whose meta another
@@ -82,6 +84,12 @@ impl<R: Region> Slab<R> {
     /// [`SlabError::Corrupt`] when its state word is garbage; [`SlabError::ListHeld`].
     pub fn free(&self, handle: SlotHandle) -> Result<Freed, SlabError> {
         self.free_owned(handle, true)
+    }
+
+    /// [`free`](Self::free), never keeping the slot: for the tests of the free list's path.
+    #[cfg(test)]
+    pub(crate) fn free_to_list(&self, handle: SlotHandle) -> Result<Freed, SlabError> {
+        self.free_owned(handle, false)
     }
 
     /// [`free`](Self::free), keeping the slot for this participant's next alloc of the class
@@ -112,9 +120,14 @@ impl<R: Region> Slab<R> {
         }
         let magazine = &self.magazines[class];
         let keep = may_keep
-            && magazine.enabled()
+            // Only an allocator in the class keeps its slots (see `crate::magazine`), and a full
+            // magazine would cost the keep's state CAS and then a free's after all.
+            && magazine.keeps()
+            && magazine.has_room()
             // R11: an allocator waits for a slot of the class: it goes on the list, and is woken.
-            && !has_waiter(self.class_futex_within(class));
+            && !has_waiter(self.class_futex_within(class))
+            // The class's last free slots go where anyone may take them (`crate::magazine`).
+            && list_looks_nonempty(self.class_head_within(class));
         if !keep {
             return self.free_slot(handle, Ledgered::Forget);
         }
@@ -215,9 +228,6 @@ impl<R: Region> Slab<R> {
     #[inline]
     pub(super) fn take_kept(&self, class: usize) -> Option<SlotHandle> {
         let magazine = &self.magazines[class];
-        if !magazine.enabled() {
-            return None;
-        }
         while let Some((index, hint)) = magazine.take() {
             // The entry is the only right to the slot: whoever empties its cell unkeeps it.
             if let Some(handle) = self.ledger.unkeep(class as u16, index) {

@@ -162,6 +162,8 @@ impl<R: Region> Slab<R> {
                 self.wakes.fetch_or(1 << class, Ordering::Release);
             }
         }
+        // An allocator in the class from now on: its frees may keep (`crate::magazine`).
+        self.magazines[class].note_alloc();
         Ok(slots_of(extent).next())
     }
 

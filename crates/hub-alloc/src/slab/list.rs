@@ -83,6 +83,8 @@ impl<R: Region> Slab<R> {
                 ));
             }
             drop(journal);
+            // An allocator in the class from now on: its frees may keep (`crate::magazine`).
+            self.magazines[class].note_alloc();
             return Ok(Some(handle));
         }
     }

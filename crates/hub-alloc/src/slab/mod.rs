@@ -738,6 +738,20 @@ impl<R: Region> Slab<R> {
         }
     }
 
+    /// `class`'s free-list head, for a look that needs no `Result`: `class` must be one of the
+    /// layout's.
+    #[inline(always)]
+    pub(super) fn class_head_within(&self, class: usize) -> &AtomicU64 {
+        debug_assert!(class < self.layout.classes.len());
+        // SAFETY: as in `class_futex_within`: `new` checked that the region covers every class
+        // header, aligned for `SizeClassHeader`; the region's usable length never decreases.
+        unsafe {
+            self.shared().object_within::<AtomicU64>(
+                self.class_header_offset(class) + std::mem::offset_of!(SizeClassHeader, free_head),
+            )
+        }
+    }
+
     /// Say that an allocator of `class` is about to sleep on its futex word, and return the
     /// value to sleep on. `None` when there is no such class.
     pub fn announce_waiter(&self, class: u16) -> Option<u32> {
@@ -1104,6 +1118,17 @@ fn has_waiter(slot_available_futex: &AtomicU32) -> bool {
     // Relaxed: a stale answer keeps one slot more (given back before its keeper sleeps) or
     // pushes one more; the push path's wake is R11's, with its own ordering.
     slot_available_futex.load(Ordering::Relaxed) & WAITER_BIT != 0
+}
+
+/// Whether a class's free list, whose head is `free_head`, looks non-empty (or held): a free
+/// keeps its slot only then. A slot freed while the list is empty may be the one some allocator
+/// waits for without having announced it (an async task napping between tries, a caller of
+/// `try_alloc_in` polling), so it goes on the list.
+#[inline(always)]
+fn list_looks_nonempty(free_head: &AtomicU64) -> bool {
+    // Relaxed: a hint; a stale answer keeps one slot the list needed (given back before its
+    // keeper sleeps) or lists one more.
+    unpack_free_head(free_head.load(Ordering::Relaxed)).0 != FREE_LIST_END
 }
 
 /// An empty magazine per class of `layout`.
