@@ -887,8 +887,7 @@ fn restore_racing_the_hosts_own_growth() {
     });
 }
 
-/// Slots an extent in the magazine models: the fewest with which a class keeps slots (one
-/// cell).
+/// Slots an extent in the magazine models: a magazine of one cell.
 const KEEPING: u32 = 16;
 
 /// Model 17, R5 and R4 with the magazine: two threads of one participant free the same handle
@@ -1002,19 +1001,20 @@ fn keep_take_and_give_back_on_three_threads() {
     });
 }
 
-/// Model 20, R11 with the magazine: an allocator finds the class empty, announces itself,
-/// checks again and sleeps, while the holder of a slot frees it (and may keep it, if it missed
-/// the announcement) and then gives its kept slots back, as an endpoint does before it sleeps.
-/// Either the allocator sees the slot, or the free or the give-back reports a waiter to wake
-/// and the word no longer holds the value the sleeper waits on.
+/// Model 20, R11 with the magazine: an allocator takes the class's one listed slot, finds the
+/// class empty for a second, announces itself, checks again and sleeps, while the holder of
+/// another slot frees it (keeping it if the list still looked non-empty and it missed the
+/// announcement) and then gives its kept slots back, as an endpoint does before it sleeps.
+/// Either the allocator sees a slot, or the free or the give-back reports a waiter to wake and
+/// the word no longer holds the value the sleeper waits on.
 #[test]
 fn kept_slot_and_a_waiting_allocator() {
     model("kept_slot_and_a_waiting_allocator", || {
         let host = slab(KEEPING, 1);
         let holder = host.with_owner(DEAD).unwrap();
         let mine = holder.try_alloc_in(0).unwrap().expect("a slot");
-        // The others, so that the class is empty.
-        let rest: Vec<_> = (1..KEEPING)
+        // The others but one, so that one slot is listed: the holder's free may keep.
+        let rest: Vec<_> = (2..KEEPING)
             .map(|_| host.try_alloc_in(0).unwrap().expect("a slot"))
             .collect();
         let freer = thread::spawn(move || {
@@ -1026,25 +1026,26 @@ fn kept_slot_and_a_waiting_allocator() {
         let waiter = {
             let slab = host.with_owner(LIVE).unwrap();
             thread::spawn(move || {
+                let first = slab.try_alloc_in(0).unwrap().expect("the listed slot");
                 if let Some(handle) = slab.try_alloc_in(0).unwrap() {
-                    return (Some(Ok(handle)), slab);
+                    return (first, Some(Ok(handle)), slab);
                 }
                 let seen = slab.announce_waiter(0).unwrap();
                 if slab.has_free_slot(0) {
-                    (None, slab)
+                    (first, None, slab)
                 } else {
                     // Asleep on `seen`.
-                    (Some(Err(seen)), slab)
+                    (first, Some(Err(seen)), slab)
                 }
             })
         };
         let (woken, holder) = freer.join().unwrap();
-        let (outcome, waiter) = waiter.join().unwrap();
+        let (first, outcome, waiter) = waiter.join().unwrap();
         assert_eq!(holder.kept_count(0), 0);
+        let _ = waiter.free(first).unwrap();
         match outcome {
             Some(Ok(handle)) => {
                 let _ = waiter.free(handle).unwrap();
-                let _ = waiter.give_back_kept().unwrap();
             }
             None => {}
             Some(Err(seen)) => {
@@ -1057,6 +1058,7 @@ fn kept_slot_and_a_waiting_allocator() {
                 );
             }
         }
+        let _ = waiter.give_back_kept().unwrap();
         for handle in rest {
             let _ = host.free(handle).unwrap();
         }

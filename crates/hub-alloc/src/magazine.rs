@@ -23,23 +23,26 @@
 //!
 //! # When slots are kept, and when given back
 //!
-//! A participant keeps a class's slots only once it allocates in the class itself: once one
-//! of its allocs has taken a slot of the class from the free list or a new extent. A slot kept
-//! by a participant that only frees in the class (a receiver of frames it never sends) would
-//! only be withheld: its senders would have to grow the class for it, and a class of few large
-//! slots (4 and 16 MiB, 8 and 4 to an extent) would grow by 32 or 64 MiB for each.
+//! A participant keeps no more slots of a class than it allocates there: each slot it takes
+//! (from the free list, a new extent or a cell) lets one later free keep, and each keep uses
+//! that up ([`Magazine::note_alloc`], [`Magazine::note_keep`]). A slot kept by a participant
+//! that only frees in the class (a receiver of frames it never sends) would only be withheld:
+//! its senders would have to grow the class for it, and a class of few large slots (4 and
+//! 16 MiB, 8 and 4 to an extent) would grow by 32 or 64 MiB for each.
 //!
 //! A class keeps one cell per 16 slots of an extent, at least one and at most [`CELLS`]. A free
 //! keeps its slot only when no allocator has announced that it waits for the class (R11),
 //! otherwise the slot goes on the list and the waiter is woken; and only when the class's free
 //! list is not empty: the class's last free slots go where anyone may take them, since an
-//! allocator may wait for one without announcing it (an async task that naps between tries). A participant gives its kept
-//! slots back before it sleeps in the hub (hub-transport does so before every futex wait, and
-//! after a wait slice without a frame), and its reclaim frees them when it leaves or dies. So a
-//! participant withholds at most [`CELLS`] slots per class it allocates in (one in a class of
-//! fewer than 32 slots an extent), and only while it is busy.
+//! allocator may wait for one without announcing it (an async task that naps between tries).
+//! A participant gives its kept slots back before it sleeps in the hub (hub-transport does so
+//! before every futex wait, after a wait slice without a frame, and before it naps for a slot
+//! or for room), which also forgets its allocations ([`Magazine::forget_allocs`]), and its
+//! reclaim frees them when it leaves or dies. So a participant withholds at most
+//! [`CELLS`] slots per class it allocates in (one in a class of fewer than 32 slots an
+//! extent), and only while it is busy.
 
-use crate::sync::{AtomicBool, AtomicU64, Ordering};
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
 /// Cells per class, at most.
 pub(crate) const CELLS: usize = 4;
@@ -77,10 +80,12 @@ pub(crate) struct Magazine {
     cells: [AtomicU64; CELLS],
     /// Cells in use: one per [`SLOTS_PER_CELL`] slots of an extent, at least one.
     capacity: usize,
-    /// Whether this participant allocates in the class: set by its first alloc from the list or
-    /// a new extent ([`note_alloc`](Self::note_alloc)), never cleared. Until then its frees
-    /// keep nothing.
-    allocates: AtomicBool,
+    /// How many slots a free may keep now: one for each slot this participant took in the
+    /// class (from the list, a new extent or a cell) that no keep has answered yet, at most
+    /// `capacity`; zero again when it gives its kept slots back. So a participant keeps no
+    /// more than it allocates: a receiver that allocated in the class once keeps one slot
+    /// once, not one for good.
+    credit: AtomicU32,
 }
 
 impl Magazine {
@@ -89,24 +94,43 @@ impl Magazine {
         Self {
             cells: std::array::from_fn(|_| AtomicU64::new(EMPTY)),
             capacity: ((slots_per_extent / SLOTS_PER_CELL) as usize).clamp(1, CELLS),
-            allocates: AtomicBool::new(false),
+            credit: AtomicU32::new(0),
         }
     }
 
-    /// Whether a free may keep its slot here: once this participant allocates in the class.
+    // The credit is read and written with plain Relaxed loads and stores, no read-modify-write
+    // (it is on every alloc and kept free): two threads of the participant may lose one's
+    // update, which keeps one slot more or less; the cells and the ledger decide what is kept.
+
+    /// Whether a free may keep its slot here: this participant took a slot of the class that
+    /// no keep has answered yet.
     #[inline(always)]
     pub(crate) fn keeps(&self) -> bool {
-        // Relaxed: a private hint; a stale `false` frees one slot onto the list.
-        self.allocates.load(Ordering::Relaxed)
+        self.credit.load(Ordering::Relaxed) > 0
     }
 
-    /// Record that this participant took a slot of the class from the list or a new extent:
-    /// from now on its frees in the class may keep their slots.
+    /// Record that this participant took a slot of the class: one more free may keep.
     #[inline(always)]
     pub(crate) fn note_alloc(&self) {
-        if !self.allocates.load(Ordering::Relaxed) {
-            self.allocates.store(true, Ordering::Relaxed);
+        let credit = self.credit.load(Ordering::Relaxed);
+        if (credit as usize) < self.capacity {
+            self.credit.store(credit + 1, Ordering::Relaxed);
         }
+    }
+
+    /// Record that a free kept its slot: one fewer may.
+    #[inline(always)]
+    pub(crate) fn note_keep(&self) {
+        let credit = self.credit.load(Ordering::Relaxed);
+        self.credit
+            .store(credit.saturating_sub(1), Ordering::Relaxed);
+    }
+
+    /// Forget every allocation: after the participant gave its kept slots back, its frees keep
+    /// nothing until it allocates in the class again.
+    #[inline]
+    pub(crate) fn forget_allocs(&self) {
+        self.credit.store(0, Ordering::Relaxed);
     }
 
     /// Whether a cell is empty now (a snapshot: another thread of the participant may fill it
@@ -176,6 +200,33 @@ mod tests {
         magazine.note_alloc();
         magazine.note_alloc();
         assert!(magazine.keeps());
+        magazine.note_keep();
+        assert!(!magazine.keeps(), "one cell: one credit, used up");
+    }
+
+    #[test]
+    fn a_participant_keeps_as_many_as_it_allocated_and_forgets_them_when_it_gives_back() {
+        let magazine = Magazine::for_class(64); // four cells
+        for _ in 0..2 {
+            magazine.note_alloc();
+        }
+        magazine.note_keep();
+        assert!(magazine.keeps());
+        magazine.note_keep();
+        assert!(!magazine.keeps(), "two allocs, two keeps");
+        magazine.note_keep();
+        assert!(!magazine.keeps(), "never below zero");
+        for _ in 0..9 {
+            magazine.note_alloc();
+        }
+        for _ in 0..CELLS {
+            assert!(magazine.keeps());
+            magazine.note_keep();
+        }
+        assert!(!magazine.keeps(), "at most a cell's worth of credit each");
+        magazine.note_alloc();
+        magazine.forget_allocs();
+        assert!(!magazine.keeps());
     }
 
     #[test]

@@ -2514,13 +2514,13 @@ mod kept_slots {
             (status.state, status.owner),
             (Some(SlotState::Free), NO_OWNER)
         );
-        // Once it allocates in the class, it keeps what it receives.
+        // Once it allocates in the class, it keeps what it receives: one slot for each it took.
         let own = host.alloc_in(0).unwrap();
-        free_ok(&host, own);
-        assert_eq!(host.give_back_kept().unwrap(), 1);
         let slot = send(&peer, &host);
         free_ok(&host, slot);
         assert_eq!((host.kept_count(0), peer.kept_count(0)), (1, 0));
+        free_ok(&host, own);
+        assert_eq!(host.kept_count(0), 1, "one alloc, one slot kept");
         let status = host.slot_status(0, slot.index()).unwrap();
         assert_eq!(
             (status.state, status.owner, status.generation),
@@ -2540,6 +2540,35 @@ mod kept_slots {
     }
 
     #[test]
+    fn after_giving_back_a_participant_keeps_again_only_once_it_allocates() {
+        let host = keeping();
+        let peer = host.with_owner(P0).unwrap();
+        let receive = || {
+            let slot = peer.alloc_in(0).unwrap();
+            peer.mark_in_flight(slot, HOST).unwrap();
+            host.accept(slot, P0).unwrap();
+            free_ok(&host, slot);
+        };
+        // One loan, long ago: kept, then given back as before a sleep.
+        let own = host.alloc_in(0).unwrap();
+        free_ok(&host, own);
+        assert_eq!(host.give_back_kept().unwrap(), 1);
+        // From then on the host only receives: it keeps none of it.
+        for _ in 0..3 {
+            receive();
+        }
+        assert_eq!(host.kept_count(0), 0);
+        // It allocates again: one slot kept again.
+        let own = host.alloc_in(0).unwrap();
+        receive();
+        assert_eq!(host.kept_count(0), 1);
+        free_ok(&host, own);
+        assert_eq!(host.kept_count(0), 1, "one alloc, one keep");
+        assert_eq!(host.give_back_kept().unwrap(), 1);
+        all_kept_back(&host);
+    }
+
+    #[test]
     fn a_class_of_few_slots_keeps_one_and_a_waited_for_class_none() {
         let slab = keeping();
         let small: Vec<_> = (0..2).map(|_| slab.alloc_in(1).unwrap()).collect();
@@ -2548,11 +2577,9 @@ mod kept_slots {
         }
         assert_eq!(slab.kept_count(1), 1, "8 slots an extent: one cell");
         assert_eq!(slab.free_list_len(1).unwrap(), 7);
-        assert_eq!(
-            slab.alloc_in(1).unwrap().index(),
-            small[0].index(),
-            "the kept one"
-        );
+        let again = slab.alloc_in(1).unwrap();
+        assert_eq!(again.index(), small[0].index(), "the kept one");
+        free_ok(&slab, again);
         // An allocator announced that it waits for class 0: the free goes to the list, and
         // says so.
         let slot = slab.alloc_in(0).unwrap();
@@ -2561,6 +2588,8 @@ mod kept_slots {
         let freed = slab.free(slot).unwrap();
         assert!(freed.wake_waiters);
         assert_eq!(slab.kept_count(0), 0);
+        assert_eq!(slab.give_back_kept().unwrap(), 1, "the class 1 slot");
+        all_kept_back(&slab);
     }
 
     #[test]

@@ -6,16 +6,18 @@
 //!
 //! The model keeps slots as the allocator's magazines do (PROTOCOL.md, "Kept slots"): every
 //! class here has fewer than 32 slots an extent, so each owner keeps at most one slot per
-//! class, only in a class it has allocated in from the list or a new extent, and only while the
-//! class's list is not empty; only a free by the slot's holder keeps (a free of a slot in
-//! flight is not its ledger's).
+//! class; it keeps one only when it took a slot of the class (from the list, a new extent or
+//! its cell) since its last keep, and only while the class's list is not empty; and only a
+//! free by the slot's holder keeps: its allocator, or the receiver that accepted it.
 
 #![cfg(not(loom))]
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use hub_alloc::{ClassConfig, HeapRegion, OwnerId, Slab, SlabError, SlabLayout, SlotHandle};
+use hub_alloc::{
+    ClassConfig, HeapRegion, OwnerId, Refusal, Slab, SlabError, SlabLayout, SlotHandle,
+};
 use hub_layout::{NO_OWNER, SlotState};
 use proptest::prelude::*;
 
@@ -57,6 +59,8 @@ enum Op {
     /// `mark_in_flight` of a live handle to a receiver (`OWNERS` is one beyond `max_peers`), by
     /// the owner that allocated it (R4: the only one whose ledger holds it).
     Mark { pick: usize, receiver: usize },
+    /// `accept` of a live handle by the owner it is in flight to, naming its sender.
+    Accept { pick: usize },
     /// `free` of a live handle: by its allocator while it is allocated (the ledger's holder),
     /// by any owner once it is in flight.
     Free { pick: usize, by: usize },
@@ -74,6 +78,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..OWNERS, 0u16..4).prop_map(|(by, class)| Op::AllocIn { by, class }),
         1 => (0..OWNERS, 0u16..3).prop_map(|(by, class)| Op::TryAllocIn { by, class }),
         2 => (any::<usize>(), 0..=OWNERS).prop_map(|(pick, receiver)| Op::Mark { pick, receiver }),
+        2 => any::<usize>().prop_map(|pick| Op::Accept { pick }),
         3 => (any::<usize>(), 0..OWNERS).prop_map(|(pick, by)| Op::Free { pick, by }),
         1 => (any::<usize>(), 0..OWNERS).prop_map(|(pick, by)| Op::FreeStale { pick, by }),
         1 => any::<usize>().prop_map(|pick| Op::MarkStale { pick }),
@@ -89,6 +94,10 @@ struct SlotModel {
     /// Allocated, and kept by its owner for its next alloc of the class: no handle to it is
     /// live.
     kept: bool,
+    /// In flight, and accepted by its receiver, whose ledger holds it now.
+    accepted: bool,
+    /// Who marked it in flight, while it is.
+    sender: Option<usize>,
 }
 
 /// What the allocator must look like.
@@ -99,8 +108,9 @@ struct Model {
     live: Vec<SlotHandle>,
     /// Handles whose slot was freed since.
     stale: Vec<SlotHandle>,
-    /// Per owner, per class: whether it has allocated in the class from the list or a new
-    /// extent (and so keeps), and the index of the slot it keeps, if any.
+    /// Per owner, per class: whether a free may keep (it took a slot of the class since its
+    /// last keep: the magazine's credit, at most one cell's worth here), and the index of the
+    /// slot it keeps, if any.
     magazines: Vec<Vec<(bool, Option<u32>)>>,
 }
 
@@ -116,6 +126,8 @@ impl Model {
                             state: SlotState::Free,
                             owner: NO_OWNER,
                             kept: false,
+                            accepted: false,
+                            sender: None,
                         })
                         .collect()
                 })
@@ -148,10 +160,11 @@ impl Model {
             .count() as u32
     }
 
-    /// The owner number whose ledger holds `h`: its allocator, while it is allocated.
+    /// The owner number whose ledger holds `h`: its allocator, while it is allocated; its
+    /// receiver, once it accepted it.
     fn holder(&self, h: SlotHandle) -> Option<usize> {
         let slot = self.slots[usize::from(h.class())][h.index() as usize];
-        (slot.state == SlotState::Allocated && !slot.kept)
+        (slot.state == SlotState::Allocated && !slot.kept || slot.accepted)
             .then(|| (0..OWNERS).find(|&n| owner(n).raw() == slot.owner))
             .flatten()
     }
@@ -185,7 +198,7 @@ impl Model {
                 prop_assert!(slot.kept && slot.owner == owner(by).raw(), "{:?}", slot);
                 prop_assert_eq!(h.generation(), slot.generation);
                 slot.kept = false;
-                self.magazines[by][c].1 = None;
+                self.magazines[by][c] = (true, None);
                 self.live.push(h);
                 return Ok(());
             }
@@ -203,6 +216,8 @@ impl Model {
                         state: SlotState::Free,
                         owner: NO_OWNER,
                         kept: false,
+                        accepted: false,
+                        sender: None,
                     });
                 }
             }
@@ -221,6 +236,8 @@ impl Model {
             state: SlotState::Allocated,
             owner: owner(by).raw(),
             kept: false,
+            accepted: false,
+            sender: None,
         };
         // From the list or a new extent: an allocator in the class, which keeps from now on.
         self.magazines[by][class].0 = true;
@@ -250,16 +267,20 @@ impl Model {
                 state: SlotState::Allocated,
                 owner: owner(by).raw(),
                 kept: true,
+                accepted: false,
+                sender: None,
             },
             None => SlotModel {
                 generation: slot.generation.wrapping_add(1),
                 state: SlotState::Free,
                 owner: NO_OWNER,
                 kept: false,
+                accepted: false,
+                sender: None,
             },
         };
         if let Some(by) = keeper {
-            self.magazines[by][class].1 = Some(h.index());
+            self.magazines[by][class] = (false, Some(h.index()));
         }
         self.live
             .retain(|l| (l.class(), l.index()) != (h.class(), h.index()));
@@ -278,6 +299,8 @@ impl Model {
                     state: SlotState::Free,
                     owner: NO_OWNER,
                     kept: false,
+                    accepted: false,
+                    sender: None,
                 };
                 count += 1;
             }
@@ -408,6 +431,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     prop_assert_eq!(got, Ok(()));
                     slot.state = SlotState::InFlight;
                     slot.owner = to.raw();
+                    slot.sender = Some(by);
                 } else {
                     prop_assert_eq!(
                         got,
@@ -418,6 +442,26 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                             found: "in flight"
                         })
                     );
+                }
+            }
+            Op::Accept { pick } => {
+                if model.live.is_empty() {
+                    continue;
+                }
+                let h = model.live[pick % model.live.len()];
+                let slot = *model.slot(h);
+                let Some(sender) = slot.sender else {
+                    continue; // allocated, not sent
+                };
+                let to = (0..OWNERS)
+                    .find(|&n| owner(n).raw() == slot.owner)
+                    .expect("sent to an owner");
+                let got = slabs[to].accept(h, owner(sender));
+                if slot.accepted {
+                    prop_assert_eq!(got, Err(Refusal::AlreadyHeld));
+                } else {
+                    prop_assert_eq!(got, Ok(()));
+                    model.slot(h).accepted = true;
                 }
             }
             Op::Free { pick, by } => {

@@ -300,7 +300,8 @@ const SPIN_ROUNDS: u32 = 10;
 const MAX_SKIPPED_SPINS: u32 = 256;
 
 /// Naps while a ring is full or a class has no free slot: yields first, then sleeps 50 µs
-/// doubling to 1 ms.
+/// doubling to 1 ms, giving back the slots its side keeps before each sleep (PROTOCOL.md, kept
+/// slots: none withheld while a side naps).
 struct Nap {
     rounds: u32,
     next: Duration,
@@ -314,35 +315,42 @@ impl Nap {
         }
     }
 
-    async fn take(&mut self) {
+    async fn take(&mut self, give_back_kept: impl FnOnce()) {
         self.rounds += 1;
         if self.rounds <= 4 {
             tokio::task::yield_now().await;
         } else {
+            give_back_kept();
             tokio::time::sleep(self.next).await;
             self.next = (self.next * 2).min(Duration::from_millis(1));
         }
     }
 }
 
-/// `loan` on either side: a slot now, or naps until one is free.
-async fn loan_with(try_loan: impl Fn() -> Result<Loan, TryLoanError>) -> Result<Loan, LoanError> {
+/// `loan` on either side: a slot now, or naps until one is free, giving back the side's kept
+/// slots (`give_back_kept`) before it sleeps.
+async fn loan_with(
+    try_loan: impl Fn() -> Result<Loan, TryLoanError>,
+    give_back_kept: impl Fn(),
+) -> Result<Loan, LoanError> {
     let mut nap = Nap::new();
     loop {
         match try_loan() {
             Ok(loan) => return Ok(loan),
-            Err(TryLoanError::NoFreeSlots { .. }) => nap.take().await,
+            Err(TryLoanError::NoFreeSlots { .. }) => nap.take(&give_back_kept).await,
             Err(TryLoanError::Failed(error)) => return Err(error),
         }
     }
 }
 
 /// `send_loan` on either side: the loan goes now, or comes back from a full ring and is tried
-/// again after a nap. Dropped while it naps, the future drops the loan (its slot is freed).
+/// again after a nap (the side's kept slots given back, `give_back_kept`, before it sleeps).
+/// Dropped while it naps, the future drops the loan (its slot is freed).
 async fn send_with(
     reactor: &Reactor,
     mut loan: Loan,
     try_send: impl Fn(Loan) -> Result<Option<Loan>, SendError>,
+    give_back_kept: impl Fn(),
 ) -> Result<(), SendError> {
     let mut nap = Nap::new();
     loop {
@@ -353,7 +361,7 @@ async fn send_with(
             }
             Some(back) => loan = back,
         }
-        nap.take().await;
+        nap.take(&give_back_kept).await;
     }
 }
 
@@ -435,7 +443,7 @@ impl AsyncHost {
     /// # Errors
     /// As [`Host::loan`].
     pub async fn loan(&self, len: usize) -> Result<Loan, LoanError> {
-        loan_with(|| self.host.try_loan(len)).await
+        loan_with(|| self.host.try_loan(len), || self.host.give_back_kept()).await
     }
 
     /// Send a filled loan to `peer`, waiting for room in its ring. Dropped before it
@@ -450,9 +458,12 @@ impl AsyncHost {
         loan: Loan,
     ) -> Result<(), SendError> {
         let peer = peer.into();
-        send_with(&self.reactor, loan, |loan| {
-            self.host.try_send_loan_back(peer, meta, loan)
-        })
+        send_with(
+            &self.reactor,
+            loan,
+            |loan| self.host.try_send_loan_back(peer, meta, loan),
+            || self.host.give_back_kept(),
+        )
         .await
     }
 
@@ -546,7 +557,7 @@ impl AsyncPeer {
     /// # Errors
     /// As [`Peer::loan`].
     pub async fn loan(&self, len: usize) -> Result<Loan, LoanError> {
-        loan_with(|| self.peer.try_loan(len)).await
+        loan_with(|| self.peer.try_loan(len), || self.peer.give_back_kept()).await
     }
 
     /// Send a filled loan to the host, waiting for room. Dropped before it completes, the
@@ -555,9 +566,12 @@ impl AsyncPeer {
     /// # Errors
     /// As [`Peer::send_loan`].
     pub async fn send_loan(&self, meta: FrameMeta, loan: Loan) -> Result<(), SendError> {
-        send_with(&self.reactor, loan, |loan| {
-            self.peer.try_send_loan_back(meta, loan)
-        })
+        send_with(
+            &self.reactor,
+            loan,
+            |loan| self.peer.try_send_loan_back(meta, loan),
+            || self.peer.give_back_kept(),
+        )
         .await
     }
 

@@ -1227,6 +1227,12 @@ impl Host {
         self.core.ready.as_fd()
     }
 
+    /// Give back the slots the host keeps for its next loans (hub-alloc's kept slots), and wake
+    /// allocators asleep on their classes: before the host naps (the async loans and sends).
+    pub(crate) fn give_back_kept(&self) {
+        self.core.endpoint.give_back_kept();
+    }
+
     /// Announce that the host is about to sleep on its [readiness descriptor](Self::ready_fd)
     /// for frames from any peer: each peer that then sends writes it. Look at the rings once
     /// more before sleeping. The slots the host keeps for its next loans go back first (see

@@ -120,6 +120,9 @@ impl Endpoint {
             if self.slab.has_free_slot(class) {
                 continue;
             }
+            // PROTOCOL.md, kept slots: none withheld while this side sleeps (this class's
+            // would have been taken above; the others' go back).
+            self.give_back_kept();
             futex::wait(word, seen, Some(deadline.slice(Duration::from_millis(20))))
                 .map_err(LoanError::Futex)?;
         }
@@ -634,6 +637,8 @@ impl Link {
             if endpoint.mode() == WaitMode::Spin || !backoff.is_completed() {
                 backoff.snooze();
             } else {
+                // PROTOCOL.md, kept slots: none withheld while this side naps.
+                endpoint.give_back_kept();
                 std::thread::sleep(deadline.slice(nap));
                 nap = (nap * 2).min(Duration::from_millis(1));
             }

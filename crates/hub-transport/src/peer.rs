@@ -715,6 +715,12 @@ impl Peer {
         self.ready.as_fd()
     }
 
+    /// Give back the slots the peer keeps for its next loans (hub-alloc's kept slots), and wake
+    /// allocators asleep on their classes: before the peer naps (the async loans and sends).
+    pub(crate) fn give_back_kept(&self) {
+        self.endpoint.give_back_kept();
+    }
+
     /// Announce that this peer is about to sleep on its [readiness descriptor](Self::ready_fd):
     /// the host's next send writes it. Look at the ring once more before sleeping. The slots
     /// the peer keeps for its next loans go back first (see hub-alloc's

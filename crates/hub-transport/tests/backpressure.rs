@@ -243,11 +243,20 @@ fn empty_class_blocks_until_a_slot_is_freed() {
         Err(TrySendCopyError::NoFreeSlots { class }) => assert_eq!(class, 4),
         other => panic!("expected NoFreeSlots, got {other:?}"),
     }
+    // A side that sleeps for a slot keeps none of another class meanwhile (PROTOCOL.md, kept
+    // slots): the 4 MiB slot the host keeps for its next loan of the size goes back first.
+    drop(host.try_loan(4 << 20).expect("a 4 MiB slot"));
+    assert_eq!(
+        host.stats()[3].kept,
+        1,
+        "kept for the host's next 4 MiB loan"
+    );
     let start = Instant::now();
     match host.loan_timeout(BIG, TIMEOUT) {
         Err(LoanTimeoutError::Timeout) => assert_took_timeout(start),
         other => panic!("expected Timeout, got {other:?}"),
     }
+    assert_eq!(host.stats()[3].kept, 0, "given back before the wait");
     let start = Instant::now();
     match peer.send_timeout(meta(6), &vec![0; BIG], TIMEOUT) {
         Err(SendCopyTimeoutError::Timeout) => assert_took_timeout(start),

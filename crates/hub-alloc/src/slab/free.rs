@@ -55,6 +55,9 @@ impl<R: Region> Slab<R> {
                     }
                 }
             }
+            // Idle from here on: its frees keep again only once it allocates again (the
+            // takes above counted as allocs).
+            self.magazines[class].forget_allocs();
         }
         first_error.map_or(Ok(given), Err)
     }
@@ -120,7 +123,7 @@ impl<R: Region> Slab<R> {
         }
         let magazine = &self.magazines[class];
         let keep = may_keep
-            // Only an allocator in the class keeps its slots (see `crate::magazine`), and a full
+            // A participant keeps no more than it allocates (see `crate::magazine`), and a full
             // magazine would cost the keep's state CAS and then a free's after all.
             && magazine.keeps()
             && magazine.has_room()
@@ -164,6 +167,7 @@ impl<R: Region> Slab<R> {
         // A hint for everybody's counts (`stats`): the link word means nothing off the list.
         meta.next_free.store(KEPT_SLOT_MARK, Ordering::Relaxed);
         if magazine.put(handle.index(), meta_hint(meta_offset)) {
+            magazine.note_keep();
             return Ok(Freed {
                 class: handle.class(),
                 wake_waiters: false,
@@ -243,6 +247,7 @@ impl<R: Region> Slab<R> {
                 if let Some(meta) = meta {
                     meta.next_free.store(FREE_LIST_END, Ordering::Relaxed);
                 }
+                magazine.note_alloc();
                 return Some(handle);
             }
         }

@@ -492,7 +492,8 @@ impl<R: Region> Slab<R> {
             .position(|c| c.slot_size as usize >= len)
     }
 
-    /// [`alloc`](Self::alloc) when its smallest class keeps no slot.
+    /// [`alloc`](Self::alloc) when this participant keeps no slot of the smallest class that
+    /// fits.
     #[inline(never)]
     fn alloc_slow(&self, len: usize) -> Result<SlotHandle, SlabError> {
         let fits = self
@@ -536,7 +537,7 @@ impl<R: Region> Slab<R> {
         self.alloc_in_slow(class)
     }
 
-    /// [`alloc_in`](Self::alloc_in) when the class keeps no slot.
+    /// [`alloc_in`](Self::alloc_in) when this participant keeps no slot of the class.
     #[inline(never)]
     fn alloc_in_slow(&self, class: u16) -> Result<SlotHandle, SlabError> {
         let c = self.class_index(class, 0)?;
