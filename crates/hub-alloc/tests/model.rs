@@ -100,6 +100,20 @@ struct SlotModel {
     sender: Option<usize>,
 }
 
+impl SlotModel {
+    /// A slot on its list at `generation`.
+    fn listed(generation: u32) -> Self {
+        Self {
+            generation,
+            state: SlotState::Free,
+            owner: NO_OWNER,
+            kept: false,
+            accepted: false,
+            sender: None,
+        }
+    }
+}
+
 /// What the allocator must look like.
 struct Model {
     /// Per class, per global index.
@@ -121,14 +135,7 @@ impl Model {
                 .iter()
                 .map(|c| {
                     (0..c.slots_per_extent)
-                        .map(|_| SlotModel {
-                            generation: 0,
-                            state: SlotState::Free,
-                            owner: NO_OWNER,
-                            kept: false,
-                            accepted: false,
-                            sender: None,
-                        })
+                        .map(|_| SlotModel::listed(0))
                         .collect()
                 })
                 .collect(),
@@ -211,14 +218,7 @@ impl Model {
                 let first = self.extents(c) * spe;
                 prop_assert_eq!(h.index(), first, "the grower keeps the first slot");
                 for i in 0..spe {
-                    self.slots[c].push(SlotModel {
-                        generation: u32::from(i != 0),
-                        state: SlotState::Free,
-                        owner: NO_OWNER,
-                        kept: false,
-                        accepted: false,
-                        sender: None,
-                    });
+                    self.slots[c].push(SlotModel::listed(u32::from(i != 0)));
                 }
             }
             Expect::Nothing => prop_assert!(false, "alloc gave {h:?}, the model has nothing"),
@@ -251,9 +251,9 @@ impl Model {
         Ok(())
     }
 
-    /// `h` freed by owner `by`: kept when `by` holds it, allocates in the class and keeps no
-    /// slot of it yet, and the class's list is not empty; else onto the list. `None` for a
-    /// reclaim.
+    /// `h` freed by owner `by`: kept when `by` holds it, took a slot of the class since its
+    /// last keep (so its one cell is empty), and the class's list is not empty; else onto the
+    /// list. `None` for a reclaim.
     fn freed(&mut self, h: SlotHandle, by: Option<usize>) {
         let class = usize::from(h.class());
         let listed = self.count(class, SlotState::Free) > 0;
@@ -270,14 +270,7 @@ impl Model {
                 accepted: false,
                 sender: None,
             },
-            None => SlotModel {
-                generation: slot.generation.wrapping_add(1),
-                state: SlotState::Free,
-                owner: NO_OWNER,
-                kept: false,
-                accepted: false,
-                sender: None,
-            },
+            None => SlotModel::listed(slot.generation.wrapping_add(1)),
         };
         if let Some(by) = keeper {
             self.magazines[by][class] = (false, Some(h.index()));
@@ -294,14 +287,7 @@ impl Model {
         for class in 0..CLASSES.len() {
             if let Some(index) = self.magazines[n][class].1 {
                 let slot = &mut self.slots[class][index as usize];
-                *slot = SlotModel {
-                    generation: slot.generation.wrapping_add(1),
-                    state: SlotState::Free,
-                    owner: NO_OWNER,
-                    kept: false,
-                    accepted: false,
-                    sender: None,
-                };
+                *slot = SlotModel::listed(slot.generation.wrapping_add(1));
                 count += 1;
             }
             self.magazines[n][class] = (false, None);
