@@ -76,19 +76,19 @@ fn new_slab(max_extents: u32) -> TestSlab {
 }
 
 fn free_ok<R: Region>(slab: &Slab<R>, handle: SlotHandle) {
-    let freed = slab
-        .free(handle)
-        .unwrap_or_else(|e| panic!("free of {handle:?}: {e}"));
-    assert_eq!(freed.class, handle.class());
-    assert!(!freed.wake_waiters, "nobody announced a wait");
+    freed_ok(slab.free(handle), handle);
 }
 
 /// [`free_ok`] onto the list, never kept: for the tests of the list's free path (a participant
 /// that allocates in a class keeps some of its freed slots, see `crate::magazine`).
 fn free_listed_ok<R: Region>(slab: &Slab<R>, handle: SlotHandle) {
-    let freed = slab
-        .free_to_list(handle)
-        .unwrap_or_else(|e| panic!("free of {handle:?}: {e}"));
+    freed_ok(slab.free_to_list(handle), handle);
+}
+
+/// A free of `handle` that succeeded, in its class, with nobody to wake.
+#[track_caller]
+fn freed_ok(freed: Result<crate::Freed, SlabError>, handle: SlotHandle) {
+    let freed = freed.unwrap_or_else(|e| panic!("free of {handle:?}: {e}"));
     assert_eq!(freed.class, handle.class());
     assert!(!freed.wake_waiters, "nobody announced a wait");
 }
