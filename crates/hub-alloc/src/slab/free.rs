@@ -5,8 +5,7 @@ use super::*;
 
 impl<R: Region> Slab<R> {
     /// How many slots of `class` this participant keeps for its next alloc now: slots it freed
-    /// that stayed its own (see [`free`](Self::free)): none in a class this participant has
-    /// not allocated in from the free list or a new extent.
+    /// that stayed its own (see [`free`](Self::free)): never more than it allocated there.
     pub fn kept_count(&self, class: u16) -> u32 {
         self.magazines
             .get(usize::from(class))
@@ -70,11 +69,11 @@ impl<R: Region> Slab<R> {
     /// handle is stale from then on, but in shared memory it stays Allocated and this
     /// participant's, off the list, until an alloc of this participant takes it again, it is
     /// [given back](Self::give_back_kept), or the participant's [reclaim](Self::reclaim)
-    /// frees it. A free keeps its slot only when this participant allocates in the class
-    /// itself (one of its allocs has taken a slot of the class from the free list or a new
-    /// extent), a cell of its magazine is empty (one per 16 slots of an extent, at least one,
-    /// at most four), no allocator has announced that it waits for the class, and the class's
-    /// free list is not empty.
+    /// frees it. A free keeps its slot only when this participant took a slot of the class
+    /// (from the free list, a new extent or its kept ones) that no earlier keep answered, so
+    /// that it keeps no more than it allocates; when a cell of its magazine is empty (one per
+    /// 16 slots of an extent, at least one, at most four); when no allocator has announced
+    /// that it waits for the class; and when the class's free list is not empty.
     ///
     /// A slot this participant holds (its ledger, R4) leaves the ledger, whether or not the
     /// shared state agrees: the holder is done with it either way (a slot whose meta another

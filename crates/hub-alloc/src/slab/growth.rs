@@ -162,7 +162,7 @@ impl<R: Region> Slab<R> {
                 self.wakes.fetch_or(1 << class, Ordering::Release);
             }
         }
-        // An allocator in the class from now on: its frees may keep (`crate::magazine`).
+        // A slot taken: one more free of the class may keep (`crate::magazine`).
         self.magazines[class].note_alloc();
         Ok(slots_of(extent).next())
     }

@@ -83,7 +83,7 @@ impl<R: Region> Slab<R> {
                 ));
             }
             drop(journal);
-            // An allocator in the class from now on: its frees may keep (`crate::magazine`).
+            // A slot taken: one more free of the class may keep (`crate::magazine`).
             self.magazines[class].note_alloc();
             return Ok(Some(handle));
         }
