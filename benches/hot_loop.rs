@@ -130,7 +130,8 @@ fn hub_slab(class: u16) -> Option<Slab<Arc<HeapRegion>>> {
     let segment = hub_layout::SegmentLayout::new(32, 256).expect("the default segment");
     let layout = SlabLayout::for_hub(&segment);
     let region = Arc::new(HeapRegion::new(layout.initial_size(), layout.max_size()));
-    // SAFETY: the region is fresh and nobody else uses it.
+    // SAFETY: `region` was created just above and no other handle or thread reaches it, so
+    // nobody else accesses the allocator state `init` writes.
     let slab = unsafe { Slab::init(region, layout, OwnerId::HOST) }.expect("init");
     if slab.slot_size(class).is_none() {
         eprintln!("hot_loop: no class {class}");
