@@ -10,9 +10,11 @@
 //!   raw spin ping-pong on one `AtomicU64` in a shared memfd mapping (for sizes above 8 B the host
 //!   also fills a buffer of the size in the mapping and the child copies it to a second buffer
 //!   before answering, the work the hub's echo does).
-//!   At 8 B also `baseline_ring_floor`: the same ping-pong with the lines a hub ring moves,
-//!   a 64-byte descriptor written word by word and then a head word on its own line, each
-//!   way; the receiver polls the head, then reads the descriptor. And `baseline_hub_rings`:
+//!   At 8 B also `baseline_ring_floor`: the same ping-pong with the lines a hub ring moves for
+//!   a slot frame, a 64-byte descriptor written word by word and then a head word on its own
+//!   line, each way; the receiver polls the head, then reads the descriptor (an inline frame,
+//!   as here, publishes itself by its stamp instead, PROTOCOL.md §4, and moves only the
+//!   descriptor's line). And `baseline_hub_rings`:
 //!   that ping-pong through the hub's own ring code (`hub_transport::ring`, two rings in the
 //!   mapping, `try_push` and `try_pop_into` with their checks), nothing above it: what the
 //!   rings cost, apart from the endpoints, locks, frames and waits the hub adds.

@@ -28,7 +28,8 @@ pub struct MsgDescHot {
     /// Slot reference of the payload (see [`encode_slot_ref`](crate::encode_slot_ref)), or
     /// [`INLINE_PAYLOAD_SLOT`].
     pub payload_slot: u32,
-    /// Generation of the payload slot when it was sent.
+    /// Generation of the payload slot when it was sent; in an inline descriptor, the ring's
+    /// stamp, which publishes it (PROTOCOL.md §4).
     pub payload_generation: u32,
     /// Offset of the payload inside the slot.
     pub payload_offset: u32,
@@ -76,7 +77,9 @@ impl Default for MsgDescHot {
 /// `capacity` descriptors follow the header.
 #[repr(C, align(64))]
 pub struct DescRingHeader {
-    /// Descriptors published by the producer (a count, Release on store).
+    /// Descriptors published by the producer (a count, Release on store): at least up to the
+    /// last slot descriptor; inline descriptors after it publish themselves by their stamps
+    /// (PROTOCOL.md §4).
     pub visible_head: AtomicU64,
     /// Padding that gives `visible_head` its own cache line.
     pub _pad_head: [u8; 56],

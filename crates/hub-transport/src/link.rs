@@ -762,8 +762,9 @@ impl Link {
         self.check(endpoint, &desc).map(Some)
     }
 
-    /// Whether a receive may find a frame: something was published since this end's last pop,
-    /// or its consumer holds descriptors it read as published. A look without the lock, which
+    /// Whether a receive may find a frame: something was published since this end's last pop
+    /// (the next slot holds its stamp, or the head moved past the tail), or its consumer holds
+    /// descriptors it read as published. A look without the lock, which
     /// builds nothing: what waits poll, and the first step of every receive.
     ///
     /// Only a hint: with two threads receiving at once it may say empty while the other
@@ -777,8 +778,13 @@ impl Link {
     /// for one poll, and its waits sleep only on `Host::ready_any`, which reads the state first.)
     #[inline(always)]
     pub fn looks_nonempty(&self) -> bool {
+        let taken = self.taken.load(Ordering::Relaxed);
+        // PROTOCOL.md §4: the next slot's stamp first (an inline frame), then the head (a slot
+        // frame, or inline frames of a producer that stores the head for them too); a head
+        // behind the tail means only that the tail took stamped frames past it.
         self.cached.load(Ordering::Relaxed)
-            || self.in_ring.published() != self.taken.load(Ordering::Relaxed)
+            || self.in_ring.stamped(taken)
+            || self.in_ring.published() > taken
     }
 
     /// [`try_recv`](Self::try_recv), and when it finds nothing, whether the other side is gone

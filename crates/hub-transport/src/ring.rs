@@ -20,9 +20,18 @@
 //!   forged tail that lets a producer of this process overwrite a slot its consumer, also in
 //!   this process, is reading; a scan racing a push) can make two threads race on a slot: the
 //!   worst is a torn copy, whose fields are unchecked data anyway (R3).
+//! - An inline descriptor publishes itself (PROTOCOL.md §4, "stamps"): the producer writes the
+//!   word of `payload_slot` and `payload_generation` last, with Release, and in an inline
+//!   descriptor that generation is the descriptor's *stamp*, the low 32 bits of its index plus
+//!   one. A consumer that finds the stamp of its next index in that slot takes the descriptor
+//!   without reading the head, and the producer stores the head only after a slot descriptor:
+//!   a stream of inline frames never moves the head's line between the processes, only the
+//!   descriptors' lines, which the consumer reads anyway. So `visible_head` counts at least up
+//!   to the last slot descriptor, and the consumer's tail may pass it. A pop gives an inline
+//!   descriptor back with generation 0, whatever the producer put there.
 //! - Every index read from shared memory is checked before use (R3): a head that went backwards
-//!   or ran more than `capacity` ahead of the tail, a tail that went backwards or passed the head,
-//!   are typed [`RingError`]s that say which side is at fault. Slots are indexed with
+//!   or ran more than `capacity` ahead of the tail, a tail that went backwards or passed the
+//!   producer's own head, are typed [`RingError`]s that say which side is at fault. Slots are indexed with
 //!   `index & (capacity - 1)` of the private capacity, so no value a peer writes can make us
 //!   touch memory outside the ring, nor panic.
 //!
@@ -39,7 +48,7 @@
 //! ```
 
 use crate::sync::{AtomicU64, Ordering};
-use hub_layout::{DescRingHeader, MsgDescHot};
+use hub_layout::{DescRingHeader, INLINE_PAYLOAD_SLOT, MsgDescHot};
 use std::alloc::Layout;
 use std::ptr::{self, NonNull};
 use std::sync::Arc;
@@ -163,6 +172,10 @@ pub struct RawRing {
     /// races just as it checks the atomics. Only views cloned from one `RawRing` share them.
     #[cfg(loom)]
     cells: Arc<[loom::cell::UnsafeCell<()>]>,
+    /// Under loom, the slots' stamp words as loom atomics (the real words are `std`'s, which
+    /// loom does not see), so that a pop on a stamp is ordered after the push as loom checks it.
+    #[cfg(loom)]
+    stamps: Arc<[AtomicU64]>,
 }
 
 impl std::fmt::Debug for RawRing {
@@ -222,6 +235,8 @@ impl RawRing {
             cells: (0..capacity)
                 .map(|_| loom::cell::UnsafeCell::new(()))
                 .collect(),
+            #[cfg(loom)]
+            stamps: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
         })
     }
 
@@ -234,10 +249,46 @@ impl RawRing {
     /// a consumer's look at whether there is anything to pop before it takes its handle (a
     /// value it compares with its own count, never uses, R3). A pop reads the head again,
     /// with the checks and the Acquire that make the descriptors visible.
+    ///
+    /// It counts at least up to the last slot descriptor: inline descriptors after it are
+    /// published by their stamps ([`stamped`](Self::stamped)), and a consumer's tail may be
+    /// past it.
     #[inline]
     pub fn published(&self) -> u64 {
         // A hint: Relaxed (see above; R11's fences order it where a waiter needs it).
         self.head_word().load(Ordering::Relaxed)
+    }
+
+    /// Whether the slot of `index` holds the inline descriptor of that index, published by its
+    /// stamp: a hint with no ordering, like [`published`](Self::published), for a consumer whose
+    /// tail is `index` (a pop looks again, with Acquire).
+    #[inline]
+    pub fn stamped(&self, index: u64) -> bool {
+        self.load_stamp(index, Ordering::Relaxed) == stamp_word(index)
+    }
+
+    /// The stamp word of the slot of `index`, loaded with `order`.
+    #[inline(always)]
+    fn load_stamp(&self, index: u64, order: Ordering) -> u64 {
+        #[cfg(loom)]
+        return self.stamps[(index & self.mask) as usize].load(order);
+        #[cfg(not(loom))]
+        {
+            let word = self.slot_ptr(index).cast::<u64>().wrapping_add(STAMP_WORD);
+            // SAFETY: as in `load_desc`: the slot of `index` is in the ring, 64-aligned, so its
+            // word `STAMP_WORD < DESC_WORDS` is in bounds and 8-aligned, no Rust reference to
+            // it exists (R4) and every access to it is atomic.
+            unsafe { AtomicU64::from_ptr(word) }.load(order)
+        }
+    }
+
+    /// The number of descriptors from `from` on (at most the capacity) whose slots hold their
+    /// stamps: the inline descriptors published past the head. A snapshot, for the ring-wide
+    /// looks.
+    fn stamped_run(&self, from: u64) -> u64 {
+        (from..from.saturating_add(u64::from(self.capacity)))
+            .take_while(|&index| self.stamped(index))
+            .count() as u64
     }
 
     /// Whether `other` is a view of the same ring.
@@ -281,8 +332,8 @@ impl RawRing {
     ///
     /// # Errors
     ///
-    /// [`RingError::TailWentBackwards`], [`RingError::TailPastHead`] or
-    /// [`RingError::HeadPastCapacity`] if the indices break the protocol.
+    /// [`RingError::TailWentBackwards`] or [`RingError::HeadPastCapacity`] if the indices break
+    /// the protocol.
     pub fn len(&self) -> Result<u32, RingError> {
         let capacity = u64::from(self.capacity);
         for _ in 0..4 {
@@ -299,12 +350,12 @@ impl RawRing {
                     previous: tail,
                 });
             }
-            if head < tail {
-                return Err(RingError::TailPastHead { tail, head });
-            }
-            if head - tail <= capacity {
-                // Fits in a u32: at most the capacity.
-                return Ok((head - tail) as u32);
+            // A tail past the head took inline descriptors by their stamps.
+            let below_head = head.saturating_sub(tail);
+            if below_head <= capacity {
+                let stamped = self.stamped_run(head.max(tail));
+                // At most the capacity: fits in a u32.
+                return Ok((below_head + stamped).min(capacity) as u32);
             }
             if tail_again == tail {
                 // The tail did not move while the head was read: the head itself is too far.
@@ -327,8 +378,9 @@ impl RawRing {
         Ok(self.len()? == 0)
     }
 
-    /// Copies out the descriptors published and not yet consumed, oldest first: the scan of a
-    /// dead peer's rings that comes before their [`reset`](Self::reset) (R10).
+    /// Copies out the descriptors published and not yet consumed, oldest first (those below the
+    /// head, then the stamped ones after it): the scan of a dead peer's rings that comes
+    /// before their [`reset`](Self::reset) (R10).
     ///
     /// Only meaningful when the producer is not pushing (it is dead or stopped) and no consumer
     /// is popping. It is safe to call at any time all the same: each descriptor is copied with
@@ -344,27 +396,36 @@ impl RawRing {
         let tail = self.tail_word().load(Ordering::Acquire);
         // PROTOCOL.md §4: Acquire: the descriptors up to head are visible.
         let head = self.head_word().load(Ordering::Acquire);
-        if head < tail {
-            return Err(RingError::TailPastHead { tail, head });
-        }
-        if head - tail > u64::from(self.capacity) {
+        if head.saturating_sub(tail) > u64::from(self.capacity) {
             return Err(RingError::HeadPastCapacity {
                 head,
                 tail,
                 capacity: self.capacity,
             });
         }
-        Ok((tail..head).map(|index| self.copy_slot(index)).collect())
+        // Then the inline descriptors published by their stamps, past the head and the tail.
+        let from = head.max(tail);
+        let end = from
+            + self
+                .stamped_run(from)
+                .min(u64::from(self.capacity) - (from - tail));
+        Ok((tail..end).map(|index| self.copy_slot(index)).collect())
     }
 
-    /// Sets both indices to 0: an empty ring, as at creation. For the host's recovery of a dead
-    /// peer (R10), after the scan with [`pending`](Self::pending).
+    /// Sets both indices to 0 and clears every slot's stamp: an empty ring, as at creation. For
+    /// the host's recovery of a dead peer (R10), after the scan with [`pending`](Self::pending).
     ///
     /// Only valid when neither side is in use: no [`Producer`] or [`Consumer`] of this ring
     /// exists in any process, or the ones that exist are never used again. A handle that is used
     /// after a reset sees indices that went backwards and reports a [`RingError`]; memory safety
     /// does not depend on it.
     pub fn reset(&self) {
+        // A stamp of the old indices would publish a stale descriptor to the new ones: clear
+        // every stamp word first (0 is no index's stamp but that of index 2^32 - 1, by when
+        // every slot has been written again).
+        for index in 0..u64::from(self.capacity) {
+            self.store_stamp(index, 0, Ordering::Relaxed);
+        }
         // PROTOCOL.md §4: Release, so new handles that read the zeros with Acquire start after the reset.
         self.tail_word().store(0, Ordering::Release);
         // PROTOCOL.md §4: Release, as above.
@@ -401,10 +462,14 @@ impl RawRing {
             ring: self.clone(),
             tail: 0,
             cached_head: 0,
+            head_seen: 0,
         }
     }
 
-    /// The producer handle of this ring, starting from the indices in shared memory.
+    /// The producer handle of this ring, starting from the indices in shared memory: at creation
+    /// or after a [`reset`](Self::reset), or after a handle that pushed no inline descriptor
+    /// since its last slot descriptor (the head in shared memory does not count those, see
+    /// [`published`](Self::published)).
     ///
     /// # Errors
     ///
@@ -433,8 +498,7 @@ impl RawRing {
     ///
     /// # Errors
     ///
-    /// [`RingError::TailPastHead`] or [`RingError::HeadPastCapacity`] if the indices break the
-    /// protocol.
+    /// [`RingError::HeadPastCapacity`] if the indices break the protocol.
     ///
     /// # Safety
     ///
@@ -445,11 +509,13 @@ impl RawRing {
         let tail = self.tail_word().load(Ordering::Acquire);
         // PROTOCOL.md §4: Acquire, pairs with the producer's Release store of visible_head.
         let head = self.head_word().load(Ordering::Acquire);
-        self.check_indices(head, tail)?;
+        // A tail past the head is one that took stamped descriptors.
+        self.check_indices(head.max(tail), tail)?;
         Ok(Consumer {
             ring: self.clone(),
             tail,
-            cached_head: head,
+            cached_head: head.max(tail),
+            head_seen: head,
         })
     }
 
@@ -484,12 +550,36 @@ impl RawRing {
     /// is not published, and the consumer is done with its previous content).
     #[inline(always)]
     unsafe fn write_slot(&self, index: u64, desc: &MsgDescHot) {
+        let stamp = if desc.payload_slot == INLINE_PAYLOAD_SLOT {
+            stamp_word(index)
+        } else {
+            word_of(&desc.payload_slot, &desc.payload_generation)
+        };
         let slot = self.slot_ptr(index);
         let write = || store_desc(slot, desc);
         #[cfg(loom)]
         self.cells[(index & self.mask) as usize].with_mut(|_| write());
         #[cfg(not(loom))]
         write();
+        // PROTOCOL.md §4: Release, last: a consumer that reads this word with Acquire (its stamp) sees the rest.
+        self.store_stamp(index, stamp, Ordering::Release);
+    }
+
+    /// Stores the stamp word of the slot of `index` with `order`.
+    #[inline(always)]
+    fn store_stamp(&self, index: u64, word: u64, order: Ordering) {
+        let at = self.slot_ptr(index).cast::<u64>().wrapping_add(STAMP_WORD);
+        // SAFETY: as in `load_stamp`.
+        #[cfg(not(loom))]
+        unsafe { AtomicU64::from_ptr(at) }.store(word, order);
+        #[cfg(loom)]
+        {
+            // SAFETY: as in `load_stamp`; the real word, for the copies, and loom's, for the
+            // ordering.
+            unsafe { std::sync::atomic::AtomicU64::from_ptr(at) }
+                .store(word, std::sync::atomic::Ordering::Relaxed);
+            self.stamps[(index & self.mask) as usize].store(word, order);
+        }
     }
 
     /// Copies the descriptor out of the slot of `index`.
@@ -510,7 +600,9 @@ impl RawRing {
     /// torn copy at worst, never a data race (every load is atomic). Under loom it is not
     /// tracked as an access of the slot, for the same reason.
     fn copy_slot(&self, index: u64) -> MsgDescHot {
-        load_desc(self.slot_ptr(index))
+        let mut desc = load_desc(self.slot_ptr(index));
+        unstamp(&mut desc);
+        desc
     }
 }
 
@@ -558,8 +650,8 @@ fn load_desc_into(slot: *mut MsgDescHot, out: &mut MsgDescHot) {
     }
 }
 
-/// Copy `desc` into the slot at `slot`, one relaxed atomic store per word (the Release store of
-/// the head that follows publishes them).
+/// Copy `desc` into the slot at `slot`, one relaxed atomic store per word, all but the word of
+/// `payload_slot` and `payload_generation` ([`STAMP_WORD`]), which the caller stores last.
 ///
 /// The words are put together from `desc`'s fields, each read at its own width, not read from
 /// `desc` as words: a sender builds its descriptor field by field (the payload's length and
@@ -588,12 +680,42 @@ fn store_desc(slot: *mut MsgDescHot, desc: &MsgDescHot) {
     ];
     let dst = slot.cast::<u64>();
     for (i, word) in words.into_iter().enumerate() {
+        // The stamp word goes last, with Release (`RawRing::write_slot`).
+        if i == STAMP_WORD {
+            continue;
+        }
         // SAFETY: as in `load_desc`: `slot` is a 64-aligned slot of the ring inside the mapping,
         // so word `i < DESC_WORDS` of it is in bounds and 8-aligned; no Rust reference to it
         // exists (R4) and it is only ever accessed atomically.
         unsafe { std::sync::atomic::AtomicU64::from_ptr(dst.add(i)) }
             .store(word, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+/// Gives an inline descriptor copied out of a slot generation 0: its stamp is the ring's.
+#[inline(always)]
+fn unstamp(desc: &mut MsgDescHot) {
+    if desc.payload_slot == INLINE_PAYLOAD_SLOT {
+        desc.payload_generation = 0;
+    }
+}
+
+/// The descriptor's word of `payload_slot` and `payload_generation`: the one the producer
+/// writes last, with Release ([`RawRing::write_slot`]).
+const STAMP_WORD: usize = 2;
+
+/// The stamp word of the inline descriptor of ring index `index`: `payload_slot` is
+/// `INLINE_PAYLOAD_SLOT`, `payload_generation` the low 32 bits of `index + 1` (PROTOCOL.md §4).
+/// Two indices a lap apart never share it (the capacity is below 2^32), nor does a cleared
+/// slot's 0 with any index but `2^32 - 1`'s, long after every slot was written.
+#[inline(always)]
+pub(crate) fn stamp_word(index: u64) -> u64 {
+    let generation = (index as u32).wrapping_add(1);
+    // The word as memory holds it, `payload_slot` at the lower address (see `word_of`).
+    let mut bytes = [0_u8; 8];
+    bytes[..4].copy_from_slice(&INLINE_PAYLOAD_SLOT.to_ne_bytes());
+    bytes[4..].copy_from_slice(&generation.to_ne_bytes());
+    u64::from_ne_bytes(bytes)
 }
 
 /// The descriptor word holding two adjacent `u32` fields, `first` at the lower address: the
@@ -624,7 +746,9 @@ pub struct Producer {
 }
 
 impl Producer {
-    /// Copies `desc` into the ring and publishes it.
+    /// Copies `desc` into the ring and publishes it: an inline descriptor by its stamp, a slot
+    /// descriptor by the head (PROTOCOL.md §4). An inline descriptor's `payload_generation` is
+    /// the ring's: the stamp replaces it.
     ///
     /// # Errors
     ///
@@ -644,8 +768,11 @@ impl Producer {
         // SAFETY: we are the only producer (contract of the constructor); the slot of `head` is
         // not published, and the consumer is done with it since head - tail < capacity.
         unsafe { self.ring.write_slot(self.head, desc) };
-        // PROTOCOL.md §4: Release publishes the descriptor written above to the consumer's Acquire load.
-        self.ring.head_word().store(next, Ordering::Release);
+        if desc.payload_slot != INLINE_PAYLOAD_SLOT {
+            // PROTOCOL.md §4: Release publishes the descriptor written above (and every inline
+            // one before it) to the consumer's Acquire load. An inline one published itself.
+            self.ring.head_word().store(next, Ordering::Release);
+        }
         self.head = next;
         Ok(())
     }
@@ -699,28 +826,32 @@ impl Producer {
 ///
 /// Made by [`RawRing::consumer`] or [`HeapRing::split`]. It keeps its own tail privately (the only
 /// writer of `tail`) and a cached copy of the producer's head, reloaded only when the ring looks
-/// empty.
+/// empty and the next slot holds no stamp (PROTOCOL.md §4).
 #[derive(Debug)]
 pub struct Consumer {
     ring: RawRing,
     /// Descriptors consumed so far: the value of `tail` we last stored.
     tail: u64,
-    /// The producer's head when last read and checked; tail <= cached_head <= tail + capacity.
+    /// Published up to here, by the head read last or a stamp; tail <= cached_head <=
+    /// tail + capacity.
     cached_head: u64,
+    /// The head read last (and checked): the next must not be smaller.
+    head_seen: u64,
 }
 
 impl Consumer {
     /// Copies the oldest descriptor out of the ring, or returns `None` if it is empty.
     ///
     /// The copy is made before the slot is handed back to the producer, so the result is never
-    /// torn by a later push. Its fields are unchecked data from the producer (R3).
+    /// torn by a later push. Its fields are unchecked data from the producer (R3). An inline
+    /// descriptor comes out with `payload_generation` 0: its stamp is the ring's.
     ///
     /// # Errors
     ///
-    /// If the producer's head, read once when the ring looked empty, went backwards
-    /// ([`RingError::HeadWentBackwards`]) or is more than `capacity` ahead of our tail
-    /// ([`RingError::HeadPastCapacity`]). Nothing is consumed then, and every later call fails
-    /// the same way until the head is sane again.
+    /// If the producer's head, read once when the ring looked empty and the next slot held no
+    /// stamp, went backwards ([`RingError::HeadWentBackwards`]) or is more than `capacity`
+    /// ahead of our tail ([`RingError::HeadPastCapacity`]). Nothing is consumed then, and every
+    /// later call that reads the head fails the same way until it is sane again.
     pub fn try_pop(&mut self) -> Result<Option<MsgDescHot>, RingError> {
         let mut desc = MsgDescHot::empty();
         Ok(self.try_pop_into(&mut desc)?.then_some(desc))
@@ -735,35 +866,53 @@ impl Consumer {
     #[inline]
     pub fn try_pop_into(&mut self, out: &mut MsgDescHot) -> Result<bool, RingError> {
         if self.tail == self.cached_head {
-            // PROTOCOL.md §4: Acquire pairs with the producer's Release store: the descriptors below this
-            // head are fully written before we copy them.
-            let head = self.ring.head_word().load(Ordering::Acquire);
-            if head < self.cached_head {
-                return Err(RingError::HeadWentBackwards {
-                    head,
-                    previous: self.cached_head,
-                });
-            }
-            if head - self.tail > u64::from(self.ring.capacity) {
-                return Err(RingError::HeadPastCapacity {
-                    head,
-                    tail: self.tail,
-                    capacity: self.ring.capacity,
-                });
-            }
-            self.cached_head = head;
-            if head == self.tail {
+            // PROTOCOL.md §4: Acquire pairs with the producer's Release store of the stamp word: a
+            // stamped descriptor is fully written, and the head is not read at all.
+            if self.ring.load_stamp(self.tail, Ordering::Acquire) == stamp_word(self.tail) {
+                self.cached_head = self.tail + 1;
+            } else if !self.load_head()? {
                 return Ok(false);
             }
         }
-        // SAFETY: tail < cached_head, a head read with Acquire, so the slot is published; the
-        // producer does not overwrite it until we store a tail past it below.
+        // SAFETY: tail < cached_head, a head read with Acquire or a stamp read with Acquire, so
+        // the slot is published; the producer does not overwrite it until we store a tail past
+        // it below.
         unsafe { self.ring.read_slot(self.tail, out) };
+        unstamp(out);
         // tail < cached_head <= u64::MAX, so this cannot overflow.
         self.tail += 1;
         // PROTOCOL.md §4: Release: our copy of the slot happens before the producer's Acquire load of this
         // tail, and so before it overwrites the slot.
         self.ring.tail_word().store(self.tail, Ordering::Release);
+        Ok(true)
+    }
+
+    /// Reads and checks the producer's head, when the slot of the tail holds no stamp: whether
+    /// it published descriptors past the tail (then `cached_head` is that head).
+    #[inline]
+    fn load_head(&mut self) -> Result<bool, RingError> {
+        // PROTOCOL.md §4: Acquire pairs with the producer's Release store: the descriptors below this
+        // head are fully written before we copy them.
+        let head = self.ring.head_word().load(Ordering::Acquire);
+        if head < self.head_seen {
+            return Err(RingError::HeadWentBackwards {
+                head,
+                previous: self.head_seen,
+            });
+        }
+        // A head behind the tail is not a fault: the tail took stamped descriptors past it.
+        if head.saturating_sub(self.tail) > u64::from(self.ring.capacity) {
+            return Err(RingError::HeadPastCapacity {
+                head,
+                tail: self.tail,
+                capacity: self.ring.capacity,
+            });
+        }
+        self.head_seen = head;
+        if head <= self.tail {
+            return Ok(false);
+        }
+        self.cached_head = head;
         Ok(true)
     }
 
@@ -877,6 +1026,7 @@ impl HeapRing {
                 ring: self.ring,
                 tail: 0,
                 cached_head: 0,
+                head_seen: 0,
             },
         )
     }
@@ -892,6 +1042,15 @@ mod tests {
             channel_id: seq as u32,
             inline_payload: [seq as u8; 16],
             ..MsgDescHot::empty()
+        }
+    }
+
+    /// A slot descriptor (published by the head, not a stamp): slot reference `seq`.
+    fn slot_desc(seq: u64) -> MsgDescHot {
+        MsgDescHot {
+            payload_slot: seq as u32,
+            payload_generation: 1,
+            ..desc(seq)
         }
     }
 
@@ -930,6 +1089,35 @@ mod tests {
             let mut received = MsgDescHot::empty();
             proptest::prop_assert!(consumer.try_pop_into(&mut received).unwrap());
             proptest::prop_assert_eq!(received, sent);
+        }
+
+        /// An inline descriptor's generation is the ring's stamp: every other field travels,
+        /// and the pop (or a scan) gives generation 0.
+        #[test]
+        fn an_inline_descriptor_comes_out_with_generation_zero(
+            msg_id: u64,
+            payload_generation: u32,
+            payload_len: u32,
+            inline_payload: [u8; 16],
+            pushes in 1_u64..20,
+        ) {
+            let sent = MsgDescHot {
+                msg_id,
+                payload_generation,
+                payload_len,
+                inline_payload,
+                ..MsgDescHot::empty()
+            };
+            let expected = MsgDescHot { payload_generation: 0, ..sent };
+            let heap = HeapRing::new(4).unwrap();
+            let ring = heap.ring().clone();
+            let (mut producer, mut consumer) = heap.split();
+            for _ in 0..pushes {
+                producer.try_push(&sent).unwrap();
+                proptest::prop_assert_eq!(ring.pending(), Ok(vec![expected]));
+                proptest::prop_assert_eq!(consumer.try_pop(), Ok(Some(expected)));
+            }
+            proptest::prop_assert_eq!(consumer.try_pop(), Ok(None));
         }
     }
 
@@ -997,8 +1185,66 @@ mod tests {
             }
         }
         assert_eq!(next_pop, 100);
-        assert_eq!(producer.ring().head_word().load(Ordering::Relaxed), 100);
+        // Inline descriptors publish themselves: the head was never stored.
+        assert_eq!(producer.ring().head_word().load(Ordering::Relaxed), 0);
         assert_eq!(consumer.ring().tail_word().load(Ordering::Relaxed), 100);
+    }
+
+    /// Inline and slot descriptors mixed: the head is stored for slot descriptors only, and
+    /// counts every descriptor up to the last of them; the consumer takes inline ones by their
+    /// stamps (its tail passes the head), slot ones by the head, all in order.
+    #[test]
+    fn inline_and_slot_descriptors_mixed_arrive_in_order() {
+        let heap = HeapRing::new(4).unwrap();
+        let ring = heap.ring().clone();
+        let (mut producer, mut consumer) = heap.split();
+        let sent = |i: u64| if i % 3 == 2 { slot_desc(i) } else { desc(i) };
+        let mut last_slot = 0;
+        for i in 0..50_u64 {
+            producer.try_push(&sent(i)).unwrap();
+            if i % 3 == 2 {
+                last_slot = i + 1;
+            }
+            assert_eq!(ring.head_word().load(Ordering::Relaxed), last_slot);
+            assert_eq!(ring.len(), Ok(1));
+            assert_eq!(consumer.try_pop(), Ok(Some(sent(i))));
+            assert_eq!(ring.tail_word().load(Ordering::Relaxed), i + 1);
+            assert_eq!(ring.len(), Ok(0));
+            assert_eq!(consumer.try_pop(), Ok(None));
+        }
+        // Batches too: pushed ahead, then taken, by stamp and by head alike.
+        for i in 50..54 {
+            producer.try_push(&sent(i)).unwrap();
+        }
+        assert_eq!(ring.len(), Ok(4));
+        assert_eq!(ring.pending(), Ok((50..54).map(sent).collect()));
+        for i in 50..54 {
+            assert_eq!(consumer.try_pop(), Ok(Some(sent(i))));
+        }
+        assert_eq!(consumer.try_pop(), Ok(None));
+    }
+
+    /// A stamp of another index, a lap earlier or of a cleared slot, publishes nothing.
+    #[test]
+    fn only_the_stamp_of_the_tail_publishes() {
+        let heap = HeapRing::new(2).unwrap();
+        let ring = heap.ring().clone();
+        let (mut producer, mut consumer) = heap.split();
+        producer.try_push(&desc(0)).unwrap();
+        producer.try_push(&desc(1)).unwrap();
+        assert_eq!(consumer.try_pop(), Ok(Some(desc(0))));
+        assert_eq!(consumer.try_pop(), Ok(Some(desc(1))));
+        // Slots 0 and 1 hold the stamps of indices 0 and 1; the tail is 2.
+        assert!(!ring.stamped(2) && !ring.stamped(3));
+        assert_eq!(consumer.try_pop(), Ok(None));
+        producer.try_push(&desc(2)).unwrap();
+        assert!(ring.stamped(2));
+        assert_eq!(consumer.try_pop(), Ok(Some(desc(2))));
+        // After a reset, no old stamp is a new index's.
+        drop((producer, consumer));
+        ring.reset();
+        assert!((0..2).all(|index| !ring.stamped(index)));
+        assert_eq!(ring.len(), Ok(0));
     }
 
     #[test]
@@ -1053,13 +1299,13 @@ mod tests {
         let ring = heap.ring().clone();
         let (mut producer, mut consumer) = heap.split();
         for i in 0..3 {
-            producer.try_push(&desc(i)).unwrap();
+            producer.try_push(&slot_desc(i)).unwrap();
         }
-        assert_eq!(consumer.try_pop(), Ok(Some(desc(0))));
+        assert_eq!(consumer.try_pop(), Ok(Some(slot_desc(0))));
         // The consumer saw head 3; it drains 1 and 2 from its cache without reloading.
         ring.head_word().store(1, Ordering::Release);
-        assert_eq!(consumer.try_pop(), Ok(Some(desc(1))));
-        assert_eq!(consumer.try_pop(), Ok(Some(desc(2))));
+        assert_eq!(consumer.try_pop(), Ok(Some(slot_desc(1))));
+        assert_eq!(consumer.try_pop(), Ok(Some(slot_desc(2))));
         assert_eq!(
             consumer.try_pop(),
             Err(RingError::HeadWentBackwards {
@@ -1075,13 +1321,13 @@ mod tests {
         let ring = heap.ring().clone();
         let (mut producer, mut consumer) = heap.split();
         for i in 0..2 {
-            producer.try_push(&desc(i)).unwrap();
+            producer.try_push(&slot_desc(i)).unwrap();
         }
-        assert_eq!(consumer.try_pop(), Ok(Some(desc(0))));
-        producer.try_push(&desc(2)).unwrap(); // reloads tail = 1
-        assert_eq!(consumer.try_pop(), Ok(Some(desc(1))));
+        assert_eq!(consumer.try_pop(), Ok(Some(slot_desc(0))));
+        producer.try_push(&slot_desc(2)).unwrap(); // reloads tail = 1
+        assert_eq!(consumer.try_pop(), Ok(Some(slot_desc(1))));
         ring.tail_word().store(0, Ordering::Release);
-        let err = producer.try_push(&desc(3)).unwrap_err();
+        let err = producer.try_push(&slot_desc(3)).unwrap_err();
         assert_eq!(
             err,
             PushError::Fault(RingError::TailWentBackwards {
@@ -1095,7 +1341,7 @@ mod tests {
         assert_eq!(fault.culprit(), Some(RingSide::Consumer));
         ring.tail_word().store(7, Ordering::Release);
         assert_eq!(
-            producer.try_push(&desc(3)),
+            producer.try_push(&slot_desc(3)),
             Err(PushError::Fault(RingError::TailPastHead {
                 tail: 7,
                 head: 3
@@ -1149,12 +1395,11 @@ mod tests {
     fn len_reports_faults() {
         let heap = HeapRing::new(4).unwrap();
         let ring = heap.ring();
+        // A tail past the head is not a fault: it took stamped descriptors.
         ring.head_word().store(3, Ordering::Relaxed);
         ring.tail_word().store(5, Ordering::Relaxed);
-        assert_eq!(
-            ring.len(),
-            Err(RingError::TailPastHead { tail: 5, head: 3 })
-        );
+        assert_eq!(ring.len(), Ok(0));
+        assert_eq!(ring.pending(), Ok(vec![]));
         ring.head_word().store(100, Ordering::Relaxed);
         assert_eq!(
             ring.len(),
@@ -1220,7 +1465,7 @@ mod tests {
         let ring = heap.ring().clone();
         let (mut producer, mut consumer) = heap.split();
         for i in 0..3 {
-            producer.try_push(&desc(i)).unwrap();
+            producer.try_push(&slot_desc(i)).unwrap();
         }
         for _ in 0..3 {
             consumer.try_pop().unwrap();
@@ -1289,18 +1534,17 @@ mod loom_tests {
         }
     }
 
-    /// Producer and consumer exchange 3 descriptors through a ring of capacity 2 (so the third
+    /// Producer and consumer exchange `sent(0..3)` through a ring of capacity 2 (so the third
     /// wraps around into a slot the consumer freed): every one arrives once, in order, intact,
     /// and loom finds no race on a slot.
-    #[test]
-    fn exchange_across_wraparound() {
-        loom::model(|| {
+    fn exchange_across_a_wrap(sent: fn(u64) -> MsgDescHot) {
+        loom::model(move || {
             const COUNT: u64 = 3;
             let (mut producer, mut consumer) = HeapRing::new(2).unwrap().split();
             let sender = thread::spawn(move || {
                 for i in 0..COUNT {
                     loop {
-                        match producer.try_push(&desc(i)) {
+                        match producer.try_push(&sent(i)) {
                             Ok(()) => break,
                             Err(PushError::Full) => thread::yield_now(),
                             Err(fault) => panic!("{fault}"),
@@ -1312,7 +1556,7 @@ mod loom_tests {
                 loop {
                     match consumer.try_pop().unwrap() {
                         Some(d) => {
-                            assert_eq!(d, desc(i));
+                            assert_eq!(d, sent(i));
                             break;
                         }
                         None => thread::yield_now(),
@@ -1322,6 +1566,32 @@ mod loom_tests {
             sender.join().unwrap();
             assert_eq!(consumer.try_pop().unwrap(), None);
             assert_eq!(consumer.ring().len().unwrap(), 0);
+        });
+    }
+
+    /// Inline descriptors only: each published by its stamp (Release, the last word), the head
+    /// never stored.
+    #[test]
+    fn exchange_across_wraparound() {
+        exchange_across_a_wrap(desc);
+    }
+
+    /// Inline, slot, inline: the inline ones published by their stamps, the slot one by the
+    /// head, which then also counts the inline one before it. A pop on a stamp is ordered
+    /// after the push as well as one on the head.
+    #[test]
+    fn inline_and_slot_descriptors_across_wraparound() {
+        exchange_across_a_wrap(|i| {
+            let inline = desc(i);
+            if i == 1 {
+                MsgDescHot {
+                    payload_slot: 5,
+                    payload_generation: 9,
+                    ..inline
+                }
+            } else {
+                inline
+            }
         });
     }
 

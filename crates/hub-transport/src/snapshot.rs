@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 
 use hub_layout::{
     DescRingHeader, ExtentHeader, HUB_PROTOCOL_VERSION, HUB_SIZE_CLASSES, HubLayoutError,
-    HubSlotMeta, KEPT_SLOT_MARK, MAX_EXTENTS_PER_CLASS, NUM_SIZE_CLASSES, PeerEntry, SegmentBytes,
-    SlotState, ValidatedSegment, validate_segment,
+    HubSlotMeta, KEPT_SLOT_MARK, MAX_EXTENTS_PER_CLASS, MsgDescHot, NUM_SIZE_CLASSES, PeerEntry,
+    SegmentBytes, SlotState, ValidatedSegment, validate_segment,
 };
 
 use crate::Host;
 use crate::mapping::{Access, MappingError, ReadOnlyMapping, SegmentFile};
+use crate::ring::stamp_word;
 use crate::segment::{HOST_GONE, PeerState, monotonic_ns, pad};
 
 /// Smallest mapping made of a file: a file too short for a header is then reported by
@@ -229,9 +230,10 @@ pub enum Damage {
         /// The word.
         flags: u32,
     },
-    /// A ring's consumed count is past its published count (the tail was read first, so a
-    /// healthy ring never shows it, but one being reset by a recovery may). Its depth is
-    /// reported as 0.
+    /// A ring's published count is more than its capacity past its consumed count (a healthy
+    /// ring never shows it, but one being reset by a recovery may). Its depth is reported as 0.
+    /// (A consumed count past the published one is no damage: the consumer took inline
+    /// descriptors published by their stamps, PROTOCOL.md §4.)
     RingIndices {
         /// The peer id.
         peer: u16,
@@ -269,7 +271,7 @@ impl fmt::Display for Damage {
                 };
                 write!(
                     f,
-                    "peer {peer}'s {ring} ring has consumed {tail} of {head} published descriptors"
+                    "peer {peer}'s {ring} ring has {head} published descriptors, more than its capacity past the {tail} consumed"
                 )
             }
             Damage::SlotStates { class, count } => {
@@ -438,20 +440,39 @@ fn peer<S: SegmentBytes + ?Sized>(
         damage.push(Damage::PeerFlags { peer: id, flags });
     }
     let last_seen = read_u64(bytes, entry, offset_of!(PeerEntry, last_seen))?;
+    let capacity = u64::from(layout.ring_capacity);
     let mut depth = |ring: usize, direction: RingDirection| -> Result<u64, SnapshotError> {
-        // The tail first: both only grow (but in a reset), so a head read after it is never
-        // behind it in a healthy ring.
+        // The tail first: both only grow (but in a reset).
         let tail = read_u64(bytes, ring, offset_of!(DescRingHeader, tail))?;
         let head = read_u64(bytes, ring, offset_of!(DescRingHeader, visible_head))?;
-        Ok(head.checked_sub(tail).unwrap_or_else(|| {
+        // A tail past the head took inline descriptors by their stamps (PROTOCOL.md §4).
+        let below_head = head.saturating_sub(tail);
+        if below_head > capacity {
             damage.push(Damage::RingIndices {
                 peer: id,
                 ring: direction,
                 head,
                 tail,
             });
-            0
-        }))
+            return Ok(0);
+        }
+        // Then the inline descriptors published by their stamps past the head and the tail.
+        let stamp = |index: u64| -> Result<bool, SnapshotError> {
+            let slot = size_of::<DescRingHeader>() as u64
+                + (index & (capacity - 1)) * size_of::<MsgDescHot>() as u64;
+            let word = read_u64(
+                bytes,
+                ring,
+                slot as usize + offset_of!(MsgDescHot, payload_slot),
+            )?;
+            Ok(word == stamp_word(index))
+        };
+        let from = head.max(tail);
+        let mut stamped = 0;
+        while below_head + stamped < capacity && stamp(from + stamped)? {
+            stamped += 1;
+        }
+        Ok(below_head + stamped)
     };
     let to_host = depth(layout.send_ring_offset(id), RingDirection::ToHost)?;
     let to_peer = depth(layout.recv_ring_offset(id), RingDirection::ToPeer)?;

@@ -437,3 +437,60 @@ fn recovery_never_frees_another_peers_frame_in_flight() {
 fn plugin_process() {
     plugin::run_if_asked();
 }
+
+/// PROTOCOL.md §4, stamps: the poke peer writes inline descriptors into its send ring by hand,
+/// the stamp word last, and never stores the head. The host takes exactly what the stamp rule
+/// publishes: the descriptor at its tail when it carries its own number's stamp, then the next,
+/// in order. A stamp of another number in the tail's slot (one a lap later), or the right stamp
+/// one slot too far, publishes nothing; a head left behind the host's tail is no fault (the
+/// peer stays attached), and the tail the host stores passes it.
+#[test]
+fn inline_descriptors_are_published_by_their_own_stamps_only() {
+    let host = default_host();
+    let named = Named::default_hub();
+    let mut poker = Poker::spawn(&host);
+    let peer = poker.peer;
+    let capacity = u64::from(named.layout.ring_capacity);
+    // Descriptor number `n`'s place, carrying the stamp of number `stamp`.
+    let inline = |n: u64, stamp: u64| MsgDescHot {
+        msg_id: 1000 + n,
+        payload_generation: (stamp as u32).wrapping_add(1),
+        payload_len: 3,
+        inline_payload: [n as u8; 16],
+        ..MsgDescHot::empty()
+    };
+    let mut write = |n: u64, desc: &MsgDescHot| {
+        // The stamp word (payload_slot and payload_generation: the descriptor's third word)
+        // last, as a producer writes it.
+        let at = named.send_desc(peer, n);
+        let words = plugin::poke::desc_words(desc);
+        for k in [0, 1, 3, 4, 5, 6, 7, 2] {
+            poker.w64(at + 8 * k, words[k]);
+        }
+        poker.wake(named.peer_send_bell(peer));
+    };
+    let nothing = |host: &Host| match host.recv_timeout(Duration::from_millis(100)) {
+        Err(RecvTimeoutError::Timeout) => {}
+        other => panic!("nothing is published, yet: {other:?}"),
+    };
+
+    // Slot 0 with the stamp of number `capacity` (its next lap), slot 1 with number 1's.
+    write(0, &inline(0, capacity));
+    write(1, &inline(1, 1));
+    nothing(&host);
+    // Number 0's own stamp publishes it, and then number 1 is next.
+    write(0, &inline(0, 0));
+    for n in 0..2 {
+        let frame = host.recv_timeout(WATCHDOG).unwrap();
+        assert_eq!(frame.meta().msg_id, 1000 + n);
+        assert_eq!(frame.payload(), &[n as u8; 3]);
+    }
+    nothing(&host);
+
+    // The head never moved; the host's tail went past it, and that is no fault.
+    let tail = named.layout.send_ring_offset(peer)
+        + std::mem::offset_of!(hub_layout::DescRingHeader, tail);
+    assert_eq!((poker.r64(named.send_head(peer)), poker.r64(tail)), (0, 2));
+    let state = host.peers()[usize::from(peer)].state;
+    assert_eq!(state, hub_transport::PeerState::Active);
+}

@@ -49,6 +49,13 @@ fn a_live_hub_is_reported_as_it_is() {
             .unwrap();
     }
     let loan = second.loan(1 << 20).unwrap();
+    // Two inline frames to the first peer, which takes one: its tail passes the head (an
+    // inline frame publishes itself by its stamp, and the head is not stored for it), no
+    // damage, one in flight.
+    for i in 0..2 {
+        host.send(first.id(), meta(i), b"hi").unwrap();
+    }
+    drop(first.recv().unwrap());
     // Both peers beat at once on attach; the heartbeat's age is below the timeout.
 
     let snapshot = Snapshot::read(&path).unwrap();
@@ -82,7 +89,7 @@ fn a_live_hub_is_reported_as_it_is() {
         .iter()
         .map(|p| (p.id, p.to_host, p.to_peer))
         .collect();
-    assert_eq!(depths, [(0, 2, 0), (1, 0, 2), (2, 0, 0), (3, 0, 0)]);
+    assert_eq!(depths, [(0, 2, 1), (1, 0, 2), (2, 0, 0), (3, 0, 0)]);
     for (seen, info) in snapshot.peers.iter().zip(host.peers()) {
         assert_eq!((seen.pid, seen.epoch), (info.pid, info.epoch), "{seen:?}");
     }
@@ -219,7 +226,7 @@ fn put_u64(bytes: &mut [u8], at: usize, value: u64) {
 fn damage_is_named() {
     let (mut bytes, layout, extent) = hub_bytes();
     assert!(Snapshot::from_bytes(&bytes).unwrap().damage.is_empty());
-    // Peer 1's flags, two slot states of class 0, peer 0's to-peer ring's tail.
+    // Peer 1's flags, two slot states of class 0, peer 0's to-peer ring's head.
     put_u32(
         &mut bytes,
         layout.peer_entry_offset(1) + offset_of!(PeerEntry, flags),
@@ -233,10 +240,11 @@ fn damage_is_named() {
     };
     put_u32(&mut bytes, meta(3), 7);
     put_u32(&mut bytes, meta(5), u32::MAX);
+    let too_far = u64::from(layout.ring_capacity) + 1;
     put_u64(
         &mut bytes,
-        layout.recv_ring_offset(0) + offset_of!(DescRingHeader, tail),
-        5,
+        layout.recv_ring_offset(0) + offset_of!(DescRingHeader, visible_head),
+        too_far,
     );
     let snapshot = Snapshot::from_bytes(&bytes).unwrap();
     assert_eq!(
@@ -245,8 +253,8 @@ fn damage_is_named() {
             Damage::RingIndices {
                 peer: 0,
                 ring: RingDirection::ToPeer,
-                head: 0,
-                tail: 5
+                head: too_far,
+                tail: 0
             },
             Damage::PeerFlags {
                 peer: 1,
