@@ -600,9 +600,7 @@ impl RawRing {
     /// torn copy at worst, never a data race (every load is atomic). Under loom it is not
     /// tracked as an access of the slot, for the same reason.
     fn copy_slot(&self, index: u64) -> MsgDescHot {
-        let mut desc = load_desc(self.slot_ptr(index));
-        unstamp(&mut desc);
-        desc
+        load_desc(self.slot_ptr(index))
     }
 }
 
@@ -642,8 +640,11 @@ fn load_desc_into(slot: *mut MsgDescHot, out: &mut MsgDescHot) {
         // view's life and 64-aligned (the header is 64-aligned and 192 bytes long, descriptors
         // are 64 bytes), so word `i < 8` of it is in bounds and 8-aligned; no Rust reference to
         // it exists (R4) and every access to it is atomic, so the load races with nothing.
-        let word = unsafe { std::sync::atomic::AtomicU64::from_ptr(src.add(i)) }
+        let mut word = unsafe { std::sync::atomic::AtomicU64::from_ptr(src.add(i)) }
             .load(std::sync::atomic::Ordering::Relaxed);
+        if i == STAMP_WORD {
+            word = unstamp(word);
+        }
         // SAFETY: `out` is a `MsgDescHot` of `DESC_WORDS` words, 64-aligned; every bit pattern
         // is a valid one (integers and bytes only).
         unsafe { dst.add(i).write(word) };
@@ -671,7 +672,7 @@ fn store_desc(slot: *mut MsgDescHot, desc: &MsgDescHot) {
     let words: [u64; DESC_WORDS] = [
         desc.msg_id,
         word_of(&desc.channel_id, &desc.method_id),
-        word_of(&desc.payload_slot, &desc.payload_generation),
+        0, // the stamp word: `RawRing::write_slot` stores it last
         word_of(&desc.payload_offset, &desc.payload_len),
         word_of(&desc.flags, &desc.credit_grant),
         desc.deadline_ns,
@@ -692,11 +693,20 @@ fn store_desc(slot: *mut MsgDescHot, desc: &MsgDescHot) {
     }
 }
 
-/// Gives an inline descriptor copied out of a slot generation 0: its stamp is the ring's.
+/// The stamp word `word` as a copy gives it: an inline descriptor's generation 0 (its stamp is
+/// the ring's), a slot descriptor's unchanged. Done on the word, before it is stored into the
+/// copy: a 4-byte store of the generation into the copy would stall a later load of the copy
+/// that spans it (the processor cannot forward a narrower store to a wider load).
 #[inline(always)]
-fn unstamp(desc: &mut MsgDescHot) {
-    if desc.payload_slot == INLINE_PAYLOAD_SLOT {
-        desc.payload_generation = 0;
+fn unstamp(word: u64) -> u64 {
+    let bytes = word.to_ne_bytes();
+    // `payload_slot`, at the lower address (see `word_of`).
+    if bytes[..4] == INLINE_PAYLOAD_SLOT.to_ne_bytes() {
+        let mut inline = [0_u8; 8];
+        inline[..4].copy_from_slice(&bytes[..4]);
+        u64::from_ne_bytes(inline)
+    } else {
+        word
     }
 }
 
@@ -878,7 +888,6 @@ impl Consumer {
         // the slot is published; the producer does not overwrite it until we store a tail past
         // it below.
         unsafe { self.ring.read_slot(self.tail, out) };
-        unstamp(out);
         // tail < cached_head <= u64::MAX, so this cannot overflow.
         self.tail += 1;
         // PROTOCOL.md §4: Release: our copy of the slot happens before the producer's Acquire load of this
