@@ -243,10 +243,15 @@ pub(crate) struct Link {
     /// A view of the ring this end pops from, to look at its head without the consumer's lock.
     in_ring: RawRing,
     /// The consumer's tail after its last pop, private to this process: a receive that finds
-    /// the ring's head equal to it has nothing to pop and takes no lock (a poll of an empty
-    /// ring, the common case of a spin and of the host's look at every peer, costs one load).
-    /// Reset with the rings (R10).
+    /// no stamp in the slot it names and the head where `seen` says it was has nothing to pop
+    /// and takes no lock (a poll of an empty ring, the common case of a spin and of the host's
+    /// look at every peer, costs two loads of lines that do not change). Reset with the rings
+    /// (R10).
     taken: AtomicU64,
+    /// The producer's head as the consumer last read it, private to this process like `taken`:
+    /// a look that finds the head moved from it takes the lock, and the pop checks the move
+    /// (a head that went back, or moved and stayed behind the tail, is a fault, R3).
+    seen: AtomicU64,
     /// Whether the consumer holds descriptors it read as published and has not popped: then
     /// the look above is skipped, so that a producer that moves its head back to the tail
     /// meanwhile is still caught by the pop's checks (R3), not mistaken for an empty ring.
@@ -296,6 +301,7 @@ impl Link {
         // SAFETY: the caller's contract: single producer of `out`, single consumer of `into`.
         let (producer, consumer) = unsafe { (out_ring.producer()?, in_ring.consumer()?) };
         let taken = AtomicU64::new(consumer.tail());
+        let seen = AtomicU64::new(consumer.head_seen());
         let cached = AtomicBool::new(consumer.has_cached());
         let (their_ready, my_ready) = if out_bell == RECV_BELL {
             (READY_PEER, READY_HOST)
@@ -310,6 +316,7 @@ impl Link {
             consumer: TurnLock::new(consumer),
             in_ring,
             taken,
+            seen,
             cached,
             out_bell,
             in_bell,
@@ -428,10 +435,11 @@ impl Link {
             *held.0 = out_ring.reset_producer();
             *held.1 = in_ring.reset_consumer();
         }
-        // Under the consumer's lock, like every store of it: a look without the lock that
-        // compares the new life's head with the old tail finds them different and takes the
-        // lock, which waits for this.
+        // Under the consumer's lock, like every store of them: a look without the lock that
+        // compares the new life's head with the old head seen finds them different and takes
+        // the lock, which waits for this.
         self.taken.store(held.1.tail(), Ordering::Relaxed);
+        self.seen.store(held.1.head_seen(), Ordering::Relaxed);
         self.cached.store(held.1.has_cached(), Ordering::Relaxed);
         Ok(())
     }
@@ -755,6 +763,7 @@ impl Link {
                 source,
             })?;
         self.cached.store(consumer.has_cached(), Ordering::Relaxed);
+        self.seen.store(consumer.head_seen(), Ordering::Relaxed);
         if !popped {
             return Ok(None);
         }
@@ -763,8 +772,8 @@ impl Link {
     }
 
     /// Whether a receive may find a frame: something was published since this end's last pop
-    /// (the next slot holds its stamp, or the head moved past the tail), or its consumer holds
-    /// descriptors it read as published. A look without the lock, which
+    /// (the next slot holds its stamp, or the head moved), or its consumer holds descriptors it
+    /// read as published. A look without the lock, which
     /// builds nothing: what waits poll, and the first step of every receive.
     ///
     /// Only a hint: with two threads receiving at once it may say empty while the other
@@ -778,13 +787,13 @@ impl Link {
     /// for one poll, and its waits sleep only on `Host::ready_any`, which reads the state first.)
     #[inline(always)]
     pub fn looks_nonempty(&self) -> bool {
-        let taken = self.taken.load(Ordering::Relaxed);
-        // PROTOCOL.md §4: the next slot's stamp first (an inline frame), then the head (a slot
-        // frame, or inline frames of a producer that stores the head for them too); a head
-        // behind the tail means only that the tail took stamped frames past it.
+        // PROTOCOL.md §4: the next slot's stamp first (an inline frame), then whether the head
+        // moved (a slot frame, inline frames of a producer that stores the head for them too,
+        // or a head the pop will find at fault). A head behind the tail that did not move means
+        // only that the tail took stamped frames past it.
         self.cached.load(Ordering::Relaxed)
-            || self.in_ring.stamped(taken)
-            || self.in_ring.published() > taken
+            || self.in_ring.stamped(self.taken.load(Ordering::Relaxed))
+            || self.in_ring.published() != self.seen.load(Ordering::Relaxed)
     }
 
     /// [`try_recv`](Self::try_recv), and when it finds nothing, whether the other side is gone

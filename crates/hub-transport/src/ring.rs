@@ -2,8 +2,9 @@
 //!
 //! A ring is a [`DescRingHeader`] (`visible_head` at 0, `tail` at 64, `capacity` at 128)
 //! followed by `capacity` [`MsgDescHot`] of 64 bytes each. `visible_head` counts the descriptors
-//! the producer published, `tail` the ones the consumer took; both are free-running `u64` counts
-//! and descriptor `i` lives in slot `i % capacity`.
+//! the producer published up to its last slot descriptor (inline ones publish themselves, see
+//! below), `tail` the ones the consumer took; both are free-running `u64` counts and descriptor
+//! `i` lives in slot `i % capacity`.
 //!
 //! - [`RawRing`] is the view of one ring: a pointer and the capacity from the *private*
 //!   validated configuration. The capacity stored in shared memory is never read (R3).
@@ -79,14 +80,25 @@ pub enum RingError {
         /// The address given.
         address: usize,
     },
-    /// The producer's `visible_head` is smaller than a value read from it before (or than the
-    /// consumer's own tail): heads only grow.
+    /// The producer's `visible_head` is smaller than a value read from it before: heads only
+    /// grow.
     #[error("ring head went backwards: read {head}, earlier {previous}")]
     HeadWentBackwards {
         /// The head just read.
         head: u64,
-        /// The head (or tail) known before.
+        /// The head read before.
         previous: u64,
+    },
+    /// The producer's `visible_head` moved, but not past the consumer's tail. The head is
+    /// stored after a slot descriptor, which the consumer takes only by a head past it; so a
+    /// head that moves and stays at or behind the descriptors already taken (the inline ones,
+    /// by their stamps) was not stored by a producer that keeps the protocol (PROTOCOL.md §4).
+    #[error("ring head moved to {head}, not past the {tail} descriptors taken")]
+    HeadNotPastTail {
+        /// The head just read.
+        head: u64,
+        /// The consumer's tail.
+        tail: u64,
     },
     /// The producer's `visible_head` is more than `capacity` descriptors ahead of the tail: it
     /// claims descriptors it cannot have written.
@@ -134,6 +146,7 @@ impl RingError {
         match self {
             Self::InvalidCapacity { .. } | Self::Misaligned { .. } => None,
             Self::HeadWentBackwards { .. }
+            | Self::HeadNotPastTail { .. }
             | Self::HeadPastCapacity { .. }
             | Self::HeadOverflow { .. } => Some(RingSide::Producer),
             Self::TailWentBackwards { .. } | Self::TailPastHead { .. } => Some(RingSide::Consumer),
@@ -421,8 +434,8 @@ impl RawRing {
     /// does not depend on it.
     pub fn reset(&self) {
         // A stamp of the old indices would publish a stale descriptor to the new ones: clear
-        // every stamp word first (0 is no index's stamp but that of index 2^32 - 1, by when
-        // every slot has been written again).
+        // every stamp word first (0 is no index's stamp: its `payload_slot` is 0, not the
+        // inline mark).
         for index in 0..u64::from(self.capacity) {
             self.store_stamp(index, 0, Ordering::Relaxed);
         }
@@ -494,11 +507,14 @@ impl RawRing {
         })
     }
 
-    /// The consumer handle of this ring, starting from the indices in shared memory.
+    /// The consumer handle of this ring, starting from the indices in shared memory: at creation
+    /// or after a [`reset`](Self::reset), when nothing was taken yet (a consumer's tail passes
+    /// the head when it takes inline descriptors by their stamps, PROTOCOL.md §4).
     ///
     /// # Errors
     ///
-    /// [`RingError::HeadPastCapacity`] if the indices break the protocol.
+    /// [`RingError::TailPastHead`] or [`RingError::HeadPastCapacity`] if the indices break the
+    /// protocol.
     ///
     /// # Safety
     ///
@@ -509,12 +525,11 @@ impl RawRing {
         let tail = self.tail_word().load(Ordering::Acquire);
         // PROTOCOL.md §4: Acquire, pairs with the producer's Release store of visible_head.
         let head = self.head_word().load(Ordering::Acquire);
-        // A tail past the head is one that took stamped descriptors.
-        self.check_indices(head.max(tail), tail)?;
+        self.check_indices(head, tail)?;
         Ok(Consumer {
             ring: self.clone(),
             tail,
-            cached_head: head.max(tail),
+            cached_head: head,
             head_seen: head,
         })
     }
@@ -716,8 +731,10 @@ const STAMP_WORD: usize = 2;
 
 /// The stamp word of the inline descriptor of ring index `index`: `payload_slot` is
 /// `INLINE_PAYLOAD_SLOT`, `payload_generation` the low 32 bits of `index + 1` (PROTOCOL.md §4).
-/// Two indices a lap apart never share it (the capacity is below 2^32), nor does a cleared
-/// slot's 0 with any index but `2^32 - 1`'s, long after every slot was written.
+/// Two indices a lap apart never share it (the capacity is below 2^32). A cleared slot's 0 is
+/// no stamp (its `payload_slot` is 0); a slot still holding `MsgDescHot::empty()` (a
+/// [`HeapRing`] at creation) holds the stamp of index `2^32 - 1` only, long after every slot
+/// was written.
 #[inline(always)]
 pub(crate) fn stamp_word(index: u64) -> u64 {
     let generation = (index as u32).wrapping_add(1);
@@ -878,8 +895,11 @@ impl Consumer {
         if self.tail == self.cached_head {
             // PROTOCOL.md §4: Acquire pairs with the producer's Release store of the stamp word: a
             // stamped descriptor is fully written, and the head is not read at all.
-            if self.ring.load_stamp(self.tail, Ordering::Acquire) == stamp_word(self.tail) {
-                self.cached_head = self.tail + 1;
+            let stamped =
+                self.ring.load_stamp(self.tail, Ordering::Acquire) == stamp_word(self.tail);
+            // A tail of u64::MAX takes nothing more (a forged one: the counts never get there).
+            if let (true, Some(next)) = (stamped, self.tail.checked_add(1)) {
+                self.cached_head = next;
             } else if !self.load_head()? {
                 return Ok(false);
             }
@@ -909,7 +929,6 @@ impl Consumer {
                 previous: self.head_seen,
             });
         }
-        // A head behind the tail is not a fault: the tail took stamped descriptors past it.
         if head.saturating_sub(self.tail) > u64::from(self.ring.capacity) {
             return Err(RingError::HeadPastCapacity {
                 head,
@@ -917,10 +936,19 @@ impl Consumer {
                 capacity: self.ring.capacity,
             });
         }
-        self.head_seen = head;
         if head <= self.tail {
+            // A head behind the tail is not a fault (the tail took stamped descriptors past
+            // it), but one that moved there is: it moves after a slot descriptor, which we take
+            // only by a head past it.
+            if head != self.head_seen {
+                return Err(RingError::HeadNotPastTail {
+                    head,
+                    tail: self.tail,
+                });
+            }
             return Ok(false);
         }
+        self.head_seen = head;
         self.cached_head = head;
         Ok(true)
     }
@@ -934,6 +962,12 @@ impl Consumer {
     /// Descriptors consumed by this side so far (its private tail).
     pub fn tail(&self) -> u64 {
         self.tail
+    }
+
+    /// The producer's head as this handle last read it (and checked it): a look without the
+    /// handle that finds the head moved from it must take the handle, which checks the move.
+    pub fn head_seen(&self) -> u64 {
+        self.head_seen
     }
 
     /// The ring this handle pops from.
@@ -1233,6 +1267,52 @@ mod tests {
         assert_eq!(consumer.try_pop(), Ok(None));
     }
 
+    /// A head that moves but not past the tail (the stamped descriptors taken) is the
+    /// producer's fault: a head moves after a slot descriptor, which is taken only by a head
+    /// past it. One that does not move, behind the tail, is an empty ring.
+    #[test]
+    fn a_head_that_moves_behind_the_tail_is_a_fault() {
+        let heap = HeapRing::new(4).unwrap();
+        let ring = heap.ring().clone();
+        let (mut producer, mut consumer) = heap.split();
+        for i in 0..2 {
+            producer.try_push(&desc(i)).unwrap();
+            assert_eq!(consumer.try_pop(), Ok(Some(desc(i))));
+        }
+        assert_eq!((consumer.tail(), consumer.head_seen()), (2, 0));
+        assert_eq!(consumer.try_pop(), Ok(None));
+        for head in [1, 2] {
+            ring.head_word().store(head, Ordering::Release);
+            let err = consumer.try_pop().unwrap_err();
+            assert_eq!(err, RingError::HeadNotPastTail { head, tail: 2 });
+            assert_eq!(err.culprit(), Some(RingSide::Producer));
+        }
+        // Back where it was: nothing to take, no fault.
+        ring.head_word().store(0, Ordering::Release);
+        assert_eq!(consumer.try_pop(), Ok(None));
+        // A slot descriptor moves it past the tail.
+        producer.try_push(&slot_desc(2)).unwrap();
+        assert_eq!(consumer.try_pop(), Ok(Some(slot_desc(2))));
+        assert_eq!(consumer.head_seen(), 3);
+    }
+
+    /// A tail at the end of the counts takes nothing, even when its slot holds the stamp of
+    /// its index (a fresh `HeapRing`'s empty descriptors hold the stamp of every index
+    /// `2^32 - 1 (mod 2^32)`, u64::MAX among them): it cannot move on.
+    #[test]
+    fn a_tail_at_the_end_of_the_counts_takes_nothing() {
+        let heap = HeapRing::new(4).unwrap();
+        let ring = heap.ring().clone();
+        drop(heap.split());
+        ring.head_word().store(u64::MAX, Ordering::Relaxed);
+        ring.tail_word().store(u64::MAX, Ordering::Relaxed);
+        assert!(ring.stamped(u64::MAX));
+        // SAFETY: the split handles were dropped; this is the only consumer.
+        let mut consumer = unsafe { ring.consumer() }.unwrap();
+        assert_eq!(consumer.try_pop(), Ok(None));
+        assert_eq!(consumer.tail(), u64::MAX);
+    }
+
     /// A stamp of another index, a lap earlier or of a cleared slot, publishes nothing.
     #[test]
     fn only_the_stamp_of_the_tail_publishes() {
@@ -1377,11 +1457,11 @@ mod tests {
         assert_eq!(c.unwrap_err(), expected);
         ring.tail_word().store(11, Ordering::Relaxed);
         // SAFETY: as above.
-        let p = unsafe { ring.producer() };
-        assert_eq!(
-            p.unwrap_err(),
-            RingError::TailPastHead { tail: 11, head: 10 }
-        );
+        let (p, c) = unsafe { (ring.producer(), ring.consumer()) };
+        let expected = RingError::TailPastHead { tail: 11, head: 10 };
+        assert_eq!(p.unwrap_err(), expected);
+        // A new consumer's tail is never past the head: it has taken nothing yet.
+        assert_eq!(c.unwrap_err(), expected);
         // A sane state: the handles resume from it.
         ring.tail_word().store(8, Ordering::Relaxed);
         // SAFETY: as above; each handle is dropped at the end of the block.

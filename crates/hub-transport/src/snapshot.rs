@@ -469,8 +469,12 @@ fn peer<S: SegmentBytes + ?Sized>(
         };
         let from = head.max(tail);
         let mut stamped = 0;
-        while below_head + stamped < capacity && stamp(from + stamped)? {
-            stamped += 1;
+        while below_head + stamped < capacity {
+            // Counts a peer wrote may sit at the end of the range: stop there, never wrap.
+            match from.checked_add(stamped) {
+                Some(index) if stamp(index)? => stamped += 1,
+                _ => break,
+            }
         }
         Ok(below_head + stamped)
     };

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use common::WATCHDOG;
 use common::pattern;
 use hub_layout::{HOST_OWNER, MsgDescHot, NO_OWNER, pack_free_head, unpack_free_head};
+use hub_transport::ring::RingError;
 use hub_transport::{
     DescriptorFault, EvictReason, Host, HubConfig, PeerEvent, RecvError, RecvTimeoutError,
 };
@@ -443,7 +444,8 @@ fn plugin_process() {
 /// publishes: the descriptor at its tail when it carries its own number's stamp, then the next,
 /// in order. A stamp of another number in the tail's slot (one a lap later), or the right stamp
 /// one slot too far, publishes nothing; a head left behind the host's tail is no fault (the
-/// peer stays attached), and the tail the host stores passes it.
+/// peer stays attached), and the tail the host stores passes it. A head that then moves and
+/// stays behind the tail is the peer's fault.
 #[test]
 fn inline_descriptors_are_published_by_their_own_stamps_only() {
     let host = default_host();
@@ -493,4 +495,19 @@ fn inline_descriptors_are_published_by_their_own_stamps_only() {
     assert_eq!((poker.r64(named.send_head(peer)), poker.r64(tail)), (0, 2));
     let state = host.peers()[usize::from(peer)].state;
     assert_eq!(state, hub_transport::PeerState::Active);
+
+    // A head that moves and stays behind the tail was stored by no producer that keeps the
+    // protocol (a head moves after a slot descriptor, taken only by a head past it): the host
+    // finds it at its next look, names the peer, and evicts it.
+    poker.w64(named.send_head(peer), 1);
+    poker.wake(named.peer_send_bell(peer));
+    match host.recv_timeout(WATCHDOG) {
+        Err(RecvTimeoutError::Failed(RecvError::Ring {
+            peer: p,
+            source: RingError::HeadNotPastTail { head: 1, tail: 2 },
+        })) if p == peer => {}
+        other => panic!("expected the moved head as the peer's fault, got {other:?}"),
+    }
+    let mut events = common::EventLog::new(&host);
+    events.wait("evicted", |e| matches!(e, PeerEvent::Evicted { .. }));
 }

@@ -4,11 +4,12 @@
 
 mod common;
 
-use std::mem::offset_of;
+use std::mem::{offset_of, size_of};
 
 use common::{TempFiles, class_of};
 use hub_layout::{
-    DescRingHeader, ExtentHeader, HubSlotMeta, PeerEntry, SegmentLayout, validate_segment,
+    DescRingHeader, ExtentHeader, HubSlotMeta, INLINE_PAYLOAD_SLOT, MsgDescHot, PeerEntry,
+    SegmentLayout, validate_segment,
 };
 use hub_transport::mapping::{MappingError, SegmentFile};
 use hub_transport::{
@@ -220,6 +221,36 @@ fn put_u32(bytes: &mut [u8], at: usize, value: u32) {
 
 fn put_u64(bytes: &mut [u8], at: usize, value: u64) {
     bytes[at..at + 8].copy_from_slice(&value.to_ne_bytes());
+}
+
+/// Counts at the end of their range, with the stamp of the last index in its slot: the
+/// look past the tail for stamped descriptors stops there, never wraps (PROTOCOL.md §4).
+#[test]
+fn a_tail_at_the_end_of_the_counts_is_no_panic() {
+    let (mut bytes, layout, _) = hub_bytes();
+    let ring = layout.recv_ring_offset(0);
+    put_u64(
+        &mut bytes,
+        ring + offset_of!(DescRingHeader, tail),
+        u64::MAX,
+    );
+    // The stamp of index u64::MAX: the inline mark, generation (u64::MAX + 1) mod 2^32 = 0.
+    let last = ring
+        + size_of::<DescRingHeader>()
+        + (layout.ring_capacity as usize - 1) * size_of::<MsgDescHot>();
+    put_u32(
+        &mut bytes,
+        last + offset_of!(MsgDescHot, payload_slot),
+        INLINE_PAYLOAD_SLOT,
+    );
+    put_u32(
+        &mut bytes,
+        last + offset_of!(MsgDescHot, payload_generation),
+        0,
+    );
+    let snapshot = Snapshot::from_bytes(&bytes).unwrap();
+    assert!(snapshot.damage.is_empty(), "{:?}", snapshot.damage);
+    assert_eq!(snapshot.peers[0].to_peer, 1);
 }
 
 #[test]
