@@ -30,11 +30,11 @@
 //!   descriptors' lines, which the consumer reads anyway. So `visible_head` counts at least up
 //!   to the last slot descriptor, and the consumer's tail may pass it. A pop gives an inline
 //!   descriptor back with generation 0, whatever the producer put there.
-//! - Every index read from shared memory is checked before use (R3): a head that went backwards
-//!   or ran more than `capacity` ahead of the tail, a tail that went backwards or passed the
-//!   producer's own head, are typed [`RingError`]s that say which side is at fault. Slots are indexed with
-//!   `index & (capacity - 1)` of the private capacity, so no value a peer writes can make us
-//!   touch memory outside the ring, nor panic.
+//! - Every index read from shared memory is checked before use (R3): a head that went backwards,
+//!   ran more than `capacity` ahead of the tail, or moved and stayed behind it, a tail that went
+//!   backwards or passed the producer's own head, are typed [`RingError`]s that say which side
+//!   is at fault. Slots are indexed with `index & (capacity - 1)` of the private capacity, so no
+//!   value a peer writes can make us touch memory outside the ring, nor panic.
 //!
 //! ```
 //! use hub_transport::ring::HeapRing;
@@ -576,7 +576,7 @@ impl RawRing {
         self.cells[(index & self.mask) as usize].with_mut(|_| write());
         #[cfg(not(loom))]
         write();
-        // PROTOCOL.md §4: Release, last: a consumer that reads this word with Acquire (its stamp) sees the rest.
+        // PROTOCOL.md §4: Release, last: a consumer's Acquire load of the stamp sees the rest.
         self.store_stamp(index, stamp, Ordering::Release);
     }
 
@@ -733,8 +733,8 @@ const STAMP_WORD: usize = 2;
 /// `INLINE_PAYLOAD_SLOT`, `payload_generation` the low 32 bits of `index + 1` (PROTOCOL.md §4).
 /// Two indices a lap apart never share it (the capacity is below 2^32). A cleared slot's 0 is
 /// no stamp (its `payload_slot` is 0); a slot still holding `MsgDescHot::empty()` (a
-/// [`HeapRing`] at creation) holds the stamp of index `2^32 - 1` only, long after every slot
-/// was written.
+/// [`HeapRing`] at creation) holds the stamp of the indices `2^32 - 1` modulo 2^32 only, long
+/// after every slot was written.
 #[inline(always)]
 pub(crate) fn stamp_word(index: u64) -> u64 {
     let generation = (index as u32).wrapping_add(1);
@@ -876,9 +876,10 @@ impl Consumer {
     /// # Errors
     ///
     /// If the producer's head, read once when the ring looked empty and the next slot held no
-    /// stamp, went backwards ([`RingError::HeadWentBackwards`]) or is more than `capacity`
-    /// ahead of our tail ([`RingError::HeadPastCapacity`]). Nothing is consumed then, and every
-    /// later call that reads the head fails the same way until it is sane again.
+    /// stamp, went backwards ([`RingError::HeadWentBackwards`]), moved and stayed at or behind
+    /// our tail ([`RingError::HeadNotPastTail`]), or is more than `capacity` ahead of our tail
+    /// ([`RingError::HeadPastCapacity`]). Nothing is consumed then, and every later call that
+    /// reads the head fails the same way until it is sane again.
     pub fn try_pop(&mut self) -> Result<Option<MsgDescHot>, RingError> {
         let mut desc = MsgDescHot::empty();
         Ok(self.try_pop_into(&mut desc)?.then_some(desc))

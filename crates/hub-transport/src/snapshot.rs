@@ -271,7 +271,8 @@ impl fmt::Display for Damage {
                 };
                 write!(
                     f,
-                    "peer {peer}'s {ring} ring has {head} published descriptors, more than its capacity past the {tail} consumed"
+                    "peer {peer}'s {ring} ring has {head} published descriptors, \
+                     more than its capacity past the {tail} consumed"
                 )
             }
             Damage::SlotStates { class, count } => {
