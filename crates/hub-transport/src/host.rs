@@ -1229,6 +1229,7 @@ impl Host {
 
     /// Give back the slots the host keeps for its next loans (hub-alloc's kept slots), and wake
     /// allocators asleep on their classes: before the host naps (the async loans and sends).
+    #[cfg(all(feature = "tokio", not(loom)))] // only `aio` naps
     pub(crate) fn give_back_kept(&self) {
         self.core.endpoint.give_back_kept();
     }

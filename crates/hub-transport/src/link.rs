@@ -773,8 +773,8 @@ impl Link {
 
     /// Whether a receive may find a frame: something was published since this end's last pop
     /// (the next slot holds its stamp, or the head moved), or its consumer holds descriptors it
-    /// read as published. A look without the lock, which
-    /// builds nothing: what waits poll, and the first step of every receive.
+    /// read as published. A look without the lock, which builds nothing: what waits poll, and
+    /// the first step of every receive.
     ///
     /// Only a hint: with two threads receiving at once it may say empty while the other
     /// thread's pop let new frames in (a later look finds them), or say non-empty when the

@@ -717,6 +717,7 @@ impl Peer {
 
     /// Give back the slots the peer keeps for its next loans (hub-alloc's kept slots), and wake
     /// allocators asleep on their classes: before the peer naps (the async loans and sends).
+    #[cfg(all(feature = "tokio", not(loom)))] // only `aio` naps
     pub(crate) fn give_back_kept(&self) {
         self.endpoint.give_back_kept();
     }

@@ -51,6 +51,7 @@
 use crate::sync::{AtomicU64, Ordering};
 use hub_layout::{DescRingHeader, INLINE_PAYLOAD_SLOT, MsgDescHot};
 use std::alloc::Layout;
+use std::convert::Infallible;
 use std::ptr::{self, NonNull};
 use std::sync::Arc;
 
@@ -295,13 +296,12 @@ impl RawRing {
         }
     }
 
-    /// The number of descriptors from `from` on (at most the capacity) whose slots hold their
-    /// stamps: the inline descriptors published past the head. A snapshot, for the ring-wide
-    /// looks.
-    fn stamped_run(&self, from: u64) -> u64 {
-        (from..from.saturating_add(u64::from(self.capacity)))
-            .take_while(|&index| self.stamped(index))
-            .count() as u64
+    /// [`published_depth`] of this ring for the counts `head` and `tail`, looking at its slots.
+    fn depth(&self, head: u64, tail: u64) -> Option<u64> {
+        let Ok(depth) = published_depth(head, tail, self.capacity, |index| {
+            Ok::<_, Infallible>(self.stamped(index))
+        });
+        depth
     }
 
     /// Whether `other` is a view of the same ring.
@@ -348,7 +348,6 @@ impl RawRing {
     /// [`RingError::TailWentBackwards`] or [`RingError::HeadPastCapacity`] if the indices break
     /// the protocol.
     pub fn len(&self) -> Result<u32, RingError> {
-        let capacity = u64::from(self.capacity);
         for _ in 0..4 {
             // PROTOCOL.md §4: Acquire pairs with the consumer's Release store of tail, so the head read next
             // is at least the head the consumer had seen (a smaller one is a fault).
@@ -363,12 +362,9 @@ impl RawRing {
                     previous: tail,
                 });
             }
-            // A tail past the head took inline descriptors by their stamps.
-            let below_head = head.saturating_sub(tail);
-            if below_head <= capacity {
-                let stamped = self.stamped_run(head.max(tail));
+            if let Some(depth) = self.depth(head, tail) {
                 // At most the capacity: fits in a u32.
-                return Ok((below_head + stamped).min(capacity) as u32);
+                return Ok(depth as u32);
             }
             if tail_again == tail {
                 // The tail did not move while the head was read: the head itself is too far.
@@ -409,20 +405,13 @@ impl RawRing {
         let tail = self.tail_word().load(Ordering::Acquire);
         // PROTOCOL.md §4: Acquire: the descriptors up to head are visible.
         let head = self.head_word().load(Ordering::Acquire);
-        if head.saturating_sub(tail) > u64::from(self.capacity) {
-            return Err(RingError::HeadPastCapacity {
-                head,
-                tail,
-                capacity: self.capacity,
-            });
-        }
-        // Then the inline descriptors published by their stamps, past the head and the tail.
-        let from = head.max(tail);
-        let end = from
-            + self
-                .stamped_run(from)
-                .min(u64::from(self.capacity) - (from - tail));
-        Ok((tail..end).map(|index| self.copy_slot(index)).collect())
+        let depth = self.depth(head, tail).ok_or(RingError::HeadPastCapacity {
+            head,
+            tail,
+            capacity: self.capacity,
+        })?;
+        // Each `tail + k` is an index `published_depth` looked at, so none overflows.
+        Ok((0..depth).map(|k| self.copy_slot(tail + k)).collect())
     }
 
     /// Sets both indices to 0 and clears every slot's stamp: an empty ring, as at creation. For
@@ -723,6 +712,37 @@ fn unstamp(word: u64) -> u64 {
     } else {
         word
     }
+}
+
+/// How many descriptors a ring holds published and not taken, from its counts and its slots'
+/// stamps (PROTOCOL.md §4): those from `tail` up to `head`, then the run of stamped ones past
+/// both, at most `capacity` in all; `None` when `head` is more than `capacity` past `tail`.
+/// `stamped(index)` says whether the slot of `index` holds that index's stamp (for a ring in
+/// memory, or in a copy of its bytes).
+///
+/// Counts come from shared memory, so they may be anything: the look stops at `u64::MAX`
+/// rather than wrap.
+pub(crate) fn published_depth<E>(
+    head: u64,
+    tail: u64,
+    capacity: u32,
+    mut stamped: impl FnMut(u64) -> Result<bool, E>,
+) -> Result<Option<u64>, E> {
+    let capacity = u64::from(capacity);
+    // A tail past the head took inline descriptors by their stamps.
+    let below_head = head.saturating_sub(tail);
+    if below_head > capacity {
+        return Ok(None);
+    }
+    let from = head.max(tail);
+    let mut depth = below_head;
+    while depth < capacity {
+        match from.checked_add(depth - below_head) {
+            Some(index) if stamped(index)? => depth += 1,
+            _ => break,
+        }
+    }
+    Ok(Some(depth))
 }
 
 /// The descriptor's word of `payload_slot` and `payload_generation`: the one the producer
@@ -1308,6 +1328,9 @@ mod tests {
         ring.head_word().store(u64::MAX, Ordering::Relaxed);
         ring.tail_word().store(u64::MAX, Ordering::Relaxed);
         assert!(ring.stamped(u64::MAX));
+        // The looks at the whole ring count it, and stop there, never wrap.
+        assert_eq!(ring.len(), Ok(1));
+        assert_eq!(ring.pending(), Ok(vec![MsgDescHot::empty()]));
         // SAFETY: the split handles were dropped; this is the only consumer.
         let mut consumer = unsafe { ring.consumer() }.unwrap();
         assert_eq!(consumer.try_pop(), Ok(None));

@@ -13,7 +13,7 @@ use hub_layout::{
 
 use crate::Host;
 use crate::mapping::{Access, MappingError, ReadOnlyMapping, SegmentFile};
-use crate::ring::stamp_word;
+use crate::ring::{published_depth, stamp_word};
 use crate::segment::{HOST_GONE, PeerState, monotonic_ns, pad};
 
 /// Smallest mapping made of a file: a file too short for a header is then reported by
@@ -446,18 +446,7 @@ fn peer<S: SegmentBytes + ?Sized>(
         // The tail first: both only grow (but in a reset).
         let tail = read_u64(bytes, ring, offset_of!(DescRingHeader, tail))?;
         let head = read_u64(bytes, ring, offset_of!(DescRingHeader, visible_head))?;
-        // A tail past the head took inline descriptors by their stamps (PROTOCOL.md §4).
-        let below_head = head.saturating_sub(tail);
-        if below_head > capacity {
-            damage.push(Damage::RingIndices {
-                peer: id,
-                ring: direction,
-                head,
-                tail,
-            });
-            return Ok(0);
-        }
-        // Then the inline descriptors published by their stamps past the head and the tail.
+        // The inline descriptors published by their stamps count too (PROTOCOL.md §4).
         let stamp = |index: u64| -> Result<bool, SnapshotError> {
             let slot = size_of::<DescRingHeader>() as u64
                 + (index & (capacity - 1)) * size_of::<MsgDescHot>() as u64;
@@ -468,16 +457,17 @@ fn peer<S: SegmentBytes + ?Sized>(
             )?;
             Ok(word == stamp_word(index))
         };
-        let from = head.max(tail);
-        let mut stamped = 0;
-        while below_head + stamped < capacity {
-            // Counts a peer wrote may sit at the end of the range: stop there, never wrap.
-            match from.checked_add(stamped) {
-                Some(index) if stamp(index)? => stamped += 1,
-                _ => break,
-            }
-        }
-        Ok(below_head + stamped)
+        Ok(
+            published_depth(head, tail, layout.ring_capacity, stamp)?.unwrap_or_else(|| {
+                damage.push(Damage::RingIndices {
+                    peer: id,
+                    ring: direction,
+                    head,
+                    tail,
+                });
+                0
+            }),
+        )
     };
     let to_host = depth(layout.send_ring_offset(id), RingDirection::ToHost)?;
     let to_peer = depth(layout.recv_ring_offset(id), RingDirection::ToPeer)?;
