@@ -583,8 +583,8 @@ impl Host {
         }
     }
 
-    /// [`peer_gone`](Self::peer_gone) for entry `index`, and when `epoch` names a life (a
-    /// [`PeerId`]'s), whether it is over: the host's own copy of the entry's epoch moved on
+    /// Whether entry `index`, served by `link`, takes no frames: its state is neither Active
+    /// nor Reserved, or `epoch` names a life (a [`PeerId`]'s) that is over: the host's own copy of the entry's epoch moved on
     /// (R4). Called under the producer's lock by a send, so a send either precedes the rings'
     /// reset of a new life or sees its epoch.
     ///
@@ -599,15 +599,11 @@ impl Host {
                 peer: PeerId::new(index, epoch),
             });
         }
-        self.peer_gone(index)
-    }
-
-    /// Frames may go to an attached peer, and to a reserved one: its ring exists, and it reads
-    /// them once it attaches (or recovery frees them if it never does).
-    fn peer_gone(&self, peer: u16) -> Option<Disconnect> {
-        match self.core.endpoint.segment.peer_state(peer) {
+        // Frames may go to an attached peer, and to a reserved one: its ring exists, and it
+        // reads them once it attaches (or recovery frees them if it never does).
+        match link.peer_state(&self.core.endpoint.segment) {
             PeerState::Active | PeerState::Reserved => None,
-            state => Some(Disconnect::PeerNotActive { peer, state }),
+            state => Some(Disconnect::PeerNotActive { peer: index, state }),
         }
     }
 

@@ -25,8 +25,8 @@ use crate::futex;
 use crate::ready::EventFd;
 use crate::recovery::{reclaim_settled, recover_rings};
 use crate::ring::{Consumer, Producer, PushError, RawRing, RingError};
-use crate::segment::Segment;
 use crate::segment::pad::{READY_HOST, READY_PEER};
+use crate::segment::{PeerState, Segment};
 use crate::signal::{Doorbell, Limit, PendingWake, WaitError, WaitMode, wait_any_after_ring};
 use crate::sync::{AtomicBool, AtomicU32, AtomicU64, Mutex, Ordering, lock};
 use hub_alloc::lock::{TurnGuard, TurnLock};
@@ -256,10 +256,9 @@ pub(crate) struct Link {
     /// the look above is skipped, so that a producer that moves its head back to the tail
     /// meanwhile is still caught by the pop's checks (R3), not mistaken for an empty ring.
     cached: AtomicBool,
-    /// Rung after a push; the other end waits on it.
-    out_bell: usize,
-    /// Rung by the other end; this end waits on it.
-    in_bell: usize,
+    /// Where the entry's words this end uses lie in the segment, found once: a hot path reaches
+    /// each with a bounds check and an addition.
+    words: EntryWords,
     /// The bit of the entry's `READY_WAITERS` word that says the other end sleeps on its
     /// readiness descriptor.
     their_ready: u32,
@@ -271,6 +270,23 @@ pub(crate) struct Link {
     /// The life of the entry this end serves: this process's own copy of its epoch (the
     /// host's counter, or the ticket's on a peer), never read from the segment (R4).
     life: AtomicU64,
+}
+
+/// The offsets in the segment of the words of a peer entry that a link uses (see
+/// [`Segment::word32`]).
+struct EntryWords {
+    /// The bell rung after a push; the other end waits on it.
+    out_bell: usize,
+    /// The bell the other end rings; this end waits on it.
+    in_bell: usize,
+    /// `in_bell`'s offset inside `PeerEntry`.
+    in_bell_field: usize,
+    /// The entry's `READY_WAITERS` word.
+    ready: usize,
+    /// The entry's state (`flags`).
+    flags: usize,
+    /// The entry's `epoch`.
+    epoch: usize,
 }
 
 /// Which of a peer entry's two futex words.
@@ -308,6 +324,21 @@ impl Link {
         } else {
             (READY_HOST, READY_PEER)
         };
+        let bell_field = |which| {
+            if which == SEND_BELL {
+                core::mem::offset_of!(PeerEntry, send_data_futex)
+            } else {
+                core::mem::offset_of!(PeerEntry, recv_data_futex)
+            }
+        };
+        let words = EntryWords {
+            out_bell: segment.peer_field(peer, bell_field(out_bell)),
+            in_bell: segment.peer_field(peer, bell_field(in_bell)),
+            in_bell_field: bell_field(in_bell),
+            ready: segment.peer_field(peer, crate::segment::pad::READY_WAITERS),
+            flags: segment.peer_field(peer, core::mem::offset_of!(PeerEntry, flags)),
+            epoch: segment.peer_field(peer, core::mem::offset_of!(PeerEntry, epoch)),
+        };
         Ok(Self {
             peer,
             receiver,
@@ -318,8 +349,7 @@ impl Link {
             taken,
             seen,
             cached,
-            out_bell,
-            in_bell,
+            words,
             their_ready,
             my_ready,
             notify: Mutex::new(None),
@@ -346,7 +376,21 @@ impl Link {
 
     /// The entry's word in which each end says it sleeps on a readiness descriptor.
     fn ready_word<'s>(&self, segment: &'s Segment) -> &'s AtomicU32 {
-        segment.peer_word32(self.peer, crate::segment::pad::READY_WAITERS)
+        segment.word32(self.words.ready)
+    }
+
+    /// The state of the entry, read once (Acquire, as [`Segment::peer_state`]).
+    #[inline]
+    pub fn peer_state(&self, segment: &Segment) -> PeerState {
+        PeerState::from_flags(segment.word32(self.words.flags).load(Ordering::Acquire))
+    }
+
+    /// The entry's epoch as the segment says, read once (Acquire: what the host published
+    /// with a new life comes with it). A word any peer can write: only a peer compares it
+    /// with its own, to learn that it was evicted.
+    #[inline]
+    pub fn shared_epoch(&self, segment: &Segment) -> u64 {
+        segment.word64(self.words.epoch).load(Ordering::Acquire)
     }
 
     /// Announce that this end is about to sleep on its readiness descriptor (R11): its bit in
@@ -367,7 +411,7 @@ impl Link {
     /// (now, or into `defer` for the caller's next wait to make) and, when it sleeps on a
     /// descriptor, write that.
     fn ring_out<'s>(&self, segment: &'s Segment, defer: Defer<'_, 's>) {
-        let pending = Doorbell::new(self.bell(segment, self.out_bell)).ring_ready_deferred(
+        let pending = Doorbell::new(segment.word32(self.words.out_bell)).ring_ready_deferred(
             self.ready_word(segment),
             self.their_ready,
             || {
@@ -384,27 +428,14 @@ impl Link {
         }
     }
 
-    fn bell<'s>(&self, segment: &'s Segment, which: usize) -> &'s AtomicU32 {
-        let field = if which == SEND_BELL {
-            core::mem::offset_of!(PeerEntry, send_data_futex)
-        } else {
-            core::mem::offset_of!(PeerEntry, recv_data_futex)
-        };
-        segment.peer_word32(self.peer, field)
-    }
-
     /// The word this end waits on.
     pub fn in_bell<'s>(&self, segment: &'s Segment) -> &'s AtomicU32 {
-        self.bell(segment, self.in_bell)
+        segment.word32(self.words.in_bell)
     }
 
     /// The peer entry's field this end waits on (a `PeerEntry` offset).
     pub fn in_bell_field(&self) -> usize {
-        if self.in_bell == SEND_BELL {
-            core::mem::offset_of!(PeerEntry, send_data_futex)
-        } else {
-            core::mem::offset_of!(PeerEntry, recv_data_futex)
-        }
+        self.words.in_bell_field
     }
 
     /// Reset both rings and rebuild both handles over them, starting at 0 (R10), under `held`,

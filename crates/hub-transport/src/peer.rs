@@ -5,7 +5,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use hub_alloc::{OwnerId, SlabError};
-use hub_layout::PeerEntry;
 
 use crate::error::{
     Disconnect, LoanError, LoanTimeoutError, RecvError, RecvTimeoutError, SendCopyError,
@@ -376,11 +375,10 @@ impl Peer {
     fn evicted(&self) -> Option<PeerState> {
         // Two words, not the entry's six: this is looked at on the hot paths.
         let segment = &self.endpoint.segment;
-        let epoch = segment.peer_word64(self.id, core::mem::offset_of!(PeerEntry, epoch));
-        if epoch.load(Ordering::Acquire) != self.epoch {
+        if self.link.shared_epoch(segment) != self.epoch {
             return Some(PeerState::Dead);
         }
-        match segment.peer_state(self.id) {
+        match self.link.peer_state(segment) {
             PeerState::Active => None,
             state => Some(state),
         }

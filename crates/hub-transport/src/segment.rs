@@ -767,15 +767,16 @@ impl Segment {
         restored
     }
 
-    /// The `AtomicU32` at `offset`, a word of the header or of the peer table.
+    /// The `AtomicU32` at `offset`, a word of the header or of the peer table: for an offset
+    /// found once (see [`peer_field`](Self::peer_field)) and kept.
     #[cfg(not(loom))]
-    fn word32(&self, offset: usize) -> &AtomicU32 {
+    pub(crate) fn word32(&self, offset: usize) -> &AtomicU32 {
         self.fixed_word(offset)
     }
 
     /// The `AtomicU64` at `offset`, as [`word32`](Self::word32).
     #[cfg(not(loom))]
-    fn word64(&self, offset: usize) -> &AtomicU64 {
+    pub(crate) fn word64(&self, offset: usize) -> &AtomicU64 {
         self.fixed_word(offset)
     }
 
@@ -851,16 +852,17 @@ impl Segment {
     }
 
     /// The 32-bit word at `field` (an offset inside `PeerEntry`) of peer `peer`'s entry: one
-    /// word, for the hot paths, where [`peer`](Self::peer) would look up all six.
+    /// word, where [`peer`](Self::peer) would look up all six.
     pub fn peer_word32(&self, peer: u16, field: usize) -> &AtomicU32 {
-        self.word32(self.layout.peer_entry_offset(peer) + field)
+        self.word32(self.peer_field(peer, field))
     }
 
-    /// The 64-bit word at `field` (an offset inside `PeerEntry`) of peer `peer`'s entry, as
-    /// [`peer_word32`](Self::peer_word32).
-    #[cfg(not(loom))]
-    pub fn peer_word64(&self, peer: u16, field: usize) -> &AtomicU64 {
-        self.word64(self.layout.peer_entry_offset(peer) + field)
+    /// The offset in the segment of `field` (an offset inside `PeerEntry`) of peer `peer`'s
+    /// entry (`peer < max_peers`), for [`word32`](Self::word32) and
+    /// [`word64`](Self::word64): the hot paths find each word they use once, when their link is
+    /// made, and keep its offset.
+    pub fn peer_field(&self, peer: u16, field: usize) -> usize {
+        self.layout.peer_entry_offset(peer) + field
     }
 
     /// A view of ring `index` of the ring region: peer `i`'s send ring is `2i`, its receive

@@ -51,13 +51,13 @@ impl Segment {
     }
 
     /// The `AtomicU32` at `offset` (of the header or the peer table).
-    pub(super) fn word32(&self, offset: usize) -> &AtomicU32 {
+    pub(crate) fn word32(&self, offset: usize) -> &AtomicU32 {
         assert!(offset.is_multiple_of(4), "misaligned word {offset}");
         &self.heap.words32[offset / 4]
     }
 
     /// The `AtomicU64` at `offset` (of the header or the peer table).
-    pub(super) fn word64(&self, offset: usize) -> &AtomicU64 {
+    pub(crate) fn word64(&self, offset: usize) -> &AtomicU64 {
         assert!(offset.is_multiple_of(8), "misaligned word {offset}");
         &self.heap.words64[offset / 8]
     }
