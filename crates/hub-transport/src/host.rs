@@ -583,15 +583,16 @@ impl Host {
         }
     }
 
-    /// Whether entry `index`, served by `link`, takes no frames: its state is neither Active
-    /// nor Reserved, or `epoch` names a life (a [`PeerId`]'s) that is over: the host's own copy of the entry's epoch moved on
-    /// (R4). Called under the producer's lock by a send, so a send either precedes the rings'
-    /// reset of a new life or sees its epoch.
+    /// Whether entry `index`, served by `link`, takes no frames: `epoch` names a life (a
+    /// [`PeerId`]'s) that is over (the host's own copy of the entry's epoch moved on, R4), or
+    /// the entry's state is neither Active nor Reserved. Called under the producer's lock by a
+    /// send, so a send either precedes the rings' reset of a new life or sees its epoch.
     ///
     /// It takes the `PeerRef`'s fields, not the struct: a send's `gone` closure captures them,
     /// and a `PeerRef` captured whole was copied in pieces wider than the stores that wrote it
     /// (a load that waits for the stores: the processor cannot forward it).
     fn target_gone(&self, link: &Link, index: u16, epoch: Option<u64>) -> Option<Disconnect> {
+        debug_assert_eq!(link.peer, index, "the link serves the entry named");
         if let Some(epoch) = epoch
             && link.id().epoch() != epoch
         {
@@ -992,7 +993,7 @@ impl Host {
                 peer: PeerId::new(peer, epoch),
             })));
         }
-        match self.core.endpoint.segment.peer_state(peer) {
+        match link.peer_state(&self.core.endpoint.segment) {
             PeerState::Reserved => None,
             state @ (PeerState::Active | PeerState::Dying) => {
                 match link.try_recv_life(&self.core.endpoint, epoch) {
@@ -1023,7 +1024,7 @@ impl Host {
         if epoch.is_some_and(|epoch| link.id().epoch() != epoch) {
             return true;
         }
-        match self.core.endpoint.segment.peer_state(link.peer) {
+        match link.peer_state(&self.core.endpoint.segment) {
             PeerState::Reserved => false,
             PeerState::Active => link.looks_nonempty(),
             // A leaving peer's last frames, then its end; any other state ends the receive.
@@ -1039,7 +1040,7 @@ impl Host {
         // wait that sleeps on this answer misses no frame.
         self.core.links.iter().any(|link| {
             matches!(
-                self.core.endpoint.segment.peer_state(link.peer),
+                link.peer_state(&self.core.endpoint.segment),
                 PeerState::Active | PeerState::Dying
             ) && link.looks_nonempty()
         })
@@ -1064,7 +1065,7 @@ impl Host {
             // host listens to: what a process writes there after its eviction is not a frame.
             if !link.looks_nonempty()
                 || !matches!(
-                    self.core.endpoint.segment.peer_state(link.peer),
+                    link.peer_state(&self.core.endpoint.segment),
                     PeerState::Active | PeerState::Dying
                 )
             {
