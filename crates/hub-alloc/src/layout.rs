@@ -19,7 +19,7 @@ use crate::sync::{AtomicU32, AtomicU64};
 /// Who holds a slot (R6): a peer, by its id, or the host.
 ///
 /// The raw value is what `HubSlotMeta::owner_peer` stores: the peer id, or
-/// [`HOST_OWNER`](hub_layout::HOST_OWNER) for the host.
+/// [`hub_layout::HOST_OWNER`] for the host.
 ///
 /// ```
 /// use hub_alloc::OwnerId;

@@ -42,7 +42,7 @@ pub struct ClassStats {
     pub free: u32,
     /// Of [`free`](Self::free), the slots their owners keep for their own next alloc
     /// ([`Slab::kept_count`]): Allocated in shared memory, and marked so there (a hint, see
-    /// [`KEPT_SLOT_MARK`](hub_layout::KEPT_SLOT_MARK)) except for this handle's own, which
+    /// [`hub_layout::KEPT_SLOT_MARK`]) except for this handle's own, which
     /// its private ledger names.
     pub kept: u32,
     /// Slots whose state is Allocated, but for the kept ones.
