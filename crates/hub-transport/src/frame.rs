@@ -380,6 +380,7 @@ impl Loan {
     }
 
     /// The payload, to fill in place.
+    #[inline]
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         match &mut self.storage {
             LoanStorage::Inline(bytes) => &mut bytes.0[..self.len],
@@ -393,6 +394,7 @@ impl Loan {
     }
 
     /// The payload.
+    #[inline]
     pub fn as_slice(&self) -> &[u8] {
         match &self.storage {
             LoanStorage::Inline(bytes) => &bytes.0[..self.len],
@@ -547,6 +549,7 @@ impl Frame {
     }
 
     /// The payload.
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         match &self.payload {
             FramePayload::Inline(bytes) => &bytes.0[..self.len],
@@ -619,6 +622,8 @@ impl Frame {
 }
 
 impl Drop for Frame {
+    // Inlined where frames are dropped: an inline frame's drop is then one look.
+    #[inline]
     fn drop(&mut self) {
         if let FramePayload::Slot {
             endpoint, handle, ..

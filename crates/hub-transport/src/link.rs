@@ -407,19 +407,29 @@ impl Link {
         self.ready_word(segment).load(Ordering::Relaxed) & crate::segment::pad::READY_BRIDGED != 0
     }
 
-    /// R11 after a push: bump the other end's bell; if it announced a sleep, wake its futex
-    /// (now, or into `defer` for the caller's next wait to make) and, when it sleeps on a
-    /// descriptor, write that.
+    /// R11 after a push: when the other end announced a sleep, ring its bell
+    /// ([`wake_out`](Self::wake_out)). Inlined into every push: while the other end is busy,
+    /// the fence and the look are all it costs.
+    #[inline(always)]
     fn ring_out<'s>(&self, segment: &'s Segment, defer: Defer<'_, 's>) {
-        let pending = Doorbell::new(segment.word32(self.words.out_bell)).ring_ready_deferred(
-            self.ready_word(segment),
-            self.their_ready,
-            || {
-                if let Some(fd) = &*lock(&self.notify) {
-                    fd.notify();
-                }
-            },
-        );
+        let bell = Doorbell::new(segment.word32(self.words.out_bell));
+        if bell.waiter_announced() {
+            self.wake_out(segment, bell, defer);
+        }
+    }
+
+    /// [`ring_out`](Self::ring_out) once the other end announced a sleep: bump its `bell`,
+    /// wake its futex (now, or into `defer` for the caller's next wait to make) and, when it
+    /// sleeps on a descriptor, write that.
+    #[cold]
+    #[inline(never)]
+    fn wake_out<'s>(&self, segment: &'s Segment, bell: Doorbell<'s>, defer: Defer<'_, 's>) {
+        // R11: looks again (a second fence, on this rare path) and takes the announcement.
+        let pending = bell.ring_ready_deferred(self.ready_word(segment), self.their_ready, || {
+            if let Some(fd) = &*lock(&self.notify) {
+                fd.notify();
+            }
+        });
         match (defer, pending) {
             // A wake already pending (an earlier frame of this call) is made now.
             (Some(slot), Some(pending)) => drop(slot.replace(pending)),

@@ -217,6 +217,27 @@ impl<'a> Doorbell<'a> {
         self.word.load(Ordering::Relaxed) & WAITER_BIT != 0
     }
 
+    /// The publisher's look after its publication (a plain store, Release): whether a waiter
+    /// has announced itself, so that a ring is needed. A SeqCst fence and a load: all that a
+    /// publication nobody waits for costs. Every `ring` looks so first; a caller that keeps
+    /// the ring itself out of line (it is rare) looks with this, then rings.
+    ///
+    /// ```
+    /// use hub_transport::signal::Doorbell;
+    /// use hub_transport::sync::AtomicU32;
+    ///
+    /// let word = AtomicU32::new(0);
+    /// let bell = Doorbell::new(&word);
+    /// assert!(!bell.waiter_announced());
+    /// bell.announce();
+    /// assert!(bell.waiter_announced());
+    /// ```
+    #[inline(always)]
+    pub fn waiter_announced(&self) -> bool {
+        // R11: the fence pairs with the waiter's announcement (see `wake::waiter_announced`).
+        wake::waiter_announced(self.word)
+    }
+
     /// Tells the waiters that data was published: only if a waiter has announced itself, bumps
     /// the sequence and makes the `FUTEX_WAKE` system call for all sleepers of the word;
     /// otherwise the word is not written.
