@@ -187,15 +187,31 @@ impl SegmentLayout {
         })
     }
 
-    /// Offset of peer entry `peer` (`peer < max_peers`).
+    /// Offset of peer entry `peer`.
+    ///
+    /// # Panics
+    /// When `peer` is not below `max_peers`: the offset would name another region's bytes,
+    /// not an entry (a caller's bug, as an index out of a slice is).
     pub fn peer_entry_offset(&self, peer: u16) -> usize {
-        debug_assert!(peer < self.max_peers);
+        assert!(
+            peer < self.max_peers,
+            "peer {peer} of a hub of {} peers",
+            self.max_peers
+        );
         self.offsets.peer_table + usize::from(peer) * core::mem::size_of::<PeerEntry>()
     }
 
-    /// Offset of ring `index` of the ring region (`index < 2 * max_peers`).
+    /// Offset of ring `index` of the ring region: peer `i`'s send ring is `2i`, its receive
+    /// ring `2i + 1`.
+    ///
+    /// # Panics
+    /// When `index` is not below `2 * max_peers`, as [`peer_entry_offset`](Self::peer_entry_offset).
     pub fn ring_offset(&self, index: usize) -> usize {
-        debug_assert!(index < 2 * usize::from(self.max_peers));
+        assert!(
+            index < 2 * usize::from(self.max_peers),
+            "ring {index} of a hub of {} peers",
+            self.max_peers
+        );
         self.offsets.ring_region + index * self.ring_size
     }
 
@@ -243,5 +259,24 @@ impl SegmentLayout {
     /// virtual reservation every participant maps (R8).
     pub fn max_size(&self) -> usize {
         self.max_size
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The last entry and ring of a hub lie inside their regions; one past them is refused
+    /// loudly, not turned into an offset in the next region.
+    #[test]
+    fn entry_and_ring_offsets_stay_in_their_regions() {
+        let layout = SegmentLayout::new(3, 64).unwrap();
+        let last_entry = layout.peer_entry_offset(2);
+        assert!(last_entry + core::mem::size_of::<PeerEntry>() <= layout.offsets.ring_region);
+        let last_ring = layout.ring_offset(5);
+        assert!(last_ring + layout.ring_size <= layout.offsets.size_class_headers);
+        let entry = std::panic::catch_unwind(|| layout.peer_entry_offset(3));
+        let ring = std::panic::catch_unwind(|| layout.ring_offset(6));
+        assert!(entry.is_err() && ring.is_err());
     }
 }
