@@ -420,11 +420,12 @@ impl Link {
 
     /// [`ring_out`](Self::ring_out) once the other end announced a sleep: bump its `bell`,
     /// wake its futex (now, or into `defer` for the caller's next wait to make) and, when it
-    /// sleeps on a descriptor, write that.
+    /// sleeps on a descriptor, write that. Out of line and cold: a busy receiver never gets
+    /// here, and a sleeping one costs a system call, beside which this call is nothing.
     #[cold]
     #[inline(never)]
     fn wake_out<'s>(&self, segment: &'s Segment, bell: Doorbell<'s>, defer: Defer<'_, 's>) {
-        // R11: looks again (a second fence, on this rare path) and takes the announcement.
+        // R11: looks again (a second fence) and takes the announcement.
         let pending = bell.ring_ready_deferred(self.ready_word(segment), self.their_ready, || {
             if let Some(fd) = &*lock(&self.notify) {
                 fd.notify();
