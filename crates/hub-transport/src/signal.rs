@@ -220,7 +220,8 @@ impl<'a> Doorbell<'a> {
     /// The publisher's look after its publication (a plain store, Release): whether a waiter
     /// has announced itself, so that a ring is needed. A SeqCst fence and a load: all that a
     /// publication nobody waits for costs. Every `ring` looks so first; a caller that keeps
-    /// the ring itself out of line (it is rare) looks with this, then rings.
+    /// the ring out of line (its hot path then holds only the look) looks with this, and rings
+    /// only when it says yes (the ring looks again).
     ///
     /// ```
     /// use hub_transport::signal::Doorbell;
