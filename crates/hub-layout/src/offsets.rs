@@ -216,11 +216,17 @@ impl SegmentLayout {
     }
 
     /// Offset of the send ring (peer to host) of `peer`.
+    ///
+    /// # Panics
+    /// When `peer` is not below `max_peers`, as [`peer_entry_offset`](Self::peer_entry_offset).
     pub fn send_ring_offset(&self, peer: u16) -> usize {
         self.ring_offset(2 * usize::from(peer))
     }
 
     /// Offset of the recv ring (host to peer) of `peer`.
+    ///
+    /// # Panics
+    /// When `peer` is not below `max_peers`, as [`peer_entry_offset`](Self::peer_entry_offset).
     pub fn recv_ring_offset(&self, peer: u16) -> usize {
         self.ring_offset(2 * usize::from(peer) + 1)
     }
