@@ -39,7 +39,11 @@ pub(crate) struct Registration {
 impl Registration {
     /// Register life `epoch` of peer `peer` of `segment` as attached from this process.
     pub fn new(segment: &crate::segment::Segment, peer: u16, epoch: u64) -> Self {
-        let key = file_id(segment).map(|file| (file, peer, epoch));
+        Self::register(file_id(segment).map(|file| (file, peer, epoch)))
+    }
+
+    /// Register `key` (none: nothing to register, the segment file has no identity).
+    fn register(key: Option<Key>) -> Self {
         if let Some(key) = key {
             LOCAL
                 .lock()
@@ -67,16 +71,20 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         if let Some(key) = self.key {
-            let mut local = LOCAL.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(at) = local.iter().position(|k| *k == key) {
-                local.swap_remove(at);
-            }
-            drop(local);
+            // Departed first, then no longer live: a host that looks between the two
+            // (`was_attached`) finds the life in one list or the other. Found in neither, it
+            // would take the peer for another process, named by the pid it wrote (this one's),
+            // and wait for this process to exit before it recovers the entry: never.
             let mut gone = GONE.lock().unwrap_or_else(PoisonError::into_inner);
             if gone.len() >= DEPARTED {
                 gone.pop_front();
             }
             gone.push_back(key);
+            drop(gone);
+            let mut local = LOCAL.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(at) = local.iter().position(|k| *k == key) {
+                local.swap_remove(at);
+            }
         }
     }
 }
@@ -108,4 +116,48 @@ pub(crate) fn forget(file: Option<(u64, u64)>, peer: u16, epoch: u64) {
     GONE.lock()
         .unwrap_or_else(PoisonError::into_inner)
         .retain(|k| *k != (file, peer, epoch));
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A segment file identity no real file has, so that these keys meet no other test's.
+    const FILE: Option<(u64, u64)> = Some((u64::MAX, u64::MAX));
+
+    #[test]
+    fn a_life_is_known_while_its_peer_is_dropped() {
+        // The host's supervisor may look (`was_attached`) at any moment of a `Peer`'s drop: a
+        // look that found the life in neither list took the peer for another process, named
+        // by the pid it wrote (this process's), and waited for that process to exit forever.
+        for epoch in 0..20_000 {
+            let registration = Registration::register(FILE.map(|file| (file, 0, epoch)));
+            let dropped = AtomicBool::new(false);
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    drop(registration);
+                    dropped.store(true, Ordering::Release);
+                });
+                for looks in 0_u32.. {
+                    let done = dropped.load(Ordering::Acquire);
+                    assert!(
+                        was_attached(FILE, 0, epoch),
+                        "life {epoch} in neither list during its drop"
+                    );
+                    if done {
+                        break;
+                    }
+                    // The drop takes well under a microsecond; a dropper not running yet (a
+                    // loaded machine) gets the CPU.
+                    if looks >= 100 {
+                        std::thread::yield_now();
+                    }
+                }
+            });
+            assert!(!is_attached(FILE, 0, epoch), "dropped: no longer attached");
+            forget(FILE, 0, epoch);
+            assert!(!was_attached(FILE, 0, epoch), "forgotten");
+        }
+    }
 }

@@ -329,11 +329,26 @@ fn assert_all_free_soon(host: &Host) {
     poll_until("every slot free", || all_free(&host.stats()));
 }
 
+/// Every peer entry is Empty; on timeout, the failure names the entries that are not and the
+/// events the host has not handed out yet.
 #[track_caller]
 fn all_entries_empty_soon(host: &Host) {
-    poll_until("every peer entry empty", || {
-        host.peers().iter().all(|p| p.state == PeerState::Empty)
-    });
+    let deadline = Instant::now() + WATCHDOG;
+    loop {
+        let busy: Vec<_> = host
+            .peers()
+            .into_iter()
+            .filter(|p| p.state != PeerState::Empty)
+            .collect();
+        if busy.is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            let events: Vec<PeerEvent> = std::iter::from_fn(|| host.try_event()).collect();
+            panic!("timed out waiting for every peer entry empty: {busy:?}; events: {events:?}");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 fn frame_meta(k: u64, sum: u64) -> FrameMeta {
