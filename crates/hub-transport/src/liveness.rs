@@ -1,4 +1,5 @@
-//! Facts about other processes' lives (R12): a process's exit, learnt from a pidfd.
+//! Facts about other processes' lives (R12): a process's exit, learnt from a pidfd, and
+//! whether a process maps a given file, learnt from its `/proc/<pid>/maps`.
 //!
 //! A pidfd polls readable once its process has exited, whoever its parent is: the host learns of
 //! a peer's death from the kernel, not from a guess, and a peer learns of the host's the same
@@ -97,6 +98,41 @@ impl ProcessWatch {
     pub fn polls(&self) -> u32 {
         self.polls.load(Ordering::Relaxed)
     }
+}
+
+/// Whether process `pid` maps the file whose identity is `file` (`(st_dev, st_ino)`, as
+/// `local::file_id` gives it), as the kernel lists its mappings in `/proc/<pid>/maps`: `None`
+/// when the kernel does not tell this process (another user's process, one that made itself
+/// undumpable, no procfs). A fact the kernel keeps, not a word a peer wrote: what the host
+/// checks a pid word against before it waits for that process (R4).
+///
+/// The answer is about whichever process has the pid when the file is read: a caller that holds
+/// a pidfd on the process it means checks afterwards that it still runs.
+pub(crate) fn maps_file(pid: u32, file: (u64, u64)) -> Option<bool> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    let (dev, inode) = file;
+    let (major, minor) = (rustix::fs::major(dev), rustix::fs::minor(dev));
+    Some(
+        maps.lines()
+            .any(|line| maps_line_is(line, major, minor, inode)),
+    )
+}
+
+/// Whether a line of `/proc/<pid>/maps` (`start-end perms offset major:minor inode path`, the
+/// device numbers in hexadecimal) maps the file of device `major:minor` and inode `inode`.
+fn maps_line_is(line: &str, major: u32, minor: u32, inode: u64) -> bool {
+    let mut fields = line.split_ascii_whitespace().skip(3);
+    let (Some(device), Some(number)) = (fields.next(), fields.next()) else {
+        return false;
+    };
+    let Some((line_major, line_minor)) = device.split_once(':') else {
+        return false;
+    };
+    // Inode 0 is an anonymous mapping, never a file's.
+    inode != 0
+        && u32::from_str_radix(line_major, 16) == Ok(major)
+        && u32::from_str_radix(line_minor, 16) == Ok(minor)
+        && number.parse::<u64>() == Ok(inode)
 }
 
 /// Wait up to `timeout` for any of `watches` to exit; the indices of those that have. Each
@@ -288,6 +324,63 @@ impl Drop for Heartbeat {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_maps_line_names_its_file_by_device_and_inode() {
+        let line = "7f12a4c00000-7f12a4e00000 rw-s 00000000 00:01 4093   /memfd:hub (deleted)";
+        assert!(maps_line_is(line, 0, 1, 4093));
+        assert!(!maps_line_is(line, 0, 1, 4094));
+        assert!(!maps_line_is(line, 0, 2, 4093));
+        assert!(!maps_line_is(line, 1, 1, 4093));
+        let hex = "00400000-00452000 r-xp 00000000 fd:1a 131 /usr/bin/x";
+        assert!(maps_line_is(hex, 0xfd, 0x1a, 131));
+        // An anonymous mapping is nobody's file, and a short or garbled line names none.
+        assert!(!maps_line_is(
+            "7ffd-7ffe rw-p 00000000 00:00 0 [stack]",
+            0,
+            0,
+            0
+        ));
+        assert!(!maps_line_is("7ffd-7ffe rw-p 00000000", 0, 0, 0));
+        assert!(!maps_line_is("7ffd-7ffe rw-p 00000000 0000 12", 0, 0, 12));
+        assert!(!maps_line_is("7ffd-7ffe rw-p 00000000 zz:00 12", 0, 0, 12));
+    }
+
+    #[test]
+    fn a_process_maps_the_files_it_mapped_and_not_others() {
+        let mapped = tempfile_mapped();
+        let stat = rustix::fs::fstat(&mapped.0).expect("fstat");
+        let me = std::process::id();
+        assert_eq!(maps_file(me, (stat.st_dev, stat.st_ino)), Some(true));
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        assert_eq!(
+            maps_file(child.id(), (stat.st_dev, stat.st_ino)),
+            Some(false)
+        );
+        child.kill().expect("kill");
+        child.wait().expect("reap");
+        assert_eq!(
+            maps_file(u32::MAX, (stat.st_dev, stat.st_ino)),
+            None,
+            "no such process"
+        );
+    }
+
+    /// A memfd of one page, mapped shared in this process while the pair lives.
+    fn tempfile_mapped() -> (OwnedFd, memmap2::MmapRaw) {
+        let fd =
+            rustix::fs::memfd_create("maps-test", rustix::fs::MemfdFlags::CLOEXEC).expect("memfd");
+        rustix::fs::ftruncate(&fd, 4096).expect("ftruncate");
+        let file = std::fs::File::from(fd.try_clone().expect("dup"));
+        let map = memmap2::MmapOptions::new()
+            .len(4096)
+            .map_raw(&file)
+            .expect("map");
+        (fd, map)
+    }
 
     #[test]
     fn a_child_that_exits_is_seen_exited_and_a_live_one_is_not() {

@@ -210,6 +210,63 @@ fn an_epoch_word_at_its_maximum_does_not_break_add_peer() {
     );
 }
 
+/// A peer attached from another process names its process by the pid word it writes: a
+/// hostile one names a process that is not its own and lives on (the host's, or any other
+/// long-lived one), then goes silent. Before, the host watched the named process: the entry,
+/// evicted for its silence, stayed fenced until that process exited (never, for the host's own),
+/// and with every entry taken that way the host refused new peers. Now a named process counts
+/// only when the kernel shows it mapping the segment; else the heartbeat decides, and the entry
+/// is recovered. Nobody is signalled.
+#[test]
+fn a_pid_naming_a_process_that_is_not_the_peer_does_not_fence_its_entry() {
+    let host = host(3);
+    let named = named(3);
+    let mut poker = Poker::spawn(&host);
+    let mut stranger = Stranger(
+        Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .expect("a long-lived process"),
+    );
+    for claimed in [std::process::id(), stranger.0.id()] {
+        let ticket = host.add_peer().expect("add_peer");
+        let target = ticket.peer_id();
+        // A hostile attach to the reservation: a pid that is not the attacher's, a heartbeat
+        // that never beats, then the flags (the epoch is the host's already).
+        poker.w32(named.peer_pid(target), claimed);
+        poker.w64(named.peer_last_seen(target), 1);
+        poker.w32(named.peer_flags(target), PeerState::Active.flags());
+        let deadline = Instant::now() + WATCHDOG;
+        while host.peers()[usize::from(target)].state != PeerState::Empty {
+            assert!(
+                Instant::now() < deadline,
+                "entry {target} fenced for pid {claimed}: {:?}",
+                host.peers()[usize::from(target)]
+            );
+            std::thread::sleep(TICK);
+        }
+        drop(ticket);
+    }
+    assert!(
+        stranger.0.try_wait().expect("try_wait").is_none(),
+        "the named process was signalled"
+    );
+    // Every entry but the poker's is free again: two more peers attach.
+    let tickets: Vec<_> = (0..2).map(|_| host.add_peer().expect("add_peer")).collect();
+    assert!(matches!(host.add_peer(), Err(HostError::NoFreePeer(3))));
+    drop(tickets);
+}
+
+/// A process of the test's own, killed and reaped when dropped (a failed test included).
+struct Stranger(std::process::Child);
+
+impl Drop for Stranger {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Item 9: the ticket's descriptor is close-on-exec in the host's process (before: a `dup`
 /// without it, inherited by any child any thread spawned while the ticket lived); a child
 /// spawned through `Ticket::apply` still gets it and attaches.
