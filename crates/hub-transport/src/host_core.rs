@@ -5,6 +5,7 @@
 //! The supervisor and the auditor depend on this module, never on `host`, which starts them
 //! (the crate's module graph, without a circle, is in `lib.rs`).
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
@@ -164,6 +165,18 @@ pub(crate) struct EntryTruth {
     pub life: Life,
     /// The process the host spawned for the current reservation, if it did.
     pub spawn: Option<Spawn>,
+    /// The peer's heartbeat word as this host's looks found it (see
+    /// [`heartbeat_silence`](Self::heartbeat_silence)).
+    heartbeat: Cell<Option<HeartbeatSeen>>,
+}
+
+/// A value of a peer's `last_seen` word, and when a look of this host first found it there.
+#[derive(Debug, Clone, Copy)]
+struct HeartbeatSeen {
+    /// The life it was seen in.
+    epoch: u64,
+    word: u64,
+    since: Instant,
 }
 
 impl EntryTruth {
@@ -173,7 +186,33 @@ impl EntryTruth {
             epoch: 0,
             life: Life::Empty,
             spawn: None,
+            heartbeat: Cell::new(None),
         }
+    }
+
+    /// How long the peer of this life has been silent, from `word`, its entry's `last_seen`
+    /// now: the age the word claims (R3: one from the future counts as now), or the time since
+    /// a look of this host first found the word holding this value, whichever is longer. The
+    /// second is the host's own truth (R4): a word that stops changing is silence whatever it
+    /// holds, so a peer that leaves a heartbeat from the future behind is found silent all
+    /// the same.
+    pub fn heartbeat_silence(&self, word: u64) -> Duration {
+        let claimed = Duration::from_nanos(crate::segment::monotonic_ns().saturating_sub(word));
+        let now = Instant::now();
+        let unchanged = match self.heartbeat.get() {
+            Some(seen) if seen.epoch == self.epoch && seen.word == word => {
+                now.saturating_duration_since(seen.since)
+            }
+            _ => {
+                self.heartbeat.set(Some(HeartbeatSeen {
+                    epoch: self.epoch,
+                    word,
+                    since: now,
+                }));
+                Duration::ZERO
+            }
+        };
+        claimed.max(unchanged)
     }
 
     /// The watch whose exit the supervisor waits for: the spawn's, or a named process's.
@@ -343,8 +382,7 @@ impl Core {
                     .peer(peer)
                     .last_seen
                     .load(Ordering::Relaxed);
-                let silent = crate::segment::monotonic_ns().saturating_sub(seen);
-                u128::from(silent) > self.heartbeat_timeout.as_nanos()
+                truth.heartbeat_silence(seen) > self.heartbeat_timeout
             }
         }
     }

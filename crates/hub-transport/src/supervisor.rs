@@ -17,9 +17,10 @@
 //!   exits before it attaches is reported ([`PeerEvent::ExitedBeforeAttach`]) and its
 //!   reservation withdrawn.
 //! - **Attached**: the process's exit is a death ([`PeerEvent::Died`]); a heartbeat
-//!   (`last_seen`) older than the hub's `heartbeat_timeout`, an epoch or pid word that is not
-//!   the life's, or flags that are not Active or Dying (written over the entry by anyone) are
-//!   an eviction ([`PeerEvent::Evicted`]). Dying is a goodbye ([`PeerEvent::Goodbye`]).
+//!   (`last_seen`) older than the hub's `heartbeat_timeout`, or unchanged that long as the
+//!   supervisor saw it, an epoch or pid word that is not the life's, or flags that are not
+//!   Active or Dying (written over the entry by anyone) are an eviction
+//!   ([`PeerEvent::Evicted`]). Dying is a goodbye ([`PeerEvent::Goodbye`]).
 //! - **Leaving** (after a goodbye): the session ends only once the process is gone. A process
 //!   the host spawned is waited for up to the heartbeat timeout, then killed through the
 //!   spawn's pidfd; any other is waited for. Then, once the host has read what the peer sent
@@ -42,7 +43,7 @@ use std::time::{Duration, Instant};
 use crate::event::{EvictReason, PeerEvent};
 use crate::host_core::{Core, EntryTruth, Identity, Life, identity_pid};
 use crate::liveness::{ExitCheck, ProcessWatch, wait_for_exits};
-use crate::segment::{PeerState, monotonic_ns};
+use crate::segment::PeerState;
 use crate::sync::Ordering;
 
 /// The supervisor's period: a dead peer is found within it (R12 asks for 100 ms).
@@ -264,16 +265,13 @@ fn check_attached(core: &Core, peer: u16, truth: &mut EntryTruth, identity: &Ide
         core.evict_locked(peer, truth, EvictReason::EntryRewritten { what });
         return;
     }
-    // R3: a heartbeat from the future counts as now.
-    let silent = monotonic_ns().saturating_sub(words.last_seen.load(Ordering::Relaxed));
-    let timeout_ns = u64::try_from(core.heartbeat_timeout.as_nanos()).unwrap_or(u64::MAX);
-    if silent > timeout_ns {
+    // R3, R4: the age the word claims, or how long it has not changed as the host saw it.
+    let silent = truth.heartbeat_silence(words.last_seen.load(Ordering::Relaxed));
+    if silent > core.heartbeat_timeout {
         core.evict_locked(
             peer,
             truth,
-            EvictReason::HeartbeatTimeout {
-                silent_for: Duration::from_nanos(silent),
-            },
+            EvictReason::HeartbeatTimeout { silent_for: silent },
         );
     }
 }

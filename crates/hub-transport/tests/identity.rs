@@ -257,6 +257,47 @@ fn a_pid_naming_a_process_that_is_not_the_peer_does_not_fence_its_entry() {
     drop(tickets);
 }
 
+/// A heartbeat frozen in the future. A peer with no process the host can watch (here a
+/// reservation taken over by another peer, naming the host's pid) is judged by its heartbeat
+/// alone, and a word that never changes again is silence, whatever value it holds. Before, the
+/// host read the silence from the value only, and one from the future counted as now: the
+/// entry stayed attached for as long as the host lived, with nothing behind it, and a peer
+/// that did this to every free entry kept new peers out after it was gone.
+#[test]
+fn a_heartbeat_frozen_in_the_future_does_not_hold_an_entry_for_ever() {
+    let host = host(2);
+    let named = named(2);
+    let mut events = EventLog::new(&host);
+    let mut poker = Poker::spawn(&host);
+    let ticket = host.add_peer().expect("add_peer");
+    let target = ticket.peer_id();
+    poker.w32(named.peer_pid(target), std::process::id());
+    poker.w64(named.peer_last_seen(target), u64::MAX);
+    poker.w32(named.peer_flags(target), PeerState::Active.flags());
+    drop(ticket);
+    let started = Instant::now();
+    // With no process to watch, the silence is the peer's death.
+    events.wait(
+        "the silent entry's death",
+        |e| matches!(e, PeerEvent::Died { peer, .. } if *peer == target),
+    );
+    assert!(
+        started.elapsed() >= TIMEOUT - TICK,
+        "given up before its heartbeat timeout: {:?}",
+        started.elapsed()
+    );
+    let deadline = Instant::now() + WATCHDOG;
+    while host.peers()[usize::from(target)].state != PeerState::Empty {
+        assert!(
+            Instant::now() < deadline,
+            "entry {target} still held: {:?}",
+            host.peers()[usize::from(target)]
+        );
+        std::thread::sleep(TICK);
+    }
+    assert_eq!(host.add_peer().expect("add_peer").peer_id(), target);
+}
+
 /// A process of the test's own, killed and reaped when dropped (a failed test included).
 struct Stranger(std::process::Child);
 
