@@ -217,8 +217,10 @@ impl Host {
     /// A peer admitted this way and attached from another process is known only by the pid it
     /// writes into its entry, which the host takes as information, never as authority: it
     /// never signals that process. Evicted (or gone with a goodbye), the peer's entry is
-    /// fenced (kept, its id not handed out) until that process is gone, or, when no pidfd of it
-    /// could be opened, until its heartbeat has been silent for the heartbeat timeout. Start
+    /// fenced (kept, its id not handed out) until that process is gone, or, when the host has
+    /// no process to watch (no pidfd of it could be opened, or the kernel does not show that
+    /// process using the segment), until its heartbeat has been silent for the heartbeat
+    /// timeout. Start
     /// plugins with [`spawn_peer`](Self::spawn_peer) instead. A peer attached from this
     /// process (a thread) is trusted as the host is, and recovered as soon as it is gone.
     ///

@@ -103,7 +103,7 @@ pub(crate) enum Identity {
     /// A thread of the host's own process (`local`): trusted as the host is, never signalled.
     Local,
     /// Attached from another process by ticket: a pidfd opened on the pid word at the first
-    /// look, on a process the kernel showed mapping the segment. Information, never authority:
+    /// look, on a process the kernel showed using the segment. Information, never authority:
     /// it is never signalled; its exit ends the fence.
     Named {
         /// The pid word at the first look.
@@ -117,7 +117,7 @@ pub(crate) enum Identity {
         pid: u32,
     },
     /// No process to watch: no pid written, no pidfd available, or a pid naming a process the
-    /// kernel does not show mapping the segment (the host's own among them). The heartbeat is
+    /// kernel does not show using the segment (the host's own among them). The heartbeat is
     /// all the host knows of the peer, and its silence for the heartbeat timeout counts as
     /// gone.
     Unknown {
@@ -235,10 +235,11 @@ impl EntryTruth {
 /// The identity of a peer attached from another process, from the pid word it wrote (R4:
 /// information, checked against what the kernel says). The host waits for that process to
 /// exit before it hands the entry out again, so the claim counts only when the kernel shows
-/// the process mapping the segment (`file`): a peer that named another process (the host's
-/// own, init, any that lives on) would otherwise keep its entry fenced for that process's
-/// life. A claim the kernel contradicts, or cannot confirm, leaves the heartbeat to decide, as
-/// for a peer that wrote no pid.
+/// the process using the segment (`file`: open or mapped): a peer that named another process
+/// (the host's own, init, any that lives on) would otherwise keep its entry fenced for that
+/// process's life. A claim the kernel contradicts, or cannot confirm, leaves the heartbeat to
+/// decide, as for a peer that wrote no pid. A peer may still name another participant (a
+/// process that does use the segment), and keep its entry fenced while that one lives.
 fn claimed_process(pid: u32, file: Option<(u64, u64)>) -> Identity {
     // The host's own threads are known from the registry (`local`), not from a pid word.
     if pid == std::process::id() {
@@ -246,12 +247,12 @@ fn claimed_process(pid: u32, file: Option<(u64, u64)>) -> Identity {
     }
     match ProcessWatch::open(pid) {
         Ok(watch) => {
-            let maps_segment = file.and_then(|file| crate::liveness::maps_file(pid, file));
-            // The maps read were the watched process's only if it still runs now: its pid is
+            let uses_segment = file.and_then(|file| crate::liveness::uses_file(pid, file));
+            // What was read was the watched process's only if it still runs now: its pid is
             // not reused before it is reaped.
             if watch.has_exited() {
                 Identity::Exited { pid }
-            } else if maps_segment == Some(true) {
+            } else if uses_segment == Some(true) {
                 Identity::Named {
                     pid,
                     watch: Arc::new(watch),
@@ -350,7 +351,7 @@ impl Core {
     /// Whether the process of `peer`'s life known as `identity` is gone, as far as the host
     /// can know (R4): its spawn's pidfd, this process's registry of its own peers (a thread's
     /// peer counts as gone once it left or was evicted, even while its `Peer` lives), a pidfd
-    /// opened at the first look on the pid word's process, when it maps the segment
+    /// opened at the first look on the pid word's process, when it uses the segment
     /// (information), or, without any, a heartbeat silent for the heartbeat timeout.
     ///
     /// `check` says how a watched process's exit is learnt: the supervisor's tick, which has

@@ -1,5 +1,5 @@
 //! Facts about other processes' lives (R12): a process's exit, learnt from a pidfd, and
-//! whether a process maps a given file, learnt from its `/proc/<pid>/maps`.
+//! whether a process uses a given file (holds it open or maps it), learnt from its `/proc`.
 //!
 //! A pidfd polls readable once its process has exited, whoever its parent is: the host learns of
 //! a peer's death from the kernel, not from a guess, and a peer learns of the host's the same
@@ -100,21 +100,57 @@ impl ProcessWatch {
     }
 }
 
-/// Whether process `pid` maps the file whose identity is `file` (`(st_dev, st_ino)`, as
-/// `local::file_id` gives it), as the kernel lists its mappings in `/proc/<pid>/maps`: `None`
-/// when the kernel does not tell this process (another user's process, one that made itself
-/// undumpable, no procfs). A fact the kernel keeps, not a word a peer wrote: what the host
-/// checks a pid word against before it waits for that process (R4).
+/// Whether process `pid` uses the file whose identity is `file` (`(st_dev, st_ino)`, as
+/// `local::file_id` gives it): holds it open (one of its `/proc/<pid>/fd` links leads to it),
+/// or maps it (`/proc/<pid>/maps`). `None` when the kernel tells this process neither (another
+/// user's process, one that made itself undumpable, no procfs). Facts the kernel keeps, not a
+/// word a peer wrote: what the host checks a pid word against before it waits for that process
+/// (R4).
 ///
-/// The answer is about whichever process has the pid when the file is read: a caller that holds
-/// a pidfd on the process it means checks afterwards that it still runs.
-pub(crate) fn maps_file(pid: u32, file: (u64, u64)) -> Option<bool> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+/// The descriptors come first: their links `stat` as the file's own `fstat` does on every
+/// filesystem (a map line shows the underlying file's device on some, overlayfs and btrfs
+/// among them), and reading them takes no lock of the process's memory. At most
+/// [`FDS_LOOKED_AT`] descriptors are looked at. The answer is about whichever process has the
+/// pid when it is read: a caller that holds a pidfd on the process it means checks afterwards
+/// that it still runs.
+pub(crate) fn uses_file(pid: u32, file: (u64, u64)) -> Option<bool> {
+    let open = holds_open(pid, file);
+    if open == Some(true) {
+        return open;
+    }
+    match (open, maps_file(pid, file)) {
+        (_, Some(mapped)) => Some(mapped),
+        (open, None) => open,
+    }
+}
+
+/// How many of a process's descriptors [`uses_file`] looks at, at most: a process that opened
+/// more does not make the host's look take longer.
+const FDS_LOOKED_AT: usize = 1 << 16;
+
+/// Whether one of process `pid`'s open descriptors is the file `file`.
+fn holds_open(pid: u32, file: (u64, u64)) -> Option<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let descriptors = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(
+        descriptors
+            .take(FDS_LOOKED_AT)
+            .filter_map(Result::ok)
+            // `metadata` follows the link to the open file itself.
+            .filter_map(|entry| std::fs::metadata(entry.path()).ok())
+            .any(|meta| (meta.dev(), meta.ino()) == file),
+    )
+}
+
+/// Whether process `pid` maps the file `file`, as its `/proc/<pid>/maps` says.
+fn maps_file(pid: u32, file: (u64, u64)) -> Option<bool> {
+    // Bytes: a mapped file's path need not be UTF-8, and only the numbers before it are read.
+    let maps = std::fs::read(format!("/proc/{pid}/maps")).ok()?;
     let (dev, inode) = file;
     let (major, minor) = (rustix::fs::major(dev), rustix::fs::minor(dev));
     Some(
-        maps.lines()
-            .any(|line| maps_line_is(line, major, minor, inode)),
+        maps.split(|&b| b == b'\n')
+            .any(|line| maps_line_is(&String::from_utf8_lossy(line), major, minor, inode)),
     )
 }
 
@@ -347,26 +383,32 @@ mod tests {
     }
 
     #[test]
-    fn a_process_maps_the_files_it_mapped_and_not_others() {
-        let mapped = tempfile_mapped();
-        let stat = rustix::fs::fstat(&mapped.0).expect("fstat");
+    fn a_process_uses_the_files_it_holds_or_maps_and_not_others() {
+        let (fd, map) = tempfile_mapped();
+        let stat = rustix::fs::fstat(&fd).expect("fstat");
+        let file = (stat.st_dev, stat.st_ino);
         let me = std::process::id();
-        assert_eq!(maps_file(me, (stat.st_dev, stat.st_ino)), Some(true));
+        assert_eq!(holds_open(me, file), Some(true));
+        assert_eq!(maps_file(me, file), Some(true));
+        assert_eq!(uses_file(me, file), Some(true));
+        // Mapped, no longer open.
+        drop(fd);
+        assert_eq!(holds_open(me, file), Some(false));
+        assert_eq!(uses_file(me, file), Some(true));
+        // Neither.
+        drop(map);
+        assert_eq!(uses_file(me, file), Some(false));
+        let (fd, _map) = tempfile_mapped();
+        let stat = rustix::fs::fstat(&fd).expect("fstat");
+        let file = (stat.st_dev, stat.st_ino);
         let mut child = std::process::Command::new("sleep")
             .arg("30")
             .spawn()
             .expect("spawn sleep");
-        assert_eq!(
-            maps_file(child.id(), (stat.st_dev, stat.st_ino)),
-            Some(false)
-        );
+        assert_eq!(uses_file(child.id(), file), Some(false));
         child.kill().expect("kill");
         child.wait().expect("reap");
-        assert_eq!(
-            maps_file(u32::MAX, (stat.st_dev, stat.st_ino)),
-            None,
-            "no such process"
-        );
+        assert_eq!(uses_file(u32::MAX, file), None, "no such process");
     }
 
     /// A memfd of one page, mapped shared in this process while the pair lives.

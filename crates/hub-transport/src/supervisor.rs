@@ -12,7 +12,7 @@
 //! - **Reserved**: an entry gone Active (or Dying) is an attach: the supervisor learns the
 //!   peer's process (the host's spawn; a thread of its own process, from the `local`
 //!   registry; or else a pidfd opened on the pid the peer wrote, as information, when the
-//!   kernel shows that process mapping the segment) and reports
+//!   kernel shows that process using the segment) and reports
 //!   [`PeerEvent::Attached`], always before anything else of that life. A spawned child that
 //!   exits before it attaches is reported ([`PeerEvent::ExitedBeforeAttach`]) and its
 //!   reservation withdrawn.
