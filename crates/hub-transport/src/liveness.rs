@@ -130,15 +130,23 @@ const FDS_LOOKED_AT: usize = 1 << 16;
 
 /// Whether one of process `pid`'s open descriptors is the file `file`.
 fn holds_open(pid: u32, file: (u64, u64)) -> Option<bool> {
-    use std::os::unix::fs::MetadataExt;
+    use rustix::fs::{AtFlags, CWD, StatxFlags, statx};
+    let (dev, inode) = file;
+    let (major, minor) = (rustix::fs::major(dev), rustix::fs::minor(dev));
     let descriptors = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
     Some(
         descriptors
             .take(FDS_LOOKED_AT)
             .filter_map(Result::ok)
-            // `metadata` follows the link to the open file itself.
-            .filter_map(|entry| std::fs::metadata(entry.path()).ok())
-            .any(|meta| (meta.dev(), meta.ino()) == file),
+            // Follows the link to the open file itself. `STATX_DONT_SYNC`: what the kernel has
+            // cached, never a question to the file's filesystem (a FUSE server the named
+            // process runs could leave that unanswered); the device and inode are the kernel's.
+            .filter_map(|entry| {
+                statx(CWD, entry.path(), AtFlags::STATX_DONT_SYNC, StatxFlags::INO).ok()
+            })
+            .any(|stx| {
+                (stx.stx_dev_major, stx.stx_dev_minor, stx.stx_ino) == (major, minor, inode)
+            }),
     )
 }
 
