@@ -236,15 +236,7 @@ fn a_pid_naming_a_process_that_is_not_the_peer_does_not_fence_its_entry() {
         poker.w32(named.peer_pid(target), claimed);
         poker.w64(named.peer_last_seen(target), 1);
         poker.w32(named.peer_flags(target), PeerState::Active.flags());
-        let deadline = Instant::now() + WATCHDOG;
-        while host.peers()[usize::from(target)].state != PeerState::Empty {
-            assert!(
-                Instant::now() < deadline,
-                "entry {target} fenced for pid {claimed}: {:?}",
-                host.peers()[usize::from(target)]
-            );
-            std::thread::sleep(TICK);
-        }
+        wait_empty(&host, target, &format!("fenced for pid {claimed}"));
         drop(ticket);
     }
     assert!(
@@ -290,16 +282,23 @@ fn a_heartbeat_frozen_in_the_future_does_not_hold_an_entry_for_ever() {
         "given up before its heartbeat timeout: {:?}",
         started.elapsed()
     );
+    wait_empty(&host, target, "still held");
+    assert_eq!(host.add_peer().expect("add_peer").peer_id(), target);
+}
+
+/// Wait until `host` says entry `target` is Empty, at most [`WATCHDOG`]; `why` names what
+/// it means if it never is.
+#[track_caller]
+fn wait_empty(host: &Host, target: u16, why: &str) {
     let deadline = Instant::now() + WATCHDOG;
     while host.peers()[usize::from(target)].state != PeerState::Empty {
         assert!(
             Instant::now() < deadline,
-            "entry {target} still held: {:?}",
+            "entry {target} {why}: {:?}",
             host.peers()[usize::from(target)]
         );
         std::thread::sleep(TICK);
     }
-    assert_eq!(host.add_peer().expect("add_peer").peer_id(), target);
 }
 
 /// A process of the test's own, killed and reaped when dropped (a failed test included).
