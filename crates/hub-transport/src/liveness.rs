@@ -114,13 +114,29 @@ impl ProcessWatch {
 /// pid when it is read: a caller that holds a pidfd on the process it means checks afterwards
 /// that it still runs.
 pub(crate) fn uses_file(pid: u32, file: (u64, u64)) -> Option<bool> {
-    let open = holds_open(pid, file);
-    if open == Some(true) {
-        return open;
+    let file = FileId::of(file);
+    match holds_open(pid, file) {
+        Some(true) => Some(true),
+        open => maps_file(pid, file).or(open),
     }
-    match (open, maps_file(pid, file)) {
-        (_, Some(mapped)) => Some(mapped),
-        (open, None) => open,
+}
+
+/// A file as `statx` and `/proc/<pid>/maps` name it: its device's numbers and its inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    major: u32,
+    minor: u32,
+    inode: u64,
+}
+
+impl FileId {
+    /// The file of `(st_dev, st_ino)`.
+    fn of((dev, inode): (u64, u64)) -> Self {
+        Self {
+            major: rustix::fs::major(dev),
+            minor: rustix::fs::minor(dev),
+            inode,
+        }
     }
 }
 
@@ -129,10 +145,8 @@ pub(crate) fn uses_file(pid: u32, file: (u64, u64)) -> Option<bool> {
 const FDS_LOOKED_AT: usize = 1 << 16;
 
 /// Whether one of process `pid`'s open descriptors is the file `file`.
-fn holds_open(pid: u32, file: (u64, u64)) -> Option<bool> {
+fn holds_open(pid: u32, file: FileId) -> Option<bool> {
     use rustix::fs::{AtFlags, CWD, StatxFlags, statx};
-    let (dev, inode) = file;
-    let (major, minor) = (rustix::fs::major(dev), rustix::fs::minor(dev));
     let descriptors = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
     Some(
         descriptors
@@ -145,26 +159,28 @@ fn holds_open(pid: u32, file: (u64, u64)) -> Option<bool> {
                 statx(CWD, entry.path(), AtFlags::STATX_DONT_SYNC, StatxFlags::INO).ok()
             })
             .any(|stx| {
-                (stx.stx_dev_major, stx.stx_dev_minor, stx.stx_ino) == (major, minor, inode)
+                file == FileId {
+                    major: stx.stx_dev_major,
+                    minor: stx.stx_dev_minor,
+                    inode: stx.stx_ino,
+                }
             }),
     )
 }
 
 /// Whether process `pid` maps the file `file`, as its `/proc/<pid>/maps` says.
-fn maps_file(pid: u32, file: (u64, u64)) -> Option<bool> {
+fn maps_file(pid: u32, file: FileId) -> Option<bool> {
     // Bytes: a mapped file's path need not be UTF-8, and only the numbers before it are read.
     let maps = std::fs::read(format!("/proc/{pid}/maps")).ok()?;
-    let (dev, inode) = file;
-    let (major, minor) = (rustix::fs::major(dev), rustix::fs::minor(dev));
     Some(
         maps.split(|&b| b == b'\n')
-            .any(|line| maps_line_is(&String::from_utf8_lossy(line), major, minor, inode)),
+            .any(|line| maps_line_is(&String::from_utf8_lossy(line), file)),
     )
 }
 
 /// Whether a line of `/proc/<pid>/maps` (`start-end perms offset major:minor inode path`, the
-/// device numbers in hexadecimal) maps the file of device `major:minor` and inode `inode`.
-fn maps_line_is(line: &str, major: u32, minor: u32, inode: u64) -> bool {
+/// device numbers in hexadecimal) maps `file`.
+fn maps_line_is(line: &str, file: FileId) -> bool {
     let mut fields = line.split_ascii_whitespace().skip(3);
     let (Some(device), Some(number)) = (fields.next(), fields.next()) else {
         return false;
@@ -173,10 +189,10 @@ fn maps_line_is(line: &str, major: u32, minor: u32, inode: u64) -> bool {
         return false;
     };
     // Inode 0 is an anonymous mapping, never a file's.
-    inode != 0
-        && u32::from_str_radix(line_major, 16) == Ok(major)
-        && u32::from_str_radix(line_minor, 16) == Ok(minor)
-        && number.parse::<u64>() == Ok(inode)
+    file.inode != 0
+        && u32::from_str_radix(line_major, 16) == Ok(file.major)
+        && u32::from_str_radix(line_minor, 16) == Ok(file.minor)
+        && number.parse::<u64>() == Ok(file.inode)
 }
 
 /// Wait up to `timeout` for any of `watches` to exit; the indices of those that have. Each
@@ -372,22 +388,26 @@ mod tests {
     #[test]
     fn a_maps_line_names_its_file_by_device_and_inode() {
         let line = "7f12a4c00000-7f12a4e00000 rw-s 00000000 00:01 4093   /memfd:hub (deleted)";
-        assert!(maps_line_is(line, 0, 1, 4093));
-        assert!(!maps_line_is(line, 0, 1, 4094));
-        assert!(!maps_line_is(line, 0, 2, 4093));
-        assert!(!maps_line_is(line, 1, 1, 4093));
+        assert!(maps_line_is(line, id(0, 1, 4093)));
+        assert!(!maps_line_is(line, id(0, 1, 4094)));
+        assert!(!maps_line_is(line, id(0, 2, 4093)));
+        assert!(!maps_line_is(line, id(1, 1, 4093)));
         let hex = "00400000-00452000 r-xp 00000000 fd:1a 131 /usr/bin/x";
-        assert!(maps_line_is(hex, 0xfd, 0x1a, 131));
+        assert!(maps_line_is(hex, id(0xfd, 0x1a, 131)));
         // An anonymous mapping is nobody's file, and a short or garbled line names none.
         assert!(!maps_line_is(
             "7ffd-7ffe rw-p 00000000 00:00 0 [stack]",
-            0,
-            0,
-            0
+            id(0, 0, 0)
         ));
-        assert!(!maps_line_is("7ffd-7ffe rw-p 00000000", 0, 0, 0));
-        assert!(!maps_line_is("7ffd-7ffe rw-p 00000000 0000 12", 0, 0, 12));
-        assert!(!maps_line_is("7ffd-7ffe rw-p 00000000 zz:00 12", 0, 0, 12));
+        assert!(!maps_line_is("7ffd-7ffe rw-p 00000000", id(0, 0, 0)));
+        assert!(!maps_line_is(
+            "7ffd-7ffe rw-p 00000000 0000 12",
+            id(0, 0, 12)
+        ));
+        assert!(!maps_line_is(
+            "7ffd-7ffe rw-p 00000000 zz:00 12",
+            id(0, 0, 12)
+        ));
     }
 
     #[test]
@@ -396,12 +416,12 @@ mod tests {
         let stat = rustix::fs::fstat(&fd).expect("fstat");
         let file = (stat.st_dev, stat.st_ino);
         let me = std::process::id();
-        assert_eq!(holds_open(me, file), Some(true));
-        assert_eq!(maps_file(me, file), Some(true));
+        assert_eq!(holds_open(me, FileId::of(file)), Some(true));
+        assert_eq!(maps_file(me, FileId::of(file)), Some(true));
         assert_eq!(uses_file(me, file), Some(true));
         // Mapped, no longer open.
         drop(fd);
-        assert_eq!(holds_open(me, file), Some(false));
+        assert_eq!(holds_open(me, FileId::of(file)), Some(false));
         assert_eq!(uses_file(me, file), Some(true));
         // Neither.
         drop(map);
@@ -417,6 +437,14 @@ mod tests {
         child.kill().expect("kill");
         child.wait().expect("reap");
         assert_eq!(uses_file(u32::MAX, file), None, "no such process");
+    }
+
+    fn id(major: u32, minor: u32, inode: u64) -> FileId {
+        FileId {
+            major,
+            minor,
+            inode,
+        }
     }
 
     /// A memfd of one page, mapped shared in this process while the pair lives.
