@@ -315,10 +315,18 @@ fn all_free(stats: &[ClassStats]) -> bool {
 
 /// Poll `condition` until it holds; fail after [`WATCHDOG`].
 #[track_caller]
-fn poll_until(what: &str, mut condition: impl FnMut() -> bool) {
+fn poll_until(what: &str, condition: impl FnMut() -> bool) {
+    poll_until_else(condition, || format!("timed out waiting for {what}"));
+}
+
+/// [`poll_until`], failing with what `failure` says then.
+#[track_caller]
+fn poll_until_else(mut condition: impl FnMut() -> bool, failure: impl FnOnce() -> String) {
     let deadline = Instant::now() + WATCHDOG;
     while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        if Instant::now() >= deadline {
+            panic!("{}", failure());
+        }
         // Another thread or process makes it true: look again soon, without burning a core.
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -333,22 +341,22 @@ fn assert_all_free_soon(host: &Host) {
 /// events the host has not handed out yet.
 #[track_caller]
 fn all_entries_empty_soon(host: &Host) {
-    let deadline = Instant::now() + WATCHDOG;
-    loop {
-        let busy: Vec<_> = host
-            .peers()
+    let busy = || {
+        host.peers()
             .into_iter()
             .filter(|p| p.state != PeerState::Empty)
-            .collect();
-        if busy.is_empty() {
-            return;
-        }
-        if Instant::now() >= deadline {
-            let events: Vec<PeerEvent> = std::iter::from_fn(|| host.try_event()).collect();
-            panic!("timed out waiting for every peer entry empty: {busy:?}; events: {events:?}");
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
+            .collect::<Vec<_>>()
+    };
+    poll_until_else(
+        || busy().is_empty(),
+        || {
+            format!(
+                "timed out waiting for every peer entry empty: {:?}; events: {:?}",
+                busy(),
+                common::pending_events(host)
+            )
+        },
+    );
 }
 
 fn frame_meta(k: u64, sum: u64) -> FrameMeta {
